@@ -1,1 +1,26 @@
-pub fn _x(){}
+//! The Lupus transparency log.
+//!
+//! An append-only, signed log of everything that happens in a Lupus training job:
+//! tasks, commitments, verdicts, credits. The tree is RFC 9162 (SHA-256), checkpoints
+//! are C2SP signed notes, and the public read API is C2SP `tlog-tiles`, so standard
+//! transparency-log tooling can check the log unmodified.
+//!
+//! The core (everything but [`store`] and [`log`]) does no I/O and builds for wasm32.
+
+#![forbid(unsafe_code)]
+
+pub mod checkpoint;
+pub mod entry;
+pub mod hash;
+pub mod note;
+pub mod proof;
+pub mod shares;
+pub mod stake;
+pub mod sumtree;
+pub mod tiles;
+pub mod tree;
+
+#[cfg(feature = "storage")]
+pub mod log;
+#[cfg(feature = "storage")]
+pub mod store;
