@@ -77,6 +77,12 @@
 //! computed it; the ledger treats it as an opaque `u32` (the prover canonicalises NaN).
 //! `job_hash` is the prover's hash of the job spec; the ledger does not depend on the
 //! prover, so it does not recompute it (an auditor does).
+//!
+//! # JSON
+//!
+//! For display and APIs only (the log stores the binary form): an [`EntryBody`] is an
+//! object with `"type"` set to the kind's snake_case name and its fields by name;
+//! keys and digests are 64 lowercase hex digits, [`Amount`]s decimal strings.
 
 use std::fmt;
 
