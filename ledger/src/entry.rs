@@ -1328,6 +1328,32 @@ mod tests {
     }
 
     #[test]
+    fn a_signer_key_that_is_not_a_curve_point_is_refused() {
+        // Find 32 bytes that do not decompress to an Ed25519 point (about half do not).
+        let bad = (0u8..=255)
+            .map(|b| {
+                let mut k = [0u8; 32];
+                k[0] = b;
+                k[1] = 1;
+                PublicKey(k)
+            })
+            .find(|k| k.verifying_key().is_none())
+            .unwrap();
+        let body = EntryBody::ParticipantJoined {
+            key: bad,
+            role: Role::Worker,
+            name: String::new(),
+        };
+        let mut bytes = body.encode().unwrap();
+        bytes.push(1);
+        bytes.extend_from_slice(&[7u8; 64]);
+        assert_eq!(
+            Entry::decode(&bytes),
+            Err(EntryError::InvalidKey { field: "key" })
+        );
+    }
+
+    #[test]
     fn a_signature_made_elsewhere_is_accepted() {
         let body = samples().swap_remove(4);
         let sig = key(1)
