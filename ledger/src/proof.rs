@@ -14,6 +14,9 @@
 //!
 //! In JSON (serde), hashes are 64 hex digits, like every [`Hash`] of this crate.
 //!
+//! [`TlogProof`] is the C2SP `tlog-proof` text format (<https://c2sp.org/tlog-proof>,
+//! "Format"): an inclusion proof bundled with the signed checkpoint it leads to.
+//!
 //! An RFC 9162 proof does not bind the tree size on its own: a proof for leaf 0 of a
 //! 6-leaf tree also verifies as leaf 0 of a 7-leaf tree *whose root is the 6-leaf
 //! root*. Sizes must come from the same signed checkpoint as the root.
@@ -450,6 +453,139 @@ pub fn verify_consistency(
     Ok(())
 }
 
+/// The first line of a C2SP `tlog-proof`.
+pub const TLOG_PROOF_HEADER: &str = "c2sp.org/tlog-proof@v1";
+
+/// A C2SP `tlog-proof` (<https://c2sp.org/tlog-proof>): a self-contained,
+/// offline-verifiable proof that one entry is in the log, made of an inclusion proof
+/// and the signed checkpoint it leads to (with any witness cosignatures).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlogProof {
+    /// Opaque, unauthenticated extra data (the spec's `extra` line).
+    pub extra: Option<Vec<u8>>,
+    /// Index of the entry.
+    pub index: LeafIndex,
+    /// Inclusion path, leaf's sibling first.
+    pub path: Vec<Hash>,
+    /// The signed checkpoint note, verbatim.
+    pub checkpoint: String,
+}
+
+/// Errors of parsing and verifying a `tlog-proof`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlogProofError {
+    /// The first line is not `c2sp.org/tlog-proof@v1`.
+    #[error("not a tlog-proof: the first line must be {TLOG_PROOF_HEADER:?}")]
+    BadHeader,
+    /// The `extra` line is not base64.
+    #[error("tlog-proof extra line is not \"extra <base64>\"")]
+    BadExtra,
+    /// The `index` line is missing or not a canonical decimal.
+    #[error("tlog-proof index line is not \"index <decimal without leading zeroes>\"")]
+    BadIndex,
+    /// A proof line is not base64 of 32 bytes.
+    #[error("tlog-proof hash line {line} is not the base64 encoding of a 32-byte hash")]
+    BadHash {
+        /// 1-based line number in the proof.
+        line: usize,
+    },
+    /// No blank line and checkpoint follow the proof lines.
+    #[error("tlog-proof has no blank line followed by a checkpoint")]
+    MissingCheckpoint,
+    /// The checkpoint did not open.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    /// The inclusion proof does not verify against the checkpoint.
+    #[error(transparent)]
+    Proof(#[from] ProofError),
+}
+
+impl TlogProof {
+    /// The proof in its text form.
+    pub fn encode(&self) -> String {
+        use base64::Engine;
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        let mut out = format!("{TLOG_PROOF_HEADER}\n");
+        if let Some(extra) = &self.extra {
+            out.push_str(&format!("extra {}\n", b64.encode(extra)));
+        }
+        out.push_str(&format!("index {}\n", self.index.0));
+        for h in &self.path {
+            out.push_str(&b64.encode(h.0));
+            out.push('\n');
+        }
+        out.push('\n');
+        out.push_str(&self.checkpoint);
+        out
+    }
+
+    /// Parses the text form (without verifying anything).
+    pub fn parse(text: &str) -> Result<TlogProof, TlogProofError> {
+        use base64::Engine;
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        let (head, checkpoint) = text
+            .split_once("\n\n")
+            .ok_or(TlogProofError::MissingCheckpoint)?;
+        if checkpoint.is_empty() {
+            return Err(TlogProofError::MissingCheckpoint);
+        }
+        let mut lines = head.split('\n').enumerate().peekable();
+        if lines.next().map(|(_, l)| l) != Some(TLOG_PROOF_HEADER) {
+            return Err(TlogProofError::BadHeader);
+        }
+        let mut extra = None;
+        if let Some((_, l)) = lines.peek()
+            && let Some(e) = l.strip_prefix("extra ")
+        {
+            extra = Some(b64.decode(e).map_err(|_| TlogProofError::BadExtra)?);
+            lines.next();
+        }
+        let index = lines
+            .next()
+            .and_then(|(_, l)| l.strip_prefix("index "))
+            .filter(|d| {
+                !d.is_empty()
+                    && d.bytes().all(|b| b.is_ascii_digit())
+                    && (*d == "0" || !d.starts_with('0'))
+            })
+            .and_then(|d| d.parse::<u64>().ok())
+            .ok_or(TlogProofError::BadIndex)?;
+        let path = lines
+            .map(|(i, l)| {
+                b64.decode(l)
+                    .ok()
+                    .and_then(|b| Hash::from_slice(&b).ok())
+                    .ok_or(TlogProofError::BadHash { line: i + 1 })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TlogProof {
+            extra,
+            index: LeafIndex(index),
+            path,
+            checkpoint: checkpoint.to_owned(),
+        })
+    }
+
+    /// Verifies that `leaf` (a leaf hash) is at [`TlogProof::index`] in the tree of
+    /// the checkpoint, which the log's key must have signed. Returns the opened
+    /// checkpoint (its other signatures are the witnesses', for the caller's policy).
+    pub fn verify(
+        &self,
+        leaf: &Hash,
+        log_key: &crate::note::NoteVerifier,
+    ) -> Result<crate::checkpoint::SignedCheckpoint, TlogProofError> {
+        let signed = crate::checkpoint::open_checkpoint(&self.checkpoint, log_key)?;
+        let proof = InclusionProof {
+            index: self.index,
+            size: signed.checkpoint.size,
+            path: self.path.clone(),
+        };
+        verify_inclusion(&proof, leaf, &signed.checkpoint.root)?;
+        Ok(signed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -540,6 +676,73 @@ mod tests {
             verify_consistency(&empty, &h, &h),
             Err(ProofError::WrongLength { got: 0, .. })
         ));
+    }
+
+    #[test]
+    fn tlog_proof_round_trips_verifies_and_rejects_bad_input() {
+        use crate::checkpoint::{Checkpoint, sign_checkpoint};
+        let t = tree(11);
+        let key = crate::note::NoteSigner::from_secret("log.example", [3; 32]).unwrap();
+        let cp = Checkpoint {
+            origin: "log.example".into(),
+            size: t.size(),
+            root: t.root(),
+            extensions: vec![],
+        };
+        let note = sign_checkpoint(&cp, &key).unwrap();
+        let p = prove_inclusion(t.size(), LeafIndex(6), &t).unwrap();
+        let tp = TlogProof {
+            extra: Some(b"ctx".to_vec()),
+            index: LeafIndex(6),
+            path: p.path,
+            checkpoint: note,
+        };
+        let text = tp.encode();
+        assert!(text.starts_with("c2sp.org/tlog-proof@v1\nextra Y3R4\nindex 6\n"));
+        let back = TlogProof::parse(&text).unwrap();
+        assert_eq!(back, tp);
+        let leaf = crate::hash::leaf_hash(&6u64.to_le_bytes());
+        assert!(back.verify(&leaf, &key.verifier()).is_ok());
+        let other = crate::hash::leaf_hash(b"other");
+        assert!(matches!(
+            back.verify(&other, &key.verifier()),
+            Err(TlogProofError::Proof(ProofError::RootMismatch))
+        ));
+        let no_extra = TlogProof {
+            extra: None,
+            ..tp.clone()
+        };
+        assert_eq!(TlogProof::parse(&no_extra.encode()).unwrap(), no_extra);
+        let bad = [
+            (text.replacen("@v1", "@v2", 1), TlogProofError::BadHeader),
+            (
+                text.replacen("index 6", "index 06", 1),
+                TlogProofError::BadIndex,
+            ),
+            (
+                text.replacen("index 6", "index -6", 1),
+                TlogProofError::BadIndex,
+            ),
+            (
+                text.replacen("extra Y3R4", "extra !!", 1),
+                TlogProofError::BadExtra,
+            ),
+            (
+                text.replacen("index 6\n", "index 6\nAAAA\n", 1),
+                TlogProofError::BadHash { line: 4 },
+            ),
+            (
+                "c2sp.org/tlog-proof@v1\nindex 1\n".to_string(),
+                TlogProofError::MissingCheckpoint,
+            ),
+            (
+                "c2sp.org/tlog-proof@v1\nindex 1\n\n".to_string(),
+                TlogProofError::MissingCheckpoint,
+            ),
+        ];
+        for (input, want) in bad {
+            assert_eq!(TlogProof::parse(&input), Err(want), "{input:?}");
+        }
     }
 
     #[test]
