@@ -36,6 +36,10 @@ use crate::proof::{
     inclusion_proof_indexes, prove_consistency, prove_inclusion, verify_consistency,
 };
 use crate::store::{LogStore, StoreError};
+use crate::tiles::{
+    EntryBundle, MAX_ENTRY_LEN, Tile, TileError, encode_entry_bundle, tile_data, tile_data_indexes,
+    tile_in_tree,
+};
 use crate::tree::{Frontier, PrefetchedHashes, StoredHashIndex, TreeError};
 
 /// Most entries one batch (one transaction, one checkpoint) carries.
@@ -43,10 +47,6 @@ pub const MAX_BATCH_ENTRIES: usize = 4096;
 
 /// A batch stops growing once its entries add up to this many bytes.
 pub const MAX_BATCH_BYTES: usize = 8 << 20;
-
-/// Largest entry: C2SP `tlog-tiles` entry bundles prefix each entry with a 16-bit
-/// length, so a longer entry could not be served.
-pub const MAX_ENTRY_LEN: usize = u16::MAX as usize;
 
 /// Appends that may wait in the queue before [`Log::append`] itself waits.
 const QUEUE_DEPTH: usize = 1 << 16;
@@ -78,7 +78,8 @@ pub enum LogError {
     /// The writer task is gone (its runtime shut down).
     #[error("the log writer has stopped (its runtime shut down); reopen the log")]
     WriterStopped,
-    /// An entry longer than [`MAX_ENTRY_LEN`].
+    /// An entry longer than [`MAX_ENTRY_LEN`] (C2SP `tlog-tiles` entry bundles prefix
+    /// each entry with a 16-bit length, so a longer one could not be served).
     #[error("entry of {len} bytes is too large: at most {MAX_ENTRY_LEN} bytes fit an entry bundle")]
     EntryTooLarge {
         /// The entry's length.
@@ -98,6 +99,10 @@ pub enum LogError {
     /// A proof could not be produced.
     #[error(transparent)]
     Proof(#[from] ProofError),
+    /// A tile or entry bundle that the published tree does not have, or one that
+    /// could not be assembled.
+    #[error(transparent)]
+    Tile(#[from] TileError),
     /// A checkpoint could not be signed (for example a key name that is not a valid
     /// origin).
     #[error("cannot sign the log's checkpoint: {0}")]
@@ -255,6 +260,43 @@ impl Log {
     ) -> Result<Vec<Vec<u8>>, LogError> {
         self.check_published(TreeSize(end.0))?;
         Ok(self.shared.store.read_entries(start, end).await?)
+    }
+
+    /// The data of hash tile `tile` (C2SP `tlog-tiles`): its hashes concatenated. The
+    /// published tree must have the tile with at least `tile.width` hashes; a partial
+    /// width the tree has since grown past is still served (it is a prefix of the
+    /// wider tile).
+    pub async fn tile(&self, tile: &Tile) -> Result<Vec<u8>, LogError> {
+        self.check_tile(tile)?;
+        let reader = self.fetch(tile_data_indexes(tile)).await?;
+        Ok(tile_data(tile, &reader)?)
+    }
+
+    /// The entry bundle `bundle` (C2SP `tlog-tiles`): its entries, each with a
+    /// big-endian 16-bit length prefix. The same width rule as [`Log::tile`].
+    pub async fn entry_bundle(&self, bundle: &EntryBundle) -> Result<Vec<u8>, LogError> {
+        self.check_tile(&bundle.tile())?;
+        let first = bundle.first_entry();
+        let end = first + u64::from(bundle.width);
+        let entries = self
+            .shared
+            .store
+            .read_entries(LeafIndex(first), LeafIndex(end))
+            .await?;
+        let slices: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
+        Ok(encode_entry_bundle(&slices)?)
+    }
+
+    fn check_tile(&self, tile: &Tile) -> Result<(), LogError> {
+        let size = self.shared.head.borrow().size;
+        match tile_in_tree(size, tile.level, tile.index) {
+            Some(there) if there.width >= tile.width && tile.width > 0 => Ok(()),
+            _ => Err(TileError::NotInTree {
+                tile: tile.path(),
+                size: size.0,
+            }
+            .into()),
+        }
     }
 
     async fn fetch(&self, indexes: Vec<StoredHashIndex>) -> Result<PrefetchedHashes, LogError> {
@@ -627,6 +669,49 @@ mod tests {
         assert!(matches!(
             Log::open(sqlite(&dir).await, signer()).await,
             Err(LogError::Inconsistent { size: 5, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn tiles_and_entry_bundles_check_against_the_head() {
+        use crate::tiles::{EntryBundle, VerifiedTiles, decode_entry_bundle, tiles_for_size};
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(sqlite(&dir).await, signer()).await.unwrap();
+        for i in 0..300 {
+            log.append(entry(i)).await.unwrap();
+        }
+        let head = log.head();
+        let mut tiles = Vec::new();
+        for tile in tiles_for_size(head.size) {
+            tiles.push((tile, log.tile(&tile).await.unwrap()));
+        }
+        // 256 + 44 leaves: tile/0/000, tile/0/001.p/44, tile/1/000.p/1.
+        assert_eq!(tiles.len(), 3);
+        VerifiedTiles::new(head.size, &head.root, tiles).expect("the served tiles verify");
+        let full = decode_entry_bundle(
+            &log.entry_bundle(&EntryBundle::new(0, 256).unwrap())
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(full, (0..256).map(entry).collect::<Vec<_>>());
+        let part = decode_entry_bundle(
+            &log.entry_bundle(&EntryBundle::new(1, 44).unwrap())
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(part, (256..300).map(entry).collect::<Vec<_>>());
+        // A narrower partial width is a prefix and still served; a wider one is not.
+        let narrow = log.tile(&Tile::new(0, 1, 10).unwrap()).await.unwrap();
+        assert_eq!(narrow.len(), 10 * 32);
+        assert!(matches!(
+            log.tile(&Tile::new(0, 1, 45).unwrap()).await,
+            Err(LogError::Tile(TileError::NotInTree { size: 300, .. }))
+        ));
+        assert!(matches!(
+            log.entry_bundle(&EntryBundle::new(2, 1).unwrap()).await,
+            Err(LogError::Tile(TileError::NotInTree { .. }))
         ));
     }
 
