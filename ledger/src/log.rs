@@ -1,1 +1,731 @@
-//! Placeholder: written by its owner on a branch.
+//! The log: a group-committing writer over a [`LogStore`], and the reads that the
+//! C2SP `tlog-tiles` endpoints and the proof APIs need.
+//!
+//! DESIGN.md, "Ledger": an entry is acknowledged only after it is durable, a
+//! checkpoint is never signed over entries that are not durable, and every checkpoint
+//! is consistent with every earlier one. How this module keeps those promises:
+//!
+//! - Every [`Log::append`] queues its entry to ONE writer task. The writer takes
+//!   everything queued (up to [`MAX_BATCH_ENTRIES`] entries or [`MAX_BATCH_BYTES`]
+//!   bytes), extends a copy of the tree's [`Frontier`], signs the checkpoint of the new
+//!   size, and hands entries, new stored hashes and the checkpoint to
+//!   [`LogStore::append_batch`], which commits them in one durable transaction. Only
+//!   after that commit does it publish the checkpoint and answer the batch's callers.
+//!   The signature exists before the write, but nobody sees it until the entries it
+//!   covers are on disk (a crash in between loses both together).
+//! - If the write fails, every caller of the batch gets the error, the frontier copy
+//!   is thrown away, and the writer reloads its state from the store before the next
+//!   batch (the failed commit may or may not have landed; the store decides).
+//! - Consistency: the writer only ever extends the frontier it loaded from the store,
+//!   and the store refuses a batch that does not start at its size, so each new tree
+//!   extends the last one. [`Log::open`] checks the stored tree against the latest
+//!   stored checkpoint before it signs anything.
+//!
+//! The origin of the log is the name of its signing key, as C2SP `tlog-checkpoint`
+//! requires.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::checkpoint::{Checkpoint, CheckpointError, open_checkpoint, sign_checkpoint};
+use crate::hash::{Hash, LeafIndex, TreeSize, leaf_hash};
+use crate::note::{NoteSigner, NoteVerifier};
+use crate::proof::{
+    ConsistencyProof, InclusionProof, ProofError, consistency_proof_indexes,
+    inclusion_proof_indexes, prove_consistency, prove_inclusion, verify_consistency,
+};
+use crate::store::{LogStore, StoreError};
+use crate::tiles::{
+    EntryBundle, MAX_ENTRY_LEN, Tile, TileError, encode_entry_bundle, tile_data, tile_data_indexes,
+    tile_in_tree,
+};
+use crate::tree::{Frontier, PrefetchedHashes, StoredHashIndex, TreeError};
+
+/// Most entries one batch (one transaction, one checkpoint) carries.
+pub const MAX_BATCH_ENTRIES: usize = 4096;
+
+/// A batch stops growing once its entries add up to this many bytes.
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
+
+/// Appends that may wait in the queue before [`Log::append`] itself waits.
+const QUEUE_DEPTH: usize = 1 << 16;
+
+/// The latest published state of the log: a signed checkpoint whose entries are
+/// durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogHead {
+    /// The tree size the checkpoint signs.
+    pub size: TreeSize,
+    /// The tree's root hash at that size.
+    pub root: Hash,
+    /// The signed checkpoint note (C2SP `tlog-checkpoint`).
+    pub note: String,
+}
+
+/// Errors of opening, appending to and reading the log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// The store failed or holds bad rows.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The batch holding this entry was not committed, so the entry is not
+    /// acknowledged. (If the failure hid a commit that did land, the entry is in the
+    /// log anyway; a caller that must not duplicate it can look for it.)
+    #[error("the entry was not stored: {0}; it is not acknowledged, submit it again")]
+    NotStored(Arc<LogError>),
+    /// The writer task is gone (its runtime shut down).
+    #[error("the log writer has stopped (its runtime shut down); reopen the log")]
+    WriterStopped,
+    /// An entry longer than [`MAX_ENTRY_LEN`] (C2SP `tlog-tiles` entry bundles prefix
+    /// each entry with a 16-bit length, so a longer one could not be served).
+    #[error("entry of {len} bytes is too large: at most {MAX_ENTRY_LEN} bytes fit an entry bundle")]
+    EntryTooLarge {
+        /// The entry's length.
+        len: usize,
+    },
+    /// A read past the published tree.
+    #[error("tree size {asked} asked for, but the log's latest checkpoint is at size {size}")]
+    BeyondSize {
+        /// What was asked for.
+        asked: u64,
+        /// The published size.
+        size: u64,
+    },
+    /// Stored hashes could not be assembled into a tree.
+    #[error("cannot rebuild the tree from the store: {0}")]
+    Tree(#[from] TreeError),
+    /// A proof could not be produced.
+    #[error(transparent)]
+    Proof(#[from] ProofError),
+    /// A tile or entry bundle that the published tree does not have, or one that
+    /// could not be assembled.
+    #[error(transparent)]
+    Tile(#[from] TileError),
+    /// A checkpoint could not be signed (for example a key name that is not a valid
+    /// origin).
+    #[error("cannot sign the log's checkpoint: {0}")]
+    Sign(#[source] CheckpointError),
+    /// The latest stored checkpoint does not open with this log's key.
+    #[error(
+        "the stored checkpoint at size {size} does not open with this log's key ({source}); \
+         is this the right key for this store?"
+    )]
+    StoredCheckpoint {
+        /// The stored checkpoint's size.
+        size: u64,
+        /// Why it does not open.
+        #[source]
+        source: CheckpointError,
+    },
+    /// The stored tree disagrees with a stored, signed checkpoint.
+    #[error("the stored tree disagrees with its signed checkpoint at size {size}: {problem}")]
+    Inconsistent {
+        /// The checkpoint's size.
+        size: u64,
+        /// What disagrees.
+        problem: String,
+    },
+}
+
+/// A handle on one log. Clones are cheap and share the one writer.
+#[derive(Clone, Debug)]
+pub struct Log {
+    shared: Arc<Shared>,
+    queue: mpsc::Sender<Pending>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Arc<dyn LogStore>,
+    verifier: NoteVerifier,
+    head: watch::Sender<Arc<LogHead>>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    entry: Vec<u8>,
+    reply: oneshot::Sender<Result<LeafIndex, LogError>>,
+}
+
+impl Log {
+    /// Opens the log kept in `store`, signed by `signer` (whose name is the origin).
+    ///
+    /// Rebuilds the frontier from O(log n) stored hashes and checks that its root is
+    /// the one the latest stored checkpoint signs. If no checkpoint covers the stored
+    /// size (an empty store, or entries written without one), it signs one over the
+    /// stored, durable entries, after checking that the tree extends the last stored
+    /// checkpoint. Spawns the writer task on the current tokio runtime.
+    pub async fn open(store: Arc<dyn LogStore>, signer: NoteSigner) -> Result<Log, LogError> {
+        let verifier = signer.verifier();
+        let (frontier, head) = recover(&*store, &signer, &verifier).await?;
+        let (head_tx, _) = watch::channel(Arc::new(head));
+        let shared = Arc::new(Shared {
+            store,
+            verifier,
+            head: head_tx,
+        });
+        let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
+        let writer = Writer {
+            shared: Arc::clone(&shared),
+            signer,
+            frontier,
+            stale: false,
+        };
+        tokio::spawn(writer.run(rx));
+        Ok(Log { shared, queue })
+    }
+
+    /// Appends `entry` and returns its leaf index once it is durable and covered by the
+    /// published checkpoint.
+    pub async fn append(&self, entry: Vec<u8>) -> Result<LeafIndex, LogError> {
+        if entry.len() > MAX_ENTRY_LEN {
+            return Err(LogError::EntryTooLarge { len: entry.len() });
+        }
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Pending { entry, reply })
+            .await
+            .map_err(|_| LogError::WriterStopped)?;
+        answer.await.map_err(|_| LogError::WriterStopped)?
+    }
+
+    /// The latest published head: a signed checkpoint over durable entries.
+    pub fn head(&self) -> Arc<LogHead> {
+        Arc::clone(&self.shared.head.borrow())
+    }
+
+    /// The latest signed checkpoint note.
+    pub fn checkpoint(&self) -> String {
+        self.shared.head.borrow().note.clone()
+    }
+
+    /// A receiver that sees each new head as it is published.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<LogHead>> {
+        self.shared.head.subscribe()
+    }
+
+    /// The key that verifies the log's checkpoints.
+    pub fn verifier(&self) -> &NoteVerifier {
+        &self.shared.verifier
+    }
+
+    /// The store the log is kept in.
+    pub fn store(&self) -> &Arc<dyn LogStore> {
+        &self.shared.store
+    }
+
+    fn check_published(&self, size: TreeSize) -> Result<(), LogError> {
+        let published = self.shared.head.borrow().size;
+        if size > published {
+            return Err(LogError::BeyondSize {
+                asked: size.0,
+                size: published.0,
+            });
+        }
+        Ok(())
+    }
+
+    /// The RFC 9162 inclusion proof of leaf `index` in the tree of `size` leaves, which
+    /// must not be past the published head.
+    pub async fn inclusion_proof(
+        &self,
+        index: LeafIndex,
+        size: TreeSize,
+    ) -> Result<InclusionProof, LogError> {
+        self.check_published(size)?;
+        let indexes = inclusion_proof_indexes(size, index)?;
+        let reader = self.fetch(indexes).await?;
+        Ok(prove_inclusion(size, index, &reader)?)
+    }
+
+    /// The RFC 9162 consistency proof from the tree of `old` leaves to the tree of `new`.
+    pub async fn consistency_proof(
+        &self,
+        old: TreeSize,
+        new: TreeSize,
+    ) -> Result<ConsistencyProof, LogError> {
+        self.check_published(new)?;
+        let indexes = consistency_proof_indexes(old, new)?;
+        let reader = self.fetch(indexes).await?;
+        Ok(prove_consistency(old, new, &reader)?)
+    }
+
+    /// Entries `start..end` of the published tree.
+    pub async fn entries(
+        &self,
+        start: LeafIndex,
+        end: LeafIndex,
+    ) -> Result<Vec<Vec<u8>>, LogError> {
+        self.check_published(TreeSize(end.0))?;
+        Ok(self.shared.store.read_entries(start, end).await?)
+    }
+
+    /// The data of hash tile `tile` (C2SP `tlog-tiles`): its hashes concatenated. The
+    /// published tree must have the tile with at least `tile.width` hashes; a partial
+    /// width the tree has since grown past is still served (it is a prefix of the
+    /// wider tile).
+    pub async fn tile(&self, tile: &Tile) -> Result<Vec<u8>, LogError> {
+        self.check_tile(tile)?;
+        let reader = self.fetch(tile_data_indexes(tile)).await?;
+        Ok(tile_data(tile, &reader)?)
+    }
+
+    /// The entry bundle `bundle` (C2SP `tlog-tiles`): its entries, each with a
+    /// big-endian 16-bit length prefix. The same width rule as [`Log::tile`].
+    pub async fn entry_bundle(&self, bundle: &EntryBundle) -> Result<Vec<u8>, LogError> {
+        self.check_tile(&bundle.tile())?;
+        let first = bundle.first_entry();
+        let end = first + u64::from(bundle.width);
+        let entries = self
+            .shared
+            .store
+            .read_entries(LeafIndex(first), LeafIndex(end))
+            .await?;
+        let slices: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
+        Ok(encode_entry_bundle(&slices)?)
+    }
+
+    fn check_tile(&self, tile: &Tile) -> Result<(), LogError> {
+        let size = self.shared.head.borrow().size;
+        match tile_in_tree(size, tile.level, tile.index) {
+            Some(there) if there.width >= tile.width && tile.width > 0 => Ok(()),
+            _ => Err(TileError::NotInTree {
+                tile: tile.path(),
+                size: size.0,
+            }
+            .into()),
+        }
+    }
+
+    async fn fetch(&self, indexes: Vec<StoredHashIndex>) -> Result<PrefetchedHashes, LogError> {
+        let hashes = self.shared.store.read_hashes(&indexes).await?;
+        Ok(PrefetchedHashes::new(indexes, hashes)?)
+    }
+}
+
+/// Loads the frontier and the head from the store, checking them against each other,
+/// and signs and stores a checkpoint if the stored size has none.
+async fn recover(
+    store: &dyn LogStore,
+    signer: &NoteSigner,
+    verifier: &NoteVerifier,
+) -> Result<(Frontier, LogHead), LogError> {
+    let size = store.size().await?;
+    let indexes = Frontier::indexes_to_load(size);
+    let hashes = store.read_hashes(&indexes).await?;
+    let frontier = Frontier::load(size, &PrefetchedHashes::new(indexes, hashes)?)?;
+    let root = frontier.root();
+
+    let latest = store.latest_checkpoint().await?;
+    if let Some(stored) = &latest {
+        let opened = open_checkpoint(&stored.note, verifier).map_err(|source| {
+            LogError::StoredCheckpoint {
+                size: stored.size.0,
+                source,
+            }
+        })?;
+        let signed = &opened.checkpoint;
+        let inconsistent = |problem: String| LogError::Inconsistent {
+            size: stored.size.0,
+            problem,
+        };
+        if signed.size != stored.size {
+            return Err(inconsistent(format!(
+                "the note signs size {} but is stored for size {}",
+                signed.size, stored.size
+            )));
+        }
+        if signed.size > size {
+            return Err(inconsistent(format!(
+                "the checkpoint is past the {size} stored entries: entries were lost"
+            )));
+        }
+        if signed.size == size {
+            if signed.root != root {
+                return Err(inconsistent(format!(
+                    "it signs root {} but the stored hashes give {root}",
+                    signed.root
+                )));
+            }
+            let head = LogHead {
+                size,
+                root,
+                note: stored.note.clone(),
+            };
+            return Ok((frontier, head));
+        }
+        // Entries past the last checkpoint (stored without one): they must extend it.
+        let proof_indexes = consistency_proof_indexes(signed.size, size)?;
+        let proof_hashes = store.read_hashes(&proof_indexes).await?;
+        let reader = PrefetchedHashes::new(proof_indexes, proof_hashes)?;
+        let proof = prove_consistency(signed.size, size, &reader)?;
+        verify_consistency(&proof, &signed.root, &root).map_err(|e| {
+            inconsistent(format!(
+                "the stored tree of size {size} does not extend it: {e}"
+            ))
+        })?;
+    }
+    let note = sign_head(signer, size, root)?;
+    store
+        .append_batch(LeafIndex(size.0), &[], &[], Some(&note))
+        .await?;
+    Ok((frontier, LogHead { size, root, note }))
+}
+
+fn sign_head(signer: &NoteSigner, size: TreeSize, root: Hash) -> Result<String, LogError> {
+    let checkpoint = Checkpoint {
+        origin: signer.name().to_owned(),
+        size,
+        root,
+        extensions: Vec::new(),
+    };
+    sign_checkpoint(&checkpoint, signer).map_err(LogError::Sign)
+}
+
+/// The one task that writes to the store.
+struct Writer {
+    shared: Arc<Shared>,
+    signer: NoteSigner,
+    /// The frontier of the tree the store holds (unless `stale`).
+    frontier: Frontier,
+    /// A write failed: the store may or may not hold the last batch, so reload.
+    stale: bool,
+}
+
+impl Writer {
+    async fn run(mut self, mut queue: mpsc::Receiver<Pending>) {
+        let mut entries = Vec::new();
+        let mut replies = Vec::new();
+        while let Some(first) = queue.recv().await {
+            let mut bytes = first.entry.len();
+            entries.push(first.entry);
+            replies.push(first.reply);
+            while entries.len() < MAX_BATCH_ENTRIES && bytes < MAX_BATCH_BYTES {
+                let Ok(next) = queue.try_recv() else {
+                    break;
+                };
+                bytes += next.entry.len();
+                entries.push(next.entry);
+                replies.push(next.reply);
+            }
+            let answer = self.commit(&entries).await;
+            entries.clear();
+            match answer {
+                Ok(first_index) => {
+                    for (offset, reply) in (0u64..).zip(replies.drain(..)) {
+                        // A caller that gave up waiting has dropped its receiver; its
+                        // entry is stored all the same.
+                        let _ = reply.send(Ok(LeafIndex(first_index.0 + offset)));
+                    }
+                }
+                Err(error) => {
+                    let error = Arc::new(error);
+                    for reply in replies.drain(..) {
+                        let _ = reply.send(Err(LogError::NotStored(Arc::clone(&error))));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes one batch; returns the index of its first entry once it is durable and
+    /// its checkpoint is published.
+    async fn commit(&mut self, entries: &[Vec<u8>]) -> Result<LeafIndex, LogError> {
+        if self.stale {
+            let (frontier, head) =
+                recover(&*self.shared.store, &self.signer, &self.shared.verifier).await?;
+            self.frontier = frontier;
+            self.shared.head.send_replace(Arc::new(head));
+            self.stale = false;
+        }
+        let first = LeafIndex(self.frontier.size().0);
+        let mut next = self.frontier.clone();
+        let mut hashes = Vec::with_capacity(entries.len() * 2);
+        for entry in entries {
+            hashes.extend(next.append(leaf_hash(entry)));
+        }
+        let (size, root) = (next.size(), next.root());
+        let note = sign_head(&self.signer, size, root)?;
+        if let Err(e) = self
+            .shared
+            .store
+            .append_batch(first, entries, &hashes, Some(&note))
+            .await
+        {
+            self.stale = true;
+            return Err(e.into());
+        }
+        self.frontier = next;
+        self.shared
+            .head
+            .send_replace(Arc::new(LogHead { size, root, note }));
+        Ok(first)
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+    use crate::proof::verify_inclusion;
+    use crate::store::fault::{Fault, FaultyStore};
+    use crate::store::sqlite::SqliteStore;
+
+    fn signer() -> NoteSigner {
+        NoteSigner::from_secret("lupus.example/test-log", [5; 32]).expect("a valid key name")
+    }
+
+    async fn sqlite(dir: &tempfile::TempDir) -> Arc<dyn LogStore> {
+        Arc::new(
+            SqliteStore::open_in_dir(dir.path())
+                .await
+                .expect("open sqlite"),
+        )
+    }
+
+    fn entry(i: u64) -> Vec<u8> {
+        format!("entry {i}").into_bytes()
+    }
+
+    #[tokio::test]
+    async fn appends_are_numbered_proved_and_covered_by_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(sqlite(&dir).await, signer()).await.unwrap();
+        let empty = log.head();
+        assert_eq!(empty.size, TreeSize(0));
+        for i in 0..10 {
+            assert_eq!(log.append(entry(i)).await.unwrap(), LeafIndex(i));
+            assert_eq!(log.head().size, TreeSize(i + 1), "the head covers the ack");
+        }
+        let head = log.head();
+        let opened = open_checkpoint(&head.note, log.verifier()).unwrap();
+        assert_eq!(opened.checkpoint.size, TreeSize(10));
+        assert_eq!(opened.checkpoint.root, head.root);
+        for i in 0..10 {
+            let proof = log.inclusion_proof(LeafIndex(i), head.size).await.unwrap();
+            verify_inclusion(&proof, &leaf_hash(&entry(i)), &head.root).unwrap();
+        }
+        let proof = log.consistency_proof(TreeSize(3), head.size).await.unwrap();
+        assert_eq!(proof.new_size, TreeSize(10));
+        assert_eq!(
+            log.entries(LeafIndex(2), LeafIndex(4)).await.unwrap(),
+            vec![entry(2), entry(3)]
+        );
+        assert!(matches!(
+            log.inclusion_proof(LeafIndex(0), TreeSize(11)).await,
+            Err(LogError::BeyondSize {
+                asked: 11,
+                size: 10
+            })
+        ));
+        assert!(matches!(
+            log.entries(LeafIndex(0), LeafIndex(11)).await,
+            Err(LogError::BeyondSize { .. })
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_are_group_committed_without_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(sqlite(&dir).await, signer()).await.unwrap();
+        let tasks: Vec<_> = (0..64u64)
+            .map(|t| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    for k in 0..20u64 {
+                        let bytes = entry(t * 1000 + k);
+                        got.push((log.append(bytes.clone()).await.unwrap(), bytes));
+                    }
+                    got
+                })
+            })
+            .collect();
+        let mut acked = Vec::new();
+        for task in tasks {
+            acked.extend(task.await.unwrap());
+        }
+        assert_eq!(log.head().size, TreeSize(64 * 20));
+        let stored = log.entries(LeafIndex(0), LeafIndex(64 * 20)).await.unwrap();
+        acked.sort();
+        for (expected, (index, bytes)) in acked.iter().enumerate() {
+            assert_eq!(index.0, expected as u64, "indexes are dense and unique");
+            assert_eq!(&stored[expected], bytes);
+        }
+        // Fewer checkpoints than entries: batches held more than one entry.
+        let mut batches = 0;
+        for size in 1..=64 * 20 {
+            if log
+                .store()
+                .checkpoint_at(TreeSize(size))
+                .await
+                .unwrap()
+                .is_some()
+            {
+                batches += 1;
+            }
+        }
+        assert!(
+            batches < 64 * 20,
+            "no group commit happened: {batches} batches"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_acknowledges_nothing_and_the_log_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Arc::new(FaultyStore::new(sqlite(&dir).await));
+        let log = Log::open(faulty.clone(), signer()).await.unwrap();
+        assert_eq!(log.append(entry(0)).await.unwrap(), LeafIndex(0));
+        let before = log.head();
+
+        faulty.fail_next_append(Fault::BeforeCommit);
+        assert!(matches!(
+            log.append(entry(1)).await,
+            Err(LogError::NotStored(_))
+        ));
+        assert_eq!(
+            log.head(),
+            before,
+            "no checkpoint is published for a failed batch"
+        );
+        assert_eq!(log.append(entry(2)).await.unwrap(), LeafIndex(1));
+        assert_eq!(
+            log.entries(LeafIndex(0), LeafIndex(2)).await.unwrap(),
+            vec![entry(0), entry(2)]
+        );
+
+        // The commit lands but the store reports failure: not acknowledged, and the
+        // writer picks the landed batch up from the store before the next one.
+        faulty.fail_next_append(Fault::AfterCommit);
+        let mid = log.head();
+        assert!(matches!(
+            log.append(entry(3)).await,
+            Err(LogError::NotStored(_))
+        ));
+        assert_eq!(log.head(), mid);
+        assert_eq!(log.append(entry(4)).await.unwrap(), LeafIndex(3));
+        let head = log.head();
+        assert_eq!(head.size, TreeSize(4));
+        assert_eq!(
+            log.entries(LeafIndex(0), LeafIndex(4)).await.unwrap(),
+            vec![entry(0), entry(2), entry(3), entry(4)]
+        );
+        let proof = log.consistency_proof(mid.size, head.size).await.unwrap();
+        verify_consistency(&proof, &mid.root, &head.root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn reopening_continues_the_same_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = {
+            let log = Log::open(sqlite(&dir).await, signer()).await.unwrap();
+            for i in 0..7 {
+                log.append(entry(i)).await.unwrap();
+            }
+            log.head()
+        };
+        let log = Log::open(sqlite(&dir).await, signer()).await.unwrap();
+        assert_eq!(
+            log.head(),
+            first,
+            "the stored checkpoint is reused, not re-signed"
+        );
+        assert_eq!(log.append(entry(7)).await.unwrap(), LeafIndex(7));
+        let head = log.head();
+        let proof = log.consistency_proof(first.size, head.size).await.unwrap();
+        verify_consistency(&proof, &first.root, &head.root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_wrong_key_or_a_tampered_hash_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = Log::open(sqlite(&dir).await, signer()).await.unwrap();
+            for i in 0..5 {
+                log.append(entry(i)).await.unwrap();
+            }
+        }
+        let other = NoteSigner::from_secret("lupus.example/test-log", [6; 32]).unwrap();
+        assert!(matches!(
+            Log::open(sqlite(&dir).await, other).await,
+            Err(LogError::StoredCheckpoint { size: 5, .. })
+        ));
+
+        // Size 5 = 4 + 1: the frontier is the level-2 hash of leaves 0..4 and leaf 4.
+        let path = dir.path().join(crate::store::sqlite::DB_FILE_NAME);
+        let pool = sqlx::SqlitePool::connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new().filename(&path),
+        )
+        .await
+        .unwrap();
+        sqlx::query("UPDATE hashes SET hash = zeroblob(32) WHERE idx = ?")
+            .bind(crate::tree::stored_hash_index(0, 4).0 as i64)
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        assert!(matches!(
+            Log::open(sqlite(&dir).await, signer()).await,
+            Err(LogError::Inconsistent { size: 5, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn tiles_and_entry_bundles_check_against_the_head() {
+        use crate::tiles::{EntryBundle, VerifiedTiles, decode_entry_bundle, tiles_for_size};
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(sqlite(&dir).await, signer()).await.unwrap();
+        for i in 0..300 {
+            log.append(entry(i)).await.unwrap();
+        }
+        let head = log.head();
+        let mut tiles = Vec::new();
+        for tile in tiles_for_size(head.size) {
+            tiles.push((tile, log.tile(&tile).await.unwrap()));
+        }
+        // 256 + 44 leaves: tile/0/000, tile/0/001.p/44, tile/1/000.p/1.
+        assert_eq!(tiles.len(), 3);
+        VerifiedTiles::new(head.size, &head.root, tiles).expect("the served tiles verify");
+        let full = decode_entry_bundle(
+            &log.entry_bundle(&EntryBundle::new(0, 256).unwrap())
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(full, (0..256).map(entry).collect::<Vec<_>>());
+        let part = decode_entry_bundle(
+            &log.entry_bundle(&EntryBundle::new(1, 44).unwrap())
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(part, (256..300).map(entry).collect::<Vec<_>>());
+        // A narrower partial width is a prefix and still served; a wider one is not.
+        let narrow = log.tile(&Tile::new(0, 1, 10).unwrap()).await.unwrap();
+        assert_eq!(narrow.len(), 10 * 32);
+        assert!(matches!(
+            log.tile(&Tile::new(0, 1, 45).unwrap()).await,
+            Err(LogError::Tile(TileError::NotInTree { size: 300, .. }))
+        ));
+        assert!(matches!(
+            log.entry_bundle(&EntryBundle::new(2, 1).unwrap()).await,
+            Err(LogError::Tile(TileError::NotInTree { .. }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn oversized_entries_are_refused_before_queueing() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(sqlite(&dir).await, signer()).await.unwrap();
+        assert!(matches!(
+            log.append(vec![0; MAX_ENTRY_LEN + 1]).await,
+            Err(LogError::EntryTooLarge { len }) if len == MAX_ENTRY_LEN + 1
+        ));
+        assert_eq!(
+            log.append(vec![0; MAX_ENTRY_LEN]).await.unwrap(),
+            LeafIndex(0)
+        );
+    }
+}

@@ -1,1 +1,438 @@
-//! Placeholder: written by its owner on a branch.
+//! Durable storage for the log: one async trait, [`LogStore`], and its backends.
+//!
+//! The log keeps four things: the entries (leaf `i` at row `i`), the tree's stored
+//! hashes (addressed by [`StoredHashIndex`], the numbering of Go's `sumdb/tlog` that
+//! `tree` uses), the signed checkpoints (C2SP `tlog-checkpoint` notes, keyed by tree
+//! size), and a small key-value table for the coordinator's own state. A single
+//! counter row holds the tree size; [`LogStore::append_batch`] moves it with a
+//! compare-and-swap inside the same transaction that writes the entries, their hashes
+//! and the checkpoint, so the four are always in step and a second (or stale) writer
+//! is refused instead of interleaving.
+//!
+//! Backends: SQLite ([`sqlite`], the embedded default) and PostgreSQL ([`postgres`]).
+//! Both pass the one conformance suite in `tests/store_conformance.rs`. Pick one at run
+//! time with [`open_store`].
+//!
+//! Storage is the edge of the program: every row read back is checked (hash blobs are
+//! 32 bytes, indexes are contiguous, counters are not negative) and a bad row is a
+//! [`StoreError::Corrupt`] naming the table and row, never a panic.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::hash::{Hash, LeafIndex, TreeSize};
+use crate::tree::StoredHashIndex;
+
+pub mod fault;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+/// Storage of one log: entries, stored tree hashes, signed checkpoints, metadata.
+///
+/// Implementations must make [`append_batch`](Self::append_batch) atomic and durable
+/// before it returns `Ok`: the log acknowledges entries, and publishes the checkpoint
+/// that covers them, only after that.
+#[async_trait]
+pub trait LogStore: Send + Sync + fmt::Debug {
+    /// Where the data lives, for logs and error messages (any password removed).
+    fn location(&self) -> String;
+
+    /// The number of entries stored: the size of the stored tree.
+    async fn size(&self) -> Result<TreeSize, StoreError>;
+
+    /// Appends `entries` at leaf indexes `first_index..`, the tree hashes they add,
+    /// and, if given, the signed checkpoint note for the new size, in ONE transaction.
+    ///
+    /// Refuses with [`StoreError::Conflict`], writing nothing, unless the store holds
+    /// exactly `first_index` entries. An empty `entries` with a checkpoint stores the
+    /// checkpoint for the current size (replacing one stored for that size).
+    async fn append_batch(
+        &self,
+        first_index: LeafIndex,
+        entries: &[Vec<u8>],
+        hashes: &[(StoredHashIndex, Hash)],
+        checkpoint: Option<&str>,
+    ) -> Result<(), StoreError>;
+
+    /// Reads the stored hashes at `indexes`, in the order asked (repeats allowed).
+    ///
+    /// A missing index is [`StoreError::Corrupt`]: callers ask only for hashes of the
+    /// tree the store holds, which must all be there.
+    async fn read_hashes(&self, indexes: &[StoredHashIndex]) -> Result<Vec<Hash>, StoreError>;
+
+    /// Reads entries `start..end` (end exclusive).
+    ///
+    /// [`StoreError::OutOfRange`] if `end` is past the stored size or `start > end`.
+    async fn read_entries(
+        &self,
+        start: LeafIndex,
+        end: LeafIndex,
+    ) -> Result<Vec<Vec<u8>>, StoreError>;
+
+    /// The signed checkpoint stored for the largest size, if any.
+    async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError>;
+
+    /// The signed checkpoint stored for exactly `size`, if any.
+    async fn checkpoint_at(&self, size: TreeSize) -> Result<Option<String>, StoreError>;
+
+    /// Reads a value of the metadata table.
+    async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Writes (inserts or replaces) a value of the metadata table, durably.
+    async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+}
+
+/// A signed checkpoint note as stored, with the tree size it was stored for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    /// The tree size the checkpoint was stored with (the size after its batch).
+    pub size: TreeSize,
+    /// The signed note, exactly as signed.
+    pub note: String,
+}
+
+/// Opens the store a URL names: `sqlite://PATH` (or `sqlite:PATH`) for a database
+/// file, created with its parent directories if missing; `postgres://...` (or
+/// `postgresql://...`) for a PostgreSQL database, tables in the schema
+/// [`postgres::DEFAULT_SCHEMA`].
+pub async fn open_store(url: &str) -> Result<Arc<dyn LogStore>, StoreError> {
+    #[cfg(feature = "sqlite")]
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let store = sqlite::SqliteStore::open(path).await?;
+        return Ok(Arc::new(store));
+    }
+    #[cfg(feature = "postgres")]
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = postgres::PostgresStore::open(url, postgres::DEFAULT_SCHEMA).await?;
+        return Ok(Arc::new(store));
+    }
+    Err(StoreError::UnsupportedUrl {
+        url: redact_url(url),
+    })
+}
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The URL names no backend this build supports.
+    #[error(
+        "unsupported store URL {url:?}: use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE \
+         (backends in this build: {backends})",
+        backends = compiled_backends()
+    )]
+    UnsupportedUrl {
+        /// The URL, password removed.
+        url: String,
+    },
+    /// The backend could not be reached or opened.
+    #[error(
+        "cannot open the log store at {location}: {source}; check that it exists and is reachable"
+    )]
+    Unavailable {
+        /// The store's location, password removed.
+        location: String,
+        /// What the backend said.
+        #[source]
+        source: BoxError,
+    },
+    /// A batch did not start at the stored size: another writer appended, or this
+    /// writer's view is stale. Nothing was written.
+    #[error(
+        "append refused: the batch starts at leaf {first_index} but the store holds {stored} \
+         entries; another writer is using this log, or this one is stale: reopen the log"
+    )]
+    Conflict {
+        /// Where the refused batch would have started.
+        first_index: u64,
+        /// The size the store holds.
+        stored: u64,
+    },
+    /// A range of entries past the stored tree was asked for.
+    #[error("entries {start}..{end} requested but the log holds {size}")]
+    OutOfRange {
+        /// First index asked for.
+        start: u64,
+        /// End (exclusive) asked for.
+        end: u64,
+        /// The stored size.
+        size: u64,
+    },
+    /// An argument the store cannot represent (a size past `i64::MAX`, a hash count that
+    /// does not match, an empty metadata key).
+    #[error("invalid store request: {0}")]
+    Invalid(String),
+    /// A row read back is not what the log writes: the store was damaged or edited.
+    #[error(
+        "the log store is corrupt: table {table}, row {index}: {problem}; restore it from a \
+         backup or a mirror of the log's tiles"
+    )]
+    Corrupt {
+        /// The table holding the bad (or missing) row.
+        table: &'static str,
+        /// The row's key (leaf index, stored-hash index or tree size).
+        index: u64,
+        /// What is wrong with it.
+        problem: Corruption,
+    },
+    /// The backend failed while running a query.
+    #[error("the log store ({location}) failed: {source}")]
+    Backend {
+        /// The store's location, password removed.
+        location: String,
+        /// What the backend said.
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// A boxed error from a backend.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What is wrong with a corrupt row.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Corruption {
+    /// The row should exist but does not.
+    #[error("the row is missing")]
+    Missing,
+    /// A hash blob of the wrong length.
+    #[error("the hash is {0} bytes long, not 32")]
+    HashLength(usize),
+    /// A negative number where a size or index belongs.
+    #[error("the value {0} is negative")]
+    Negative(i64),
+    /// A checkpoint note that is not UTF-8 text.
+    #[error("the checkpoint note is not UTF-8")]
+    NotUtf8,
+    /// The counter row is missing or does not agree with the rows stored.
+    #[error("the stored size is {counter} but the entries table ends at {entries}")]
+    SizeMismatch {
+        /// The size the counter row holds.
+        counter: u64,
+        /// One past the largest stored entry index.
+        entries: u64,
+    },
+}
+
+fn compiled_backends() -> &'static str {
+    match (cfg!(feature = "sqlite"), cfg!(feature = "postgres")) {
+        (true, true) => "sqlite, postgres",
+        (true, false) => "sqlite",
+        (false, true) => "postgres",
+        (false, false) => "none",
+    }
+}
+
+/// A URL with any password replaced by `***`, for messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// Converts an index or size to the `BIGINT` both backends store.
+pub(crate) fn to_sql_int(value: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| {
+        StoreError::Invalid(format!("{what} {value} is past the largest storable value"))
+    })
+}
+
+/// Converts a stored `BIGINT` back, refusing negatives as corruption.
+pub(crate) fn from_sql_int(value: i64, table: &'static str, index: u64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt {
+        table,
+        index,
+        problem: Corruption::Negative(value),
+    })
+}
+
+/// Checks a stored hash blob.
+pub(crate) fn hash_from_row(blob: &[u8], index: u64) -> Result<Hash, StoreError> {
+    let bytes: [u8; 32] = blob.try_into().map_err(|_| StoreError::Corrupt {
+        table: "hashes",
+        index,
+        problem: Corruption::HashLength(blob.len()),
+    })?;
+    Ok(Hash(bytes))
+}
+
+/// Puts rows fetched by index back in the order asked, failing on the first missing one.
+pub(crate) fn order_hashes(
+    indexes: &[StoredHashIndex],
+    mut found: Vec<(u64, Hash)>,
+) -> Result<Vec<Hash>, StoreError> {
+    found.sort_unstable_by_key(|(index, _)| *index);
+    indexes
+        .iter()
+        .map(|wanted| {
+            found
+                .binary_search_by_key(&wanted.0, |(index, _)| *index)
+                .ok()
+                .and_then(|at| found.get(at))
+                .map(|(_, hash)| *hash)
+                .ok_or(StoreError::Corrupt {
+                    table: "hashes",
+                    index: wanted.0,
+                    problem: Corruption::Missing,
+                })
+        })
+        .collect()
+}
+
+/// Checks that `rows` (index, data) are exactly `start..end` in order, and returns the
+/// data. `stored_size` is asked for only when rows are missing, to tell a range past the
+/// end of the log (the caller's mistake) from a gap (corruption).
+pub(crate) async fn contiguous_entries<F>(
+    start: u64,
+    end: u64,
+    rows: Vec<(i64, Vec<u8>)>,
+    stored_size: F,
+) -> Result<Vec<Vec<u8>>, StoreError>
+where
+    F: std::future::Future<Output = Result<TreeSize, StoreError>>,
+{
+    let mut out = Vec::with_capacity(rows.len());
+    let mut expected = start;
+    for (index, data) in rows {
+        let index = from_sql_int(index, "entries", expected)?;
+        if index != expected {
+            break;
+        }
+        out.push(data);
+        expected += 1;
+    }
+    if expected == end {
+        return Ok(out);
+    }
+    let size = stored_size.await?.0;
+    if end > size {
+        return Err(StoreError::OutOfRange { start, end, size });
+    }
+    Err(StoreError::Corrupt {
+        table: "entries",
+        index: expected,
+        problem: Corruption::Missing,
+    })
+}
+
+/// Splits `n` rows into chunks whose sizes are powers of two no larger than `max`, so a
+/// backend that builds one statement per chunk size prepares only a few statements.
+pub(crate) fn pow2_chunks(mut n: usize, max: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if n == 0 {
+            return None;
+        }
+        let chunk = if n >= max {
+            max
+        } else {
+            1 << (usize::BITS - 1 - n.leading_zeros())
+        };
+        n -= chunk;
+        Some(chunk)
+    })
+}
+
+/// Checks the arguments of an append before a backend opens its transaction.
+pub(crate) fn check_batch(
+    first_index: LeafIndex,
+    entries: &[Vec<u8>],
+    hashes: &[(StoredHashIndex, Hash)],
+) -> Result<(i64, i64), StoreError> {
+    let count = u64::try_from(entries.len())
+        .map_err(|_| StoreError::Invalid("batch too large".to_owned()))?;
+    let new_size = first_index
+        .0
+        .checked_add(count)
+        .ok_or_else(|| StoreError::Invalid("batch runs past the largest leaf index".to_owned()))?;
+    for (index, _) in hashes {
+        to_sql_int(index.0, "stored hash index")?;
+    }
+    Ok((
+        to_sql_int(first_index.0, "first index")?,
+        to_sql_int(new_size, "tree size")?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pow2_chunks_cover_the_count_with_few_sizes() {
+        for n in 0..2000usize {
+            let chunks: Vec<usize> = pow2_chunks(n, 256).collect();
+            assert_eq!(chunks.iter().sum::<usize>(), n, "n = {n}");
+            assert!(
+                chunks.iter().all(|c| c.is_power_of_two() && *c <= 256),
+                "n = {n}: {chunks:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn redact_url_hides_only_the_password() {
+        assert_eq!(
+            redact_url("postgres://lupus:s3cret@db.example:5432/lupus?sslmode=require"),
+            "postgres://lupus:***@db.example:5432/lupus?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://lupus@127.0.0.1:55432/lupus_test"),
+            "postgres://lupus@127.0.0.1:55432/lupus_test"
+        );
+        assert_eq!(
+            redact_url("sqlite://data/ledger.db"),
+            "sqlite://data/ledger.db"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn order_hashes_follows_the_request_and_names_a_missing_row() {
+        let a = Hash([1; 32]);
+        let b = Hash([2; 32]);
+        let found = vec![(7, b), (3, a)];
+        let asked = [StoredHashIndex(3), StoredHashIndex(7), StoredHashIndex(3)];
+        assert_eq!(
+            order_hashes(&asked, found.clone()).ok(),
+            Some(vec![a, b, a])
+        );
+        match order_hashes(&[StoredHashIndex(3), StoredHashIndex(5)], found) {
+            Err(StoreError::Corrupt {
+                table: "hashes",
+                index: 5,
+                problem: Corruption::Missing,
+            }) => {}
+            other => panic!("expected a missing-row error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hash_rows_of_the_wrong_length_are_corrupt() {
+        assert!(hash_from_row(&[0; 32], 0).is_ok());
+        assert!(matches!(
+            hash_from_row(&[0; 31], 9),
+            Err(StoreError::Corrupt {
+                index: 9,
+                problem: Corruption::HashLength(31),
+                ..
+            })
+        ));
+    }
+}
