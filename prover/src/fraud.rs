@@ -175,7 +175,7 @@ pub struct LossFraud {
 
 /// A proof that a worker committed a value no honest computation gives.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "proof", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum FraudProof {
     Op(OpFraud),

@@ -274,7 +274,7 @@ fn hostile_bytes_are_typed_errors() {
     assert!(Tensor::new(vec![3], vec![1.0, 2.0]).is_err());
     // Out-of-range numbers in a JSON fraud proof and truncated JSON are parse errors.
     assert!(serde_json::from_str::<Tensor>(r#"{"shape":[1],"data":[1e999]}"#).is_err());
-    assert!(serde_json::from_str::<FraudProof>(r#"{"kind":"op","step":1"#).is_err());
+    assert!(serde_json::from_str::<FraudProof>(r#"{"proof":"op","step":1"#).is_err());
     // Job specs.
     let bad_kind = TINY.replace("kind = \"mlp\"", "kind = \"lstm\"");
     assert!(matches!(JobSpec::parse(&bad_kind), Err(SpecError::Toml(_))));
