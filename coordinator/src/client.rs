@@ -57,6 +57,7 @@ pub struct Client {
     base: String,
     http: HyperClient<HttpConnector, Full<Bytes>>,
     key: Arc<SigningKey>,
+    latencies: Option<Arc<std::sync::Mutex<Vec<u32>>>>,
 }
 
 impl Client {
@@ -67,7 +68,14 @@ impl Client {
             base: base.trim_end_matches('/').to_owned(),
             http,
             key: Arc::new(key),
+            latencies: None,
         }
+    }
+
+    /// Records every request's latency (microseconds) into `log` (for the load bench).
+    pub fn with_latency_log(mut self, log: Arc<std::sync::Mutex<Vec<u32>>>) -> Client {
+        self.latencies = Some(log);
+        self
     }
 
     /// This participant's public key.
@@ -100,6 +108,7 @@ impl Client {
             url: url.clone(),
             detail,
         };
+        let started = std::time::Instant::now();
         let resp = tokio::time::timeout(Duration::from_secs(600), self.http.request(req))
             .await
             .map_err(|_| connect("timed out".into()))?
@@ -111,6 +120,11 @@ impl Client {
             .await
             .map_err(|e| connect(e.to_string()))?
             .to_bytes();
+        if let Some(log) = &self.latencies
+            && let Ok(mut l) = log.lock()
+        {
+            l.push(started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+        }
         Ok((status, bytes))
     }
 
@@ -212,6 +226,8 @@ pub struct ParticipantStats {
     pub tasks: AtomicU64,
     pub verdicts: AtomicU64,
     pub refusals: AtomicU64,
+    /// `(task, log index of its WorkCommitted)` of every acknowledged submission.
+    pub acknowledged: std::sync::Mutex<Vec<(u64, u64)>>,
 }
 
 /// Fetches and caches base models by hash.
@@ -351,6 +367,9 @@ async fn worker_step(
     let receipt: api::SubmissionReceipt = client
         .post(&paths::submit(task.task_id.0), &submission)
         .await?;
+    if let Ok(mut a) = stats.acknowledged.lock() {
+        a.push((task.task_id.0, receipt.entry_index));
+    }
     let (j, c, r) = (Arc::clone(job), Arc::clone(corpus), Arc::clone(&run));
     let ch = receipt.challenge;
     let opening = tokio::task::spawn_blocking(move || r.open(&j, &c, &ch.steps, ch.tolerant))

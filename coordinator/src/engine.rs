@@ -1276,7 +1276,8 @@ impl Coordinator {
         Ok(())
     }
 
-    fn validation_loss(job: &JobSpec, corpus: &Corpus, params: &[Tensor], n: usize) -> Result<f32, String> {
+    /// The mean loss of `params` on `n` windows of the validation split.
+    pub fn validation_loss(job: &JobSpec, corpus: &Corpus, params: &[Tensor], n: usize) -> Result<f32, String> {
         let sampler = job_sampler(job, corpus).map_err(|e| e.to_string())?;
         let windows = sampler.validation(n.max(1));
         let batch = make_batch(&job.model, &windows).map_err(|e| e.to_string())?;

@@ -13,6 +13,7 @@
 pub mod audit;
 pub mod blobs;
 pub mod client;
+pub mod dataset;
 pub mod engine;
 pub mod error;
 pub mod openapi;
