@@ -12,7 +12,7 @@
 //! an up-front check of the proof length so that a truncated or padded proof is a
 //! typed error of its own.
 //!
-//! In JSON (serde), hashes are 64 hex digits, like every [`Hash`] of this crate.
+//! In JSON (serde), hashes are 64 hex digits, like every [`crate::hash::Hash`].
 //!
 //! [`TlogProof`] is the C2SP `tlog-proof` text format (<https://c2sp.org/tlog-proof>,
 //! "Format"): an inclusion proof bundled with the signed checkpoint it leads to.
