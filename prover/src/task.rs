@@ -24,8 +24,8 @@ use crate::quant::{QuantDelta, quantise_delta};
 use crate::spec::{JobSpec, SpecError};
 use crate::tensor::Tensor;
 use crate::trace::{
-    Commitment, FinalLeaf, OpOutputCommit, StateRole, StepLeaf, TraceLeaf, batch_hash, op_commits,
-    op_root, state_hash, state_items, state_position,
+    Commitment, FinalLeaf, OpOutputCommit, StateRole, TraceLeaf, commit_step, state_hash,
+    state_items, state_position,
 };
 
 /// Errors of running, opening and verifying tasks (the caller's inputs, not a worker's
@@ -228,20 +228,13 @@ impl<'a> TaskBuilder<'a> {
         if step >= steps {
             return Err(ProtocolError::AlreadyFinished { steps });
         }
-        let commits = op_commits(&out.ops);
-        let leaf = StepLeaf {
-            step,
-            batch: batch_hash(batch),
-            op_root: op_root(&commits)?,
-            loss_bits: out.loss.to_bits(),
-            next_state: state_hash(&out.state),
-        };
+        let (leaf, commits) = commit_step(step, batch, &out)?;
         self.leaves.push(TraceLeaf::Step(leaf));
         self.ops.push(commits);
         self.losses.push(out.loss);
         self.state = out.state;
         let done = step + 1;
-        if done % self.interval == 0 && done < steps {
+        if done.is_multiple_of(self.interval) && done < steps {
             self.checkpoints.insert(done, self.state.clone());
         }
         Ok(())

@@ -434,23 +434,41 @@ pub fn dispute_op(
     op: u32,
 ) -> Result<FraudProof, ProtocolError> {
     check_base(job, base_params)?;
-    let so = opening
-        .steps
-        .iter()
-        .find(|s| s.step == step)
-        .ok_or(ProtocolError::StepOutOfRange { step, steps: job.inner.steps })?;
-    let state = state_from(&so.state, base_params, u64::from(step)).ok_or(ProtocolError::BadStepList)?;
+    let so =
+        opening
+            .steps
+            .iter()
+            .find(|s| s.step == step)
+            .ok_or(ProtocolError::StepOutOfRange {
+                step,
+                steps: job.inner.steps,
+            })?;
+    let state =
+        state_from(&so.state, base_params, u64::from(step)).ok_or(ProtocolError::BadStepList)?;
     let batch = task_batch(job, &job_sampler(job, corpus)?, seed, step)?;
     let replay = train_step(&job.model, &job.inner.adamw(), &state, &batch)?;
     let rec = replay
         .ops
         .get(op as usize)
-        .ok_or(ProtocolError::StepOutOfRange { step: op, steps: replay.ops.len() as u32 })?;
+        .ok_or(ProtocolError::StepOutOfRange {
+            step: op,
+            steps: replay.ops.len() as u32,
+        })?;
     let trace = TraceLeaves {
         leaves: opening.leaves.clone(),
         proof: opening.proof.clone(),
     };
-    let proof = build_op_fraud(step, trace, op, rec.kind.clone(), rec.inputs.clone(), so, &state, &batch, &replay)?;
+    let proof = build_op_fraud(
+        step,
+        trace,
+        op,
+        rec.kind.clone(),
+        rec.inputs.clone(),
+        so,
+        &state,
+        &batch,
+        &replay,
+    )?;
     Ok(FraudProof::Op(proof))
 }
 
