@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::challenge::ChallengeError;
 use crate::data::{Corpus, DataError, Sampler};
 use crate::graph::{StepOutput, train_step, train_step_untraced};
 use crate::merkle::{Digest, MerkleError, MerkleTree, MultiProof};
@@ -41,8 +40,6 @@ pub enum ProtocolError {
     Model(#[from] ModelError),
     #[error("merkle: {0}")]
     Merkle(#[from] MerkleError),
-    #[error("challenge: {0}")]
-    Challenge(#[from] ChallengeError),
     #[error("step {step} is out of range for a task of {steps} steps")]
     StepOutOfRange { step: u32, steps: u32 },
     #[error("the task has run {done} of its {steps} steps; finish it first")]
@@ -55,8 +52,6 @@ pub enum ProtocolError {
         "rebuilding step {step} from its checkpoint gave a state that differs from the committed one"
     )]
     CheckpointDiverged { step: u32 },
-    #[error("the opening's steps {got:?} are not the challenged steps {expected:?}")]
-    StepsMismatch { expected: Vec<u32>, got: Vec<u32> },
 }
 
 /// Checks that `base` has the model's tensor count and shapes.
