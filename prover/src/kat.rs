@@ -245,7 +245,7 @@ fn ops_cases() -> Result<Vec<KatResult>, ModelError> {
     out.push(op_case("op.attention_scores", &sc, &[q.clone(), k.clone()]));
     let s = output(eval_op(&sc, &[&q, &k])?, 0)?;
     let sm = OpKind::CausalSoftmax { seq };
-    out.push(op_case("op.causal_softmax", &sm, &[s.clone()]));
+    out.push(op_case("op.causal_softmax", &sm, std::slice::from_ref(&s)));
     let p = output(eval_op(&sm, &[&s])?, 0)?;
     let av = OpKind::AttentionValues { heads, seq };
     out.push(op_case("op.attention_values", &av, &[p.clone(), v.clone()]));
