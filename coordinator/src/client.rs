@@ -289,6 +289,25 @@ async fn pause(ms: u64, stop: &AtomicBool) {
     let _ = stop.load(Ordering::Relaxed);
 }
 
+/// Runs `f` again while the coordinator cannot be reached or answers 5xx (it may be
+/// restarting), for up to two minutes.
+async fn retrying<T, F, Fut>(mut f: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    let mut tries = 0;
+    loop {
+        match f().await {
+            Err(ClientError::Connect { .. }) if tries < 240 => {}
+            Err(ClientError::Problem(p)) if p.status >= 500 && tries < 240 => {}
+            other => return other,
+        }
+        tries += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Whether an error is worth a retry (the coordinator restarting, a transient refusal).
 fn transient(e: &ClientError) -> bool {
     match e {
@@ -364,21 +383,35 @@ async fn worker_step(
             .map_err(|e| ClientError::Local(e.to_string()))?,
         device_class: DeviceClass::Exact,
     };
-    let receipt: api::SubmissionReceipt = client
-        .post(&paths::submit(task.task_id.0), &submission)
-        .await?;
-    if let Ok(mut a) = stats.acknowledged.lock() {
-        a.push((task.task_id.0, receipt.entry_index));
-    }
+    // The submission and the opening are retried through connection failures (a
+    // coordinator restarting): a commitment acknowledged before a crash is found again
+    // through the task's status.
+    let submit_path = paths::submit(task.task_id.0);
+    let challenge = match retrying(|| client.post::<_, api::SubmissionReceipt>(&submit_path, &submission)).await {
+        Ok(receipt) => {
+            if let Ok(mut a) = stats.acknowledged.lock() {
+                a.push((task.task_id.0, receipt.entry_index));
+            }
+            receipt.challenge
+        }
+        Err(ClientError::Problem(p)) if p.status == 409 => {
+            let task_path = paths::task(task.task_id.0);
+            let status: api::TaskStatus = retrying(|| client.get(&task_path)).await?;
+            match status.challenge {
+                Some(c) if status.state == api::TaskState::Committed => c,
+                _ => return Err(ClientError::Problem(p)),
+            }
+        }
+        Err(e) => return Err(e),
+    };
     let (j, c, r) = (Arc::clone(job), Arc::clone(corpus), Arc::clone(&run));
-    let ch = receipt.challenge;
+    let ch = challenge;
     let opening = tokio::task::spawn_blocking(move || r.open(&j, &c, &ch.steps, ch.tolerant))
         .await
         .map_err(|e| ClientError::Local(e.to_string()))?
         .map_err(|e| ClientError::Local(e.to_string()))?;
-    let _: api::OpeningReceipt = client
-        .post(&paths::opening(task.task_id.0), &opening)
-        .await?;
+    let opening_path = paths::opening(task.task_id.0);
+    let _: api::OpeningReceipt = retrying(|| client.post(&opening_path, &opening)).await?;
     stats.tasks.fetch_add(1, Ordering::Relaxed);
     Ok(None)
 }
