@@ -327,9 +327,9 @@ pub async fn run_worker(
     stop: Arc<AtomicBool>,
     stats: Arc<ParticipantStats>,
 ) -> Result<(), ClientError> {
-    let (_, job, corpus) = client.job().await?;
+    let (_, job, corpus) = retrying(|| client.job()).await?;
     let (job, corpus) = (Arc::new(job), Arc::new(corpus));
-    client.join(Role::Worker, name).await?;
+    retrying(|| client.join(Role::Worker, name)).await?;
     let mut models = Models {
         cache: HashMap::new(),
     };
@@ -423,9 +423,9 @@ pub async fn run_verifier(
     stop: Arc<AtomicBool>,
     stats: Arc<ParticipantStats>,
 ) -> Result<(), ClientError> {
-    let (_, job, corpus) = client.job().await?;
+    let (_, job, corpus) = retrying(|| client.job()).await?;
     let (job, corpus) = (Arc::new(job), Arc::new(corpus));
-    client.join(Role::Verifier, name).await?;
+    retrying(|| client.join(Role::Verifier, name)).await?;
     let mut models = Models {
         cache: HashMap::new(),
     };
