@@ -24,7 +24,11 @@ use lupus_prover::spec::JobSpec;
 pub const DEFAULT_JOB: &str = include_str!("../../jobs/shakespeare-mlp.toml");
 
 #[derive(Parser)]
-#[command(name = "lupus", version, about = "Volunteer model training with verifiable work")]
+#[command(
+    name = "lupus",
+    version,
+    about = "Volunteer model training with verifiable work"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -120,7 +124,8 @@ enum DataCommand {
 /// The job spec text of `--job`, or the embedded default.
 pub fn job_text(job: &Option<PathBuf>) -> Result<String> {
     match job {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading the job spec {}", p.display())),
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading the job spec {}", p.display())),
         None => Ok(DEFAULT_JOB.to_owned()),
     }
 }
@@ -179,7 +184,9 @@ async fn main() -> Result<()> {
         Command::Up { args, listen } => {
             let c = open_coordinator(&args, &args.data_dir.clone(), 4).await?;
             let web = args.web.clone().or_else(default_web);
-            let server = Server::start(c, listen, web).await.with_context(|| format!("binding {listen}"))?;
+            let server = Server::start(c, listen, web)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
             println!("lupus coordinator listening on {}", server.url());
             wait_ctrl_c().await;
             server.stop();

@@ -34,7 +34,17 @@ impl Drop for Up {
 fn start_up(dir: &std::path::Path, port: u16) -> Up {
     let job = concat!(env!("CARGO_MANIFEST_DIR"), "/../jobs/tiny-test.toml");
     Command::new(env!("CARGO_BIN_EXE_lupus"))
-        .args(["up", "--job", job, "--rounds", "4", "--tasks-per-round", "3", "--task-timeout", "20"])
+        .args([
+            "up",
+            "--job",
+            job,
+            "--rounds",
+            "4",
+            "--tasks-per-round",
+            "3",
+            "--task-timeout",
+            "20",
+        ])
         .arg("--data-dir")
         .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -79,7 +89,11 @@ async fn kill_9_mid_round_resumes_and_loses_nothing() {
     .await;
     child.0.kill().unwrap(); // SIGKILL
     child.0.wait().unwrap();
-    let acked_before: usize = crowd.stats.iter().map(|s| s.acknowledged.lock().unwrap().len()).sum();
+    let acked_before: usize = crowd
+        .stats
+        .iter()
+        .map(|s| s.acknowledged.lock().unwrap().len())
+        .sum();
     assert!(acked_before >= 4, "work was acknowledged before the kill");
 
     let _child = start_up(dir.path(), port);
@@ -93,8 +107,10 @@ async fn kill_9_mid_round_resumes_and_loses_nothing() {
 
     // Every acknowledged submission is in the log where its receipt said.
     for s in &crowd.stats {
-        for (task, index) in s.acknowledged.lock().unwrap().iter() {
-            let json: serde_json::Value = reader.get(&format!("/v1/entries/{index}")).await.unwrap();
+        let acks = s.acknowledged.lock().unwrap().clone();
+        for (task, index) in &acks {
+            let json: serde_json::Value =
+                reader.get(&format!("/v1/entries/{index}")).await.unwrap();
             let json = &json["entry"];
             assert_eq!(json["body"]["type"], "work_committed", "entry {index}");
             assert_eq!(json["body"]["task"], *task, "entry {index}");
