@@ -110,7 +110,8 @@ pub fn exp(x: f32) -> f32 {
     }
     let x = if x > EXP_MAX_INPUT { EXP_MAX_INPUT } else { x };
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const C1: f32 = 0.693_359_375;
+    // C1 = 355/512 exactly (the literal is its shortest decimal form).
+    const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
     let nf = (x * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
     let n = nf as i32;
@@ -122,7 +123,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 5e-1;
     let e = p * r2 + r + 1.0;
     ldexp(e, n)
 }
@@ -161,13 +162,13 @@ pub fn ln(x: f32) -> f32 {
     p = p * f - 1.666_805_8e-1;
     p = p * f + 2.000_071_4e-1;
     p = p * f - 2.499_999_4e-1;
-    p = p * f + 3.333_333_1e-1;
+    p = p * f + 3.333_333e-1;
     let fe = e as f32;
     let mut y = p * f * z;
-    y = y + fe * -2.121_944_4e-4;
-    y = y + z * -0.5;
+    y += fe * -2.121_944_4e-4;
+    y += z * -0.5;
     let r = f + y;
-    ftz(r + fe * 0.693_359_375)
+    ftz(r + fe * 0.693_359_4)
 }
 
 /// 1/x: split x = m * 2^e with m in [0.5, 1), a linear first guess (48/17 - 32/17 m,
@@ -190,7 +191,7 @@ pub fn reciprocal(x: f32) -> f32 {
     // x = m * 2^e with m in [0.5, 1).
     let e = ef as i32 - 126;
     let m = f32::from_bits((bits & MANT_MASK) | 0x3f00_0000);
-    let mut y = 2.823_529_4 - 1.882_352_9 * m;
+    let mut y = 2.823_529_4 - 1.882_353 * m;
     for _ in 0..3 {
         let err = 1.0 - m * y;
         y = y + y * err;

@@ -209,17 +209,17 @@ fn execute(
     if !keep_all {
         for (j, node) in plan.nodes.iter().enumerate() {
             for r in &node.inputs {
-                if let ValueRef::Op { op, .. } = r {
-                    if let Some(slot) = last_use.get_mut(*op as usize) {
-                        *slot = j;
-                    }
+                if let ValueRef::Op { op, .. } = r
+                    && let Some(slot) = last_use.get_mut(*op as usize)
+                {
+                    *slot = j;
                 }
             }
         }
-        if let ValueRef::Op { op, .. } = plan.loss {
-            if let Some(slot) = last_use.get_mut(op as usize) {
-                *slot = usize::MAX;
-            }
+        if let ValueRef::Op { op, .. } = plan.loss
+            && let Some(slot) = last_use.get_mut(op as usize)
+        {
+            *slot = usize::MAX;
         }
     }
     let mut outs: Vec<Option<Vec<Tensor>>> = Vec::with_capacity(n);
@@ -293,13 +293,16 @@ fn next_state(
     Ok(TrainState { params, m, v, step })
 }
 
+/// A plan and the outputs of its nodes (`None` where an output was dropped).
+type Tape = (Plan, Vec<Option<Vec<Tensor>>>);
+
 fn run_step(
     spec: &ModelSpec,
     opt: &AdamW,
     state: &TrainState,
     batch: &Batch,
     traced: bool,
-) -> Result<(TrainState, f32, Option<(Plan, Vec<Option<Vec<Tensor>>>)>), ModelError> {
+) -> Result<(TrainState, f32, Option<Tape>), ModelError> {
     check_state(spec, state)?;
     let bsz = model::check_batch(spec, batch)?;
     let step = state

@@ -59,7 +59,7 @@ pub fn matmul_naive(a: &[f32], b: &[f32], d: MatMulDims) -> Vec<f32> {
         for j in 0..d.n {
             let mut acc = 0.0f32;
             for p in 0..d.k {
-                acc = acc + d.a_at(a, i, p) * d.b_at(b, p, j);
+                acc += d.a_at(a, i, p) * d.b_at(b, p, j);
             }
             c[i * d.n + j] = det::ftz(acc);
         }
@@ -124,7 +124,7 @@ fn micro_kernel(ap: &[f32], bp: &[f32], tile: &mut [[f32; NR]; MR]) {
         let b: &[f32; NR] = b.try_into().unwrap_or(&[0.0; NR]);
         for (row, &ai) in acc.iter_mut().zip(a.iter()) {
             for (x, &bj) in row.iter_mut().zip(b.iter()) {
-                *x = *x + ai * bj;
+                *x += ai * bj;
             }
         }
     }
@@ -155,7 +155,7 @@ pub fn embedding_backward(ids: &[usize], dy: &[f32], vocab: usize, dim: usize) -
     let mut out = vec![0.0f32; vocab * dim];
     for (&id, g) in ids.iter().zip(dy.chunks_exact(dim)) {
         for (o, &x) in out[id * dim..(id + 1) * dim].iter_mut().zip(g) {
-            *o = *o + x;
+            *o += x;
         }
     }
     flush(out)
@@ -175,7 +175,7 @@ pub fn sum_rows(dy: &[f32], cols: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; cols];
     for row in dy.chunks_exact(cols) {
         for (o, &x) in out.iter_mut().zip(row) {
-            *o = *o + x;
+            *o += x;
         }
     }
     flush(out)
@@ -217,7 +217,7 @@ pub fn add_position_backward(dy: &[f32], seq: usize, context: usize, dim: usize)
     for (r, row) in dy.chunks_exact(dim).enumerate() {
         let t = r % seq;
         for (o, &x) in out[t * dim..(t + 1) * dim].iter_mut().zip(row) {
-            *o = *o + x;
+            *o += x;
         }
     }
     flush(out)
@@ -244,13 +244,13 @@ pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> LayerNorm
     for row in x.chunks_exact(c) {
         let mut s = 0.0f32;
         for &v in row {
-            s = s + v;
+            s += v;
         }
         let mu = det::ftz(s * inv_c);
         let mut q = 0.0f32;
         for &v in row {
             let d = v - mu;
-            q = q + d * d;
+            q += d * d;
         }
         let var = q * inv_c;
         let rs = det::rsqrt(var + eps);
@@ -292,10 +292,10 @@ pub fn layer_norm_backward(
         for j in 0..c {
             xhat[j] = (row[j] - mu) * rs;
             g[j] = dyr[j] * gamma[j];
-            s1 = s1 + g[j];
-            s2 = s2 + g[j] * xhat[j];
-            dgamma[j] = dgamma[j] + dyr[j] * xhat[j];
-            dbeta[j] = dbeta[j] + dyr[j];
+            s1 += g[j];
+            s2 += g[j] * xhat[j];
+            dgamma[j] += dyr[j] * xhat[j];
+            dbeta[j] += dyr[j];
         }
         let m1 = s1 * inv_c;
         let m2 = s2 * inv_c;
@@ -345,7 +345,7 @@ pub fn attention_scores(q: &[f32], k: &[f32], d: AttnDims) -> Vec<f32> {
                     let kj = &k[d.at(b, j, h)..d.at(b, j, h) + d.head_dim];
                     let mut acc = 0.0f32;
                     for (&x, &y) in qi.iter().zip(kj) {
-                        acc = acc + x * y;
+                        acc += x * y;
                     }
                     s[row + j] = det::ftz(acc * scale);
                 }
@@ -379,7 +379,7 @@ fn softmax_into(row: &[f32], out: &mut [f32]) -> f32 {
     for (o, &v) in out.iter_mut().zip(row) {
         let e = det::exp(v - mx);
         *o = e;
-        sum = sum + e;
+        sum += e;
     }
     let inv = det::reciprocal(sum);
     for o in out.iter_mut() {
@@ -400,7 +400,7 @@ pub fn causal_softmax_backward(p: &[f32], dp: &[f32], seq: usize) -> Vec<f32> {
         let i = r % seq;
         let mut dot = 0.0f32;
         for j in 0..=i {
-            dot = dot + pr[j] * dpr[j];
+            dot += pr[j] * dpr[j];
         }
         for j in 0..=i {
             out[j] = det::ftz(pr[j] * (dpr[j] - dot));
@@ -422,7 +422,7 @@ pub fn attention_values(p: &[f32], v: &[f32], d: AttnDims) -> Vec<f32> {
                     let pij = p[row + j];
                     let vj = &v[d.at(b, j, h)..d.at(b, j, h) + d.head_dim];
                     for (a, &x) in acc.iter_mut().zip(vj) {
-                        *a = *a + pij * x;
+                        *a += pij * x;
                     }
                 }
                 let at = d.at(b, i, h);
@@ -455,7 +455,7 @@ pub fn attention_values_backward(
                     let vj = &v[d.at(b, j, h)..d.at(b, j, h) + d.head_dim];
                     let mut acc = 0.0f32;
                     for (&x, &y) in doi.iter().zip(vj) {
-                        acc = acc + x * y;
+                        acc += x * y;
                     }
                     dp[row + j] = det::ftz(acc);
                 }
@@ -466,7 +466,7 @@ pub fn attention_values_backward(
                     let pij = p[d.score_row(b, h, i) + j];
                     let doi = &dout[d.at(b, i, h)..d.at(b, i, h) + d.head_dim];
                     for (a, &x) in dv[at..at + d.head_dim].iter_mut().zip(doi) {
-                        *a = *a + pij * x;
+                        *a += pij * x;
                     }
                 }
             }
@@ -496,7 +496,7 @@ pub fn attention_scores_backward(
                     let g = ds[row + j];
                     let kj = &k[d.at(b, j, h)..d.at(b, j, h) + d.head_dim];
                     for (a, &x) in dq[at..at + d.head_dim].iter_mut().zip(kj) {
-                        *a = *a + g * x;
+                        *a += g * x;
                     }
                 }
             }
@@ -506,7 +506,7 @@ pub fn attention_scores_backward(
                     let g = ds[d.score_row(b, h, i) + j];
                     let qi = &q[d.at(b, i, h)..d.at(b, i, h) + d.head_dim];
                     for (a, &x) in dk[at..at + d.head_dim].iter_mut().zip(qi) {
-                        *a = *a + g * x;
+                        *a += g * x;
                     }
                 }
             }
@@ -538,7 +538,7 @@ pub fn softmax_cross_entropy(logits: &[f32], targets: &[usize], vocab: usize) ->
             }
         }
         let lse = mx + det::ln(sum);
-        total = total + (lse - row[t]);
+        total += lse - row[t];
     }
     (det::ftz(total * det::recip_count(targets.len())), probs)
 }

@@ -179,7 +179,7 @@ fn sum_squares(ts: &[Tensor]) -> f32 {
     let mut s = 0.0f32;
     for t in ts {
         for &x in t.data() {
-            s = s + x * x;
+            s += x * x;
         }
     }
     s
@@ -231,7 +231,7 @@ pub fn merge_deltas(
                 *x = det::ftz(*x + s * y);
             }
         }
-        total_w = total_w + w;
+        total_w += w;
     }
     let inv = det::reciprocal(total_w);
     acc.into_iter()

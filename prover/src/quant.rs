@@ -84,14 +84,7 @@ pub fn quantise_delta(base: &[Tensor], trained: &[Tensor]) -> Result<QuantDelta,
             d.iter()
                 .map(|&x| {
                     let q = det::round_ne(x * inv);
-                    let q = if q > 127.0 {
-                        127.0
-                    } else if q < -127.0 {
-                        -127.0
-                    } else {
-                        q
-                    };
-                    q as i8
+                    q.clamp(-127.0, 127.0) as i8
                 })
                 .collect()
         };
