@@ -81,3 +81,36 @@ fn det_functions_match_element_by_element() {
     }
     assert!(report.is_empty(), "{report:#?}");
 }
+
+/// A whole task of the tiny job trained on the device commits the same trace as the CPU
+/// reference: same trace root, same final state, same delta.
+#[test]
+fn a_task_on_the_device_commits_the_reference_trace() {
+    use lupus_prover::data::Corpus;
+    use lupus_prover::model::init_params;
+    use lupus_prover::spec::JobSpec;
+    use lupus_prover::task::{TaskBuilder, run_task};
+    use lupus_worker::gpu::train_step_gpu;
+    let dev = device();
+    let job = JobSpec::parse(include_str!("../../jobs/tiny-test.toml")).unwrap();
+    let corpus = Corpus::generated(3, 20_000);
+    let base = init_params(&job.model, [2; 32]).unwrap();
+    let seed = [4; 32];
+    let cpu = run_task(&job, &corpus, &base, seed, &mut |_, _| {}).unwrap();
+    let mut b = TaskBuilder::new(&job, &corpus, &base, seed).unwrap();
+    for _ in 0..job.inner.steps {
+        let batch = b.batch().unwrap();
+        let out = pollster::block_on(train_step_gpu(
+            &dev,
+            &job.model,
+            &job.inner.adamw(),
+            b.state(),
+            &batch,
+        ))
+        .unwrap();
+        b.record(&batch, out).unwrap();
+    }
+    let gpu = b.finish().unwrap();
+    assert_eq!(gpu.commitment, cpu.commitment);
+    assert_eq!(gpu.losses, cpu.losses);
+}

@@ -51,11 +51,12 @@ pub struct Pass {
 }
 
 impl Pass {
-    /// A pass of `threads` threads with parameters `words` after the thread count.
+    /// A pass of `threads` threads with parameters `words` after the thread count (at
+    /// most 14: word 15 stays zero, the `det` functions' opaque one).
     pub fn new(entry: &'static str, threads: usize, words: &[u32]) -> Pass {
         let mut params = [0u32; 16];
         params[0] = threads as u32;
-        for (p, w) in params.iter_mut().skip(1).zip(words) {
+        for (p, w) in params.iter_mut().skip(1).take(14).zip(words) {
             *p = *w;
         }
         Pass { entry, params }

@@ -2,6 +2,7 @@
 //
 // Parameters are 16 u32 words in a uniform buffer (floats travel as their bits). Word 0
 // is always the number of threads the dispatch needs; threads past it return at once.
+// Word 15 is always zero: `det_exp` builds from it a 1.0 the compiler cannot fold.
 // A dispatch larger than 65535 workgroups spreads over y, so the index is
 // `x + y * (workgroups along x) * 64`.
 

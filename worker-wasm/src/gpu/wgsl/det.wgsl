@@ -101,18 +101,22 @@ fn det_exp(x_in: f32) -> f32 {
     if x > EXP_MAX {
         x = EXP_MAX;
     }
-    let nf = round_ne(x * LOG2E);
+    // `one` is 1.0 that the compiler cannot see through (parameter word 15 is never
+    // set), so it cannot fold or re-associate the constants of the reduction and the
+    // polynomial (Mesa does, which changes the last bit).
+    let one = f32(pu(15u) + 1u);
+    let nf = round_ne(x * (LOG2E * one));
     let n = i32(nf);
-    var r = x - nf * EXP_C1;
-    r = r - nf * EXP_C2;
+    var r = x - nf * (EXP_C1 * one);
+    r = r - nf * (EXP_C2 * one);
     let r2 = r * r;
-    var p = E0;
-    p = p * r + E1;
-    p = p * r + E2;
-    p = p * r + E3;
-    p = p * r + E4;
-    p = p * r + E5;
-    let e = p * r2 + r + 1.0;
+    var p = E0 * one;
+    p = p * r + E1 * one;
+    p = p * r + E2 * one;
+    p = p * r + E3 * one;
+    p = p * r + E4 * one;
+    p = p * r + E5 * one;
+    let e = p * r2 + r + one;
     return ldexp_det(e, n);
 }
 
