@@ -317,3 +317,66 @@ pub fn cpu_known_answer_class() -> String {
         }
     }
 }
+
+/// The benchmark's job: `"mlp"` is the Shakespeare MLP the demo trains, `"tiny"` the
+/// test job.
+fn bench_job(which: &str) -> Result<lupus_prover::spec::JobSpec, JsValue> {
+    let text = match which {
+        "mlp" => include_str!("../../jobs/shakespeare-mlp.toml"),
+        "tiny" => include_str!("../../jobs/tiny-test.toml"),
+        other => return Err(JsValue::from_str(&format!("no benchmark job `{other}`"))),
+    };
+    lupus_prover::spec::JobSpec::parse(text).map_err(|e| JsValue::from_str(&e.to_string()))
+}
+
+/// Milliseconds per training step (median of `steps`, after one warm-up step) of the
+/// job `which` on a generated corpus, on WebGPU (`gpu`) or on the CPU path in wasm.
+/// Resolves to `{ms, device}`.
+#[wasm_bindgen]
+pub async fn bench_step_ms(which: String, steps: u32, gpu: bool) -> Result<JsValue, JsValue> {
+    use lupus_prover::data::Corpus;
+    use lupus_prover::model::init_params;
+    use lupus_prover::task::TaskBuilder;
+    let err = |e: &dyn std::fmt::Display| JsValue::from_str(&e.to_string());
+    let job = bench_job(&which)?;
+    let corpus = Corpus::generated(1, 200_000);
+    let base = init_params(&job.model, [1; 32]).map_err(|e| err(&e))?;
+    let (backend, device, _) = if gpu {
+        pick_backend(true).await
+    } else {
+        cpu_backend()
+    };
+    let mut b = TaskBuilder::new(&job, &corpus, &base, [2; 32]).map_err(|e| err(&e))?;
+    let mut times = Vec::new();
+    for i in 0..=steps.min(job.inner.steps.saturating_sub(1)) {
+        let t0 = js_sys::Date::now();
+        match &backend {
+            Backend::Cpu => {
+                b.run_step().map_err(|e| err(&e))?;
+            }
+            #[cfg(feature = "gpu")]
+            Backend::Gpu { device, .. } => {
+                let batch = b.batch().map_err(|e| err(&e))?;
+                let out = crate::gpu::train_step_gpu(
+                    device,
+                    &job.model,
+                    &job.inner.adamw(),
+                    b.state(),
+                    &batch,
+                )
+                .await
+                .map_err(|e| err(&e))?;
+                b.record(&batch, out).map_err(|e| err(&e))?;
+            }
+        }
+        if i > 0 {
+            times.push(js_sys::Date::now() - t0);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let ms = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
+    let o = js_sys::Object::new();
+    let _ = Reflect::set(&o, &"ms".into(), &JsValue::from_f64(ms));
+    let _ = Reflect::set(&o, &"device".into(), &JsValue::from_str(&device));
+    Ok(o.into())
+}

@@ -65,7 +65,6 @@ async function identity() {
 
 // ---- the Web Worker ------------------------------------------------------------
 const worker = new Worker(new URL('worker.js', import.meta.url), { type: 'module' });
-let lastMs = null;
 worker.onmessage = ({ data }) => {
   switch (data.ev) {
     case 'pubkey':
@@ -94,7 +93,9 @@ worker.onmessage = ({ data }) => {
       $('loss').textContent = data.loss.toFixed(4);
       $('progress').max = data.steps;
       $('progress').value = data.step;
-      lastMs = data.ms;
+      document.body.dataset.step = data.step;
+      document.body.dataset.steps = Number(document.body.dataset.steps || 0) + 1;
+      document.body.dataset.wasmMemory = data.wasmBytes;
       $('step-time').textContent = `${data.ms.toFixed(0)} ms`;
       if (!state.tasks.has(data.task)) {
         state.tasks.set(data.task, { round: data.round, state: 'training', reason: '' });
@@ -129,6 +130,9 @@ worker.onmessage = ({ data }) => {
       message('error', /unreachable|cannot reach|Failed to fetch|NetworkError/i.test(data.message)
         ? `The coordinator is unreachable (${data.message}). Retrying...`
         : data.message, true);
+      break;
+    case 'bench':
+      document.body.dataset.bench = JSON.stringify(data.result);
       break;
     case 'kat-cpu':
       document.body.dataset.katCpu = data.class;
@@ -325,6 +329,10 @@ async function main() {
   };
   document.body.dataset.loaded = '1';
   if (params.get('kat') === 'cpu') worker.postMessage({ cmd: 'kat-cpu' });
+  if (params.get('bench')) {
+    worker.postMessage({ cmd: 'bench', job: params.get('bench'), steps: Number(params.get('steps') || 5) });
+    return;
+  }
   refresh();
   setInterval(refresh, 3000);
   if (params.get('autostart') === '1') start();

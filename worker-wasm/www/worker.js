@@ -6,7 +6,7 @@
 // promise it returns, so a pause (or a hidden tab) stops work within one step. The
 // throttle rests after each step so that work takes `share` of the wall time.
 
-import init, { BrowserWorker, public_key, cpu_known_answer_class } from './pkg/lupus_worker.js';
+import init, { BrowserWorker, public_key, cpu_known_answer_class, bench_step_ms } from './pkg/lupus_worker.js';
 
 let ready = null;
 let worker = null;
@@ -16,13 +16,23 @@ let visible = true;
 let share = 1.0;
 let waiters = [];
 let lastStepEnd = 0;
+let wasm = null;
 
 const post = (m) => self.postMessage(m);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const canWork = () => running && !paused && visible;
 
+// Yields to the event loop (a macrotask), so that commands the page sent while a step
+// ran (pause, visibility, throttle) are handled before the next step starts. A resolved
+// promise would not do: it continues in a microtask, before any message is handled.
+const channel = new MessageChannel();
+const yieldToEvents = () => new Promise((r) => {
+  channel.port1.onmessage = () => r();
+  channel.port2.postMessage(0);
+});
+
 function loadWasm() {
-  if (!ready) ready = init();
+  if (!ready) ready = init().then((w) => (wasm = w));
   return ready;
 }
 
@@ -48,7 +58,8 @@ async function fetchFn(method, url, headers, body) {
 async function control(ev) {
   const now = performance.now();
   const ms = now - lastStepEnd;
-  post({ ev: 'progress', ...ev, ms });
+  post({ ev: 'progress', ...ev, ms, wasmBytes: wasm ? wasm.memory.buffer.byteLength : 0 });
+  await yieldToEvents();
   if (share < 1) await sleep((ms * (1 - share)) / share);
   if (!canWork()) {
     post({ ev: 'paused' });
@@ -125,6 +136,23 @@ self.onmessage = async ({ data }) => {
     case 'throttle':
       share = Math.min(1, Math.max(0.05, data.share));
       break;
+    case 'bench': {
+      // Step time of the job's model on the CPU path in wasm and on WebGPU.
+      await loadWasm();
+      const out = { job: data.job, steps: data.steps };
+      out.cpu = await bench_step_ms(data.job, data.steps, false);
+      out.wasmBytes = wasm.memory.buffer.byteLength;
+      if ('gpu' in navigator) {
+        try {
+          out.gpu = await bench_step_ms(data.job, data.steps, true);
+        } catch (e) {
+          out.gpuError = String(e);
+        }
+      }
+      out.wasmBytesAfter = wasm.memory.buffer.byteLength;
+      post({ ev: 'bench', result: out });
+      break;
+    }
     case 'kat-cpu':
       await loadWasm();
       post({ ev: 'kat-cpu', class: cpu_known_answer_class() });
