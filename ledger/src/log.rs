@@ -191,6 +191,33 @@ impl Log {
         answer.await.map_err(|_| LogError::WriterStopped)?
     }
 
+    /// Appends `entries` in order: they get consecutive indexes unless another caller
+    /// appends at the same time (then they stay in order, interleaved). Returns one
+    /// answer per entry, as [`Log::append`] would; the entries may span several
+    /// batches, so some can be stored while a later batch fails.
+    pub async fn append_all(&self, entries: Vec<Vec<u8>>) -> Vec<Result<LeafIndex, LogError>> {
+        let mut answers = Vec::with_capacity(entries.len());
+        let mut waiting = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if entry.len() > MAX_ENTRY_LEN {
+                waiting.push(Err(LogError::EntryTooLarge { len: entry.len() }));
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            match self.queue.send(Pending { entry, reply }).await {
+                Ok(()) => waiting.push(Ok(answer)),
+                Err(_) => waiting.push(Err(LogError::WriterStopped)),
+            }
+        }
+        for waiter in waiting {
+            answers.push(match waiter {
+                Ok(answer) => answer.await.unwrap_or(Err(LogError::WriterStopped)),
+                Err(e) => Err(e),
+            });
+        }
+        answers
+    }
+
     /// The latest published head: a signed checkpoint over durable entries.
     pub fn head(&self) -> Arc<LogHead> {
         Arc::clone(&self.shared.head.borrow())
@@ -713,6 +740,24 @@ mod tests {
             log.entry_bundle(&EntryBundle::new(2, 1).unwrap()).await,
             Err(LogError::Tile(TileError::NotInTree { .. }))
         ));
+    }
+
+    #[tokio::test]
+    async fn append_all_keeps_the_order_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(sqlite(&dir).await, signer()).await.unwrap();
+        let mut entries: Vec<Vec<u8>> = (0..5000).map(entry).collect();
+        entries.insert(17, vec![0; MAX_ENTRY_LEN + 1]);
+        let answers = log.append_all(entries).await;
+        assert!(matches!(answers[17], Err(LogError::EntryTooLarge { .. })));
+        let indexes: Vec<u64> = answers
+            .iter()
+            .filter_map(|a| a.as_ref().ok())
+            .map(|i| i.0)
+            .collect();
+        assert_eq!(indexes, (0..5000).collect::<Vec<_>>());
+        let stored = log.entries(LeafIndex(0), LeafIndex(5000)).await.unwrap();
+        assert_eq!(stored, (0..5000).map(entry).collect::<Vec<_>>());
     }
 
     #[tokio::test]

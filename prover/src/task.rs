@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::challenge::ChallengeError;
 use crate::data::{Corpus, DataError, Sampler};
 use crate::graph::{StepOutput, train_step, train_step_untraced};
 use crate::merkle::{Digest, MerkleError, MerkleTree, MultiProof};
@@ -24,8 +23,8 @@ use crate::quant::{QuantDelta, quantise_delta};
 use crate::spec::{JobSpec, SpecError};
 use crate::tensor::Tensor;
 use crate::trace::{
-    Commitment, FinalLeaf, OpOutputCommit, StateRole, StepLeaf, TraceLeaf, batch_hash, op_commits,
-    op_root, state_hash, state_items, state_position,
+    Commitment, FinalLeaf, OpOutputCommit, StateRole, TraceLeaf, commit_step, state_hash,
+    state_items, state_position,
 };
 
 /// Errors of running, opening and verifying tasks (the caller's inputs, not a worker's
@@ -41,8 +40,6 @@ pub enum ProtocolError {
     Model(#[from] ModelError),
     #[error("merkle: {0}")]
     Merkle(#[from] MerkleError),
-    #[error("challenge: {0}")]
-    Challenge(#[from] ChallengeError),
     #[error("step {step} is out of range for a task of {steps} steps")]
     StepOutOfRange { step: u32, steps: u32 },
     #[error("the task has run {done} of its {steps} steps; finish it first")]
@@ -55,8 +52,6 @@ pub enum ProtocolError {
         "rebuilding step {step} from its checkpoint gave a state that differs from the committed one"
     )]
     CheckpointDiverged { step: u32 },
-    #[error("the opening's steps {got:?} are not the challenged steps {expected:?}")]
-    StepsMismatch { expected: Vec<u32>, got: Vec<u32> },
 }
 
 /// Checks that `base` has the model's tensor count and shapes.
@@ -228,20 +223,13 @@ impl<'a> TaskBuilder<'a> {
         if step >= steps {
             return Err(ProtocolError::AlreadyFinished { steps });
         }
-        let commits = op_commits(&out.ops);
-        let leaf = StepLeaf {
-            step,
-            batch: batch_hash(batch),
-            op_root: op_root(&commits)?,
-            loss_bits: out.loss.to_bits(),
-            next_state: state_hash(&out.state),
-        };
+        let (leaf, commits) = commit_step(step, batch, &out)?;
         self.leaves.push(TraceLeaf::Step(leaf));
         self.ops.push(commits);
         self.losses.push(out.loss);
         self.state = out.state;
         let done = step + 1;
-        if done % self.interval == 0 && done < steps {
+        if done.is_multiple_of(self.interval) && done < steps {
             self.checkpoints.insert(done, self.state.clone());
         }
         Ok(())

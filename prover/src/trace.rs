@@ -23,10 +23,14 @@
 //! - Final leaf (index `H`): `H_"lupus trace final v1"(u64 H || H(S_H) || H(delta))`, with
 //!   `H(delta)` = [`QuantDelta::hash`] of `quantise_delta(S_0.params, S_H.params)`.
 //! - Trace root = Merkle root over `[leaf 0, .., leaf H-1, final leaf]` (`H + 1` items).
+//!
+//! The worker computes `H(S_{t+1})` from the committed hashes of the AdamW updates'
+//! outputs ([`next_state_hash_from_tape`]): they are the next state, so hashing the state
+//! a second time (3P floats) would only repeat work. The value is the same either way.
 
 use serde::{Deserialize, Serialize};
 
-use crate::graph::{OpRecord, ValueRef};
+use crate::graph::{OpRecord, StepOutput, ValueRef};
 use crate::merkle::{Digest, MerkleError, root_of};
 use crate::model::Batch;
 use crate::ops::OpKind;
@@ -183,6 +187,65 @@ pub fn op_commits(ops: &[OpRecord]) -> Vec<OpOutputCommit> {
 /// The op root over a step's op-output commits.
 pub fn op_root(commits: &[OpOutputCommit]) -> Result<Digest, MerkleError> {
     root_of(&commits.iter().map(OpOutputCommit::item).collect::<Vec<_>>())
+}
+
+/// `H(S_{t+1})` from a step's tape: the outputs `(param', m', v')` of the AdamW update of
+/// parameter `i` (the op whose first input is `Param(i)`) ARE tensor `i` of the next
+/// state, so their committed hashes give the state hash without hashing the state again.
+/// `None` unless the tape updates each of the `p` parameters exactly once.
+pub fn next_state_hash_from_tape(
+    ops: &[OpRecord],
+    commits: &[OpOutputCommit],
+    p: usize,
+    next_step: u64,
+) -> Option<Digest> {
+    let mut slots: Vec<Option<[Digest; 3]>> = vec![None; p];
+    let mut at = 0usize;
+    for (i, rec) in ops.iter().enumerate() {
+        let n = rec.outputs.len();
+        if matches!(rec.kind, OpKind::AdamWUpdate { .. }) {
+            let ValueRef::Param(k) = rec.inputs.first()? else {
+                return None;
+            };
+            let c = commits.get(at..at + n)?;
+            let slot = slots.get_mut(*k as usize)?;
+            if slot.is_some() || n != 3 || c.iter().any(|c| c.op != i as u32) {
+                return None;
+            }
+            *slot = Some([c[0].tensor, c[1].tensor, c[2].tensor]);
+        }
+        at += n;
+    }
+    let mut params = Vec::with_capacity(p);
+    let mut m = Vec::with_capacity(p);
+    let mut v = Vec::with_capacity(p);
+    for s in slots {
+        let [a, b, c] = s?;
+        params.push(a);
+        m.push(b);
+        v.push(c);
+    }
+    root_of(&state_items_from_hashes(&params, &m, &v, next_step)).ok()
+}
+
+/// Commits step `step` that ran on `batch` and gave `out`: its leaf and op-output commits.
+pub fn commit_step(
+    step: u32,
+    batch: &Batch,
+    out: &StepOutput,
+) -> Result<(StepLeaf, Vec<OpOutputCommit>), MerkleError> {
+    let commits = op_commits(&out.ops);
+    let next_state =
+        next_state_hash_from_tape(&out.ops, &commits, out.state.params.len(), out.state.step)
+            .unwrap_or_else(|| state_hash(&out.state));
+    let leaf = StepLeaf {
+        step,
+        batch: batch_hash(batch),
+        op_root: op_root(&commits)?,
+        loss_bits: out.loss.to_bits(),
+        next_state,
+    };
+    Ok((leaf, commits))
 }
 
 /// The leaf of step `t`.

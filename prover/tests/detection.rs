@@ -34,11 +34,19 @@ fn job() -> JobSpec {
 
 /// Runs task `id` as a worker who fakes each step with probability `f` (per mille), and
 /// verifies it. Returns (faked any challenged step, rejected).
-fn one_task(job: &JobSpec, corpus: &Corpus, base: &[Tensor], f_permille: u64, id: u32) -> (bool, bool) {
+fn one_task(
+    job: &JobSpec,
+    corpus: &Corpus,
+    base: &[Tensor],
+    f_permille: u64,
+    id: u32,
+) -> (bool, bool) {
     let beacon = lupus_prover::prf::prf(&[7; 32], "detection beacon", &id.to_le_bytes());
     let seed = derive_task_seed(u64::from(id), &[3; 32], &beacon_commitment(&beacon));
     let mut coin = PrfStream::new(&seed, "detection coin", &[]);
-    let mut b = TaskBuilder::new(job, corpus, base, seed).unwrap().with_checkpoint_interval(1);
+    let mut b = TaskBuilder::new(job, corpus, base, seed)
+        .unwrap()
+        .with_checkpoint_interval(1);
     let mut faked = Vec::new();
     for t in 0..job.inner.steps {
         let batch = b.batch().unwrap();
@@ -48,7 +56,10 @@ fn one_task(job: &JobSpec, corpus: &Corpus, base: &[Tensor], f_permille: u64, id
             let i = out
                 .ops
                 .iter()
-                .position(|r| matches!(r.kind, OpKind::AdamWUpdate { .. }) && r.inputs[0] == ValueRef::Param(0))
+                .position(|r| {
+                    matches!(r.kind, OpKind::AdamWUpdate { .. })
+                        && r.inputs[0] == ValueRef::Param(0)
+                })
                 .unwrap();
             let p = &out.state.params[0];
             let mut d = p.data().to_vec();
@@ -61,12 +72,31 @@ fn one_task(job: &JobSpec, corpus: &Corpus, base: &[Tensor], f_permille: u64, id
         b.record(&batch, out).unwrap();
     }
     let run = b.finish().unwrap();
-    let steps = challenge_steps(&beacon, &run.commitment.trace_root, job.inner.steps, job.verify.challenges).unwrap();
+    let steps = challenge_steps(
+        &beacon,
+        &run.commitment.trace_root,
+        job.inner.steps,
+        job.verify.challenges,
+    )
+    .unwrap();
     let opening = run.open(job, corpus, &steps, false).unwrap();
-    let verdict = verify_opening(job, corpus, base, &seed, &run.commitment, &steps, &opening, DeviceClass::Exact).unwrap();
+    let verdict = verify_opening(
+        job,
+        corpus,
+        base,
+        &seed,
+        &run.commitment,
+        &steps,
+        &opening,
+        DeviceClass::Exact,
+    )
+    .unwrap();
     let hit = steps.iter().any(|s| faked.contains(s));
     if let Verdict::Reject { step, .. } = &verdict {
-        assert!(step.is_some_and(|s| faked.contains(&s)), "rejected at an honest step: {verdict:?}");
+        assert!(
+            step.is_some_and(|s| faked.contains(&s)),
+            "rejected at an honest step: {verdict:?}"
+        );
     }
     (hit, !verdict.is_accept())
 }
@@ -99,7 +129,10 @@ fn detection_rate_matches_one_minus_one_minus_f_to_the_m() {
                     let mut caught = 0;
                     for id in 0..TASKS {
                         let (hit, rejected) = one_task(job, corpus, base, f, id + f as u32 * TASKS);
-                        assert_eq!(hit, rejected, "task {id}: a challenged faked step must be caught, and only then");
+                        assert_eq!(
+                            hit, rejected,
+                            "task {id}: a challenged faked step must be caught, and only then"
+                        );
                         caught += u32::from(rejected);
                     }
                     (f, caught)
@@ -113,11 +146,18 @@ fn detection_rate_matches_one_minus_one_minus_f_to_the_m() {
         let predicted = 1.0 - (1.0 - *f as f64 / 1000.0).powi(m);
         let (lo, hi) = wilson99(*caught, TASKS);
         let measured = f64::from(*caught) / f64::from(TASKS);
-        println!("  {name:<6} {TASKS:>5}  {caught:>6}  {measured:>8.4}  {predicted:>9.4}  [{lo:.4}, {hi:.4}]");
+        println!(
+            "  {name:<6} {TASKS:>5}  {caught:>6}  {measured:>8.4}  {predicted:>9.4}  [{lo:.4}, {hi:.4}]"
+        );
         assert!(
             (lo..=hi).contains(&predicted) || (*f == 1000 && *caught == TASKS),
             "f = {name}: measured {measured} but predicted {predicted} is outside [{lo}, {hi}]"
         );
     }
-    println!("  ({} tasks, H = {}, m = {m}, in {:.1?})", 3 * TASKS, job.inner.steps, started.elapsed());
+    println!(
+        "  ({} tasks, H = {}, m = {m}, in {:.1?})",
+        3 * TASKS,
+        job.inner.steps,
+        started.elapsed()
+    );
 }

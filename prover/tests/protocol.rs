@@ -12,8 +12,10 @@ use lupus_prover::quant::quantise_delta;
 use lupus_prover::spec::{JobSpec, SpecError};
 use lupus_prover::task::{ProtocolError, TaskBuilder, TaskRun, job_sampler, run_task};
 use lupus_prover::tensor::Tensor;
-use lupus_prover::trace::base_state_hash;
-use lupus_prover::verify::{DeviceClass, RejectReason, Verdict, dispute_op, verify_opening, verify_submission};
+use lupus_prover::trace::{base_state_hash, commit_step, next_state_hash_from_tape, state_hash};
+use lupus_prover::verify::{
+    DeviceClass, RejectReason, Verdict, dispute_op, verify_opening, verify_submission,
+};
 
 const TINY: &str = include_str!("../../jobs/tiny-test.toml");
 const SEED: [u8; 32] = [42; 32];
@@ -25,9 +27,28 @@ fn setup() -> (JobSpec, Corpus, Vec<Tensor>) {
     (job, corpus, base)
 }
 
-fn verify(job: &JobSpec, corpus: &Corpus, base: &[Tensor], run: &TaskRun, steps: &[u32], class: DeviceClass) -> Verdict {
-    let opening = run.open(job, corpus, steps, class == DeviceClass::Tolerant).unwrap();
-    verify_opening(job, corpus, base, &SEED, &run.commitment, steps, &opening, class).unwrap()
+fn verify(
+    job: &JobSpec,
+    corpus: &Corpus,
+    base: &[Tensor],
+    run: &TaskRun,
+    steps: &[u32],
+    class: DeviceClass,
+) -> Verdict {
+    let opening = run
+        .open(job, corpus, steps, class == DeviceClass::Tolerant)
+        .unwrap();
+    verify_opening(
+        job,
+        corpus,
+        base,
+        &SEED,
+        &run.commitment,
+        steps,
+        &opening,
+        class,
+    )
+    .unwrap()
 }
 
 fn ctx(job: &JobSpec, base: &[Tensor], run: &TaskRun) -> FraudContext {
@@ -58,13 +79,71 @@ fn an_honest_trace_passes_every_challenge_in_both_classes() {
     let (job, corpus, base) = setup();
     let run = run_task(&job, &corpus, &base, SEED, &mut |_, _| {}).unwrap();
     let all: Vec<u32> = (0..job.inner.steps).collect();
-    assert_eq!(verify(&job, &corpus, &base, &run, &all, DeviceClass::Exact), Verdict::Accept);
-    assert_eq!(verify(&job, &corpus, &base, &run, &all, DeviceClass::Tolerant), Verdict::Accept);
-    let derived = challenge_steps(&[9; 32], &run.commitment.trace_root, job.inner.steps, job.verify.challenges).unwrap();
-    assert_eq!(verify(&job, &corpus, &base, &run, &derived, DeviceClass::Exact), Verdict::Accept);
+    assert_eq!(
+        verify(&job, &corpus, &base, &run, &all, DeviceClass::Exact),
+        Verdict::Accept
+    );
+    assert_eq!(
+        verify(&job, &corpus, &base, &run, &all, DeviceClass::Tolerant),
+        Verdict::Accept
+    );
+    let derived = challenge_steps(
+        &[9; 32],
+        &run.commitment.trace_root,
+        job.inner.steps,
+        job.verify.challenges,
+    )
+    .unwrap();
+    assert_eq!(
+        verify(&job, &corpus, &base, &run, &derived, DeviceClass::Exact),
+        Verdict::Accept
+    );
     let fin = run.final_opening().unwrap();
-    assert!(verify_submission(job.inner.steps, &run.commitment, &fin, &lupus_prover::merkle::Digest(run.delta.hash())).is_ok());
-    assert!(verify_submission(job.inner.steps, &run.commitment, &fin, &lupus_prover::merkle::Digest([0; 32])).is_err());
+    assert!(
+        verify_submission(
+            job.inner.steps,
+            &run.commitment,
+            &fin,
+            &lupus_prover::merkle::Digest(run.delta.hash())
+        )
+        .is_ok()
+    );
+    assert!(
+        verify_submission(
+            job.inner.steps,
+            &run.commitment,
+            &fin,
+            &lupus_prover::merkle::Digest([0; 32])
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn the_tape_gives_the_same_next_state_hash_as_the_state() {
+    let (job, corpus, base) = setup();
+    let b = TaskBuilder::new(&job, &corpus, &base, SEED).unwrap();
+    let batch = b.batch().unwrap();
+    let out = train_step(&job.model, &job.inner.adamw(), b.state(), &batch).unwrap();
+    let (leaf, commits) = commit_step(0, &batch, &out).unwrap();
+    assert_eq!(leaf.next_state, state_hash(&out.state));
+    let p = out.state.params.len();
+    assert_eq!(
+        next_state_hash_from_tape(&out.ops, &commits, p, out.state.step),
+        Some(leaf.next_state)
+    );
+    // A tape without the AdamW updates gives no hash (commit_step then hashes the state).
+    let forward_only: Vec<_> = out
+        .ops
+        .iter()
+        .filter(|r| !matches!(r.kind, OpKind::AdamWUpdate { .. }))
+        .cloned()
+        .collect();
+    let fc = lupus_prover::trace::op_commits(&forward_only);
+    assert_eq!(
+        next_state_hash_from_tape(&forward_only, &fc, p, out.state.step),
+        None
+    );
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -79,7 +158,10 @@ enum Cheat {
 }
 
 fn find_op(out: &StepOutput, pred: impl Fn(&OpKind, &[ValueRef]) -> bool) -> usize {
-    out.ops.iter().position(|r| pred(&r.kind, &r.inputs)).unwrap()
+    out.ops
+        .iter()
+        .position(|r| pred(&r.kind, &r.inputs))
+        .unwrap()
 }
 
 fn bump(t: &Tensor) -> Tensor {
@@ -90,8 +172,16 @@ fn bump(t: &Tensor) -> Tensor {
 
 /// Runs honestly, tampers step `bad` as `cheat` says, and re-commits consistently.
 /// Returns the run and the op index a fraud proof must name (if any).
-fn cheat(job: &JobSpec, corpus: &Corpus, base: &[Tensor], bad: u32, cheat: Cheat) -> (TaskRun, Option<usize>) {
-    let mut b = TaskBuilder::new(job, corpus, base, SEED).unwrap().with_checkpoint_interval(1);
+fn cheat(
+    job: &JobSpec,
+    corpus: &Corpus,
+    base: &[Tensor],
+    bad: u32,
+    cheat: Cheat,
+) -> (TaskRun, Option<usize>) {
+    let mut b = TaskBuilder::new(job, corpus, base, SEED)
+        .unwrap()
+        .with_checkpoint_interval(1);
     let mut expected = None;
     for t in 0..job.inner.steps {
         if t != bad {
@@ -100,13 +190,18 @@ fn cheat(job: &JobSpec, corpus: &Corpus, base: &[Tensor], bad: u32, cheat: Cheat
         }
         let mut batch = b.batch().unwrap();
         if cheat == Cheat::Batch {
-            let other = job_sampler(job, corpus).unwrap().batch(&[1; 32], t, job.inner.batch_size as usize);
+            let other =
+                job_sampler(job, corpus)
+                    .unwrap()
+                    .batch(&[1; 32], t, job.inner.batch_size as usize);
             batch = make_batch(&job.model, &other).unwrap();
         }
         let mut out = train_step(&job.model, &job.inner.adamw(), b.state(), &batch).unwrap();
         match cheat {
             Cheat::State => {
-                let i = find_op(&out, |k, inp| matches!(k, OpKind::AdamWUpdate { .. }) && inp[0] == ValueRef::Param(0));
+                let i = find_op(&out, |k, inp| {
+                    matches!(k, OpKind::AdamWUpdate { .. }) && inp[0] == ValueRef::Param(0)
+                });
                 let tampered = bump(&out.state.params[0]);
                 out.ops[i].outputs[0] = tampered.clone();
                 out.state.params[0] = tampered;
@@ -124,12 +219,15 @@ fn cheat(job: &JobSpec, corpus: &Corpus, base: &[Tensor], bad: u32, cheat: Cheat
             }
             Cheat::Loss => {
                 out.loss *= 0.5;
-                expected = Some(find_op(&out, |k, _| matches!(k, OpKind::SoftmaxCrossEntropy)));
+                expected = Some(find_op(&out, |k, _| {
+                    matches!(k, OpKind::SoftmaxCrossEntropy)
+                }));
             }
             Cheat::LossOutput => {
                 let i = find_op(&out, |k, _| matches!(k, OpKind::SoftmaxCrossEntropy));
                 out.loss *= 0.5;
-                out.ops[i].outputs[0] = Tensor::new(out.ops[i].outputs[0].shape().to_vec(), vec![out.loss]).unwrap();
+                out.ops[i].outputs[0] =
+                    Tensor::new(out.ops[i].outputs[0].shape().to_vec(), vec![out.loss]).unwrap();
                 expected = Some(i);
             }
             Cheat::Batch | Cheat::Delta => {}
@@ -138,7 +236,8 @@ fn cheat(job: &JobSpec, corpus: &Corpus, base: &[Tensor], bad: u32, cheat: Cheat
     }
     let run = if cheat == Cheat::Delta {
         let inflated: Vec<Tensor> = b.state().params.iter().map(bump).collect();
-        b.finish_with_delta(quantise_delta(base, &inflated).unwrap()).unwrap()
+        b.finish_with_delta(quantise_delta(base, &inflated).unwrap())
+            .unwrap()
     } else {
         b.finish().unwrap()
     };
@@ -149,29 +248,65 @@ fn cheat(job: &JobSpec, corpus: &Corpus, base: &[Tensor], bad: u32, cheat: Cheat
 fn every_kind_of_cheat_is_caught_when_its_step_is_challenged() {
     let (job, corpus, base) = setup();
     let h = job.inner.steps;
-    for kind in [Cheat::State, Cheat::Batch, Cheat::Activation, Cheat::Gradient, Cheat::Loss, Cheat::LossOutput, Cheat::Delta] {
+    for kind in [
+        Cheat::State,
+        Cheat::Batch,
+        Cheat::Activation,
+        Cheat::Gradient,
+        Cheat::Loss,
+        Cheat::LossOutput,
+        Cheat::Delta,
+    ] {
         for bad in [0, 3, h - 1] {
             let (run, expected_op) = cheat(&job, &corpus, &base, bad, kind);
             for t in 0..h {
                 let verdict = verify(&job, &corpus, &base, &run, &[t], DeviceClass::Exact);
                 let caught = !verdict.is_accept();
                 if kind == Cheat::Delta {
-                    assert!(matches!(&verdict, Verdict::Reject { reason: RejectReason::DeltaMismatch, .. }), "{kind:?}");
+                    assert!(
+                        matches!(
+                            &verdict,
+                            Verdict::Reject {
+                                reason: RejectReason::DeltaMismatch,
+                                ..
+                            }
+                        ),
+                        "{kind:?}"
+                    );
                     continue;
                 }
-                assert_eq!(caught, t == bad, "{kind:?} at step {bad}, challenged {t}: {verdict:?}");
+                assert_eq!(
+                    caught,
+                    t == bad,
+                    "{kind:?} at step {bad}, challenged {t}: {verdict:?}"
+                );
                 // The tolerant class compares states and losses, not the tape: it catches
                 // these too (without a proof), but not a tape-only tamper.
-                if t == bad && matches!(kind, Cheat::State | Cheat::Batch | Cheat::Loss | Cheat::LossOutput) {
+                if t == bad
+                    && matches!(
+                        kind,
+                        Cheat::State | Cheat::Batch | Cheat::Loss | Cheat::LossOutput
+                    )
+                {
                     let tv = verify(&job, &corpus, &base, &run, &[t], DeviceClass::Tolerant);
                     assert!(!tv.is_accept(), "{kind:?} tolerant: {tv:?}");
                 }
-                let Verdict::Reject { step, reason, fraud_proof } = verdict else { continue };
+                let Verdict::Reject {
+                    step,
+                    reason,
+                    fraud_proof,
+                } = verdict
+                else {
+                    continue;
+                };
                 assert_eq!(step, Some(bad));
                 match kind {
                     Cheat::Batch => assert_eq!(reason, RejectReason::WrongBatch),
                     Cheat::Loss => assert_eq!(reason, RejectReason::LossMismatch),
-                    _ => assert!(matches!(reason, RejectReason::OpMismatch { .. }), "{reason:?}"),
+                    _ => assert!(
+                        matches!(reason, RejectReason::OpMismatch { .. }),
+                        "{reason:?}"
+                    ),
                 }
                 let Some(proof) = fraud_proof else {
                     assert_eq!(kind, Cheat::Batch, "{kind:?} must come with a fraud proof");
@@ -183,7 +318,10 @@ fn every_kind_of_cheat_is_caught_when_its_step_is_challenged() {
                 let json = serde_json::to_string(&proof).unwrap();
                 let back: FraudProof = serde_json::from_str(&json).unwrap();
                 let v = back.check(&ctx(&job, &base, &run)).unwrap();
-                assert!(matches!(v, FraudVerdict::Guilty { step, op, .. } if step == bad && Some(op as usize) == expected_op), "{v:?}");
+                assert!(
+                    matches!(v, FraudVerdict::Guilty { step, op, .. } if step == bad && Some(op as usize) == expected_op),
+                    "{v:?}"
+                );
                 // Against another trace root it proves nothing.
                 let mut wrong = ctx(&job, &base, &run);
                 wrong.trace_root.0[0] ^= 1;
@@ -204,15 +342,24 @@ fn forged_fraud_proofs_against_an_honest_step_fail() {
         let op_count = ops.iter().map(|c| c.op).max().unwrap() + 1;
         for op in 0..op_count {
             let proof = dispute_op(&job, &corpus, &base, &SEED, &opening, t, op).unwrap();
-            assert_eq!(proof.check(&c), Ok(FraudVerdict::NotGuilty), "step {t} op {op}");
-            let FraudProof::Op(p) = proof else { unreachable!() };
+            assert_eq!(
+                proof.check(&c),
+                Ok(FraudVerdict::NotGuilty),
+                "step {t} op {op}"
+            );
+            let FraudProof::Op(p) = proof else {
+                unreachable!()
+            };
             // Claiming another committed output, or other inputs, does not verify.
             let mut forged = p.clone();
             forged.op_leaves.leaves.last_mut().unwrap().1.tensor.0[0] ^= 1;
             assert!(FraudProof::Op(forged).check(&c).is_err());
             let mut forged = p.clone();
             forged.input_tensors[0] = bump(&forged.input_tensors[0]);
-            assert!(!matches!(FraudProof::Op(forged).check(&c), Ok(FraudVerdict::Guilty { .. })));
+            assert!(!matches!(
+                FraudProof::Op(forged).check(&c),
+                Ok(FraudVerdict::Guilty { .. })
+            ));
             // A truncated proof is an error, not a panic.
             let mut forged = p.clone();
             forged.trace.proof.hashes.pop();
@@ -227,44 +374,123 @@ fn bad_openings_are_typed_rejections() {
     let run = run_task(&job, &corpus, &base, SEED, &mut |_, _| {}).unwrap();
     let steps = [2u32, 5];
     let good = run.open(&job, &corpus, &steps, false).unwrap();
-    let check = |o: &lupus_prover::task::Opening| verify_opening(&job, &corpus, &base, &SEED, &run.commitment, &steps, o, DeviceClass::Exact).unwrap();
+    let check = |o: &lupus_prover::task::Opening| {
+        verify_opening(
+            &job,
+            &corpus,
+            &base,
+            &SEED,
+            &run.commitment,
+            &steps,
+            o,
+            DeviceClass::Exact,
+        )
+        .unwrap()
+    };
 
     let mut o = good.clone();
     o.proof.hashes.pop();
-    assert!(matches!(check(&o), Verdict::Reject { reason: RejectReason::BadTraceProof(_), .. }));
+    assert!(matches!(
+        check(&o),
+        Verdict::Reject {
+            reason: RejectReason::BadTraceProof(_),
+            ..
+        }
+    ));
 
     let mut o = good.clone();
     let t = &o.steps[0].state[0];
     o.steps[0].state[0] = Tensor::new(vec![t.len()], t.data().to_vec()).unwrap();
-    assert!(matches!(check(&o), Verdict::Reject { reason: RejectReason::ShapeMismatch, .. }));
+    assert!(matches!(
+        check(&o),
+        Verdict::Reject {
+            reason: RejectReason::ShapeMismatch,
+            ..
+        }
+    ));
 
     let mut o = good.clone();
     o.steps[1].state[1] = bump(&o.steps[1].state[1]);
-    assert!(matches!(check(&o), Verdict::Reject { reason: RejectReason::WrongState, step: Some(5), .. }));
+    assert!(matches!(
+        check(&o),
+        Verdict::Reject {
+            reason: RejectReason::WrongState,
+            step: Some(5),
+            ..
+        }
+    ));
 
     let mut o = good.clone();
     o.steps.pop();
-    assert!(matches!(check(&o), Verdict::Reject { reason: RejectReason::MalformedOpening, .. }));
+    assert!(matches!(
+        check(&o),
+        Verdict::Reject {
+            reason: RejectReason::MalformedOpening,
+            ..
+        }
+    ));
 
     let mut o = good.clone();
     o.final_params[0] = bump(&o.final_params[0]);
-    assert!(matches!(check(&o), Verdict::Reject { reason: RejectReason::BadFinalState(_), .. }));
+    assert!(matches!(
+        check(&o),
+        Verdict::Reject {
+            reason: RejectReason::BadFinalState(_),
+            ..
+        }
+    ));
 
     let mut o = good.clone();
     o.steps[0].ops[3].tensor.0[0] ^= 1;
-    assert!(matches!(check(&o), Verdict::Reject { reason: RejectReason::OpRootMismatch, .. }));
+    assert!(matches!(
+        check(&o),
+        Verdict::Reject {
+            reason: RejectReason::OpRootMismatch,
+            ..
+        }
+    ));
 
     // The verifier's own inputs: errors.
-    let wrong_base = init_params(&lupus_prover::model::ModelSpec::Mlp { vocab: 96, context: 2, embed: 2, hidden: vec![3] }, [0; 32]).unwrap();
+    let wrong_base = init_params(
+        &lupus_prover::model::ModelSpec::Mlp {
+            vocab: 96,
+            context: 2,
+            embed: 2,
+            hidden: vec![3],
+        },
+        [0; 32],
+    )
+    .unwrap();
     assert!(matches!(
-        verify_opening(&job, &corpus, &wrong_base, &SEED, &run.commitment, &steps, &good, DeviceClass::Exact),
+        verify_opening(
+            &job,
+            &corpus,
+            &wrong_base,
+            &SEED,
+            &run.commitment,
+            &steps,
+            &good,
+            DeviceClass::Exact
+        ),
         Err(ProtocolError::Model(_))
     ));
     assert_eq!(
-        verify_opening(&job, &corpus, &base, &SEED, &run.commitment, &[5, 2], &good, DeviceClass::Exact),
+        verify_opening(
+            &job,
+            &corpus,
+            &base,
+            &SEED,
+            &run.commitment,
+            &[5, 2],
+            &good,
+            DeviceClass::Exact
+        ),
         Err(ProtocolError::BadStepList)
     );
-    assert!(matches!(run.open(&job, &corpus, &[job.inner.steps], false), Err(ProtocolError::StepOutOfRange { .. })));
+    assert!(matches!(
+        run.open(&job, &corpus, &[job.inner.steps], false),
+        Err(ProtocolError::StepOutOfRange { .. })
+    ));
 }
 
 #[test]
