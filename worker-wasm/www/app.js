@@ -291,6 +291,12 @@ function download(name, text, type) {
 
 // ---- wiring ---------------------------------------------------------------------
 async function main() {
+  const built = await fetch('pkg/lupus_worker_bg.wasm', { method: 'HEAD' }).then((r) => r.ok, () => false);
+  if (!built) {
+    message('fatal', 'The web worker is not built on this server: run worker-wasm/build.sh, then reload.', true);
+    $('start').disabled = true;
+    return;
+  }
   state.seed = await identity();
   worker.postMessage({ cmd: 'pubkey', seed: state.seed });
   await new Promise((r) => {
