@@ -221,46 +221,44 @@ async fn turn(
     backend: &Backend,
     control: Function,
 ) -> Result<JsValue, JsValue> {
-    {
-        let mut c = JsControl { f: control };
-        let turn = participant.turn(backend, &mut c).await.map_err(|e| {
-            let o = js_sys::Object::new();
-            let _ = Reflect::set(&o, &"message".into(), &JsValue::from_str(&e.to_string()));
-            let _ = Reflect::set(
-                &o,
-                &"transient".into(),
-                &JsValue::from_bool(e.is_transient()),
-            );
-            JsValue::from(o)
-        })?;
+    let mut c = JsControl { f: control };
+    let turn = participant.turn(backend, &mut c).await.map_err(|e| {
         let o = js_sys::Object::new();
-        let set = |k: &str, v: JsValue| {
-            let _ = Reflect::set(&o, &JsValue::from_str(k), &v);
-        };
-        match turn {
-            Turn::Wait { ms, reason } => {
-                set("kind", "wait".into());
-                set("ms", JsValue::from_f64(ms as f64));
-                set("reason", reason.into());
-            }
-            Turn::Abandoned { task } => {
-                set("kind", "abandoned".into());
-                set("task", JsValue::from_f64(task.task_id.0 as f64));
-            }
-            Turn::Done {
-                task,
-                final_loss,
-                challenged,
-            } => {
-                set("kind", "done".into());
-                set("task", JsValue::from_f64(task.task_id.0 as f64));
-                set("round", JsValue::from_f64(task.round.0 as f64));
-                set("loss", JsValue::from_f64(final_loss as f64));
-                set("challenged", JsValue::from_f64(challenged.len() as f64));
-            }
+        let _ = Reflect::set(&o, &"message".into(), &JsValue::from_str(&e.to_string()));
+        let _ = Reflect::set(
+            &o,
+            &"transient".into(),
+            &JsValue::from_bool(e.is_transient()),
+        );
+        JsValue::from(o)
+    })?;
+    let o = js_sys::Object::new();
+    let set = |k: &str, v: JsValue| {
+        let _ = Reflect::set(&o, &JsValue::from_str(k), &v);
+    };
+    match turn {
+        Turn::Wait { ms, reason } => {
+            set("kind", "wait".into());
+            set("ms", JsValue::from_f64(ms as f64));
+            set("reason", reason.into());
         }
-        Ok(o.into())
+        Turn::Abandoned { task } => {
+            set("kind", "abandoned".into());
+            set("task", JsValue::from_f64(task.task_id.0 as f64));
+        }
+        Turn::Done {
+            task,
+            final_loss,
+            challenged,
+        } => {
+            set("kind", "done".into());
+            set("task", JsValue::from_f64(task.task_id.0 as f64));
+            set("round", JsValue::from_f64(task.round.0 as f64));
+            set("loss", JsValue::from_f64(final_loss as f64));
+            set("challenged", JsValue::from_f64(challenged.len() as f64));
+        }
     }
+    Ok(o.into())
 }
 
 #[cfg(feature = "gpu")]

@@ -16,11 +16,14 @@ fn cpu_path_in_wasm_is_exact() {
 #[cfg(feature = "gpu")]
 #[wasm_bindgen_test]
 async fn webgpu_kernels_are_exact() {
-    use lupus_worker::gpu::{GpuDevice, run_suite_gpu};
+    use lupus_worker::gpu::{DetFn, GpuDevice, det_on_device, run_suite_gpu};
     let dev = GpuDevice::new()
         .await
         .expect("WebGPU: run Chromium with --enable-unsafe-webgpu");
     web_sys::console::log_1(&format!("device: {}", dev.description).into());
+    // One small dispatch first, so a failure shows its error rather than a hash.
+    let one = det_on_device(&dev, DetFn::Ftz, &[1.5, 1e-40]).await;
+    assert_eq!(one, Ok(vec![1.5, 0.0]), "a single dispatch on {}", dev.description);
     let results = run_suite_gpu(&dev).await;
     assert_eq!(
         check_device(&results),

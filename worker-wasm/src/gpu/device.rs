@@ -223,8 +223,9 @@ impl GpuDevice {
             });
         }
         let entries: Vec<&'static str> = passes.iter().map(|p| p.entry).collect();
-        let compiled = self.compiled(k, &entries);
+        // The scope also catches shader compilation errors (the first error is reported).
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let compiled = self.compiled(k, &entries);
         let in_bufs: Vec<wgpu::Buffer> = inputs
             .iter()
             .map(|data| {

@@ -46,8 +46,10 @@ fn is_nan(x: f32) -> bool {
     return (b & EXP_MASK) == EXP_MASK && (b & MANT_MASK) != 0u;
 }
 
+// Built at run time: Tint refuses a NaN constant ("value nan cannot be represented").
+// Parameter word 15 is always zero.
 fn canonical_nan() -> f32 {
-    return bitcast<f32>(CANONICAL_NAN);
+    return bitcast<f32>(CANONICAL_NAN | pu(15u));
 }
 
 fn ftz(x: f32) -> f32 {
