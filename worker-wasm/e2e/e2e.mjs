@@ -130,6 +130,17 @@ async function volunteer(browser, base, dir, gpu) {
 
   // Pause stops work within one step: after the click, at most the step in progress
   // completes.
+  // Click while steps are running: wait for the step counter to move first.
+  const moving = await page.evaluate(() => new Promise((done) => {
+    const start = Number(document.body.dataset.steps || 0);
+    const t0 = performance.now();
+    const poll = () => {
+      if (Number(document.body.dataset.steps || 0) !== start) done(true);
+      else if (performance.now() - t0 > 60_000) done(false);
+      else setTimeout(poll, 2);
+    };
+    poll();
+  }));
   const before = await page.evaluate(() => Number(document.body.dataset.steps || 0));
   await page.click('#pause');
   await waitFor('the pause', () => page.evaluate(() => document.getElementById('state').textContent === 'Paused'), 20_000)
@@ -137,7 +148,7 @@ async function volunteer(browser, base, dir, gpu) {
   const s1 = await page.evaluate(() => Number(document.body.dataset.steps || 0));
   await sleep(3000);
   const s2 = await page.evaluate(() => Number(document.body.dataset.steps || 0));
-  check(s2 === s1 && s1 - before <= 1, `${label}: pause stops work within one step (${s1 - before} step after the click, ${s2 - s1} in the next 3 s)`);
+  check(moving && s2 === s1 && s1 - before <= 1, `${label}: pause stops work within one step (clicked while training; ${s1 - before} step after the click, ${s2 - s1} in the next 3 s)`);
 
   // Reloading keeps the identity.
   await page.reload();

@@ -32,3 +32,35 @@ async fn webgpu_kernels_are_exact() {
         dev.description
     );
 }
+
+/// Each `det` function element by element on WebGPU, naming the inputs that differ.
+#[cfg(feature = "gpu")]
+#[wasm_bindgen_test]
+async fn webgpu_det_functions_element_by_element() {
+    use lupus_prover::det;
+    use lupus_worker::gpu::{DetFn, GpuDevice, det_on_device};
+    let dev = GpuDevice::new().await.expect("WebGPU");
+    let mut xs: Vec<f32> = vec![0.0, -0.0, 1.0, -1.0, 0.5, 2.0, 1e-45, 1e-40, 1.17e-38, f32::MIN_POSITIVE, f32::MAX, f32::INFINITY, f32::NEG_INFINITY, f32::NAN];
+    xs.extend((0..20_000).map(|i| 100.0 * (i as f32 / 20_000.0)));
+    xs.extend((0u32..0x7f80_0000).step_by(0x0001_0f01).map(f32::from_bits));
+    let cases: [(DetFn, fn(f32) -> f32); 3] = [
+        (DetFn::Ln, det::ln),
+        (DetFn::Rsqrt, det::rsqrt),
+        (DetFn::Sqrt, det::sqrt),
+    ];
+    let mut report = Vec::new();
+    for (f, reference) in cases {
+        let got = det_on_device(&dev, f, &xs).await.expect("dispatch");
+        let bad: Vec<String> = xs
+            .iter()
+            .zip(&got)
+            .filter(|(x, y)| det::canonical_bits(reference(**x)) != det::canonical_bits(**y))
+            .map(|(x, y)| format!("{x:e} ({:08x}): gpu {y:e}, cpu {:e}", x.to_bits(), reference(*x)))
+            .collect();
+        if !bad.is_empty() {
+            let first: Vec<&String> = bad.iter().take(4).collect();
+            report.push(format!("{f:?}: {} of {} differ: {first:?}", bad.len(), xs.len()));
+        }
+    }
+    assert!(report.is_empty(), "{report:#?}");
+}
