@@ -274,9 +274,15 @@ async fn pick_backend(use_gpu: bool) -> (Backend, String, String) {
                     KatClass::Tolerant { mismatches } => (
                         DeviceClass::Tolerant,
                         format!(
-                            "tolerant ({} of {} cases differ)",
+                            "tolerant: {} of {} known-answer cases differ ({})",
                             mismatches.len(),
-                            results.len()
+                            results.len(),
+                            mismatches
+                                .iter()
+                                .take(3)
+                                .copied()
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     ),
                 };

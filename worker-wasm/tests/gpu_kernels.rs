@@ -38,6 +38,8 @@ fn known_answer_suite_is_exact_on_the_device() {
         "cases that differ from the CPU reference: {differ:?}"
     );
     assert_eq!(check_device(&gpu), DeviceClass::Exact);
+    let subnormals = pollster::block_on(lupus_worker::gpu::keeps_subnormals(&dev)).unwrap();
+    assert!(subnormals, "an exact device keeps subnormal intermediates");
 }
 
 /// Each `det` function, element by element, over edge cases and dense sweeps: a

@@ -126,6 +126,28 @@ const SCALAR_CASES: [(&str, f32, f32, u32); 7] = [
     ("det.ftz", -1.0, 1.0, 6),
 ];
 
+/// Whether the device keeps subnormal intermediates (gradual underflow) as the reference
+/// does: four products of 4e-39 (each subnormal) sum to a normal 1.6e-38 only if they
+/// were not flushed. A device that flushes them is in the tolerant class by design (the
+/// suite's `matmul.subnormal` case differs there, DESIGN.md "Determinism").
+pub async fn keeps_subnormals(dev: &GpuDevice) -> Result<bool, GpuError> {
+    let a = [1e-20f32; 4];
+    let b = [4e-19f32; 4];
+    let got = matmul(dev, &a, &b, [1, 4, 1, 0, 0]).await?;
+    let reference = lupus_prover::kernels::matmul(
+        &a,
+        &b,
+        lupus_prover::kernels::MatMulDims {
+            m: 1,
+            k: 4,
+            n: 1,
+            transpose_a: false,
+            transpose_b: false,
+        },
+    );
+    Ok(got.first().map(|x| x.to_bits()) == reference.first().map(|x| x.to_bits()))
+}
+
 /// The scalar functions of `det.rs` the suite sweeps, in the kernel's numbering.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DetFn {

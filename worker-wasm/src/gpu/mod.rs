@@ -12,6 +12,6 @@ mod ops;
 mod step;
 
 pub use device::{GpuDevice, GpuError};
-pub use kat::{DetFn, det_on_device, run_suite_gpu};
+pub use kat::{DetFn, det_on_device, keeps_subnormals, run_suite_gpu};
 pub use ops::eval_op_gpu;
 pub use step::train_step_gpu;

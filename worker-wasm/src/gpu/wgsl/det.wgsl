@@ -48,6 +48,13 @@ fn is_nan(x: f32) -> bool {
 
 // Built at run time: Tint refuses a NaN constant ("value nan cannot be represented").
 // Parameter word 15 is always zero.
+// `x < 0.0` for a non-NaN x, on the bits: a device that treats subnormal inputs as zero
+// (SwiftShader does) would otherwise call a negative subnormal non-negative.
+fn is_negative(x: f32) -> bool {
+    let b = bitcast<u32>(x);
+    return (b & SIGN_MASK) != 0u && (b & 0x7fffffffu) != 0u;
+}
+
 fn canonical_nan() -> f32 {
     return bitcast<f32>(CANONICAL_NAN | pu(15u));
 }
@@ -123,7 +130,7 @@ fn det_exp(x_in: f32) -> f32 {
 }
 
 fn det_ln(x: f32) -> f32 {
-    if is_nan(x) || x < 0.0 {
+    if is_nan(x) || is_negative(x) {
         return canonical_nan();
     }
     let bits = bitcast<u32>(x);
@@ -185,7 +192,7 @@ fn det_reciprocal(x: f32) -> f32 {
 }
 
 fn det_rsqrt(x: f32) -> f32 {
-    if is_nan(x) || x < 0.0 {
+    if is_nan(x) || is_negative(x) {
         return canonical_nan();
     }
     let bits = bitcast<u32>(x);
@@ -210,7 +217,7 @@ fn det_rsqrt(x: f32) -> f32 {
 }
 
 fn det_sqrt(x: f32) -> f32 {
-    if is_nan(x) || x < 0.0 {
+    if is_nan(x) || is_negative(x) {
         return canonical_nan();
     }
     if ftz(x) == 0.0 {
