@@ -8,6 +8,10 @@ use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
+/// A reference `det` function.
+#[cfg(feature = "gpu")]
+type ScalarFn = fn(f32) -> f32;
+
 #[wasm_bindgen_test]
 fn cpu_path_in_wasm_is_exact() {
     assert_eq!(check_device(&run_suite()), DeviceClass::Exact);
@@ -77,7 +81,7 @@ async fn webgpu_det_functions_element_by_element() {
             .step_by(0x0003_3333)
             .map(|b| -f32::from_bits(b)),
     );
-    let cases: [(DetFn, fn(f32) -> f32); 3] = [
+    let cases: [(DetFn, ScalarFn); 3] = [
         (DetFn::Ln, det::ln),
         (DetFn::Rsqrt, det::rsqrt),
         (DetFn::Sqrt, det::sqrt),

@@ -6,6 +6,9 @@
 use lupus_prover::kat::{DeviceClass, EXPECTED, check_device, run_suite, to_hex};
 use lupus_worker::gpu::{GpuDevice, run_suite_gpu};
 
+/// A reference `det` function.
+type ScalarFn = fn(f32) -> f32;
+
 fn device() -> GpuDevice {
     match pollster::block_on(GpuDevice::new()) {
         Ok(d) => d,
@@ -54,7 +57,7 @@ fn det_functions_match_element_by_element() {
     ];
     xs.extend((0..20_000).map(|i| -90.0 + 180.0 * (i as f32 / 20_000.0)));
     xs.extend((0u32..0x7f80_0000).step_by(0x0001_0f01).map(f32::from_bits));
-    let cases: [(DetFn, fn(f32) -> f32); 7] = [
+    let cases: [(DetFn, ScalarFn); 7] = [
         (DetFn::Exp, det::exp),
         (DetFn::Ln, det::ln),
         (DetFn::Reciprocal, det::reciprocal),
