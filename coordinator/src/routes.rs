@@ -100,8 +100,19 @@ fn authenticate(
 /// The router over a coordinator. `page` is the volunteer page's directory, if built.
 pub fn router(c: Shared, page: Option<std::path::PathBuf>) -> Router {
     let small = DefaultBodyLimit::max(SMALL_BODY);
+    // The page's files next to index.html, and the wasm build (worker-wasm/pkg) at /pkg/.
+    let files = page.clone();
+    let pkg = page.as_ref().map(|d| d.join("../pkg"));
     Router::new()
         .route("/", get(move || index(page.clone())))
+        .route(
+            "/{file}",
+            get(move |Path(f): Path<String>| static_file(files.clone(), f)),
+        )
+        .route(
+            "/pkg/{file}",
+            get(move |Path(f): Path<String>| static_file(pkg.clone(), f)),
+        )
         .route("/checkpoint", get(checkpoint))
         .route("/tile/{*path}", get(tile))
         .route("/v1/job", get(job))
@@ -174,6 +185,31 @@ async fn index(page: Option<std::path::PathBuf>) -> Response {
         <p>Meanwhile: <a href=\"/v1/rounds\">rounds</a>, <a href=\"/v1/stake\">stake</a>, \
         <a href=\"/checkpoint\">checkpoint</a>, <a href=\"/openapi.json\">API</a>.</p>";
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], text).into_response()
+}
+
+/// One file of the volunteer page (`worker-wasm/www/`) or of its wasm build
+/// (`worker-wasm/pkg/`): plain names with a known extension only, so no path can leave
+/// the directory.
+async fn static_file(dir: Option<std::path::PathBuf>, name: String) -> Response {
+    let not_found = || ApiError::NotFound("no such endpoint; see /openapi.json".into()).into_response();
+    let kind = match name.rsplit_once('.').map(|(_, e)| e) {
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("wasm") => "application/wasm",
+        Some("css") => "text/css; charset=utf-8",
+        Some("html") => "text/html; charset=utf-8",
+        _ => return not_found(),
+    };
+    let plain = !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    let Some(dir) = dir.filter(|_| plain) else {
+        return not_found();
+    };
+    match tokio::fs::read(dir.join(&name)).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, kind)], bytes).into_response(),
+        Err(_) => not_found(),
+    }
 }
 
 async fn checkpoint(State(c): State<Shared>) -> Response {
