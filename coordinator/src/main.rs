@@ -130,12 +130,11 @@ pub fn job_text(job: &Option<PathBuf>) -> Result<String> {
     }
 }
 
-/// The default volunteer page directory, if the web worker is built.
+/// The volunteer page's directory when the web worker is built (`worker-wasm/www/`
+/// next to its wasm build `worker-wasm/pkg/`, see `worker-wasm/build.sh`).
 pub fn default_web() -> Option<PathBuf> {
-    ["worker-wasm/www", "worker-wasm/web", "worker-wasm/pkg"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.join("index.html").exists())
+    let www = PathBuf::from("worker-wasm/www");
+    (www.join("index.html").exists() && PathBuf::from("worker-wasm/pkg").is_dir()).then_some(www)
 }
 
 /// Opens the coordinator `args` describe, with its ledger under `ledger_dir`.
