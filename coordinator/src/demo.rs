@@ -31,8 +31,8 @@ pub struct DemoArgs {
     /// Native workers (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
-    /// Rounds to train.
-    #[arg(long, default_value_t = 6)]
+    /// Rounds to train (12 rounds of the default job take about two minutes on 2 cores).
+    #[arg(long, default_value_t = 12)]
     rounds: u64,
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,

@@ -105,6 +105,9 @@ struct Live {
     outcome: Option<bool>,
     /// Verifiers holding a claim on the task, with their deadline.
     claims: BTreeMap<PublicKey, u64>,
+    /// When the first verdict left the task waiting for a second verifier; past the
+    /// verify timeout the referee is the second.
+    waiting_since: Option<u64>,
 }
 
 struct Inner {
@@ -1074,6 +1077,12 @@ impl Coordinator {
             l.claims.remove(&verifier);
         }
         self.resolve(inner, task).await?;
+        if let Some(l) = inner.live.get_mut(&task)
+            && l.outcome.is_none()
+            && l.waiting_since.is_none()
+        {
+            l.waiting_since = Some(now_ms());
+        }
         let outcome = match inner.live.get(&task).and_then(|l| l.outcome) {
             _ if inner.state.slashed.contains(&verifier) => VerdictOutcome::Overruled,
             Some(true) => VerdictOutcome::Accepted,
@@ -1278,14 +1287,23 @@ impl Coordinator {
             .filter(|(_, l)| l.outcome.is_none() && l.opening_blob.is_some())
             .map(|(id, _)| *id)
             .collect();
+        let timeout = self.config.verify_timeout.as_millis() as u64;
         for id in pending {
             let has_verdicts = inner
                 .state
                 .tasks
                 .get(&id)
                 .is_some_and(|t| !t.verdicts.is_empty());
-            if has_verdicts {
-                self.resolve(inner, id).await?;
+            if !has_verdicts {
+                continue;
+            }
+            self.resolve(inner, id).await?;
+            let overdue = inner.live.get(&id).filter(|l| {
+                l.outcome.is_none() && l.waiting_since.is_some_and(|w| now > w + timeout)
+            });
+            if let (Some(l), Some(t)) = (overdue.cloned(), inner.state.tasks.get(&id).cloned()) {
+                tracing::info!(task = %id, "no second verifier in time: the referee replays");
+                self.referee(inner, &t, &l).await?;
             }
         }
         self.maybe_close(inner).await
