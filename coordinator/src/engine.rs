@@ -369,6 +369,34 @@ impl Coordinator {
         Ok(index)
     }
 
+    /// Appends many coordinator entries at once: the log's writer commits them in one
+    /// group (one fsync), then they are applied in log order. The caller holds the
+    /// state lock, so nothing else is appended in between.
+    async fn append_group(
+        &self,
+        inner: &mut Inner,
+        bodies: Vec<EntryBody>,
+    ) -> Result<(), ApiError> {
+        let mut set = tokio::task::JoinSet::new();
+        for body in bodies {
+            let entry = Entry::unsigned(body).map_err(internal)?;
+            let log = self.log.clone();
+            set.spawn(async move { log.append(entry.encode()).await.map(|i| (i.0, entry)) });
+        }
+        let mut done = Vec::new();
+        while let Some(r) = set.join_next().await {
+            done.push(r.map_err(internal)?.map_err(internal)?);
+        }
+        done.sort_by_key(|(i, _)| *i);
+        for (index, entry) in done {
+            inner
+                .state
+                .apply(index, &entry)
+                .map_err(|e| ApiError::Internal(format!("the log and the state disagree: {e}")))?;
+        }
+        Ok(())
+    }
+
     async fn append_body(&self, inner: &mut Inner, body: EntryBody) -> Result<u64, ApiError> {
         let entry = Entry::unsigned(body).map_err(internal)?;
         self.append(inner, entry).await
@@ -1430,6 +1458,7 @@ impl Coordinator {
                 credits.push((v.verifier, steps * per_step, t.id, CreditKind::Verification));
             }
         }
+        let mut bodies = Vec::new();
         for (key, amount, task, kind) in credits {
             let done = inner
                 .state
@@ -1439,15 +1468,15 @@ impl Coordinator {
             if done || inner.state.shares.is_slashed(&key) || amount == 0 {
                 continue;
             }
-            let body = EntryBody::Credit {
+            bodies.push(EntryBody::Credit {
                 round,
                 key,
                 amount: Amount(amount),
                 task,
                 kind,
-            };
-            self.append_body(inner, body).await?;
+            });
         }
+        self.append_group(inner, bodies).await?;
         let body = EntryBody::RoundClosed {
             round,
             beacon: Digest(beacon),
