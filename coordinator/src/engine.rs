@@ -779,6 +779,27 @@ impl Coordinator {
         Ok((t, live))
     }
 
+    async fn check_submittable(&self, worker: &PublicKey, task: TaskId) -> Result<(), ApiError> {
+        let guard = self.inner.lock().await;
+        self.check_submittable_in(&guard, worker, task)
+    }
+
+    fn check_submittable_in(
+        &self,
+        inner: &Inner,
+        worker: &PublicKey,
+        task: TaskId,
+    ) -> Result<(), ApiError> {
+        Self::require_role(&inner.state, worker, Role::Worker)?;
+        let (t, _) = Self::worker_task(inner, worker, task)?;
+        if t.committed.is_some() {
+            return Err(ApiError::Conflict(format!(
+                "task {task} already has committed work"
+            )));
+        }
+        Ok(())
+    }
+
     /// `POST /v1/tasks/<id>/submit`.
     pub async fn submit(
         &self,
@@ -786,15 +807,10 @@ impl Coordinator {
         task: TaskId,
         sub: api::Submission,
     ) -> Result<api::SubmissionReceipt, ApiError> {
-        let mut guard = self.inner.lock().await;
-        let inner = &mut *guard;
-        Self::require_role(&inner.state, &worker, Role::Worker)?;
-        let (t, _) = Self::worker_task(inner, &worker, task)?;
-        if t.committed.is_some() {
-            return Err(ApiError::Conflict(format!(
-                "task {task} already has committed work"
-            )));
-        }
+        // The state checks run under the lock, the pure checks and the durable blob
+        // writes without it (so submissions do not queue behind each other's fsyncs),
+        // and the state is checked again under the lock before the append.
+        self.check_submittable(&worker, task).await?;
         let entry = Entry::decode(&sub.work_committed.0)
             .map_err(|e| ApiError::BadRequest(format!("work_committed entry: {e}")))?;
         let EntryBody::WorkCommitted {
@@ -852,6 +868,9 @@ impl Coordinator {
             .put_meta(&meta_key("delta", task.0), &meta)
             .await
             .map_err(internal)?;
+        let mut guard = self.inner.lock().await;
+        let inner = &mut *guard;
+        self.check_submittable_in(inner, &worker, task)?;
         let index = self.append(inner, entry).await?;
         self.metrics.submissions.fetch_add(1, Ordering::Relaxed);
         let beacon = inner
@@ -892,22 +911,25 @@ impl Coordinator {
         task: TaskId,
         opening: Opening,
     ) -> Result<api::OpeningReceipt, ApiError> {
-        let mut guard = self.inner.lock().await;
-        let inner = &mut *guard;
-        Self::require_role(&inner.state, &worker, Role::Worker)?;
-        let (t, live) = Self::worker_task(inner, &worker, task)?;
-        if t.committed.is_none() {
-            return Err(ApiError::Conflict(format!(
-                "task {task} has no committed work yet: submit first"
-            )));
-        }
-        if let Some(b) = live.opening_blob {
-            return Ok(api::OpeningReceipt {
-                task_id: task,
-                opening_blob: b,
-            });
-        }
-        let steps = live.steps.clone().unwrap_or_default();
+        // Checked under the lock; stored without it (a large blob and two fsyncs).
+        let steps = {
+            let guard = self.inner.lock().await;
+            let inner = &*guard;
+            Self::require_role(&inner.state, &worker, Role::Worker)?;
+            let (t, live) = Self::worker_task(inner, &worker, task)?;
+            if t.committed.is_none() {
+                return Err(ApiError::Conflict(format!(
+                    "task {task} has no committed work yet: submit first"
+                )));
+            }
+            if let Some(b) = live.opening_blob {
+                return Ok(api::OpeningReceipt {
+                    task_id: task,
+                    opening_blob: b,
+                });
+            }
+            live.steps.clone().unwrap_or_default()
+        };
         let opened: Vec<u32> = opening.steps.iter().map(|s| s.step).collect();
         if opened != steps {
             return Err(ApiError::Unprocessable(format!(
@@ -920,6 +942,9 @@ impl Coordinator {
             .put_meta(&meta_key("opening", task.0), &blob.0)
             .await
             .map_err(internal)?;
+        let mut guard = self.inner.lock().await;
+        let inner = &mut *guard;
+        Self::worker_task(inner, &worker, task)?;
         if let Some(l) = inner.live.get_mut(&task) {
             l.opening_blob = Some(blob);
         }
@@ -1009,13 +1034,19 @@ impl Coordinator {
             .live
             .get(&id)
             .ok_or_else(|| ApiError::Internal("live task vanished".into()))?;
-        let opening = self.load_opening(&l.opening_blob.unwrap_or_default())?;
+        let task = self.describe(inner, t)?;
+        let commitment = Self::commitment_of(t)
+            .ok_or_else(|| ApiError::Internal("opened task without commitment".into()))?;
+        let device_class = l.class.unwrap_or(DeviceClass::Exact);
+        let blob = l.opening_blob.unwrap_or_default();
+        // The opening (large, content addressed, immutable) is read without the lock.
+        drop(guard);
+        let opening = self.load_opening(&blob)?;
         Ok(VerifyOffer::Job(VerifyJob {
-            task: self.describe(inner, t)?,
-            commitment: Self::commitment_of(t)
-                .ok_or_else(|| ApiError::Internal("opened task without commitment".into()))?,
+            task,
+            commitment,
             steps,
-            device_class: l.class.unwrap_or(DeviceClass::Exact),
+            device_class,
             opening,
             challenge_index,
         }))
