@@ -113,3 +113,60 @@ async fn a_worker_that_fakes_its_delta_is_slashed_and_not_merged() {
     );
     drop(crowd);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_verifier_that_rejects_honest_work_is_overruled_and_slashed() {
+    use lupus_api::types::{self as api, B64, VerdictOutcome, VerifyOffer};
+    use lupus_ledger::entry::{Entry, PublicKey, Role};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config(dir.path(), 1, 1)).await;
+    let url = server.url();
+    let mut crowd = Crowd::new();
+    crowd.worker(&url, 1, Behaviour::Honest);
+    // A lying verifier, by hand: it rejects whatever it is given, without a proof.
+    let liar = Client::new(&url, key(20));
+    liar.join(Role::Verifier, "liar").await.unwrap();
+    let job = loop {
+        match liar
+            .post::<_, VerifyOffer>("/v1/verify/next", &api::NextRequest {})
+            .await
+            .unwrap()
+        {
+            VerifyOffer::Job(j) => break j,
+            VerifyOffer::Wait { .. } => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let body = api::verdict_body(
+        job.task.task_id,
+        PublicKey::from(&key(20)),
+        false,
+        job.steps.clone(),
+        "I say it is wrong",
+        None,
+    );
+    let entry = Entry::signed(body, &key(20)).unwrap();
+    let receipt: api::VerdictReceipt = liar
+        .post(
+            &format!("/v1/verify/{}/verdict", job.task.task_id),
+            &api::VerdictSubmission {
+                verdict: B64(entry.encode()),
+                fraud_proof: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(receipt.outcome, VerdictOutcome::Overruled);
+    wait_finished(&server.coordinator, Duration::from_secs(60)).await;
+    let table: StakeTable = liar.get("/v1/stake").await.unwrap();
+    assert!(table.slashed.contains(&PublicKey::from(&key(20))));
+    assert!(
+        table
+            .accounts
+            .iter()
+            .any(|r| r.key == PublicKey::from(&key(1)))
+    );
+    let rounds = server.coordinator.rounds().await.rounds;
+    assert_eq!(rounds[0].accepted, 1, "the honest task is merged");
+    drop(crowd);
+}
