@@ -9,7 +9,8 @@
 //!
 //! Rows are inserted with multi-row `INSERT`s in power-of-two chunks (see
 //! [`pow2_chunks`]) so a batch of thousands of entries is a few statements, all of them
-//! from a fixed set that the connection keeps prepared.
+//! from a fixed set that the connection keeps prepared. Hashes are read with one
+//! statement per call, however many are asked for (a proof is one query).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, Row, SqlitePool};
+use sqlx::{AssertSqlSafe, SqlitePool};
 
 use super::{
     BoxError, Corruption, LogStore, StoreError, StoredCheckpoint, check_batch, contiguous_entries,
@@ -60,7 +61,6 @@ pub struct SqliteStore {
     /// Statements per chunk size, indexed by log2 of the chunk size.
     insert_entries: Vec<Arc<str>>,
     insert_hashes: Vec<Arc<str>>,
-    select_hashes: Vec<Arc<str>>,
 }
 
 impl SqliteStore {
@@ -79,9 +79,12 @@ impl SqliteStore {
         let base = SqliteConnectOptions::new()
             .filename(&path)
             .busy_timeout(BUSY_TIMEOUT);
+        // The connections are local files: no need to ping one before each use (the
+        // pool's default, a round trip per query).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .test_before_acquire(false)
             .connect_with(
                 base.clone()
                     .create_if_missing(true)
@@ -96,6 +99,7 @@ impl SqliteStore {
             .map_err(|e| unavailable(Box::new(e)))?;
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
+            .test_before_acquire(false)
             .connect_with(base.read_only(true))
             .await
             .map_err(|e| unavailable(Box::new(e)))?;
@@ -107,12 +111,6 @@ impl SqliteStore {
                 .collect(),
             insert_hashes: sizes()
                 .map(|n| values_sql("INSERT INTO hashes (idx, hash) VALUES ", n))
-                .collect(),
-            select_hashes: sizes()
-                .map(|n| {
-                    let marks = vec!["?"; n].join(",");
-                    format!("SELECT idx, hash FROM hashes WHERE idx IN ({marks})").into()
-                })
                 .collect(),
             path,
             writer,
@@ -281,32 +279,35 @@ impl LogStore for SqliteStore {
     }
 
     async fn read_hashes(&self, indexes: &[StoredHashIndex]) -> Result<Vec<Hash>, StoreError> {
-        let mut wanted: Vec<i64> = indexes
-            .iter()
-            .map(|i| to_sql_int(i.0, "stored hash index"))
-            .collect::<Result<_, _>>()?;
-        wanted.sort_unstable();
-        wanted.dedup();
-        let mut found = Vec::with_capacity(wanted.len());
-        let mut rest = wanted.as_slice();
-        for chunk in pow2_chunks(wanted.len(), MAX_CHUNK) {
-            let (these, after) = rest.split_at(chunk);
-            let mut query = sqlx::query(chunk_sql(&self.select_hashes, chunk));
-            for index in these {
-                query = query.bind(*index);
-            }
-            let rows = query
-                .fetch_all(&self.readers)
-                .await
-                .map_err(|e| self.backend(e))?;
-            for row in rows {
-                let index: i64 = row.try_get(0).map_err(|e| self.backend(e))?;
-                let blob: Vec<u8> = row.try_get(1).map_err(|e| self.backend(e))?;
-                let index = from_sql_int(index, "hashes", 0)?;
-                found.push((index, hash_from_row(&blob, index)?));
-            }
-            rest = after;
+        if indexes.is_empty() {
+            return Ok(Vec::new());
         }
+        // One statement whatever the count: the indexes travel as one JSON array, and
+        // CROSS JOIN makes SQLite walk the array and look each index up by rowid.
+        let mut wanted = String::with_capacity(indexes.len() * 8 + 2);
+        wanted.push('[');
+        for (n, index) in indexes.iter().enumerate() {
+            if n > 0 {
+                wanted.push(',');
+            }
+            wanted.push_str(&to_sql_int(index.0, "stored hash index")?.to_string());
+        }
+        wanted.push(']');
+        let rows = sqlx::query_as::<_, (i64, Vec<u8>)>(
+            "SELECT h.idx, h.hash FROM json_each(?) AS j \
+             CROSS JOIN hashes AS h ON h.idx = j.value",
+        )
+        .bind(wanted)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(|e| self.backend(e))?;
+        let found = rows
+            .into_iter()
+            .map(|(index, blob)| {
+                let index = from_sql_int(index, "hashes", 0)?;
+                Ok((index, hash_from_row(&blob, index)?))
+            })
+            .collect::<Result<_, StoreError>>()?;
         order_hashes(indexes, found)
     }
 
