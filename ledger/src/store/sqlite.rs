@@ -394,3 +394,25 @@ fn note_text(note: Vec<u8>, size: u64) -> Result<String, StoreError> {
         problem: Corruption::NotUtf8,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_writer_commits_durably_in_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in_dir(dir.path()).await.unwrap();
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&store.writer)
+            .await
+            .unwrap();
+        assert_eq!(synchronous, 2, "synchronous=FULL: each commit is fsynced");
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&store.writer)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(store.path(), dir.path().join(DB_FILE_NAME));
+    }
+}
