@@ -238,7 +238,9 @@ impl Log {
         &self.shared.verifier
     }
 
-    /// The store the log is kept in.
+    /// The store the log is kept in, for reads (checkpoint history, metadata). An
+    /// append written around the writer makes its next batch conflict; it then reloads
+    /// and goes on, but the callers of that batch get an error.
     pub fn store(&self) -> &Arc<dyn LogStore> {
         &self.shared.store
     }

@@ -173,17 +173,13 @@ fn values_sql(prefix: &str, rows: usize) -> Arc<str> {
     sql.into()
 }
 
-fn chunk_sql(statements: &[Arc<str>], chunk: usize) -> AssertSqlSafe<Arc<str>> {
-    // `pow2_chunks` yields powers of two up to MAX_CHUNK, and `statements` has one per
-    // power, so the lookup always hits; the fallback keeps this panic-free regardless.
-    let log = chunk.trailing_zeros() as usize;
-    AssertSqlSafe(
-        statements
-            .get(log)
-            .or(statements.last())
-            .cloned()
-            .unwrap_or_else(|| Arc::from("")),
-    )
+/// The statement for a chunk of `chunk` rows. `pow2_chunks` yields powers of two up
+/// to MAX_CHUNK and `statements` holds one per power, so this always finds one.
+fn chunk_sql(statements: &[Arc<str>], chunk: usize) -> Result<AssertSqlSafe<Arc<str>>, StoreError> {
+    statements
+        .get(chunk.trailing_zeros() as usize)
+        .map(|sql| AssertSqlSafe(Arc::clone(sql)))
+        .ok_or_else(|| StoreError::Invalid(format!("no statement for a chunk of {chunk} rows")))
 }
 
 #[async_trait]
@@ -245,7 +241,7 @@ impl LogStore for SqliteStore {
         let mut next = first;
         for chunk in pow2_chunks(entries.len(), MAX_CHUNK) {
             let (these, after) = rest.split_at(chunk);
-            let mut query = sqlx::query(chunk_sql(&self.insert_entries, chunk));
+            let mut query = sqlx::query(chunk_sql(&self.insert_entries, chunk)?);
             for data in these {
                 query = query.bind(next).bind(data.as_slice());
                 next += 1;
@@ -257,7 +253,7 @@ impl LogStore for SqliteStore {
         let mut rest = hashes;
         for chunk in pow2_chunks(hashes.len(), MAX_CHUNK) {
             let (these, after) = rest.split_at(chunk);
-            let mut query = sqlx::query(chunk_sql(&self.insert_hashes, chunk));
+            let mut query = sqlx::query(chunk_sql(&self.insert_hashes, chunk)?);
             for (index, hash) in these {
                 query = query
                     .bind(to_sql_int(index.0, "stored hash index")?)
