@@ -12,7 +12,7 @@
 //! an up-front check of the proof length so that a truncated or padded proof is a
 //! typed error of its own.
 //!
-//! In JSON (serde), hashes are 64 hex digits, like every [`Hash`] of this crate.
+//! In JSON (serde), hashes are 64 hex digits, like every [`crate::hash::Hash`].
 //!
 //! [`TlogProof`] is the C2SP `tlog-proof` text format (<https://c2sp.org/tlog-proof>,
 //! "Format"): an inclusion proof bundled with the signed checkpoint it leads to.
@@ -382,18 +382,13 @@ pub fn verify_consistency(
                 got: path.len(),
             });
         }
-        if old == 0 {
-            return if *old_root == empty_root() {
-                Ok(())
-            } else {
-                Err(ProofError::OldRootMismatch)
-            };
+        if old == 0 && *old_root != empty_root() {
+            return Err(ProofError::OldRootMismatch);
         }
-        return if old_root == new_root {
-            Ok(())
-        } else {
-            Err(ProofError::RootMismatch)
-        };
+        if old == new && old_root != new_root {
+            return Err(ProofError::RootMismatch);
+        }
+        return Ok(());
     }
     // The proof is the inclusion path of leaf old-1 in the new tree, cut at the
     // level of the largest complete subtree ending at old (which the proof gives
@@ -666,6 +661,23 @@ mod tests {
                 expected: 0,
                 got: 1
             })
+        );
+        let zero = ConsistencyProof {
+            old_size: TreeSize(0),
+            new_size: TreeSize(0),
+            path: vec![],
+        };
+        assert_eq!(
+            verify_consistency(&zero, &empty_root(), &empty_root()),
+            Ok(())
+        );
+        assert_eq!(
+            verify_consistency(&zero, &empty_root(), &h),
+            Err(ProofError::RootMismatch)
+        );
+        assert_eq!(
+            verify_consistency(&zero, &h, &h),
+            Err(ProofError::OldRootMismatch)
         );
         let empty = ConsistencyProof {
             old_size: TreeSize(3),

@@ -408,16 +408,16 @@ pub fn tile_hashes(tile: &Tile, data: &[u8]) -> Result<Vec<Hash>, TileError> {
         .collect())
 }
 
-/// The Merkle root of a power-of-two run of tile hashes.
+/// The Merkle root of a run of tile hashes whose length is a power of two (as every
+/// run [`locate`] gives is): pairs combine level by level.
 fn subtree_of(hashes: &[Hash]) -> Option<Hash> {
     let mut level: Vec<Hash> = hashes.to_vec();
     while level.len() > 1 {
         level = level
-            .chunks(2)
-            .map(|p| match p {
-                [l, r] => node_hash(l, r),
-                [one] => *one,
-                _ => Hash([0; 32]),
+            .chunks_exact(2)
+            .filter_map(|pair| match pair {
+                [l, r] => Some(node_hash(l, r)),
+                _ => None,
             })
             .collect();
     }
