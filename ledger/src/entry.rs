@@ -77,6 +77,12 @@
 //! computed it; the ledger treats it as an opaque `u32` (the prover canonicalises NaN).
 //! `job_hash` is the prover's hash of the job spec; the ledger does not depend on the
 //! prover, so it does not recompute it (an auditor does).
+//!
+//! # JSON
+//!
+//! For display and APIs only (the log stores the binary form): an [`EntryBody`] is an
+//! object with `"type"` set to the kind's snake_case name and its fields by name;
+//! keys and digests are 64 lowercase hex digits, [`Amount`]s decimal strings.
 
 use std::fmt;
 
@@ -1318,6 +1324,32 @@ mod tests {
             Err(EntryError::UnexpectedSignature {
                 kind: EntryKind::Credit
             })
+        );
+    }
+
+    #[test]
+    fn a_signer_key_that_is_not_a_curve_point_is_refused() {
+        // Find 32 bytes that do not decompress to an Ed25519 point (about half do not).
+        let bad = (0u8..=255)
+            .map(|b| {
+                let mut k = [0u8; 32];
+                k[0] = b;
+                k[1] = 1;
+                PublicKey(k)
+            })
+            .find(|k| k.verifying_key().is_none())
+            .unwrap();
+        let body = EntryBody::ParticipantJoined {
+            key: bad,
+            role: Role::Worker,
+            name: String::new(),
+        };
+        let mut bytes = body.encode().unwrap();
+        bytes.push(1);
+        bytes.extend_from_slice(&[7u8; 64]);
+        assert_eq!(
+            Entry::decode(&bytes),
+            Err(EntryError::InvalidKey { field: "key" })
         );
     }
 

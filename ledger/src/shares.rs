@@ -231,35 +231,30 @@ impl SharesFold {
         if !self.open.contains(&round) {
             return Err(FoldError::RoundNotOpen { index, round });
         }
-        let credits = self
-            .pending_by_round
-            .get(&round)
-            .cloned()
-            .unwrap_or_default();
-        // Stage every update, then commit, so an overflow leaves the fold unchanged.
-        let mut balances = self.balances.clone();
-        let mut pending = self.pending.clone();
+        // Compute every new value before writing any, so an overflow leaves the fold
+        // unchanged. Cost is the round's credits, not the whole table.
+        let credits = self.pending_by_round.get(&round);
         let mut total = self.total;
-        let overflow = FoldError::Overflow { index };
-        for (key, amount) in &credits {
-            let b = balances.entry(*key).or_default();
-            *b = b.checked_add(*amount).ok_or(overflow.clone())?;
+        let mut updates = Vec::with_capacity(credits.map_or(0, BTreeMap::len));
+        for (key, amount) in credits.into_iter().flatten() {
+            let overflow = FoldError::Overflow { index };
+            let balance = self.balances.get(key).copied().unwrap_or_default();
+            let balance = balance.checked_add(*amount).ok_or(overflow.clone())?;
             total = total.checked_add(*amount).ok_or(overflow.clone())?;
             // Per-round pending amounts are parts of the per-key sum, so this cannot
             // underflow; the checked form keeps that an error rather than a panic.
-            let p = pending.get(key).copied().unwrap_or_default();
-            match p.checked_sub(*amount) {
-                Some(Amount::ZERO) => {
-                    pending.remove(key);
-                }
-                Some(rest) => {
-                    pending.insert(*key, rest);
-                }
-                None => return Err(overflow),
+            let pending = self.pending.get(key).copied().unwrap_or_default();
+            let rest = pending.checked_sub(*amount).ok_or(overflow)?;
+            updates.push((*key, balance, rest));
+        }
+        for (key, balance, rest) in updates {
+            self.balances.insert(key, balance);
+            if rest == Amount::ZERO {
+                self.pending.remove(&key);
+            } else {
+                self.pending.insert(key, rest);
             }
         }
-        self.balances = balances;
-        self.pending = pending;
         self.total = total;
         self.pending_by_round.remove(&round);
         self.open.remove(&round);
@@ -714,5 +709,85 @@ mod tests {
             }
         ));
         fold.apply(6, &Entry::unsigned(body).unwrap()).unwrap();
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Credit(u8, u64),
+        Close,
+        Slash(u8),
+    }
+
+    fn arb_op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0u8..5, 0u64..1000).prop_map(|(k, a)| Op::Credit(k, a)),
+            1 => Just(Op::Close),
+            1 => (0u8..5).prop_map(Op::Slash),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Over random sequences of credits, round closes and slashes, the fold's
+        /// final balances equal a direct model (credits of closed rounds to keys never
+        /// slashed), the total is their sum, credits to slashed keys are refused, and
+        /// the epoch the fold proposes after each close is accepted.
+        #[test]
+        fn fold_matches_a_direct_model(ops in proptest::collection::vec(arb_op(), 0..60)) {
+            let mut fold = run(&[open(1)]).unwrap();
+            let mut index = 2;
+            let mut apply = |fold: &mut SharesFold, e: Entry| {
+                let r = fold.apply(index, &e);
+                if r.is_ok() {
+                    index += 1;
+                }
+                r
+            };
+            let (mut round, mut epoch) = (1u64, 0u64);
+            let mut credits: Vec<(u64, u8, u64)> = Vec::new();
+            let mut slashed = BTreeSet::new();
+            for op in ops {
+                match op {
+                    Op::Credit(k, a) => {
+                        let r = apply(&mut fold, credit(round, k, a, CreditKind::Work));
+                        if slashed.contains(&k) {
+                            let refused = matches!(r, Err(FoldError::CreditToSlashed { .. }));
+                            proptest::prop_assert!(refused, "credit to slashed key was not refused");
+                        } else {
+                            proptest::prop_assert_eq!(r, Ok(()));
+                            credits.push((round, k, a));
+                        }
+                    }
+                    Op::Close => {
+                        apply(&mut fold, close(round)).unwrap();
+                        epoch += 1;
+                        let body = fold.expected_epoch(Epoch(epoch), Round(round)).unwrap();
+                        apply(&mut fold, Entry::unsigned(body).unwrap()).unwrap();
+                        round += 1;
+                        apply(&mut fold, open(round)).unwrap();
+                    }
+                    Op::Slash(k) => {
+                        apply(&mut fold, slash(k)).unwrap();
+                        slashed.insert(k);
+                    }
+                }
+            }
+            let mut model: BTreeMap<PublicKey, Amount> = BTreeMap::new();
+            for (r, k, a) in &credits {
+                if *r < round && !slashed.contains(k) && *a > 0 {
+                    model.entry(pk(*k)).or_default().0 += a;
+                }
+            }
+            proptest::prop_assert_eq!(fold.balances(), &model);
+            let sum: u64 = model.values().map(|a| a.0).sum();
+            proptest::prop_assert_eq!(fold.total(), Amount(sum));
+            let pending: u64 = fold.pending().values().map(|a| a.0).sum();
+            let model_pending: u64 = credits
+                .iter()
+                .filter(|(r, k, _)| *r == round && !slashed.contains(k))
+                .map(|(_, _, a)| a)
+                .sum();
+            proptest::prop_assert_eq!(pending, model_pending);
+        }
     }
 }
