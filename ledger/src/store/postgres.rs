@@ -16,10 +16,10 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, PgPool};
 
-use super::{
-    BoxError, Corruption, LogStore, StoreError, StoredCheckpoint, check_batch, contiguous_entries,
-    from_sql_int, hash_from_row, order_hashes, redact_url, to_sql_int,
+use super::rows::{
+    check_batch, contiguous_entries, from_sql_int, hash_from_row, order_hashes, to_sql_int,
 };
+use super::{BoxError, Corruption, LogStore, StoreError, StoredCheckpoint, redact_url};
 use crate::hash::{Hash, LeafIndex, TreeSize};
 use crate::tree::StoredHashIndex;
 

@@ -20,10 +20,10 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, SqlitePool};
 
-use super::{
-    BoxError, Corruption, LogStore, StoreError, StoredCheckpoint, check_batch, contiguous_entries,
-    from_sql_int, hash_from_row, order_hashes, pow2_chunks, to_sql_int,
+use super::rows::{
+    check_batch, contiguous_entries, from_sql_int, hash_from_row, order_hashes, to_sql_int,
 };
+use super::{BoxError, Corruption, LogStore, StoreError, StoredCheckpoint};
 use crate::hash::{Hash, LeafIndex, TreeSize};
 use crate::tree::StoredHashIndex;
 
@@ -171,6 +171,23 @@ fn values_sql(prefix: &str, rows: usize) -> Arc<str> {
         sql.push_str(if row == 0 { "(?, ?)" } else { ", (?, ?)" });
     }
     sql.into()
+}
+
+/// Splits `n` rows into chunks whose sizes are powers of two no larger than `max`, so a
+/// backend that builds one statement per chunk size prepares only a few statements.
+fn pow2_chunks(mut n: usize, max: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if n == 0 {
+            return None;
+        }
+        let chunk = if n >= max {
+            max
+        } else {
+            1 << (usize::BITS - 1 - n.leading_zeros())
+        };
+        n -= chunk;
+        Some(chunk)
+    })
 }
 
 /// The statement for a chunk of `chunk` rows. `pow2_chunks` yields powers of two up
@@ -394,6 +411,18 @@ fn note_text(note: Vec<u8>, size: u64) -> Result<String, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pow2_chunks_cover_the_count_with_few_sizes() {
+        for n in 0..2000usize {
+            let chunks: Vec<usize> = pow2_chunks(n, 256).collect();
+            assert_eq!(chunks.iter().sum::<usize>(), n, "n = {n}");
+            assert!(
+                chunks.iter().all(|c| c.is_power_of_two() && *c <= 256),
+                "n = {n}: {chunks:?}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn the_writer_commits_durably_in_wal_mode() {
