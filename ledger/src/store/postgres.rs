@@ -1,4 +1,4 @@
-//! The PostgreSQL backend of [`LogStore`](super::LogStore), for deployments with
+//! The PostgreSQL backend of [`LogStore`], for deployments with
 //! several coordinators over one database.
 //!
 //! The same five tables as the SQLite backend, in a schema of their own (so several

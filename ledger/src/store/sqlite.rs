@@ -1,4 +1,4 @@
-//! The embedded SQLite backend of [`LogStore`](super::LogStore).
+//! The embedded SQLite backend of [`LogStore`].
 //!
 //! One database file in WAL mode with `synchronous=FULL`: a commit returns only after
 //! the write-ahead log is fsynced, so an acknowledged append survives a crash or a
@@ -8,7 +8,7 @@
 //! which WAL lets run alongside the writer.
 //!
 //! Rows are inserted with multi-row `INSERT`s in power-of-two chunks (see
-//! [`pow2_chunks`]) so a batch of thousands of entries is a few statements, all of them
+//! `pow2_chunks`) so a batch of thousands of entries is a few statements, all of them
 //! from a fixed set that the connection keeps prepared. Hashes are read with one
 //! statement per call, however many are asked for (a proof is one query).
 
