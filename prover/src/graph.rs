@@ -1,1 +1,540 @@
-//! Placeholder: written by its owner on a branch.
+//! One training step as an ordered list of operator applications (the tape).
+//!
+//! DESIGN.md (Trace and commitment): the op outputs of step t are committed, so that a
+//! dispute can open one operator's inputs and outputs and re-run it with
+//! [`eval_op`]. A model is first turned into a [`Plan`]: nodes `(OpKind, inputs)` whose
+//! inputs name either the state (parameters, moments), the batch, or an earlier node's
+//! output by [`ValueRef`]. The plan depends only on the model spec, the batch size and
+//! the optimizer settings. [`train_step`] runs it and keeps every output; the tape is
+//! forward ops, backward ops, then one `AdamWUpdate` per parameter tensor in parameter
+//! order, whose outputs are the next state's tensors. [`train_step_untraced`] runs the
+//! same nodes through the same [`eval_op`] (so the bits are equal) but drops each output
+//! after its last use.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{self, Batch, ModelError, ModelSpec};
+use crate::ops::{OpKind, eval_op};
+use crate::optim::{AdamW, TrainState};
+use crate::tensor::Tensor;
+
+/// Where an operator input comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueRef {
+    /// Parameter tensor `i` of the state entering the step.
+    Param(u32),
+    /// AdamW first moment `i` of the state entering the step.
+    Moment1(u32),
+    /// AdamW second moment `i` of the state entering the step.
+    Moment2(u32),
+    /// The batch inputs.
+    Input,
+    /// The batch targets.
+    Target,
+    /// Output `output` of tape entry `op`.
+    Op { op: u32, output: u8 },
+}
+
+/// One entry of the tape: an operator, where its inputs came from, and what it gave.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OpRecord {
+    pub kind: OpKind,
+    pub inputs: Vec<ValueRef>,
+    pub outputs: Vec<Tensor>,
+}
+
+/// One node of a plan: an operator and its input references.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub kind: OpKind,
+    pub inputs: Vec<ValueRef>,
+}
+
+/// The operator graph of one step, in execution order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub nodes: Vec<Node>,
+    /// The `[1]` tensor holding the mean loss.
+    pub loss: ValueRef,
+    /// Gradient of each parameter (empty for a forward-only plan).
+    pub grads: Vec<ValueRef>,
+}
+
+/// Appends nodes and hands out references to their outputs.
+#[derive(Default)]
+pub(crate) struct Builder {
+    nodes: Vec<Node>,
+}
+
+impl Builder {
+    /// Adds a node and returns a reference to its first output.
+    pub(crate) fn op(&mut self, kind: OpKind, inputs: &[ValueRef]) -> ValueRef {
+        self.op_out(kind, inputs, 0)
+    }
+
+    /// Adds a node and returns references to its outputs.
+    pub(crate) fn op2(&mut self, kind: OpKind, inputs: &[ValueRef]) -> (ValueRef, ValueRef) {
+        let a = self.op_out(kind, inputs, 0);
+        (a, Self::sibling(a, 1))
+    }
+
+    /// Adds a node and returns references to its three outputs.
+    pub(crate) fn op3(
+        &mut self,
+        kind: OpKind,
+        inputs: &[ValueRef],
+    ) -> (ValueRef, ValueRef, ValueRef) {
+        let a = self.op_out(kind, inputs, 0);
+        (a, Self::sibling(a, 1), Self::sibling(a, 2))
+    }
+
+    fn op_out(&mut self, kind: OpKind, inputs: &[ValueRef], output: u8) -> ValueRef {
+        let op = self.nodes.len() as u32;
+        self.nodes.push(Node {
+            kind,
+            inputs: inputs.to_vec(),
+        });
+        ValueRef::Op { op, output }
+    }
+
+    fn sibling(r: ValueRef, output: u8) -> ValueRef {
+        match r {
+            ValueRef::Op { op, .. } => ValueRef::Op { op, output },
+            other => other,
+        }
+    }
+}
+
+/// Builds the plan of a step: forward, loss, and (with `update`) backward plus one
+/// AdamW update per parameter for the given step number.
+pub fn plan(
+    spec: &ModelSpec,
+    batch_size: usize,
+    update: Option<(&AdamW, u64)>,
+) -> Result<Plan, ModelError> {
+    plan_with(spec, batch_size, update.is_some(), update)
+}
+
+fn plan_with(
+    spec: &ModelSpec,
+    batch_size: usize,
+    backward: bool,
+    update: Option<(&AdamW, u64)>,
+) -> Result<Plan, ModelError> {
+    spec.validate()?;
+    if batch_size == 0 {
+        return Err(ModelError::Batch {
+            detail: "a batch needs at least one window".into(),
+        });
+    }
+    let mut b = Builder::default();
+    let (loss, grads) = match spec {
+        ModelSpec::Mlp { .. } => model::mlp::build(spec, batch_size, &mut b, backward)?,
+        ModelSpec::Gpt { .. } => model::gpt::build(spec, batch_size, &mut b, backward)?,
+    };
+    if let Some((opt, step)) = update {
+        let kind = opt.update_kind(step)?;
+        for (i, g) in grads.iter().enumerate() {
+            let i = i as u32;
+            b.op3(
+                kind.clone(),
+                &[
+                    ValueRef::Param(i),
+                    *g,
+                    ValueRef::Moment1(i),
+                    ValueRef::Moment2(i),
+                ],
+            );
+        }
+    }
+    Ok(Plan {
+        nodes: b.nodes,
+        loss,
+        grads,
+    })
+}
+
+/// What a finished step produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepOutput {
+    /// The state after the step (`step` incremented).
+    pub state: TrainState,
+    /// The mean training loss of the batch, before the update.
+    pub loss: f32,
+    /// The full tape, in execution order.
+    pub ops: Vec<OpRecord>,
+}
+
+/// The values a plan reads: the state entering the step and the batch.
+struct Sources<'a> {
+    params: &'a [Tensor],
+    m: &'a [Tensor],
+    v: &'a [Tensor],
+    batch: &'a Batch,
+}
+
+/// Resolves a reference against the sources and the outputs computed so far.
+fn resolve<'a>(
+    src: &Sources<'a>,
+    outs: &'a [Option<Vec<Tensor>>],
+    r: ValueRef,
+) -> Result<&'a Tensor, ModelError> {
+    let missing = || ModelError::Graph {
+        detail: format!("{r:?} does not name an available value"),
+    };
+    match r {
+        ValueRef::Param(i) => src.params.get(i as usize).ok_or_else(missing),
+        ValueRef::Moment1(i) => src.m.get(i as usize).ok_or_else(missing),
+        ValueRef::Moment2(i) => src.v.get(i as usize).ok_or_else(missing),
+        ValueRef::Input => Ok(&src.batch.inputs),
+        ValueRef::Target => Ok(&src.batch.targets),
+        ValueRef::Op { op, output } => outs
+            .get(op as usize)
+            .and_then(|o| o.as_ref())
+            .and_then(|o| o.get(output as usize))
+            .ok_or_else(missing),
+    }
+}
+
+/// Runs a plan. With `keep_all`, every output is kept; without it, an output is dropped
+/// after the last node that reads it (the loss and the update outputs are always kept).
+fn execute(
+    plan: &Plan,
+    src: &Sources<'_>,
+    keep_all: bool,
+) -> Result<Vec<Option<Vec<Tensor>>>, ModelError> {
+    let n = plan.nodes.len();
+    let mut last_use = vec![usize::MAX; n];
+    if !keep_all {
+        for (j, node) in plan.nodes.iter().enumerate() {
+            for r in &node.inputs {
+                if let ValueRef::Op { op, .. } = r
+                    && let Some(slot) = last_use.get_mut(*op as usize)
+                {
+                    *slot = j;
+                }
+            }
+        }
+        if let ValueRef::Op { op, .. } = plan.loss
+            && let Some(slot) = last_use.get_mut(op as usize)
+        {
+            *slot = usize::MAX;
+        }
+    }
+    let mut outs: Vec<Option<Vec<Tensor>>> = Vec::with_capacity(n);
+    for (j, node) in plan.nodes.iter().enumerate() {
+        let inputs = node
+            .inputs
+            .iter()
+            .map(|r| resolve(src, &outs, *r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let o = eval_op(&node.kind, &inputs)?;
+        outs.push(Some(o));
+        if !keep_all {
+            for r in &node.inputs {
+                if let ValueRef::Op { op, .. } = r {
+                    let op = *op as usize;
+                    if last_use.get(op) == Some(&j) {
+                        outs[op] = None;
+                    }
+                }
+            }
+        }
+    }
+    Ok(outs)
+}
+
+fn loss_value(
+    plan: &Plan,
+    src: &Sources<'_>,
+    outs: &[Option<Vec<Tensor>>],
+) -> Result<f32, ModelError> {
+    let t = resolve(src, outs, plan.loss)?;
+    t.data().first().copied().ok_or_else(|| ModelError::Graph {
+        detail: "the loss tensor is empty".into(),
+    })
+}
+
+fn check_state(spec: &ModelSpec, state: &TrainState) -> Result<(), ModelError> {
+    spec.check_params(&state.params, "params")?;
+    spec.check_params(&state.m, "first moments")?;
+    spec.check_params(&state.v, "second moments")?;
+    Ok(())
+}
+
+/// Takes the next state out of the update nodes at the end of the tape.
+fn next_state(
+    outs: &mut [Option<Vec<Tensor>>],
+    n_params: usize,
+    step: u64,
+    clone: bool,
+) -> Result<TrainState, ModelError> {
+    let first = outs
+        .len()
+        .checked_sub(n_params)
+        .ok_or_else(|| ModelError::Graph {
+            detail: "the plan has fewer update nodes than parameters".into(),
+        })?;
+    let mut params = Vec::with_capacity(n_params);
+    let mut m = Vec::with_capacity(n_params);
+    let mut v = Vec::with_capacity(n_params);
+    for slot in &mut outs[first..] {
+        let o = if clone { slot.clone() } else { slot.take() };
+        let [p1, m1, v1]: [Tensor; 3] =
+            o.and_then(|o| o.try_into().ok())
+                .ok_or_else(|| ModelError::Graph {
+                    detail: "an update node did not give three outputs".into(),
+                })?;
+        params.push(p1);
+        m.push(m1);
+        v.push(v1);
+    }
+    Ok(TrainState { params, m, v, step })
+}
+
+/// A plan and the outputs of its nodes (`None` where an output was dropped).
+type Tape = (Plan, Vec<Option<Vec<Tensor>>>);
+
+fn run_step(
+    spec: &ModelSpec,
+    opt: &AdamW,
+    state: &TrainState,
+    batch: &Batch,
+    traced: bool,
+) -> Result<(TrainState, f32, Option<Tape>), ModelError> {
+    check_state(spec, state)?;
+    let bsz = model::check_batch(spec, batch)?;
+    let step = state
+        .step
+        .checked_add(1)
+        .ok_or_else(|| ModelError::Optimizer {
+            detail: "the step counter overflowed".into(),
+        })?;
+    let plan = plan(spec, bsz, Some((opt, step)))?;
+    let src = Sources {
+        params: &state.params,
+        m: &state.m,
+        v: &state.v,
+        batch,
+    };
+    let mut outs = execute(&plan, &src, traced)?;
+    let loss = loss_value(&plan, &src, &outs)?;
+    let next = next_state(&mut outs, state.params.len(), step, traced)?;
+    Ok((next, loss, traced.then_some((plan, outs))))
+}
+
+/// One training step: forward, loss, backward, AdamW, with the full tape.
+pub fn train_step(
+    spec: &ModelSpec,
+    opt: &AdamW,
+    state: &TrainState,
+    batch: &Batch,
+) -> Result<StepOutput, ModelError> {
+    let (state, loss, tape) = run_step(spec, opt, state, batch, true)?;
+    let (plan, outs) = tape.ok_or_else(|| ModelError::Graph {
+        detail: "traced run kept no tape".into(),
+    })?;
+    let ops = plan
+        .nodes
+        .into_iter()
+        .zip(outs)
+        .map(|(node, o)| {
+            Ok(OpRecord {
+                kind: node.kind,
+                inputs: node.inputs,
+                outputs: o.ok_or_else(|| ModelError::Graph {
+                    detail: "a traced output was dropped".into(),
+                })?,
+            })
+        })
+        .collect::<Result<Vec<_>, ModelError>>()?;
+    Ok(StepOutput { state, loss, ops })
+}
+
+/// The same step as [`train_step`] (the same bits), keeping no tape: each intermediate
+/// output is dropped after its last use.
+pub fn train_step_untraced(
+    spec: &ModelSpec,
+    opt: &AdamW,
+    state: &TrainState,
+    batch: &Batch,
+) -> Result<(TrainState, f32), ModelError> {
+    let (state, loss, _) = run_step(spec, opt, state, batch, false)?;
+    Ok((state, loss))
+}
+
+/// The mean loss of `params` on a batch (forward only, for validation).
+pub fn eval_loss(spec: &ModelSpec, params: &[Tensor], batch: &Batch) -> Result<f32, ModelError> {
+    spec.check_params(params, "params")?;
+    let bsz = model::check_batch(spec, batch)?;
+    let plan = plan(spec, bsz, None)?;
+    let src = Sources {
+        params,
+        m: &[],
+        v: &[],
+        batch,
+    };
+    let outs = execute(&plan, &src, false)?;
+    loss_value(&plan, &src, &outs)
+}
+
+/// Gradients of the mean loss with respect to every parameter (forward and backward
+/// only, no update): used by gradient checks and by tools that inspect a step.
+pub fn gradients(
+    spec: &ModelSpec,
+    params: &[Tensor],
+    batch: &Batch,
+) -> Result<(f32, Vec<Tensor>), ModelError> {
+    spec.check_params(params, "params")?;
+    let bsz = model::check_batch(spec, batch)?;
+    let plan = plan_with(spec, bsz, true, None)?;
+    let src = Sources {
+        params,
+        m: &[],
+        v: &[],
+        batch,
+    };
+    let outs = execute(&plan, &src, true)?;
+    let l = loss_value(&plan, &src, &outs)?;
+    let g = plan
+        .grads
+        .iter()
+        .map(|r| resolve(&src, &outs, *r).cloned())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((l, g))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{init_params, make_batch};
+
+    /// A repetitive token sequence cut into windows.
+    fn windows(spec: &ModelSpec, count: usize, offset: usize) -> Vec<Vec<u32>> {
+        let pattern = [1u32, 2, 3, 4, 5, 1, 2, 6, 7, 3];
+        (0..count)
+            .map(|i| {
+                (0..spec.window_len())
+                    .map(|j| pattern[(i * 3 + j + offset) % pattern.len()])
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn train(spec: &ModelSpec, opt: &AdamW, steps: usize) -> (f32, f32) {
+        let mut state = TrainState::fresh(init_params(spec, [7; 32]).unwrap());
+        let mut first = None;
+        let mut last = 0.0;
+        for s in 0..steps {
+            let batch = make_batch(spec, &windows(spec, 8, s)).unwrap();
+            let (next, loss) = train_step_untraced(spec, opt, &state, &batch).unwrap();
+            first.get_or_insert(loss);
+            last = loss;
+            state = next;
+        }
+        assert_eq!(state.step, steps as u64);
+        (first.unwrap_or(0.0), last)
+    }
+
+    #[test]
+    fn tiny_mlp_learns_a_repetitive_sequence() {
+        let spec = ModelSpec::Mlp {
+            vocab: 8,
+            context: 3,
+            embed: 4,
+            hidden: vec![32],
+        };
+        let opt = AdamW {
+            lr: 1e-2,
+            ..AdamW::default()
+        };
+        let (first, last) = train(&spec, &opt, 200);
+        assert!(first > 1.8, "initial loss {first}");
+        assert!(last < 0.3, "loss only fell from {first} to {last}");
+    }
+
+    #[test]
+    fn tiny_gpt_learns_a_repetitive_sequence() {
+        let spec = ModelSpec::Gpt {
+            vocab: 8,
+            context: 6,
+            d_model: 16,
+            heads: 2,
+            layers: 1,
+            d_ff: 32,
+        };
+        let opt = AdamW {
+            lr: 1e-2,
+            ..AdamW::default()
+        };
+        let (first, last) = train(&spec, &opt, 150);
+        assert!(first > 1.8, "initial loss {first}");
+        assert!(last < 0.6, "loss only fell from {first} to {last}");
+    }
+
+    #[test]
+    fn traced_equals_untraced_and_tape_ends_in_updates() {
+        let spec = ModelSpec::Gpt {
+            vocab: 8,
+            context: 4,
+            d_model: 8,
+            heads: 2,
+            layers: 2,
+            d_ff: 16,
+        };
+        let state = TrainState::fresh(init_params(&spec, [3; 32]).unwrap());
+        let batch = make_batch(&spec, &windows(&spec, 3, 0)).unwrap();
+        let opt = AdamW::default();
+        let out = train_step(&spec, &opt, &state, &batch).unwrap();
+        let (s2, l2) = train_step_untraced(&spec, &opt, &state, &batch).unwrap();
+        assert_eq!(out.state, s2);
+        assert_eq!(out.loss.to_bits(), l2.to_bits());
+        assert_eq!(out.state.step, 1);
+        let n = state.params.len();
+        let tail = &out.ops[out.ops.len() - n..];
+        for (i, rec) in tail.iter().enumerate() {
+            assert!(matches!(rec.kind, OpKind::AdamWUpdate { step: 1, .. }));
+            assert_eq!(rec.outputs[0], out.state.params[i]);
+        }
+        let eval = eval_loss(&spec, &state.params, &batch).unwrap();
+        assert_eq!(eval.to_bits(), out.loss.to_bits());
+    }
+
+    #[test]
+    fn wrong_state_or_batch_is_a_typed_error() {
+        let spec = ModelSpec::Mlp {
+            vocab: 8,
+            context: 3,
+            embed: 4,
+            hidden: vec![5],
+        };
+        let params = init_params(&spec, [0; 32]).unwrap();
+        let mut state = TrainState::fresh(params.clone());
+        let batch = make_batch(&spec, &windows(&spec, 2, 0)).unwrap();
+        let opt = AdamW::default();
+        state.m.pop();
+        assert!(matches!(
+            train_step(&spec, &opt, &state, &batch),
+            Err(ModelError::State { .. })
+        ));
+        let other = ModelSpec::Mlp {
+            vocab: 8,
+            context: 4,
+            embed: 4,
+            hidden: vec![5],
+        };
+        assert!(matches!(
+            eval_loss(&other, &init_params(&other, [0; 32]).unwrap(), &batch),
+            Err(ModelError::Batch { .. })
+        ));
+        let bad_opt = AdamW {
+            lr: f32::NAN,
+            ..AdamW::default()
+        };
+        assert!(matches!(
+            train_step(&spec, &bad_opt, &TrainState::fresh(params), &batch),
+            Err(ModelError::Attribute { .. })
+        ));
+    }
+}

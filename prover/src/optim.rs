@@ -1,1 +1,305 @@
-//! Placeholder: written by its owner on a branch.
+//! Optimizers: the inner AdamW that every step runs, and DiLoCo's outer step.
+//!
+//! DESIGN.md (The loop, Model and data): workers run H inner AdamW steps and send back
+//! the pseudo-gradient; the coordinator merges verified deltas (weighted mean of
+//! norm-clipped deltas) and applies an outer Nesterov SGD step (lr 0.7, momentum 0.9).
+//! All of it is deterministic: fixed summation orders, powers by repeated squaring,
+//! square roots and reciprocals from `det.rs`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::det;
+use crate::kernels::AdamWParams;
+use crate::model::ModelError;
+use crate::ops::{self, OpKind};
+use crate::tensor::Tensor;
+
+/// Inner optimizer settings (decoupled weight decay, applied to every tensor).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+impl Default for AdamW {
+    /// lr 1e-3, betas (0.9, 0.95), eps 1e-8, no weight decay.
+    fn default() -> Self {
+        AdamW {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+impl AdamW {
+    /// The update operator for step number `step` (1 for the first update), after
+    /// checking the settings.
+    pub fn update_kind(&self, step: u64) -> Result<OpKind, ModelError> {
+        ops::check_adamw(
+            "adamw_update",
+            &AdamWParams {
+                lr: self.lr,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+                weight_decay: self.weight_decay,
+                step,
+            },
+        )?;
+        Ok(OpKind::AdamWUpdate {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            step,
+        })
+    }
+}
+
+/// Everything a step reads and writes: parameters, AdamW moments, steps taken.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub params: Vec<Tensor>,
+    pub m: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    pub step: u64,
+}
+
+impl TrainState {
+    /// The state before the first step: zero moments, step 0.
+    pub fn fresh(params: Vec<Tensor>) -> TrainState {
+        let m: Vec<Tensor> = params.iter().map(Tensor::zeros_like).collect();
+        let v = m.clone();
+        TrainState {
+            params,
+            m,
+            v,
+            step: 0,
+        }
+    }
+
+    /// Every tensor in the fixed order the commitments use: all parameters, then all
+    /// first moments, then all second moments (each in parameter order).
+    pub fn tensors(&self) -> impl Iterator<Item = &Tensor> {
+        self.params.iter().chain(&self.m).chain(&self.v)
+    }
+}
+
+/// DiLoCo's outer optimizer: Nesterov momentum SGD on the pseudo-gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OuterNesterov {
+    pub lr: f32,
+    pub momentum: f32,
+}
+
+impl Default for OuterNesterov {
+    /// DiLoCo's settings: lr 0.7, momentum 0.9.
+    fn default() -> Self {
+        OuterNesterov {
+            lr: 0.7,
+            momentum: 0.9,
+        }
+    }
+}
+
+fn check_same_shapes(what: &str, a: &[Tensor], b: &[Tensor]) -> Result<(), ModelError> {
+    if a.len() != b.len() {
+        return Err(ModelError::Optimizer {
+            detail: format!("{what}: {} tensors against {}", b.len(), a.len()),
+        });
+    }
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        if x.shape() != y.shape() {
+            return Err(ModelError::Optimizer {
+                detail: format!(
+                    "{what}: tensor {i} has shape {:?}, expected {:?}",
+                    y.shape(),
+                    x.shape()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One outer step. `mean_delta` is the merged `S_H - S_0` (what workers trained minus
+/// what they started from), so the pseudo-gradient is `g = -mean_delta = S_0 - S_H`.
+/// Nesterov, elementwise: `buf' = momentum*buf + g`, `u = g + momentum*buf'`,
+/// `params' = params - lr*u`. An empty `momentum_buf` starts at zero; it is updated
+/// in place.
+pub fn outer_step(
+    params: &[Tensor],
+    momentum_buf: &mut Vec<Tensor>,
+    mean_delta: &[Tensor],
+    opt: &OuterNesterov,
+) -> Result<Vec<Tensor>, ModelError> {
+    if !(opt.lr.is_finite() && opt.lr >= 0.0 && (0.0..1.0).contains(&opt.momentum)) {
+        return Err(ModelError::Optimizer {
+            detail: format!("outer settings {opt:?}: need lr >= 0 and momentum in [0, 1)"),
+        });
+    }
+    check_same_shapes("mean delta", params, mean_delta)?;
+    if momentum_buf.is_empty() {
+        *momentum_buf = params
+            .iter()
+            .map(|t| Tensor::zeros(t.shape().to_vec()))
+            .collect::<Result<_, _>>()?;
+    }
+    check_same_shapes("momentum buffer", params, momentum_buf)?;
+    let mut new_params = Vec::with_capacity(params.len());
+    let mut new_buf = Vec::with_capacity(params.len());
+    for ((p, buf), d) in params.iter().zip(momentum_buf.iter()).zip(mean_delta) {
+        let mut pd = Vec::with_capacity(p.len());
+        let mut bd = Vec::with_capacity(p.len());
+        for ((&pi, &bi), &di) in p.data().iter().zip(buf.data()).zip(d.data()) {
+            let g = -di;
+            let b1 = det::ftz(opt.momentum * bi + g);
+            let u = g + opt.momentum * b1;
+            pd.push(det::ftz(pi - opt.lr * u));
+            bd.push(b1);
+        }
+        new_params.push(Tensor::new(p.shape().to_vec(), pd)?);
+        new_buf.push(Tensor::new(p.shape().to_vec(), bd)?);
+    }
+    *momentum_buf = new_buf;
+    Ok(new_params)
+}
+
+/// Sum of squares of every element of every tensor, tensors and elements in order.
+fn sum_squares(ts: &[Tensor]) -> f32 {
+    let mut s = 0.0f32;
+    for t in ts {
+        for &x in t.data() {
+            s += x * x;
+        }
+    }
+    s
+}
+
+/// Merges deltas: each delta `i` (a list of tensors) is scaled by
+/// `c_i = min(1, clip_norm * rsqrt(|delta_i|^2))` (its global L2 norm clipped to
+/// `clip_norm`; a zero delta keeps `c_i = 1`), then the result is
+/// `(sum_i w_i * c_i * delta_i) * recip(sum_i w_i)`, deltas summed in the given order.
+/// Weights must be finite and positive, `clip_norm` finite and positive.
+pub fn merge_deltas(
+    deltas: &[(Vec<Tensor>, f32)],
+    clip_norm: f32,
+) -> Result<Vec<Tensor>, ModelError> {
+    let Some((first, _)) = deltas.first() else {
+        return Err(ModelError::Optimizer {
+            detail: "no deltas to merge".into(),
+        });
+    };
+    if !(clip_norm.is_normal() && clip_norm > 0.0) {
+        return Err(ModelError::Optimizer {
+            detail: format!("clip norm {clip_norm} must be finite and positive"),
+        });
+    }
+    let mut acc: Vec<Vec<f32>> = first.iter().map(|t| vec![0.0; t.len()]).collect();
+    let mut total_w = 0.0f32;
+    for (i, (delta, w)) in deltas.iter().enumerate() {
+        if !(w.is_normal() && *w > 0.0) {
+            return Err(ModelError::Optimizer {
+                detail: format!("delta {i} has weight {w}; weights must be finite and positive"),
+            });
+        }
+        check_same_shapes(&format!("delta {i}"), first, delta)?;
+        let ss = sum_squares(delta);
+        if !ss.is_finite() {
+            return Err(ModelError::Optimizer {
+                detail: format!("delta {i} has a norm too large to represent"),
+            });
+        }
+        let c = if det::ftz(ss) == 0.0 {
+            1.0
+        } else {
+            let r = clip_norm * det::rsqrt(ss);
+            if r < 1.0 { r } else { 1.0 }
+        };
+        let s = w * c;
+        for (a, t) in acc.iter_mut().zip(delta) {
+            for (x, &y) in a.iter_mut().zip(t.data()) {
+                *x = det::ftz(*x + s * y);
+            }
+        }
+        total_w += w;
+    }
+    let inv = det::reciprocal(total_w);
+    acc.into_iter()
+        .zip(first)
+        .map(|(a, t)| {
+            let data = a.into_iter().map(|x| det::ftz(x * inv)).collect();
+            Ok(Tensor::new(t.shape().to_vec(), data)?)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: &[f32]) -> Tensor {
+        Tensor::new(vec![v.len()], v.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn fresh_state_orders_tensors() {
+        let s = TrainState::fresh(vec![t(&[1.0, 2.0]), t(&[3.0])]);
+        let all: Vec<&Tensor> = s.tensors().collect();
+        assert_eq!(all.len(), 6);
+        assert_eq!(all[0].data(), &[1.0, 2.0]);
+        assert_eq!(all[2].data(), &[0.0, 0.0]);
+        assert_eq!(s.step, 0);
+    }
+
+    #[test]
+    fn outer_step_moves_towards_the_workers() {
+        let params = vec![t(&[1.0, 1.0])];
+        let delta = vec![t(&[0.5, -0.5])];
+        let mut buf = Vec::new();
+        let opt = OuterNesterov::default();
+        let p1 = outer_step(&params, &mut buf, &delta, &opt).unwrap();
+        // g = -0.5 / 0.5, buf = g, u = g + 0.9 g = 1.9 g, p = 1 - 0.7 * 1.9 g.
+        let want = [
+            1.0 + 0.7 * (0.5 + 0.9 * 0.5f32),
+            1.0 - 0.7 * (0.5 + 0.9 * 0.5f32),
+        ];
+        for (a, b) in p1[0].data().iter().zip(want) {
+            assert!((a - b).abs() < 1e-6);
+        }
+        assert_eq!(buf[0].data(), &[-0.5, 0.5]);
+        assert!(outer_step(&params, &mut buf, &[t(&[1.0])], &opt).is_err());
+        let bad = OuterNesterov {
+            lr: 0.7,
+            momentum: 1.0,
+        };
+        assert!(outer_step(&params, &mut buf, &delta, &bad).is_err());
+    }
+
+    #[test]
+    fn merge_clips_and_weights() {
+        // |a| = 5 is clipped to 1; b is small and unclipped.
+        let a = (vec![t(&[3.0, 4.0])], 1.0);
+        let b = (vec![t(&[0.1, 0.0])], 3.0);
+        let m = merge_deltas(&[a, b], 1.0).unwrap();
+        let want = [(0.6 + 0.3) / 4.0, 0.8 / 4.0];
+        for (x, y) in m[0].data().iter().zip(want) {
+            assert!((x - y).abs() < 1e-6, "{x} vs {y}");
+        }
+        let z = merge_deltas(&[(vec![t(&[0.0, 0.0])], 1.0)], 1.0).unwrap();
+        assert_eq!(z[0].data(), &[0.0, 0.0]);
+        assert!(merge_deltas(&[], 1.0).is_err());
+        assert!(merge_deltas(&[(vec![t(&[1.0])], 0.0)], 1.0).is_err());
+        assert!(merge_deltas(&[(vec![t(&[1.0])], 1.0)], f32::NAN).is_err());
+        assert!(merge_deltas(&[(vec![t(&[1.0])], 1.0), (vec![t(&[1.0, 2.0])], 1.0)], 1.0).is_err());
+    }
+}
