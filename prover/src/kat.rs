@@ -450,6 +450,21 @@ pub fn combined_digest(results: &[KatResult]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// The [`combined_digest`] of the pinned reference hashes: what an exact-class run
+/// digests to.
+pub fn expected_digest() -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("lupus kat digest v1");
+    for &(name, hex) in EXPECTED {
+        h.update(&(name.len() as u32).to_le_bytes());
+        h.update(name.as_bytes());
+        let bytes: Vec<u8> = (0..hex.len() / 2)
+            .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect();
+        h.update(&bytes);
+    }
+    *h.finalize().as_bytes()
+}
+
 /// Lower-case hex of a hash.
 pub fn to_hex(h: &[u8; 32]) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
@@ -636,6 +651,7 @@ mod tests {
         let pinned: Vec<&str> = EXPECTED.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, pinned, "the suite's cases changed; re-pin EXPECTED");
         assert_eq!(check_device(&results), DeviceClass::Exact);
+        assert_eq!(combined_digest(&results), expected_digest());
     }
 
     #[test]
