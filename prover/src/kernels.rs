@@ -122,20 +122,27 @@ fn matmul_body<const NR: usize, const HN: usize>(a: &[f32], b: &[f32], d: MatMul
             }
         }
     }
-    let mut ap = vec![0.0f32; k * MR];
-    let mut tile = [[0.0f32; NR]; MR];
-    for i0 in (0..m).step_by(MR) {
+    // Pack A: panel r holds columns p = 0..k of rows r*MR .. r*MR+MR.
+    let m_panels = m.div_ceil(MR);
+    let mut ap = vec![0.0f32; m_panels * k * MR];
+    for (r, panel) in ap.chunks_exact_mut(k * MR).enumerate() {
+        let i0 = r * MR;
         let h = MR.min(m - i0);
-        ap.fill(0.0);
-        for (p, col) in ap.chunks_exact_mut(MR).enumerate() {
+        for (p, col) in panel.chunks_exact_mut(MR).enumerate() {
             for (ii, slot) in col.iter_mut().take(h).enumerate() {
                 *slot = d.a_at(a, i0 + ii, p);
             }
         }
-        for (q, panel) in bp.chunks_exact(k * NR).enumerate() {
-            micro_kernel::<NR, HN>(&ap, panel, &mut tile);
-            let j0 = q * NR;
-            let w = NR.min(n - j0);
+    }
+    // Each B panel stays in cache while every A panel passes over it.
+    let mut tile = [[0.0f32; NR]; MR];
+    for (q, bpanel) in bp.chunks_exact(k * NR).enumerate() {
+        let j0 = q * NR;
+        let w = NR.min(n - j0);
+        for (r, apanel) in ap.chunks_exact(k * MR).enumerate() {
+            micro_kernel::<NR, HN>(apanel, bpanel, &mut tile);
+            let i0 = r * MR;
+            let h = MR.min(m - i0);
             for (ii, row) in tile.iter().take(h).enumerate() {
                 let out = &mut c[(i0 + ii) * n + j0..(i0 + ii) * n + j0 + w];
                 for (o, &x) in out.iter_mut().zip(row.iter()) {
