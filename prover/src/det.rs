@@ -40,6 +40,9 @@ const EXP_MASK: u32 = 0x7f80_0000;
 const SIGN_MASK: u32 = 0x8000_0000;
 const MANT_MASK: u32 = 0x007f_ffff;
 
+/// 2^-24 exactly: scales a 24-bit integer into [0, 1) without a division.
+pub const TWO_POW_MINUS_24: f32 = 5.960_464_5e-8;
+
 /// 1.5 * 2^23: adding and subtracting it rounds an `f32` with |x| < 2^22 to the nearest
 /// integer, ties to even, by the IEEE rounding of the addition itself.
 const ROUND_MAGIC: f32 = 12_582_912.0;
@@ -415,6 +418,7 @@ mod tests {
         assert_eq!(round_ne(-0.4), 0.0);
         assert_eq!(round_ne(1e9), 1e9);
         assert_eq!(powi(0.5, 10), 1.0 / 1024.0);
+        assert_eq!(TWO_POW_MINUS_24.to_bits(), 0x3380_0000);
         assert_eq!(powi(3.0, 0), 1.0);
         assert_eq!(powi(0.9, 100_000), 0.0);
         let p = powi(0.999, 1000) as f64;

@@ -58,7 +58,7 @@ impl Gen {
     }
     /// Uniform in `[lo, hi)` (exact 24-bit grid).
     fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        let u = (self.u32() >> 8) as f32 * (1.0 / 16_777_216.0);
+        let u = (self.u32() >> 8) as f32 * det::TWO_POW_MINUS_24;
         lo + (hi - lo) * u
     }
     fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {

@@ -685,6 +685,21 @@ mod tests {
             .collect()
     }
 
+    proptest::proptest! {
+        /// For any shape and transposition, the fast product has the naive bits.
+        #[test]
+        fn fast_equals_naive_for_any_shape(
+            m in 0usize..40, k in 0usize..40, n in 0usize..70,
+            ta: bool, tb: bool, seed in 0u32..1000,
+        ) {
+            let a = pseudo(m * k, seed);
+            let b = pseudo(k * n, seed + 7);
+            let d = MatMulDims { m, k, n, transpose_a: ta, transpose_b: tb };
+            let bits = |v: Vec<f32>| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
+            proptest::prop_assert_eq!(bits(matmul(&a, &b, d)), bits(matmul_naive(&a, &b, d)));
+        }
+    }
+
     /// Every compiled version of the fast product (AVX-512, AVX2 and the baseline; on
     /// a CPU without a feature its version runs at baseline) gives the naive bits.
     #[test]

@@ -219,6 +219,33 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Hostile bytes never panic the parser; accepted bytes are canonical.
+        #[test]
+        fn parser_is_total_and_canonical(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok(q) = QuantDelta::from_bytes(&bytes) {
+                prop_assert_eq!(q.to_bytes(), bytes);
+            }
+        }
+
+        /// Quantising any delta gives values within 1/2 step of the truth plus the
+        /// rounding of the scale, and a delta that re-parses from its bytes.
+        #[test]
+        fn quantisation_error_is_bounded(
+            deltas in proptest::collection::vec(-10.0f32..10.0, 1..40)
+        ) {
+            let base = Tensor::zeros(vec![deltas.len()]).unwrap();
+            let trained = Tensor::new(vec![deltas.len()], deltas.clone()).unwrap();
+            let q = quantise_delta(std::slice::from_ref(&base), &[trained]).unwrap();
+            prop_assert_eq!(QuantDelta::from_bytes(&q.to_bytes()).unwrap(), q.clone());
+            let scale = q.tensors[0].scale;
+            for (d, r) in deltas.iter().zip(q.dequantise()[0].data()) {
+                prop_assert!((d - r).abs() <= scale * 0.501 + 1e-6, "{} vs {}", d, r);
+            }
+        }
+    }
 
     fn t(shape: Vec<usize>, v: &[f32]) -> Tensor {
         Tensor::new(shape, v.to_vec()).unwrap()

@@ -302,6 +302,36 @@ fn take_u64(b: &[u8]) -> Option<(u64, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The strict parser never panics on hostile bytes, and whatever it accepts
+        /// is canonical: it re-encodes to exactly the bytes it came from.
+        #[test]
+        fn parser_is_total_and_accepts_only_canonical_bytes(
+            bytes in proptest::collection::vec(any::<u8>(), 0..96)
+        ) {
+            if let Ok(t) = Tensor::from_canonical_bytes(&bytes) {
+                prop_assert_eq!(t.canonical_bytes(), bytes);
+            }
+        }
+
+        /// Every valid tensor round-trips through its canonical bytes, hash included.
+        #[test]
+        fn valid_tensors_round_trip(
+            rows in 0usize..5,
+            cols in 0usize..5,
+            seed in any::<u32>(),
+        ) {
+            let data: Vec<f32> = (0..rows * cols)
+                .map(|i| f32::from_bits(seed.wrapping_mul(2_654_435_761).wrapping_add(i as u32) & 0x7f7f_ffff))
+                .collect();
+            let t = Tensor::new(vec![rows, cols], data).unwrap();
+            let back = Tensor::from_canonical_bytes(&t.canonical_bytes()).unwrap();
+            prop_assert_eq!(back.hash(), t.hash());
+            prop_assert_eq!(back, t);
+        }
+    }
 
     #[test]
     fn new_checks_length_and_finiteness() {

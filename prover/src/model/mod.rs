@@ -320,7 +320,7 @@ pub fn init_params(spec: &ModelSpec, seed: [u8; 32]) -> Result<Vec<Tensor>, Mode
                                 break;
                             }
                             let w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                            let u = (w >> 8) as f32 * (1.0 / 16_777_216.0);
+                            let u = (w >> 8) as f32 * det::TWO_POW_MINUS_24;
                             out.push((u * 2.0 - 1.0) * bound);
                         }
                     }
