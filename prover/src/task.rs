@@ -1,1 +1,453 @@
-//! Placeholder: written by its owner on a branch.
+//! The worker's side of a task: train `H` steps, commit the trace, open challenged steps.
+//!
+//! DESIGN.md ("The loop" 2-4, "Trace and commitment"). [`run_task`] trains from the base
+//! model with a fresh AdamW state on the batches of [`Sampler::batch`], commits every step
+//! as [`crate::trace`] says, keeps the full state every `k` steps plus every step's leaf and
+//! op-output commits (not the tensors), and returns a [`TaskRun`]. [`TaskRun::open`]
+//! rebuilds any challenged step's state from the nearest checkpoint and returns an
+//! [`Opening`] for [`crate::verify::verify_opening`].
+//!
+//! [`TaskBuilder`] is the same machinery one step at a time; `run_task` is the honest
+//! loop over it, and simulations of dishonest workers drive it with altered steps.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Corpus, DataError, Sampler};
+use crate::graph::{StepOutput, train_step, train_step_untraced};
+use crate::merkle::{Digest, MerkleError, MerkleTree, MultiProof};
+use crate::model::{Batch, ModelError, make_batch};
+use crate::optim::TrainState;
+use crate::quant::{QuantDelta, quantise_delta};
+use crate::spec::{JobSpec, SpecError};
+use crate::tensor::Tensor;
+use crate::trace::{
+    Commitment, FinalLeaf, OpOutputCommit, StateRole, TraceLeaf, commit_step, state_hash,
+    state_items, state_position,
+};
+
+/// Errors of running, opening and verifying tasks (the caller's inputs, not a worker's
+/// dishonesty: that is a [`crate::verify::Verdict`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    #[error("invalid job spec: {0}")]
+    Spec(#[from] SpecError),
+    #[error("data: {0}")]
+    Data(#[from] DataError),
+    #[error("model: {0}")]
+    Model(#[from] ModelError),
+    #[error("merkle: {0}")]
+    Merkle(#[from] MerkleError),
+    #[error("step {step} is out of range for a task of {steps} steps")]
+    StepOutOfRange { step: u32, steps: u32 },
+    #[error("the task has run {done} of its {steps} steps; finish it first")]
+    Unfinished { done: u32, steps: u32 },
+    #[error("the task already has all {steps} steps")]
+    AlreadyFinished { steps: u32 },
+    #[error("challenged steps must be strictly increasing and non-empty")]
+    BadStepList,
+    #[error(
+        "rebuilding step {step} from its checkpoint gave a state that differs from the committed one"
+    )]
+    CheckpointDiverged { step: u32 },
+}
+
+/// Checks that `base` has the model's tensor count and shapes.
+pub fn check_base(job: &JobSpec, base: &[Tensor]) -> Result<(), ProtocolError> {
+    Ok(job.model.check_params(base, "base model")?)
+}
+
+/// The sampler of a job over a corpus.
+pub fn job_sampler(job: &JobSpec, corpus: &Corpus) -> Result<Sampler, ProtocolError> {
+    Ok(Sampler::new(
+        corpus,
+        job.dataset.chunk_size,
+        job.dataset.val_permille(),
+        job.model.window_len(),
+    )?)
+}
+
+/// The batch of step `step` of the task with seed `seed`.
+pub fn task_batch(
+    job: &JobSpec,
+    sampler: &Sampler,
+    seed: &[u8; 32],
+    step: u32,
+) -> Result<Batch, ProtocolError> {
+    let windows = sampler.batch(seed, step, job.inner.batch_size as usize);
+    Ok(make_batch(&job.model, &windows)?)
+}
+
+/// A finished task: the commitment, the delta, and what is needed to open any step.
+#[derive(Clone, Debug)]
+pub struct TaskRun {
+    /// What the worker submits.
+    pub commitment: Commitment,
+    /// The int8 pseudo-gradient `quantise_delta(S_0.params, S_H.params)`.
+    pub delta: QuantDelta,
+    /// The loss of the last step.
+    pub final_loss: f32,
+    /// The loss of every step.
+    pub losses: Vec<f32>,
+    /// `S_H`.
+    pub final_state: TrainState,
+    seed: [u8; 32],
+    steps: u32,
+    leaves: Vec<TraceLeaf>,
+    ops: Vec<Vec<OpOutputCommit>>,
+    checkpoints: BTreeMap<u32, TrainState>,
+    tree: MerkleTree,
+}
+
+/// One challenged step, opened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepOpening {
+    pub step: u32,
+    /// `S_t`: params, then first moments, then second moments (`TrainState::tensors`).
+    pub state: Vec<Tensor>,
+    /// The step's op-output commits, in tape order (their root is the leaf's op root).
+    pub ops: Vec<OpOutputCommit>,
+    /// `S_{t+1}` in the same layout, for the tolerant class only.
+    pub next_state: Option<Vec<Tensor>>,
+}
+
+/// The answer to a challenge.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Opening {
+    /// The opened leaves with their positions: `t-1` and `t` of each challenged step,
+    /// `H-1` and the final leaf `H`; strictly increasing positions.
+    pub leaves: Vec<(u32, TraceLeaf)>,
+    /// One multiproof of all opened leaves against the trace root (`H + 1` leaves).
+    pub proof: MultiProof,
+    /// The challenged steps, in increasing order.
+    pub steps: Vec<StepOpening>,
+    /// `S_H`'s parameters, so the delta can be checked against the trace.
+    pub final_params: Vec<Tensor>,
+    /// A multiproof of `final_params` against `H(S_H)` (state tree positions `0..P`).
+    pub final_params_proof: MultiProof,
+}
+
+/// The submission's proof that the delta is the one the trace commits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FinalOpening {
+    pub leaf: FinalLeaf,
+    /// Proof of `leaf` at position `H` of the `H + 1` trace leaves.
+    pub proof: MultiProof,
+}
+
+/// Trains a task one step at a time and commits each step.
+pub struct TaskBuilder<'a> {
+    job: &'a JobSpec,
+    sampler: Sampler,
+    base: Vec<Tensor>,
+    seed: [u8; 32],
+    state: TrainState,
+    leaves: Vec<TraceLeaf>,
+    ops: Vec<Vec<OpOutputCommit>>,
+    losses: Vec<f32>,
+    checkpoints: BTreeMap<u32, TrainState>,
+    interval: u32,
+}
+
+impl<'a> TaskBuilder<'a> {
+    /// Starts a task from `base` with a fresh optimizer state.
+    pub fn new(
+        job: &'a JobSpec,
+        corpus: &Corpus,
+        base: &[Tensor],
+        seed: [u8; 32],
+    ) -> Result<Self, ProtocolError> {
+        job.validate()?;
+        check_base(job, base)?;
+        let sampler = job_sampler(job, corpus)?;
+        let state = TrainState::fresh(base.to_vec());
+        let mut checkpoints = BTreeMap::new();
+        checkpoints.insert(0, state.clone());
+        Ok(TaskBuilder {
+            job,
+            sampler,
+            base: base.to_vec(),
+            seed,
+            state,
+            leaves: Vec::new(),
+            ops: Vec::new(),
+            losses: Vec::new(),
+            checkpoints,
+            interval: job.inner.checkpoint_interval,
+        })
+    }
+
+    /// Keeps a checkpoint every `k` steps instead of the job's interval (more memory,
+    /// faster openings; `k = 1` keeps every state). `k = 0` is treated as 1.
+    pub fn with_checkpoint_interval(mut self, k: u32) -> Self {
+        self.interval = k.max(1);
+        self
+    }
+
+    /// The next step to run.
+    pub fn step(&self) -> u32 {
+        self.leaves.len() as u32
+    }
+
+    /// The state that enters the next step.
+    pub fn state(&self) -> &TrainState {
+        &self.state
+    }
+
+    /// The batch of the next step.
+    pub fn batch(&self) -> Result<Batch, ProtocolError> {
+        task_batch(self.job, &self.sampler, &self.seed, self.step())
+    }
+
+    /// Runs the next step honestly; returns its output (already recorded).
+    pub fn run_step(&mut self) -> Result<f32, ProtocolError> {
+        let batch = self.batch()?;
+        let out = train_step(
+            &self.job.model,
+            &self.job.inner.adamw(),
+            &self.state,
+            &batch,
+        )?;
+        let loss = out.loss;
+        self.record(&batch, out)?;
+        Ok(loss)
+    }
+
+    /// Commits the next step as `out` says it went on `batch`. `out.state` becomes the
+    /// next state and `out.ops` the step's tape.
+    pub fn record(&mut self, batch: &Batch, out: StepOutput) -> Result<(), ProtocolError> {
+        let steps = self.job.inner.steps;
+        let step = self.step();
+        if step >= steps {
+            return Err(ProtocolError::AlreadyFinished { steps });
+        }
+        let (leaf, commits) = commit_step(step, batch, &out)?;
+        self.leaves.push(TraceLeaf::Step(leaf));
+        self.ops.push(commits);
+        self.losses.push(out.loss);
+        self.state = out.state;
+        let done = step + 1;
+        if done.is_multiple_of(self.interval) && done < steps {
+            self.checkpoints.insert(done, self.state.clone());
+        }
+        Ok(())
+    }
+
+    /// Quantises the delta and commits the trace.
+    pub fn finish(self) -> Result<TaskRun, ProtocolError> {
+        let delta = quantise_delta(&self.base, &self.state.params)?;
+        self.finish_with_delta(delta)
+    }
+
+    /// Commits the trace with a given delta instead of the honest one (for simulations
+    /// of dishonest workers: the verifier must reject such a task).
+    pub fn finish_with_delta(mut self, delta: QuantDelta) -> Result<TaskRun, ProtocolError> {
+        let steps = self.job.inner.steps;
+        if self.step() != steps {
+            return Err(ProtocolError::Unfinished {
+                done: self.step(),
+                steps,
+            });
+        }
+        let final_leaf = FinalLeaf {
+            steps,
+            state: state_hash(&self.state),
+            delta: Digest(delta.hash()),
+        };
+        self.leaves.push(TraceLeaf::Final(final_leaf));
+        let items: Vec<Digest> = self.leaves.iter().map(TraceLeaf::item).collect();
+        let tree = MerkleTree::new(&items)?;
+        Ok(TaskRun {
+            commitment: Commitment {
+                trace_root: tree.root(),
+                final_state_hash: final_leaf.state,
+                delta_hash: final_leaf.delta,
+            },
+            delta,
+            final_loss: self.losses.last().copied().unwrap_or(f32::NAN),
+            losses: self.losses,
+            final_state: self.state,
+            seed: self.seed,
+            steps,
+            leaves: self.leaves,
+            ops: self.ops,
+            checkpoints: self.checkpoints,
+            tree,
+        })
+    }
+}
+
+/// Trains a task honestly: `H` steps from `TrainState::fresh(base)` on the task's batches.
+/// `progress(step, loss)` is called after every step.
+pub fn run_task(
+    job: &JobSpec,
+    corpus: &Corpus,
+    base_params: &[Tensor],
+    seed: [u8; 32],
+    progress: &mut dyn FnMut(u32, f32),
+) -> Result<TaskRun, ProtocolError> {
+    let mut b = TaskBuilder::new(job, corpus, base_params, seed)?;
+    for step in 0..job.inner.steps {
+        let loss = b.run_step()?;
+        progress(step, loss);
+    }
+    b.finish()
+}
+
+/// The state tensors of `state` in opening layout.
+pub fn state_tensors(state: &TrainState) -> Vec<Tensor> {
+    state
+        .params
+        .iter()
+        .chain(&state.m)
+        .chain(&state.v)
+        .cloned()
+        .collect()
+}
+
+impl TaskRun {
+    /// The trace leaves (`H` step leaves and the final leaf).
+    pub fn leaves(&self) -> &[TraceLeaf] {
+        &self.leaves
+    }
+
+    /// The op-output commits of step `t`.
+    pub fn op_commits(&self, t: u32) -> Option<&[OpOutputCommit]> {
+        self.ops.get(t as usize).map(Vec::as_slice)
+    }
+
+    /// The opening of the final leaf, sent with the submission.
+    pub fn final_opening(&self) -> Result<FinalOpening, ProtocolError> {
+        let h = self.steps as usize;
+        let leaf = match self.leaves.get(h) {
+            Some(TraceLeaf::Final(f)) => *f,
+            _ => {
+                return Err(ProtocolError::Unfinished {
+                    done: 0,
+                    steps: self.steps,
+                });
+            }
+        };
+        Ok(FinalOpening {
+            leaf,
+            proof: self.tree.prove(&[h])?,
+        })
+    }
+
+    /// `S_t`, rebuilt from the nearest checkpoint at or before `t` (`t <= H`).
+    pub fn state_at(
+        &self,
+        job: &JobSpec,
+        corpus: &Corpus,
+        t: u32,
+    ) -> Result<TrainState, ProtocolError> {
+        if t > self.steps {
+            return Err(ProtocolError::StepOutOfRange {
+                step: t,
+                steps: self.steps,
+            });
+        }
+        if t == self.steps {
+            return Ok(self.final_state.clone());
+        }
+        let (&from, start) = self
+            .checkpoints
+            .range(..=t)
+            .next_back()
+            .ok_or(ProtocolError::CheckpointDiverged { step: t })?;
+        let mut state = start.clone();
+        if from < t {
+            let sampler = job_sampler(job, corpus)?;
+            for s in from..t {
+                let batch = task_batch(job, &sampler, &self.seed, s)?;
+                state = train_step_untraced(&job.model, &job.inner.adamw(), &state, &batch)?.0;
+            }
+        }
+        let expected = match t.checked_sub(1).and_then(|p| self.leaves.get(p as usize)) {
+            Some(TraceLeaf::Step(l)) => Some(l.next_state),
+            _ => None,
+        };
+        if let Some(e) = expected
+            && state_hash(&state) != e
+        {
+            return Err(ProtocolError::CheckpointDiverged { step: t });
+        }
+        Ok(state)
+    }
+
+    /// Opens the challenged `steps` (strictly increasing). `tolerant` adds `S_{t+1}`.
+    pub fn open(
+        &self,
+        job: &JobSpec,
+        corpus: &Corpus,
+        steps: &[u32],
+        tolerant: bool,
+    ) -> Result<Opening, ProtocolError> {
+        if steps.is_empty() || steps.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(ProtocolError::BadStepList);
+        }
+        if let Some(&bad) = steps.iter().find(|&&s| s >= self.steps) {
+            return Err(ProtocolError::StepOutOfRange {
+                step: bad,
+                steps: self.steps,
+            });
+        }
+        let positions = opened_positions(steps, self.steps);
+        let leaves = positions
+            .iter()
+            .map(|&p| {
+                self.leaves
+                    .get(p as usize)
+                    .map(|l| (p, *l))
+                    .ok_or(ProtocolError::StepOutOfRange {
+                        step: p,
+                        steps: self.steps,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let idx: Vec<usize> = positions.iter().map(|&p| p as usize).collect();
+        let proof = self.tree.prove(&idx)?;
+        let mut opened = Vec::with_capacity(steps.len());
+        for &t in steps {
+            let state = self.state_at(job, corpus, t)?;
+            let next_state = if tolerant {
+                Some(state_tensors(&self.state_at(job, corpus, t + 1)?))
+            } else {
+                None
+            };
+            opened.push(StepOpening {
+                step: t,
+                state: state_tensors(&state),
+                ops: self.ops.get(t as usize).cloned().unwrap_or_default(),
+                next_state,
+            });
+        }
+        let p = self.final_state.params.len();
+        let state_tree = MerkleTree::new(&state_items(&self.final_state))?;
+        let param_positions: Vec<usize> = (0..p as u32)
+            .map(|i| state_position(StateRole::Param, i, p))
+            .collect();
+        Ok(Opening {
+            leaves,
+            proof,
+            steps: opened,
+            final_params: self.final_state.params.clone(),
+            final_params_proof: state_tree.prove(&param_positions)?,
+        })
+    }
+}
+
+/// The trace positions an opening of `steps` reveals: `t-1` and `t` of each step, `H-1`
+/// and `H`; sorted, without repeats.
+pub fn opened_positions(steps: &[u32], h: u32) -> Vec<u32> {
+    let mut p: Vec<u32> = steps
+        .iter()
+        .flat_map(|&t| t.checked_sub(1).into_iter().chain([t]))
+        .chain([h.saturating_sub(1), h])
+        .collect();
+    p.sort_unstable();
+    p.dedup();
+    p
+}

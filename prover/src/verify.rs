@@ -1,1 +1,608 @@
-//! Placeholder: written by its owner on a branch.
+//! The verifier: replays challenged steps from the worker's own opened state.
+//!
+//! DESIGN.md ("The loop" 3-4, "Determinism", "Trace and commitment"). For each challenged
+//! step `t` [`verify_opening`] checks, in this order, and rejects at the first failure:
+//! 1. the opening names exactly the challenged steps and the leaves `t-1`, `t`, `H-1`, `H`,
+//!    and its one multiproof leads to the committed trace root;
+//! 2. the final leaf matches the commitment, `H(S_H)` matches leaf `H-1`, the opened
+//!    `S_H` parameters are proven against `H(S_H)` and `quantise_delta(S_0, S_H)` hashes to
+//!    the committed delta hash (so a forged delta is caught by every opening);
+//! 3. `S_t` has the model's shapes and hashes to what leaf `t-1` commits (`H(S_0)` of the
+//!    base model and a fresh optimizer state for `t = 0`);
+//! 4. the leaf's batch hash is that of the PRF batch `(seed, t)`;
+//! 5. the opened op-output commits have the leaf's op root;
+//! 6. the step is replayed with `train_step`. Exact class: the tape structure must match,
+//!    then the first differing op output yields a [`FraudProof::Op`], then differing loss
+//!    bits a [`FraudProof::Loss`], then a differing `H(S_{t+1})` a rejection. Tolerant
+//!    class: the opened `S_{t+1}` must hash to the leaf's `H(S_{t+1})` and each of its
+//!    tensors lie within `verify.tolerance` (relative L2) of the replay, and the loss too.
+//!
+//! Cost: the verifier hashes each opened `S_t` and `S_H`'s parameters and replays `m`
+//! traced steps; the benchmark (`benches/protocol.rs`) measures it against the worker.
+//!
+//! A worker's bad opening is a [`Verdict::Reject`] with a typed [`RejectReason`]; an
+//! [`Err`] means the verifier's own inputs are wrong (job, corpus, base, step list).
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::Corpus;
+use crate::fraud::{FraudProof, LossFraud, OpFraud, OpLeaves, TraceLeaves};
+use crate::graph::{StepOutput, ValueRef, train_step};
+use crate::merkle::{Digest, MerkleError, MerkleTree};
+use crate::model::Batch;
+use crate::ops::OpKind;
+use crate::optim::TrainState;
+use crate::quant::quantise_delta;
+use crate::spec::JobSpec;
+use crate::task::{
+    FinalOpening, Opening, ProtocolError, StepOpening, check_base, job_sampler, opened_positions,
+    task_batch,
+};
+use crate::tensor::Tensor;
+use crate::trace::{
+    Commitment, OpOutputCommit, StateRole, StepLeaf, TraceLeaf, base_state_hash, batch_hash,
+    op_commits, op_root, state_hash, state_items, state_position, state_tensor_item, tensor_digest,
+};
+
+/// Which replay rule applies to a worker's device (from its known-answer suite).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceClass {
+    /// Same bits as the CPU reference: verdicts compare hashes.
+    Exact,
+    /// Different bits: the worker opens `S_{t+1}` and a calibrated bound applies.
+    Tolerant,
+}
+
+/// Why an opening was rejected.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum RejectReason {
+    #[error("the opening does not cover the challenged steps and leaves")]
+    MalformedOpening,
+    #[error("the opened leaves do not verify against the trace root: {0}")]
+    BadTraceProof(String),
+    #[error("the final leaf does not match the commitment or leaf H-1")]
+    FinalLeafMismatch,
+    #[error("the opened final parameters are not the committed S_H: {0}")]
+    BadFinalState(String),
+    #[error("the committed delta is not quantise_delta(S_0, S_H)")]
+    DeltaMismatch,
+    #[error("an opened state has the wrong number or shapes of tensors")]
+    ShapeMismatch,
+    #[error("the opened S_t does not hash to what leaf t-1 commits")]
+    WrongState,
+    #[error("the committed batch is not the PRF batch of (seed, t)")]
+    WrongBatch,
+    #[error("the opened op outputs do not have the leaf's op root")]
+    OpRootMismatch,
+    #[error("the committed tape's structure differs from the model's at output {position}")]
+    TapeMismatch { position: usize },
+    #[error("output {output} of op {op} ({kind}) differs from the replay")]
+    OpMismatch { op: u32, output: u32, kind: String },
+    #[error("the committed loss differs from the replay")]
+    LossMismatch,
+    #[error("H(S_t+1) differs from the replay although every op output matches")]
+    NextStateMismatch,
+    #[error("no step can be replayed from the opened state: {0}")]
+    ReplayFailed(String),
+    #[error("the tolerant class opening lacks S_t+1 or it does not hash to the leaf")]
+    WrongNextState,
+    #[error("the replay differs by {distance} (relative L2), beyond the job's tolerance")]
+    ToleranceExceeded { distance: f32 },
+}
+
+/// A verifier's verdict on one opening.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Verdict {
+    /// Every challenged step replayed to the committed values.
+    Accept,
+    /// The worker failed a challenge.
+    Reject {
+        /// The failing step (`None` for the final leaf and the delta).
+        step: Option<u32>,
+        reason: RejectReason,
+        /// A proof anyone can check without the model or the data, where one exists.
+        fraud_proof: Option<Box<FraudProof>>,
+    },
+}
+
+impl Verdict {
+    /// True for [`Verdict::Accept`].
+    pub fn is_accept(&self) -> bool {
+        matches!(self, Verdict::Accept)
+    }
+}
+
+fn reject(step: Option<u32>, reason: RejectReason) -> Verdict {
+    Verdict::Reject {
+        step,
+        reason,
+        fraud_proof: None,
+    }
+}
+
+/// Checks a submission: the delta received is the one the trace commits.
+pub fn verify_submission(
+    steps: u32,
+    commitment: &Commitment,
+    opening: &FinalOpening,
+    delta_hash: &Digest,
+) -> Result<(), RejectReason> {
+    let leaf = opening.leaf;
+    if leaf.steps != steps
+        || leaf.delta != *delta_hash
+        || leaf.delta != commitment.delta_hash
+        || leaf.state != commitment.final_state_hash
+    {
+        return Err(RejectReason::FinalLeafMismatch);
+    }
+    opening
+        .proof
+        .verify(
+            &commitment.trace_root,
+            &[(steps as usize, TraceLeaf::Final(leaf).item())],
+            steps as usize + 1,
+        )
+        .map_err(|e| RejectReason::BadTraceProof(e.to_string()))
+}
+
+/// Relative L2 distance `||a - b|| / max(||b||, 1e-30)`; infinite for different shapes.
+pub fn relative_distance(a: &Tensor, b: &Tensor) -> f32 {
+    if a.shape() != b.shape() {
+        return f32::INFINITY;
+    }
+    let (mut num, mut den) = (0f64, 0f64);
+    for (x, y) in a.data().iter().zip(b.data()) {
+        let d = f64::from(*x) - f64::from(*y);
+        num += d * d;
+        den += f64::from(*y) * f64::from(*y);
+    }
+    (num.sqrt() / den.sqrt().max(1e-30)) as f32
+}
+
+fn state_from(tensors: &[Tensor], base: &[Tensor], step: u64) -> Option<TrainState> {
+    let p = base.len();
+    if tensors.len() != 3 * p {
+        return None;
+    }
+    let shapes_ok = tensors
+        .iter()
+        .enumerate()
+        .all(|(i, t)| base.get(i % p).is_some_and(|b| b.shape() == t.shape()));
+    if !shapes_ok {
+        return None;
+    }
+    let mut s = TrainState::fresh(tensors.get(..p)?.to_vec());
+    s.m = tensors.get(p..2 * p)?.to_vec();
+    s.v = tensors.get(2 * p..)?.to_vec();
+    s.step = step;
+    Some(s)
+}
+
+/// Verifies an opening of `steps` (the challenged steps, strictly increasing).
+#[allow(clippy::too_many_arguments)]
+pub fn verify_opening(
+    job: &JobSpec,
+    corpus: &Corpus,
+    base_params: &[Tensor],
+    seed: &[u8; 32],
+    commitment: &Commitment,
+    steps: &[u32],
+    opening: &Opening,
+    class: DeviceClass,
+) -> Result<Verdict, ProtocolError> {
+    job.validate()?;
+    check_base(job, base_params)?;
+    let h = job.inner.steps;
+    if steps.is_empty() || steps.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(ProtocolError::BadStepList);
+    }
+    if let Some(&bad) = steps.iter().find(|&&s| s >= h) {
+        return Err(ProtocolError::StepOutOfRange {
+            step: bad,
+            steps: h,
+        });
+    }
+
+    // 1. The opened leaves.
+    let positions = opened_positions(steps, h);
+    let got_positions: Vec<u32> = opening.leaves.iter().map(|(p, _)| *p).collect();
+    let got_steps: Vec<u32> = opening.steps.iter().map(|s| s.step).collect();
+    let leaf_kinds_ok = opening.leaves.iter().all(|(p, l)| match l {
+        TraceLeaf::Step(s) => s.step == *p && *p < h,
+        TraceLeaf::Final(f) => *p == h && f.steps == h,
+    });
+    if got_positions != positions || got_steps != steps || !leaf_kinds_ok {
+        return Ok(reject(None, RejectReason::MalformedOpening));
+    }
+    let items: Vec<(usize, Digest)> = opening
+        .leaves
+        .iter()
+        .map(|(p, l)| (*p as usize, l.item()))
+        .collect();
+    if let Err(e) = opening
+        .proof
+        .verify(&commitment.trace_root, &items, h as usize + 1)
+    {
+        return Ok(reject(None, RejectReason::BadTraceProof(e.to_string())));
+    }
+    let step_leaf = |t: u32| {
+        opening.leaves.iter().find_map(|(p, l)| match l {
+            TraceLeaf::Step(s) if *p == t => Some(*s),
+            _ => None,
+        })
+    };
+    let final_leaf = opening.leaves.iter().find_map(|(_, l)| match l {
+        TraceLeaf::Final(f) => Some(*f),
+        _ => None,
+    });
+
+    // 2. The final leaf, S_H and the delta.
+    let (Some(final_leaf), Some(last)) = (final_leaf, h.checked_sub(1).and_then(step_leaf)) else {
+        return Ok(reject(None, RejectReason::MalformedOpening));
+    };
+    if final_leaf.state != commitment.final_state_hash
+        || final_leaf.delta != commitment.delta_hash
+        || last.next_state != final_leaf.state
+    {
+        return Ok(reject(None, RejectReason::FinalLeafMismatch));
+    }
+    let p = base_params.len();
+    if opening.final_params.len() != p
+        || opening
+            .final_params
+            .iter()
+            .zip(base_params)
+            .any(|(a, b)| a.shape() != b.shape())
+    {
+        return Ok(reject(None, RejectReason::ShapeMismatch));
+    }
+    let param_items: Vec<(usize, Digest)> = opening
+        .final_params
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            (
+                state_position(StateRole::Param, i as u32, p),
+                state_tensor_item(StateRole::Param, i as u32, &tensor_digest(t)),
+            )
+        })
+        .collect();
+    if let Err(e) = opening
+        .final_params_proof
+        .verify(&final_leaf.state, &param_items, 3 * p + 1)
+    {
+        return Ok(reject(None, RejectReason::BadFinalState(e.to_string())));
+    }
+    // A delta that cannot be quantised (it overflows) is not the committed one either.
+    let delta_hash = quantise_delta(base_params, &opening.final_params).map(|d| Digest(d.hash()));
+    if delta_hash.ok() != Some(final_leaf.delta) {
+        return Ok(reject(None, RejectReason::DeltaMismatch));
+    }
+
+    // 3-6. Each challenged step.
+    let sampler = job_sampler(job, corpus)?;
+    let base_hash = base_state_hash(base_params);
+    for so in &opening.steps {
+        let t = so.step;
+        let Some(leaf) = step_leaf(t) else {
+            return Ok(reject(Some(t), RejectReason::MalformedOpening));
+        };
+        let Some(state) = state_from(&so.state, base_params, u64::from(t)) else {
+            return Ok(reject(Some(t), RejectReason::ShapeMismatch));
+        };
+        let expected_state = match t.checked_sub(1) {
+            None => Some(base_hash),
+            Some(prev) => step_leaf(prev).map(|l| l.next_state),
+        };
+        let s_hash = state_hash(&state);
+        if expected_state != Some(s_hash) {
+            return Ok(reject(Some(t), RejectReason::WrongState));
+        }
+        let batch = task_batch(job, &sampler, seed, t)?;
+        if batch_hash(&batch) != leaf.batch {
+            return Ok(reject(Some(t), RejectReason::WrongBatch));
+        }
+        if so.ops.is_empty() || op_root(&so.ops).ok() != Some(leaf.op_root) {
+            return Ok(reject(Some(t), RejectReason::OpRootMismatch));
+        }
+        // The opened state is the worker's: if no honest step can start from it, the
+        // worker is at fault, not the verifier.
+        let replay = match train_step(&job.model, &job.inner.adamw(), &state, &batch) {
+            Ok(r) => r,
+            Err(e) => return Ok(reject(Some(t), RejectReason::ReplayFailed(e.to_string()))),
+        };
+        let verdict = match class {
+            DeviceClass::Exact => check_exact(so, &leaf, &state, &batch, &replay, opening),
+            DeviceClass::Tolerant => check_tolerant(job, so, &leaf, base_params, &replay),
+        };
+        if let Some(v) = verdict {
+            return Ok(v);
+        }
+    }
+    Ok(Verdict::Accept)
+}
+
+fn check_tolerant(
+    job: &JobSpec,
+    so: &StepOpening,
+    leaf: &StepLeaf,
+    base: &[Tensor],
+    replay: &StepOutput,
+) -> Option<Verdict> {
+    let t = so.step;
+    let next = so
+        .next_state
+        .as_ref()
+        .and_then(|n| state_from(n, base, u64::from(t) + 1));
+    let Some(next) = next.filter(|n| state_hash(n) == leaf.next_state) else {
+        return Some(reject(Some(t), RejectReason::WrongNextState));
+    };
+    let tol = job.verify.tolerance;
+    let pairs = next
+        .params
+        .iter()
+        .zip(&replay.state.params)
+        .chain(next.m.iter().zip(&replay.state.m))
+        .chain(next.v.iter().zip(&replay.state.v));
+    let mut worst = 0f32;
+    for (a, b) in pairs {
+        worst = worst.max(relative_distance(a, b));
+    }
+    let loss_err = (leaf.loss() - replay.loss).abs() / replay.loss.abs().max(1e-30);
+    worst = worst.max(if loss_err.is_nan() {
+        f32::INFINITY
+    } else {
+        loss_err
+    });
+    (worst > tol).then(|| reject(Some(t), RejectReason::ToleranceExceeded { distance: worst }))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_exact(
+    so: &StepOpening,
+    leaf: &StepLeaf,
+    state: &TrainState,
+    batch: &Batch,
+    replay: &StepOutput,
+    opening: &Opening,
+) -> Option<Verdict> {
+    let t = so.step;
+    let mine = op_commits(&replay.ops);
+    if mine.len() != so.ops.len() {
+        return Some(reject(
+            Some(t),
+            RejectReason::TapeMismatch {
+                position: mine.len().min(so.ops.len()),
+            },
+        ));
+    }
+    for (position, (a, b)) in mine.iter().zip(&so.ops).enumerate() {
+        if (a.op, a.output, a.desc) != (b.op, b.output, b.desc) {
+            return Some(reject(Some(t), RejectReason::TapeMismatch { position }));
+        }
+    }
+    // A dispute carries all opened leaves with the opening's one multiproof: a proof of
+    // leaf t alone would need the whole tree, which the verifier does not have.
+    let trace = TraceLeaves {
+        leaves: opening.leaves.clone(),
+        proof: opening.proof.clone(),
+    };
+    if let Some(position) = mine
+        .iter()
+        .zip(&so.ops)
+        .position(|(a, b)| a.tensor != b.tensor)
+    {
+        let disputed = so.ops.get(position).copied()?;
+        let rec = replay.ops.get(disputed.op as usize)?;
+        let proof = build_op_fraud(
+            t,
+            trace,
+            disputed.op,
+            rec.kind.clone(),
+            rec.inputs.clone(),
+            so,
+            state,
+            batch,
+            replay,
+        )
+        .ok();
+        return Some(Verdict::Reject {
+            step: Some(t),
+            reason: RejectReason::OpMismatch {
+                op: disputed.op,
+                output: disputed.output,
+                kind: rec.kind.name().to_string(),
+            },
+            fraud_proof: proof.map(|p| Box::new(FraudProof::Op(p))),
+        });
+    }
+    if leaf.loss_bits != replay.loss.to_bits() {
+        let proof = build_loss_fraud(t, trace, so, replay).ok();
+        return Some(Verdict::Reject {
+            step: Some(t),
+            reason: RejectReason::LossMismatch,
+            fraud_proof: proof.map(|p| Box::new(FraudProof::Loss(p))),
+        });
+    }
+    if state_hash(&replay.state) != leaf.next_state {
+        return Some(reject(Some(t), RejectReason::NextStateMismatch));
+    }
+    None
+}
+
+/// Builds the operator-level dispute of op `op` of the opened step `step`, whose inputs
+/// are taken from the replay (used by [`verify_opening`] at the first mismatch; an auditor
+/// or a test can dispute any op, and [`FraudProof::check`] then decides).
+#[allow(clippy::too_many_arguments)]
+pub fn dispute_op(
+    job: &JobSpec,
+    corpus: &Corpus,
+    base_params: &[Tensor],
+    seed: &[u8; 32],
+    opening: &Opening,
+    step: u32,
+    op: u32,
+) -> Result<FraudProof, ProtocolError> {
+    check_base(job, base_params)?;
+    let so =
+        opening
+            .steps
+            .iter()
+            .find(|s| s.step == step)
+            .ok_or(ProtocolError::StepOutOfRange {
+                step,
+                steps: job.inner.steps,
+            })?;
+    let state =
+        state_from(&so.state, base_params, u64::from(step)).ok_or(ProtocolError::BadStepList)?;
+    let batch = task_batch(job, &job_sampler(job, corpus)?, seed, step)?;
+    let replay = train_step(&job.model, &job.inner.adamw(), &state, &batch)?;
+    let rec = replay
+        .ops
+        .get(op as usize)
+        .ok_or(ProtocolError::StepOutOfRange {
+            step: op,
+            steps: replay.ops.len() as u32,
+        })?;
+    let trace = TraceLeaves {
+        leaves: opening.leaves.clone(),
+        proof: opening.proof.clone(),
+    };
+    let proof = build_op_fraud(
+        step,
+        trace,
+        op,
+        rec.kind.clone(),
+        rec.inputs.clone(),
+        so,
+        &state,
+        &batch,
+        &replay,
+    )?;
+    Ok(FraudProof::Op(proof))
+}
+
+fn op_leaves(
+    commits: &[OpOutputCommit],
+    mut positions: Vec<usize>,
+) -> Result<OpLeaves, MerkleError> {
+    positions.sort_unstable();
+    positions.dedup();
+    let items: Vec<Digest> = commits.iter().map(OpOutputCommit::item).collect();
+    let tree = MerkleTree::new(&items)?;
+    let proof = tree.prove(&positions)?;
+    Ok(OpLeaves {
+        leaves: positions
+            .iter()
+            .filter_map(|&p| commits.get(p).map(|c| (p as u32, *c)))
+            .collect(),
+        total: commits.len() as u32,
+        proof,
+    })
+}
+
+/// Builds the proof for op `op` of step `t`, whose inputs are the replay's tensors.
+#[allow(clippy::too_many_arguments)]
+fn build_op_fraud(
+    t: u32,
+    trace: TraceLeaves,
+    op: u32,
+    kind: OpKind,
+    inputs: Vec<ValueRef>,
+    so: &StepOpening,
+    state: &TrainState,
+    batch: &Batch,
+    replay: &StepOutput,
+) -> Result<OpFraud, MerkleError> {
+    let pos_of = |o: u32, out: u32| so.ops.iter().position(|c| c.op == o && c.output == out);
+    let mut positions: Vec<usize> = so
+        .ops
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.op == op)
+        .map(|(i, _)| i)
+        .collect();
+    let p = state.params.len();
+    let mut input_tensors = Vec::with_capacity(inputs.len());
+    let mut state_positions = Vec::new();
+    let mut batch_parts = None;
+    for r in &inputs {
+        let tensor = match r {
+            ValueRef::Op { op: o, output } => {
+                positions.extend(pos_of(*o, u32::from(*output)));
+                replay
+                    .ops
+                    .get(*o as usize)
+                    .and_then(|rec| rec.outputs.get(usize::from(*output)))
+            }
+            ValueRef::Input | ValueRef::Target => {
+                batch_parts = Some((tensor_digest(&batch.inputs), tensor_digest(&batch.targets)));
+                Some(if matches!(r, ValueRef::Input) {
+                    &batch.inputs
+                } else {
+                    &batch.targets
+                })
+            }
+            ValueRef::Param(i) => {
+                state_positions.push(state_position(StateRole::Param, *i, p));
+                state.params.get(*i as usize)
+            }
+            ValueRef::Moment1(i) => {
+                state_positions.push(state_position(StateRole::Moment1, *i, p));
+                state.m.get(*i as usize)
+            }
+            ValueRef::Moment2(i) => {
+                state_positions.push(state_position(StateRole::Moment2, *i, p));
+                state.v.get(*i as usize)
+            }
+        };
+        input_tensors.push(tensor.cloned().ok_or(MerkleError::NoLeaves)?);
+    }
+    let state_proof = if state_positions.is_empty() {
+        None
+    } else {
+        state_positions.sort_unstable();
+        state_positions.dedup();
+        Some(MerkleTree::new(&state_items(state))?.prove(&state_positions)?)
+    };
+    Ok(OpFraud {
+        step: t,
+        trace,
+        op,
+        kind,
+        inputs,
+        input_tensors,
+        op_leaves: op_leaves(&so.ops, positions)?,
+        param_count: p as u32,
+        state_proof,
+        batch_parts,
+    })
+}
+
+fn build_loss_fraud(
+    t: u32,
+    trace: TraceLeaves,
+    so: &StepOpening,
+    replay: &StepOutput,
+) -> Result<LossFraud, MerkleError> {
+    let (op, rec) = replay
+        .ops
+        .iter()
+        .enumerate()
+        .find(|(_, r)| matches!(r.kind, OpKind::SoftmaxCrossEntropy))
+        .ok_or(MerkleError::NoLeaves)?;
+    let position = so
+        .ops
+        .iter()
+        .position(|c| c.op == op as u32 && c.output == 0)
+        .ok_or(MerkleError::NoLeaves)?;
+    Ok(LossFraud {
+        step: t,
+        trace,
+        op: op as u32,
+        inputs: rec.inputs.clone(),
+        loss: rec.outputs.first().cloned().ok_or(MerkleError::NoLeaves)?,
+        op_leaves: op_leaves(&so.ops, vec![position])?,
+    })
+}

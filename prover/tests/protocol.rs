@@ -1,0 +1,517 @@
+//! The protocol story end to end on a tiny model: honest workers pass every challenge,
+//! each kind of cheating is caught whenever its step is challenged, fraud proofs verify
+//! and point at the right operator, forged ones fail, and bad input gives typed errors.
+
+use lupus_prover::challenge::challenge_steps;
+use lupus_prover::data::Corpus;
+use lupus_prover::fraud::{FraudContext, FraudProof, FraudVerdict};
+use lupus_prover::graph::{StepOutput, ValueRef, eval_loss, train_step};
+use lupus_prover::model::{init_params, make_batch};
+use lupus_prover::ops::OpKind;
+use lupus_prover::quant::quantise_delta;
+use lupus_prover::spec::{JobSpec, SpecError};
+use lupus_prover::task::{ProtocolError, TaskBuilder, TaskRun, job_sampler, run_task};
+use lupus_prover::tensor::Tensor;
+use lupus_prover::trace::{base_state_hash, commit_step, next_state_hash_from_tape, state_hash};
+use lupus_prover::verify::{
+    DeviceClass, RejectReason, Verdict, dispute_op, verify_opening, verify_submission,
+};
+
+const TINY: &str = include_str!("../../jobs/tiny-test.toml");
+const SEED: [u8; 32] = [42; 32];
+
+fn setup() -> (JobSpec, Corpus, Vec<Tensor>) {
+    let job = JobSpec::parse(TINY).unwrap();
+    let corpus = Corpus::generated(7, 40_000);
+    let base = init_params(&job.model, [1; 32]).unwrap();
+    (job, corpus, base)
+}
+
+fn verify(
+    job: &JobSpec,
+    corpus: &Corpus,
+    base: &[Tensor],
+    run: &TaskRun,
+    steps: &[u32],
+    class: DeviceClass,
+) -> Verdict {
+    let opening = run
+        .open(job, corpus, steps, class == DeviceClass::Tolerant)
+        .unwrap();
+    verify_opening(
+        job,
+        corpus,
+        base,
+        &SEED,
+        &run.commitment,
+        steps,
+        &opening,
+        class,
+    )
+    .unwrap()
+}
+
+fn ctx(job: &JobSpec, base: &[Tensor], run: &TaskRun) -> FraudContext {
+    FraudContext {
+        trace_root: run.commitment.trace_root,
+        steps: job.inner.steps,
+        base_state_hash: base_state_hash(base),
+    }
+}
+
+#[test]
+fn training_lowers_validation_loss() {
+    let (mut job, corpus, base) = setup();
+    job.inner.steps = 60;
+    job.inner.lr = 0.01;
+    let mut seen = 0;
+    let run = run_task(&job, &corpus, &base, SEED, &mut |_, _| seen += 1).unwrap();
+    assert_eq!(seen, 60);
+    let sampler = job_sampler(&job, &corpus).unwrap();
+    let val = make_batch(&job.model, &sampler.validation(64)).unwrap();
+    let before = eval_loss(&job.model, &base, &val).unwrap();
+    let after = eval_loss(&job.model, &run.final_state.params, &val).unwrap();
+    assert!(after < before - 0.5, "validation loss {before} -> {after}");
+}
+
+#[test]
+fn an_honest_trace_passes_every_challenge_in_both_classes() {
+    let (job, corpus, base) = setup();
+    let run = run_task(&job, &corpus, &base, SEED, &mut |_, _| {}).unwrap();
+    let all: Vec<u32> = (0..job.inner.steps).collect();
+    assert_eq!(
+        verify(&job, &corpus, &base, &run, &all, DeviceClass::Exact),
+        Verdict::Accept
+    );
+    assert_eq!(
+        verify(&job, &corpus, &base, &run, &all, DeviceClass::Tolerant),
+        Verdict::Accept
+    );
+    let derived = challenge_steps(
+        &[9; 32],
+        &run.commitment.trace_root,
+        job.inner.steps,
+        job.verify.challenges,
+    )
+    .unwrap();
+    assert_eq!(
+        verify(&job, &corpus, &base, &run, &derived, DeviceClass::Exact),
+        Verdict::Accept
+    );
+    let fin = run.final_opening().unwrap();
+    assert!(
+        verify_submission(
+            job.inner.steps,
+            &run.commitment,
+            &fin,
+            &lupus_prover::merkle::Digest(run.delta.hash())
+        )
+        .is_ok()
+    );
+    assert!(
+        verify_submission(
+            job.inner.steps,
+            &run.commitment,
+            &fin,
+            &lupus_prover::merkle::Digest([0; 32])
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn the_tape_gives_the_same_next_state_hash_as_the_state() {
+    let (job, corpus, base) = setup();
+    let b = TaskBuilder::new(&job, &corpus, &base, SEED).unwrap();
+    let batch = b.batch().unwrap();
+    let out = train_step(&job.model, &job.inner.adamw(), b.state(), &batch).unwrap();
+    let (leaf, commits) = commit_step(0, &batch, &out).unwrap();
+    assert_eq!(leaf.next_state, state_hash(&out.state));
+    let p = out.state.params.len();
+    assert_eq!(
+        next_state_hash_from_tape(&out.ops, &commits, p, out.state.step),
+        Some(leaf.next_state)
+    );
+    // A tape without the AdamW updates gives no hash (commit_step then hashes the state).
+    let forward_only: Vec<_> = out
+        .ops
+        .iter()
+        .filter(|r| !matches!(r.kind, OpKind::AdamWUpdate { .. }))
+        .cloned()
+        .collect();
+    let fc = lupus_prover::trace::op_commits(&forward_only);
+    assert_eq!(
+        next_state_hash_from_tape(&forward_only, &fc, p, out.state.step),
+        None
+    );
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Cheat {
+    State,
+    Batch,
+    Activation,
+    Gradient,
+    Loss,
+    LossOutput,
+    Delta,
+}
+
+fn find_op(out: &StepOutput, pred: impl Fn(&OpKind, &[ValueRef]) -> bool) -> usize {
+    out.ops
+        .iter()
+        .position(|r| pred(&r.kind, &r.inputs))
+        .unwrap()
+}
+
+fn bump(t: &Tensor) -> Tensor {
+    let mut d = t.data().to_vec();
+    d[0] += 0.25;
+    Tensor::new(t.shape().to_vec(), d).unwrap()
+}
+
+/// Runs honestly, tampers step `bad` as `cheat` says, and re-commits consistently.
+/// Returns the run and the op index a fraud proof must name (if any).
+fn cheat(
+    job: &JobSpec,
+    corpus: &Corpus,
+    base: &[Tensor],
+    bad: u32,
+    cheat: Cheat,
+) -> (TaskRun, Option<usize>) {
+    let mut b = TaskBuilder::new(job, corpus, base, SEED)
+        .unwrap()
+        .with_checkpoint_interval(1);
+    let mut expected = None;
+    for t in 0..job.inner.steps {
+        if t != bad {
+            b.run_step().unwrap();
+            continue;
+        }
+        let mut batch = b.batch().unwrap();
+        if cheat == Cheat::Batch {
+            let other =
+                job_sampler(job, corpus)
+                    .unwrap()
+                    .batch(&[1; 32], t, job.inner.batch_size as usize);
+            batch = make_batch(&job.model, &other).unwrap();
+        }
+        let mut out = train_step(&job.model, &job.inner.adamw(), b.state(), &batch).unwrap();
+        match cheat {
+            Cheat::State => {
+                let i = find_op(&out, |k, inp| {
+                    matches!(k, OpKind::AdamWUpdate { .. }) && inp[0] == ValueRef::Param(0)
+                });
+                let tampered = bump(&out.state.params[0]);
+                out.ops[i].outputs[0] = tampered.clone();
+                out.state.params[0] = tampered;
+                expected = Some(i);
+            }
+            Cheat::Activation => {
+                let i = find_op(&out, |k, _| matches!(k, OpKind::Relu));
+                out.ops[i].outputs[0] = bump(&out.ops[i].outputs[0]);
+                expected = Some(i);
+            }
+            Cheat::Gradient => {
+                let i = find_op(&out, |k, _| matches!(k, OpKind::ReluBackward));
+                out.ops[i].outputs[0] = bump(&out.ops[i].outputs[0]);
+                expected = Some(i);
+            }
+            Cheat::Loss => {
+                out.loss *= 0.5;
+                expected = Some(find_op(&out, |k, _| {
+                    matches!(k, OpKind::SoftmaxCrossEntropy)
+                }));
+            }
+            Cheat::LossOutput => {
+                let i = find_op(&out, |k, _| matches!(k, OpKind::SoftmaxCrossEntropy));
+                out.loss *= 0.5;
+                out.ops[i].outputs[0] =
+                    Tensor::new(out.ops[i].outputs[0].shape().to_vec(), vec![out.loss]).unwrap();
+                expected = Some(i);
+            }
+            Cheat::Batch | Cheat::Delta => {}
+        }
+        b.record(&batch, out).unwrap();
+    }
+    let run = if cheat == Cheat::Delta {
+        let inflated: Vec<Tensor> = b.state().params.iter().map(bump).collect();
+        b.finish_with_delta(quantise_delta(base, &inflated).unwrap())
+            .unwrap()
+    } else {
+        b.finish().unwrap()
+    };
+    (run, expected)
+}
+
+#[test]
+fn every_kind_of_cheat_is_caught_when_its_step_is_challenged() {
+    let (job, corpus, base) = setup();
+    let h = job.inner.steps;
+    for kind in [
+        Cheat::State,
+        Cheat::Batch,
+        Cheat::Activation,
+        Cheat::Gradient,
+        Cheat::Loss,
+        Cheat::LossOutput,
+        Cheat::Delta,
+    ] {
+        for bad in [0, 3, h - 1] {
+            let (run, expected_op) = cheat(&job, &corpus, &base, bad, kind);
+            for t in 0..h {
+                let verdict = verify(&job, &corpus, &base, &run, &[t], DeviceClass::Exact);
+                let caught = !verdict.is_accept();
+                if kind == Cheat::Delta {
+                    assert!(
+                        matches!(
+                            &verdict,
+                            Verdict::Reject {
+                                reason: RejectReason::DeltaMismatch,
+                                ..
+                            }
+                        ),
+                        "{kind:?}"
+                    );
+                    continue;
+                }
+                assert_eq!(
+                    caught,
+                    t == bad,
+                    "{kind:?} at step {bad}, challenged {t}: {verdict:?}"
+                );
+                // The tolerant class compares states and losses, not the tape: it catches
+                // these too (without a proof), but not a tape-only tamper.
+                if t == bad
+                    && matches!(
+                        kind,
+                        Cheat::State | Cheat::Batch | Cheat::Loss | Cheat::LossOutput
+                    )
+                {
+                    let tv = verify(&job, &corpus, &base, &run, &[t], DeviceClass::Tolerant);
+                    assert!(!tv.is_accept(), "{kind:?} tolerant: {tv:?}");
+                }
+                let Verdict::Reject {
+                    step,
+                    reason,
+                    fraud_proof,
+                } = verdict
+                else {
+                    continue;
+                };
+                assert_eq!(step, Some(bad));
+                match kind {
+                    Cheat::Batch => assert_eq!(reason, RejectReason::WrongBatch),
+                    Cheat::Loss => assert_eq!(reason, RejectReason::LossMismatch),
+                    _ => assert!(
+                        matches!(reason, RejectReason::OpMismatch { .. }),
+                        "{reason:?}"
+                    ),
+                }
+                let Some(proof) = fraud_proof else {
+                    assert_eq!(kind, Cheat::Batch, "{kind:?} must come with a fraud proof");
+                    continue;
+                };
+                assert_eq!(Some(proof.op() as usize), expected_op, "{kind:?}");
+                assert_eq!(proof.step(), bad);
+                // Anyone can check it, from JSON, with no model state and no data.
+                let json = serde_json::to_string(&proof).unwrap();
+                let back: FraudProof = serde_json::from_str(&json).unwrap();
+                let v = back.check(&ctx(&job, &base, &run)).unwrap();
+                assert!(
+                    matches!(v, FraudVerdict::Guilty { step, op, .. } if step == bad && Some(op as usize) == expected_op),
+                    "{v:?}"
+                );
+                // Against another trace root it proves nothing.
+                let mut wrong = ctx(&job, &base, &run);
+                wrong.trace_root.0[0] ^= 1;
+                assert!(back.check(&wrong).is_err());
+            }
+        }
+    }
+}
+
+#[test]
+fn forged_fraud_proofs_against_an_honest_step_fail() {
+    let (job, corpus, base) = setup();
+    let run = run_task(&job, &corpus, &base, SEED, &mut |_, _| {}).unwrap();
+    let c = ctx(&job, &base, &run);
+    for t in [0, 4] {
+        let opening = run.open(&job, &corpus, &[t], false).unwrap();
+        let ops = run.op_commits(t).unwrap();
+        let op_count = ops.iter().map(|c| c.op).max().unwrap() + 1;
+        for op in 0..op_count {
+            let proof = dispute_op(&job, &corpus, &base, &SEED, &opening, t, op).unwrap();
+            assert_eq!(
+                proof.check(&c),
+                Ok(FraudVerdict::NotGuilty),
+                "step {t} op {op}"
+            );
+            let FraudProof::Op(p) = proof else {
+                unreachable!()
+            };
+            // Claiming another committed output, or other inputs, does not verify.
+            let mut forged = p.clone();
+            forged.op_leaves.leaves.last_mut().unwrap().1.tensor.0[0] ^= 1;
+            assert!(FraudProof::Op(forged).check(&c).is_err());
+            let mut forged = p.clone();
+            forged.input_tensors[0] = bump(&forged.input_tensors[0]);
+            assert!(!matches!(
+                FraudProof::Op(forged).check(&c),
+                Ok(FraudVerdict::Guilty { .. })
+            ));
+            // A truncated proof is an error, not a panic.
+            let mut forged = p.clone();
+            forged.trace.proof.hashes.pop();
+            assert!(FraudProof::Op(forged).check(&c).is_err());
+        }
+    }
+}
+
+#[test]
+fn bad_openings_are_typed_rejections() {
+    let (job, corpus, base) = setup();
+    let run = run_task(&job, &corpus, &base, SEED, &mut |_, _| {}).unwrap();
+    let steps = [2u32, 5];
+    let good = run.open(&job, &corpus, &steps, false).unwrap();
+    let check = |o: &lupus_prover::task::Opening| {
+        verify_opening(
+            &job,
+            &corpus,
+            &base,
+            &SEED,
+            &run.commitment,
+            &steps,
+            o,
+            DeviceClass::Exact,
+        )
+        .unwrap()
+    };
+
+    let mut o = good.clone();
+    o.proof.hashes.pop();
+    assert!(matches!(
+        check(&o),
+        Verdict::Reject {
+            reason: RejectReason::BadTraceProof(_),
+            ..
+        }
+    ));
+
+    let mut o = good.clone();
+    let t = &o.steps[0].state[0];
+    o.steps[0].state[0] = Tensor::new(vec![t.len()], t.data().to_vec()).unwrap();
+    assert!(matches!(
+        check(&o),
+        Verdict::Reject {
+            reason: RejectReason::ShapeMismatch,
+            ..
+        }
+    ));
+
+    let mut o = good.clone();
+    o.steps[1].state[1] = bump(&o.steps[1].state[1]);
+    assert!(matches!(
+        check(&o),
+        Verdict::Reject {
+            reason: RejectReason::WrongState,
+            step: Some(5),
+            ..
+        }
+    ));
+
+    let mut o = good.clone();
+    o.steps.pop();
+    assert!(matches!(
+        check(&o),
+        Verdict::Reject {
+            reason: RejectReason::MalformedOpening,
+            ..
+        }
+    ));
+
+    let mut o = good.clone();
+    o.final_params[0] = bump(&o.final_params[0]);
+    assert!(matches!(
+        check(&o),
+        Verdict::Reject {
+            reason: RejectReason::BadFinalState(_),
+            ..
+        }
+    ));
+
+    let mut o = good.clone();
+    o.steps[0].ops[3].tensor.0[0] ^= 1;
+    assert!(matches!(
+        check(&o),
+        Verdict::Reject {
+            reason: RejectReason::OpRootMismatch,
+            ..
+        }
+    ));
+
+    // The verifier's own inputs: errors.
+    let wrong_base = init_params(
+        &lupus_prover::model::ModelSpec::Mlp {
+            vocab: 96,
+            context: 2,
+            embed: 2,
+            hidden: vec![3],
+        },
+        [0; 32],
+    )
+    .unwrap();
+    assert!(matches!(
+        verify_opening(
+            &job,
+            &corpus,
+            &wrong_base,
+            &SEED,
+            &run.commitment,
+            &steps,
+            &good,
+            DeviceClass::Exact
+        ),
+        Err(ProtocolError::Model(_))
+    ));
+    assert_eq!(
+        verify_opening(
+            &job,
+            &corpus,
+            &base,
+            &SEED,
+            &run.commitment,
+            &[5, 2],
+            &good,
+            DeviceClass::Exact
+        ),
+        Err(ProtocolError::BadStepList)
+    );
+    assert!(matches!(
+        run.open(&job, &corpus, &[job.inner.steps], false),
+        Err(ProtocolError::StepOutOfRange { .. })
+    ));
+}
+
+#[test]
+fn hostile_bytes_are_typed_errors() {
+    assert!(Tensor::new(vec![2], vec![1.0, f32::NAN]).is_err());
+    assert!(Tensor::new(vec![2], vec![1.0, f32::INFINITY]).is_err());
+    assert!(Tensor::new(vec![3], vec![1.0, 2.0]).is_err());
+    // Out-of-range numbers in a JSON fraud proof and truncated JSON are parse errors.
+    assert!(serde_json::from_str::<Tensor>(r#"{"shape":[1],"data":[1e999]}"#).is_err());
+    assert!(serde_json::from_str::<FraudProof>(r#"{"proof":"op","step":1"#).is_err());
+    // Job specs.
+    let bad_kind = TINY.replace("kind = \"mlp\"", "kind = \"lstm\"");
+    assert!(matches!(JobSpec::parse(&bad_kind), Err(SpecError::Toml(_))));
+    for (from, to, field) in [
+        ("steps = 8", "steps = 0", "inner.steps"),
+        ("challenges = 4", "challenges = 9", "verify.challenges"),
+        ("vocab = 96", "vocab = 50", "model.vocab"),
+    ] {
+        match JobSpec::parse(&TINY.replacen(from, to, 1)) {
+            Err(SpecError::Invalid { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{from} -> {to}: {other:?}"),
+        }
+    }
+}
