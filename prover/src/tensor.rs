@@ -109,11 +109,15 @@ impl Tensor {
                 got: data.len(),
             });
         }
-        for (index, x) in data.iter_mut().enumerate() {
-            if !x.is_finite() {
-                return Err(TensorError::NonFinite { index });
-            }
+        // One branch-free pass (it vectorises); the index is looked up only on error.
+        let mut all_finite = true;
+        for x in data.iter_mut() {
+            all_finite &= x.is_finite();
             *x = det::ftz(*x);
+        }
+        if !all_finite {
+            let index = data.iter().position(|x| !x.is_finite()).unwrap_or(0);
+            return Err(TensorError::NonFinite { index });
         }
         Ok(Tensor { shape, data })
     }
