@@ -400,23 +400,46 @@ impl AttnDims {
 pub fn attention_scores(q: &[f32], k: &[f32], d: AttnDims) -> Vec<f32> {
     let scale = det::rsqrt(d.head_dim as f32);
     let mut s = vec![0.0f32; d.batch * d.heads * d.seq * d.seq];
+    let mut kt = vec![0.0f32; d.head_dim * d.seq];
+    let mut acc = vec![0.0f32; d.seq];
     for b in 0..d.batch {
         for h in 0..d.heads {
+            transpose_head(k, d, b, h, &mut kt);
             for i in 0..d.seq {
                 let qi = &q[d.at(b, i, h)..d.at(b, i, h) + d.head_dim];
+                causal_dots(qi, &kt, d.seq, i, &mut acc);
                 let row = d.score_row(b, h, i);
-                for j in 0..=i {
-                    let kj = &k[d.at(b, j, h)..d.at(b, j, h) + d.head_dim];
-                    let mut acc = 0.0f32;
-                    for (&x, &y) in qi.iter().zip(kj) {
-                        acc += x * y;
-                    }
-                    s[row + j] = det::ftz(acc * scale);
+                for (o, &a) in s[row..=row + i].iter_mut().zip(&acc) {
+                    *o = det::ftz(a * scale);
                 }
             }
         }
     }
     s
+}
+
+/// Copies head `h` of sequence `b` of a `[batch*seq, width]` matrix transposed into
+/// `out` (`[head_dim, seq]`), so that dot products against every position can run
+/// side by side.
+fn transpose_head(x: &[f32], d: AttnDims, b: usize, h: usize, out: &mut [f32]) {
+    for j in 0..d.seq {
+        let row = &x[d.at(b, j, h)..d.at(b, j, h) + d.head_dim];
+        for (c, &v) in row.iter().enumerate() {
+            out[c * d.seq + j] = v;
+        }
+    }
+}
+
+/// `acc[j] = sum_c x[c] * yt[c][j]` for `j <= i`, each sum from +0 in increasing `c`
+/// (the order of a plain dot product), computed for all `j` side by side.
+fn causal_dots(x: &[f32], yt: &[f32], seq: usize, i: usize, acc: &mut [f32]) {
+    let acc = &mut acc[..=i];
+    acc.fill(0.0);
+    for (&xc, col) in x.iter().zip(yt.chunks_exact(seq)) {
+        for (a, &y) in acc.iter_mut().zip(&col[..=i]) {
+            *a += xc * y;
+        }
+    }
 }
 
 /// Causal softmax of each score row `i` (row index modulo `seq`) over columns `j <= i`:
@@ -510,18 +533,17 @@ pub fn attention_values_backward(
 ) -> (Vec<f32>, Vec<f32>) {
     let mut dp = vec![0.0f32; p.len()];
     let mut dv = vec![0.0f32; v.len()];
+    let mut vt = vec![0.0f32; d.head_dim * d.seq];
+    let mut acc = vec![0.0f32; d.seq];
     for b in 0..d.batch {
         for h in 0..d.heads {
+            transpose_head(v, d, b, h, &mut vt);
             for i in 0..d.seq {
                 let row = d.score_row(b, h, i);
                 let doi = &dout[d.at(b, i, h)..d.at(b, i, h) + d.head_dim];
-                for j in 0..=i {
-                    let vj = &v[d.at(b, j, h)..d.at(b, j, h) + d.head_dim];
-                    let mut acc = 0.0f32;
-                    for (&x, &y) in doi.iter().zip(vj) {
-                        acc += x * y;
-                    }
-                    dp[row + j] = det::ftz(acc);
+                causal_dots(doi, &vt, d.seq, i, &mut acc);
+                for (o, &a) in dp[row..=row + i].iter_mut().zip(&acc) {
+                    *o = det::ftz(a);
                 }
             }
             for j in 0..d.seq {
