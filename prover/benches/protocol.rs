@@ -7,7 +7,8 @@
 //!    worker (who fakes every step) caught by every one of several challenges.
 //!
 //! Run: `cargo bench -p lupus-prover --bench protocol` (the generated corpus stands in for
-//! Shakespeare: the cost does not depend on the text).
+//! Shakespeare: the cost does not depend on the text). `LUPUS_BENCH_BATCH=n` overrides
+//! the batch size.
 
 use std::time::{Duration, Instant};
 
@@ -61,7 +62,14 @@ fn out_floats(job: &JobSpec, base: &[Tensor]) -> usize {
 }
 
 fn main() {
-    let job = JobSpec::parse(include_str!("../../jobs/shakespeare-mlp.toml")).expect("job");
+    let mut job = JobSpec::parse(include_str!("../../jobs/shakespeare-mlp.toml")).expect("job");
+    // `LUPUS_BENCH_BATCH=512` measures another batch size (the overhead falls as it grows).
+    if let Some(b) = std::env::var("LUPUS_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        job.inner.batch_size = b;
+    }
     let corpus = Corpus::generated(1, 400_000);
     let base = init_params(&job.model, [1; 32]).expect("init");
     let params: usize = base.iter().map(|t| t.len()).sum();

@@ -109,11 +109,15 @@ impl Tensor {
                 got: data.len(),
             });
         }
-        for (index, x) in data.iter_mut().enumerate() {
-            if !x.is_finite() {
-                return Err(TensorError::NonFinite { index });
-            }
+        // One branch-free pass (it vectorises); the index is looked up only on error.
+        let mut all_finite = true;
+        for x in data.iter_mut() {
+            all_finite &= x.is_finite();
             *x = det::ftz(*x);
+        }
+        if !all_finite {
+            let index = data.iter().position(|x| !x.is_finite()).unwrap_or(0);
+            return Err(TensorError::NonFinite { index });
         }
         Ok(Tensor { shape, data })
     }
@@ -302,6 +306,36 @@ fn take_u64(b: &[u8]) -> Option<(u64, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The strict parser never panics on hostile bytes, and whatever it accepts
+        /// is canonical: it re-encodes to exactly the bytes it came from.
+        #[test]
+        fn parser_is_total_and_accepts_only_canonical_bytes(
+            bytes in proptest::collection::vec(any::<u8>(), 0..96)
+        ) {
+            if let Ok(t) = Tensor::from_canonical_bytes(&bytes) {
+                prop_assert_eq!(t.canonical_bytes(), bytes);
+            }
+        }
+
+        /// Every valid tensor round-trips through its canonical bytes, hash included.
+        #[test]
+        fn valid_tensors_round_trip(
+            rows in 0usize..5,
+            cols in 0usize..5,
+            seed in any::<u32>(),
+        ) {
+            let data: Vec<f32> = (0..rows * cols)
+                .map(|i| f32::from_bits(seed.wrapping_mul(2_654_435_761).wrapping_add(i as u32) & 0x7f7f_ffff))
+                .collect();
+            let t = Tensor::new(vec![rows, cols], data).unwrap();
+            let back = Tensor::from_canonical_bytes(&t.canonical_bytes()).unwrap();
+            prop_assert_eq!(back.hash(), t.hash());
+            prop_assert_eq!(back, t);
+        }
+    }
 
     #[test]
     fn new_checks_length_and_finiteness() {

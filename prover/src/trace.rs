@@ -207,12 +207,14 @@ pub fn next_state_hash_from_tape(
             let ValueRef::Param(k) = rec.inputs.first()? else {
                 return None;
             };
-            let c = commits.get(at..at + n)?;
+            let [p, m, v] = commits.get(at..at + n)? else {
+                return None;
+            };
             let slot = slots.get_mut(*k as usize)?;
-            if slot.is_some() || n != 3 || c.iter().any(|c| c.op != i as u32) {
+            if slot.is_some() || [p, m, v].iter().any(|c| c.op != i as u32) {
                 return None;
             }
-            *slot = Some([c[0].tensor, c[1].tensor, c[2].tensor]);
+            *slot = Some([p.tensor, m.tensor, v.tensor]);
         }
         at += n;
     }
