@@ -45,6 +45,10 @@ pub enum TensorError {
     Malformed { reason: &'static str },
 }
 
+/// Elements converted per `blake3::Hasher::update` call when a tensor must be
+/// canonicalised before hashing (64 KiB).
+const HASH_BLOCK_ELEMS: usize = 16 * 1024;
+
 /// A dense row-major tensor of finite, non-subnormal `f32` values.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "TensorRepr", into = "TensorRepr")]
@@ -280,14 +284,36 @@ impl Tensor {
             buf.extend_from_slice(&(d as u64).to_le_bytes());
         }
         h.update(&buf);
-        // Hash the elements in chunks so a large tensor needs no second full copy.
-        let mut chunk = Vec::with_capacity(4096);
-        for block in self.data.chunks(1024) {
-            chunk.clear();
-            for &x in block {
-                chunk.extend_from_slice(&det::canonical_bits(x).to_le_bytes());
+        // Hashing is on the commitment's hot path (every op output of every step), so it
+        // must run near blake3's speed: give it the whole slice in one `update` (its SIMD
+        // works across the 1 KiB chunks of one call) and avoid converting element by
+        // element. Tensors built
+        // by this crate are already canonical (finite, subnormals flushed), and then the
+        // canonical little-endian bytes are the in-memory bytes on a little-endian
+        // target; anything else takes the converting path, with the same digest.
+        // Branch-free integer test (it vectorises; `canonical_bits` per element does
+        // not): a value is non-canonical iff its exponent is all zeros (subnormal) or all
+        // ones (NaN) with a non-zero mantissa. Infinities never get into a tensor.
+        let odd = self
+            .data
+            .iter()
+            .map(|x| {
+                let (exp, man) = (x.to_bits() & 0x7f80_0000, x.to_bits() & 0x007f_ffff);
+                u32::from(((exp == 0) | (exp == 0x7f80_0000)) & (man != 0))
+            })
+            .fold(0u32, |a, b| a | b);
+        let canonical = odd == 0;
+        if cfg!(target_endian = "little") && canonical {
+            h.update(bytemuck::cast_slice(&self.data));
+        } else {
+            let mut chunk = vec![0u8; 4 * HASH_BLOCK_ELEMS.min(self.data.len())];
+            for block in self.data.chunks(HASH_BLOCK_ELEMS) {
+                let bytes = &mut chunk[..4 * block.len()];
+                for (dst, &x) in bytes.chunks_exact_mut(4).zip(block) {
+                    dst.copy_from_slice(&det::canonical_bits(x).to_le_bytes());
+                }
+                h.update(bytes);
             }
-            h.update(&chunk);
         }
         *h.finalize().as_bytes()
     }
