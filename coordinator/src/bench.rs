@@ -129,7 +129,7 @@ fn diloco(job: &JobSpec, corpus: &Corpus, workers: usize, rounds: u64) -> Result
         for run in runs {
             let run = run.map_err(|_| anyhow::anyhow!("a worker thread panicked"))??;
             delta_bytes = run.delta.to_bytes().len();
-            deltas.push((run.delta.dequantise(), 1.0f32));
+            deltas.push((run.delta.dequantise()?, 1.0f32));
         }
         let mean = merge_deltas(&deltas, job.outer.clip_norm)?;
         params = outer_step(&params, &mut momentum, &mean, &job.outer.nesterov())?;

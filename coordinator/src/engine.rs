@@ -1433,7 +1433,7 @@ impl Coordinator {
                 .map_err(internal)?
                 .ok_or_else(|| ApiError::Internal(format!("delta blob {blob} is missing")))?;
             let q = QuantDelta::from_bytes(&bytes).map_err(internal)?;
-            deltas.push((q.dequantise(), 1.0f32));
+            deltas.push((q.dequantise().map_err(internal)?, 1.0f32));
         }
         let job = Arc::clone(&self.job);
         let corpus = Arc::clone(&self.corpus);
