@@ -141,14 +141,15 @@ async function volunteer(browser, base, dir, gpu) {
     };
     poll();
   }));
-  const before = await page.evaluate(() => Number(document.body.dataset.steps || 0));
   await page.click('#pause');
+  const at = await waitFor('the pause to reach the worker', () => page.evaluate(() => document.body.dataset.pausedAt), 20_000);
   await waitFor('the pause', () => page.evaluate(() => document.getElementById('state').textContent === 'Paused'), 20_000)
     .catch(() => null);
   const s1 = await page.evaluate(() => Number(document.body.dataset.steps || 0));
   await sleep(3000);
   const s2 = await page.evaluate(() => Number(document.body.dataset.steps || 0));
-  check(moving && s2 === s1 && s1 - before <= 1, `${label}: pause stops work within one step (clicked while training; ${s1 - before} step after the click, ${s2 - s1} in the next 3 s)`);
+  check(moving && s2 === s1 && s1 - Number(at) <= 1,
+    `${label}: pause stops work within one step (clicked while training; the worker had done ${at} steps, ${s1 - Number(at)} more finished, ${s2 - s1} in the next 3 s)`);
 
   // Reloading keeps the identity.
   await page.reload();

@@ -94,7 +94,7 @@ worker.onmessage = ({ data }) => {
       $('progress').max = data.steps;
       $('progress').value = data.step;
       document.body.dataset.step = data.step;
-      document.body.dataset.steps = Number(document.body.dataset.steps || 0) + 1;
+      document.body.dataset.steps = data.done;
       document.body.dataset.wasmMemory = data.wasmBytes;
       $('step-time').textContent = `${data.ms.toFixed(0)} ms`;
       if (!state.tasks.has(data.task)) {
@@ -109,6 +109,9 @@ worker.onmessage = ({ data }) => {
     case 'paused':
       setState(document.visibilityState === 'visible' ? 'paused' : 'hidden',
         document.visibilityState === 'visible' ? 'Paused' : 'Paused while the tab is hidden');
+      break;
+    case 'pausing':
+      document.body.dataset.pausedAt = data.at;
       break;
     case 'resumed':
       setState('working', 'Working');

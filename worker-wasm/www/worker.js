@@ -17,6 +17,7 @@ let share = 1.0;
 let waiters = [];
 let lastStepEnd = 0;
 let wasm = null;
+let stepsDone = 0;
 
 const post = (m) => self.postMessage(m);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -58,7 +59,8 @@ async function fetchFn(method, url, headers, body) {
 async function control(ev) {
   const now = performance.now();
   const ms = now - lastStepEnd;
-  post({ ev: 'progress', ...ev, ms, wasmBytes: wasm ? wasm.memory.buffer.byteLength : 0 });
+  stepsDone += 1;
+  post({ ev: 'progress', ...ev, ms, done: stepsDone, wasmBytes: wasm ? wasm.memory.buffer.byteLength : 0 });
   await yieldToEvents();
   if (share < 1) await sleep((ms * (1 - share)) / share);
   if (!canWork()) {
@@ -124,6 +126,8 @@ self.onmessage = async ({ data }) => {
       break;
     case 'pause':
       paused = true;
+      // How many steps had finished when the pause arrived: at most one more may follow.
+      post({ ev: 'pausing', at: stepsDone });
       break;
     case 'resume':
       paused = false;
