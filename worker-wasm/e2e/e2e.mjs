@@ -1,6 +1,6 @@
 // End to end: a real coordinator (`lupus up` on the tiny job) and a native verifier; the
 // volunteer page in Debian's Chromium (playwright-core) starts by itself
-// (`/?autostart=1`), completes at least two tasks that pass their challenges, and its key
+// (`/?autostart=1`; `gpu=1` trains on WebGPU even on SwiftShader), completes at least two tasks that pass their challenges, and its key
 // then shows a non-zero balance in /v1/stake/<key> whose statement verifies offline.
 // Then: pause stops work within one step, and a reload keeps the identity. Everything
 // again with WebGPU off (`/?gpu=0`): the CPU path in wasm does the same.
@@ -93,7 +93,7 @@ async function volunteer(browser, base, dir, gpu) {
   const page = await context.newPage();
   page.on('console', (m) => m.type() === 'error' && console.log(`  [page] ${m.text()}`));
   const t0 = Date.now();
-  await page.goto(`${base}/?autostart=1${gpu ? '' : '&gpu=0'}`);
+  await page.goto(`${base}/?autostart=1&gpu=${gpu ? '1' : '0'}`);
   const key = await waitFor('the page identity', () => page.evaluate(() => document.body.dataset.key));
   const device = await waitFor('the device', () => page.evaluate(() => {
     const d = document.getElementById('device').textContent;

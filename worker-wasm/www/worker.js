@@ -72,10 +72,10 @@ async function control(ev) {
   return true;
 }
 
-async function connect(seed, name, useGpu) {
+async function connect(seed, name, gpu) {
   for (;;) {
     try {
-      return await BrowserWorker.connect(self.location.origin, seed, name, fetchFn, useGpu);
+      return await BrowserWorker.connect(self.location.origin, seed, name, fetchFn, gpu);
     } catch (e) {
       post({ ev: 'error', message: `cannot start: ${e.message || e}`, transient: true });
       await sleep(3000);
@@ -116,11 +116,11 @@ self.onmessage = async ({ data }) => {
         break;
       }
       await loadWasm();
-      if (data.useGpu && !('gpu' in navigator)) {
+      if (data.gpu !== 'off' && !('gpu' in navigator)) {
         post({ ev: 'notice', message: 'WebGPU is not available in this browser: training on the CPU in WebAssembly (slower, same results).' });
       }
       post({ ev: 'connecting' });
-      worker = await connect(data.seed, data.name, data.useGpu && 'gpu' in navigator);
+      worker = await connect(data.seed, data.name, 'gpu' in navigator ? data.gpu : 'off');
       post({ ev: 'ready', device: worker.device, class: worker.class, key: worker.key, job: worker.job_name });
       loop();
       break;
