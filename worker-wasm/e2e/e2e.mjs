@@ -21,6 +21,9 @@ const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, '../..');
 const lupus = process.env.LUPUS || join(root, 'target/debug/lupus');
 const verifyStake = process.env.LUPUS_VERIFY_STAKE; // optional prebuilt example binary
+// Optional: the `participant` example (lupus_worker::native). When given, it is the
+// verifier (instead of `lupus verify`) and a native worker runs two tasks at the end.
+const participant = process.env.LUPUS_PARTICIPANT;
 const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
 const timeoutMs = Number(process.env.E2E_TIMEOUT_MS || 600_000);
 
@@ -39,8 +42,8 @@ function freePort() {
   });
 }
 
-function start(args, name) {
-  const p = spawn(lupus, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+function start(args, name, bin = lupus) {
+  const p = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   p.stdout.on('data', (d) => (log += d));
   p.stderr.on('data', (d) => (log += d));
@@ -83,7 +86,8 @@ async function coordinator() {
     '--tasks-per-round', '2', '--listen', `127.0.0.1:${port}`, '--web', join(root, 'worker-wasm/www'),
   ], 'coordinator');
   await waitFor('the coordinator', () => fetch(`${base}/v1/job`).then((r) => r.ok, () => false), 120_000);
-  start(['verify', '--coordinator', base, '--key', join(dir, 'verifier.key')], 'verifier');
+  if (participant) start(['verifier', base, join(dir, 'verifier.key')], 'verifier', participant);
+  else start(['verify', '--coordinator', base, '--key', join(dir, 'verifier.key')], 'verifier');
   return { base, dir };
 }
 
@@ -172,6 +176,10 @@ async function main() {
     await volunteer(noGpu, base, dir, false);
   } finally {
     await noGpu.close();
+  }
+  if (participant) {
+    const out = execFileSync(participant, ['worker', base, join(dir, 'native-worker.key'), '--max', '2'], { encoding: 'utf8', timeout: timeoutMs });
+    check(/^worker: [2-9]\d* done/.test(out), `native runner (lupus_worker::native): ${out.trim()}`);
   }
 }
 
