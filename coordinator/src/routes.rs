@@ -188,7 +188,8 @@ async fn index(page: Option<std::path::PathBuf>) -> Response {
 /// (`worker-wasm/pkg/`): plain names with a known extension only, so no path can leave
 /// the directory.
 async fn static_file(dir: Option<std::path::PathBuf>, name: String) -> Response {
-    let not_found = || ApiError::NotFound("no such endpoint; see /openapi.json".into()).into_response();
+    let not_found =
+        || ApiError::NotFound("no such endpoint; see /openapi.json".into()).into_response();
     let kind = match name.rsplit_once('.').map(|(_, e)| e) {
         Some("js") => "text/javascript; charset=utf-8",
         Some("wasm") => "application/wasm",
