@@ -248,3 +248,31 @@ pub fn spawn_verifier(
 ) -> std::thread::JoinHandle<Result<u64, WorkerError>> {
     spawn(move || run_verifier(cfg, stop, stats))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_file_is_created_once_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/worker.key");
+        let k1 = load_or_create_key(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text.trim().len(),
+            64,
+            "64 hex digits, as `lupus keygen` writes"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "readable by its owner only");
+        }
+        let k2 = load_or_create_key(&path).unwrap();
+        assert_eq!(k1.to_bytes(), k2.to_bytes());
+        std::fs::write(dir.path().join("bad.key"), "not hex\n").unwrap();
+        assert!(load_or_create_key(&dir.path().join("bad.key")).is_err());
+    }
+}

@@ -482,3 +482,40 @@ async fn blob(transport: &impl Transport, hash: &Digest) -> Result<Vec<u8>, Work
     }
     Ok(resp.body)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_decode_and_refusals_keep_the_problem() {
+        let ok: serde_json::Value = decode(Response {
+            status: 200,
+            body: b"{\"a\":1}".to_vec(),
+        })
+        .unwrap();
+        assert_eq!(ok["a"], 1);
+        let p = Problem::new(409, "conflict", "Conflict", "try again");
+        let e = decode::<serde_json::Value>(Response {
+            status: 409,
+            body: serde_json::to_vec(&p).unwrap(),
+        })
+        .unwrap_err();
+        assert_eq!(e, WorkerError::Refused(p));
+        assert!(e.is_transient());
+        // A non-JSON error page still becomes a problem with its status.
+        let e = decode::<serde_json::Value>(Response {
+            status: 403,
+            body: b"<html>no</html>".to_vec(),
+        })
+        .unwrap_err();
+        assert!(matches!(&e, WorkerError::Refused(p) if p.status == 403));
+        assert!(!e.is_transient());
+        assert!(WorkerError::Unreachable("down".into()).is_transient());
+        let bad = decode::<u32>(Response {
+            status: 200,
+            body: b"\"x\"".to_vec(),
+        });
+        assert!(matches!(bad, Err(WorkerError::Decode(_))));
+    }
+}
