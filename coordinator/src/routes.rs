@@ -61,7 +61,9 @@ fn json<T: serde::Serialize>(value: &T) -> ApiResult {
 fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(format!("the request body is over this endpoint's limit: {e}"))
+            ApiError::TooLarge(format!(
+                "the request body is over this endpoint's limit: {e}"
+            ))
         } else {
             ApiError::BadRequest(format!("cannot read the request body: {e}"))
         }
@@ -69,7 +71,8 @@ fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 }
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 /// Checks a signed request and its nonce; returns the signer.
@@ -420,8 +423,9 @@ async fn stake(State(c): State<Shared>, Path(key): Path<String>) -> ApiResult {
 }
 
 async fn blob(State(c): State<Shared>, Path(hash): Path<String>) -> ApiResult {
-    let hash = Digest::from_hex(&hash)
-        .map_err(|e| ApiError::BadRequest(format!("expected a blake3 hash as 64 hex digits: {e}")))?;
+    let hash = Digest::from_hex(&hash).map_err(|e| {
+        ApiError::BadRequest(format!("expected a blake3 hash as 64 hex digits: {e}"))
+    })?;
     let data = c
         .blobs()
         .get(&hash)
@@ -445,23 +449,71 @@ async fn metrics(State(c): State<Shared>) -> Response {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
         ));
     };
-    metric("lupus_http_requests_total", "counter", "HTTP requests answered.", g(&m.requests));
-    metric("lupus_http_client_errors_total", "counter", "4xx answers.", g(&m.client_errors));
-    metric("lupus_http_server_errors_total", "counter", "5xx answers.", g(&m.server_errors));
+    metric(
+        "lupus_http_requests_total",
+        "counter",
+        "HTTP requests answered.",
+        g(&m.requests),
+    );
+    metric(
+        "lupus_http_client_errors_total",
+        "counter",
+        "4xx answers.",
+        g(&m.client_errors),
+    );
+    metric(
+        "lupus_http_server_errors_total",
+        "counter",
+        "5xx answers.",
+        g(&m.server_errors),
+    );
     metric(
         "lupus_http_latency_microseconds_total",
         "counter",
         "Sum of request handling times.",
         g(&m.latency_us_total),
     );
-    metric("lupus_submissions_total", "counter", "Work commitments logged.", g(&m.submissions));
-    metric("lupus_verdicts_total", "counter", "Verifier verdicts logged.", g(&m.verdicts));
-    metric("lupus_slashes_total", "counter", "Keys slashed.", g(&m.slashes));
-    metric("lupus_rounds_closed_total", "counter", "Rounds closed.", g(&m.rounds_closed));
-    metric("lupus_tasks_expired_total", "counter", "Tasks expired and reassigned.", g(&m.tasks_expired));
-    metric("lupus_log_size", "gauge", "Entries in the log.", head.size.0);
+    metric(
+        "lupus_submissions_total",
+        "counter",
+        "Work commitments logged.",
+        g(&m.submissions),
+    );
+    metric(
+        "lupus_verdicts_total",
+        "counter",
+        "Verifier verdicts logged.",
+        g(&m.verdicts),
+    );
+    metric(
+        "lupus_slashes_total",
+        "counter",
+        "Keys slashed.",
+        g(&m.slashes),
+    );
+    metric(
+        "lupus_rounds_closed_total",
+        "counter",
+        "Rounds closed.",
+        g(&m.rounds_closed),
+    );
+    metric(
+        "lupus_tasks_expired_total",
+        "counter",
+        "Tasks expired and reassigned.",
+        g(&m.tasks_expired),
+    );
+    metric(
+        "lupus_log_size",
+        "gauge",
+        "Entries in the log.",
+        head.size.0,
+    );
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         out,
     )
         .into_response()
