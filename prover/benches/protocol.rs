@@ -1,13 +1,15 @@
 //! Protocol costs at the shipped job's sizes (`jobs/shakespeare-mlp.toml`), as a table.
 //!
-//! 1. Commitment overhead: one step with the trace (tape, a hash of every op output, the
-//!    op root, `H(S_{t+1})`, the leaf) against the same step untraced
-//!    (`train_step_untraced`), the baseline measured in the same run, interleaved.
+//! 1. Commitment overhead: the worker's committed step (`TaskBuilder::run_step`: a hash
+//!    of every op output as it is computed, the op root, `H(S_{t+1})`, the leaf) against
+//!    the same step untraced (`train_step_untraced`), the baseline measured in the same
+//!    run, interleaved.
 //! 2. Verifier cost against worker cost for one task at the job's `H` and `m`, and a lazy
 //!    worker (who fakes every step) caught by every one of several challenges.
 //!
 //! Run: `cargo bench -p lupus-prover --bench protocol` (the generated corpus stands in for
-//! Shakespeare: the cost does not depend on the text).
+//! Shakespeare: the cost does not depend on the text). `LUPUS_BENCH_BATCH=n` overrides
+//! the batch size.
 
 use std::time::{Duration, Instant};
 
@@ -18,32 +20,12 @@ use lupus_prover::model::init_params;
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::{TaskBuilder, job_sampler, run_task, task_batch};
 use lupus_prover::tensor::Tensor;
-use lupus_prover::trace::{commit_step, op_commits, state_hash};
+use lupus_prover::trace::state_hash;
 use lupus_prover::verify::{DeviceClass, verify_opening};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
-}
-
-/// `Tensor::hash` computed with 64 KiB updates instead of 4 KiB ones: the same bytes (the
-/// bench asserts equal digests), to show what the hash costs when blake3 can use its
-/// wide SIMD paths.
-fn hash_wide_updates(t: &Tensor) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key("lupus tensor v1");
-    h.update(&(t.shape().len() as u32).to_le_bytes());
-    for &d in t.shape() {
-        h.update(&(d as u64).to_le_bytes());
-    }
-    let mut buf = vec![0u8; 4 * t.len().min(16384)];
-    for block in t.data().chunks(16384) {
-        let out = &mut buf[..4 * block.len()];
-        for (o, x) in out.chunks_exact_mut(4).zip(block) {
-            o.copy_from_slice(&lupus_prover::det::canonical_bits(*x).to_le_bytes());
-        }
-        h.update(out);
-    }
-    *h.finalize().as_bytes()
 }
 
 /// Number of floats in one step's op outputs.
@@ -61,7 +43,14 @@ fn out_floats(job: &JobSpec, base: &[Tensor]) -> usize {
 }
 
 fn main() {
-    let job = JobSpec::parse(include_str!("../../jobs/shakespeare-mlp.toml")).expect("job");
+    let mut job = JobSpec::parse(include_str!("../../jobs/shakespeare-mlp.toml")).expect("job");
+    // `LUPUS_BENCH_BATCH=512` measures another batch size (the overhead falls as it grows).
+    if let Some(b) = std::env::var("LUPUS_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        job.inner.batch_size = b;
+    }
     let corpus = Corpus::generated(1, 400_000);
     let base = init_params(&job.model, [1; 32]).expect("init");
     let params: usize = base.iter().map(|t| t.len()).sum();
@@ -77,95 +66,56 @@ fn main() {
         (job.model.flops_per_sample() * u64::from(job.inner.batch_size)) as f64 / 1e6
     );
 
-    // 1. Commitment overhead, interleaved so drift hits both sides equally.
+    // 1. Commitment overhead, interleaved so drift hits both sides equally: the worker's
+    //    committed step (`TaskBuilder::run_step`: op outputs hashed as they are computed,
+    //    op root, H(S_t+1) from the AdamW outputs, the leaf) against the same step
+    //    untraced, the baseline.
     let sampler = job_sampler(&job, &corpus).expect("sampler");
     let mut state = lupus_prover::optim::TrainState::fresh(base.clone());
-    let (mut plain, mut traced, mut tape_only) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut op_hashing, mut state_hashing, mut wide_hashing) =
-        (Vec::new(), Vec::new(), Vec::new());
-    for step in 0..24u32 {
+    let mut builder = TaskBuilder::new(&job, &corpus, &base, seed).expect("builder");
+    let (mut plain, mut committed, mut state_hashing) = (Vec::new(), Vec::new(), Vec::new());
+    let warmup = 4u32;
+    let measured = (job.inner.steps - warmup).min(20);
+    for step in 0..warmup + measured {
         let batch = task_batch(&job, &sampler, &seed, step).expect("batch");
         let t0 = Instant::now();
         let (next, _) = train_step_untraced(&job.model, &opt, &state, &batch).expect("step");
         let t1 = Instant::now();
-        let out = train_step(&job.model, &opt, &state, &batch).expect("step");
+        builder.run_step().expect("committed step");
         let t2 = Instant::now();
-        let (leaf, _) = commit_step(step, &batch, &out).expect("commit");
+        std::hint::black_box(state_hash(&next));
         let t3 = Instant::now();
-        std::hint::black_box(leaf.item());
         assert_eq!(
-            out.state, next,
-            "traced and untraced steps must agree bit for bit"
+            builder.state(),
+            &next,
+            "committed and untraced steps must agree bit for bit"
         );
-        assert_eq!(
-            leaf.next_state,
-            state_hash(&next),
-            "step {step}: the tape's AdamW outputs must be the next state"
-        );
-        let t4 = Instant::now();
-        std::hint::black_box(op_commits(&out.ops));
-        let t5 = Instant::now();
-        std::hint::black_box(state_hash(&out.state));
-        let t6 = Instant::now();
-        let wide: Vec<[u8; 32]> = out
-            .ops
-            .iter()
-            .flat_map(|r| r.outputs.iter())
-            .map(hash_wide_updates)
-            .collect();
-        let t7 = Instant::now();
-        let reference: Vec<[u8; 32]> = out
-            .ops
-            .iter()
-            .flat_map(|r| r.outputs.iter())
-            .map(Tensor::hash)
-            .collect();
-        assert_eq!(wide, reference);
-        if step >= 4 {
-            wide_hashing.push(t7 - t6);
-            op_hashing.push(t5 - t4);
-            state_hashing.push(t6 - t5);
+        if step >= warmup {
             plain.push(t1 - t0);
-            tape_only.push(t2 - t1);
-            traced.push(t3 - t1);
+            committed.push(t2 - t1);
+            state_hashing.push(t3 - t2);
         }
         state = next;
     }
-    let (p, tp, tr) = (median(plain), median(tape_only), median(traced));
+    let (p, c) = (median(plain), median(committed));
     let ratio = |x: Duration| (x.as_secs_f64() - p.as_secs_f64()) / p.as_secs_f64() * 100.0;
-    println!("\n| step (median of 20)                         | time      | vs untraced |");
-    println!("|---------------------------------------------|-----------|-------------|");
+    let share = |x: Duration| x.as_secs_f64() / p.as_secs_f64() * 100.0;
+    println!("\n| step (median of {measured})                        | time       | vs untraced |");
+    println!("|---------------------------------------------|------------|-------------|");
     println!(
         "| untraced (baseline)                         | {:>7.2} ms |           - |",
         p.as_secs_f64() * 1e3
     );
     println!(
-        "| traced, tape only                           | {:>7.2} ms | {:>+9.2}% |",
-        tp.as_secs_f64() * 1e3,
-        ratio(tp)
+        "| committed (op hashes, op root, H(S_t+1), leaf) | {:>7.2} ms | {:>+9.2}% |",
+        c.as_secs_f64() * 1e3,
+        ratio(c)
     );
-    println!(
-        "| traced + op hashes + H(S_t+1) + leaf        | {:>7.2} ms | {:>+9.2}% |",
-        tr.as_secs_f64() * 1e3,
-        ratio(tr)
-    );
-    let share = |x: Duration| x.as_secs_f64() / p.as_secs_f64() * 100.0;
-    let (oh, sh) = (median(op_hashing), median(state_hashing));
-    println!(
-        "| of which: hashing every op output           | {:>7.2} ms | {:>+9.2}% |",
-        oh.as_secs_f64() * 1e3,
-        share(oh)
-    );
+    let sh = median(state_hashing);
     println!(
         "| (for scale: hashing the whole state again)  | {:>7.2} ms | {:>+9.2}% |",
         sh.as_secs_f64() * 1e3,
         share(sh)
-    );
-    let wh = median(wide_hashing);
-    println!(
-        "| (op outputs, Tensor::hash with 64 KiB updates) | {:>7.2} ms | {:>+9.2}% |",
-        wh.as_secs_f64() * 1e3,
-        share(wh)
     );
     let floats: usize = out_floats(&job, &base);
     let bytes = vec![7u8; floats * 4];
@@ -173,7 +123,7 @@ fn main() {
     std::hint::black_box(blake3::hash(&bytes));
     let raw = t.elapsed();
     println!(
-        "| (raw blake3 over the same {:>4.1} MB at once) | {:>7.2} ms | {:>+9.2}% |",
+        "| (raw blake3 over all op outputs, {:>4.1} MB)   | {:>7.2} ms | {:>+9.2}% |",
         bytes.len() as f64 / 1e6,
         raw.as_secs_f64() * 1e3,
         share(raw)

@@ -54,9 +54,15 @@ pub enum FraudError {
     NoDisputedOutput(u32),
     #[error("{0} input tensors given for {1} input references")]
     InputCount(usize, usize),
+    #[error("{0} parameter tensors is more than any model has")]
+    TooManyParams(u32),
     #[error("the disputed op is not the step's softmax_cross_entropy loss output")]
     NotLossOp,
 }
+
+/// More parameter tensors than any model has; keeps state-tree positions (`3P + 1`) far
+/// from overflow on 32-bit targets.
+const MAX_PARAM_TENSORS: u32 = 1 << 20;
 
 /// The facts a checker takes from the ledger and the job, not from the accuser.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,7 +99,11 @@ impl TraceLeaves {
             .map(|(p, l)| (*p as usize, l.item()))
             .collect();
         self.proof
-            .verify(&ctx.trace_root, &items, ctx.steps as usize + 1)
+            .verify(
+                &ctx.trace_root,
+                &items,
+                (ctx.steps as usize).saturating_add(1),
+            )
             .map_err(FraudError::TraceProof)
     }
 
@@ -242,6 +252,9 @@ impl OpFraud {
 
         // Provenance of every input.
         let mut state_items: Vec<(usize, Digest)> = Vec::new();
+        if self.param_count > MAX_PARAM_TENSORS {
+            return Err(FraudError::TooManyParams(self.param_count));
+        }
         let p = self.param_count as usize;
         for (index, (r, t)) in self.inputs.iter().zip(&self.input_tensors).enumerate() {
             let th = tensor_digest(t);

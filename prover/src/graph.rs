@@ -197,12 +197,17 @@ fn resolve<'a>(
     }
 }
 
+/// A callback that sees each tape entry as it is computed: its index, its node and
+/// its outputs.
+pub type Observer<'a> = dyn FnMut(usize, &Node, &[Tensor]) + 'a;
+
 /// Runs a plan. With `keep_all`, every output is kept; without it, an output is dropped
 /// after the last node that reads it (the loss and the update outputs are always kept).
 fn execute(
     plan: &Plan,
     src: &Sources<'_>,
     keep_all: bool,
+    mut observe: Option<&mut Observer<'_>>,
 ) -> Result<Vec<Option<Vec<Tensor>>>, ModelError> {
     let n = plan.nodes.len();
     let mut last_use = vec![usize::MAX; n];
@@ -230,6 +235,9 @@ fn execute(
             .map(|r| resolve(src, &outs, *r))
             .collect::<Result<Vec<_>, _>>()?;
         let o = eval_op(&node.kind, &inputs)?;
+        if let Some(f) = observe.as_mut() {
+            f(j, node, &o);
+        }
         outs.push(Some(o));
         if !keep_all {
             for r in &node.inputs {
@@ -302,6 +310,7 @@ fn run_step(
     state: &TrainState,
     batch: &Batch,
     traced: bool,
+    observe: Option<&mut Observer<'_>>,
 ) -> Result<(TrainState, f32, Option<Tape>), ModelError> {
     check_state(spec, state)?;
     let bsz = model::check_batch(spec, batch)?;
@@ -318,7 +327,7 @@ fn run_step(
         v: &state.v,
         batch,
     };
-    let mut outs = execute(&plan, &src, traced)?;
+    let mut outs = execute(&plan, &src, traced, observe)?;
     let loss = loss_value(&plan, &src, &outs)?;
     let next = next_state(&mut outs, state.params.len(), step, traced)?;
     Ok((next, loss, traced.then_some((plan, outs))))
@@ -331,7 +340,7 @@ pub fn train_step(
     state: &TrainState,
     batch: &Batch,
 ) -> Result<StepOutput, ModelError> {
-    let (state, loss, tape) = run_step(spec, opt, state, batch, true)?;
+    let (state, loss, tape) = run_step(spec, opt, state, batch, true, None)?;
     let (plan, outs) = tape.ok_or_else(|| ModelError::Graph {
         detail: "traced run kept no tape".into(),
     })?;
@@ -360,7 +369,22 @@ pub fn train_step_untraced(
     state: &TrainState,
     batch: &Batch,
 ) -> Result<(TrainState, f32), ModelError> {
-    let (state, loss, _) = run_step(spec, opt, state, batch, false)?;
+    let (state, loss, _) = run_step(spec, opt, state, batch, false, None)?;
+    Ok((state, loss))
+}
+
+/// The same step as [`train_step`] (the same bits) with the memory of
+/// [`train_step_untraced`]: `observe` is called with every tape entry (index, node,
+/// outputs) right after it is computed, in tape order, so a caller can hash the op
+/// outputs as they appear instead of keeping the whole tape.
+pub fn train_step_observed(
+    spec: &ModelSpec,
+    opt: &AdamW,
+    state: &TrainState,
+    batch: &Batch,
+    observe: &mut Observer<'_>,
+) -> Result<(TrainState, f32), ModelError> {
+    let (state, loss, _) = run_step(spec, opt, state, batch, false, Some(observe))?;
     Ok((state, loss))
 }
 
@@ -375,7 +399,7 @@ pub fn eval_loss(spec: &ModelSpec, params: &[Tensor], batch: &Batch) -> Result<f
         v: &[],
         batch,
     };
-    let outs = execute(&plan, &src, false)?;
+    let outs = execute(&plan, &src, false, None)?;
     loss_value(&plan, &src, &outs)
 }
 
@@ -395,7 +419,7 @@ pub fn gradients(
         v: &[],
         batch,
     };
-    let outs = execute(&plan, &src, true)?;
+    let outs = execute(&plan, &src, true, None)?;
     let l = loss_value(&plan, &src, &outs)?;
     let g = plan
         .grads
@@ -496,6 +520,18 @@ mod tests {
         for (i, rec) in tail.iter().enumerate() {
             assert!(matches!(rec.kind, OpKind::AdamWUpdate { step: 1, .. }));
             assert_eq!(rec.outputs[0], out.state.params[i]);
+        }
+        let mut seen = Vec::new();
+        let (s3, l3) = train_step_observed(&spec, &opt, &state, &batch, &mut |i, node, outs| {
+            seen.push((i, node.kind.clone(), outs.to_vec()));
+        })
+        .unwrap();
+        assert_eq!(s3, out.state);
+        assert_eq!(l3.to_bits(), out.loss.to_bits());
+        assert_eq!(seen.len(), out.ops.len());
+        for ((i, kind, outs), rec) in seen.iter().zip(&out.ops) {
+            assert_eq!(kind, &rec.kind, "entry {i}");
+            assert_eq!(outs, &rec.outputs, "entry {i}");
         }
         let eval = eval_loss(&spec, &state.params, &batch).unwrap();
         assert_eq!(eval.to_bits(), out.loss.to_bits());

@@ -231,6 +231,7 @@ pub fn eval_op(kind: &OpKind, inputs: &[&Tensor]) -> Result<Vec<Tensor>, ModelEr
         }
         OpKind::AddBias => {
             let (_, c) = matrix(op, 0, x[0])?;
+            check_positive(op, "columns", c)?;
             expect_shape(op, 1, x[1], &[c])?;
             vec![(
                 x[0].shape().to_vec(),
@@ -584,4 +585,99 @@ fn attn_dims(
         head_dim: width / heads,
     };
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Operators with small attributes drawn from a seed (every variant).
+    fn kind(which: u8, a: usize, b: usize, flag: bool) -> OpKind {
+        match which % 22 {
+            0 => OpKind::Embedding { vocab: a, dim: b },
+            1 => OpKind::EmbeddingBackward { vocab: a, dim: b },
+            2 => OpKind::Reshape { shape: vec![a, b] },
+            3 => OpKind::MatMul {
+                transpose_a: flag,
+                transpose_b: !flag,
+            },
+            4 => OpKind::AddBias,
+            5 => OpKind::BiasBackward,
+            6 => OpKind::Add,
+            7 => OpKind::Relu,
+            8 => OpKind::ReluBackward,
+            9 => OpKind::AddPosition { seq: a },
+            10 => OpKind::AddPositionBackward { seq: a, context: b },
+            11 => OpKind::LayerNorm {
+                eps: if flag { 1e-5 } else { 0.0 },
+            },
+            12 => OpKind::LayerNormBackward,
+            13 => OpKind::AttentionScores { heads: a, seq: b },
+            14 => OpKind::CausalSoftmax { seq: a },
+            15 => OpKind::AttentionValues { heads: a, seq: b },
+            16 => OpKind::AttentionValuesBackward { heads: a, seq: b },
+            17 => OpKind::CausalSoftmaxBackward { seq: a },
+            18 => OpKind::AttentionScoresBackward { heads: a, seq: b },
+            19 => OpKind::SoftmaxCrossEntropy,
+            20 => OpKind::SoftmaxCrossEntropyBackward,
+            _ => OpKind::AdamWUpdate {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: if flag { 0.95 } else { 1.0 },
+                eps: 1e-8,
+                weight_decay: 0.0,
+                step: a as u64,
+            },
+        }
+    }
+
+    fn tensor(shape: Vec<usize>, fill: f32) -> Tensor {
+        let n = shape.iter().product();
+        Tensor::new(shape, (0..n).map(|i| (i % 5) as f32 * fill).collect()).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// A fraud-proof checker runs operators on untrusted openings: any operator with
+        /// any attributes on inputs of any small shapes returns a result or a typed
+        /// error and never panics; results have the declared number of outputs.
+        #[test]
+        fn eval_op_never_panics(
+            which in 0u8..22,
+            a in 0usize..5,
+            b in 0usize..5,
+            flag: bool,
+            shapes in proptest::collection::vec(proptest::collection::vec(0usize..5, 0..3), 0..6),
+            fill in prop_oneof![Just(0.0f32), Just(1.0f32), Just(-0.5f32)],
+        ) {
+            let k = kind(which, a, b, flag);
+            let inputs: Vec<Tensor> = shapes.into_iter().map(|s| tensor(s, fill)).collect();
+            let refs: Vec<&Tensor> = inputs.iter().collect();
+            if let Ok(out) = eval_op(&k, &refs) {
+                prop_assert_eq!(out.len(), k.output_count());
+            }
+        }
+    }
+
+    #[test]
+    fn op_kinds_serialise_with_their_attributes() {
+        let k = OpKind::AdamWUpdate {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            step: 3,
+        };
+        let s = serde_json::to_string(&k).unwrap();
+        assert!(s.contains("\"op\":\"adamw_update\""), "{s}");
+        assert_eq!(serde_json::from_str::<OpKind>(&s).unwrap(), k);
+        let m: OpKind =
+            serde_json::from_str(r#"{"op":"mat_mul","transpose_a":true,"transpose_b":false}"#)
+                .unwrap();
+        assert_eq!(m.name(), "mat_mul");
+        assert_eq!(m.arity(), 2);
+    }
 }

@@ -98,17 +98,24 @@ pub fn quantise_delta(base: &[Tensor], trained: &[Tensor]) -> Result<QuantDelta,
 }
 
 impl QuantDelta {
-    /// `q * scale` for every value (flushed), as tensors in order.
-    pub fn dequantise(&self) -> Vec<Tensor> {
+    /// `q * scale` for every value (flushed), as tensors in order. The fields are
+    /// public, so a hand-built delta whose values do not fill its shape, or whose scale
+    /// is not finite, is refused here rather than trusted.
+    pub fn dequantise(&self) -> Result<Vec<Tensor>, ModelError> {
         self.tensors
             .iter()
-            .filter_map(|q| {
+            .enumerate()
+            .map(|(i, q)| {
+                if !q.scale.is_finite() {
+                    return Err(quant_err(format!("tensor {i} has a non-finite scale")));
+                }
                 let data = q
                     .values
                     .iter()
                     .map(|&v| det::ftz(v as f32 * q.scale))
                     .collect();
-                Tensor::new(q.shape.clone(), data).ok()
+                Tensor::new(q.shape.clone(), data)
+                    .map_err(|e| quant_err(format!("tensor {i}: {e}")))
             })
             .collect()
     }
@@ -219,6 +226,33 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Hostile bytes never panic the parser; accepted bytes are canonical.
+        #[test]
+        fn parser_is_total_and_canonical(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok(q) = QuantDelta::from_bytes(&bytes) {
+                prop_assert_eq!(q.to_bytes(), bytes);
+            }
+        }
+
+        /// Quantising any delta gives values within 1/2 step of the truth plus the
+        /// rounding of the scale, and a delta that re-parses from its bytes.
+        #[test]
+        fn quantisation_error_is_bounded(
+            deltas in proptest::collection::vec(-10.0f32..10.0, 1..40)
+        ) {
+            let base = Tensor::zeros(vec![deltas.len()]).unwrap();
+            let trained = Tensor::new(vec![deltas.len()], deltas.clone()).unwrap();
+            let q = quantise_delta(std::slice::from_ref(&base), &[trained]).unwrap();
+            prop_assert_eq!(QuantDelta::from_bytes(&q.to_bytes()).unwrap(), q.clone());
+            let scale = q.tensors[0].scale;
+            for (d, r) in deltas.iter().zip(q.dequantise().unwrap()[0].data()) {
+                prop_assert!((d - r).abs() <= scale * 0.501 + 1e-6, "{} vs {}", d, r);
+            }
+        }
+    }
 
     fn t(shape: Vec<usize>, v: &[f32]) -> Tensor {
         Tensor::new(shape, v.to_vec()).unwrap()
@@ -231,7 +265,7 @@ mod tests {
         let q = quantise_delta(&base, &trained).unwrap();
         assert_eq!(q.tensors[0].values, vec![64, -127, 1, 0]);
         assert_eq!(q.tensors[1].scale, 0.0);
-        let d = q.dequantise();
+        let d = q.dequantise().unwrap();
         assert!((d[0].data()[1] + 1.0).abs() < 1e-6);
         assert!((d[0].data()[0] - 0.5).abs() < 0.01);
         let bytes = q.to_bytes();
@@ -280,6 +314,9 @@ mod tests {
         let mut b = good.clone();
         b[scale_at..scale_at + 4].copy_from_slice(&0f32.to_bits().to_le_bytes());
         assert!(QuantDelta::from_bytes(&b).is_err());
+        let mut bad = q.clone();
+        bad.tensors[0].values.push(3);
+        assert!(bad.dequantise().is_err());
         let mut b = good.clone();
         b.push(0);
         assert!(QuantDelta::from_bytes(&b).is_err());

@@ -19,6 +19,9 @@ use crate::model::ModelSpec;
 use crate::optim::{AdamW, OuterNesterov};
 use crate::prf::domain_hasher;
 
+/// The most inner steps a task may have (a trace of `H + 1` leaves).
+pub const MAX_STEPS: u32 = 1 << 20;
+
 /// A bad job spec.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -237,8 +240,11 @@ impl JobSpec {
                 "must be a finite number >= 0",
             ));
         }
-        if i.steps == 0 {
-            return Err(invalid("inner.steps", "(H) must be at least 1"));
+        if i.steps == 0 || i.steps > MAX_STEPS {
+            return Err(invalid(
+                "inner.steps",
+                format!("(H) must be in 1..={MAX_STEPS}, got {}", i.steps),
+            ));
         }
         if i.batch_size == 0 {
             return Err(invalid("inner.batch_size", "must be at least 1"));

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Corpus, DataError, Sampler};
-use crate::graph::{StepOutput, train_step, train_step_untraced};
+use crate::graph::{Node, StepOutput, train_step_observed, train_step_untraced};
 use crate::merkle::{Digest, MerkleError, MerkleTree, MultiProof};
 use crate::model::{Batch, ModelError, make_batch};
 use crate::optim::TrainState;
@@ -23,8 +23,9 @@ use crate::quant::{QuantDelta, quantise_delta};
 use crate::spec::{JobSpec, SpecError};
 use crate::tensor::Tensor;
 use crate::trace::{
-    Commitment, FinalLeaf, OpOutputCommit, StateRole, TraceLeaf, commit_step, state_hash,
-    state_items, state_position,
+    Commitment, FinalLeaf, OpOutputCommit, StateRole, StepLeaf, TraceLeaf, batch_hash, commit_step,
+    next_state_hash_from_nodes, op_desc, op_root, state_hash, state_items, state_position,
+    tensor_digest,
 };
 
 /// Errors of running, opening and verifying tasks (the caller's inputs, not a worker's
@@ -201,17 +202,55 @@ impl<'a> TaskBuilder<'a> {
         task_batch(self.job, &self.sampler, &self.seed, self.step())
     }
 
-    /// Runs the next step honestly; returns its output (already recorded).
+    /// Runs the next step honestly; returns its loss (already recorded).
+    ///
+    /// Op outputs are hashed as the step computes them ([`train_step_observed`]) and
+    /// dropped as soon as nothing reads them, so committing costs the hashing and not
+    /// a copy of the whole tape. The commitment is the same as [`Self::record`] makes
+    /// from the full tape (a test checks it).
     pub fn run_step(&mut self) -> Result<f32, ProtocolError> {
+        let step = self.step();
+        let steps = self.job.inner.steps;
+        if step >= steps {
+            return Err(ProtocolError::AlreadyFinished { steps });
+        }
         let batch = self.batch()?;
-        let out = train_step(
+        let mut commits = Vec::new();
+        let mut nodes = Vec::new();
+        let mut observe = |i: usize, node: &Node, outputs: &[Tensor]| {
+            let desc = op_desc(&node.kind, &node.inputs);
+            for (o, t) in outputs.iter().enumerate() {
+                commits.push(OpOutputCommit {
+                    op: i as u32,
+                    output: o as u32,
+                    desc,
+                    tensor: tensor_digest(t),
+                });
+            }
+            nodes.push((node.kind.clone(), node.inputs.clone(), outputs.len()));
+        };
+        let (state, loss) = train_step_observed(
             &self.job.model,
             &self.job.inner.adamw(),
             &self.state,
             &batch,
+            &mut observe,
         )?;
-        let loss = out.loss;
-        self.record(&batch, out)?;
+        let next_state = next_state_hash_from_nodes(
+            nodes.iter().map(|(k, i, n)| (k, i.as_slice(), *n)),
+            &commits,
+            state.params.len(),
+            state.step,
+        )
+        .unwrap_or_else(|| state_hash(&state));
+        let leaf = StepLeaf {
+            step,
+            batch: batch_hash(&batch),
+            op_root: op_root(&commits)?,
+            loss_bits: loss.to_bits(),
+            next_state,
+        };
+        self.push_step(leaf, commits, loss, state);
         Ok(loss)
     }
 
@@ -224,15 +263,27 @@ impl<'a> TaskBuilder<'a> {
             return Err(ProtocolError::AlreadyFinished { steps });
         }
         let (leaf, commits) = commit_step(step, batch, &out)?;
+        self.push_step(leaf, commits, out.loss, out.state);
+        Ok(())
+    }
+
+    /// Appends a committed step and keeps a checkpoint when one is due.
+    fn push_step(
+        &mut self,
+        leaf: StepLeaf,
+        commits: Vec<OpOutputCommit>,
+        loss: f32,
+        state: TrainState,
+    ) {
+        let steps = self.job.inner.steps;
         self.leaves.push(TraceLeaf::Step(leaf));
         self.ops.push(commits);
-        self.losses.push(out.loss);
-        self.state = out.state;
-        let done = step + 1;
+        self.losses.push(loss);
+        self.state = state;
+        let done = self.step();
         if done.is_multiple_of(self.interval) && done < steps {
             self.checkpoints.insert(done, self.state.clone());
         }
-        Ok(())
     }
 
     /// Quantises the delta and commits the trace.
@@ -450,4 +501,33 @@ pub fn opened_positions(steps: &[u32], h: u32) -> Vec<u32> {
     p.sort_unstable();
     p.dedup();
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::train_step;
+    use crate::model::init_params;
+
+    /// Committing while the step runs (`run_step`, hashing observed outputs) must give
+    /// exactly the commitment made from the full tape (`record`), or a verifier that
+    /// replays with the tape would reject every honest worker.
+    #[test]
+    fn observed_commitment_equals_the_full_tape_commitment() {
+        let job = JobSpec::parse(include_str!("../../jobs/tiny-test.toml")).unwrap();
+        let corpus = Corpus::generated(7, 20_000);
+        let base = init_params(&job.model, [3; 32]).unwrap();
+        let mut observed = TaskBuilder::new(&job, &corpus, &base, [9; 32]).unwrap();
+        let mut taped = TaskBuilder::new(&job, &corpus, &base, [9; 32]).unwrap();
+        for _ in 0..job.inner.steps {
+            observed.run_step().unwrap();
+            let batch = taped.batch().unwrap();
+            let out = train_step(&job.model, &job.inner.adamw(), taped.state(), &batch).unwrap();
+            taped.record(&batch, out).unwrap();
+        }
+        assert_eq!(observed.leaves, taped.leaves);
+        assert_eq!(observed.ops, taped.ops);
+        let (a, b) = (observed.finish().unwrap(), taped.finish().unwrap());
+        assert_eq!(a.commitment, b.commitment);
+    }
 }

@@ -45,6 +45,10 @@ pub enum TensorError {
     Malformed { reason: &'static str },
 }
 
+/// Elements converted per `blake3::Hasher::update` call when a tensor must be
+/// canonicalised before hashing (64 KiB).
+const HASH_BLOCK_ELEMS: usize = 16 * 1024;
+
 /// A dense row-major tensor of finite, non-subnormal `f32` values.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "TensorRepr", into = "TensorRepr")]
@@ -109,11 +113,15 @@ impl Tensor {
                 got: data.len(),
             });
         }
-        for (index, x) in data.iter_mut().enumerate() {
-            if !x.is_finite() {
-                return Err(TensorError::NonFinite { index });
-            }
+        // One branch-free pass (it vectorises); the index is looked up only on error.
+        let mut all_finite = true;
+        for x in data.iter_mut() {
+            all_finite &= x.is_finite();
             *x = det::ftz(*x);
+        }
+        if !all_finite {
+            let index = data.iter().position(|x| !x.is_finite()).unwrap_or(0);
+            return Err(TensorError::NonFinite { index });
         }
         Ok(Tensor { shape, data })
     }
@@ -276,14 +284,36 @@ impl Tensor {
             buf.extend_from_slice(&(d as u64).to_le_bytes());
         }
         h.update(&buf);
-        // Hash the elements in chunks so a large tensor needs no second full copy.
-        let mut chunk = Vec::with_capacity(4096);
-        for block in self.data.chunks(1024) {
-            chunk.clear();
-            for &x in block {
-                chunk.extend_from_slice(&det::canonical_bits(x).to_le_bytes());
+        // Hashing is on the commitment's hot path (every op output of every step), so it
+        // must run near blake3's speed: give it the whole slice in one `update` (its SIMD
+        // works across the 1 KiB chunks of one call) and avoid converting element by
+        // element. Tensors built
+        // by this crate are already canonical (finite, subnormals flushed), and then the
+        // canonical little-endian bytes are the in-memory bytes on a little-endian
+        // target; anything else takes the converting path, with the same digest.
+        // Branch-free integer test (it vectorises; `canonical_bits` per element does
+        // not): a value is non-canonical iff its exponent is all zeros (subnormal) or all
+        // ones (NaN) with a non-zero mantissa. Infinities never get into a tensor.
+        let odd = self
+            .data
+            .iter()
+            .map(|x| {
+                let (exp, man) = (x.to_bits() & 0x7f80_0000, x.to_bits() & 0x007f_ffff);
+                u32::from(((exp == 0) | (exp == 0x7f80_0000)) & (man != 0))
+            })
+            .fold(0u32, |a, b| a | b);
+        let canonical = odd == 0;
+        if cfg!(target_endian = "little") && canonical {
+            h.update(bytemuck::cast_slice(&self.data));
+        } else {
+            let mut chunk = vec![0u8; 4 * HASH_BLOCK_ELEMS.min(self.data.len())];
+            for block in self.data.chunks(HASH_BLOCK_ELEMS) {
+                let bytes = &mut chunk[..4 * block.len()];
+                for (dst, &x) in bytes.chunks_exact_mut(4).zip(block) {
+                    dst.copy_from_slice(&det::canonical_bits(x).to_le_bytes());
+                }
+                h.update(bytes);
             }
-            h.update(&chunk);
         }
         *h.finalize().as_bytes()
     }
@@ -302,6 +332,36 @@ fn take_u64(b: &[u8]) -> Option<(u64, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The strict parser never panics on hostile bytes, and whatever it accepts
+        /// is canonical: it re-encodes to exactly the bytes it came from.
+        #[test]
+        fn parser_is_total_and_accepts_only_canonical_bytes(
+            bytes in proptest::collection::vec(any::<u8>(), 0..96)
+        ) {
+            if let Ok(t) = Tensor::from_canonical_bytes(&bytes) {
+                prop_assert_eq!(t.canonical_bytes(), bytes);
+            }
+        }
+
+        /// Every valid tensor round-trips through its canonical bytes, hash included.
+        #[test]
+        fn valid_tensors_round_trip(
+            rows in 0usize..5,
+            cols in 0usize..5,
+            seed in any::<u32>(),
+        ) {
+            let data: Vec<f32> = (0..rows * cols)
+                .map(|i| f32::from_bits(seed.wrapping_mul(2_654_435_761).wrapping_add(i as u32) & 0x7f7f_ffff))
+                .collect();
+            let t = Tensor::new(vec![rows, cols], data).unwrap();
+            let back = Tensor::from_canonical_bytes(&t.canonical_bytes()).unwrap();
+            prop_assert_eq!(back.hash(), t.hash());
+            prop_assert_eq!(back, t);
+        }
+    }
 
     #[test]
     fn new_checks_length_and_finiteness() {

@@ -199,20 +199,39 @@ pub fn next_state_hash_from_tape(
     p: usize,
     next_step: u64,
 ) -> Option<Digest> {
+    next_state_hash_from_nodes(
+        ops.iter()
+            .map(|rec| (&rec.kind, rec.inputs.as_slice(), rec.outputs.len())),
+        commits,
+        p,
+        next_step,
+    )
+}
+
+/// [`next_state_hash_from_tape`] from the tape's nodes alone: `(kind, inputs, number of
+/// outputs)` per op, in tape order. A worker that hashes op outputs as they are
+/// computed (and never keeps the tape) commits through this.
+pub fn next_state_hash_from_nodes<'a>(
+    nodes: impl Iterator<Item = (&'a OpKind, &'a [ValueRef], usize)>,
+    commits: &[OpOutputCommit],
+    p: usize,
+    next_step: u64,
+) -> Option<Digest> {
     let mut slots: Vec<Option<[Digest; 3]>> = vec![None; p];
     let mut at = 0usize;
-    for (i, rec) in ops.iter().enumerate() {
-        let n = rec.outputs.len();
-        if matches!(rec.kind, OpKind::AdamWUpdate { .. }) {
-            let ValueRef::Param(k) = rec.inputs.first()? else {
+    for (i, (kind, inputs, n)) in nodes.enumerate() {
+        if matches!(kind, OpKind::AdamWUpdate { .. }) {
+            let ValueRef::Param(k) = inputs.first()? else {
                 return None;
             };
-            let c = commits.get(at..at + n)?;
+            let [p, m, v] = commits.get(at..at + n)? else {
+                return None;
+            };
             let slot = slots.get_mut(*k as usize)?;
-            if slot.is_some() || n != 3 || c.iter().any(|c| c.op != i as u32) {
+            if slot.is_some() || [p, m, v].iter().any(|c| c.op != i as u32) {
                 return None;
             }
-            *slot = Some([c[0].tensor, c[1].tensor, c[2].tensor]);
+            *slot = Some([p.tensor, m.tensor, v.tensor]);
         }
         at += n;
     }

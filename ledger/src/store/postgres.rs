@@ -1,4 +1,4 @@
-//! The PostgreSQL backend of [`LogStore`](super::LogStore), for deployments with
+//! The PostgreSQL backend of [`LogStore`], for deployments with
 //! several coordinators over one database.
 //!
 //! The same five tables as the SQLite backend, in a schema of their own (so several
@@ -16,10 +16,10 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, PgPool};
 
-use super::{
-    BoxError, Corruption, LogStore, StoreError, StoredCheckpoint, check_batch, contiguous_entries,
-    from_sql_int, hash_from_row, order_hashes, redact_url, to_sql_int,
+use super::rows::{
+    check_batch, contiguous_entries, from_sql_int, hash_from_row, order_hashes, to_sql_int,
 };
+use super::{BoxError, Corruption, LogStore, StoreError, StoredCheckpoint, redact_url};
 use crate::hash::{Hash, LeafIndex, TreeSize};
 use crate::tree::StoredHashIndex;
 

@@ -1,4 +1,4 @@
-//! The embedded SQLite backend of [`LogStore`](super::LogStore).
+//! The embedded SQLite backend of [`LogStore`].
 //!
 //! One database file in WAL mode with `synchronous=FULL`: a commit returns only after
 //! the write-ahead log is fsynced, so an acknowledged append survives a crash or a
@@ -8,8 +8,9 @@
 //! which WAL lets run alongside the writer.
 //!
 //! Rows are inserted with multi-row `INSERT`s in power-of-two chunks (see
-//! [`pow2_chunks`]) so a batch of thousands of entries is a few statements, all of them
-//! from a fixed set that the connection keeps prepared.
+//! `pow2_chunks`) so a batch of thousands of entries is a few statements, all of them
+//! from a fixed set that the connection keeps prepared. Hashes are read with one
+//! statement per call, however many are asked for (a proof is one query).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,12 +18,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, Row, SqlitePool};
+use sqlx::{AssertSqlSafe, SqlitePool};
 
-use super::{
-    BoxError, Corruption, LogStore, StoreError, StoredCheckpoint, check_batch, contiguous_entries,
-    from_sql_int, hash_from_row, order_hashes, pow2_chunks, to_sql_int,
+use super::rows::{
+    check_batch, contiguous_entries, from_sql_int, hash_from_row, order_hashes, to_sql_int,
 };
+use super::{BoxError, Corruption, LogStore, StoreError, StoredCheckpoint};
 use crate::hash::{Hash, LeafIndex, TreeSize};
 use crate::tree::StoredHashIndex;
 
@@ -60,7 +61,6 @@ pub struct SqliteStore {
     /// Statements per chunk size, indexed by log2 of the chunk size.
     insert_entries: Vec<Arc<str>>,
     insert_hashes: Vec<Arc<str>>,
-    select_hashes: Vec<Arc<str>>,
 }
 
 impl SqliteStore {
@@ -79,9 +79,12 @@ impl SqliteStore {
         let base = SqliteConnectOptions::new()
             .filename(&path)
             .busy_timeout(BUSY_TIMEOUT);
+        // The connections are local files: no need to ping one before each use (the
+        // pool's default, a round trip per query).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .test_before_acquire(false)
             .connect_with(
                 base.clone()
                     .create_if_missing(true)
@@ -96,6 +99,7 @@ impl SqliteStore {
             .map_err(|e| unavailable(Box::new(e)))?;
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
+            .test_before_acquire(false)
             .connect_with(base.read_only(true))
             .await
             .map_err(|e| unavailable(Box::new(e)))?;
@@ -107,12 +111,6 @@ impl SqliteStore {
                 .collect(),
             insert_hashes: sizes()
                 .map(|n| values_sql("INSERT INTO hashes (idx, hash) VALUES ", n))
-                .collect(),
-            select_hashes: sizes()
-                .map(|n| {
-                    let marks = vec!["?"; n].join(",");
-                    format!("SELECT idx, hash FROM hashes WHERE idx IN ({marks})").into()
-                })
                 .collect(),
             path,
             writer,
@@ -175,17 +173,30 @@ fn values_sql(prefix: &str, rows: usize) -> Arc<str> {
     sql.into()
 }
 
-fn chunk_sql(statements: &[Arc<str>], chunk: usize) -> AssertSqlSafe<Arc<str>> {
-    // `pow2_chunks` yields powers of two up to MAX_CHUNK, and `statements` has one per
-    // power, so the lookup always hits; the fallback keeps this panic-free regardless.
-    let log = chunk.trailing_zeros() as usize;
-    AssertSqlSafe(
-        statements
-            .get(log)
-            .or(statements.last())
-            .cloned()
-            .unwrap_or_else(|| Arc::from("")),
-    )
+/// Splits `n` rows into chunks whose sizes are powers of two no larger than `max`, so a
+/// backend that builds one statement per chunk size prepares only a few statements.
+fn pow2_chunks(mut n: usize, max: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if n == 0 {
+            return None;
+        }
+        let chunk = if n >= max {
+            max
+        } else {
+            1 << (usize::BITS - 1 - n.leading_zeros())
+        };
+        n -= chunk;
+        Some(chunk)
+    })
+}
+
+/// The statement for a chunk of `chunk` rows. `pow2_chunks` yields powers of two up
+/// to MAX_CHUNK and `statements` holds one per power, so this always finds one.
+fn chunk_sql(statements: &[Arc<str>], chunk: usize) -> Result<AssertSqlSafe<Arc<str>>, StoreError> {
+    statements
+        .get(chunk.trailing_zeros() as usize)
+        .map(|sql| AssertSqlSafe(Arc::clone(sql)))
+        .ok_or_else(|| StoreError::Invalid(format!("no statement for a chunk of {chunk} rows")))
 }
 
 #[async_trait]
@@ -247,7 +258,7 @@ impl LogStore for SqliteStore {
         let mut next = first;
         for chunk in pow2_chunks(entries.len(), MAX_CHUNK) {
             let (these, after) = rest.split_at(chunk);
-            let mut query = sqlx::query(chunk_sql(&self.insert_entries, chunk));
+            let mut query = sqlx::query(chunk_sql(&self.insert_entries, chunk)?);
             for data in these {
                 query = query.bind(next).bind(data.as_slice());
                 next += 1;
@@ -259,7 +270,7 @@ impl LogStore for SqliteStore {
         let mut rest = hashes;
         for chunk in pow2_chunks(hashes.len(), MAX_CHUNK) {
             let (these, after) = rest.split_at(chunk);
-            let mut query = sqlx::query(chunk_sql(&self.insert_hashes, chunk));
+            let mut query = sqlx::query(chunk_sql(&self.insert_hashes, chunk)?);
             for (index, hash) in these {
                 query = query
                     .bind(to_sql_int(index.0, "stored hash index")?)
@@ -281,32 +292,35 @@ impl LogStore for SqliteStore {
     }
 
     async fn read_hashes(&self, indexes: &[StoredHashIndex]) -> Result<Vec<Hash>, StoreError> {
-        let mut wanted: Vec<i64> = indexes
-            .iter()
-            .map(|i| to_sql_int(i.0, "stored hash index"))
-            .collect::<Result<_, _>>()?;
-        wanted.sort_unstable();
-        wanted.dedup();
-        let mut found = Vec::with_capacity(wanted.len());
-        let mut rest = wanted.as_slice();
-        for chunk in pow2_chunks(wanted.len(), MAX_CHUNK) {
-            let (these, after) = rest.split_at(chunk);
-            let mut query = sqlx::query(chunk_sql(&self.select_hashes, chunk));
-            for index in these {
-                query = query.bind(*index);
-            }
-            let rows = query
-                .fetch_all(&self.readers)
-                .await
-                .map_err(|e| self.backend(e))?;
-            for row in rows {
-                let index: i64 = row.try_get(0).map_err(|e| self.backend(e))?;
-                let blob: Vec<u8> = row.try_get(1).map_err(|e| self.backend(e))?;
-                let index = from_sql_int(index, "hashes", 0)?;
-                found.push((index, hash_from_row(&blob, index)?));
-            }
-            rest = after;
+        if indexes.is_empty() {
+            return Ok(Vec::new());
         }
+        // One statement whatever the count: the indexes travel as one JSON array, and
+        // CROSS JOIN makes SQLite walk the array and look each index up by rowid.
+        let mut wanted = String::with_capacity(indexes.len() * 8 + 2);
+        wanted.push('[');
+        for (n, index) in indexes.iter().enumerate() {
+            if n > 0 {
+                wanted.push(',');
+            }
+            wanted.push_str(&to_sql_int(index.0, "stored hash index")?.to_string());
+        }
+        wanted.push(']');
+        let rows = sqlx::query_as::<_, (i64, Vec<u8>)>(
+            "SELECT h.idx, h.hash FROM json_each(?) AS j \
+             CROSS JOIN hashes AS h ON h.idx = j.value",
+        )
+        .bind(wanted)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(|e| self.backend(e))?;
+        let found = rows
+            .into_iter()
+            .map(|(index, blob)| {
+                let index = from_sql_int(index, "hashes", 0)?;
+                Ok((index, hash_from_row(&blob, index)?))
+            })
+            .collect::<Result<_, StoreError>>()?;
         order_hashes(indexes, found)
     }
 
@@ -392,4 +406,38 @@ fn note_text(note: Vec<u8>, size: u64) -> Result<String, StoreError> {
         index: size,
         problem: Corruption::NotUtf8,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pow2_chunks_cover_the_count_with_few_sizes() {
+        for n in 0..2000usize {
+            let chunks: Vec<usize> = pow2_chunks(n, 256).collect();
+            assert_eq!(chunks.iter().sum::<usize>(), n, "n = {n}");
+            assert!(
+                chunks.iter().all(|c| c.is_power_of_two() && *c <= 256),
+                "n = {n}: {chunks:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_writer_commits_durably_in_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in_dir(dir.path()).await.unwrap();
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&store.writer)
+            .await
+            .unwrap();
+        assert_eq!(synchronous, 2, "synchronous=FULL: each commit is fsynced");
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&store.writer)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(store.path(), dir.path().join(DB_FILE_NAME));
+    }
 }

@@ -31,7 +31,7 @@ pub(crate) fn param_specs(spec: &ModelSpec) -> Vec<(String, Vec<usize>, Init)> {
         return Vec::new();
     };
     let mut out = vec![("embed".to_string(), vec![v, e], Init::Uniform(EMBED_BOUND))];
-    let mut width = c * e;
+    let mut width = c.saturating_mul(e);
     for (l, &h) in hidden.iter().enumerate() {
         out.push((
             format!("hidden.{l}.weight"),

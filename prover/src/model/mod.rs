@@ -221,6 +221,8 @@ impl ModelSpec {
     ///
     /// Saturates at `u64::MAX` (a validated spec never comes close).
     pub fn flops_per_sample(&self) -> u64 {
+        // Saturating arithmetic: an unvalidated spec with absurd sizes must not panic.
+        let mul = |a: u128, b: u128| a.saturating_mul(b);
         let macs: u128 = match self {
             ModelSpec::Mlp {
                 vocab,
@@ -228,10 +230,12 @@ impl ModelSpec {
                 embed,
                 hidden,
             } => {
-                let mut widths = vec![(*context as u128) * (*embed as u128)];
+                let mut widths = vec![mul(*context as u128, *embed as u128)];
                 widths.extend(hidden.iter().map(|&h| h as u128));
                 widths.push(*vocab as u128);
-                widths.windows(2).map(|w| w[0] * w[1]).sum()
+                widths
+                    .windows(2)
+                    .fold(0u128, |acc, w| acc.saturating_add(mul(w[0], w[1])))
             }
             ModelSpec::Gpt {
                 vocab,
@@ -243,7 +247,10 @@ impl ModelSpec {
             } => {
                 let (t, d, l) = (*context as u128, *d_model as u128, *layers as u128);
                 let (f, v) = (*d_ff as u128, *vocab as u128);
-                t * (l * (4 * d * d + 2 * d * f) + d * v) + l * d * t * (t + 1)
+                let dense = mul(4, mul(d, d)).saturating_add(mul(2, mul(d, f)));
+                let per_position = mul(l, dense).saturating_add(mul(d, v));
+                let attention = mul(mul(l, d), mul(t, t.saturating_add(1)));
+                mul(t, per_position).saturating_add(attention)
             }
         };
         u64::try_from(macs.saturating_mul(6)).unwrap_or(u64::MAX)
@@ -320,7 +327,7 @@ pub fn init_params(spec: &ModelSpec, seed: [u8; 32]) -> Result<Vec<Tensor>, Mode
                                 break;
                             }
                             let w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                            let u = (w >> 8) as f32 * (1.0 / 16_777_216.0);
+                            let u = (w >> 8) as f32 * det::TWO_POW_MINUS_24;
                             out.push((u * 2.0 - 1.0) * bound);
                         }
                     }
@@ -514,6 +521,15 @@ mod tests {
         let macs = t * (l * (4 * d * d + 2 * d * f) + d * v) + l * d * t * (t + 1);
         assert_eq!(gpt().flops_per_sample(), 6 * macs);
         assert_eq!(mlp().window_len(), 4);
+        let absurd = ModelSpec::Gpt {
+            vocab: usize::MAX,
+            context: usize::MAX,
+            d_model: usize::MAX,
+            heads: 1,
+            layers: usize::MAX,
+            d_ff: usize::MAX,
+        };
+        assert_eq!(absurd.flops_per_sample(), u64::MAX);
         assert_eq!(gpt().window_len(), 33);
     }
 
