@@ -83,7 +83,8 @@ async function coordinator() {
   const base = `http://127.0.0.1:${port}`;
   start([
     'up', '--data-dir', join(dir, 'data'), '--job', join(root, 'jobs/tiny-test.toml'),
-    '--tasks-per-round', '2', '--listen', `127.0.0.1:${port}`, '--web', join(root, 'worker-wasm/www'),
+    // A closed tab leaves its task assigned: expire it in 30 s, not the default 300 s.
+    '--tasks-per-round', '2', '--task-timeout', '30', '--listen', `127.0.0.1:${port}`, '--web', join(root, 'worker-wasm/www'),
   ], 'coordinator');
   await waitFor('the coordinator', () => fetch(`${base}/v1/job`).then((r) => r.ok, () => false), 120_000);
   if (participant) start(['verifier', base, join(dir, 'verifier.key')], 'verifier', participant);
@@ -131,6 +132,22 @@ async function volunteer(browser, base, dir, gpu) {
     : ['cargo', ['run', '-q', '-p', 'lupus-worker', '--example', 'verify_stake', '--', file, job.log_key]];
   const out = execFileSync(cmd[0], cmd[1], { cwd: root, encoding: 'utf8' });
   check(out.startsWith('verified'), `${label}: the statement verifies offline (${out.trim()})`);
+
+  // Work only while the tab is visible: hide it (as the browser would, by the page's
+  // visibility state), steps stop; show it again, steps resume.
+  const setVisible = (v) => page.evaluate((v) => {
+    Object.defineProperty(document, 'visibilityState', { value: v ? 'visible' : 'hidden', configurable: true });
+    document.dispatchEvent(new Event('visibilitychange'));
+  }, v);
+  await setVisible(false);
+  await sleep(1500);
+  const h1 = await page.evaluate(() => Number(document.body.dataset.steps || 0));
+  await sleep(3000);
+  const h2 = await page.evaluate(() => Number(document.body.dataset.steps || 0));
+  await setVisible(true);
+  const resumed = await waitFor('work to resume', () => page.evaluate((h) => Number(document.body.dataset.steps || 0) > h, h2), 60_000)
+    .catch(() => false);
+  check(h1 === h2 && resumed, `${label}: works only while the tab is visible (no step in 3 s while hidden, resumed when shown)`);
 
   // Pause stops work within one step: after the click, at most the step in progress
   // completes.
