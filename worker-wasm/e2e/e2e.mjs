@@ -1,6 +1,6 @@
 // End to end: a real coordinator (`lupus up` on the tiny job) and a native verifier; the
 // volunteer page in Debian's Chromium (playwright-core) starts by itself
-// (`/?autostart=1`), completes at least two tasks that pass their challenges, and its key
+// (`/?autostart=1`; `gpu=1` trains on WebGPU even on SwiftShader), completes at least two tasks that pass their challenges, and its key
 // then shows a non-zero balance in /v1/stake/<key> whose statement verifies offline.
 // Then: pause stops work within one step, and a reload keeps the identity. Everything
 // again with WebGPU off (`/?gpu=0`): the CPU path in wasm does the same.
@@ -21,6 +21,9 @@ const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, '../..');
 const lupus = process.env.LUPUS || join(root, 'target/debug/lupus');
 const verifyStake = process.env.LUPUS_VERIFY_STAKE; // optional prebuilt example binary
+// Optional: the `participant` example (lupus_worker::native). When given, it is the
+// verifier (instead of `lupus verify`) and a native worker runs two tasks at the end.
+const participant = process.env.LUPUS_PARTICIPANT;
 const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
 const timeoutMs = Number(process.env.E2E_TIMEOUT_MS || 600_000);
 
@@ -39,8 +42,8 @@ function freePort() {
   });
 }
 
-function start(args, name) {
-  const p = spawn(lupus, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+function start(args, name, bin = lupus) {
+  const p = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   p.stdout.on('data', (d) => (log += d));
   p.stderr.on('data', (d) => (log += d));
@@ -80,10 +83,12 @@ async function coordinator() {
   const base = `http://127.0.0.1:${port}`;
   start([
     'up', '--data-dir', join(dir, 'data'), '--job', join(root, 'jobs/tiny-test.toml'),
-    '--tasks-per-round', '2', '--listen', `127.0.0.1:${port}`, '--web', join(root, 'worker-wasm/www'),
+    // A closed tab leaves its task assigned: expire it in 30 s, not the default 300 s.
+    '--tasks-per-round', '2', '--task-timeout', '30', '--listen', `127.0.0.1:${port}`, '--web', join(root, 'worker-wasm/www'),
   ], 'coordinator');
   await waitFor('the coordinator', () => fetch(`${base}/v1/job`).then((r) => r.ok, () => false), 120_000);
-  start(['verify', '--coordinator', base, '--key', join(dir, 'verifier.key')], 'verifier');
+  if (participant) start(['verifier', base, join(dir, 'verifier.key')], 'verifier', participant);
+  else start(['verify', '--coordinator', base, '--key', join(dir, 'verifier.key')], 'verifier');
   return { base, dir };
 }
 
@@ -93,7 +98,7 @@ async function volunteer(browser, base, dir, gpu) {
   const page = await context.newPage();
   page.on('console', (m) => m.type() === 'error' && console.log(`  [page] ${m.text()}`));
   const t0 = Date.now();
-  await page.goto(`${base}/?autostart=1${gpu ? '' : '&gpu=0'}`);
+  await page.goto(`${base}/?autostart=1&gpu=${gpu ? '1' : '0'}`);
   const key = await waitFor('the page identity', () => page.evaluate(() => document.body.dataset.key));
   const device = await waitFor('the device', () => page.evaluate(() => {
     const d = document.getElementById('device').textContent;
@@ -128,6 +133,22 @@ async function volunteer(browser, base, dir, gpu) {
   const out = execFileSync(cmd[0], cmd[1], { cwd: root, encoding: 'utf8' });
   check(out.startsWith('verified'), `${label}: the statement verifies offline (${out.trim()})`);
 
+  // Work only while the tab is visible: hide it (as the browser would, by the page's
+  // visibility state), steps stop; show it again, steps resume.
+  const setVisible = (v) => page.evaluate((v) => {
+    Object.defineProperty(document, 'visibilityState', { value: v ? 'visible' : 'hidden', configurable: true });
+    document.dispatchEvent(new Event('visibilitychange'));
+  }, v);
+  await setVisible(false);
+  await sleep(1500);
+  const h1 = await page.evaluate(() => Number(document.body.dataset.steps || 0));
+  await sleep(3000);
+  const h2 = await page.evaluate(() => Number(document.body.dataset.steps || 0));
+  await setVisible(true);
+  const resumed = await waitFor('work to resume', () => page.evaluate((h) => Number(document.body.dataset.steps || 0) > h, h2), 60_000)
+    .catch(() => false);
+  check(h1 === h2 && resumed, `${label}: works only while the tab is visible (no step in 3 s while hidden, resumed when shown)`);
+
   // Pause stops work within one step: after the click, at most the step in progress
   // completes.
   // Click while steps are running: wait for the step counter to move first.
@@ -141,14 +162,15 @@ async function volunteer(browser, base, dir, gpu) {
     };
     poll();
   }));
-  const before = await page.evaluate(() => Number(document.body.dataset.steps || 0));
   await page.click('#pause');
+  const at = await waitFor('the pause to reach the worker', () => page.evaluate(() => document.body.dataset.pausedAt), 20_000);
   await waitFor('the pause', () => page.evaluate(() => document.getElementById('state').textContent === 'Paused'), 20_000)
     .catch(() => null);
   const s1 = await page.evaluate(() => Number(document.body.dataset.steps || 0));
   await sleep(3000);
   const s2 = await page.evaluate(() => Number(document.body.dataset.steps || 0));
-  check(moving && s2 === s1 && s1 - before <= 1, `${label}: pause stops work within one step (clicked while training; ${s1 - before} step after the click, ${s2 - s1} in the next 3 s)`);
+  check(moving && s2 === s1 && s1 - Number(at) <= 1,
+    `${label}: pause stops work within one step (clicked while training; the worker had done ${at} steps, ${s1 - Number(at)} more finished, ${s2 - s1} in the next 3 s)`);
 
   // Reloading keeps the identity.
   await page.reload();
@@ -171,6 +193,10 @@ async function main() {
     await volunteer(noGpu, base, dir, false);
   } finally {
     await noGpu.close();
+  }
+  if (participant) {
+    const out = execFileSync(participant, ['worker', base, join(dir, 'native-worker.key'), '--max', '2'], { encoding: 'utf8', timeout: timeoutMs });
+    check(/^worker: [2-9]\d* done/.test(out), `native runner (lupus_worker::native): ${out.trim()}`);
   }
 }
 

@@ -2,10 +2,12 @@
 //!
 //! DESIGN.md ("The loop", "Determinism"; the `worker-wasm/` row of "Crates").
 //!
-//! - [`worker`]: the worker loop as plain async Rust over a small transport, the same
-//!   code in the browser and natively.
+//! - [`worker`]: the worker and verifier loops as plain async Rust over a small
+//!   transport, the same code in the browser and natively.
 //! - [`gpu`] (feature `gpu`): WGSL kernels through wgpu for every operator, the GPU
 //!   training step and the known-answer suite on the device.
+//! - [`native`] (not wasm32): the same loops over HTTP with a key file, for
+//!   `lupus worker` and `lupus verify`.
 //! - `web` (wasm32 only): the wasm-bindgen exports the page's Web Worker drives.
 //!
 //! The page itself (`www/`) and the build script (`build.sh`) live next to this crate;
@@ -15,6 +17,8 @@
 
 #[cfg(feature = "gpu")]
 pub mod gpu;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
 #[cfg(target_arch = "wasm32")]
 mod web;
 pub mod worker;

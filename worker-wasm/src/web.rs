@@ -140,15 +140,17 @@ struct Inner {
 #[wasm_bindgen]
 impl BrowserWorker {
     /// Connects to the coordinator at `base` (empty for the page's own origin), joins
-    /// with the key `seed_hex`, and picks the device: WebGPU when `use_gpu` and the
-    /// adapter passes the known-answer suite's run, else the CPU reference.
+    /// with the key `seed_hex`, and picks the device by `gpu`: `"auto"` uses WebGPU on a
+    /// hardware adapter and the CPU reference in wasm otherwise (a software adapter such
+    /// as SwiftShader is far slower than wasm); `"force"` uses any WebGPU adapter;
+    /// `"off"` never does. The GPU's class comes from the known-answer suite.
     /// `fetch(method, url, headers, body)` must resolve to `{status, body: Uint8Array}`.
     pub async fn connect(
         base: String,
         seed_hex: String,
         name: String,
         fetch: Function,
-        use_gpu: bool,
+        gpu: String,
     ) -> Result<BrowserWorker, JsValue> {
         let key = signing_key(&seed_hex)?;
         let transport = JsTransport {
@@ -159,7 +161,7 @@ impl BrowserWorker {
         let participant = Participant::connect(transport, key, &name)
             .await
             .map_err(|e| JsValue::from_str(&e.to_string()))?;
-        let (backend, device, class) = pick_backend(use_gpu).await;
+        let (backend, device, class) = pick_backend(&gpu).await;
         let key = participant.public_key().to_string();
         let job_name = participant.job.job.name.clone();
         Ok(BrowserWorker {
@@ -262,11 +264,19 @@ async fn turn(
 }
 
 #[cfg(feature = "gpu")]
-async fn pick_backend(use_gpu: bool) -> (Backend, String, String) {
+async fn pick_backend(mode: &str) -> (Backend, String, String) {
     use lupus_prover::kat::{DeviceClass as KatClass, check_device};
     use lupus_prover::verify::DeviceClass;
-    if use_gpu {
+    if mode == "auto" || mode == "force" {
         match crate::gpu::GpuDevice::new().await {
+            Ok(device) if device.is_cpu && mode == "auto" => {
+                let (backend, _, class) = cpu_backend();
+                let words = format!(
+                    "CPU (WebAssembly): the WebGPU adapter ({}) is a software renderer, slower than WebAssembly",
+                    device.description
+                );
+                return (backend, words, class);
+            }
             Ok(device) => {
                 let results = crate::gpu::run_suite_gpu(&device).await;
                 let (class, words) = match check_device(&results) {
@@ -298,7 +308,7 @@ async fn pick_backend(use_gpu: bool) -> (Backend, String, String) {
 }
 
 #[cfg(not(feature = "gpu"))]
-async fn pick_backend(_use_gpu: bool) -> (Backend, String, String) {
+async fn pick_backend(_mode: &str) -> (Backend, String, String) {
     cpu_backend()
 }
 
@@ -346,7 +356,7 @@ pub async fn bench_step_ms(which: String, steps: u32, gpu: bool) -> Result<JsVal
     let corpus = Corpus::generated(1, 200_000);
     let base = init_params(&job.model, [1; 32]).map_err(|e| err(&e))?;
     let (backend, device, _) = if gpu {
-        pick_backend(true).await
+        pick_backend("force").await
     } else {
         cpu_backend()
     };

@@ -18,14 +18,15 @@ use lupus_api::problem::Problem;
 use lupus_api::sign::sign_request;
 use lupus_api::types::{
     B64, JobInfo, JoinRequest, NextRequest, OpeningReceipt, Sig, Submission, SubmissionReceipt,
-    TaskDescription, TaskOffer, join_body, work_committed_body,
+    TaskDescription, TaskOffer, VerdictReceipt, VerdictSubmission, VerifyOffer, evidence_digest,
+    join_body, verdict_body, work_committed_body,
 };
 use lupus_ledger::entry::{Digest, Entry, PublicKey, Role};
 use lupus_prover::data::Corpus;
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::{TaskBuilder, TaskRun};
 use lupus_prover::tensor::Tensor;
-use lupus_prover::verify::DeviceClass;
+use lupus_prover::verify::{DeviceClass, Verdict, verify_opening};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -137,7 +138,21 @@ pub enum Turn {
     },
 }
 
-/// A joined worker: its key, the job, the dataset and the last base model.
+/// The outcome of one turn of the verifier loop.
+#[derive(Clone, Debug, PartialEq)]
+pub enum VerifyTurn {
+    /// Nothing to verify now; ask again after this many milliseconds.
+    Wait { ms: u64, reason: String },
+    /// A verdict was signed and accepted by the coordinator.
+    Verdict {
+        task: TaskDescription,
+        accepted: bool,
+        reason: String,
+    },
+}
+
+/// A joined participant (a worker or a verifier): its key, the job, the dataset and the
+/// last base model.
 pub struct Participant<T: Transport> {
     transport: T,
     key: SigningKey,
@@ -151,6 +166,16 @@ impl<T: Transport> Participant<T> {
     /// Fetches the job and the dataset (checked against the job's dataset root) and joins
     /// as a worker named `name`.
     pub async fn connect(transport: T, key: SigningKey, name: &str) -> Result<Self, WorkerError> {
+        Self::connect_as(transport, key, name, Role::Worker).await
+    }
+
+    /// [`Participant::connect`] in the given role.
+    pub async fn connect_as(
+        transport: T,
+        key: SigningKey,
+        name: &str,
+        role: Role,
+    ) -> Result<Self, WorkerError> {
         let info: JobInfo = get_json(&transport, paths::JOB).await?;
         let job = JobSpec::parse(&info.job_spec).map_err(|e| WorkerError::Decode(e.to_string()))?;
         let data = blob(&transport, &info.dataset_blob).await?;
@@ -172,7 +197,7 @@ impl<T: Transport> Participant<T> {
             corpus,
             model: None,
         };
-        me.join(name).await?;
+        me.join(name, role).await?;
         Ok(me)
     }
 
@@ -181,15 +206,15 @@ impl<T: Transport> Participant<T> {
         PublicKey::from(&self.key)
     }
 
-    async fn join(&self, name: &str) -> Result<(), WorkerError> {
-        let entry = Entry::signed(join_body(self.public_key(), Role::Worker, name), &self.key)
-            .map_err(local)?;
+    async fn join(&self, name: &str, role: Role) -> Result<(), WorkerError> {
+        let entry =
+            Entry::signed(join_body(self.public_key(), role, name), &self.key).map_err(local)?;
         let sig = entry
             .signature()
             .copied()
             .ok_or_else(|| local("the join entry carries no signature"))?;
         let req = JoinRequest {
-            role: Role::Worker,
+            role,
             name: name.to_owned(),
             signature: Sig(sig),
         };
@@ -292,6 +317,80 @@ impl<T: Transport> Participant<T> {
         })
     }
 
+    /// One turn of the verifier loop: ask for a task to verify, replay its challenged
+    /// steps from the worker's opening, sign the verdict (with the fraud proof when the
+    /// replay exposes one) and post it.
+    pub async fn verify_turn(&mut self) -> Result<VerifyTurn, WorkerError> {
+        let offer: VerifyOffer = self.post(paths::VERIFY_NEXT, &NextRequest {}).await?;
+        let vj = match offer {
+            VerifyOffer::Wait {
+                retry_after_ms,
+                reason,
+            } => {
+                return Ok(VerifyTurn::Wait {
+                    ms: retry_after_ms,
+                    reason,
+                });
+            }
+            VerifyOffer::Job(j) => j,
+        };
+        let base = self.base_model(&vj.task.base_model).await?;
+        let verdict = verify_opening(
+            &self.job,
+            &self.corpus,
+            &base,
+            &vj.task.seed.0,
+            &vj.commitment,
+            &vj.steps,
+            &vj.opening,
+            vj.device_class,
+        )
+        .map_err(local)?;
+        let (accepted, reason, proof) = match verdict {
+            Verdict::Accept => (
+                true,
+                "every challenged step replays to the committed values".to_owned(),
+                None,
+            ),
+            Verdict::Reject {
+                step,
+                reason,
+                fraud_proof,
+            } => (
+                false,
+                format!("step {step:?}: {reason}"),
+                fraud_proof.map(|p| *p),
+            ),
+        };
+        let evidence = proof.as_ref().map(evidence_digest);
+        let entry = Entry::signed(
+            verdict_body(
+                vj.task.task_id,
+                self.public_key(),
+                accepted,
+                vj.steps.clone(),
+                &reason,
+                evidence,
+            ),
+            &self.key,
+        )
+        .map_err(local)?;
+        let _: VerdictReceipt = self
+            .post(
+                &paths::verdict(vj.task.task_id.0),
+                &VerdictSubmission {
+                    verdict: B64(entry.encode()),
+                    fraud_proof: proof,
+                },
+            )
+            .await?;
+        Ok(VerifyTurn::Verdict {
+            task: vj.task,
+            accepted,
+            reason,
+        })
+    }
+
     /// Trains the task step by step; `None` when the control hook abandons it.
     async fn train(
         &self,
@@ -382,4 +481,41 @@ async fn blob(transport: &impl Transport, hash: &Digest) -> Result<Vec<u8>, Work
         )));
     }
     Ok(resp.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_decode_and_refusals_keep_the_problem() {
+        let ok: serde_json::Value = decode(Response {
+            status: 200,
+            body: b"{\"a\":1}".to_vec(),
+        })
+        .unwrap();
+        assert_eq!(ok["a"], 1);
+        let p = Problem::new(409, "conflict", "Conflict", "try again");
+        let e = decode::<serde_json::Value>(Response {
+            status: 409,
+            body: serde_json::to_vec(&p).unwrap(),
+        })
+        .unwrap_err();
+        assert_eq!(e, WorkerError::Refused(p));
+        assert!(e.is_transient());
+        // A non-JSON error page still becomes a problem with its status.
+        let e = decode::<serde_json::Value>(Response {
+            status: 403,
+            body: b"<html>no</html>".to_vec(),
+        })
+        .unwrap_err();
+        assert!(matches!(&e, WorkerError::Refused(p) if p.status == 403));
+        assert!(!e.is_transient());
+        assert!(WorkerError::Unreachable("down".into()).is_transient());
+        let bad = decode::<u32>(Response {
+            status: 200,
+            body: b"\"x\"".to_vec(),
+        });
+        assert!(matches!(bad, Err(WorkerError::Decode(_))));
+    }
 }

@@ -2,7 +2,8 @@
 // about the round, my tasks and my stake. Training runs in worker.js (a Web Worker).
 //
 // `/?autostart=1` starts working without a click (kiosks, embedding, tests);
-// `/?gpu=0` trains on the CPU path even where WebGPU exists.
+// `/?gpu=0` trains on the CPU path even where WebGPU exists; `/?gpu=1` uses WebGPU even
+// on a software adapter (SwiftShader), which by default is skipped as slower than wasm.
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -79,7 +80,7 @@ worker.onmessage = ({ data }) => {
       $('device').textContent = data.device;
       $('class').textContent = data.class;
       message('error', null);
-      if ($('use-gpu').checked && data.device.startsWith('CPU') && 'gpu' in navigator) {
+      if ($('use-gpu').checked && data.device === 'CPU (the reference kernels in WebAssembly)' && 'gpu' in navigator) {
         message('gpu', 'WebGPU could not open a device here: training on the CPU in WebAssembly (slower, same results).');
       }
       setState('working', 'Working');
@@ -94,7 +95,7 @@ worker.onmessage = ({ data }) => {
       $('progress').max = data.steps;
       $('progress').value = data.step;
       document.body.dataset.step = data.step;
-      document.body.dataset.steps = Number(document.body.dataset.steps || 0) + 1;
+      document.body.dataset.steps = data.done;
       document.body.dataset.wasmMemory = data.wasmBytes;
       $('step-time').textContent = `${data.ms.toFixed(0)} ms`;
       if (!state.tasks.has(data.task)) {
@@ -109,6 +110,9 @@ worker.onmessage = ({ data }) => {
     case 'paused':
       setState(document.visibilityState === 'visible' ? 'paused' : 'hidden',
         document.visibilityState === 'visible' ? 'Paused' : 'Paused while the tab is hidden');
+      break;
+    case 'pausing':
+      document.body.dataset.pausedAt = data.at;
       break;
     case 'resumed':
       setState('working', 'Working');
@@ -155,7 +159,7 @@ function start() {
     cmd: 'start',
     seed: state.seed,
     name: `browser ${navigator.userAgent.match(/(Chrom\w*|Firefox|Safari)\/[\d.]+/)?.[0] || ''}`.trim(),
-    useGpu: $('use-gpu').checked && params.get('gpu') !== '0',
+    gpu: !$('use-gpu').checked || params.get('gpu') === '0' ? 'off' : params.get('gpu') === '1' ? 'force' : 'auto',
   });
 }
 

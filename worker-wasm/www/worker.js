@@ -17,6 +17,7 @@ let share = 1.0;
 let waiters = [];
 let lastStepEnd = 0;
 let wasm = null;
+let stepsDone = 0;
 
 const post = (m) => self.postMessage(m);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -58,7 +59,8 @@ async function fetchFn(method, url, headers, body) {
 async function control(ev) {
   const now = performance.now();
   const ms = now - lastStepEnd;
-  post({ ev: 'progress', ...ev, ms, wasmBytes: wasm ? wasm.memory.buffer.byteLength : 0 });
+  stepsDone += 1;
+  post({ ev: 'progress', ...ev, ms, done: stepsDone, wasmBytes: wasm ? wasm.memory.buffer.byteLength : 0 });
   await yieldToEvents();
   if (share < 1) await sleep((ms * (1 - share)) / share);
   if (!canWork()) {
@@ -70,10 +72,10 @@ async function control(ev) {
   return true;
 }
 
-async function connect(seed, name, useGpu) {
+async function connect(seed, name, gpu) {
   for (;;) {
     try {
-      return await BrowserWorker.connect(self.location.origin, seed, name, fetchFn, useGpu);
+      return await BrowserWorker.connect(self.location.origin, seed, name, fetchFn, gpu);
     } catch (e) {
       post({ ev: 'error', message: `cannot start: ${e.message || e}`, transient: true });
       await sleep(3000);
@@ -114,16 +116,18 @@ self.onmessage = async ({ data }) => {
         break;
       }
       await loadWasm();
-      if (data.useGpu && !('gpu' in navigator)) {
+      if (data.gpu !== 'off' && !('gpu' in navigator)) {
         post({ ev: 'notice', message: 'WebGPU is not available in this browser: training on the CPU in WebAssembly (slower, same results).' });
       }
       post({ ev: 'connecting' });
-      worker = await connect(data.seed, data.name, data.useGpu && 'gpu' in navigator);
+      worker = await connect(data.seed, data.name, 'gpu' in navigator ? data.gpu : 'off');
       post({ ev: 'ready', device: worker.device, class: worker.class, key: worker.key, job: worker.job_name });
       loop();
       break;
     case 'pause':
       paused = true;
+      // How many steps had finished when the pause arrived: at most one more may follow.
+      post({ ev: 'pausing', at: stepsDone });
       break;
     case 'resume':
       paused = false;

@@ -113,9 +113,20 @@ impl GpuDevice {
             })
             .await
             .map_err(|e| GpuError::Device(e.to_string()))?;
+        // Browsers may hide the adapter's name and driver (privacy): say so.
+        let unnamed = |s: &str| {
+            if s.is_empty() {
+                "not disclosed".to_owned()
+            } else {
+                s.to_owned()
+            }
+        };
         let description = format!(
-            "{} ({}, {:?}, {:?})",
-            info.name, info.driver, info.backend, info.device_type
+            "{} (driver {}, {:?}, {:?})",
+            unnamed(&info.name),
+            unnamed(&info.driver),
+            info.backend,
+            info.device_type
         );
         Ok(GpuDevice {
             device,

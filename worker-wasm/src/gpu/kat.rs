@@ -406,7 +406,7 @@ fn quant_and_outer_cases() -> Result<Vec<KatResult>, ModelError> {
         name: "quant.delta",
         hash: q.hash(),
     });
-    let deq = q.dequantise();
+    let deq = q.dequantise()?;
     let other = deq
         .iter()
         .map(|d| t(&mut g, d.shape(), -0.5, 0.5))

@@ -1,0 +1,278 @@
+//! The native runner: the same worker and verifier loops as the browser, over HTTP/1.1
+//! (hyper, no TLS), with a key file. `lupus worker` and `lupus verify` can run these.
+//!
+//! The loops' futures are not `Send` (the loop is shared with the single-threaded
+//! browser). Await them on the task that owns them (`#[tokio::main]`'s main, a
+//! `LocalSet`), or use [`spawn_worker`] / [`spawn_verifier`], which run them on a thread
+//! of their own with a current-thread runtime. Training blocks that thread between
+//! awaits, which is what a dedicated worker thread is for.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use lupus_api::types::TaskDescription;
+use lupus_ledger::entry::Role;
+
+use crate::worker::{
+    Backend, Control, Participant, Request, Response, Transport, Turn, VerifyTurn, WorkerError,
+};
+
+/// What a native participant needs.
+#[derive(Clone, Debug)]
+pub struct NativeConfig {
+    /// `http://host:port` of the coordinator.
+    pub coordinator: String,
+    pub key: SigningKey,
+    pub name: String,
+    /// Train on the WGSL kernels (Vulkan) when the crate has the `gpu` feature and a
+    /// device is found; the CPU reference otherwise.
+    pub gpu: bool,
+}
+
+/// Counters the loops keep, readable while they run.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Tasks trained, committed and opened (worker) or verdicts posted (verifier).
+    pub done: AtomicU64,
+    /// Transient failures retried.
+    pub retries: AtomicU64,
+}
+
+/// Reads a key file (64 hex digits, as `lupus keygen` writes and the page exports), or
+/// creates one with a fresh random key.
+pub fn load_or_create_key(path: &Path) -> Result<SigningKey, WorkerError> {
+    let bad = |e: String| WorkerError::Local(format!("key file {}: {e}", path.display()));
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let mut seed = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut seed)
+            .map_err(|e| bad(format!("expected 64 hex digits: {e}")))?;
+        return Ok(SigningKey::from_bytes(&seed));
+    }
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| bad(e.to_string()))?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| bad(e.to_string()))?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).map_err(|e| bad(e.to_string()))?;
+    std::io::Write::write_all(&mut f, format!("{}\n", hex::encode(seed)).as_bytes())
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// HTTP/1.1 to the coordinator.
+pub struct HttpTransport {
+    base: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl HttpTransport {
+    /// A transport to `base` (`http://host:port`).
+    pub fn new(base: &str) -> HttpTransport {
+        HttpTransport {
+            base: base.trim_end_matches('/').to_owned(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl Transport for HttpTransport {
+    async fn send(&self, req: Request) -> Result<Response, String> {
+        let mut b = hyper::Request::builder()
+            .method(req.method)
+            .uri(format!("{}{}", self.base, req.path));
+        for (k, v) in &req.headers {
+            b = b.header(*k, v);
+        }
+        let r = b
+            .body(Full::new(Bytes::from(req.body)))
+            .map_err(|e| e.to_string())?;
+        let resp = self.client.request(r).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes()
+            .to_vec();
+        Ok(Response { status, body })
+    }
+
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn nonce(&self) -> [u8; 16] {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let mut n = [0u8; 16];
+        if getrandom::fill(&mut n).is_err() {
+            // No OS randomness: the time and a process-wide counter still make every
+            // request's nonce different, which is all replay protection needs.
+            n[..8].copy_from_slice(&self.now_ms().to_le_bytes());
+            n[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+        }
+        n
+    }
+}
+
+/// Stops the training loop when `stop` is set.
+struct Stop(Arc<AtomicBool>);
+
+#[async_trait::async_trait(?Send)]
+impl Control for Stop {
+    async fn after_step(&mut self, _: &TaskDescription, _: u32, _: u32, _: f32) -> bool {
+        !self.0.load(Ordering::Relaxed)
+    }
+}
+
+async fn backend(gpu: bool) -> Backend {
+    #[cfg(feature = "gpu")]
+    if gpu && let Ok(device) = crate::gpu::GpuDevice::new().await {
+        let results = crate::gpu::run_suite_gpu(&device).await;
+        let class = match lupus_prover::kat::check_device(&results) {
+            lupus_prover::kat::DeviceClass::Exact => lupus_prover::verify::DeviceClass::Exact,
+            _ => lupus_prover::verify::DeviceClass::Tolerant,
+        };
+        return Backend::Gpu { device, class };
+    }
+    let _ = gpu;
+    Backend::Cpu
+}
+
+async fn rest(ms: u64, stop: &AtomicBool) {
+    let mut left = ms.clamp(50, 5000);
+    while left > 0 && !stop.load(Ordering::Relaxed) {
+        let d = left.min(100);
+        tokio::time::sleep(Duration::from_millis(d)).await;
+        left -= d;
+    }
+}
+
+/// The worker loop until `stop` is set. Returns the number of tasks done; an error only
+/// for a refusal that retrying cannot fix (a slashed key, a bad job) or when the
+/// coordinator cannot be reached at start.
+pub async fn run_worker(
+    cfg: NativeConfig,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+) -> Result<u64, WorkerError> {
+    let t = HttpTransport::new(&cfg.coordinator);
+    let mut p = Participant::connect_as(t, cfg.key, &cfg.name, Role::Worker).await?;
+    let backend = backend(cfg.gpu).await;
+    let mut control = Stop(Arc::clone(&stop));
+    while !stop.load(Ordering::Relaxed) {
+        match p.turn(&backend, &mut control).await {
+            Ok(Turn::Wait { ms, .. }) => rest(ms, &stop).await,
+            Ok(Turn::Abandoned { .. }) => {}
+            Ok(Turn::Done { .. }) => {
+                stats.done.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if e.is_transient() => {
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+                rest(500, &stop).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(stats.done.load(Ordering::Relaxed))
+}
+
+/// The verifier loop until `stop` is set; returns the number of verdicts posted.
+pub async fn run_verifier(
+    cfg: NativeConfig,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+) -> Result<u64, WorkerError> {
+    let t = HttpTransport::new(&cfg.coordinator);
+    let mut p = Participant::connect_as(t, cfg.key, &cfg.name, Role::Verifier).await?;
+    while !stop.load(Ordering::Relaxed) {
+        match p.verify_turn().await {
+            Ok(VerifyTurn::Wait { ms, .. }) => rest(ms, &stop).await,
+            Ok(VerifyTurn::Verdict { .. }) => {
+                stats.done.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if e.is_transient() => {
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+                rest(500, &stop).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(stats.done.load(Ordering::Relaxed))
+}
+
+fn spawn<F, Fut>(f: F) -> std::thread::JoinHandle<Result<u64, WorkerError>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<u64, WorkerError>>,
+{
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| WorkerError::Local(e.to_string()))?;
+        rt.block_on(f())
+    })
+}
+
+/// [`run_worker`] on a thread of its own.
+pub fn spawn_worker(
+    cfg: NativeConfig,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+) -> std::thread::JoinHandle<Result<u64, WorkerError>> {
+    spawn(move || run_worker(cfg, stop, stats))
+}
+
+/// [`run_verifier`] on a thread of its own.
+pub fn spawn_verifier(
+    cfg: NativeConfig,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+) -> std::thread::JoinHandle<Result<u64, WorkerError>> {
+    spawn(move || run_verifier(cfg, stop, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_file_is_created_once_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/worker.key");
+        let k1 = load_or_create_key(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text.trim().len(),
+            64,
+            "64 hex digits, as `lupus keygen` writes"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "readable by its owner only");
+        }
+        let k2 = load_or_create_key(&path).unwrap();
+        assert_eq!(k1.to_bytes(), k2.to_bytes());
+        std::fs::write(dir.path().join("bad.key"), "not hex\n").unwrap();
+        assert!(load_or_create_key(&dir.path().join("bad.key")).is_err());
+    }
+}
