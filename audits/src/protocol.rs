@@ -145,7 +145,7 @@ pub enum Violation {
     #[error("task {task}: {key} is credited twice for the same work")]
     DuplicateCredit { task: TaskId, key: PublicKey },
     #[error("shares fold: {0}")]
-    Fold(FoldError),
+    Fold(Box<FoldError>),
 }
 
 /// What the job spec fixes, kept so the spec is parsed once.
@@ -213,7 +213,9 @@ impl ProtocolState {
         // Checks first, against the state before the entry; the fold last, so a
         // failed check leaves nothing half-applied that matters (the run stops).
         self.check(index, entry.body(), pinned_key)?;
-        self.fold.apply(index, entry).map_err(Violation::Fold)
+        self.fold
+            .apply(index, entry)
+            .map_err(|e| Violation::Fold(Box::new(e)))
     }
 
     fn job_facts(&self) -> Result<&JobFacts, Violation> {
@@ -221,7 +223,7 @@ impl ProtocolState {
         // guards entries that come after a genesis the fold refused.
         self.job
             .as_ref()
-            .ok_or(Violation::Fold(FoldError::MissingGenesis))
+            .ok_or_else(|| Violation::Fold(Box::new(FoldError::MissingGenesis)))
     }
 
     fn role(&self, key: &PublicKey, role: Role) -> Result<(), Violation> {
@@ -277,7 +279,8 @@ impl ProtocolState {
                 });
             }
             EntryBody::ParticipantJoined { key, role, .. } => {
-                if self.participants.insert(*key, *role).is_some() {
+                let previous = self.participants.insert(*key, *role);
+                if previous.is_some() {
                     return Err(Violation::AlreadyJoined(*key));
                 }
             }

@@ -166,3 +166,76 @@ fn the_monitor_follows_an_honest_log_and_alerts_on_a_split_view_and_a_stall() {
         "split_view"
     );
 }
+
+/// Serves `dir` over HTTP on loopback, as a tlog-tiles mirror would.
+async fn serve(dir: std::path::PathBuf) -> String {
+    use axum::extract::Path;
+    use axum::http::StatusCode;
+    let app = axum::Router::new().route(
+        "/{*path}",
+        axum::routing::get(move |Path(p): Path<String>| {
+            let dir = dir.clone();
+            async move {
+                match std::fs::read(dir.join(p)) {
+                    Ok(b) => (StatusCode::OK, b),
+                    Err(_) => (StatusCode::NOT_FOUND, Vec::new()),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_served_over_http_verifies_and_a_dead_url_is_unreachable() {
+    let job = job();
+    let tiles = tempfile::tempdir().unwrap();
+    let entries = encode(&honest(&job));
+    let (dir, all) = (tiles.path().to_owned(), entries.clone());
+    tokio::task::spawn_blocking(move || export(&common::job(), &all, &dir))
+        .await
+        .unwrap();
+    let url = serve(tiles.path().to_owned()).await;
+    let state = tempfile::tempdir().unwrap();
+    let key = job.vkey();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let src = lupus_audit::source::open_source(&url);
+        lupus_audit::verify::verify_log(
+            src.as_ref(),
+            &StateDir::new(state.path()),
+            Some(&key),
+            &Default::default(),
+            &mut |_, _| {},
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(outcome.size, entries.len() as u64);
+
+    let state = tempfile::tempdir().unwrap();
+    let key = job.vkey();
+    let err = tokio::task::spawn_blocking(move || {
+        // A port nothing listens on (bound, then closed).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let src = lupus_audit::source::open_source(&format!("http://127.0.0.1:{port}"));
+        lupus_audit::verify::verify_log(
+            src.as_ref(),
+            &StateDir::new(state.path()),
+            Some(&key),
+            &Default::default(),
+            &mut |_, _| {},
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert_eq!(err.exit_code(), 3, "{err}");
+}
