@@ -416,6 +416,7 @@ fn run_bench(entries: u64, dir: &Path, threads: usize, json: bool) -> anyhow::Re
     let size = tree_only(&source)?;
     let tree_s = t.elapsed().as_secs_f64();
 
+    let cpu_before = cpu_seconds();
     let result = verify_log(
         &source,
         &StateDir::new(state.path()),
@@ -423,6 +424,7 @@ fn run_bench(entries: u64, dir: &Path, threads: usize, json: bool) -> anyhow::Re
         &Options { threads },
         &mut |_, _| {},
     );
+    let cpu = cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
     let outcome = match result {
         Ok(o) => o,
         Err(e) => return Ok(report_audit_error(json, &e)),
@@ -447,6 +449,7 @@ fn run_bench(entries: u64, dir: &Path, threads: usize, json: bool) -> anyhow::Re
             json!({"ok": true, "entries": outcome.size, "build_seconds": build_seconds,
                 "verify_seconds": outcome.seconds, "verify_entries_per_second": outcome.entries_per_second,
                 "tree_only_entries_per_second": tree_rate, "resume_seconds": resume_s,
+                "verify_cpu_seconds": cpu,
                 "threads": threads})
         );
     } else {
@@ -460,6 +463,12 @@ fn run_bench(entries: u64, dir: &Path, threads: usize, json: bool) -> anyhow::Re
             outcome.size, outcome.seconds, outcome.entries_per_second
         );
         println!("| second run (nothing new) | 0 | {resume_s:.3} | - |");
+        if let Some(cpu) = cpu {
+            println!(
+                "verify used {cpu:.2} s of CPU (all threads): {:.0} entries per CPU-second",
+                outcome.size as f64 / cpu
+            );
+        }
         println!(
             "full verify runs at {:.2}x the tree-only baseline; target 50,000 entries/s: {}",
             outcome.entries_per_second / tree_rate,
@@ -475,6 +484,19 @@ fn run_bench(entries: u64, dir: &Path, threads: usize, json: bool) -> anyhow::Re
     } else {
         EXIT_FAILED
     })
+}
+
+/// CPU time (user + system, all threads) this process has used, from
+/// `/proc/self/stat` (Linux; clock ticks of 1/100 s). `None` elsewhere.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 /// Reads every bundle and rebuilds the tree; returns the size after checking the root.
