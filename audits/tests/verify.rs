@@ -506,3 +506,234 @@ fn a_checkpoint_not_signed_by_the_pinned_key_is_refused() {
     let err = verify(&job, tiles.path(), state.path()).unwrap_err();
     assert!(matches!(err, AuditError::BadCheckpoint(_)), "{err}");
 }
+
+/// One protocol rule broken by a coordinator that re-signs its log: where, how, and
+/// what the auditor must say.
+struct Case {
+    name: &'static str,
+    /// The `n`-th entry of this kind is replaced.
+    kind: EntryKind,
+    n: usize,
+    edit: fn(&lupus_audit::sample::SampleJob, EntryBody) -> EntryBody,
+    expect: fn(&Violation) -> bool,
+}
+
+#[test]
+fn resigned_each_protocol_rule_is_enforced_at_the_entry_that_breaks_it() {
+    use lupus_ledger::entry::{PublicKey, Role, TaskId};
+    let cases = [
+        Case {
+            name: "task seed not derived from the beacon commitment",
+            kind: EntryKind::TaskAssigned,
+            n: 3,
+            edit: |_, b| match b {
+                EntryBody::TaskAssigned {
+                    task,
+                    round,
+                    worker,
+                    inner_steps,
+                    batch_size,
+                    ..
+                } => EntryBody::TaskAssigned {
+                    task,
+                    round,
+                    worker,
+                    seed: Digest([1; 32]),
+                    inner_steps,
+                    batch_size,
+                },
+                b => b,
+            },
+            expect: |v| matches!(v, Violation::TaskSeed(_)),
+        },
+        Case {
+            name: "task with another H than the job spec",
+            kind: EntryKind::TaskAssigned,
+            n: 2,
+            edit: |_, b| match b {
+                EntryBody::TaskAssigned {
+                    task,
+                    round,
+                    worker,
+                    seed,
+                    batch_size,
+                    ..
+                } => EntryBody::TaskAssigned {
+                    task,
+                    round,
+                    worker,
+                    seed,
+                    inner_steps: 3,
+                    batch_size,
+                },
+                b => b,
+            },
+            expect: |v| {
+                matches!(
+                    v,
+                    Violation::TaskShape {
+                        field: "inner_steps",
+                        ..
+                    }
+                )
+            },
+        },
+        Case {
+            name: "work committed by another worker than the assigned one",
+            kind: EntryKind::WorkCommitted,
+            n: 1,
+            edit: |job, b| match b {
+                EntryBody::WorkCommitted {
+                    task,
+                    trace_root,
+                    final_state,
+                    delta,
+                    ..
+                } => EntryBody::WorkCommitted {
+                    task,
+                    worker: PublicKey::from(&job.workers[3]),
+                    trace_root,
+                    final_state,
+                    delta,
+                },
+                b => b,
+            },
+            expect: |v| matches!(v, Violation::WrongWorker { .. }),
+        },
+        Case {
+            name: "challenge of fewer steps than m",
+            kind: EntryKind::ChallengeIssued,
+            n: 2,
+            edit: |_, b| match b {
+                EntryBody::ChallengeIssued {
+                    task,
+                    verifier,
+                    mut steps,
+                } => {
+                    steps.pop();
+                    EntryBody::ChallengeIssued {
+                        task,
+                        verifier,
+                        steps,
+                    }
+                }
+                b => b,
+            },
+            expect: |v| matches!(v, Violation::ChallengeCount { .. }),
+        },
+        Case {
+            name: "a participant joins twice",
+            kind: EntryKind::ParticipantJoined,
+            n: 1,
+            edit: |job, _| EntryBody::ParticipantJoined {
+                key: PublicKey::from(&job.workers[0]),
+                role: Role::Worker,
+                name: "again".into(),
+            },
+            expect: |v| matches!(v, Violation::AlreadyJoined(_)),
+        },
+        Case {
+            name: "verification credit to the worker instead of the verifier",
+            kind: EntryKind::Credit,
+            n: 5,
+            edit: |job, b| match b {
+                EntryBody::Credit {
+                    round,
+                    amount,
+                    task,
+                    kind,
+                    ..
+                } => EntryBody::Credit {
+                    round,
+                    key: PublicKey::from(&job.workers[0]),
+                    amount,
+                    task,
+                    kind,
+                },
+                b => b,
+            },
+            expect: |v| matches!(v, Violation::CreditWrongKey { .. }),
+        },
+        Case {
+            name: "credit for a task that does not exist",
+            kind: EntryKind::Credit,
+            n: 4,
+            edit: |_, b| match b {
+                EntryBody::Credit {
+                    round,
+                    key,
+                    amount,
+                    kind,
+                    ..
+                } => EntryBody::Credit {
+                    round,
+                    key,
+                    amount,
+                    task: TaskId(999_999),
+                    kind,
+                },
+                b => b,
+            },
+            expect: |v| matches!(v, Violation::UnknownTask(_)),
+        },
+        Case {
+            name: "round claims more accepted tasks than were verified",
+            kind: EntryKind::RoundClosed,
+            n: 1,
+            edit: |_, b| match b {
+                EntryBody::RoundClosed {
+                    round,
+                    beacon,
+                    new_model,
+                    val_loss_bits,
+                    ..
+                } => EntryBody::RoundClosed {
+                    round,
+                    beacon,
+                    new_model,
+                    val_loss_bits,
+                    accepted_tasks: 99,
+                },
+                b => b,
+            },
+            expect: |v| matches!(v, Violation::TooManyAccepted { .. }),
+        },
+        Case {
+            name: "shares epoch that does not commit the balances",
+            kind: EntryKind::SharesEpoch,
+            n: 3,
+            edit: |_, b| match b {
+                EntryBody::SharesEpoch {
+                    epoch,
+                    round,
+                    root,
+                    total,
+                    accounts,
+                } => EntryBody::SharesEpoch {
+                    epoch,
+                    round,
+                    root,
+                    total: Amount(total.0 + 1),
+                    accounts,
+                },
+                b => b,
+            },
+            expect: |v| matches!(v, Violation::Fold(_)),
+        },
+    ];
+    let job = job();
+    for case in cases {
+        let mut entries = honest(&job);
+        let i = find(&entries, case.n, |b| b.kind() == case.kind);
+        entries[i] = resign(&job, (case.edit)(&job, entries[i].body().clone()));
+        let (tiles, state) = dirs();
+        export(&job, &encode(&entries), tiles.path());
+        match verify(&job, tiles.path(), state.path()) {
+            Err(AuditError::Protocol { index, violation }) => {
+                assert!((case.expect)(&violation), "{}: got {violation}", case.name);
+                assert_eq!(index, i as u64, "{}", case.name);
+            }
+            other => panic!("{}: {other:?}", case.name),
+        }
+    }
+}
