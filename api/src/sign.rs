@@ -1,0 +1,292 @@
+//! Request signing: every mutating request is signed by the participant's Ed25519 key.
+//!
+//! # Scheme (version 1)
+//!
+//! The client builds the *canonical string*
+//!
+//! ```text
+//! lupus request v1\n
+//! <METHOD>\n                  upper case, e.g. POST
+//! <path with query>\n         exactly as sent, e.g. /v1/tasks/7/submit
+//! <blake3(body) hex>\n        64 lowercase hex digits (the hash of the empty body if none)
+//! <timestamp>\n               unix time in milliseconds, decimal, no leading zeroes
+//! <nonce>\n                   32 lowercase hex digits (16 random bytes)
+//! ```
+//!
+//! signs it with Ed25519, and sends four headers:
+//!
+//! | header | value |
+//! |---|---|
+//! | `Lupus-Key` | the public key, 64 lowercase hex digits |
+//! | `Lupus-Timestamp` | the timestamp above |
+//! | `Lupus-Nonce` | the nonce above |
+//! | `Lupus-Signature` | the signature, 128 lowercase hex digits |
+//!
+//! [`verify_request`] rebuilds the string from what arrived, checks the signature with
+//! `verify_strict` (no small-order keys, no malleable signatures) and refuses a
+//! timestamp more than [`MAX_SKEW_MS`] from the server's clock. The server keeps a cache
+//! of `(key, nonce)` pairs seen within the skew window and refuses a repeat: with the
+//! timestamp bound, that makes every signed request usable once. The cache lives in the
+//! server (this crate does no I/O and keeps no state).
+//!
+//! The body hash binds the body; the path binds the endpoint and the task; the method
+//! binds the verb; the domain line keeps these signatures apart from the ledger's entry
+//! signatures (which start `lupus entry v1\n`).
+
+use ed25519_dalek::{Signature, Signer, SigningKey};
+use lupus_ledger::entry::PublicKey;
+
+/// Header carrying the signer's public key.
+pub const HEADER_KEY: &str = "lupus-key";
+/// Header carrying the timestamp (unix ms).
+pub const HEADER_TIMESTAMP: &str = "lupus-timestamp";
+/// Header carrying the nonce (32 hex digits).
+pub const HEADER_NONCE: &str = "lupus-nonce";
+/// Header carrying the signature (128 hex digits).
+pub const HEADER_SIGNATURE: &str = "lupus-signature";
+
+/// Largest accepted distance between a request's timestamp and the server's clock.
+pub const MAX_SKEW_MS: u64 = 5 * 60 * 1000;
+
+const DOMAIN: &str = "lupus request v1\n";
+
+/// Why a signed request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    #[error("header `{0}` is missing: mutating requests must be signed (see the API docs)")]
+    Missing(&'static str),
+    #[error("header `{header}` is malformed: {problem}")]
+    Malformed {
+        header: &'static str,
+        problem: &'static str,
+    },
+    #[error("`lupus-key` is not a valid Ed25519 public key")]
+    BadKey,
+    #[error("the request signature does not verify for this key, method, path and body")]
+    BadSignature,
+    #[error(
+        "the request timestamp {timestamp} is more than {MAX_SKEW_MS} ms from the server's clock {now}; check the clock and sign again"
+    )]
+    Stale { timestamp: u64, now: u64 },
+    #[error("this nonce was already used with this key: a signed request is accepted once")]
+    Replayed,
+}
+
+/// The four signature headers of one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedHeaders {
+    pub key: String,
+    pub timestamp: String,
+    pub nonce: String,
+    pub signature: String,
+}
+
+impl SignedHeaders {
+    /// `(header name, value)` pairs, ready to add to a request.
+    pub fn pairs(&self) -> [(&'static str, &str); 4] {
+        [
+            (HEADER_KEY, &self.key),
+            (HEADER_TIMESTAMP, &self.timestamp),
+            (HEADER_NONCE, &self.nonce),
+            (HEADER_SIGNATURE, &self.signature),
+        ]
+    }
+}
+
+/// What a verified request proves: who signed it, when, with which nonce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerifiedRequest {
+    pub key: PublicKey,
+    pub timestamp_ms: u64,
+    pub nonce: [u8; 16],
+}
+
+/// The canonical string of the scheme (see the module docs).
+pub fn canonical_string(
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+    timestamp_ms: u64,
+    nonce: &[u8; 16],
+) -> String {
+    format!(
+        "{DOMAIN}{}\n{path_and_query}\n{}\n{timestamp_ms}\n{}\n",
+        method.to_ascii_uppercase(),
+        blake3::hash(body).to_hex(),
+        hex::encode(nonce)
+    )
+}
+
+/// Signs a request. `nonce` must be fresh random bytes (the caller's random source:
+/// this crate has none, so it builds for wasm32 without one).
+pub fn sign_request(
+    key: &SigningKey,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+    timestamp_ms: u64,
+    nonce: [u8; 16],
+) -> SignedHeaders {
+    let text = canonical_string(method, path_and_query, body, timestamp_ms, &nonce);
+    let sig = key.sign(text.as_bytes());
+    SignedHeaders {
+        key: hex::encode(key.verifying_key().to_bytes()),
+        timestamp: timestamp_ms.to_string(),
+        nonce: hex::encode(nonce),
+        signature: hex::encode(sig.to_bytes()),
+    }
+}
+
+fn decode_fixed<const N: usize>(header: &'static str, text: &str) -> Result<[u8; N], AuthError> {
+    let mut out = [0u8; N];
+    if text.len() != 2 * N || text.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(AuthError::Malformed {
+            header,
+            problem: "wrong length or not lowercase hex",
+        });
+    }
+    hex::decode_to_slice(text, &mut out).map_err(|_| AuthError::Malformed {
+        header,
+        problem: "not hex",
+    })?;
+    Ok(out)
+}
+
+/// Verifies a signed request. `header` looks a header up by its lowercase name;
+/// `now_ms` is the server's clock. Replays are the server's to refuse (it keeps the
+/// nonce cache); everything else is checked here.
+pub fn verify_request<'a>(
+    header: impl Fn(&'static str) -> Option<&'a str>,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+    now_ms: u64,
+) -> Result<VerifiedRequest, AuthError> {
+    let get = |name: &'static str| header(name).ok_or(AuthError::Missing(name));
+    let key_bytes: [u8; 32] = decode_fixed(HEADER_KEY, get(HEADER_KEY)?)?;
+    let ts_text = get(HEADER_TIMESTAMP)?;
+    if ts_text.is_empty()
+        || ts_text.len() > 20
+        || !ts_text.bytes().all(|b| b.is_ascii_digit())
+        || (ts_text.len() > 1 && ts_text.starts_with('0'))
+    {
+        return Err(AuthError::Malformed {
+            header: HEADER_TIMESTAMP,
+            problem: "not a decimal number of milliseconds without leading zeroes",
+        });
+    }
+    let timestamp_ms: u64 = ts_text.parse().map_err(|_| AuthError::Malformed {
+        header: HEADER_TIMESTAMP,
+        problem: "does not fit in 64 bits",
+    })?;
+    let nonce: [u8; 16] = decode_fixed(HEADER_NONCE, get(HEADER_NONCE)?)?;
+    let sig: [u8; 64] = decode_fixed(HEADER_SIGNATURE, get(HEADER_SIGNATURE)?)?;
+    let key = PublicKey(key_bytes);
+    let vk = key.verifying_key().ok_or(AuthError::BadKey)?;
+    let text = canonical_string(method, path_and_query, body, timestamp_ms, &nonce);
+    vk.verify_strict(text.as_bytes(), &Signature::from_bytes(&sig))
+        .map_err(|_| AuthError::BadSignature)?;
+    if timestamp_ms.abs_diff(now_ms) > MAX_SKEW_MS {
+        return Err(AuthError::Stale {
+            timestamp: timestamp_ms,
+            now: now_ms,
+        });
+    }
+    Ok(VerifiedRequest {
+        key,
+        timestamp_ms,
+        nonce,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup<'a>(h: &'a SignedHeaders) -> impl Fn(&'static str) -> Option<&'a str> + 'a {
+        move |name| match name {
+            HEADER_KEY => Some(h.key.as_str()),
+            HEADER_TIMESTAMP => Some(h.timestamp.as_str()),
+            HEADER_NONCE => Some(h.nonce.as_str()),
+            HEADER_SIGNATURE => Some(h.signature.as_str()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_signed_request_verifies_and_every_field_is_bound() {
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let h = sign_request(
+            &key,
+            "post",
+            "/v1/tasks/3/submit",
+            b"{}",
+            1_000_000,
+            [1; 16],
+        );
+        let ok = verify_request(lookup(&h), "POST", "/v1/tasks/3/submit", b"{}", 1_000_500);
+        assert_eq!(ok.unwrap().key, PublicKey::from(&key));
+        let bad = |m, p, b: &[u8]| verify_request(lookup(&h), m, p, b, 1_000_000);
+        assert_eq!(
+            bad("GET", "/v1/tasks/3/submit", b"{}"),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            bad("POST", "/v1/tasks/4/submit", b"{}"),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            bad("POST", "/v1/tasks/3/submit", b"{ }"),
+            Err(AuthError::BadSignature)
+        );
+        let stale = verify_request(
+            lookup(&h),
+            "POST",
+            "/v1/tasks/3/submit",
+            b"{}",
+            1_000_000 + MAX_SKEW_MS + 1,
+        );
+        assert!(matches!(stale, Err(AuthError::Stale { .. })));
+        let mut other = h.clone();
+        other.nonce = hex::encode([2u8; 16]);
+        assert_eq!(
+            verify_request(
+                lookup(&other),
+                "POST",
+                "/v1/tasks/3/submit",
+                b"{}",
+                1_000_000
+            ),
+            Err(AuthError::BadSignature)
+        );
+        other = h.clone();
+        other.timestamp = "01000000".into();
+        assert!(matches!(
+            verify_request(
+                lookup(&other),
+                "POST",
+                "/v1/tasks/3/submit",
+                b"{}",
+                1_000_000
+            ),
+            Err(AuthError::Malformed { .. })
+        ));
+        other = h.clone();
+        other.signature = other.signature.to_uppercase();
+        assert!(matches!(
+            verify_request(
+                lookup(&other),
+                "POST",
+                "/v1/tasks/3/submit",
+                b"{}",
+                1_000_000
+            ),
+            Err(AuthError::Malformed { .. })
+        ));
+        assert_eq!(
+            verify_request(|_| None, "POST", "/", b"", 0),
+            Err(AuthError::Missing(HEADER_KEY))
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! The blob store: models, deltas, openings, momentum buffers and the dataset, content
+//! addressed by blake3, in one directory.
+//!
+//! A blob is written to a temporary file in the same directory, fsynced, renamed to its
+//! hash and the directory fsynced, so after [`BlobStore::put`] returns the blob is
+//! durable and a crash never leaves a partial file under a hash name. Reads hash what
+//! they read and refuse a file whose content does not match its name.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use lupus_ledger::entry::Digest;
+
+/// Errors of the blob store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlobError {
+    #[error("blob store I/O at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("blob {hash} is corrupt: its content hashes to {actual}")]
+    Corrupt { hash: Digest, actual: Digest },
+}
+
+/// A directory of blobs named by their blake3 hex.
+#[derive(Clone, Debug)]
+pub struct BlobStore {
+    dir: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BlobError + '_ {
+    move |source| BlobError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl BlobStore {
+    /// Opens (creating it if needed) the store in `dir`.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<BlobStore, BlobError> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        Ok(BlobStore { dir })
+    }
+
+    fn path(&self, hash: &Digest) -> PathBuf {
+        self.dir.join(hash.to_string())
+    }
+
+    /// Stores `bytes` durably and returns their hash. Storing a blob twice is a no-op.
+    pub fn put(&self, bytes: &[u8]) -> Result<Digest, BlobError> {
+        let hash = Digest::of(bytes);
+        let path = self.path(&hash);
+        if path.exists() {
+            return Ok(hash);
+        }
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|e| BlobError::Io {
+            path: self.dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let tmp = self.dir.join(format!(".tmp-{}", hex::encode(nonce)));
+        let result = (|| {
+            let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+            f.write_all(bytes).map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io(&path))?;
+            std::fs::File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&self.dir))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map(|()| hash)
+    }
+
+    /// Reads a blob, or `None` if the store does not have it.
+    pub fn get(&self, hash: &Digest) -> Result<Option<Vec<u8>>, BlobError> {
+        let path = self.path(hash);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let actual = Digest::of(&bytes);
+                if actual != *hash {
+                    return Err(BlobError::Corrupt {
+                        hash: *hash,
+                        actual,
+                    });
+                }
+                Ok(Some(bytes))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_round_trip_and_corruption_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+        let h = store.put(b"hello").unwrap();
+        assert_eq!(h, Digest::of(b"hello"));
+        assert_eq!(store.put(b"hello").unwrap(), h);
+        assert_eq!(store.get(&h).unwrap().unwrap(), b"hello");
+        assert!(store.get(&Digest::of(b"nope")).unwrap().is_none());
+        std::fs::write(dir.path().join("blobs").join(h.to_string()), b"evil").unwrap();
+        assert!(matches!(store.get(&h), Err(BlobError::Corrupt { .. })));
+        let leftovers = std::fs::read_dir(dir.path().join("blobs"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".tmp"))
+            .count();
+        assert_eq!(leftovers, 0);
+    }
+}

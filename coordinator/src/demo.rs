@@ -1,0 +1,231 @@
+//! `lupus demo`: one command that runs the whole loop on this machine and reports.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use ed25519_dalek::SigningKey;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use lupus_api::types::{JobInfo, RoundPhase, StakeTable};
+use lupus_coordinator::audit::reverify;
+use lupus_coordinator::client::{Behaviour, Client, ParticipantStats, run_verifier, run_worker};
+use lupus_coordinator::engine::Coordinator;
+use lupus_coordinator::server::Server;
+use lupus_coordinator::{png, sample};
+use serde_json::json;
+
+use crate::{CoordinatorArgs, default_web, open_coordinator};
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    #[arg(long, default_value = "lupus-data")]
+    data_dir: PathBuf,
+    #[arg(long)]
+    job: Option<PathBuf>,
+    /// `postgres://...` for the ledger (default: SQLite under --data-dir/demo).
+    #[arg(long)]
+    database: Option<String>,
+    /// Native workers (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Rounds to train.
+    #[arg(long, default_value_t = 6)]
+    rounds: u64,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where to write the JSON report (default: --data-dir/demo/report.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// The volunteer page's directory (default: worker-wasm/www when built).
+    #[arg(long)]
+    web: Option<PathBuf>,
+}
+
+fn random_key() -> Result<SigningKey> {
+    let mut s = [0u8; 32];
+    getrandom::fill(&mut s).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
+    Ok(SigningKey::from_bytes(&s))
+}
+
+pub async fn run(args: DemoArgs) -> Result<()> {
+    let started = Instant::now();
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
+    let run_dir = args.data_dir.join("demo");
+    if run_dir.exists() {
+        std::fs::remove_dir_all(&run_dir)
+            .with_context(|| format!("clearing the previous demo run in {}", run_dir.display()))?;
+    }
+    let cargs = CoordinatorArgs {
+        data_dir: args.data_dir.clone(),
+        database: args.database.clone(),
+        job: args.job.clone(),
+        tasks_per_round: Some(workers as u32),
+        rounds: Some(args.rounds),
+        round_timeout: 900,
+        task_timeout: 600,
+        web: args.web.clone(),
+    };
+    println!("lupus demo: {workers} workers, 1 verifier, {} rounds", args.rounds);
+    let c = open_coordinator(&cargs, &run_dir, workers as u32).await?;
+    let job = c.job().clone();
+    let initial = {
+        let model = c.model().await;
+        let corpus = Arc::clone(c.corpus());
+        let j = job.clone();
+        tokio::task::spawn_blocking(move || Coordinator::validation_loss(&j, &corpus, &model, 512))
+            .await?
+            .map_err(anyhow::Error::msg)?
+    };
+    let web = args.web.clone().or_else(default_web);
+    let server = match Server::start(Arc::clone(&c), args.listen, web.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            println!("{} is busy ({e}); using a free port", args.listen);
+            Server::start(Arc::clone(&c), "127.0.0.1:0".parse()?, web.clone()).await?
+        }
+    };
+    let url = server.url();
+    match &web {
+        Some(dir) => println!("volunteer page: {url}/ (from {}); a browser can join", dir.display()),
+        None => println!("coordinator at {url}/ (the web worker is not built, so no volunteer page)"),
+    }
+    println!("job {} ({} params/sample FLOPs {}), initial validation loss {initial:.4}", job.job.name, job.model.param_shapes().len(), job.model.flops_per_sample());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::new();
+    for i in 0..workers {
+        let client = Client::new(&url, random_key()?);
+        let (stop, stats) = (Arc::clone(&stop), Arc::new(ParticipantStats::default()));
+        handles.push(tokio::spawn(async move {
+            run_worker(client, &format!("demo-worker-{i}"), Behaviour::Honest, stop, stats).await
+        }));
+    }
+    {
+        let client = Client::new(&url, random_key()?);
+        let (stop, stats) = (Arc::clone(&stop), Arc::new(ParticipantStats::default()));
+        handles.push(tokio::spawn(async move {
+            run_verifier(client, "demo-verifier", stop, stats).await
+        }));
+    }
+
+    let mp = MultiProgress::new();
+    let style = ProgressStyle::with_template("{prefix:>13} [{bar:30}] {pos}/{len} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    let rounds_bar = mp.add(ProgressBar::new(args.rounds).with_style(style.clone()).with_prefix("rounds"));
+    let tasks_bar = mp.add(ProgressBar::new(workers as u64).with_style(style.clone()).with_prefix("tasks"));
+    let verify_bar = mp.add(ProgressBar::new(workers as u64).with_style(style).with_prefix("verification"));
+    let mut reported = 0usize;
+    while !c.finished().await {
+        for h in &handles {
+            if h.is_finished() {
+                anyhow::bail!("a demo participant stopped early; see the log above");
+            }
+        }
+        let list = c.rounds().await.rounds;
+        let closed: Vec<_> = list.iter().filter(|r| r.phase == RoundPhase::Closed).collect();
+        for r in closed.iter().skip(reported) {
+            let line = format!(
+                "round {} closed: {} tasks merged, validation loss {:.4}",
+                r.round,
+                r.accepted,
+                r.val_loss.unwrap_or(f32::NAN)
+            );
+            if mp.is_hidden() {
+                println!("{line}");
+            } else {
+                mp.println(line)?;
+            }
+        }
+        reported = closed.len();
+        rounds_bar.set_position(closed.len() as u64);
+        if let Some(open) = list.iter().find(|r| r.phase == RoundPhase::Open) {
+            rounds_bar.set_message(format!("round {} open", open.round));
+            tasks_bar.set_position(u64::from(open.committed.min(open.target_tasks)));
+            tasks_bar.set_message(format!("{} handed out", open.assigned));
+            verify_bar.set_position(u64::from(open.accepted.min(open.target_tasks)));
+            verify_bar.set_message(format!("{} rejected", open.rejected));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in &handles {
+        h.abort();
+    }
+    rounds_bar.finish_with_message("done");
+    tasks_bar.finish_and_clear();
+    verify_bar.finish_and_clear();
+
+    let rounds = c.rounds().await.rounds;
+    for r in rounds.iter().skip(reported) {
+        println!("round {} closed: {} tasks merged, validation loss {:.4}", r.round, r.accepted, r.val_loss.unwrap_or(f32::NAN));
+    }
+    let reader = Client::new(&url, random_key()?);
+    let info: JobInfo = reader.get("/v1/job").await?;
+    let table: StakeTable = reader.get("/v1/stake").await?;
+    println!("\nstake table (epoch {}, total {} FLOPs):", table.epoch.unwrap_or(0), table.total);
+    for row in &table.accounts {
+        let share = row.balance.0 as f64 / table.total.0.max(1) as f64 * 100.0;
+        println!("  {}  {:>20}  {share:6.2}%", row.key, row.balance);
+    }
+    let checkpoint = c.log().checkpoint();
+    println!("\ncheckpoint:\n{checkpoint}");
+    let audit = reverify(&reader, &info.log_key).await;
+    match &audit {
+        Ok(a) => println!(
+            "re-verification: OK ({} entries, root {}, shares total {}, {} slashed)",
+            a.size,
+            a.root_hex,
+            a.total_shares,
+            a.slashed.len()
+        ),
+        Err(e) => println!("re-verification: FAILED: {e}"),
+    }
+    let model = c.model().await;
+    let text = sample::generate(&job.model, &model, "ROMEO:\n", 300, 1)
+        .unwrap_or_else(|| "(text sampling supports the MLP model only)".into());
+    println!("\nsample from the trained model:\n{text}\n");
+
+    let losses: Vec<f32> = std::iter::once(initial)
+        .chain(rounds.iter().filter_map(|r| r.val_loss))
+        .collect();
+    let png_path = run_dir.join("loss.png");
+    std::fs::write(&png_path, png::loss_chart(&losses))?;
+    let report_path = args.json.clone().unwrap_or_else(|| run_dir.join("report.json"));
+    let report = json!({
+        "job": job.job.name,
+        "job_hash": info.job_hash,
+        "workers": workers,
+        "verifiers": 1,
+        "initial_val_loss": initial,
+        "rounds": rounds.iter().map(|r| json!({
+            "round": r.round, "accepted": r.accepted, "rejected": r.rejected,
+            "val_loss": r.val_loss, "model": r.new_model, "beacon": r.beacon,
+        })).collect::<Vec<_>>(),
+        "final_val_loss": losses.last(),
+        "stake": table,
+        "checkpoint": checkpoint,
+        "log_key": info.log_key,
+        "reverify": match &audit {
+            Ok(a) => json!({"ok": true, "size": a.size, "root": a.root_hex, "entries": a.entries_by_kind}),
+            Err(e) => json!({"ok": false, "error": e.to_string()}),
+        },
+        "sample": text,
+        "loss_png": png_path,
+        "elapsed_s": started.elapsed().as_secs_f64(),
+    });
+    if let Some(parent) = report_path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&report_path, serde_json::to_vec_pretty(&report)?)?;
+    println!("loss curve: {}\nreport: {}", png_path.display(), report_path.display());
+    println!("elapsed: {:.1} s", started.elapsed().as_secs_f64());
+    server.stop();
+    audit.map(|_| ()).map_err(anyhow::Error::from)
+}

