@@ -13,8 +13,10 @@
 //! - **Tasks**: assigned in an open round, with `H` and the batch size of the job spec
 //!   and the seed `derive_task_seed(task, worker, beacon_commitment)`; committed once,
 //!   by the assigned worker; challenged only after the commitment, with `m` steps.
-//! - **Verdicts**: by a verifier the task was challenged to, over exactly the
-//!   challenged steps (the signature itself is checked when the entry decodes).
+//! - **Verdicts**: by a joined verifier, on a task that was challenged, over exactly
+//!   the challenged steps (the signature itself is checked when the entry decodes).
+//!   The verifier need not be the one the challenge names: the coordinator's referee
+//!   (a verifier that joins at genesis) settles disputes on the same steps.
 //! - **Beacons**: `RoundClosed.beacon` must open `RoundOpened.beacon_commitment`
 //!   ([`beacon_matches`]), and then every challenge of the round must be exactly
 //!   [`challenge_steps`]`(beacon, trace_root, H, m)`. The beacon is secret until the
@@ -93,7 +95,7 @@ pub enum Violation {
         expected: u32,
         found: usize,
     },
-    #[error("task {task}: {verifier} gives a verdict but was never challenged to")]
+    #[error("task {task}: {verifier} gives a verdict, but the task was never challenged")]
     NotChallenged { task: TaskId, verifier: PublicKey },
     #[error("task {task}: the verdict covers steps {found:?}, the challenge asked {expected:?}")]
     VerdictSteps {
@@ -399,14 +401,14 @@ impl ProtocolState {
             } => {
                 self.role(verifier, Role::Verifier)?;
                 let t = self.task(*task)?;
-                let challenge = t
-                    .challenges
-                    .iter()
-                    .find(|c| c.verifier == *verifier)
-                    .ok_or(Violation::NotChallenged {
-                        task: *task,
-                        verifier: *verifier,
-                    })?;
+                // Every challenge of a task asks the same steps (they are a function
+                // of the beacon and the trace root); a verifier judges those steps.
+                // It need not have a challenge of its own: the coordinator's referee
+                // settles disputes over the challenge already issued.
+                let challenge = t.challenges.first().ok_or(Violation::NotChallenged {
+                    task: *task,
+                    verifier: *verifier,
+                })?;
                 if challenge.steps != *steps {
                     return Err(Violation::VerdictSteps {
                         task: *task,
