@@ -1,7 +1,8 @@
 //! The auditor over a real run: a coordinator on loopback, native workers and a
 //! verifier train the tiny job; `lupus-audit verify` reads the coordinator's
 //! `tlog-tiles` API while the run goes on and after it, and every check passes,
-//! including for a run where a cheating worker is caught and slashed.
+//! including for a run where a cheating worker is caught and slashed. A witness
+//! cosigns the run's checkpoints from the coordinator's own consistency proofs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,6 +88,7 @@ async fn run(workers: &[(u8, Behaviour)], rounds: u64) -> (Outcome, Outcome) {
     let state = tempfile::tempdir().unwrap();
     // Once while the job runs (whatever the log holds then), once after.
     let during = audit(&url, &log_key, state.path()).await;
+    let first = fetch(&url, "checkpoint").await;
     let start = Instant::now();
     while !server.coordinator.finished().await {
         assert!(
@@ -96,11 +98,66 @@ async fn run(workers: &[(u8, Behaviour)], rounds: u64) -> (Outcome, Outcome) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let after = audit(&url, &log_key, state.path()).await;
+    witness_the_run(&url, &log_key, &first).await;
     stop.store(true, Ordering::Relaxed);
     for h in handles {
         h.abort();
     }
     (during, after)
+}
+
+async fn fetch(url: &str, path: &str) -> String {
+    let (url, path) = (url.to_owned(), path.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let bytes = lupus_audit::source::HttpSource::new(&url)
+            .get_url(&path, 1 << 20)
+            .unwrap();
+        String::from_utf8(bytes).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// What a coordinator configured with a witness would do: send the witness each new
+/// checkpoint with a consistency proof from its own `/v1/proof/consistency`, and
+/// publish the cosignature on the checkpoint.
+async fn witness_the_run(url: &str, log_key: &str, first: &str) {
+    use lupus_audit::witness::{AddCheckpoint, Witness, attach};
+    let dir = tempfile::tempdir().unwrap();
+    let skey = lupus_ledger::note::NoteSigner::from_secret("witness.example", [3; 32])
+        .unwrap()
+        .private_key();
+    let w = Witness::open(&skey, &[log_key.to_owned()], &dir.path().join("w.json")).unwrap();
+    let body = AddCheckpoint {
+        old: 0,
+        proof: vec![],
+        checkpoint: first.to_owned(),
+    };
+    w.add_checkpoint(&body.encode(), 1).unwrap();
+    let verifier = lupus_ledger::note::NoteVerifier::parse(log_key).unwrap();
+    let size = |note: &str| {
+        lupus_ledger::checkpoint::open_checkpoint(note, &verifier)
+            .unwrap()
+            .checkpoint
+            .size
+            .0
+    };
+    let last = fetch(url, "checkpoint").await;
+    let (old, new) = (size(first), size(&last));
+    let proof: lupus_ledger::proof::ConsistencyProof = serde_json::from_str(
+        &fetch(url, &format!("v1/proof/consistency?old={old}&new={new}")).await,
+    )
+    .unwrap();
+    let body = AddCheckpoint {
+        old,
+        proof: proof.path,
+        checkpoint: last.clone(),
+    };
+    let line = w.add_checkpoint(&body.encode(), 2).unwrap();
+    let cosigned = attach(&last, &line).unwrap();
+    let opened = lupus_ledger::checkpoint::open_checkpoint(&cosigned, &verifier).unwrap();
+    assert_eq!(opened.other_signatures.len(), 1);
+    assert_eq!(opened.checkpoint.size.0, new);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
