@@ -16,7 +16,7 @@
 //!    checkpoint seen but not yet known to be extended, from hash tiles checked
 //!    against the new root ([`VerifiedTiles`]).
 //!
-//! When anything fails, [`diagnose`] works out the most basic cause before reporting:
+//! When anything fails, the auditor works out the most basic cause before reporting:
 //! tiles that do not match the signed root, a new tree that does not extend the last
 //! verified one (a fork), or the first entry whose bytes are not the leaf the signed
 //! tree holds. Only then is a decoding or protocol failure reported as such.
@@ -254,10 +254,13 @@ pub fn verify_log(
         }
     };
     let result = run(source, &mut state, options, progress);
-    // A run that saw a conflicting checkpoint keeps it as evidence; a successful
-    // run keeps its progress. A run that failed on entries saves nothing new but
-    // the checkpoint it saw.
-    dir.save(&state)?;
+    // A successful run keeps its progress; a run that saw a conflicting checkpoint
+    // keeps it as evidence; a run that failed on entries keeps only the checkpoint
+    // it saw. A first run that learned nothing (the log unreachable, or not signed
+    // by the key given) pins nothing, so the key can be corrected.
+    if result.is_ok() || !state.seen.is_empty() {
+        dir.save(&state)?;
+    }
     result
 }
 
@@ -485,7 +488,7 @@ fn decode_parallel(batch: &[Vec<u8>], threads: usize) -> Vec<Result<Entry, Entry
     })
 }
 
-/// What [`diagnose`] needs to know about the run.
+/// What `diagnose` needs to know about the run.
 struct Ctx<'a> {
     source: &'a dyn LogSource,
     from: u64,

@@ -60,6 +60,8 @@ fn an_unpinned_key_or_another_key_is_a_usage_error() {
         &mut |_, _| {},
     );
     assert!(matches!(r, Err(AuditError::BadCheckpoint(_))), "{r:?}");
+    // Nothing was pinned by a run that learned nothing: the right key still works.
+    verify(&job, tiles.path(), state.path()).unwrap();
     let state2 = tempfile::tempdir().unwrap();
     verify(&job, tiles.path(), state2.path()).unwrap();
     let r = lupus_audit::verify::verify_log(
