@@ -10,6 +10,7 @@
 //! - [`verify`]: incremental verification of the whole log.
 //! - [`protocol`]: the per-entry protocol rules (beacons, challenges, credits) on top
 //!   of the ledger's shares fold.
+//! - [`replay`]: re-runs a sample of challenges from the coordinator's stored openings.
 //! - [`statement`]: offline checks of stake statements and C2SP `tlog-proof` files.
 //! - [`witness`]: a C2SP `tlog-witness` that cosigns consistent checkpoints.
 //! - [`monitor`]: follows a log and alerts on failures or a stalled log.
@@ -19,6 +20,7 @@
 
 pub mod monitor;
 pub mod protocol;
+pub mod replay;
 pub mod sample;
 pub mod source;
 pub mod state;

@@ -60,6 +60,10 @@ enum Command {
         /// Threads that check entry signatures (0: one per CPU).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Replay the challenges of K accepted tasks of this run from the
+        /// coordinator's stored openings (needs the coordinator's URL).
+        #[arg(long, default_value_t = 0)]
+        replay: usize,
     },
     /// Verify a stake statement (JSON) or a C2SP tlog-proof file offline.
     #[command(after_help = EXIT_CODES)]
@@ -180,7 +184,7 @@ fn print_outcome(json: bool, o: &Outcome) {
         );
     } else {
         println!(
-            "ok: verified entries {}..{} ({} new) in {:.2} s ({:.0} entries/s); root {}; {} shares over {} accounts; {} earlier checkpoints proven consistent",
+            "ok: verified entries {}..{} ({} new) in {:.2} s ({:.0} entries/s); root {}; {} shares over {} accounts; {} earlier checkpoints proven consistent; {} challenges replayed",
             o.from_size,
             o.size,
             o.new_entries,
@@ -190,6 +194,7 @@ fn print_outcome(json: bool, o: &Outcome) {
             o.total_shares,
             o.accounts,
             o.consistency_proofs,
+            o.replayed,
         );
     }
 }
@@ -215,6 +220,7 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
             key,
             state,
             threads,
+            replay,
         } => {
             let key = key.as_deref().map(key_arg).transpose()?;
             let src = open_source(source);
@@ -223,7 +229,10 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
                 src.as_ref(),
                 &StateDir::new(state),
                 key.as_deref(),
-                &Options { threads: *threads },
+                &Options {
+                    threads: *threads,
+                    replay: *replay,
+                },
                 &mut |done, total| {
                     bar.set_length(total);
                     bar.set_position(done);
@@ -421,7 +430,7 @@ fn run_bench(entries: u64, dir: &Path, threads: usize, json: bool) -> anyhow::Re
         &source,
         &StateDir::new(state.path()),
         Some(&job.vkey()),
-        &Options { threads },
+        &Options { threads, replay: 0 },
         &mut |_, _| {},
     );
     let cpu = cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
@@ -435,7 +444,7 @@ fn run_bench(entries: u64, dir: &Path, threads: usize, json: bool) -> anyhow::Re
         &source,
         &StateDir::new(state.path()),
         None,
-        &Options { threads },
+        &Options { threads, replay: 0 },
         &mut |_, _| {},
     );
     let resume_s = t.elapsed().as_secs_f64();

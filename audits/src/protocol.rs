@@ -153,6 +153,10 @@ pub enum Violation {
 /// What the job spec fixes, kept so the spec is parsed once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobFacts {
+    /// The genesis `job_hash`.
+    pub job_hash: Digest,
+    /// The genesis `dataset_root`.
+    pub dataset_root: Digest,
     /// `H`.
     pub inner_steps: u32,
     /// Windows per step.
@@ -246,6 +250,7 @@ impl ProtocolState {
             EntryBody::Genesis {
                 job_spec,
                 job_hash,
+                dataset_root,
                 log_key,
                 coordinator_note_key,
                 ..
@@ -274,6 +279,8 @@ impl ProtocolState {
                     return Err(Violation::LogKey(*log_key));
                 }
                 self.job = Some(JobFacts {
+                    job_hash: *job_hash,
+                    dataset_root: *dataset_root,
                     inner_steps: spec.inner.steps,
                     batch_size: spec.inner.batch_size,
                     challenges: spec.verify.challenges,

@@ -14,7 +14,9 @@
 //!    protocol checks and the shares fold ([`crate::protocol`]), in log order;
 //! 4. proves consistency (RFC 9162 §2.1.4) between the new checkpoint and every
 //!    checkpoint seen but not yet known to be extended, from hash tiles checked
-//!    against the new root ([`VerifiedTiles`]).
+//!    against the new root ([`VerifiedTiles`]);
+//! 5. with `--replay K`, re-runs the challenges of K accepted tasks of the run
+//!    ([`crate::replay`]).
 //!
 //! When anything fails, the auditor works out the most basic cause before reporting:
 //! tiles that do not match the signed root, a new tree that does not extend the last
@@ -38,6 +40,7 @@ use lupus_ledger::tree::{HashReader, StoredHashIndex, stored_hash_index};
 use serde::Serialize;
 
 use crate::protocol::Violation;
+use crate::replay::{Sampler, replay};
 use crate::source::{LogSource, SourceError};
 use crate::state::{AuditState, StateDir, StateError, VerifiedHead};
 
@@ -132,6 +135,9 @@ pub enum AuditError {
     /// An entry breaks a protocol or shares rule.
     #[error("entry {index}: {violation}")]
     Protocol { index: u64, violation: Violation },
+    /// A replayed challenge contradicts the log (or cannot be replayed).
+    #[error("replay: {reason}")]
+    Replay { index: Option<u64>, reason: String },
 }
 
 impl AuditError {
@@ -151,6 +157,7 @@ impl AuditError {
             AuditError::EntryMismatch { index }
             | AuditError::Entry { index, .. }
             | AuditError::Protocol { index, .. } => Some(*index),
+            AuditError::Replay { index, .. } => *index,
             _ => None,
         }
     }
@@ -171,6 +178,7 @@ impl AuditError {
             AuditError::RootMismatch { .. } => "root_mismatch",
             AuditError::Entry { .. } => "bad_entry",
             AuditError::Protocol { .. } => "protocol",
+            AuditError::Replay { .. } => "replay",
         }
     }
 
@@ -216,6 +224,8 @@ pub struct Outcome {
     pub accounts: usize,
     /// Earlier checkpoints proven consistent with this one during the run.
     pub consistency_proofs: usize,
+    /// Accepted tasks whose challenges were replayed (`--replay`).
+    pub replayed: usize,
 }
 
 /// Options of a run.
@@ -223,6 +233,9 @@ pub struct Outcome {
 pub struct Options {
     /// Threads that decode entries (signature checks); 0 means one per CPU.
     pub threads: usize,
+    /// Accepted tasks of this run whose challenges to replay from the coordinator's
+    /// stored openings ([`crate::replay`]); 0 replays none.
+    pub replay: usize,
 }
 
 /// Verifies what is new in the log at `source`, extending the state in `dir`.
@@ -311,6 +324,7 @@ fn run(
         })
     })?;
     let mut protocol = state.protocol.clone();
+    let mut sampler = (options.replay > 0).then(|| Sampler::new(options.replay, root));
     let mut leaves: Vec<Hash> = Vec::with_capacity(size.saturating_sub(from) as usize);
     let ctx = Ctx {
         source,
@@ -386,6 +400,9 @@ fn run(
                 };
                 return Err(ctx.diagnose(&leaves, AuditError::Protocol { index, violation }));
             }
+            if let Some(s) = sampler.as_mut() {
+                s.observe(index, &entry);
+            }
             frontier.append(leaves[(index - from) as usize]);
         }
         progress(next - from, total);
@@ -431,6 +448,11 @@ fn run(
             }
         }
     }
+    // Replays run on a log already verified: a failure here is about the work.
+    let replayed = match (sampler, protocol.job()) {
+        (Some(s), Some(job)) => replay(source, job, &s.into_sample())?,
+        _ => 0,
+    };
     for s in state.seen.iter_mut().filter(|s| s.size <= size) {
         s.consistent = true;
     }
@@ -457,6 +479,7 @@ fn run(
         total_shares: fold.total().0,
         accounts: fold.balances().len(),
         consistency_proofs: pending.len(),
+        replayed,
     })
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use lupus_audit::source::open_source;
 use lupus_audit::state::StateDir;
-use lupus_audit::verify::{Outcome, verify_log};
+use lupus_audit::verify::{Options, Outcome, verify_log};
 use lupus_coordinator::client::{Behaviour, Client, ParticipantStats, run_verifier, run_worker};
 use lupus_coordinator::engine::{Config, Coordinator};
 use lupus_coordinator::server::Server;
@@ -38,7 +38,7 @@ fn key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
 }
 
-async fn audit(url: &str, key: &str, state: &std::path::Path) -> Outcome {
+async fn audit(url: &str, key: &str, state: &std::path::Path, replay: usize) -> Outcome {
     let (url, key, state) = (url.to_owned(), key.to_owned(), state.to_owned());
     tokio::task::spawn_blocking(move || {
         let src = open_source(&url);
@@ -46,7 +46,7 @@ async fn audit(url: &str, key: &str, state: &std::path::Path) -> Outcome {
             src.as_ref(),
             &StateDir::new(&state),
             Some(&key),
-            &Default::default(),
+            &Options { threads: 0, replay },
             &mut |_, _| {},
         )
     })
@@ -87,7 +87,7 @@ async fn run(workers: &[(u8, Behaviour)], rounds: u64) -> (Outcome, Outcome) {
     let log_key = server.coordinator.note_key();
     let state = tempfile::tempdir().unwrap();
     // Once while the job runs (whatever the log holds then), once after.
-    let during = audit(&url, &log_key, state.path()).await;
+    let during = audit(&url, &log_key, state.path(), 0).await;
     let first = fetch(&url, "checkpoint").await;
     let start = Instant::now();
     while !server.coordinator.finished().await {
@@ -97,7 +97,7 @@ async fn run(workers: &[(u8, Behaviour)], rounds: u64) -> (Outcome, Outcome) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let after = audit(&url, &log_key, state.path()).await;
+    let after = audit(&url, &log_key, state.path(), 2).await;
     witness_the_run(&url, &log_key, &first).await;
     stop.store(true, Ordering::Relaxed);
     for h in handles {
@@ -167,6 +167,8 @@ async fn a_real_honest_run_verifies_while_it_grows_and_after() {
     assert!(after.size > during.size);
     // Two workers and the verifier earned.
     assert_eq!(after.accounts, 3, "{after:?}");
+    // Two accepted tasks of the second run were replayed from their openings.
+    assert_eq!(after.replayed, 2, "{after:?}");
     assert!(after.total_shares > 0);
 }
 
@@ -181,6 +183,8 @@ async fn a_real_run_with_a_slashed_cheater_verifies() {
         2,
     )
     .await;
-    // The cheater earns nothing; the honest workers and the verifier do.
+    // The cheater earns nothing; the honest workers and the verifier do; the
+    // accepted (honest) tasks sampled replay.
     assert_eq!(after.accounts, 3, "{after:?}");
+    assert!(after.replayed >= 1, "{after:?}");
 }

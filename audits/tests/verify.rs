@@ -739,3 +739,24 @@ fn resigned_each_protocol_rule_is_enforced_at_the_entry_that_breaks_it() {
         }
     }
 }
+
+#[test]
+fn replay_needs_the_coordinators_api_and_a_static_mirror_is_a_usage_error() {
+    let job = job();
+    let (tiles, state) = dirs();
+    export(&job, &encode(&honest(&job)), tiles.path());
+    let err = lupus_audit::verify::verify_log(
+        &lupus_audit::source::DirSource::new(tiles.path()),
+        &lupus_audit::state::StateDir::new(state.path()),
+        Some(&job.vkey()),
+        &lupus_audit::verify::Options {
+            threads: 1,
+            replay: 3,
+        },
+        &mut |_, _| {},
+    )
+    .unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    // Without --replay the same log verifies.
+    verify(&job, tiles.path(), state.path()).unwrap();
+}

@@ -93,7 +93,10 @@ pub fn verify(job: &SampleJob, tiles: &Path, state: &Path) -> Result<Outcome, Au
         &DirSource::new(tiles),
         &StateDir::new(state),
         Some(&job.vkey()),
-        &Options { threads: 2 },
+        &Options {
+            threads: 2,
+            replay: 0,
+        },
         &mut |_, _| {},
     )
 }
