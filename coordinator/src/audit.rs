@@ -82,7 +82,9 @@ pub async fn reverify(client: &Client, log_key: &str) -> Result<AuditReport, Cli
                     committed.insert(*task);
                 }
                 EntryBody::Verdict {
-                    task, accepted: true, ..
+                    task,
+                    accepted: true,
+                    ..
                 } => {
                     accepted.insert(*task);
                 }
@@ -100,7 +102,9 @@ pub async fn reverify(client: &Client, log_key: &str) -> Result<AuditReport, Cli
         }
     }
     if tree.size() != size || tree.root() != cp.root {
-        return Err(fail("the entry bundles do not rebuild the checkpoint's root"));
+        return Err(fail(
+            "the entry bundles do not rebuild the checkpoint's root",
+        ));
     }
     for (key, task) in &work_credits {
         if workers.get(task) != Some(key) || !committed.contains(task) || !accepted.contains(task) {

@@ -88,7 +88,10 @@ fn val(job: &JobSpec, corpus: &Corpus, p: &[Tensor]) -> Result<f32> {
 }
 
 fn diloco(job: &JobSpec, corpus: &Corpus, workers: usize, rounds: u64) -> Result<()> {
-    ensure!(workers > 0 && rounds > 0, "need at least one worker and one round");
+    ensure!(
+        workers > 0 && rounds > 0,
+        "need at least one worker and one round"
+    );
     let p0 = init_params(&job.model, job.hash().0)?;
     let initial = val(job, corpus, &p0)?;
     let h = job.inner.steps;
@@ -104,7 +107,13 @@ fn diloco(job: &JobSpec, corpus: &Corpus, workers: usize, rounds: u64) -> Result
     let mut delta_bytes = 0usize;
     for r in 0..rounds {
         let seeds: Vec<[u8; 32]> = (0..workers)
-            .map(|w| prf(&[1; 32], "lupus bench seed v1", &(r * 1000 + w as u64).to_le_bytes()))
+            .map(|w| {
+                prf(
+                    &[1; 32],
+                    "lupus bench seed v1",
+                    &(r * 1000 + w as u64).to_le_bytes(),
+                )
+            })
             .collect();
         let runs: Vec<_> = std::thread::scope(|s| {
             let handles: Vec<_> = seeds
@@ -124,7 +133,11 @@ fn diloco(job: &JobSpec, corpus: &Corpus, workers: usize, rounds: u64) -> Result
         }
         let mean = merge_deltas(&deltas, job.outer.clip_norm)?;
         params = outer_step(&params, &mut momentum, &mean, &job.outer.nesterov())?;
-        println!("  federated round {}: validation loss {:.4}", r + 1, val(job, corpus, &params)?);
+        println!(
+            "  federated round {}: validation loss {:.4}",
+            r + 1,
+            val(job, corpus, &params)?
+        );
     }
     let federated = val(job, corpus, &params)?;
     let fed_time = t.elapsed();
@@ -149,8 +162,14 @@ fn diloco(job: &JobSpec, corpus: &Corpus, workers: usize, rounds: u64) -> Result
     println!("|---|---|---|---|");
     println!("| initial | 0 | {initial:.4} | |");
     let samples = u64::from(steps) * u64::from(job.inner.batch_size);
-    println!("| centralised AdamW (baseline) | {samples} | {central:.4} | {:.1} s |", central_time.as_secs_f64());
-    println!("| federated DiLoCo, {workers} workers | {samples} | {federated:.4} | {:.1} s |", fed_time.as_secs_f64());
+    println!(
+        "| centralised AdamW (baseline) | {samples} | {central:.4} | {:.1} s |",
+        central_time.as_secs_f64()
+    );
+    println!(
+        "| federated DiLoCo, {workers} workers | {samples} | {federated:.4} | {:.1} s |",
+        fed_time.as_secs_f64()
+    );
     println!();
     println!("federated loss is {gap:+.2}% against centralised (target: within 5%)");
     println!(
@@ -213,21 +232,39 @@ async fn load(workers: usize, verifiers: usize, seconds: u64, job: Option<PathBu
     let requests = m.requests.load(Ordering::Relaxed);
     let client_errors = m.client_errors.load(Ordering::Relaxed);
     let server_errors = m.server_errors.load(Ordering::Relaxed);
-    let mut lat = latencies.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    let mut lat = latencies
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0) as f64 / 1000.0;
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
     // Lost submissions: every acknowledged commitment must be in the log where the
     // receipt said.
     let mut acknowledged = 0usize;
     let mut lost = 0usize;
     for s in &stats {
-        let acks = s.acknowledged.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+        let acks = s
+            .acknowledged
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .clone();
         for (task, index) in acks {
             acknowledged += 1;
-            let entries = c.log().entries(LeafIndex(index), LeafIndex(index + 1)).await?;
-            let ok = entries.first().and_then(|b| Entry::decode(b).ok()).is_some_and(|e| {
-                matches!(e.body(), EntryBody::WorkCommitted { task: t, .. } if t.0 == task)
-            });
+            let entries = c
+                .log()
+                .entries(LeafIndex(index), LeafIndex(index + 1))
+                .await?;
+            let ok = entries
+                .first()
+                .and_then(|b| Entry::decode(b).ok())
+                .is_some_and(
+                    |e| matches!(e.body(), EntryBody::WorkCommitted { task: t, .. } if t.0 == task),
+                );
             if !ok {
                 lost += 1;
             }
@@ -236,13 +273,21 @@ async fn load(workers: usize, verifiers: usize, seconds: u64, job: Option<PathBu
     let rounds = c.rounds().await.rounds;
     let closed = rounds.iter().filter(|r| r.new_model.is_some()).count();
     let tasks: u64 = stats.iter().map(|s| s.tasks.load(Ordering::Relaxed)).sum();
-    let verdicts: u64 = stats.iter().map(|s| s.verdicts.load(Ordering::Relaxed)).sum();
+    let verdicts: u64 = stats
+        .iter()
+        .map(|s| s.verdicts.load(Ordering::Relaxed))
+        .sum();
     println!();
     println!("| figure | value |");
     println!("|---|---|");
     println!("| requests | {requests} |");
     println!("| requests per second | {:.0} |", requests as f64 / elapsed);
-    println!("| latency p50 / p99 / max (ms) | {:.2} / {:.2} / {:.2} |", pct(0.5), pct(0.99), pct(1.0));
+    println!(
+        "| latency p50 / p99 / max (ms) | {:.2} / {:.2} / {:.2} |",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
     println!("| 4xx / 5xx answers | {client_errors} / {server_errors} |");
     println!("| tasks done / verdicts | {tasks} / {verdicts} |");
     println!("| rounds closed | {closed} |");
@@ -250,6 +295,9 @@ async fn load(workers: usize, verifiers: usize, seconds: u64, job: Option<PathBu
     println!("| log entries | {} |", c.log().head().size.0);
     server.stop();
     let _ = std::fs::remove_dir_all(&dir);
-    ensure!(lost == 0, "{lost} acknowledged submissions are not in the log");
+    ensure!(
+        lost == 0,
+        "{lost} acknowledged submissions are not in the log"
+    );
     Ok(())
 }

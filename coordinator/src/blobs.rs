@@ -115,7 +115,13 @@ mod tests {
         assert!(matches!(store.get(&h), Err(BlobError::Corrupt { .. })));
         let leftovers = std::fs::read_dir(dir.path().join("blobs"))
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".tmp"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".tmp")
+            })
             .count();
         assert_eq!(leftovers, 0);
     }

@@ -153,9 +153,9 @@ impl Client {
     pub async fn get_bytes(&self, path: &str) -> Result<Bytes, ClientError> {
         let (status, bytes) = self.send("GET", path, Vec::new()).await?;
         if status >= 400 {
-            return Err(Self::decode::<()>(status, &bytes).err().unwrap_or_else(|| {
-                ClientError::Decode(format!("status {status}"))
-            }));
+            return Err(Self::decode::<()>(status, &bytes)
+                .err()
+                .unwrap_or_else(|| ClientError::Decode(format!("status {status}"))));
         }
         Ok(bytes)
     }
@@ -236,7 +236,12 @@ struct Models {
 }
 
 impl Models {
-    async fn get(&mut self, c: &Client, job: &JobSpec, hash: &Digest) -> Result<Arc<Vec<Tensor>>, ClientError> {
+    async fn get(
+        &mut self,
+        c: &Client,
+        job: &JobSpec,
+        hash: &Digest,
+    ) -> Result<Arc<Vec<Tensor>>, ClientError> {
         if let Some(m) = self.cache.get(hash) {
             return Ok(Arc::clone(m));
         }
@@ -259,7 +264,9 @@ fn train(
     behaviour: Behaviour,
 ) -> Result<TaskRun, String> {
     match behaviour {
-        Behaviour::Honest => run_task(job, corpus, base, seed, &mut |_, _| {}).map_err(|e| e.to_string()),
+        Behaviour::Honest => {
+            run_task(job, corpus, base, seed, &mut |_, _| {}).map_err(|e| e.to_string())
+        }
         Behaviour::InflatedDelta => {
             let mut b = TaskBuilder::new(job, corpus, base, seed).map_err(|e| e.to_string())?;
             for _ in 0..job.inner.steps {
@@ -327,9 +334,9 @@ pub async fn run_worker(
     stop: Arc<AtomicBool>,
     stats: Arc<ParticipantStats>,
 ) -> Result<(), ClientError> {
-    let (_, job, corpus) = client.job().await?;
+    let (_, job, corpus) = retrying(|| client.job()).await?;
     let (job, corpus) = (Arc::new(job), Arc::new(corpus));
-    client.join(Role::Worker, name).await?;
+    retrying(|| client.join(Role::Worker, name)).await?;
     let mut models = Models {
         cache: HashMap::new(),
     };
@@ -387,7 +394,11 @@ async fn worker_step(
     // coordinator restarting): a commitment acknowledged before a crash is found again
     // through the task's status.
     let submit_path = paths::submit(task.task_id.0);
-    let challenge = match retrying(|| client.post::<_, api::SubmissionReceipt>(&submit_path, &submission)).await {
+    let challenge = match retrying(|| {
+        client.post::<_, api::SubmissionReceipt>(&submit_path, &submission)
+    })
+    .await
+    {
         Ok(receipt) => {
             if let Ok(mut a) = stats.acknowledged.lock() {
                 a.push((task.task_id.0, receipt.entry_index));
@@ -423,9 +434,9 @@ pub async fn run_verifier(
     stop: Arc<AtomicBool>,
     stats: Arc<ParticipantStats>,
 ) -> Result<(), ClientError> {
-    let (_, job, corpus) = client.job().await?;
+    let (_, job, corpus) = retrying(|| client.job()).await?;
     let (job, corpus) = (Arc::new(job), Arc::new(corpus));
-    client.join(Role::Verifier, name).await?;
+    retrying(|| client.join(Role::Verifier, name)).await?;
     let mut models = Models {
         cache: HashMap::new(),
     };
@@ -451,7 +462,9 @@ async fn verifier_step(
     models: &mut Models,
     stats: &ParticipantStats,
 ) -> Result<Option<u64>, ClientError> {
-    let offer: VerifyOffer = client.post(paths::VERIFY_NEXT, &api::NextRequest {}).await?;
+    let offer: VerifyOffer = client
+        .post(paths::VERIFY_NEXT, &api::NextRequest {})
+        .await?;
     let vj = match offer {
         VerifyOffer::Wait { retry_after_ms, .. } => return Ok(Some(retry_after_ms)),
         VerifyOffer::Job(j) => j,
@@ -476,7 +489,11 @@ async fn verifier_step(
     .map_err(|e| ClientError::Local(e.to_string()))?
     .map_err(|e| ClientError::Local(e.to_string()))?;
     let (accepted, reason, proof) = match verdict {
-        Verdict::Accept => (true, "every challenged step replays to the committed values".to_string(), None),
+        Verdict::Accept => (
+            true,
+            "every challenged step replays to the committed values".to_string(),
+            None,
+        ),
         Verdict::Reject {
             step,
             reason,
@@ -489,7 +506,14 @@ async fn verifier_step(
     };
     let evidence = proof.as_ref().map(evidence_digest);
     let entry = Entry::signed(
-        verdict_body(task.task_id, client.public_key(), accepted, steps, &reason, evidence),
+        verdict_body(
+            task.task_id,
+            client.public_key(),
+            accepted,
+            steps,
+            &reason,
+            evidence,
+        ),
         &client.key,
     )
     .map_err(|e| ClientError::Local(e.to_string()))?;

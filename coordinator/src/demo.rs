@@ -71,7 +71,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         task_timeout: 600,
         web: args.web.clone(),
     };
-    println!("lupus demo: {workers} workers, 1 verifier, {} rounds", args.rounds);
+    println!(
+        "lupus demo: {workers} workers, 1 verifier, {} rounds",
+        args.rounds
+    );
     let c = open_coordinator(&cargs, &run_dir, workers as u32).await?;
     let job = c.job().clone();
     let initial = {
@@ -92,10 +95,20 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     };
     let url = server.url();
     match &web {
-        Some(dir) => println!("volunteer page: {url}/ (from {}); a browser can join", dir.display()),
-        None => println!("coordinator at {url}/ (the web worker is not built, so no volunteer page)"),
+        Some(dir) => println!(
+            "volunteer page: {url}/ (from {}); a browser can join",
+            dir.display()
+        ),
+        None => {
+            println!("coordinator at {url}/ (the web worker is not built, so no volunteer page)")
+        }
     }
-    println!("job {} ({} params/sample FLOPs {}), initial validation loss {initial:.4}", job.job.name, job.model.param_shapes().len(), job.model.flops_per_sample());
+    println!(
+        "job {} ({} params/sample FLOPs {}), initial validation loss {initial:.4}",
+        job.job.name,
+        job.model.param_shapes().len(),
+        job.model.flops_per_sample()
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
@@ -103,7 +116,14 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         let client = Client::new(&url, random_key()?);
         let (stop, stats) = (Arc::clone(&stop), Arc::new(ParticipantStats::default()));
         handles.push(tokio::spawn(async move {
-            run_worker(client, &format!("demo-worker-{i}"), Behaviour::Honest, stop, stats).await
+            run_worker(
+                client,
+                &format!("demo-worker-{i}"),
+                Behaviour::Honest,
+                stop,
+                stats,
+            )
+            .await
         }));
     }
     {
@@ -118,9 +138,21 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let style = ProgressStyle::with_template("{prefix:>13} [{bar:30}] {pos}/{len} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
-    let rounds_bar = mp.add(ProgressBar::new(args.rounds).with_style(style.clone()).with_prefix("rounds"));
-    let tasks_bar = mp.add(ProgressBar::new(workers as u64).with_style(style.clone()).with_prefix("tasks"));
-    let verify_bar = mp.add(ProgressBar::new(workers as u64).with_style(style).with_prefix("verification"));
+    let rounds_bar = mp.add(
+        ProgressBar::new(args.rounds)
+            .with_style(style.clone())
+            .with_prefix("rounds"),
+    );
+    let tasks_bar = mp.add(
+        ProgressBar::new(workers as u64)
+            .with_style(style.clone())
+            .with_prefix("tasks"),
+    );
+    let verify_bar = mp.add(
+        ProgressBar::new(workers as u64)
+            .with_style(style)
+            .with_prefix("verification"),
+    );
     let mut reported = 0usize;
     while !c.finished().await {
         for h in &handles {
@@ -129,7 +161,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             }
         }
         let list = c.rounds().await.rounds;
-        let closed: Vec<_> = list.iter().filter(|r| r.phase == RoundPhase::Closed).collect();
+        let closed: Vec<_> = list
+            .iter()
+            .filter(|r| r.phase == RoundPhase::Closed)
+            .collect();
         for r in closed.iter().skip(reported) {
             let line = format!(
                 "round {} closed: {} tasks merged, validation loss {:.4}",
@@ -164,12 +199,21 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     let rounds = c.rounds().await.rounds;
     for r in rounds.iter().skip(reported) {
-        println!("round {} closed: {} tasks merged, validation loss {:.4}", r.round, r.accepted, r.val_loss.unwrap_or(f32::NAN));
+        println!(
+            "round {} closed: {} tasks merged, validation loss {:.4}",
+            r.round,
+            r.accepted,
+            r.val_loss.unwrap_or(f32::NAN)
+        );
     }
     let reader = Client::new(&url, random_key()?);
     let info: JobInfo = reader.get("/v1/job").await?;
     let table: StakeTable = reader.get("/v1/stake").await?;
-    println!("\nstake table (epoch {}, total {} FLOPs):", table.epoch.unwrap_or(0), table.total);
+    println!(
+        "\nstake table (epoch {}, total {} FLOPs):",
+        table.epoch.unwrap_or(0),
+        table.total
+    );
     for row in &table.accounts {
         let share = row.balance.0 as f64 / table.total.0.max(1) as f64 * 100.0;
         println!("  {}  {:>20}  {share:6.2}%", row.key, row.balance);
@@ -197,7 +241,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         .collect();
     let png_path = run_dir.join("loss.png");
     std::fs::write(&png_path, png::loss_chart(&losses))?;
-    let report_path = args.json.clone().unwrap_or_else(|| run_dir.join("report.json"));
+    let report_path = args
+        .json
+        .clone()
+        .unwrap_or_else(|| run_dir.join("report.json"));
     let report = json!({
         "job": job.job.name,
         "job_hash": info.job_hash,
@@ -224,7 +271,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(&report_path, serde_json::to_vec_pretty(&report)?)?;
-    println!("loss curve: {}\nreport: {}", png_path.display(), report_path.display());
+    println!(
+        "loss curve: {}\nreport: {}",
+        png_path.display(),
+        report_path.display()
+    );
     println!("elapsed: {:.1} s", started.elapsed().as_secs_f64());
     server.stop();
     audit.map(|_| ()).map_err(anyhow::Error::from)

@@ -187,7 +187,8 @@ pub fn load_or_create_secret(path: &std::path::Path) -> Result<[u8; 32], StartEr
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| key_err(e.to_string()))?;
     }
-    write_private(path, &format!("{}\n", hex::encode(secret))).map_err(|e| key_err(e.to_string()))?;
+    write_private(path, &format!("{}\n", hex::encode(secret)))
+        .map_err(|e| key_err(e.to_string()))?;
     Ok(secret)
 }
 
@@ -236,8 +237,9 @@ impl Coordinator {
         let log_secret = load_or_create_secret(&config.data_dir.join("log.key"))?;
         let origin = format!("lupus.local/{}", job.job.name);
         let signer = NoteSigner::from_secret(&origin, log_secret).map_err(start_err)?;
-        let referee =
-            SigningKey::from_bytes(&load_or_create_secret(&config.data_dir.join("referee.key"))?);
+        let referee = SigningKey::from_bytes(&load_or_create_secret(
+            &config.data_dir.join("referee.key"),
+        )?);
         let url = config.database_url.clone().unwrap_or_else(|| {
             format!(
                 "sqlite://{}",
@@ -305,7 +307,10 @@ impl Coordinator {
             nonces: std::sync::Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
         });
-        coordinator.resume().await.map_err(|e| StartError::Other(e.to_string()))?;
+        coordinator
+            .resume()
+            .await
+            .map_err(|e| StartError::Other(e.to_string()))?;
         Ok(coordinator)
     }
 
@@ -389,11 +394,7 @@ impl Coordinator {
         if inner.state.genesis.is_none() {
             self.genesis(inner).await?;
         }
-        if !inner
-            .state
-            .participants
-            .contains_key(&self.referee_key())
-        {
+        if !inner.state.participants.contains_key(&self.referee_key()) {
             let body = api::join_body(self.referee_key(), Role::Verifier, "coordinator-referee");
             let entry = Entry::signed(body, &self.referee).map_err(internal)?;
             self.append(inner, entry).await?;
@@ -407,7 +408,12 @@ impl Coordinator {
             .find(|r| r.closed.is_some())
             .map(|r| (r.round, r.closed.map(|c| c.new_model)));
         if let Some((round, Some(model))) = last_closed {
-            if let Some(m) = self.store.get_meta(&meta_key("momentum", round.0)).await.map_err(internal)? {
+            if let Some(m) = self
+                .store
+                .get_meta(&meta_key("momentum", round.0))
+                .await
+                .map_err(internal)?
+            {
                 let hash = Digest(m.as_slice().try_into().map_err(internal)?);
                 inner.momentum = self.load_model(&hash)?;
             }
@@ -591,12 +597,12 @@ impl Coordinator {
     ) -> Result<api::JoinResponse, ApiError> {
         let mut guard = self.inner.lock().await;
         let inner = &mut *guard;
-        if let Some(role) = inner.state.participants.get(&key) {
-            if *role != req.role {
-                return Err(ApiError::Conflict(format!(
-                    "this key already joined as a {role:?}; use one key per role"
-                )));
-            }
+        if let Some(role) = inner.state.participants.get(&key)
+            && *role != req.role
+        {
+            return Err(ApiError::Conflict(format!(
+                "this key already joined as a {role:?}; use one key per role"
+            )));
         }
         let body = api::join_body(key, req.role, &req.name);
         let entry = Entry::with_signature(body, req.signature.0)
@@ -782,7 +788,10 @@ impl Coordinator {
             .map_err(|e| ApiError::Unprocessable(format!("delta: {e}")))?;
         let shapes = self.job.model.param_shapes();
         if q.tensors.len() != shapes.len()
-            || q.tensors.iter().zip(&shapes).any(|(qt, (_, s))| qt.shape != *s)
+            || q.tensors
+                .iter()
+                .zip(&shapes)
+                .any(|(qt, (_, s))| qt.shape != *s)
         {
             return Err(ApiError::Unprocessable(
                 "the delta's tensors do not have the model's shapes".into(),
@@ -916,7 +925,8 @@ impl Coordinator {
             let t = inner.state.tasks.get(id)?;
             let claimed_by_me = l.claims.get(&verifier).is_some_and(|d| *d > now);
             let done_by_me = t.verdicts.iter().any(|v| v.verifier == verifier);
-            if l.outcome.is_some() || l.opening_blob.is_none() || done_by_me || t.worker == verifier {
+            if l.outcome.is_some() || l.opening_blob.is_none() || done_by_me || t.worker == verifier
+            {
                 return None;
             }
             if claimed_by_me {
@@ -945,8 +955,10 @@ impl Coordinator {
             };
             let index = self.append_body(inner, body).await?;
             if let Some(l) = inner.live.get_mut(&id) {
-                l.claims
-                    .insert(verifier, now + self.config.verify_timeout.as_millis() as u64);
+                l.claims.insert(
+                    verifier,
+                    now + self.config.verify_timeout.as_millis() as u64,
+                );
             }
             index
         } else {
@@ -1007,7 +1019,9 @@ impl Coordinator {
             ApiError::Conflict(format!("task {task} belongs to a round that is closed"))
         })?;
         if live.outcome.is_some() {
-            return Err(ApiError::Conflict(format!("task {task} is already settled")));
+            return Err(ApiError::Conflict(format!(
+                "task {task} is already settled"
+            )));
         }
         let entry = Entry::decode(&sub.verdict.0)
             .map_err(|e| ApiError::BadRequest(format!("verdict entry: {e}")))?;
@@ -1116,7 +1130,12 @@ impl Coordinator {
 
     /// The coordinator replays the task (or checks the fraud proof) and signs its own
     /// verdict; whoever it contradicts is slashed.
-    async fn referee(&self, inner: &mut Inner, t: &TaskRecord, live: &Live) -> Result<(), ApiError> {
+    async fn referee(
+        &self,
+        inner: &mut Inner,
+        t: &TaskRecord,
+        live: &Live,
+    ) -> Result<(), ApiError> {
         let steps = live.steps.clone().unwrap_or_default();
         let opening = self.load_opening(&live.opening_blob.unwrap_or_default())?;
         let commitment = Self::commitment_of(t)
@@ -1156,9 +1175,18 @@ impl Coordinator {
                     ));
                 }
             }
-            verify_opening(&job, &corpus, &base, &seed, &commitment, &steps, &opening, class)
-                .map(|v| (v, false))
-                .map_err(|e| e.to_string())
+            verify_opening(
+                &job,
+                &corpus,
+                &base,
+                &seed,
+                &commitment,
+                &steps,
+                &opening,
+                class,
+            )
+            .map(|v| (v, false))
+            .map_err(|e| e.to_string())
         })
         .await
         .map_err(internal)?
@@ -1267,7 +1295,11 @@ impl Coordinator {
         let Some(round) = inner.state.open_round().cloned() else {
             return Ok(());
         };
-        let accepted = inner.live.values().filter(|l| l.outcome == Some(true)).count();
+        let accepted = inner
+            .live
+            .values()
+            .filter(|l| l.outcome == Some(true))
+            .count();
         let target_met = accepted >= self.config.tasks_per_round as usize;
         if target_met || now_ms() >= round.deadline_ms {
             self.close_round(inner, round.round).await?;
@@ -1277,7 +1309,12 @@ impl Coordinator {
     }
 
     /// The mean loss of `params` on `n` windows of the validation split.
-    pub fn validation_loss(job: &JobSpec, corpus: &Corpus, params: &[Tensor], n: usize) -> Result<f32, String> {
+    pub fn validation_loss(
+        job: &JobSpec,
+        corpus: &Corpus,
+        params: &[Tensor],
+        n: usize,
+    ) -> Result<f32, String> {
         let sampler = job_sampler(job, corpus).map_err(|e| e.to_string())?;
         let windows = sampler.validation(n.max(1));
         let batch = make_batch(&job.model, &windows).map_err(|e| e.to_string())?;
@@ -1287,13 +1324,23 @@ impl Coordinator {
     async fn close_round(&self, inner: &mut Inner, round: Round) -> Result<(), ApiError> {
         let beacon = match inner.beacon {
             Some((r, b)) if r == round => b,
-            _ => return Err(ApiError::Internal("closing a round without its beacon".into())),
+            _ => {
+                return Err(ApiError::Internal(
+                    "closing a round without its beacon".into(),
+                ));
+            }
         };
         let merged: Vec<TaskRecord> = inner
             .state
             .tasks
             .values()
-            .filter(|t| t.round == round && inner.live.get(&t.id).is_some_and(|l| l.outcome == Some(true)))
+            .filter(|t| {
+                t.round == round
+                    && inner
+                        .live
+                        .get(&t.id)
+                        .is_some_and(|l| l.outcome == Some(true))
+            })
             .cloned()
             .collect();
         let mut deltas = Vec::with_capacity(merged.len());
@@ -1330,7 +1377,10 @@ impl Coordinator {
         .await
         .map_err(internal)?
         .map_err(ApiError::Internal)?;
-        let new_model = self.blobs.put(&encode_model(&new_params)).map_err(internal)?;
+        let new_model = self
+            .blobs
+            .put(&encode_model(&new_params))
+            .map_err(internal)?;
         if !momentum.is_empty() {
             let m = self.blobs.put(&encode_model(&momentum)).map_err(internal)?;
             self.store
@@ -1349,7 +1399,11 @@ impl Coordinator {
             if outcome {
                 credits.push((t.worker, self.job.task_flops(), t.id, CreditKind::Work));
             }
-            for v in t.verdicts.iter().filter(|v| v.accepted == outcome && v.verifier != referee) {
+            for v in t
+                .verdicts
+                .iter()
+                .filter(|v| v.accepted == outcome && v.verifier != referee)
+            {
                 let steps = t
                     .challenges
                     .iter()
@@ -1433,7 +1487,11 @@ impl Coordinator {
         let count = |f: &dyn Fn(&TaskRecord) -> bool| tasks.iter().filter(|t| f(t)).count() as u32;
         RoundStatus {
             round: r.round,
-            phase: if open { RoundPhase::Open } else { RoundPhase::Closed },
+            phase: if open {
+                RoundPhase::Open
+            } else {
+                RoundPhase::Closed
+            },
             base_model: r.base_model,
             beacon_commitment: r.beacon_commitment,
             deadline_ms: r.deadline_ms,
@@ -1558,11 +1616,9 @@ impl Coordinator {
     pub async fn stake_statement(&self, key: PublicKey) -> Result<StakeStatement, ApiError> {
         let (tree, index) = {
             let inner = self.inner.lock().await;
-            let e = inner
-                .state
-                .shares
-                .latest_epoch()
-                .ok_or_else(|| ApiError::NotFound("no shares epoch yet: wait for a round to close".into()))?;
+            let e = inner.state.shares.latest_epoch().ok_or_else(|| {
+                ApiError::NotFound("no shares epoch yet: wait for a round to close".into())
+            })?;
             (e.tree.clone(), e.index)
         };
         if tree.balance(&key).is_none() {
@@ -1576,8 +1632,12 @@ impl Coordinator {
             .entries(LeafIndex(index), LeafIndex(index + 1))
             .await
             .map_err(internal)?;
-        let entry = Entry::decode(bytes.first().ok_or_else(|| ApiError::Internal("epoch entry missing".into()))?)
-            .map_err(internal)?;
+        let entry = Entry::decode(
+            bytes
+                .first()
+                .ok_or_else(|| ApiError::Internal("epoch entry missing".into()))?,
+        )
+        .map_err(internal)?;
         let proof = self
             .log
             .inclusion_proof(LeafIndex(index), TreeSize(head.size.0))

@@ -22,4 +22,3 @@ pub mod routes;
 pub mod sample;
 pub mod server;
 pub mod state;
-

@@ -24,7 +24,11 @@ use lupus_prover::spec::JobSpec;
 pub const DEFAULT_JOB: &str = include_str!("../../jobs/shakespeare-mlp.toml");
 
 #[derive(Parser)]
-#[command(name = "lupus", version, about = "Volunteer model training with verifiable work")]
+#[command(
+    name = "lupus",
+    version,
+    about = "Volunteer model training with verifiable work"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -120,17 +124,17 @@ enum DataCommand {
 /// The job spec text of `--job`, or the embedded default.
 pub fn job_text(job: &Option<PathBuf>) -> Result<String> {
     match job {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading the job spec {}", p.display())),
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading the job spec {}", p.display())),
         None => Ok(DEFAULT_JOB.to_owned()),
     }
 }
 
-/// The default volunteer page directory, if the web worker is built.
+/// The volunteer page's directory when the web worker is built (`worker-wasm/www/`
+/// next to its wasm build `worker-wasm/pkg/`, see `worker-wasm/build.sh`).
 pub fn default_web() -> Option<PathBuf> {
-    ["worker-wasm/www", "worker-wasm/web", "worker-wasm/pkg"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.join("index.html").exists())
+    let www = PathBuf::from("worker-wasm/www");
+    (www.join("index.html").exists() && PathBuf::from("worker-wasm/pkg").is_dir()).then_some(www)
 }
 
 /// Opens the coordinator `args` describe, with its ledger under `ledger_dir`.
@@ -179,7 +183,9 @@ async fn main() -> Result<()> {
         Command::Up { args, listen } => {
             let c = open_coordinator(&args, &args.data_dir.clone(), 4).await?;
             let web = args.web.clone().or_else(default_web);
-            let server = Server::start(c, listen, web).await.with_context(|| format!("binding {listen}"))?;
+            let server = Server::start(c, listen, web)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
             println!("lupus coordinator listening on {}", server.url());
             wait_ctrl_c().await;
             server.stop();

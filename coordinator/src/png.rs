@@ -20,10 +20,13 @@ impl Canvas {
     }
 
     fn set(&mut self, x: i64, y: i64, c: [u8; 3]) {
-        if x >= 0 && y >= 0 && (x as usize) < self.w && (y as usize) < self.h {
-            if let Some(p) = self.px.get_mut(y as usize * self.w + x as usize) {
-                *p = c;
-            }
+        if x >= 0
+            && y >= 0
+            && (x as usize) < self.w
+            && (y as usize) < self.h
+            && let Some(p) = self.px.get_mut(y as usize * self.w + x as usize)
+        {
+            *p = c;
         }
     }
 
@@ -88,7 +91,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         c ^= u32::from(b);
         for _ in 0..8 {
-            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
     }
     !c

@@ -61,7 +61,9 @@ fn json<T: serde::Serialize>(value: &T) -> ApiResult {
 fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(format!("the request body is over this endpoint's limit: {e}"))
+            ApiError::TooLarge(format!(
+                "the request body is over this endpoint's limit: {e}"
+            ))
         } else {
             ApiError::BadRequest(format!("cannot read the request body: {e}"))
         }
@@ -69,7 +71,8 @@ fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 }
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 /// Checks a signed request and its nonce; returns the signer.
@@ -97,8 +100,19 @@ fn authenticate(
 /// The router over a coordinator. `page` is the volunteer page's directory, if built.
 pub fn router(c: Shared, page: Option<std::path::PathBuf>) -> Router {
     let small = DefaultBodyLimit::max(SMALL_BODY);
+    // The page's files next to index.html, and the wasm build (worker-wasm/pkg) at /pkg/.
+    let files = page.clone();
+    let pkg = page.as_ref().map(|d| d.join("../pkg"));
     Router::new()
         .route("/", get(move || index(page.clone())))
+        .route(
+            "/{file}",
+            get(move |Path(f): Path<String>| static_file(files.clone(), f)),
+        )
+        .route(
+            "/pkg/{file}",
+            get(move |Path(f): Path<String>| static_file(pkg.clone(), f)),
+        )
         .route("/checkpoint", get(checkpoint))
         .route("/tile/{*path}", get(tile))
         .route("/v1/job", get(job))
@@ -171,6 +185,32 @@ async fn index(page: Option<std::path::PathBuf>) -> Response {
         <p>Meanwhile: <a href=\"/v1/rounds\">rounds</a>, <a href=\"/v1/stake\">stake</a>, \
         <a href=\"/checkpoint\">checkpoint</a>, <a href=\"/openapi.json\">API</a>.</p>";
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], text).into_response()
+}
+
+/// One file of the volunteer page (`worker-wasm/www/`) or of its wasm build
+/// (`worker-wasm/pkg/`): plain names with a known extension only, so no path can leave
+/// the directory.
+async fn static_file(dir: Option<std::path::PathBuf>, name: String) -> Response {
+    let not_found =
+        || ApiError::NotFound("no such endpoint; see /openapi.json".into()).into_response();
+    let kind = match name.rsplit_once('.').map(|(_, e)| e) {
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("wasm") => "application/wasm",
+        Some("css") => "text/css; charset=utf-8",
+        Some("html") => "text/html; charset=utf-8",
+        _ => return not_found(),
+    };
+    let plain = !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    let Some(dir) = dir.filter(|_| plain) else {
+        return not_found();
+    };
+    match tokio::fs::read(dir.join(&name)).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, kind)], bytes).into_response(),
+        Err(_) => not_found(),
+    }
 }
 
 async fn checkpoint(State(c): State<Shared>) -> Response {
@@ -383,8 +423,9 @@ async fn stake(State(c): State<Shared>, Path(key): Path<String>) -> ApiResult {
 }
 
 async fn blob(State(c): State<Shared>, Path(hash): Path<String>) -> ApiResult {
-    let hash = Digest::from_hex(&hash)
-        .map_err(|e| ApiError::BadRequest(format!("expected a blake3 hash as 64 hex digits: {e}")))?;
+    let hash = Digest::from_hex(&hash).map_err(|e| {
+        ApiError::BadRequest(format!("expected a blake3 hash as 64 hex digits: {e}"))
+    })?;
     let data = c
         .blobs()
         .get(&hash)
@@ -408,23 +449,71 @@ async fn metrics(State(c): State<Shared>) -> Response {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
         ));
     };
-    metric("lupus_http_requests_total", "counter", "HTTP requests answered.", g(&m.requests));
-    metric("lupus_http_client_errors_total", "counter", "4xx answers.", g(&m.client_errors));
-    metric("lupus_http_server_errors_total", "counter", "5xx answers.", g(&m.server_errors));
+    metric(
+        "lupus_http_requests_total",
+        "counter",
+        "HTTP requests answered.",
+        g(&m.requests),
+    );
+    metric(
+        "lupus_http_client_errors_total",
+        "counter",
+        "4xx answers.",
+        g(&m.client_errors),
+    );
+    metric(
+        "lupus_http_server_errors_total",
+        "counter",
+        "5xx answers.",
+        g(&m.server_errors),
+    );
     metric(
         "lupus_http_latency_microseconds_total",
         "counter",
         "Sum of request handling times.",
         g(&m.latency_us_total),
     );
-    metric("lupus_submissions_total", "counter", "Work commitments logged.", g(&m.submissions));
-    metric("lupus_verdicts_total", "counter", "Verifier verdicts logged.", g(&m.verdicts));
-    metric("lupus_slashes_total", "counter", "Keys slashed.", g(&m.slashes));
-    metric("lupus_rounds_closed_total", "counter", "Rounds closed.", g(&m.rounds_closed));
-    metric("lupus_tasks_expired_total", "counter", "Tasks expired and reassigned.", g(&m.tasks_expired));
-    metric("lupus_log_size", "gauge", "Entries in the log.", head.size.0);
+    metric(
+        "lupus_submissions_total",
+        "counter",
+        "Work commitments logged.",
+        g(&m.submissions),
+    );
+    metric(
+        "lupus_verdicts_total",
+        "counter",
+        "Verifier verdicts logged.",
+        g(&m.verdicts),
+    );
+    metric(
+        "lupus_slashes_total",
+        "counter",
+        "Keys slashed.",
+        g(&m.slashes),
+    );
+    metric(
+        "lupus_rounds_closed_total",
+        "counter",
+        "Rounds closed.",
+        g(&m.rounds_closed),
+    );
+    metric(
+        "lupus_tasks_expired_total",
+        "counter",
+        "Tasks expired and reassigned.",
+        g(&m.tasks_expired),
+    );
+    metric(
+        "lupus_log_size",
+        "gauge",
+        "Entries in the log.",
+        head.size.0,
+    );
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         out,
     )
         .into_response()

@@ -8,7 +8,13 @@ use lupus_prover::prf::PrfStream;
 use lupus_prover::tensor::Tensor;
 
 /// `len` characters continuing `prompt`, or `None` for a model that is not an MLP.
-pub fn generate(spec: &ModelSpec, params: &[Tensor], prompt: &str, len: usize, seed: u64) -> Option<String> {
+pub fn generate(
+    spec: &ModelSpec,
+    params: &[Tensor],
+    prompt: &str,
+    len: usize,
+    seed: u64,
+) -> Option<String> {
     let ModelSpec::Mlp {
         vocab,
         context,
@@ -37,13 +43,28 @@ pub fn generate(spec: &ModelSpec, params: &[Tensor], prompt: &str, len: usize, s
         }
         let mut p = 1;
         for &h in hidden {
-            x = dense(&x, params.get(p)?.data(), params.get(p + 1)?.data(), h, true);
+            x = dense(
+                &x,
+                params.get(p)?.data(),
+                params.get(p + 1)?.data(),
+                h,
+                true,
+            );
             p += 2;
         }
-        let logits = dense(&x, params.get(p)?.data(), params.get(p + 1)?.data(), v, false);
+        let logits = dense(
+            &x,
+            params.get(p)?.data(),
+            params.get(p + 1)?.data(),
+            v,
+            false,
+        );
         let t = 0.8f32;
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let w: Vec<f64> = logits.iter().map(|l| f64::from((l - max) / t).exp()).collect();
+        let w: Vec<f64> = logits
+            .iter()
+            .map(|l| f64::from((l - max) / t).exp())
+            .collect();
         let total: f64 = w.iter().sum();
         let u = (stream.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
         let mut acc = 0.0;

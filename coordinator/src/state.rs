@@ -11,9 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lupus_ledger::entry::{
-    CreditKind, Digest, Entry, EntryBody, PublicKey, Role, Round, TaskId,
-};
+use lupus_ledger::entry::{CreditKind, Digest, Entry, EntryBody, PublicKey, Role, Round, TaskId};
 use lupus_ledger::shares::{FoldError, SharesFold};
 
 /// A contradiction between the log and the coordinator's rules (a log this coordinator
@@ -137,7 +135,10 @@ pub struct State {
 impl State {
     /// The open round, if any.
     pub fn open_round(&self) -> Option<&RoundRecord> {
-        self.rounds.values().next_back().filter(|r| r.closed.is_none())
+        self.rounds
+            .values()
+            .next_back()
+            .filter(|r| r.closed.is_none())
     }
 
     /// The latest round, open or closed.

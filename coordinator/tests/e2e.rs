@@ -26,7 +26,11 @@ async fn run(config: lupus_coordinator::engine::Config) {
     let reader = Client::new(&url, key(99));
     let rounds = server.coordinator.rounds().await.rounds;
     assert_eq!(rounds.len(), 3);
-    assert!(rounds.iter().all(|r| r.phase == RoundPhase::Closed && r.accepted == 3));
+    assert!(
+        rounds
+            .iter()
+            .all(|r| r.phase == RoundPhase::Closed && r.accepted == 3)
+    );
     let losses: Vec<f32> = rounds.iter().map(|r| r.val_loss.unwrap()).collect();
     assert!(
         losses[2] < losses[0],
@@ -98,6 +102,14 @@ async fn a_worker_that_fakes_its_delta_is_slashed_and_not_merged() {
         assert_eq!(r.phase, RoundPhase::Closed);
         assert!(r.rejected <= 1);
     }
-    assert!(server.coordinator.rounds().await.rounds.iter().any(|r| r.rejected == 1));
+    assert!(
+        server
+            .coordinator
+            .rounds()
+            .await
+            .rounds
+            .iter()
+            .any(|r| r.rejected == 1)
+    );
     drop(crowd);
 }

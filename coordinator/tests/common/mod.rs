@@ -84,7 +84,9 @@ impl Drop for Crowd {
 }
 
 pub async fn start(config: Config) -> Server {
-    let c = Coordinator::open(config, corpus()).await.expect("coordinator starts");
+    let c = Coordinator::open(config, corpus())
+        .await
+        .expect("coordinator starts");
     Server::start(c, "127.0.0.1:0".parse().unwrap(), None)
         .await
         .expect("server binds")
@@ -94,7 +96,11 @@ pub async fn start(config: Config) -> Server {
 pub async fn wait_finished(c: &Coordinator, limit: Duration) {
     let start = Instant::now();
     while !c.finished().await {
-        assert!(start.elapsed() < limit, "the run did not finish in {limit:?}: {:?}", c.rounds().await);
+        assert!(
+            start.elapsed() < limit,
+            "the run did not finish in {limit:?}: {:?}",
+            c.rounds().await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

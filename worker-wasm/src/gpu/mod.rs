@@ -1,0 +1,17 @@
+//! WGSL compute kernels through wgpu: every operator of both models on WebGPU in the
+//! browser and on Vulkan natively (lavapipe in the tests), written to DESIGN.md's
+//! determinism rules so that a CPU-backed device gives the CPU reference's bits.
+//!
+//! [`GpuDevice::new`] opens the device; [`run_suite_gpu`] runs the prover's known-answer
+//! suite on it, and `lupus_prover::kat::check_device` turns that into the exact or the
+//! tolerant class; [`train_step_gpu`] is `graph::train_step` on the device.
+
+mod device;
+mod kat;
+mod ops;
+mod step;
+
+pub use device::{GpuDevice, GpuError};
+pub use kat::{DetFn, det_on_device, keeps_subnormals, run_suite_gpu};
+pub use ops::eval_op_gpu;
+pub use step::train_step_gpu;

@@ -1,0 +1,20 @@
+//! The Lupus volunteer worker: what a volunteer runs by opening a web page.
+//!
+//! DESIGN.md ("The loop", "Determinism"; the `worker-wasm/` row of "Crates").
+//!
+//! - [`worker`]: the worker loop as plain async Rust over a small transport, the same
+//!   code in the browser and natively.
+//! - [`gpu`] (feature `gpu`): WGSL kernels through wgpu for every operator, the GPU
+//!   training step and the known-answer suite on the device.
+//! - `web` (wasm32 only): the wasm-bindgen exports the page's Web Worker drives.
+//!
+//! The page itself (`www/`) and the build script (`build.sh`) live next to this crate;
+//! the coordinator serves `www/` at `/` and the build output `pkg/` at `/pkg/`.
+
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "gpu")]
+pub mod gpu;
+#[cfg(target_arch = "wasm32")]
+mod web;
+pub mod worker;
