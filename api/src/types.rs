@@ -229,6 +229,10 @@ pub struct TaskStatus {
     /// The challenge, once the work is committed.
     pub challenge: Option<Challenge>,
     pub verdicts: Vec<VerdictSummary>,
+    /// blake3 of the worker's opening (JSON, under `/v1/blobs/`), once it answered the
+    /// challenge: what an auditor fetches to replay the challenged steps.
+    #[serde(default)]
+    pub opening_blob: Option<Digest>,
 }
 
 /// One verifier's verdict on a task.

@@ -1664,6 +1664,7 @@ impl Coordinator {
                     entry_index: v.index,
                 })
                 .collect(),
+            opening_blob: l.and_then(|l| l.opening_blob),
         })
     }
 

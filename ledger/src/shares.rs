@@ -39,6 +39,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::{Deserialize, Serialize};
+
 use crate::entry::{Amount, Entry, EntryBody, Epoch, PublicKey, Round};
 use crate::sumtree::{SumTree, SumTreeError};
 
@@ -101,7 +103,7 @@ pub enum FoldError {
 
 /// The most recent `SharesEpoch` the fold checked, with the tree it committed, so
 /// stake statements can be built against it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochState {
     /// The epoch number.
     pub epoch: Epoch,
@@ -115,7 +117,10 @@ pub struct EpochState {
 
 /// The running state of the shares fold. Start with [`SharesFold::new`] and apply
 /// every entry of the log in order.
-#[derive(Debug, Clone, Default)]
+///
+/// Serialisable so an auditor can persist the fold between runs and resume where it
+/// stopped instead of replaying the whole log.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SharesFold {
     next_index: u64,
     open: BTreeSet<Round>,

@@ -117,7 +117,7 @@ pub fn empty_root() -> (Digest, Amount) {
 
 /// A Merkle-sum tree over a set of balances, with every level kept so proofs are
 /// O(log n) lookups.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SumTree {
     /// Account keys in leaf order.
     keys: Vec<PublicKey>,

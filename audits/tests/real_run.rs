@@ -1,0 +1,190 @@
+//! The auditor over a real run: a coordinator on loopback, native workers and a
+//! verifier train the tiny job; `lupus-audit verify` reads the coordinator's
+//! `tlog-tiles` API while the run goes on and after it, and every check passes,
+//! including for a run where a cheating worker is caught and slashed. A witness
+//! cosigns the run's checkpoints from the coordinator's own consistency proofs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use lupus_audit::source::open_source;
+use lupus_audit::state::StateDir;
+use lupus_audit::verify::{Options, Outcome, verify_log};
+use lupus_coordinator::client::{Behaviour, Client, ParticipantStats, run_verifier, run_worker};
+use lupus_coordinator::engine::{Config, Coordinator};
+use lupus_coordinator::server::Server;
+use lupus_prover::data::Corpus;
+
+const TINY: &str = include_str!("../../jobs/tiny-test.toml");
+
+fn config(dir: &std::path::Path, rounds: u64, tasks: u32) -> Config {
+    Config {
+        data_dir: dir.to_owned(),
+        database_url: None,
+        postgres_schema: None,
+        job_spec: TINY.to_owned(),
+        tasks_per_round: tasks,
+        max_rounds: Some(rounds),
+        round_timeout: Duration::from_secs(120),
+        task_timeout: Duration::from_secs(60),
+        verify_timeout: Duration::from_secs(60),
+        val_windows: 128,
+    }
+}
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+async fn audit(url: &str, key: &str, state: &std::path::Path, replay: usize) -> Outcome {
+    let (url, key, state) = (url.to_owned(), key.to_owned(), state.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let src = open_source(&url);
+        verify_log(
+            src.as_ref(),
+            &StateDir::new(&state),
+            Some(&key),
+            &Options { threads: 0, replay },
+            &mut |_, _| {},
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("the real run's log does not verify: {e}"))
+}
+
+async fn run(workers: &[(u8, Behaviour)], rounds: u64) -> (Outcome, Outcome) {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::open(
+        config(dir.path(), rounds, workers.len() as u32),
+        Corpus::generated(7, 24_000),
+    )
+    .await
+    .unwrap();
+    let server = Server::start(c, "127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let url = server.url();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::new();
+    for (seed, behaviour) in workers {
+        let client = Client::new(&url, key(*seed));
+        let (stop, behaviour) = (Arc::clone(&stop), *behaviour);
+        handles.push(tokio::spawn(async move {
+            let stats = Arc::new(ParticipantStats::default());
+            let _ = run_worker(client, "worker", behaviour, stop, stats).await;
+        }));
+    }
+    let client = Client::new(&url, key(10));
+    let s = Arc::clone(&stop);
+    handles.push(tokio::spawn(async move {
+        let stats = Arc::new(ParticipantStats::default());
+        let _ = run_verifier(client, "verifier", s, stats).await;
+    }));
+
+    let log_key = server.coordinator.note_key();
+    let state = tempfile::tempdir().unwrap();
+    // Once while the job runs (whatever the log holds then), once after.
+    let during = audit(&url, &log_key, state.path(), 0).await;
+    let first = fetch(&url, "checkpoint").await;
+    let start = Instant::now();
+    while !server.coordinator.finished().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "the run did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = audit(&url, &log_key, state.path(), 2).await;
+    witness_the_run(&url, &log_key, &first).await;
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.abort();
+    }
+    (during, after)
+}
+
+async fn fetch(url: &str, path: &str) -> String {
+    let (url, path) = (url.to_owned(), path.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let bytes = lupus_audit::source::HttpSource::new(&url)
+            .get_url(&path, 1 << 20)
+            .unwrap();
+        String::from_utf8(bytes).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// What a coordinator configured with a witness would do: send the witness each new
+/// checkpoint with a consistency proof from its own `/v1/proof/consistency`, and
+/// publish the cosignature on the checkpoint.
+async fn witness_the_run(url: &str, log_key: &str, first: &str) {
+    use lupus_audit::witness::{AddCheckpoint, Witness, attach};
+    let dir = tempfile::tempdir().unwrap();
+    let skey = lupus_ledger::note::NoteSigner::from_secret("witness.example", [3; 32])
+        .unwrap()
+        .private_key();
+    let w = Witness::open(&skey, &[log_key.to_owned()], &dir.path().join("w.json")).unwrap();
+    let body = AddCheckpoint {
+        old: 0,
+        proof: vec![],
+        checkpoint: first.to_owned(),
+    };
+    w.add_checkpoint(&body.encode(), 1).unwrap();
+    let verifier = lupus_ledger::note::NoteVerifier::parse(log_key).unwrap();
+    let size = |note: &str| {
+        lupus_ledger::checkpoint::open_checkpoint(note, &verifier)
+            .unwrap()
+            .checkpoint
+            .size
+            .0
+    };
+    let last = fetch(url, "checkpoint").await;
+    let (old, new) = (size(first), size(&last));
+    let proof: lupus_ledger::proof::ConsistencyProof = serde_json::from_str(
+        &fetch(url, &format!("v1/proof/consistency?old={old}&new={new}")).await,
+    )
+    .unwrap();
+    let body = AddCheckpoint {
+        old,
+        proof: proof.path,
+        checkpoint: last.clone(),
+    };
+    let line = w.add_checkpoint(&body.encode(), 2).unwrap();
+    let cosigned = attach(&last, &line).unwrap();
+    let opened = lupus_ledger::checkpoint::open_checkpoint(&cosigned, &verifier).unwrap();
+    assert_eq!(opened.other_signatures.len(), 1);
+    assert_eq!(opened.checkpoint.size.0, new);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_real_honest_run_verifies_while_it_grows_and_after() {
+    let (during, after) = run(&[(1, Behaviour::Honest), (2, Behaviour::Honest)], 2).await;
+    assert_eq!(after.from_size, during.size);
+    assert!(after.size > during.size);
+    // Two workers and the verifier earned.
+    assert_eq!(after.accounts, 3, "{after:?}");
+    // Two accepted tasks of the second run were replayed from their openings.
+    assert_eq!(after.replayed, 2, "{after:?}");
+    assert!(after.total_shares > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_real_run_with_a_slashed_cheater_verifies() {
+    let (_, after) = run(
+        &[
+            (1, Behaviour::Honest),
+            (2, Behaviour::Honest),
+            (3, Behaviour::InflatedDelta),
+        ],
+        2,
+    )
+    .await;
+    // The cheater earns nothing; the honest workers and the verifier do; the
+    // accepted (honest) tasks sampled replay.
+    assert_eq!(after.accounts, 3, "{after:?}");
+    assert!(after.replayed >= 1, "{after:?}");
+}

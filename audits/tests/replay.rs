@@ -1,0 +1,186 @@
+//! `--replay` against a coordinator API held in memory: an honest task's opening
+//! replays; the same opening against a commitment it does not open, or a base model
+//! the round did not name, contradicts the accepted verdict and is reported at the
+//! verdict's index; a blob that is not what its name says is refused.
+
+use std::collections::HashMap;
+
+use lupus_api::types::{Challenge, JobInfo, TaskState, TaskStatus};
+use lupus_audit::protocol::JobFacts;
+use lupus_audit::replay::{Candidate, replay};
+use lupus_audit::sample::SAMPLE_SPEC;
+use lupus_audit::source::{LogSource, SourceError};
+use lupus_audit::verify::AuditError;
+use lupus_ledger::entry::{Digest, PublicKey, Round, TaskId};
+use lupus_prover::data::Corpus;
+use lupus_prover::model::init_params;
+use lupus_prover::spec::JobSpec;
+use lupus_prover::task::run_task;
+
+struct MemSource(HashMap<String, Vec<u8>>);
+
+impl LogSource for MemSource {
+    fn name(&self) -> String {
+        "memory".into()
+    }
+
+    fn get(&self, path: &str, _max: u64) -> Result<Vec<u8>, SourceError> {
+        self.0.get(path).cloned().ok_or(SourceError::NotFound {
+            what: path.into(),
+            source_name: self.name(),
+        })
+    }
+}
+
+fn d(x: &lupus_prover::merkle::Digest) -> Digest {
+    Digest(x.0)
+}
+
+struct World {
+    source: MemSource,
+    facts: JobFacts,
+    honest: Candidate,
+}
+
+fn world() -> World {
+    let spec = JobSpec::parse(SAMPLE_SPEC).unwrap();
+    let corpus = Corpus::generated(7, 24_000);
+    let base = init_params(&spec.model, [1; 32]).unwrap();
+    let seed = [5u8; 32];
+    let run = run_task(&spec, &corpus, &base, seed, &mut |_, _| {}).unwrap();
+    let steps = vec![1, 3, 5, 7];
+    let opening = run.open(&spec, &corpus, &steps, false).unwrap();
+    let opening_json = serde_json::to_vec(&opening).unwrap();
+    let model = lupus_api::model::encode_model(&base);
+    let other_model = lupus_api::model::encode_model(&init_params(&spec.model, [2; 32]).unwrap());
+    let dataset_root = Digest(corpus.commitment(spec.dataset.chunk_size).unwrap().root.0);
+    let task = TaskId(7);
+    let mut blobs = HashMap::new();
+    for b in [
+        corpus.bytes().to_vec(),
+        opening_json.clone(),
+        model.clone(),
+        other_model,
+    ] {
+        blobs.insert(format!("v1/blobs/{}", Digest::of(&b)), b);
+    }
+    let info = JobInfo {
+        job_spec: SAMPLE_SPEC.into(),
+        job_hash: Digest(spec.hash().0),
+        dataset_root,
+        dataset_blob: Digest::of(corpus.bytes()),
+        dataset_len: corpus.bytes().len() as u64,
+        log_key: String::new(),
+    };
+    blobs.insert("v1/job".into(), serde_json::to_vec(&info).unwrap());
+    let status = TaskStatus {
+        task_id: task,
+        round: Round(1),
+        worker: PublicKey([9; 32]),
+        state: TaskState::Accepted,
+        challenge: Some(Challenge {
+            task_id: task,
+            steps: steps.clone(),
+            tolerant: false,
+        }),
+        verdicts: vec![],
+        opening_blob: Some(Digest::of(&opening_json)),
+    };
+    blobs.insert("v1/tasks/7".into(), serde_json::to_vec(&status).unwrap());
+    World {
+        source: MemSource(blobs),
+        facts: JobFacts {
+            job_hash: Digest(spec.hash().0),
+            dataset_root,
+            inner_steps: spec.inner.steps,
+            batch_size: spec.inner.batch_size,
+            challenges: spec.verify.challenges,
+            flops_per_sample: spec.model.flops_per_sample(),
+        },
+        honest: Candidate {
+            task,
+            base_model: Digest::of(&model),
+            seed: Digest(seed),
+            commitment: (
+                d(&run.commitment.trace_root),
+                d(&run.commitment.final_state_hash),
+                d(&run.commitment.delta_hash),
+            ),
+            steps,
+            verdict_index: 42,
+        },
+    }
+}
+
+#[test]
+fn an_honest_opening_replays_and_a_contradicted_verdict_is_named() {
+    let w = world();
+    assert_eq!(
+        replay(&w.source, &w.facts, std::slice::from_ref(&w.honest)).unwrap(),
+        1
+    );
+
+    // The log's commitment is not the one the opening opens.
+    let mut lied = w.honest.clone();
+    lied.commitment.2 = Digest([3; 32]);
+    let err = replay(&w.source, &w.facts, &[lied]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AuditError::Replay {
+                index: Some(42),
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // Another base model than the one the opening was trained from.
+    let other = w
+        .source
+        .0
+        .keys()
+        .filter_map(|k| k.strip_prefix("v1/blobs/"))
+        .map(|h| Digest::from_hex(h).unwrap())
+        .find(|h| {
+            *h != w.honest.base_model
+                && w.source.0[&format!("v1/blobs/{h}")].len()
+                    == w.source.0[&format!("v1/blobs/{}", w.honest.base_model)].len()
+        })
+        .unwrap();
+    let mut wrong_base = w.honest.clone();
+    wrong_base.base_model = other;
+    let err = replay(&w.source, &w.facts, &[wrong_base]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AuditError::Replay {
+                index: Some(42),
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_blob_that_is_not_what_its_name_says_or_another_job_is_refused() {
+    let mut w = world();
+    let key = format!("v1/blobs/{}", w.honest.base_model);
+    w.source.0.get_mut(&key).unwrap()[20] ^= 1;
+    let err = replay(&w.source, &w.facts, std::slice::from_ref(&w.honest)).unwrap_err();
+    assert!(matches!(err, AuditError::Replay { .. }), "{err}");
+    assert!(
+        err.to_string().contains("does not hash to its name"),
+        "{err}"
+    );
+
+    let w = world();
+    let mut facts = w.facts.clone();
+    facts.job_hash = Digest([0; 32]);
+    let err = replay(&w.source, &facts, std::slice::from_ref(&w.honest)).unwrap_err();
+    assert!(
+        matches!(err, AuditError::Replay { index: Some(0), .. }),
+        "{err}"
+    );
+}
