@@ -57,8 +57,14 @@ async fn the_checkpoint_carries_the_configured_witness_cosignature() {
     let skey = NoteSigner::from_secret("witness.example", witness_seed)
         .unwrap()
         .private_key();
-    let witness =
-        Arc::new(Witness::open(&skey, &[log_key.clone()], &wdir.path().join("w.json")).unwrap());
+    let witness = Arc::new(
+        Witness::open(
+            &skey,
+            std::slice::from_ref(&log_key),
+            &wdir.path().join("w.json"),
+        )
+        .unwrap(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let witness_url = format!("http://{}", listener.local_addr().unwrap());
     let app = router(Arc::clone(&witness));
