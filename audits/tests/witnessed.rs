@@ -148,3 +148,73 @@ async fn the_checkpoint_carries_the_configured_witness_cosignature() {
     server.stop();
     witness_server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_that_comes_up_late_is_retried_until_it_cosigns() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().to_owned(),
+        database_url: None,
+        postgres_schema: None,
+        job_spec: TINY.to_owned(),
+        tasks_per_round: 1,
+        max_rounds: Some(1),
+        round_timeout: Duration::from_secs(120),
+        task_timeout: Duration::from_secs(60),
+        verify_timeout: Duration::from_secs(60),
+        val_windows: 128,
+    };
+    let c = Coordinator::open(config, Corpus::generated(7, 24_000))
+        .await
+        .unwrap();
+    let log_key = c.note_key();
+    let wdir = tempfile::tempdir().unwrap();
+    let skey = NoteSigner::from_secret("witness.example", [4; 32])
+        .unwrap()
+        .private_key();
+    let witness = Arc::new(
+        Witness::open(
+            &skey,
+            std::slice::from_ref(&log_key),
+            &wdir.path().join("w.json"),
+        )
+        .unwrap(),
+    );
+    // A free loopback port nobody listens on yet.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut server = Server::start(c, "127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let flag = format!("http://{addr}={}", witness.verifier_key());
+    server.witness(vec![flag.parse::<WitnessConfig>().unwrap()]);
+    let url = server.url();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let log = NoteVerifier::parse(&log_key).unwrap();
+    let early = open_checkpoint(&fetch(&url, "checkpoint").await, &log).unwrap();
+    assert!(early.other_signatures.is_empty(), "no witness is up yet");
+
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let app = router(Arc::clone(&witness));
+    let witness_server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let start = Instant::now();
+    loop {
+        let served = fetch(&url, "checkpoint").await;
+        let opened = open_checkpoint(&served, &log).unwrap();
+        if let Some(sig) = opened.other_signatures.first() {
+            let text = parse_note(served.as_bytes()).unwrap().text;
+            let pk = SigningKey::from_bytes(&[4; 32]).verifying_key().to_bytes();
+            assert!(verify_cosignature(sig, &pk, &text));
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the late witness was never retried"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop();
+    witness_server.abort();
+}

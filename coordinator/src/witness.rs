@@ -196,7 +196,7 @@ async fn follow(c: Arc<Coordinator>, slot: usize, w: WitnessConfig) {
     let mut heads = c.log().subscribe();
     // The size this witness last cosigned for this log, as far as we know.
     let mut known = 0u64;
-    loop {
+    'heads: loop {
         let head = Arc::clone(&heads.borrow_and_update());
         let mut backoff = Duration::from_millis(250);
         let mut conflicts = 0;
@@ -224,8 +224,10 @@ async fn follow(c: Arc<Coordinator>, slot: usize, w: WitnessConfig) {
                 Attempt::Retry(why) => {
                     tracing::warn!(witness = %w.url, %why, retry_in_ms = backoff.as_millis() as u64, "witness unreachable");
                     // A newer head replaces the one being retried.
-                    if tokio::time::timeout(backoff, heads.changed()).await.is_ok() {
-                        break;
+                    match tokio::time::timeout(backoff, heads.changed()).await {
+                        Ok(Ok(())) => continue 'heads,
+                        Ok(Err(_)) => return,
+                        Err(_) => {}
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
