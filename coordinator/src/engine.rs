@@ -39,7 +39,7 @@ use lupus_ledger::entry::{
 };
 use lupus_ledger::hash::{LeafIndex, TreeSize};
 use lupus_ledger::log::Log;
-use lupus_ledger::note::NoteSigner;
+use lupus_ledger::note::{NoteSigner, add_signature, parse_note};
 use lupus_ledger::stake::{StakeStatement, build_statement};
 use lupus_ledger::store::{LogStore, open_store, postgres::PostgresStore};
 use lupus_prover::challenge::{beacon_commitment, challenge_steps};
@@ -146,6 +146,8 @@ pub struct Coordinator {
     referee: SigningKey,
     inner: Mutex<Inner>,
     nonces: std::sync::Mutex<HashMap<(PublicKey, [u8; 16]), u64>>,
+    /// The latest verified cosignature of each configured witness (by its slot).
+    cosignatures: std::sync::Mutex<BTreeMap<usize, crate::witness::Cosigned>>,
     pub metrics: Metrics,
 }
 
@@ -308,6 +310,7 @@ impl Coordinator {
                 live: BTreeMap::new(),
             }),
             nonces: std::sync::Mutex::new(HashMap::new()),
+            cosignatures: std::sync::Mutex::new(BTreeMap::new()),
             metrics: Metrics::default(),
         });
         coordinator
@@ -589,6 +592,28 @@ impl Coordinator {
     /// The log's verifier key, `<name>+<hexid>+<base64>`.
     pub fn note_key(&self) -> String {
         self.log.verifier().to_string()
+    }
+
+    /// Keeps witness `slot`'s latest verified cosignature.
+    pub fn record_cosignature(&self, slot: usize, cosigned: crate::witness::Cosigned) {
+        if let Ok(mut map) = self.cosignatures.lock() {
+            map.insert(slot, cosigned);
+        }
+    }
+
+    /// The latest signed checkpoint with the witnesses' cosignatures over exactly that
+    /// checkpoint appended (`GET /checkpoint`).
+    pub fn cosigned_checkpoint(&self) -> String {
+        let note = self.log.checkpoint();
+        let Ok(text) = parse_note(note.as_bytes()).map(|p| p.text) else {
+            return note;
+        };
+        let Ok(map) = self.cosignatures.lock() else {
+            return note;
+        };
+        map.values()
+            .filter(|c| c.text == text)
+            .fold(note, |n, c| add_signature(&n, &c.signature).unwrap_or(n))
     }
 
     async fn open_next_round(&self, inner: &mut Inner) -> Result<(), ApiError> {

@@ -22,3 +22,4 @@ pub mod routes;
 pub mod sample;
 pub mod server;
 pub mod state;
+pub mod witness;

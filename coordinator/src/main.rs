@@ -17,6 +17,7 @@ use lupus_coordinator::client::{Behaviour, Client, ParticipantStats, run_verifie
 use lupus_coordinator::dataset;
 use lupus_coordinator::engine::{Config, Coordinator, load_or_create_secret};
 use lupus_coordinator::server::Server;
+use lupus_coordinator::witness::WitnessConfig;
 use lupus_ledger::entry::PublicKey;
 use lupus_prover::spec::JobSpec;
 
@@ -70,6 +71,12 @@ enum Command {
         args: CoordinatorArgs,
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// A C2SP tlog-witness to send each new checkpoint to, as
+        /// `<URL>=<verifier key>` (the key `lupus-audit witness` prints, e.g.
+        /// `http://127.0.0.1:7380=witness.example+1a2b3c4d+BA...`). Repeatable.
+        /// `/checkpoint` then carries each witness's cosignature over that checkpoint.
+        #[arg(long = "witness", value_name = "URL=KEY")]
+        witnesses: Vec<WitnessConfig>,
     },
     /// Run a native volunteer worker.
     Worker {
@@ -180,12 +187,17 @@ async fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Up { args, listen } => {
+        Command::Up {
+            args,
+            listen,
+            witnesses,
+        } => {
             let c = open_coordinator(&args, &args.data_dir.clone(), 4).await?;
             let web = args.web.clone().or_else(default_web);
-            let server = Server::start(c, listen, web)
+            let mut server = Server::start(c, listen, web)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
+            server.witness(witnesses);
             println!("lupus coordinator listening on {}", server.url());
             wait_ctrl_c().await;
             server.stop();

@@ -216,7 +216,7 @@ async fn static_file(dir: Option<std::path::PathBuf>, name: String) -> Response 
 async fn checkpoint(State(c): State<Shared>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        c.log().checkpoint(),
+        c.cosigned_checkpoint(),
     )
         .into_response()
 }

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::engine::Coordinator;
 use crate::routes::router;
+use crate::witness::WitnessConfig;
 
 /// A running server.
 pub struct Server {
@@ -18,6 +19,7 @@ pub struct Server {
     pub coordinator: Arc<Coordinator>,
     http: JoinHandle<()>,
     ticker: JoinHandle<()>,
+    witnesses: Vec<JoinHandle<()>>,
 }
 
 impl Server {
@@ -50,7 +52,15 @@ impl Server {
             coordinator,
             http,
             ticker,
+            witnesses: Vec::new(),
         })
+    }
+
+    /// Sends each new checkpoint to `witnesses` and publishes their cosignatures on
+    /// `/checkpoint` (see [`crate::witness`]).
+    pub fn witness(&mut self, witnesses: Vec<WitnessConfig>) {
+        self.witnesses
+            .extend(crate::witness::spawn(&self.coordinator, witnesses));
     }
 
     /// The base URL, `http://addr`.
@@ -62,6 +72,9 @@ impl Server {
     pub fn stop(&self) {
         self.http.abort();
         self.ticker.abort();
+        for w in &self.witnesses {
+            w.abort();
+        }
     }
 }
 
