@@ -100,14 +100,16 @@ fn main() {
     let (p, c) = (median(plain), median(committed));
     let ratio = |x: Duration| (x.as_secs_f64() - p.as_secs_f64()) / p.as_secs_f64() * 100.0;
     let share = |x: Duration| x.as_secs_f64() / p.as_secs_f64() * 100.0;
-    println!("\n| step (median of {measured})                        | time       | vs untraced |");
+    println!(
+        "\n| step (median of {measured})                         | time       | vs untraced |"
+    );
     println!("|---------------------------------------------|------------|-------------|");
     println!(
         "| untraced (baseline)                         | {:>7.2} ms |           - |",
         p.as_secs_f64() * 1e3
     );
     println!(
-        "| committed (op hashes, op root, H(S_t+1), leaf) | {:>7.2} ms | {:>+9.2}% |",
+        "| committed (hashes, op root, H(S_t+1), leaf) | {:>7.2} ms | {:>+9.2}% |",
         c.as_secs_f64() * 1e3,
         ratio(c)
     );
