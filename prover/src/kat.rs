@@ -39,32 +39,39 @@ pub enum DeviceClass {
 
 /// Deterministic inputs: the blake3 XOF of `derive_key("lupus kat v1")` over the case
 /// name.
-struct Gen {
+///
+/// Public so that a device's own suite (the WGSL one in `lupus-worker`) runs on exactly
+/// these inputs: a copy that drifted would compare other inputs against the pinned hashes.
+pub struct Gen {
     xof: blake3::OutputReader,
 }
 
 impl Gen {
-    fn new(case: &str) -> Gen {
+    /// The generator of one case.
+    pub fn new(case: &str) -> Gen {
         let mut h = blake3::Hasher::new_derive_key("lupus kat v1");
         h.update(case.as_bytes());
         Gen {
             xof: h.finalize_xof(),
         }
     }
-    fn u32(&mut self) -> u32 {
+    /// The next 32 bits.
+    pub fn u32(&mut self) -> u32 {
         let mut b = [0u8; 4];
         self.xof.fill(&mut b);
         u32::from_le_bytes(b)
     }
     /// Uniform in `[lo, hi)` (exact 24-bit grid).
-    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
         let u = (self.u32() >> 8) as f32 * det::TWO_POW_MINUS_24;
         lo + (hi - lo) * u
     }
-    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    /// `n` uniform values in `[lo, hi)`.
+    pub fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
         (0..n).map(|_| self.uniform(lo, hi)).collect()
     }
-    fn tensor(&mut self, shape: &[usize], lo: f32, hi: f32) -> Result<Tensor, ModelError> {
+    /// A tensor of uniform values in `[lo, hi)`.
+    pub fn tensor(&mut self, shape: &[usize], lo: f32, hi: f32) -> Result<Tensor, ModelError> {
         let n = shape.iter().product();
         let data = self.vec(n, lo, hi);
         Ok(Tensor::new(shape.to_vec(), data)?)
@@ -72,7 +79,7 @@ impl Gen {
 }
 
 /// Hashes raw `f32` bit patterns under a case name.
-fn hash_bits(name: &str, xs: &[f32]) -> [u8; 32] {
+pub fn hash_bits(name: &str, xs: &[f32]) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key("lupus kat result v1");
     h.update(name.as_bytes());
     for &x in xs {
@@ -82,7 +89,7 @@ fn hash_bits(name: &str, xs: &[f32]) -> [u8; 32] {
 }
 
 /// Hashes a list of tensors (their canonical hashes, in order) under a case name.
-fn hash_tensors<'a>(name: &str, ts: impl IntoIterator<Item = &'a Tensor>) -> [u8; 32] {
+pub fn hash_tensors<'a>(name: &str, ts: impl IntoIterator<Item = &'a Tensor>) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key("lupus kat result v1");
     h.update(name.as_bytes());
     for t in ts {
@@ -119,7 +126,7 @@ const SPECIALS: [f32; 22] = [
 
 /// The scalar sweep: specials, a stride through positive and negative bit patterns,
 /// and a dense uniform range.
-fn scalar_inputs(case: &str, lo: f32, hi: f32) -> Vec<f32> {
+pub fn scalar_inputs(case: &str, lo: f32, hi: f32) -> Vec<f32> {
     let mut xs = SPECIALS.to_vec();
     xs.extend((0u32..0x7f80_0000).step_by(0x0001_0f01).map(f32::from_bits));
     xs.extend(
@@ -141,7 +148,8 @@ fn scalar_case(name: &'static str, lo: f32, hi: f32, f: fn(f32) -> f32) -> KatRe
 }
 
 /// The matrix products of the suite: awkward shapes, every transpose combination.
-const MATMUL_CASES: [(&str, usize, usize, usize, bool, bool); 10] = [
+/// The matmul cases: name, m, k, n, transpose a, transpose b.
+pub const MATMUL_CASES: [(&str, usize, usize, usize, bool, bool); 10] = [
     ("matmul.1x1x1", 1, 1, 1, false, false),
     ("matmul.7x13x5", 7, 13, 5, false, false),
     ("matmul.7x13x5.ta", 7, 13, 5, true, false),
@@ -309,7 +317,9 @@ fn output(mut outs: Vec<Tensor>, i: usize) -> Result<Tensor, ModelError> {
     }
 }
 
-fn quant_and_outer_cases() -> Result<Vec<KatResult>, ModelError> {
+/// The delta quantisation and outer-optimizer cases. They run on the host in every
+/// suite (a device suite included), so a device reports exactly these.
+pub fn quant_and_outer_cases() -> Result<Vec<KatResult>, ModelError> {
     let mut g = Gen::new("delta");
     let base = vec![g.tensor(&[13, 7], -1.0, 1.0)?, g.tensor(&[7], -1.0, 1.0)?];
     let trained = base

@@ -7,68 +7,19 @@
 //! three cases the worker never runs on the device (the int8 delta, the merge and the
 //! outer step, all host code) are computed on the host as the reference does.
 
-use lupus_prover::det;
 use lupus_prover::graph::OpRecord;
-use lupus_prover::kat::{KatResult, kat_gpt, kat_mlp};
-use lupus_prover::model::{ModelError, ModelSpec, init_params, make_batch};
+use lupus_prover::kat::{
+    Gen, KatResult, MATMUL_CASES, hash_bits, hash_tensors, kat_gpt, kat_mlp, quant_and_outer_cases,
+    scalar_inputs,
+};
+use lupus_prover::model::{ModelSpec, init_params, make_batch};
 use lupus_prover::ops::OpKind;
-use lupus_prover::optim::{AdamW, OuterNesterov, TrainState, merge_deltas, outer_step};
-use lupus_prover::quant::quantise_delta;
+use lupus_prover::optim::{AdamW, TrainState};
 use lupus_prover::tensor::Tensor;
 
 use super::device::{GpuDevice, GpuError, Pass};
 use super::ops::{MATMUL, SCALAR, eval_op_gpu};
 use super::step::train_step_gpu;
-
-/// The suite's input generator (`kat.rs`: blake3 XOF of `derive_key("lupus kat v1")`).
-struct Gen {
-    xof: blake3::OutputReader,
-}
-
-impl Gen {
-    fn new(case: &str) -> Gen {
-        let mut h = blake3::Hasher::new_derive_key("lupus kat v1");
-        h.update(case.as_bytes());
-        Gen {
-            xof: h.finalize_xof(),
-        }
-    }
-    fn u32(&mut self) -> u32 {
-        let mut b = [0u8; 4];
-        self.xof.fill(&mut b);
-        u32::from_le_bytes(b)
-    }
-    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        let u = (self.u32() >> 8) as f32 * (1.0 / 16_777_216.0);
-        lo + (hi - lo) * u
-    }
-    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform(lo, hi)).collect()
-    }
-    fn tensor(&mut self, shape: &[usize], lo: f32, hi: f32) -> Result<Tensor, GpuError> {
-        let n = shape.iter().product();
-        let data = self.vec(n, lo, hi);
-        Tensor::new(shape.to_vec(), data).map_err(|e| GpuError::Model(e.into()))
-    }
-}
-
-fn hash_bits(name: &str, xs: &[f32]) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key("lupus kat result v1");
-    h.update(name.as_bytes());
-    for &x in xs {
-        h.update(&det::canonical_bits(x).to_le_bytes());
-    }
-    *h.finalize().as_bytes()
-}
-
-fn hash_tensors<'a>(name: &str, ts: impl IntoIterator<Item = &'a Tensor>) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key("lupus kat result v1");
-    h.update(name.as_bytes());
-    for t in ts {
-        h.update(&t.hash());
-    }
-    *h.finalize().as_bytes()
-}
 
 /// A case that failed on the device: an answer that is never the reference one.
 fn failed(name: &'static str, e: &GpuError) -> KatResult {
@@ -76,44 +27,6 @@ fn failed(name: &'static str, e: &GpuError) -> KatResult {
         name,
         hash: hash_bits(&format!("{name} error {e}"), &[]),
     }
-}
-
-const SPECIALS: [f32; 22] = [
-    0.0,
-    -0.0,
-    1.0,
-    -1.0,
-    0.5,
-    2.0,
-    1e-45,
-    -1e-45,
-    1e-40,
-    1.17e-38,
-    1.1754944e-38,
-    f32::MIN_POSITIVE,
-    f32::MAX,
-    f32::MIN,
-    f32::INFINITY,
-    f32::NEG_INFINITY,
-    f32::NAN,
-    -87.34,
-    -87.33,
-    88.0,
-    88.5,
-    1e30,
-];
-
-fn scalar_inputs(case: &str, lo: f32, hi: f32) -> Vec<f32> {
-    let mut xs = SPECIALS.to_vec();
-    xs.extend((0u32..0x7f80_0000).step_by(0x0001_0f01).map(f32::from_bits));
-    xs.extend(
-        (0u32..0x7f80_0000)
-            .step_by(0x0003_3333)
-            .map(|b| -f32::from_bits(b)),
-    );
-    let mut g = Gen::new(case);
-    xs.extend(g.vec(4096, lo, hi));
-    xs
 }
 
 const SCALAR_CASES: [(&str, f32, f32, u32); 7] = [
@@ -184,19 +97,6 @@ async fn scalar_case(dev: &GpuDevice, name: &'static str, lo: f32, hi: f32, f: u
         Err(e) => failed(name, &e),
     }
 }
-
-const MATMUL_CASES: [(&str, usize, usize, usize, bool, bool); 10] = [
-    ("matmul.1x1x1", 1, 1, 1, false, false),
-    ("matmul.7x13x5", 7, 13, 5, false, false),
-    ("matmul.7x13x5.ta", 7, 13, 5, true, false),
-    ("matmul.7x13x5.tb", 7, 13, 5, false, true),
-    ("matmul.7x13x5.tab", 7, 13, 5, true, true),
-    ("matmul.17x33x31", 17, 33, 31, false, false),
-    ("matmul.5x300x19", 5, 300, 19, false, false),
-    ("matmul.64x64x64", 64, 64, 64, false, false),
-    ("matmul.65x17x129.tb", 65, 17, 129, false, true),
-    ("matmul.33x70x47.ta", 33, 70, 47, true, false),
-];
 
 async fn matmul(
     dev: &GpuDevice,
@@ -381,51 +281,6 @@ async fn ops_cases(dev: &GpuDevice, out: &mut Vec<KatResult>) -> Result<(), GpuE
     )
     .await?;
     Ok(())
-}
-
-/// The host-side cases, exactly as the reference suite computes them.
-fn quant_and_outer_cases() -> Result<Vec<KatResult>, ModelError> {
-    let mut g = Gen::new("delta");
-    let t = |g: &mut Gen, shape: &[usize], lo, hi| {
-        g.tensor(shape, lo, hi).map_err(|_| ModelError::Graph {
-            detail: "known-answer input".into(),
-        })
-    };
-    let base = vec![t(&mut g, &[13, 7], -1.0, 1.0)?, t(&mut g, &[7], -1.0, 1.0)?];
-    let trained = base
-        .iter()
-        .map(|b| {
-            let d = g.vec(b.len(), -0.02, 0.02);
-            let data = b.data().iter().zip(d).map(|(a, b)| a + b).collect();
-            Tensor::new(b.shape().to_vec(), data)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut out = Vec::new();
-    let q = quantise_delta(&base, &trained)?;
-    out.push(KatResult {
-        name: "quant.delta",
-        hash: q.hash(),
-    });
-    let deq = q.dequantise()?;
-    let other = deq
-        .iter()
-        .map(|d| t(&mut g, d.shape(), -0.5, 0.5))
-        .collect::<Result<Vec<_>, _>>()?;
-    let merged = merge_deltas(&[(deq, 2.0), (other, 1.0)], 0.5)?;
-    out.push(KatResult {
-        name: "optim.merge_deltas",
-        hash: hash_tensors("optim.merge_deltas", &merged),
-    });
-    let mut buf = Vec::new();
-    let mut params = base;
-    for _ in 0..3 {
-        params = outer_step(&params, &mut buf, &merged, &OuterNesterov::default())?;
-    }
-    out.push(KatResult {
-        name: "optim.outer_nesterov",
-        hash: hash_tensors("optim.outer_nesterov", params.iter().chain(&buf)),
-    });
-    Ok(out)
 }
 
 async fn step_case(dev: &GpuDevice, name: &'static str, spec: &ModelSpec) -> KatResult {
