@@ -13,6 +13,9 @@
 //!   after that commit does it publish the checkpoint and answer the batch's callers.
 //!   The signature exists before the write, but nobody sees it until the entries it
 //!   covers are on disk (a crash in between loses both together).
+//! - [`Log::append_group`] queues several entries as ONE item: the writer never splits
+//!   it across batches, so the group is durable as a whole or not at all (a caller
+//!   that applies the group to its own state after the answer never sees half of it).
 //! - If the write fails, every caller of the batch gets the error, the frontier copy
 //!   is thrown away, and the writer reloads its state from the store before the next
 //!   batch (the failed commit may or may not have landed; the store decides).
@@ -85,6 +88,14 @@ pub enum LogError {
         /// The entry's length.
         len: usize,
     },
+    /// A group of more than [`MAX_BATCH_ENTRIES`] entries (one batch must hold it).
+    #[error(
+        "a group of {len} entries cannot be committed at once: at most {MAX_BATCH_ENTRIES} fit one batch"
+    )]
+    GroupTooLarge {
+        /// The group's length.
+        len: usize,
+    },
     /// A read past the published tree.
     #[error("tree size {asked} asked for, but the log's latest checkpoint is at size {size}")]
     BeyondSize {
@@ -143,10 +154,18 @@ struct Shared {
     head: watch::Sender<Arc<LogHead>>,
 }
 
+/// One queued append: a single entry, or a group that must share one batch. The
+/// answer is the index of its first entry; the others follow it consecutively.
 #[derive(Debug)]
 struct Pending {
-    entry: Vec<u8>,
+    entries: Vec<Vec<u8>>,
     reply: oneshot::Sender<Result<LeafIndex, LogError>>,
+}
+
+impl Pending {
+    fn bytes(&self) -> usize {
+        self.entries.iter().map(Vec::len).sum()
+    }
 }
 
 impl Log {
@@ -185,7 +204,32 @@ impl Log {
         }
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Pending { entry, reply })
+            .send(Pending {
+                entries: vec![entry],
+                reply,
+            })
+            .await
+            .map_err(|_| LogError::WriterStopped)?;
+        answer.await.map_err(|_| LogError::WriterStopped)?
+    }
+
+    /// Appends `entries` atomically: they are committed in ONE batch (one
+    /// transaction), at consecutive indexes, and are all durable or none is. Returns
+    /// the index of the first; an empty group returns the current size without
+    /// writing. At most [`MAX_BATCH_ENTRIES`] entries.
+    pub async fn append_group(&self, entries: Vec<Vec<u8>>) -> Result<LeafIndex, LogError> {
+        if entries.is_empty() {
+            return Ok(LeafIndex(self.head().size.0));
+        }
+        if entries.len() > MAX_BATCH_ENTRIES {
+            return Err(LogError::GroupTooLarge { len: entries.len() });
+        }
+        if let Some(e) = entries.iter().find(|e| e.len() > MAX_ENTRY_LEN) {
+            return Err(LogError::EntryTooLarge { len: e.len() });
+        }
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Pending { entries, reply })
             .await
             .map_err(|_| LogError::WriterStopped)?;
         answer.await.map_err(|_| LogError::WriterStopped)?
@@ -204,7 +248,11 @@ impl Log {
                 continue;
             }
             let (reply, answer) = oneshot::channel();
-            match self.queue.send(Pending { entry, reply }).await {
+            let pending = Pending {
+                entries: vec![entry],
+                reply,
+            };
+            match self.queue.send(pending).await {
                 Ok(()) => waiting.push(Ok(answer)),
                 Err(_) => waiting.push(Err(LogError::WriterStopped)),
             }
@@ -425,37 +473,53 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self, mut queue: mpsc::Receiver<Pending>) {
-        let mut entries = Vec::new();
-        let mut replies = Vec::new();
-        while let Some(first) = queue.recv().await {
+        let mut entries: Vec<Vec<u8>> = Vec::new();
+        let mut replies: Vec<(usize, oneshot::Sender<Result<LeafIndex, LogError>>)> = Vec::new();
+        // A group taken from the queue that did not fit the batch it was read for:
+        // it opens the next one.
+        let mut carried: Option<Pending> = None;
+        loop {
+            let first = match carried.take() {
+                Some(p) => p,
+                None => match queue.recv().await {
+                    Some(p) => p,
+                    None => break,
+                },
+            };
             // The callers answered last round are waking up to append again; let
             // them run first so their entries share this commit instead of waiting
             // out one more (an fsync each) in a batch of their own.
             tokio::task::yield_now().await;
-            let mut bytes = first.entry.len();
-            entries.push(first.entry);
-            replies.push(first.reply);
+            let mut bytes = first.bytes();
+            replies.push((first.entries.len(), first.reply));
+            entries.extend(first.entries);
             while entries.len() < MAX_BATCH_ENTRIES && bytes < MAX_BATCH_BYTES {
                 let Ok(next) = queue.try_recv() else {
                     break;
                 };
-                bytes += next.entry.len();
-                entries.push(next.entry);
-                replies.push(next.reply);
+                if entries.len() + next.entries.len() > MAX_BATCH_ENTRIES {
+                    carried = Some(next);
+                    break;
+                }
+                bytes += next.bytes();
+                replies.push((next.entries.len(), next.reply));
+                entries.extend(next.entries);
             }
             let answer = self.commit(&entries).await;
             entries.clear();
             match answer {
                 Ok(first_index) => {
-                    for (offset, reply) in (0u64..).zip(replies.drain(..)) {
+                    let mut index = first_index.0;
+                    for (len, reply) in replies.drain(..) {
                         // A caller that gave up waiting has dropped its receiver; its
-                        // entry is stored all the same.
-                        let _ = reply.send(Ok(LeafIndex(first_index.0 + offset)));
+                        // entries are stored all the same.
+                        let _ = reply.send(Ok(LeafIndex(index)));
+                        index += len as u64;
                     }
                 }
                 Err(error) => {
                     let error = Arc::new(error);
-                    for reply in replies.drain(..) {
+                    for (_, reply) in replies.drain(..) {
                         let _ = reply.send(Err(LogError::NotStored(Arc::clone(&error))));
                     }
                 }
@@ -764,6 +828,59 @@ mod tests {
         assert_eq!(indexes, (0..5000).collect::<Vec<_>>());
         let stored = log.entries(LeafIndex(0), LeafIndex(5000)).await.unwrap();
         assert_eq!(stored, (0..5000).map(entry).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_is_consecutive_and_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Arc::new(FaultyStore::new(sqlite(&dir).await));
+        let log = Log::open(faulty.clone(), signer()).await.unwrap();
+        // Singles race the group; the group's entries still sit together.
+        let singles: Vec<_> = (0..50u64)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move { log.append(entry(i)).await.unwrap() })
+            })
+            .collect();
+        let group: Vec<Vec<u8>> = (1000..1300).map(entry).collect();
+        let first = log.append_group(group.clone()).await.unwrap();
+        for s in singles {
+            s.await.unwrap();
+        }
+        let stored = log
+            .entries(first, LeafIndex(first.0 + group.len() as u64))
+            .await
+            .unwrap();
+        assert_eq!(stored, group, "the group is stored consecutively, in order");
+        let inside = log
+            .store()
+            .checkpoint_at(TreeSize(first.0 + 1))
+            .await
+            .unwrap();
+        assert!(
+            inside.is_none(),
+            "no checkpoint inside the group: it was one batch"
+        );
+
+        // A failed commit stores none of the group, and the log goes on.
+        let before = log.head();
+        faulty.fail_next_append(Fault::BeforeCommit);
+        let failed: Vec<Vec<u8>> = (2000..2010).map(entry).collect();
+        assert!(matches!(
+            log.append_group(failed).await,
+            Err(LogError::NotStored(_))
+        ));
+        assert_eq!(log.head(), before);
+        let next = log.append(entry(3000)).await.unwrap();
+        assert_eq!(next.0, before.size.0, "nothing of the failed group landed");
+        assert!(matches!(
+            log.append_group(vec![vec![0; 1]; MAX_BATCH_ENTRIES + 1]).await,
+            Err(LogError::GroupTooLarge { .. })
+        ));
+        assert_eq!(
+            log.append_group(Vec::new()).await.unwrap().0,
+            log.head().size.0
+        );
     }
 
     #[tokio::test]
