@@ -215,12 +215,12 @@ impl Log {
 
     /// Appends `entries` atomically: they are committed in ONE batch (one
     /// transaction), at consecutive indexes, and are all durable or none is. Returns
-    /// the index of the first; an empty group returns the current size without
-    /// writing. At most [`MAX_BATCH_ENTRIES`] entries.
+    /// the index of the first. An empty group writes nothing: it is [`Log::sync`].
+    /// At most [`MAX_BATCH_ENTRIES`] entries.
+    ///
+    /// On [`LogError::NotStored`] the group may still have landed (a commit whose
+    /// answer was lost); [`Log::sync`] then tells which.
     pub async fn append_group(&self, entries: Vec<Vec<u8>>) -> Result<LeafIndex, LogError> {
-        if entries.is_empty() {
-            return Ok(LeafIndex(self.head().size.0));
-        }
         if entries.len() > MAX_BATCH_ENTRIES {
             return Err(LogError::GroupTooLarge { len: entries.len() });
         }
@@ -233,6 +233,23 @@ impl Log {
             .await
             .map_err(|_| LogError::WriterStopped)?;
         answer.await.map_err(|_| LogError::WriterStopped)?
+    }
+
+    /// Waits until every append queued before it is answered and returns the size of
+    /// the tree the store really holds, publishing its head. After a failed write the
+    /// writer reloads from the store first, so a caller that got
+    /// [`LogError::NotStored`] learns here whether its entries landed anyway.
+    pub async fn sync(&self) -> Result<TreeSize, LogError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Pending {
+                entries: Vec::new(),
+                reply,
+            })
+            .await
+            .map_err(|_| LogError::WriterStopped)?;
+        let size = answer.await.map_err(|_| LogError::WriterStopped)??;
+        Ok(TreeSize(size.0))
     }
 
     /// Appends `entries` in order: they get consecutive indexes unless another caller
@@ -505,7 +522,12 @@ impl Writer {
                 replies.push((next.entries.len(), next.reply));
                 entries.extend(next.entries);
             }
-            let answer = self.commit(&entries).await;
+            // Only syncs queued: nothing to write, but a stale writer reloads.
+            let answer = if entries.is_empty() {
+                self.reload().await
+            } else {
+                self.commit(&entries).await
+            };
             entries.clear();
             match answer {
                 Ok(first_index) => {
@@ -527,9 +549,9 @@ impl Writer {
         }
     }
 
-    /// Writes one batch; returns the index of its first entry once it is durable and
-    /// its checkpoint is published.
-    async fn commit(&mut self, entries: &[Vec<u8>]) -> Result<LeafIndex, LogError> {
+    /// Reloads the frontier and the head from the store if a failed write left them
+    /// stale; returns the size the store holds.
+    async fn reload(&mut self) -> Result<LeafIndex, LogError> {
         if self.stale {
             let (frontier, head) =
                 recover(&*self.shared.store, &self.signer, &self.shared.verifier).await?;
@@ -537,6 +559,13 @@ impl Writer {
             self.shared.head.send_replace(Arc::new(head));
             self.stale = false;
         }
+        Ok(LeafIndex(self.frontier.size().0))
+    }
+
+    /// Writes one batch; returns the index of its first entry once it is durable and
+    /// its checkpoint is published.
+    async fn commit(&mut self, entries: &[Vec<u8>]) -> Result<LeafIndex, LogError> {
+        self.reload().await?;
         let first = LeafIndex(self.frontier.size().0);
         let mut next = self.frontier.clone();
         let mut hashes = Vec::with_capacity(entries.len() * 2);
@@ -880,6 +909,22 @@ mod tests {
         assert_eq!(
             log.append_group(Vec::new()).await.unwrap().0,
             log.head().size.0
+        );
+
+        // A group that landed although the store said it failed: sync reloads and
+        // shows it, so the caller does not write it twice.
+        let before = log.head().size;
+        faulty.fail_next_append(Fault::AfterCommit);
+        let landed: Vec<Vec<u8>> = (4000..4003).map(entry).collect();
+        assert!(log.append_group(landed.clone()).await.is_err());
+        assert_eq!(log.head().size, before, "not published before a reload");
+        assert_eq!(log.sync().await.unwrap(), TreeSize(before.0 + 3));
+        assert_eq!(log.head().size, TreeSize(before.0 + 3));
+        assert_eq!(
+            log.entries(LeafIndex(before.0), LeafIndex(before.0 + 3))
+                .await
+                .unwrap(),
+            landed
         );
     }
 

@@ -8,8 +8,8 @@
 //! writer acknowledges nothing in either case and carries on from whatever the store
 //! really holds.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
@@ -30,11 +30,27 @@ const NONE: u8 = 0;
 const BEFORE: u8 = 1;
 const AFTER: u8 = 2;
 
+/// Which batch an armed [`FaultyStore::fail_append_where`] fault fails: it sees the
+/// batch's entries.
+pub type BatchFilter = Box<dyn Fn(&[Vec<u8>]) -> bool + Send + Sync>;
+
 /// Wraps a store and fails its next append when told to.
-#[derive(Debug)]
 pub struct FaultyStore {
     inner: Arc<dyn LogStore>,
     next: AtomicU8,
+    /// A fault waiting for the first batch its filter picks.
+    targeted: Mutex<Option<(Fault, BatchFilter)>>,
+    fired: AtomicU64,
+}
+
+impl std::fmt::Debug for FaultyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultyStore")
+            .field("inner", &self.inner)
+            .field("next", &self.next)
+            .field("fired", &self.fired)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FaultyStore {
@@ -43,7 +59,42 @@ impl FaultyStore {
         FaultyStore {
             inner,
             next: AtomicU8::new(NONE),
+            targeted: Mutex::new(None),
+            fired: AtomicU64::new(0),
         }
+    }
+
+    /// Makes the first [`LogStore::append_batch`] whose entries `filter` picks fail as
+    /// `fault` says (once); other batches go through. For faults aimed at one write
+    /// of a busy writer (say, the batch holding a round's close).
+    pub fn fail_append_where(&self, fault: Fault, filter: BatchFilter) {
+        if let Ok(mut t) = self.targeted.lock() {
+            *t = Some((fault, filter));
+        }
+    }
+
+    /// How many injected faults have fired so far.
+    pub fn fired(&self) -> u64 {
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    /// The fault to inject into a batch of `entries`, if one is armed for it.
+    fn take_fault(&self, entries: &[Vec<u8>]) -> Option<Fault> {
+        let fault = match self.next.swap(NONE, Ordering::SeqCst) {
+            BEFORE => Some(Fault::BeforeCommit),
+            AFTER => Some(Fault::AfterCommit),
+            _ => {
+                let mut targeted = self.targeted.lock().ok()?;
+                match targeted.as_ref() {
+                    Some((_, filter)) if filter(entries) => targeted.take().map(|(f, _)| f),
+                    _ => None,
+                }
+            }
+        };
+        if fault.is_some() {
+            self.fired.fetch_add(1, Ordering::SeqCst);
+        }
+        fault
     }
 
     /// Makes the next [`LogStore::append_batch`] fail as `fault` says.
@@ -80,15 +131,15 @@ impl LogStore for FaultyStore {
         hashes: &[(StoredHashIndex, Hash)],
         checkpoint: Option<&str>,
     ) -> Result<(), StoreError> {
-        match self.next.swap(NONE, Ordering::SeqCst) {
-            BEFORE => Err(self.injected("before commit")),
-            AFTER => {
+        match self.take_fault(entries) {
+            Some(Fault::BeforeCommit) => Err(self.injected("before commit")),
+            Some(Fault::AfterCommit) => {
                 self.inner
                     .append_batch(first_index, entries, hashes, checkpoint)
                     .await?;
                 Err(self.injected("after commit"))
             }
-            _ => {
+            None => {
                 self.inner
                     .append_batch(first_index, entries, hashes, checkpoint)
                     .await
