@@ -5,23 +5,19 @@
 //!   int8 deltas) and centralised (one AdamW run over the same number of samples);
 //!   both validation losses, and the bytes a worker sends per round against fp32
 //!   data-parallel training (a full fp32 gradient every inner step).
-//! - `load`: many simulated workers and verifiers against one coordinator on
-//!   loopback; requests per second, latency percentiles, errors, lost submissions.
+//! - `load` ([`load`]): many simulated workers and verifiers against one coordinator
+//!   (a child process) on loopback for minutes; requests per second, latency
+//!   percentiles, errors, lost submissions and the coordinator's memory over time.
 //!
 //! The other crates' micro-benchmarks are criterion benches: `cargo bench -p
 //! lupus-ledger`, `cargo bench -p lupus-prover`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Result, ensure};
 use lupus_coordinator::dataset;
-use lupus_coordinator::engine::{Config, Coordinator};
-use lupus_coordinator::server::Server;
-use lupus_ledger::entry::{Entry, EntryBody};
-use lupus_ledger::hash::LeafIndex;
+use lupus_coordinator::engine::Coordinator;
 use lupus_prover::data::Corpus;
 use lupus_prover::graph::train_step_untraced;
 use lupus_prover::model::init_params;
@@ -30,9 +26,10 @@ use lupus_prover::prf::prf;
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::{job_sampler, run_task, task_batch};
 use lupus_prover::tensor::Tensor;
-use lupus_worker::native::{Member, NativeConfig, Stats, spawn_group};
 
 use crate::job_text;
+
+mod load;
 
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {
@@ -47,18 +44,9 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 6)]
         rounds: u64,
     },
-    /// Simulated workers against one coordinator on loopback.
-    Load {
-        #[arg(long, default_value_t = 200)]
-        workers: usize,
-        #[arg(long, default_value_t = 10)]
-        verifiers: usize,
-        #[arg(long, default_value_t = 60)]
-        seconds: u64,
-        /// The job the simulated workers train (default: jobs/tiny-test.toml, embedded).
-        #[arg(long)]
-        job: Option<PathBuf>,
-    },
+    /// Simulated workers against one coordinator (a child `lupus up`) on loopback:
+    /// throughput, latency, errors and the coordinator's memory over time.
+    Load(load::LoadArgs),
 }
 
 pub async fn run(cmd: BenchCommand) -> Result<()> {
@@ -74,12 +62,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             let corpus = dataset::load_or_fetch(&data_dir, &job)?;
             tokio::task::spawn_blocking(move || diloco(&job, &corpus, workers, rounds)).await?
         }
-        BenchCommand::Load {
-            workers,
-            verifiers,
-            seconds,
-            job,
-        } => load(workers, verifiers, seconds, job).await,
+        BenchCommand::Load(args) => load::run(args).await,
     }
 }
 
@@ -174,143 +157,6 @@ fn diloco(job: &JobSpec, corpus: &Corpus, workers: usize, rounds: u64) -> Result
     println!("federated loss is {gap:+.2}% against centralised (target: within 5%)");
     println!(
         "bytes sent per worker per round: {delta_bytes} (int8 delta) vs {fp32_per_round} (fp32 gradient x {h} steps): {ratio:.0}x less (target: >= 100x)"
-    );
-    Ok(())
-}
-
-async fn load(workers: usize, verifiers: usize, seconds: u64, job: Option<PathBuf>) -> Result<()> {
-    let text = match job {
-        Some(p) => std::fs::read_to_string(p)?,
-        None => include_str!("../../jobs/tiny-test.toml").to_owned(),
-    };
-    let dir = std::env::temp_dir().join(format!("lupus-load-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let config = Config {
-        data_dir: dir.clone(),
-        database_url: None,
-        postgres_schema: None,
-        job_spec: text,
-        tasks_per_round: workers as u32,
-        max_rounds: None,
-        round_timeout: Duration::from_secs(120),
-        task_timeout: Duration::from_secs(60),
-        verify_timeout: Duration::from_secs(60),
-        val_windows: 64,
-    };
-    let c = Coordinator::open(config, Corpus::generated(7, 50_000)).await?;
-    let server = Server::start(Arc::clone(&c), "127.0.0.1:0".parse()?, None).await?;
-    let url = server.url();
-    let stop = Arc::new(AtomicBool::new(false));
-    let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut stats = Vec::new();
-    // The real worker and verifier loop, many participants to a thread: they take
-    // turns at every request, as hundreds of volunteers' browsers would.
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
-    let mut groups: Vec<Vec<(Member, Arc<Stats>)>> = (0..threads).map(|_| Vec::new()).collect();
-    for i in 0..workers + verifiers {
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-        let name = if i < workers {
-            format!("load-w{i}")
-        } else {
-            format!("load-v{i}")
-        };
-        let cfg = NativeConfig {
-            latencies: Some(Arc::clone(&latencies)),
-            ..NativeConfig::new(&url, key, &name)
-        };
-        let s = Arc::new(Stats::default());
-        stats.push((i < workers, Arc::clone(&s)));
-        let member = if i < workers {
-            Member::Worker(cfg)
-        } else {
-            Member::Verifier(cfg)
-        };
-        groups[i % threads].push((member, s));
-    }
-    for g in groups {
-        // Detached: the threads see `stop` and end with the process.
-        drop(spawn_group(g, Arc::clone(&stop)));
-    }
-    println!("load: {workers} workers, {verifiers} verifiers against {url} for {seconds} s");
-    let t = Instant::now();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = t.elapsed().as_secs_f64();
-    let m = &c.metrics;
-    let requests = m.requests.load(Ordering::Relaxed);
-    let client_errors = m.client_errors.load(Ordering::Relaxed);
-    let server_errors = m.server_errors.load(Ordering::Relaxed);
-    let mut lat = latencies
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .clone();
-    lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
-    // Lost submissions: every acknowledged commitment must be in the log where the
-    // receipt said.
-    let mut acknowledged = 0usize;
-    let mut lost = 0usize;
-    for (_, s) in &stats {
-        let acks = s
-            .acknowledged
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .clone();
-        for (task, index) in acks {
-            acknowledged += 1;
-            let entries = c
-                .log()
-                .entries(LeafIndex(index), LeafIndex(index + 1))
-                .await?;
-            let ok = entries
-                .first()
-                .and_then(|b| Entry::decode(b).ok())
-                .is_some_and(
-                    |e| matches!(e.body(), EntryBody::WorkCommitted { task: t, .. } if t.0 == task),
-                );
-            if !ok {
-                lost += 1;
-            }
-        }
-    }
-    let rounds = c.rounds().await.rounds;
-    let closed = rounds.iter().filter(|r| r.new_model.is_some()).count();
-    let done = |worker: bool| -> u64 {
-        stats
-            .iter()
-            .filter(|(w, _)| *w == worker)
-            .map(|(_, s)| s.done.load(Ordering::Relaxed))
-            .sum()
-    };
-    let (tasks, verdicts) = (done(true), done(false));
-    println!();
-    println!("| figure | value |");
-    println!("|---|---|");
-    println!("| requests | {requests} |");
-    println!("| requests per second | {:.0} |", requests as f64 / elapsed);
-    println!(
-        "| latency p50 / p99 / max (ms) | {:.2} / {:.2} / {:.2} |",
-        pct(0.5),
-        pct(0.99),
-        pct(1.0)
-    );
-    println!("| 4xx / 5xx answers | {client_errors} / {server_errors} |");
-    println!("| tasks done / verdicts | {tasks} / {verdicts} |");
-    println!("| rounds closed | {closed} |");
-    println!("| acknowledged submissions / lost | {acknowledged} / {lost} |");
-    println!("| log entries | {} |", c.log().head().size.0);
-    server.stop();
-    let _ = std::fs::remove_dir_all(&dir);
-    ensure!(
-        lost == 0,
-        "{lost} acknowledged submissions are not in the log"
     );
     Ok(())
 }

@@ -118,6 +118,33 @@ struct Inner {
     model: Arc<Vec<Tensor>>,
     momentum: Vec<Tensor>,
     live: BTreeMap<TaskId, Live>,
+    /// The round whose close is computing outside the lock (see [`CloseSnapshot`]).
+    closing: Option<Round>,
+}
+
+/// What a round close computes from, taken under the state lock in one go. The tasks
+/// it merges and the credits it grants are fixed here: work that settles while the
+/// close computes belongs to no merge, as work that settles after a close always did.
+struct CloseSnapshot {
+    round: Round,
+    beacon: [u8; 32],
+    /// The delta blobs of the accepted tasks, in task order.
+    deltas: Vec<Digest>,
+    credits: Vec<(PublicKey, u64, TaskId, CreditKind)>,
+    params: Arc<Vec<Tensor>>,
+    momentum: Vec<Tensor>,
+}
+
+/// What a close computed outside the lock. Its blobs and metadata are durable
+/// before any entry refers to them.
+struct CloseOutcome {
+    new_params: Vec<Tensor>,
+    momentum: Vec<Tensor>,
+    val_loss: f32,
+    new_model: Digest,
+    /// The next round and its secret beacon (already in the metadata); `None` after
+    /// the last round.
+    next: Option<(Round, [u8; 32])>,
 }
 
 /// Counters for `/metrics`.
@@ -148,6 +175,8 @@ pub struct Coordinator {
     nonces: std::sync::Mutex<HashMap<(PublicKey, [u8; 16]), u64>>,
     /// The latest verified cosignature of each configured witness (by its slot).
     cosignatures: std::sync::Mutex<BTreeMap<usize, crate::witness::Cosigned>>,
+    /// Wakes the server's ticker when a request finds the open round due to close.
+    close_wanted: tokio::sync::Notify,
     pub metrics: Metrics,
 }
 
@@ -235,16 +264,7 @@ impl Coordinator {
     /// Opens (or creates) the coordinator's ledger and blobs in `config.data_dir`,
     /// replays the ledger and resumes the round it was in.
     pub async fn open(config: Config, corpus: Corpus) -> Result<Arc<Coordinator>, StartError> {
-        let job = JobSpec::parse(&config.job_spec).map_err(|e| StartError::Spec(e.to_string()))?;
         std::fs::create_dir_all(&config.data_dir).map_err(start_err)?;
-        let blobs = BlobStore::open(config.data_dir.join("blobs")).map_err(start_err)?;
-        let dataset_blob = blobs.put(corpus.bytes()).map_err(start_err)?;
-        let log_secret = load_or_create_secret(&config.data_dir.join("log.key"))?;
-        let origin = format!("lupus.local/{}", job.job.name);
-        let signer = NoteSigner::from_secret(&origin, log_secret).map_err(start_err)?;
-        let referee = SigningKey::from_bytes(&load_or_create_secret(
-            &config.data_dir.join("referee.key"),
-        )?);
         let url = config.database_url.clone().unwrap_or_else(|| {
             format!(
                 "sqlite://{}",
@@ -261,6 +281,26 @@ impl Coordinator {
                 .await
                 .map_err(|e| StartError::Store(e.to_string()))?,
         };
+        Self::open_with_store(config, corpus, store).await
+    }
+
+    /// [`Coordinator::open`] over a store the caller opened (`config.database_url` is
+    /// not used): tests wrap one in `lupus_ledger::store::fault::FaultyStore`.
+    pub async fn open_with_store(
+        config: Config,
+        corpus: Corpus,
+        store: Arc<dyn LogStore>,
+    ) -> Result<Arc<Coordinator>, StartError> {
+        let job = JobSpec::parse(&config.job_spec).map_err(|e| StartError::Spec(e.to_string()))?;
+        std::fs::create_dir_all(&config.data_dir).map_err(start_err)?;
+        let blobs = BlobStore::open(config.data_dir.join("blobs")).map_err(start_err)?;
+        let dataset_blob = blobs.put(corpus.bytes()).map_err(start_err)?;
+        let log_secret = load_or_create_secret(&config.data_dir.join("log.key"))?;
+        let origin = format!("lupus.local/{}", job.job.name);
+        let signer = NoteSigner::from_secret(&origin, log_secret).map_err(start_err)?;
+        let referee = SigningKey::from_bytes(&load_or_create_secret(
+            &config.data_dir.join("referee.key"),
+        )?);
         let log = Log::open(Arc::clone(&store), signer)
             .await
             .map_err(|e| StartError::Store(e.to_string()))?;
@@ -308,9 +348,11 @@ impl Coordinator {
                 model: Arc::new(Vec::new()),
                 momentum: Vec::new(),
                 live: BTreeMap::new(),
+                closing: None,
             }),
             nonces: std::sync::Mutex::new(HashMap::new()),
             cosignatures: std::sync::Mutex::new(BTreeMap::new()),
+            close_wanted: tokio::sync::Notify::new(),
             metrics: Metrics::default(),
         });
         coordinator
@@ -370,34 +412,6 @@ impl Coordinator {
             .apply(index, &entry)
             .map_err(|e| ApiError::Internal(format!("the log and the state disagree: {e}")))?;
         Ok(index)
-    }
-
-    /// Appends many coordinator entries at once: the log's writer commits them in one
-    /// group (one fsync), then they are applied in log order. The caller holds the
-    /// state lock, so nothing else is appended in between.
-    async fn append_group(
-        &self,
-        inner: &mut Inner,
-        bodies: Vec<EntryBody>,
-    ) -> Result<(), ApiError> {
-        let mut set = tokio::task::JoinSet::new();
-        for body in bodies {
-            let entry = Entry::unsigned(body).map_err(internal)?;
-            let log = self.log.clone();
-            set.spawn(async move { log.append(entry.encode()).await.map(|i| (i.0, entry)) });
-        }
-        let mut done = Vec::new();
-        while let Some(r) = set.join_next().await {
-            done.push(r.map_err(internal)?.map_err(internal)?);
-        }
-        done.sort_by_key(|(i, _)| *i);
-        for (index, entry) in done {
-            inner
-                .state
-                .apply(index, &entry)
-                .map_err(|e| ApiError::Internal(format!("the log and the state disagree: {e}")))?;
-        }
-        Ok(())
     }
 
     async fn append_body(&self, inner: &mut Inner, body: EntryBody) -> Result<u64, ApiError> {
@@ -733,6 +747,11 @@ impl Coordinator {
         let Some(round) = inner.state.open_round().cloned() else {
             return Ok(Self::wait("no round is open"));
         };
+        if inner.closing.is_some() {
+            return Ok(Self::wait(
+                "the round is closing; the next one opens in a moment",
+            ));
+        }
         // The worker's own outstanding task, again (a retry after a lost answer).
         let own = inner.state.tasks.values().find(|t| {
             t.round == round.round
@@ -1173,7 +1192,9 @@ impl Coordinator {
             Some(false) => VerdictOutcome::Rejected,
             None => VerdictOutcome::Pending,
         };
-        self.maybe_close(inner).await?;
+        if self.close_due(inner).is_some() {
+            self.close_wanted.notify_one();
+        }
         Ok(api::VerdictReceipt {
             task_id: task,
             entry_index: index,
@@ -1350,10 +1371,25 @@ impl Coordinator {
     // ----- rounds -----
 
     /// Expires overdue tasks and claims and closes the round when it is done. Called
-    /// by the server's ticker.
+    /// by the server's ticker, and at once when [`Coordinator::close_wanted`] fires.
     pub async fn tick(&self) -> Result<(), ApiError> {
-        let mut guard = self.inner.lock().await;
-        let inner = &mut *guard;
+        let snapshot = {
+            let mut guard = self.inner.lock().await;
+            self.tick_locked(&mut guard).await?
+        };
+        match snapshot {
+            Some(s) => self.close_round(s).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Resolves when a request handler found the open round due to close, so the
+    /// ticker closes it now rather than at its next tick.
+    pub async fn close_wanted(&self) {
+        self.close_wanted.notified().await;
+    }
+
+    async fn tick_locked(&self, inner: &mut Inner) -> Result<Option<CloseSnapshot>, ApiError> {
         let now = now_ms();
         for (id, l) in inner.live.iter_mut() {
             let opened = l.opening_blob.is_some();
@@ -1390,24 +1426,23 @@ impl Coordinator {
                 self.referee(inner, &t, &l).await?;
             }
         }
-        self.maybe_close(inner).await
+        self.close_snapshot(inner)
     }
 
-    async fn maybe_close(&self, inner: &mut Inner) -> Result<(), ApiError> {
-        let Some(round) = inner.state.open_round().cloned() else {
-            return Ok(());
-        };
+    /// The open round, if it should close now: its target of accepted tasks is met
+    /// or its deadline passed, and no close of it is running.
+    fn close_due(&self, inner: &Inner) -> Option<Round> {
+        if inner.closing.is_some() {
+            return None;
+        }
+        let round = inner.state.open_round()?;
         let accepted = inner
             .live
             .values()
             .filter(|l| l.outcome == Some(true))
             .count();
         let target_met = accepted >= self.config.tasks_per_round as usize;
-        if target_met || now_ms() >= round.deadline_ms {
-            self.close_round(inner, round.round).await?;
-            self.open_next_round(inner).await?;
-        }
-        Ok(())
+        (target_met || now_ms() >= round.deadline_ms).then_some(round.round)
     }
 
     /// The mean loss of `params` on `n` windows of the validation split.
@@ -1423,7 +1458,12 @@ impl Coordinator {
         eval_loss(&job.model, params, &batch).map_err(|e| e.to_string())
     }
 
-    async fn close_round(&self, inner: &mut Inner, round: Round) -> Result<(), ApiError> {
+    /// Starts a close when one is due: fixes what it merges and credits, and marks the
+    /// round as closing (no task is handed out until the next round opens).
+    fn close_snapshot(&self, inner: &mut Inner) -> Result<Option<CloseSnapshot>, ApiError> {
+        let Some(round) = self.close_due(inner) else {
+            return Ok(None);
+        };
         let beacon = match inner.beacon {
             Some((r, b)) if r == round => b,
             _ => {
@@ -1432,63 +1472,16 @@ impl Coordinator {
                 ));
             }
         };
-        let merged: Vec<TaskRecord> = inner
-            .state
-            .tasks
-            .values()
-            .filter(|t| {
-                t.round == round
-                    && inner
-                        .live
-                        .get(&t.id)
-                        .is_some_and(|l| l.outcome == Some(true))
-            })
-            .cloned()
-            .collect();
-        let mut deltas = Vec::with_capacity(merged.len());
-        for t in &merged {
-            let blob = inner
-                .live
-                .get(&t.id)
-                .and_then(|l| l.delta_blob)
-                .ok_or_else(|| ApiError::Internal(format!("task {} has no delta blob", t.id)))?;
-            let bytes = self
-                .blobs
-                .get(&blob)
-                .map_err(internal)?
-                .ok_or_else(|| ApiError::Internal(format!("delta blob {blob} is missing")))?;
-            let q = QuantDelta::from_bytes(&bytes).map_err(internal)?;
-            deltas.push((q.dequantise().map_err(internal)?, 1.0f32));
-        }
-        let job = Arc::clone(&self.job);
-        let corpus = Arc::clone(&self.corpus);
-        let params = Arc::clone(&inner.model);
-        let mut momentum = std::mem::take(&mut inner.momentum);
-        let val_windows = self.config.val_windows;
-        let (new_params, momentum, val_loss) = tokio::task::spawn_blocking(move || {
-            let new_params = if deltas.is_empty() {
-                params.to_vec()
-            } else {
-                let mean = merge_deltas(&deltas, job.outer.clip_norm).map_err(|e| e.to_string())?;
-                outer_step(&params, &mut momentum, &mean, &job.outer.nesterov())
-                    .map_err(|e| e.to_string())?
+        let mut deltas = Vec::new();
+        for t in inner.state.tasks.values().filter(|t| t.round == round) {
+            let Some(l) = inner.live.get(&t.id).filter(|l| l.outcome == Some(true)) else {
+                continue;
             };
-            let loss = Self::validation_loss(&job, &corpus, &new_params, val_windows)?;
-            Ok::<_, String>((new_params, momentum, loss))
-        })
-        .await
-        .map_err(internal)?
-        .map_err(ApiError::Internal)?;
-        let new_model = self
-            .blobs
-            .put(&encode_model(&new_params))
-            .map_err(internal)?;
-        if !momentum.is_empty() {
-            let m = self.blobs.put(&encode_model(&momentum)).map_err(internal)?;
-            self.store
-                .put_meta(&meta_key("momentum", round.0), &m.0)
-                .await
-                .map_err(internal)?;
+            deltas.push(
+                l.delta_blob.ok_or_else(|| {
+                    ApiError::Internal(format!("task {} has no delta blob", t.id))
+                })?,
+            );
         }
         // Credits: the verified work, and the verifiers who judged it rightly.
         let per_step = u64::from(self.job.inner.batch_size) * self.job.model.flops_per_sample();
@@ -1514,39 +1507,225 @@ impl Coordinator {
                 credits.push((v.verifier, steps * per_step, t.id, CreditKind::Verification));
             }
         }
-        let mut bodies = Vec::new();
-        for (key, amount, task, kind) in credits {
+        inner.closing = Some(round);
+        Ok(Some(CloseSnapshot {
+            round,
+            beacon,
+            deltas,
+            credits,
+            params: Arc::clone(&inner.model),
+            momentum: inner.momentum.clone(),
+        }))
+    }
+
+    /// Closes a round in two steps so that requests never wait on the expensive part:
+    /// [`Coordinator::compute_close`] merges, steps and evaluates from the snapshot
+    /// without the lock; [`Coordinator::commit_close`] then takes the lock to append
+    /// the close as one atomic group and swap the model in. If either fails the round
+    /// stays open and unchanged, and the next tick closes it from a fresh snapshot. A
+    /// crash in between is the same: nothing of the close is in the log, so the
+    /// restarted coordinator closes the round again from the same inputs.
+    async fn close_round(&self, s: CloseSnapshot) -> Result<(), ApiError> {
+        let computed = self.compute_close(&s).await;
+        let mut guard = self.inner.lock().await;
+        let inner = &mut *guard;
+        let result = match computed {
+            Ok(c) => self.commit_close(inner, &s, c).await,
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            inner.closing = None;
+        }
+        result
+    }
+
+    /// The lock-free part of a close: reads the verified deltas, merges them
+    /// (weighted mean, norm clip), takes the outer Nesterov step, evaluates the
+    /// validation loss, and makes the new model, the momentum and the next round's
+    /// beacon durable (blobs and metadata that no entry names yet).
+    async fn compute_close(&self, s: &CloseSnapshot) -> Result<CloseOutcome, ApiError> {
+        let job = Arc::clone(&self.job);
+        let corpus = Arc::clone(&self.corpus);
+        let blobs = self.blobs.clone();
+        let params = Arc::clone(&s.params);
+        let mut momentum = s.momentum.clone();
+        let delta_blobs = s.deltas.clone();
+        let val_windows = self.config.val_windows;
+        let (new_params, momentum, val_loss, new_model) = tokio::task::spawn_blocking(move || {
+            let mut deltas = Vec::with_capacity(delta_blobs.len());
+            for blob in &delta_blobs {
+                let bytes = blobs
+                    .get(blob)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("delta blob {blob} is missing"))?;
+                let q = QuantDelta::from_bytes(&bytes).map_err(|e| e.to_string())?;
+                deltas.push((q.dequantise().map_err(|e| e.to_string())?, 1.0f32));
+            }
+            let new_params = if deltas.is_empty() {
+                params.to_vec()
+            } else {
+                let mean = merge_deltas(&deltas, job.outer.clip_norm).map_err(|e| e.to_string())?;
+                outer_step(&params, &mut momentum, &mean, &job.outer.nesterov())
+                    .map_err(|e| e.to_string())?
+            };
+            let loss = Self::validation_loss(&job, &corpus, &new_params, val_windows)?;
+            let new_model = blobs
+                .put(&encode_model(&new_params))
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((new_params, momentum, loss, new_model))
+        })
+        .await
+        .map_err(internal)?
+        .map_err(ApiError::Internal)?;
+        if !momentum.is_empty() {
+            let m = self.blobs.put(&encode_model(&momentum)).map_err(internal)?;
+            self.store
+                .put_meta(&meta_key("momentum", s.round.0), &m.0)
+                .await
+                .map_err(internal)?;
+        }
+        let next = s.round.0 + 1;
+        let next = if self.config.max_rounds.is_some_and(|max| next > max) {
+            None
+        } else {
+            let mut beacon = [0u8; 32];
+            getrandom::fill(&mut beacon).map_err(internal)?;
+            self.store
+                .put_meta(&meta_key("beacon", next), &beacon)
+                .await
+                .map_err(internal)?;
+            Some((Round(next), beacon))
+        };
+        Ok(CloseOutcome {
+            new_params,
+            momentum,
+            val_loss,
+            new_model,
+            next,
+        })
+    }
+
+    /// The locked part of a close: the credits, `RoundClosed`, the `SharesEpoch` and
+    /// the next `RoundOpened` go to the log as ONE group ([`Log::append_group`]: all
+    /// durable or none), then into the state, then the model is swapped. One fsync.
+    async fn commit_close(
+        &self,
+        inner: &mut Inner,
+        s: &CloseSnapshot,
+        c: CloseOutcome,
+    ) -> Result<(), ApiError> {
+        let round = s.round;
+        let mut entries = Vec::new();
+        for (key, amount, task, kind) in &s.credits {
             let done = inner
                 .state
                 .tasks
-                .get(&task)
-                .is_some_and(|t| t.credited.contains(&(key, CreditKindKey::from(kind))));
-            if done || inner.state.shares.is_slashed(&key) || amount == 0 {
+                .get(task)
+                .is_some_and(|t| t.credited.contains(&(*key, CreditKindKey::from(*kind))));
+            // A key slashed while the close computed earns nothing.
+            if done || inner.state.shares.is_slashed(key) || *amount == 0 {
                 continue;
             }
-            bodies.push(EntryBody::Credit {
-                round,
-                key,
-                amount: Amount(amount),
-                task,
-                kind,
-            });
+            entries.push(
+                Entry::unsigned(EntryBody::Credit {
+                    round,
+                    key: *key,
+                    amount: Amount(*amount),
+                    task: *task,
+                    kind: *kind,
+                })
+                .map_err(internal)?,
+            );
         }
-        self.append_group(inner, bodies).await?;
-        let body = EntryBody::RoundClosed {
-            round,
-            beacon: Digest(beacon),
-            new_model,
-            val_loss_bits: val_loss.to_bits(),
-            accepted_tasks: merged.len() as u32,
-        };
-        self.append_body(inner, body).await?;
-        self.write_epoch(inner, round).await?;
-        inner.model = Arc::new(new_params);
-        inner.momentum = momentum;
-        inner.beacon = None;
+        entries.push(
+            Entry::unsigned(EntryBody::RoundClosed {
+                round,
+                beacon: Digest(s.beacon),
+                new_model: c.new_model,
+                val_loss_bits: c.val_loss.to_bits(),
+                accepted_tasks: s.deltas.len() as u32,
+            })
+            .map_err(internal)?,
+        );
+        // The epoch commits the balances after this close: fold the group so far into
+        // a copy of the shares to compute it before anything is written.
+        let mut shares = inner.state.shares.clone();
+        for (i, e) in (inner.state.size..).zip(&entries) {
+            shares.apply(i, e).map_err(internal)?;
+        }
+        let epoch = shares
+            .expected_epoch(Epoch(inner.state.epochs + 1), round)
+            .map_err(internal)?;
+        entries.push(Entry::unsigned(epoch).map_err(internal)?);
+        if let Some((next, beacon)) = &c.next {
+            entries.push(
+                Entry::unsigned(EntryBody::RoundOpened {
+                    round: *next,
+                    base_model: c.new_model,
+                    beacon_commitment: ledger_digest(&beacon_commitment(beacon)),
+                    inner_steps: self.job.inner.steps,
+                    deadline_ms: now_ms() + self.config.round_timeout.as_millis() as u64,
+                })
+                .map_err(internal)?,
+            );
+        }
+        let bytes = entries.iter().map(Entry::encode).collect();
+        match self.log.append_group(bytes).await {
+            Ok(first) => {
+                for (i, e) in (first.0..).zip(&entries) {
+                    inner.state.apply(i, e).map_err(|e| {
+                        ApiError::Internal(format!("the log and the state disagree: {e}"))
+                    })?;
+                }
+            }
+            Err(e) => {
+                // A commit whose answer was lost may have landed: fold in whatever
+                // the store holds, so the state never differs from the log and the
+                // close is never written twice.
+                self.catch_up(inner).await?;
+                let landed = inner
+                    .state
+                    .rounds
+                    .get(&round)
+                    .is_some_and(|r| r.closed.is_some());
+                if !landed {
+                    return Err(internal(e));
+                }
+                tracing::warn!(round = round.0, error = %e, "the round close was stored although the store reported a failure");
+            }
+        }
+        inner.model = Arc::new(c.new_params);
+        inner.momentum = c.momentum;
+        inner.beacon = c.next;
+        inner.live.clear();
+        inner.closing = None;
         self.metrics.rounds_closed.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(round = round.0, accepted = merged.len(), val_loss, model = %new_model, "round closed");
+        tracing::info!(round = round.0, accepted = s.deltas.len(), val_loss = c.val_loss, model = %c.new_model, "round closed");
+        if let Some((next, _)) = c.next {
+            tracing::info!(round = next.0, model = %c.new_model, "round opened");
+        }
+        Ok(())
+    }
+
+    /// Applies to the state the entries the store holds beyond it (after a failed
+    /// append whose commit may have landed).
+    async fn catch_up(&self, inner: &mut Inner) -> Result<(), ApiError> {
+        let size = self.log.sync().await.map_err(internal)?.0;
+        while inner.state.size < size {
+            let end = (inner.state.size + 1024).min(size);
+            let entries = self
+                .log
+                .entries(LeafIndex(inner.state.size), LeafIndex(end))
+                .await
+                .map_err(internal)?;
+            for bytes in entries {
+                let entry = Entry::decode(&bytes).map_err(internal)?;
+                let index = inner.state.size;
+                inner.state.apply(index, &entry).map_err(|e| {
+                    ApiError::Internal(format!("the log and the state disagree: {e}"))
+                })?;
+            }
+        }
         Ok(())
     }
 

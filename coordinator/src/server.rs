@@ -1,5 +1,6 @@
 //! Runs the coordinator: the HTTP listener and the ticker that expires overdue tasks
-//! and closes rounds.
+//! and closes rounds (the close computes outside the state lock, see
+//! `Coordinator::tick`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ impl Server {
         addr: SocketAddr,
         web: Option<PathBuf>,
     ) -> std::io::Result<Server> {
+        raise_open_files_limit();
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let app = router(Arc::clone(&coordinator), web);
@@ -40,8 +42,14 @@ impl Server {
         let c = Arc::clone(&coordinator);
         let ticker = tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(200));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                every.tick().await;
+                // A round close runs here, off the request path: a verdict that meets
+                // the round's target wakes the ticker instead of closing in-line.
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = c.close_wanted() => {}
+                }
                 if let Err(e) = c.tick().await {
                     tracing::error!(error = %e, "tick failed");
                 }
@@ -76,6 +84,31 @@ impl Server {
             w.abort();
         }
     }
+}
+
+/// Raises this process's soft limit on open files to its hard limit and returns the
+/// soft limit now in force. Each client connection is a file descriptor, and the
+/// common soft default (1024) is below a few hundred volunteers plus the store's and
+/// blobs' files; the hard limit is what an administrator allowed. `None` where the
+/// platform has no such limit or it cannot be read.
+pub fn raise_open_files_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let limit = getrlimit(Resource::Nofile);
+        if limit.current.is_some() && limit.current != limit.maximum {
+            let raised = rustix::process::Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            };
+            if let Err(e) = setrlimit(Resource::Nofile, raised) {
+                tracing::warn!(error = %e, "cannot raise the open-files limit");
+            }
+        }
+        getrlimit(Resource::Nofile).current.or(Some(u64::MAX))
+    }
+    #[cfg(not(unix))]
+    None
 }
 
 impl Drop for Server {

@@ -903,7 +903,8 @@ mod tests {
         let next = log.append(entry(3000)).await.unwrap();
         assert_eq!(next.0, before.size.0, "nothing of the failed group landed");
         assert!(matches!(
-            log.append_group(vec![vec![0; 1]; MAX_BATCH_ENTRIES + 1]).await,
+            log.append_group(vec![vec![0; 1]; MAX_BATCH_ENTRIES + 1])
+                .await,
             Err(LogError::GroupTooLarge { .. })
         ));
         assert_eq!(

@@ -41,8 +41,8 @@ pub struct NativeConfig {
     pub behaviour: Behaviour,
     /// How a verifier departs from the protocol.
     pub verifier_behaviour: VerifierBehaviour,
-    /// Where to record every request's latency in microseconds (the load benchmark).
-    pub latencies: Option<LatencyLog>,
+    /// Where to record every request's latency and answer (the load benchmark).
+    pub requests: Option<Arc<RequestLog>>,
 }
 
 impl NativeConfig {
@@ -55,13 +55,53 @@ impl NativeConfig {
             gpu: false,
             behaviour: Behaviour::Honest,
             verifier_behaviour: VerifierBehaviour::Honest,
-            latencies: None,
+            requests: None,
         }
     }
 }
 
-/// Request latencies in microseconds, shared by many participants.
-pub type LatencyLog = Arc<Mutex<Vec<u32>>>;
+/// What the load benchmark records of every request, shared by many participants:
+/// the latency of each answered request, and the answers by class.
+#[derive(Debug, Default)]
+pub struct RequestLog {
+    /// Microseconds per answered request, since the last [`RequestLog::take_latencies`].
+    latencies: Mutex<Vec<u32>>,
+    /// 4xx answers.
+    pub client_errors: AtomicU64,
+    /// 5xx answers.
+    pub server_errors: AtomicU64,
+    /// Requests that got no answer (refused or dropped connection, timeout).
+    pub connection_errors: AtomicU64,
+}
+
+impl RequestLog {
+    /// The latencies recorded since the last call (microseconds), leaving none.
+    pub fn take_latencies(&self) -> Vec<u32> {
+        self.latencies
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
+    }
+
+    fn record(&self, started: std::time::Instant, answer: &Result<Response, String>) {
+        match answer {
+            Ok(r) => {
+                if let Ok(mut l) = self.latencies.lock() {
+                    l.push(started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                }
+                let counter = match r.status {
+                    400..=499 => &self.client_errors,
+                    500.. => &self.server_errors,
+                    _ => return,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.connection_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
 
 /// Counters the loops keep, readable while they run.
 #[derive(Debug, Default)]
@@ -104,7 +144,7 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, WorkerError> {
 pub struct HttpTransport {
     base: String,
     client: Client<HttpConnector, Full<Bytes>>,
-    latencies: Option<LatencyLog>,
+    requests: Option<Arc<RequestLog>>,
 }
 
 /// How long one request may take before it counts as unreachable (an opening of a
@@ -117,13 +157,13 @@ impl HttpTransport {
         HttpTransport {
             base: base.trim_end_matches('/').to_owned(),
             client: Client::builder(TokioExecutor::new()).build_http(),
-            latencies: None,
+            requests: None,
         }
     }
 
-    /// Records every request's latency (microseconds) into `log`.
-    pub fn with_latency_log(mut self, log: LatencyLog) -> HttpTransport {
-        self.latencies = Some(log);
+    /// Records every request's latency and answer into `log`.
+    pub fn with_request_log(mut self, log: Arc<RequestLog>) -> HttpTransport {
+        self.requests = Some(log);
         self
     }
 }
@@ -153,15 +193,14 @@ impl Transport for HttpTransport {
                 .to_vec();
             Ok::<_, String>(Response { status, body })
         };
-        let resp = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
-            .map_err(|_| format!("no answer in {} s", REQUEST_TIMEOUT.as_secs()))??;
-        if let Some(log) = &self.latencies
-            && let Ok(mut l) = log.lock()
-        {
-            l.push(started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+            .map_err(|_| format!("no answer in {} s", REQUEST_TIMEOUT.as_secs()))
+            .and_then(|r| r);
+        if let Some(log) = &self.requests {
+            log.record(started, &answer);
         }
-        Ok(resp)
+        answer
     }
 
     fn now_ms(&self) -> u64 {
@@ -231,8 +270,8 @@ async fn connect(
     let mut tries = 0;
     loop {
         let mut t = HttpTransport::new(&cfg.coordinator);
-        if let Some(log) = &cfg.latencies {
-            t = t.with_latency_log(Arc::clone(log));
+        if let Some(log) = &cfg.requests {
+            t = t.with_request_log(Arc::clone(log));
         }
         match Participant::connect_as(t, cfg.key.clone(), &cfg.name, role).await {
             Err(e) if e.is_transient() && tries < RETRIES && !stop.load(Ordering::Relaxed) => {
