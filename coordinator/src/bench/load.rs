@@ -405,9 +405,18 @@ pub async fn run(args: LoadArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .progress_chars("=> "),
     );
+    // Rows go above the bar on a terminal, and plainly to stdout otherwise (the bar
+    // is hidden then, and so would be what it prints).
+    let say = |line: &str| {
+        if bar.is_hidden() {
+            println!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
     let header = "| t (s) | req/s | p50 ms | p99 ms | max ms | server mean ms | 4xx | 5xx | conn | tasks | RSS MiB | HWM MiB |";
-    bar.println(header);
-    bar.println("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    say(header);
+    say("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let started = Instant::now();
     let mut all: Vec<u32> = Vec::new();
     let mut samples: Vec<Sample> = Vec::new();
@@ -453,7 +462,7 @@ pub async fn run(args: LoadArgs) -> Result<()> {
             rss_mib: rss,
             hwm_mib: hwm,
         };
-        bar.println(format!(
+        say(&format!(
             "| {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} | {} | {} | {:.1} | {:.1} |",
             sample.t_s,
             sample.requests_per_s,
