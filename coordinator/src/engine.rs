@@ -6,7 +6,12 @@
 //! `challenge_steps(r, trace_root, H, m)` with the round's beacon `r` still secret; a
 //! verifier's work is `ChallengeIssued` before it sees the opening; the round closes with
 //! the credits, `RoundClosed` (beacon revealed, new model, validation loss) and a
-//! `SharesEpoch`.
+//! `SharesEpoch`, appended with the next `RoundOpened` as one atomic group.
+//!
+//! The close runs on the server's ticker, off the request path, and holds the state
+//! lock only to take a snapshot and, later, to append and swap: the merge, the outer
+//! step, the validation loss and the model blob are computed without it (see
+//! [`Coordinator::tick`] and docs/DESIGN.md, "A round close runs off the request path").
 //!
 //! Trust: a verifier's rejection never slashes by itself. The coordinator settles every
 //! rejection and every disagreement by checking the fraud proof or replaying the
