@@ -1701,8 +1701,12 @@ impl Coordinator {
         }
         inner.model = Arc::new(c.new_params);
         inner.momentum = c.momentum;
+        // After the last round the tasks' live facts stay: `GET /v1/tasks/<id>` still
+        // names their openings, which auditors replay.
+        if c.next.is_some() {
+            inner.live.clear();
+        }
         inner.beacon = c.next;
-        inner.live.clear();
         inner.closing = None;
         self.metrics.rounds_closed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(round = round.0, accepted = s.deltas.len(), val_loss = c.val_loss, model = %c.new_model, "round closed");
