@@ -9,6 +9,8 @@
 //! - [`types`]: the JSON bodies, request and response, of every endpoint.
 //! - [`sign`]: the request-signing scheme (Ed25519 over method, path, body hash,
 //!   timestamp and nonce) that every mutating request carries.
+//! - [`check`]: the checks the coordinator runs on a request body before it touches
+//!   any state (pure, so the fuzz targets run them too).
 //! - [`model`]: the byte layout of model blobs (content addressed by blake3).
 //! - [`problem`]: RFC 9457 problem details, the body of every error.
 //!
@@ -35,6 +37,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod model;
 pub mod paths;
 pub mod problem;
