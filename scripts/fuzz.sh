@@ -54,6 +54,11 @@ start=$SECONDS
 (cd fuzz && cargo +nightly fuzz build "${build[@]}")
 echo "    built in $((SECONDS - start)) s"
 
+# Run the built binaries directly: `cargo fuzz run` would rebuild first, and a run is
+# then exactly the binary and its libFuzzer flags.
+host=$(rustc +nightly -vV | sed -n 's/^host: //p')
+bin_dir="$target_dir/$host/release"
+
 failed=()
 for t in $targets; do
   corpus="$target_dir/corpus/$t"
@@ -62,18 +67,18 @@ for t in $targets; do
   log="$target_dir/fuzz-$t.log"
   echo "==> $t for ${seconds} s"
   status=0
-  (cd fuzz && cargo +nightly fuzz run "${build[@]}" "$t" "$corpus" "corpus/$t" -- \
-    -max_total_time="$seconds" -artifact_prefix="$artifacts/" -print_final_stats=1 \
-    "${parallel[@]}" -close_fd_mask=1) >"$log" 2>&1 || status=$?
-  # One line of figures: executions, speed, coverage.
+  "$bin_dir/$t" "$corpus" "fuzz/corpus/$t" -max_total_time="$seconds" \
+    -artifact_prefix="$artifacts/" -print_final_stats=1 "${parallel[@]}" >"$log" 2>&1 ||
+    status=$?
+  # One line of figures: executions, speed, new inputs.
   grep -E '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added)' "$log" |
-    sed 's/^stat:://' | tr '\n' ' ' | sed 's/^/    /'
+    sed 's/^stat:://; s/  */ /g' | tr '\n' ' ' | sed 's/^/    /'
   echo
   if [ "$status" -ne 0 ]; then
     crash=$(grep -oE "Test unit written to [^ ]+" "$log" | tail -1 | sed 's/Test unit written to //')
     echo "FAIL: $t crashed (exit $status); input: ${crash:-see $log}" >&2
     grep -E -m 5 "panicked at|assertion|ERROR: libFuzzer" "$log" | sed 's/^/    /' >&2 || true
-    echo "    reproduce: (cd fuzz && cargo +nightly fuzz run -s $sanitizer $t ${crash:-<input>})" >&2
+    echo "    reproduce: $bin_dir/$t ${crash:-<input>}" >&2
     failed+=("$t")
   fi
 done

@@ -231,3 +231,182 @@ pub fn check_verdict(
     let accepted = *accepted;
     Ok(CheckedVerdict { entry, accepted })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{B64, verdict_body, work_committed_body};
+    use ed25519_dalek::SigningKey;
+    use lupus_prover::merkle::{Digest as ProverDigest, MultiProof};
+    use lupus_prover::quant::QTensor;
+    use lupus_prover::task::{FinalOpening, StepOpening};
+    use lupus_prover::trace::FinalLeaf;
+    use lupus_prover::verify::DeviceClass;
+
+    const TASK: TaskId = TaskId(3);
+
+    fn key(b: u8) -> SigningKey {
+        SigningKey::from_bytes(&[b; 32])
+    }
+
+    fn delta() -> QuantDelta {
+        QuantDelta {
+            tensors: vec![QTensor {
+                shape: vec![2],
+                scale: 0.5,
+                values: vec![1, -1],
+            }],
+        }
+    }
+
+    /// A submission whose entry commits `delta()` and whose final leaf matches it, but
+    /// whose (empty) trace proof does not lead to the trace root.
+    fn submission(task: TaskId, signer: &SigningKey) -> Submission {
+        let c = Commitment {
+            trace_root: ProverDigest([1; 32]),
+            final_state_hash: ProverDigest([2; 32]),
+            delta_hash: ProverDigest(delta().hash()),
+        };
+        let entry = Entry::signed(
+            work_committed_body(task, PublicKey::from(signer), &c),
+            signer,
+        )
+        .unwrap();
+        Submission {
+            work_committed: B64(entry.encode()),
+            delta: B64(delta().to_bytes()),
+            final_opening: FinalOpening {
+                leaf: FinalLeaf {
+                    steps: 8,
+                    state: c.final_state_hash,
+                    delta: c.delta_hash,
+                },
+                proof: MultiProof { hashes: vec![] },
+            },
+            device_class: DeviceClass::Exact,
+        }
+    }
+
+    #[test]
+    fn submissions_are_checked_in_the_coordinators_order() {
+        let w = key(1);
+        let me = PublicKey::from(&w);
+        let shapes = vec![vec![2]];
+        let sub = submission(TASK, &w);
+        // Everything holds up to the trace proof, which is empty here.
+        let err = check_submission(&sub, TASK, &me, &shapes, 8).unwrap_err();
+        assert!(matches!(err, BodyError::FinalOpening(_)), "{err}");
+        assert!(!err.is_malformed());
+        // Another task, another worker.
+        let err = check_submission(&sub, TaskId(4), &me, &shapes, 8).unwrap_err();
+        assert!(matches!(err, BodyError::WrongSubject { .. }), "{err}");
+        let other = PublicKey::from(&key(2));
+        assert!(matches!(
+            check_submission(&sub, TASK, &other, &shapes, 8),
+            Err(BodyError::WrongSubject { .. })
+        ));
+        // Shapes that are not the model's.
+        assert_eq!(
+            check_submission(&sub, TASK, &me, &[vec![3]], 8),
+            Err(BodyError::DeltaShapes)
+        );
+        // A delta that is not the committed one, and one that does not decode.
+        let mut wrong = sub.clone();
+        let mut d = delta();
+        d.tensors[0].values[0] = 2;
+        wrong.delta = B64(d.to_bytes());
+        assert_eq!(
+            check_submission(&wrong, TASK, &me, &shapes, 8),
+            Err(BodyError::DeltaHash)
+        );
+        wrong.delta.0.push(0);
+        assert!(matches!(
+            check_submission(&wrong, TASK, &me, &shapes, 8),
+            Err(BodyError::Delta(_))
+        ));
+        // A malformed entry is a 400; an entry of another kind a 422.
+        let mut bad = sub.clone();
+        bad.work_committed.0.pop();
+        let err = check_submission(&bad, TASK, &me, &shapes, 8).unwrap_err();
+        assert!(err.is_malformed(), "{err}");
+        let joined = Entry::signed(
+            crate::types::join_body(me, lupus_ledger::entry::Role::Worker, "w"),
+            &w,
+        )
+        .unwrap();
+        bad.work_committed = B64(joined.encode());
+        assert_eq!(
+            check_submission(&bad, TASK, &me, &shapes, 8),
+            Err(BodyError::WrongKind {
+                field: "work_committed",
+                kind: EntryKind::ParticipantJoined
+            })
+        );
+    }
+
+    #[test]
+    fn openings_cover_exactly_the_challenged_steps() {
+        let step = |s| StepOpening {
+            step: s,
+            state: vec![],
+            ops: vec![],
+            next_state: None,
+        };
+        let opening = Opening {
+            leaves: vec![],
+            proof: MultiProof { hashes: vec![] },
+            steps: vec![step(1), step(4)],
+            final_params: vec![],
+            final_params_proof: MultiProof { hashes: vec![] },
+        };
+        assert_eq!(check_opening(&opening, &[1, 4]), Ok(()));
+        for challenged in [&[1][..], &[1, 4, 5], &[4, 1], &[]] {
+            let err = check_opening(&opening, challenged).unwrap_err();
+            assert_eq!(
+                err,
+                BodyError::OpeningSteps {
+                    opened: vec![1, 4],
+                    challenged: challenged.to_vec()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn verdicts_name_their_task_verifier_steps_and_evidence() {
+        let v = key(5);
+        let me = PublicKey::from(&v);
+        let sub = |accepted: bool, evidence: Option<Digest>| VerdictSubmission {
+            verdict: B64(Entry::signed(
+                verdict_body(TASK, me, accepted, vec![1, 4], "r", evidence),
+                &v,
+            )
+            .unwrap()
+            .encode()),
+            fraud_proof: None,
+        };
+        let ok = check_verdict(&sub(true, None), TASK, &me, &[1, 4]).unwrap();
+        assert!(ok.accepted);
+        let no = check_verdict(&sub(false, None), TASK, &me, &[1, 4]).unwrap();
+        assert!(!no.accepted);
+        assert!(matches!(
+            check_verdict(&sub(true, None), TASK, &me, &[1, 5]),
+            Err(BodyError::WrongSubject { .. })
+        ));
+        assert!(matches!(
+            check_verdict(&sub(true, None), TaskId(9), &me, &[1, 4]),
+            Err(BodyError::WrongSubject { .. })
+        ));
+        assert_eq!(
+            check_verdict(&sub(false, Some(Digest([7; 32]))), TASK, &me, &[1, 4]),
+            Err(BodyError::EvidenceWithoutProof)
+        );
+        let mut garbled = sub(true, None);
+        garbled.verdict.0[0] = 9;
+        assert!(
+            check_verdict(&garbled, TASK, &me, &[1, 4])
+                .unwrap_err()
+                .is_malformed()
+        );
+    }
+}

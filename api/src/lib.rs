@@ -34,6 +34,10 @@
 //! 6. Anyone reads the round's state (`GET /v1/rounds/current`), the log (C2SP
 //!    `tlog-tiles` under `/checkpoint` and `/tile/...`, decoded entries under
 //!    `/v1/entries/<index>`) and stake statements (`/v1/stake/<pubkey>`).
+//!
+//! Every request body above, and the signed-request headers, is fuzzed through the
+//! same parse-and-check path the coordinator runs (`serde_json`, then [`check`] or
+//! [`sign::verify_request`]) by the `api_*` targets in `fuzz/` (README, "Fuzzing").
 
 #![forbid(unsafe_code)]
 
