@@ -17,10 +17,10 @@ use lupus_api::lupus_ledger::checkpoint::{Checkpoint, sign_checkpoint};
 use lupus_api::lupus_ledger::entry::{
     Amount, CreditKind, Digest, Entry, EntryBody, Epoch, PublicKey, Role, Round,
 };
-use lupus_api::lupus_ledger::hash::LeafIndex;
 use lupus_api::lupus_ledger::hash::leaf_hash;
+use lupus_api::lupus_ledger::hash::{LeafIndex, TreeSize};
 use lupus_api::lupus_ledger::note::add_signature;
-use lupus_api::lupus_ledger::proof::{TlogProof, prove_inclusion};
+use lupus_api::lupus_ledger::proof::{TlogProof, prove_consistency, prove_inclusion};
 use lupus_api::lupus_ledger::stake::{build_statement, verify_statement};
 use lupus_api::lupus_ledger::sumtree::SumTree;
 use lupus_api::lupus_ledger::tiles::encode_entry_bundle;
@@ -178,6 +178,18 @@ fn main() -> Res<()> {
         write("tiles", &i.to_string(), bytes)?;
     }
     write("tiles", "path", b"\x14tile/0/x001/x234/067")?;
+    for (i, bytes) in [&[0u8; 32][..], &[0xa5; 100]].iter().enumerate() {
+        write("proofs", &i.to_string(), bytes)?;
+    }
+    // JSON proofs of the `proofs` target's tree (leaf i is `i` as 8 big-endian bytes).
+    let mut numbers = MemoryTree::new();
+    for i in 0..600u64 {
+        numbers.append_entry(&i.to_be_bytes());
+    }
+    let p = prove_inclusion(TreeSize(300), LeafIndex(17), &numbers)?;
+    write("proofs", "inclusion", &serde_json::to_vec(&p)?)?;
+    let p = prove_consistency(TreeSize(100), TreeSize(513), &numbers)?;
+    write("proofs", "consistency", &serde_json::to_vec(&p)?)?;
 
     // A log of the entries above plus a shares epoch, its checkpoint, cosigned.
     let mut balances = BTreeMap::new();
