@@ -181,6 +181,8 @@ fn main() -> Res<()> {
     for (i, bytes) in [&[0u8; 32][..], &[0xa5; 100]].iter().enumerate() {
         write("proofs", &i.to_string(), bytes)?;
     }
+    write("multiproof", "0", &[0u8; 64])?;
+    write("multiproof", "1", &(0x40u8..0x50).collect::<Vec<u8>>())?;
     // JSON proofs of the `proofs` target's tree (leaf i is `i` as 8 big-endian bytes).
     let mut numbers = MemoryTree::new();
     for i in 0..600u64 {
