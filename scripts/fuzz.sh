@@ -4,7 +4,7 @@
 #
 #   scripts/fuzz.sh [SECONDS]
 #
-# Installs cargo-fuzz when it is missing, builds all targets once, then runs each one
+# Installs nightly Rust and cargo-fuzz when they are missing, builds all targets once, then runs each one
 # on its checked-in seeds (fuzz/corpus/<target>, read only) plus a working corpus that
 # grows run after run ($FUZZ_TARGET_DIR/corpus/<target>). Targets run side by side,
 # one per CPU. Keep $FUZZ_TARGET_DIR (default fuzz/target) between CI runs: builds
@@ -35,8 +35,8 @@ parallel=${FUZZ_PARALLEL:-$(nproc 2>/dev/null || echo 1)}
 unset CARGO_TARGET_DIR
 
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
-  echo "scripts/fuzz.sh needs the nightly toolchain: rustup toolchain install nightly" >&2
-  exit 1
+  echo "==> Installing the nightly toolchain (cargo-fuzz needs it)"
+  rustup toolchain install nightly --profile minimal
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "==> Installing cargo-fuzz"
