@@ -4,10 +4,10 @@
 #
 #   scripts/fuzz.sh [SECONDS]
 #
-# Installs nightly Rust and cargo-fuzz when they are missing, builds all targets once, then runs each one
-# on its checked-in seeds (fuzz/corpus/<target>, read only) plus a working corpus that
-# grows run after run ($FUZZ_TARGET_DIR/corpus/<target>). Targets run side by side,
-# one per CPU. Keep $FUZZ_TARGET_DIR (default fuzz/target) between CI runs: builds
+# Installs nightly Rust and cargo-fuzz when they are missing, builds all targets once,
+# then runs each one on its checked-in seeds (fuzz/corpus/<target>, read only) plus a
+# working corpus that grows run after run ($FUZZ_TARGET_DIR/corpus/<target>). Targets
+# run side by side, one per CPU. Keep $FUZZ_TARGET_DIR (default fuzz/target) between CI runs: builds
 # are incremental and the working corpus carries over.
 #
 # Environment:
