@@ -146,6 +146,10 @@ async fn all(args: &AllArgs) -> Result<()> {
             data_dir: args.data_dir.clone(),
             workers: 2,
             rounds: 2,
+            outer_lr: None,
+            outer_momentum: None,
+            clip_norm: None,
+            inner_steps: None,
             json: None,
         })
         .await?,

@@ -43,17 +43,37 @@ pub struct DilocoArgs {
     /// Outer rounds.
     #[arg(long, default_value_t = 6)]
     pub rounds: u64,
+    /// Outer learning rate (default: the job's `[outer] lr`).
+    #[arg(long)]
+    pub outer_lr: Option<f32>,
+    /// Outer Nesterov momentum (default: the job's `[outer] momentum`).
+    #[arg(long)]
+    pub outer_momentum: Option<f32>,
+    /// L2 norm each worker's delta is clipped to (default: the job's `[outer] clip_norm`).
+    #[arg(long)]
+    pub clip_norm: Option<f32>,
+    /// Inner steps H per task (default: the job's `[inner] steps`).
+    #[arg(long)]
+    pub inner_steps: Option<u32>,
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
 }
 
 pub async fn run(args: &DilocoArgs) -> Result<Report> {
-    let job = JobSpec::parse(&job_text(&args.job)?).context("the job spec is invalid")?;
+    let mut job = JobSpec::parse(&job_text(&args.job)?).context("the job spec is invalid")?;
     let corpus = dataset::load_or_fetch(&args.data_dir, &job)?;
+    // The initial model is the job's own, whatever the overrides below.
+    let init_seed = job.hash().0;
+    job.outer.lr = args.outer_lr.unwrap_or(job.outer.lr);
+    job.outer.momentum = args.outer_momentum.unwrap_or(job.outer.momentum);
+    job.outer.clip_norm = args.clip_norm.unwrap_or(job.outer.clip_norm);
+    job.inner.steps = args.inner_steps.unwrap_or(job.inner.steps);
     let (workers, rounds) = (args.workers, args.rounds);
-    let report =
-        tokio::task::spawn_blocking(move || diloco(&job, &corpus, workers, rounds)).await??;
+    let report = tokio::task::spawn_blocking(move || {
+        diloco(&job, &corpus, init_seed, workers, rounds)
+    })
+    .await??;
     report.write_json(args.json.as_deref())?;
     Ok(report)
 }
@@ -62,18 +82,39 @@ fn val(job: &JobSpec, corpus: &Corpus, p: &[Tensor]) -> Result<f32> {
     Coordinator::validation_loss(job, corpus, p, 512).map_err(anyhow::Error::msg)
 }
 
-fn diloco(job: &JobSpec, corpus: &Corpus, workers: usize, rounds: u64) -> Result<Report> {
+/// The L2 norm of a delta.
+fn norm(delta: &[Tensor]) -> f64 {
+    delta
+        .iter()
+        .flat_map(|t| t.data())
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt()
+}
+
+fn diloco(
+    job: &JobSpec,
+    corpus: &Corpus,
+    init_seed: [u8; 32],
+    workers: usize,
+    rounds: u64,
+) -> Result<Report> {
     ensure!(
         workers > 0 && rounds > 0,
         "need at least one worker and one round"
     );
-    let p0 = init_params(&job.model, job.hash().0)?;
+    let p0 = init_params(&job.model, init_seed)?;
     let initial = val(job, corpus, &p0)?;
     let h = job.inner.steps;
     let params_count: usize = p0.iter().map(Tensor::len).sum();
     println!(
-        "DiLoCo parity: job {}, {workers} workers x {rounds} rounds x H={h} steps x batch {}",
-        job.job.name, job.inner.batch_size
+        "DiLoCo parity: job {}, {workers} workers x {rounds} rounds x H={h} steps x batch {}; \
+         outer lr {}, momentum {}, clip norm {}",
+        job.job.name,
+        job.inner.batch_size,
+        job.outer.lr,
+        job.outer.momentum,
+        job.outer.clip_norm
     );
 
     let t = Instant::now();
@@ -101,17 +142,27 @@ fn diloco(job: &JobSpec, corpus: &Corpus, workers: usize, rounds: u64) -> Result
             handles.into_iter().map(|h| h.join()).collect()
         });
         let mut deltas = Vec::new();
+        let mut norms = Vec::new();
         for run in runs {
             let run = run.map_err(|_| anyhow::anyhow!("a worker thread panicked"))??;
             delta_bytes = run.delta.to_bytes().len();
-            deltas.push((run.delta.dequantise()?, 1.0f32));
+            let delta = run.delta.dequantise()?;
+            norms.push(norm(&delta));
+            deltas.push((delta, 1.0f32));
         }
         let mean = merge_deltas(&deltas, job.outer.clip_norm)?;
         params = outer_step(&params, &mut momentum, &mean, &job.outer.nesterov())?;
+        let clipped = norms
+            .iter()
+            .filter(|&&n| n > f64::from(job.outer.clip_norm))
+            .count();
         println!(
-            "  federated round {}: validation loss {:.4}",
+            "  federated round {}: validation loss {:.4}; delta norms {:.2}..{:.2} ({clipped} of {workers} clipped), merged {:.2}",
             r + 1,
-            val(job, corpus, &params)?
+            val(job, corpus, &params)?,
+            norms.iter().copied().fold(f64::INFINITY, f64::min),
+            norms.iter().copied().fold(0.0, f64::max),
+            norm(&mean)
         );
     }
     let federated = val(job, corpus, &params)?;
