@@ -150,6 +150,7 @@ async fn all(args: &AllArgs) -> Result<()> {
             outer_momentum: None,
             clip_norm: None,
             inner_steps: None,
+            inner_lr: None,
             json: None,
         })
         .await?,

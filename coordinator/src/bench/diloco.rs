@@ -52,6 +52,9 @@ pub struct DilocoArgs {
     /// L2 norm each worker's delta is clipped to (default: the job's `[outer] clip_norm`).
     #[arg(long)]
     pub clip_norm: Option<f32>,
+    /// Inner AdamW learning rate, of both runs (default: the job's `[inner] lr`).
+    #[arg(long)]
+    pub inner_lr: Option<f32>,
     /// Inner steps H per task (default: the job's `[inner] steps`).
     #[arg(long)]
     pub inner_steps: Option<u32>,
@@ -69,6 +72,7 @@ pub async fn run(args: &DilocoArgs) -> Result<Report> {
     job.outer.momentum = args.outer_momentum.unwrap_or(job.outer.momentum);
     job.outer.clip_norm = args.clip_norm.unwrap_or(job.outer.clip_norm);
     job.inner.steps = args.inner_steps.unwrap_or(job.inner.steps);
+    job.inner.lr = args.inner_lr.unwrap_or(job.inner.lr);
     let (workers, rounds) = (args.workers, args.rounds);
     let report = tokio::task::spawn_blocking(move || {
         diloco(&job, &corpus, init_seed, workers, rounds)
@@ -108,10 +112,11 @@ fn diloco(
     let h = job.inner.steps;
     let params_count: usize = p0.iter().map(Tensor::len).sum();
     println!(
-        "DiLoCo parity: job {}, {workers} workers x {rounds} rounds x H={h} steps x batch {}; \
-         outer lr {}, momentum {}, clip norm {}",
+        "DiLoCo parity: job {}, {workers} workers x {rounds} rounds x H={h} steps x batch {}, \
+         inner lr {}; outer lr {}, momentum {}, clip norm {}",
         job.job.name,
         job.inner.batch_size,
+        job.inner.lr,
         job.outer.lr,
         job.outer.momentum,
         job.outer.clip_norm
