@@ -148,10 +148,29 @@ fn diloco(
         });
         let mut deltas = Vec::new();
         let mut norms = Vec::new();
+        let mut quant_errors = Vec::new();
         for run in runs {
             let run = run.map_err(|_| anyhow::anyhow!("a worker thread panicked"))??;
             delta_bytes = run.delta.to_bytes().len();
             let delta = run.delta.dequantise()?;
+            // What int8 loses: the exact delta against the one the worker sends.
+            let exact: Vec<f64> = run
+                .final_state
+                .params
+                .iter()
+                .zip(&params)
+                .flat_map(|(t, b)| t.data().iter().zip(b.data()))
+                .map(|(&t, &b)| f64::from(t) - f64::from(b))
+                .collect();
+            let sent = delta.iter().flat_map(|t| t.data());
+            let err = exact
+                .iter()
+                .zip(sent)
+                .map(|(&e, &d)| (e - f64::from(d)).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let exact_norm = exact.iter().map(|e| e * e).sum::<f64>().sqrt();
+            quant_errors.push(err / exact_norm.max(f64::MIN_POSITIVE));
             norms.push(norm(&delta));
             deltas.push((delta, 1.0f32));
         }
@@ -162,12 +181,13 @@ fn diloco(
             .filter(|&&n| n > f64::from(job.outer.clip_norm))
             .count();
         println!(
-            "  federated round {}: validation loss {:.4}; delta norms {:.2}..{:.2} ({clipped} of {workers} clipped), merged {:.2}",
+            "  federated round {}: validation loss {:.4}; delta norms {:.2}..{:.2} ({clipped} of {workers} clipped), merged {:.2}; int8 error up to {:.1}% of the delta's norm",
             r + 1,
             val(job, corpus, &params)?,
             norms.iter().copied().fold(f64::INFINITY, f64::min),
             norms.iter().copied().fold(0.0, f64::max),
-            norm(&mean)
+            norm(&mean),
+            quant_errors.iter().copied().fold(0.0, f64::max) * 100.0
         );
     }
     let federated = val(job, corpus, &params)?;
