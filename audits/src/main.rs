@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use lupus_audit::monitor::{Alert, MonitorOptions, monitor};
 use lupus_audit::bench::{BenchError, BenchOptions, Phase};
+use lupus_audit::monitor::{Alert, MonitorOptions, monitor};
 use lupus_audit::source::open_source;
 use lupus_audit::state::StateDir;
 use lupus_audit::verify::{
@@ -391,7 +391,13 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_bench(entries: u64, dir: &Path, threads: usize, json: bool, quiet: bool) -> anyhow::Result<i32> {
+fn run_bench(
+    entries: u64,
+    dir: &Path,
+    threads: usize,
+    json: bool,
+    quiet: bool,
+) -> anyhow::Result<i32> {
     let options = BenchOptions {
         entries,
         dir: dir.to_owned(),
@@ -400,7 +406,12 @@ fn run_bench(entries: u64, dir: &Path, threads: usize, json: bool, quiet: bool) 
     let bar = progress_bar(json || quiet);
     let result = lupus_audit::bench::run_bench(&options, &mut |phase, done, total| {
         if phase == Phase::Build && done == 0 {
-            bar.suspend(|| eprintln!("building a sample log of about {entries} entries in {} ...", dir.display()));
+            bar.suspend(|| {
+                eprintln!(
+                    "building a sample log of about {entries} entries in {} ...",
+                    dir.display()
+                )
+            });
         }
         if phase == Phase::Verify {
             bar.set_length(total);
@@ -428,4 +439,3 @@ fn run_bench(entries: u64, dir: &Path, threads: usize, json: bool, quiet: bool) 
     }
     Ok(EXIT_OK)
 }
-

@@ -68,11 +68,7 @@ pub async fn run(args: &AuditArgs) -> Result<Report> {
         "tree only",
         r.tree_only_entries_per_second,
     );
-    report.add(
-        "second audit, nothing new",
-        r.resume_seconds * 1e3,
-        "ms",
-    );
+    report.add("second audit, nothing new", r.resume_seconds * 1e3, "ms");
     report.write_json(args.json.as_deref())?;
     Ok(report)
 }

@@ -74,10 +74,9 @@ pub async fn run(args: &DilocoArgs) -> Result<Report> {
     job.inner.steps = args.inner_steps.unwrap_or(job.inner.steps);
     job.inner.lr = args.inner_lr.unwrap_or(job.inner.lr);
     let (workers, rounds) = (args.workers, args.rounds);
-    let report = tokio::task::spawn_blocking(move || {
-        diloco(&job, &corpus, init_seed, workers, rounds)
-    })
-    .await??;
+    let report =
+        tokio::task::spawn_blocking(move || diloco(&job, &corpus, init_seed, workers, rounds))
+            .await??;
     report.write_json(args.json.as_deref())?;
     Ok(report)
 }
@@ -246,4 +245,3 @@ fn diloco(
     );
     Ok(report)
 }
-

@@ -121,7 +121,7 @@ pub fn summary(reports: &[Report]) -> String {
             let (base, ratio) = match &f.baseline {
                 Some(b) => (
                     format!("{} {} {}", b.name, show(b.value), f.unit),
-                    format!("{:.2}x", b.ratio),
+                    format!("{}x", show(b.ratio)),
                 ),
                 None => ("-".into(), "-".into()),
             };
@@ -199,14 +199,23 @@ mod tests {
     #[test]
     fn the_summary_shows_each_ratio_against_its_baseline() {
         let mut r = Report::new("ledger");
-        r.against("appends/s, 16 appenders", 300.0, "appends/s", "1 appender", 100.0);
+        r.against(
+            "appends/s, 16 appenders",
+            300.0,
+            "appends/s",
+            "1 appender",
+            100.0,
+        );
         r.add("entries", 5.0, "entries");
         let t = summary(&[r]);
         assert!(
-            t.contains("| ledger | appends/s, 16 appenders | 300.0 appends/s | 1 appender 100.0 appends/s | 3.00x |"),
+            t.contains("| ledger | appends/s, 16 appenders | 300.0 appends/s | 1 appender 100.0 appends/s | 3.000x |"),
             "{t}"
         );
-        assert!(t.contains("| ledger | entries | 5.000 entries | - | - |"), "{t}");
+        assert!(
+            t.contains("| ledger | entries | 5.000 entries | - | - |"),
+            "{t}"
+        );
     }
 
     #[test]

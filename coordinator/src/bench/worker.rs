@@ -45,7 +45,10 @@ pub struct WorkerArgs {
 pub async fn run(args: &WorkerArgs) -> Result<Report> {
     let job = JobSpec::parse(&job_text(&args.job)?).context("the job spec is invalid")?;
     let steps = args.steps.min(job.inner.steps.saturating_sub(1));
-    ensure!(steps > 0, "--steps must be at least 1 and the job's H at least 2");
+    ensure!(
+        steps > 0,
+        "--steps must be at least 1 and the job's H at least 2"
+    );
     let corpus = Corpus::generated(1, 200_000);
     let (job, corpus, cpu, bare, report) = tokio::task::spawn_blocking(move || {
         let (cpu, bare) = cpu_steps(&job, &corpus, steps)?;
@@ -149,7 +152,10 @@ async fn gpu(
         wgsl / cpu
     );
     report.against(
-        format!("{} committed step, WGSL on {}", job.job.name, dev.description),
+        format!(
+            "{} committed step, WGSL on {}",
+            job.job.name, dev.description
+        ),
         wgsl * 1e3,
         "ms",
         "native CPU reference",
