@@ -15,9 +15,11 @@
 //! - [`witness`]: a C2SP `tlog-witness` that cosigns consistent checkpoints.
 //! - [`monitor`]: follows a log and alerts on failures or a stalled log.
 //! - [`sample`]: a protocol-correct synthetic job log, for tests and the benchmark.
+//! - [`bench`]: the audit benchmark (full audit against a tree-only baseline).
 
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod monitor;
 pub mod protocol;
 pub mod replay;

@@ -4,13 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use lupus_audit::bench::{BenchError, BenchOptions, Phase};
 use lupus_audit::monitor::{Alert, MonitorOptions, monitor};
-use lupus_audit::sample::{SampleJob, write_static};
-use lupus_audit::source::{DirSource, open_source};
+use lupus_audit::source::open_source;
 use lupus_audit::state::StateDir;
 use lupus_audit::verify::{
     AuditError, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, Options, Outcome, verify_log,
@@ -325,7 +325,7 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
             entries,
             dir,
             threads,
-        } => run_bench(*entries, dir, *threads, cli.json),
+        } => run_bench(*entries, dir, *threads, cli.json, cli.quiet),
     }
 }
 
@@ -391,143 +391,51 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_bench(entries: u64, dir: &Path, threads: usize, json: bool) -> anyhow::Result<i32> {
-    let job = SampleJob::new("lupus.example/bench", 64)?;
-    // Entries per round: opened, 6 per task, closed, epoch.
-    let per_round = 3 + 6 * job.workers.len() as u64;
-    let prologue = 2 + job.workers.len() as u64;
-    let rounds = entries.saturating_sub(prologue).div_ceil(per_round).max(1);
-    let log_dir = dir.join("log");
-    let size_file = dir.join("size");
-    let have = std::fs::read_to_string(&size_file).ok();
-    let build_seconds = if have.as_deref().map(str::trim) != Some(&rounds.to_string()) {
-        let t = Instant::now();
-        if log_dir.exists() {
-            std::fs::remove_dir_all(&log_dir).context("clear the old bench log")?;
+fn run_bench(
+    entries: u64,
+    dir: &Path,
+    threads: usize,
+    json: bool,
+    quiet: bool,
+) -> anyhow::Result<i32> {
+    let options = BenchOptions {
+        entries,
+        dir: dir.to_owned(),
+        threads,
+    };
+    let bar = progress_bar(json || quiet);
+    let result = lupus_audit::bench::run_bench(&options, &mut |phase, done, total| {
+        if phase == Phase::Build && done == 0 {
+            bar.suspend(|| {
+                eprintln!(
+                    "building a sample log of about {entries} entries in {} ...",
+                    dir.display()
+                )
+            });
         }
-        eprintln!(
-            "building a {rounds}-round sample log in {} ...",
-            log_dir.display()
-        );
-        let encoded: Vec<Vec<u8>> = job.entries(rounds)?.iter().map(|e| e.encode()).collect();
-        write_static(&log_dir, &encoded, &job.signer)?;
-        std::fs::write(&size_file, rounds.to_string())?;
-        Some(t.elapsed().as_secs_f64())
-    } else {
-        None
+        if phase == Phase::Verify {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+    });
+    bar.finish_and_clear();
+    let r = match result {
+        Ok(r) => r,
+        Err(BenchError::Audit(e)) => return Ok(report_audit_error(json, &e)),
+        Err(e) => return Err(e.into()),
     };
-    let source = DirSource::new(&log_dir);
-    let state = tempfile::tempdir().context("temporary state directory")?;
-
-    // Baseline, same run: read the bundles and rebuild the tree only (what a plain
-    // tlog-tiles client checks), no entry decoding or protocol checks.
-    let t = Instant::now();
-    let size = tree_only(&source)?;
-    let tree_s = t.elapsed().as_secs_f64();
-
-    let cpu_before = cpu_seconds();
-    let result = verify_log(
-        &source,
-        &StateDir::new(state.path()),
-        Some(&job.vkey()),
-        &Options { threads, replay: 0 },
-        &mut |_, _| {},
-    );
-    let cpu = cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
-    let outcome = match result {
-        Ok(o) => o,
-        Err(e) => return Ok(report_audit_error(json, &e)),
-    };
-    // A second run reads nothing new.
-    let t = Instant::now();
-    let again = verify_log(
-        &source,
-        &StateDir::new(state.path()),
-        None,
-        &Options { threads, replay: 0 },
-        &mut |_, _| {},
-    );
-    let resume_s = t.elapsed().as_secs_f64();
-    if let Err(e) = again {
-        return Ok(report_audit_error(json, &e));
-    }
-    let tree_rate = size as f64 / tree_s;
+    let outcome = &r.verify;
     if json {
         println!(
             "{}",
-            json!({"ok": true, "entries": outcome.size, "build_seconds": build_seconds,
+            json!({"ok": true, "entries": outcome.size, "build_seconds": r.build_seconds,
                 "verify_seconds": outcome.seconds, "verify_entries_per_second": outcome.entries_per_second,
-                "tree_only_entries_per_second": tree_rate, "resume_seconds": resume_s,
-                "verify_cpu_seconds": cpu,
+                "tree_only_entries_per_second": r.tree_only_entries_per_second, "resume_seconds": r.resume_seconds,
+                "verify_cpu_seconds": r.verify_cpu_seconds,
                 "threads": threads})
         );
     } else {
-        println!("| what | entries | seconds | entries/s |");
-        println!("|---|---|---|---|");
-        println!(
-            "| baseline: tree only (read bundles, hash leaves, compare root) | {size} | {tree_s:.2} | {tree_rate:.0} |"
-        );
-        println!(
-            "| lupus-audit verify (signatures, protocol, fold, epochs) | {} | {:.2} | {:.0} |",
-            outcome.size, outcome.seconds, outcome.entries_per_second
-        );
-        println!("| second run (nothing new) | 0 | {resume_s:.3} | - |");
-        if let Some(cpu) = cpu {
-            println!(
-                "verify used {cpu:.2} s of CPU (all threads): {:.0} entries per CPU-second",
-                outcome.size as f64 / cpu
-            );
-        }
-        println!(
-            "full verify runs at {:.2}x the tree-only baseline; target 50,000 entries/s: {}",
-            outcome.entries_per_second / tree_rate,
-            if outcome.entries_per_second >= 50_000.0 {
-                "met"
-            } else {
-                "NOT met"
-            }
-        );
+        println!("{}", r.table());
     }
-    Ok(if outcome.size == size {
-        EXIT_OK
-    } else {
-        EXIT_FAILED
-    })
-}
-
-/// CPU time (user + system, all threads) this process has used, from
-/// `/proc/self/stat` (Linux; clock ticks of 1/100 s). `None` elsewhere.
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
-/// Reads every bundle and rebuilds the tree; returns the size after checking the root.
-fn tree_only(source: &DirSource) -> anyhow::Result<u64> {
-    use lupus_audit::source::LogSource;
-    use lupus_ledger::tiles::{EntryBundle, decode_entry_bundle};
-    let note = source.checkpoint()?;
-    let text = lupus_ledger::note::parse_note(note.as_bytes())?.text;
-    let cp = lupus_ledger::checkpoint::Checkpoint::parse_body(&text)?;
-    let mut frontier = lupus_ledger::tree::Frontier::empty();
-    let size = cp.size.0;
-    let mut b = 0;
-    while b * 256 < size {
-        let width = (size - b * 256).min(256) as u16;
-        for e in decode_entry_bundle(&source.entry_bundle(&EntryBundle { index: b, width })?)? {
-            frontier.append(lupus_ledger::hash::leaf_hash(&e));
-        }
-        b += 1;
-    }
-    anyhow::ensure!(
-        frontier.root() == cp.root,
-        "tree-only baseline: root mismatch"
-    );
-    Ok(size)
+    Ok(EXIT_OK)
 }

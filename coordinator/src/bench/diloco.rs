@@ -1,0 +1,247 @@
+//! `lupus bench diloco`: the same job trained federated (W workers, DiLoCo's outer
+//! Nesterov over int8 deltas) and centralised (one AdamW run over the same number of
+//! samples, the baseline); both validation losses, and the bytes a worker sends per
+//! round against fp32 data-parallel training (a full fp32 gradient every inner step).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, ensure};
+use lupus_coordinator::dataset;
+use lupus_coordinator::engine::Coordinator;
+use lupus_prover::data::Corpus;
+use lupus_prover::graph::train_step_untraced;
+use lupus_prover::model::init_params;
+use lupus_prover::optim::{TrainState, merge_deltas, outer_step};
+use lupus_prover::prf::prf;
+use lupus_prover::spec::JobSpec;
+use lupus_prover::task::{job_sampler, run_task, task_batch};
+use lupus_prover::tensor::Tensor;
+
+use super::report::{Report, bar};
+use crate::job_text;
+
+/// Federated (DiLoCo) against centralised training on the same samples.
+///
+/// Trains the job federated (--workers tasks a round, each H inner AdamW steps from
+/// the round's model, int8 deltas merged, DiLoCo's outer Nesterov step) for --rounds
+/// rounds, and centralised (one AdamW run over the same number of samples, the
+/// baseline); prints both validation losses (target: federated within 5%) and the
+/// bytes a worker sends per round against fp32 data-parallel training (target: at
+/// least 100x less). Needs the job's corpus (fetched into --data-dir when missing).
+#[derive(clap::Args, Clone, Debug)]
+pub struct DilocoArgs {
+    /// The job spec (default: the embedded jobs/shakespeare-mlp.toml).
+    #[arg(long)]
+    pub job: Option<PathBuf>,
+    /// Where the corpus is (or is fetched to).
+    #[arg(long, default_value = "lupus-data")]
+    pub data_dir: PathBuf,
+    /// Tasks (workers) per round.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Outer rounds.
+    #[arg(long, default_value_t = 6)]
+    pub rounds: u64,
+    /// Outer learning rate (default: the job's `[outer] lr`).
+    #[arg(long)]
+    pub outer_lr: Option<f32>,
+    /// Outer Nesterov momentum (default: the job's `[outer] momentum`).
+    #[arg(long)]
+    pub outer_momentum: Option<f32>,
+    /// L2 norm each worker's delta is clipped to (default: the job's `[outer] clip_norm`).
+    #[arg(long)]
+    pub clip_norm: Option<f32>,
+    /// Inner AdamW learning rate, of both runs (default: the job's `[inner] lr`).
+    #[arg(long)]
+    pub inner_lr: Option<f32>,
+    /// Inner steps H per task (default: the job's `[inner] steps`).
+    #[arg(long)]
+    pub inner_steps: Option<u32>,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+}
+
+pub async fn run(args: &DilocoArgs) -> Result<Report> {
+    let mut job = JobSpec::parse(&job_text(&args.job)?).context("the job spec is invalid")?;
+    let corpus = dataset::load_or_fetch(&args.data_dir, &job)?;
+    // The initial model is the job's own, whatever the overrides below.
+    let init_seed = job.hash().0;
+    job.outer.lr = args.outer_lr.unwrap_or(job.outer.lr);
+    job.outer.momentum = args.outer_momentum.unwrap_or(job.outer.momentum);
+    job.outer.clip_norm = args.clip_norm.unwrap_or(job.outer.clip_norm);
+    job.inner.steps = args.inner_steps.unwrap_or(job.inner.steps);
+    job.inner.lr = args.inner_lr.unwrap_or(job.inner.lr);
+    let (workers, rounds) = (args.workers, args.rounds);
+    let report =
+        tokio::task::spawn_blocking(move || diloco(&job, &corpus, init_seed, workers, rounds))
+            .await??;
+    report.write_json(args.json.as_deref())?;
+    Ok(report)
+}
+
+fn val(job: &JobSpec, corpus: &Corpus, p: &[Tensor]) -> Result<f32> {
+    Coordinator::validation_loss(job, corpus, p, 512).map_err(anyhow::Error::msg)
+}
+
+/// The L2 norm of a delta.
+fn norm(delta: &[Tensor]) -> f64 {
+    delta
+        .iter()
+        .flat_map(|t| t.data())
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt()
+}
+
+fn diloco(
+    job: &JobSpec,
+    corpus: &Corpus,
+    init_seed: [u8; 32],
+    workers: usize,
+    rounds: u64,
+) -> Result<Report> {
+    ensure!(
+        workers > 0 && rounds > 0,
+        "need at least one worker and one round"
+    );
+    let p0 = init_params(&job.model, init_seed)?;
+    let initial = val(job, corpus, &p0)?;
+    let h = job.inner.steps;
+    let params_count: usize = p0.iter().map(Tensor::len).sum();
+    println!(
+        "DiLoCo parity: job {}, {workers} workers x {rounds} rounds x H={h} steps x batch {}, \
+         inner lr {}; outer lr {}, momentum {}, clip norm {}",
+        job.job.name,
+        job.inner.batch_size,
+        job.inner.lr,
+        job.outer.lr,
+        job.outer.momentum,
+        job.outer.clip_norm
+    );
+
+    let t = Instant::now();
+    let mut params = p0.clone();
+    let mut momentum = Vec::new();
+    let mut delta_bytes = 0usize;
+    for r in 0..rounds {
+        let seeds: Vec<[u8; 32]> = (0..workers)
+            .map(|w| {
+                prf(
+                    &[1; 32],
+                    "lupus bench seed v1",
+                    &(r * 1000 + w as u64).to_le_bytes(),
+                )
+            })
+            .collect();
+        let runs: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = seeds
+                .iter()
+                .map(|seed| {
+                    let base = &params;
+                    s.spawn(move || run_task(job, corpus, base, *seed, &mut |_, _| {}))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join()).collect()
+        });
+        let mut deltas = Vec::new();
+        let mut norms = Vec::new();
+        let mut quant_errors = Vec::new();
+        for run in runs {
+            let run = run.map_err(|_| anyhow::anyhow!("a worker thread panicked"))??;
+            delta_bytes = run.delta.to_bytes().len();
+            let delta = run.delta.dequantise()?;
+            // What int8 loses: the exact delta against the one the worker sends.
+            let exact: Vec<f64> = run
+                .final_state
+                .params
+                .iter()
+                .zip(&params)
+                .flat_map(|(t, b)| t.data().iter().zip(b.data()))
+                .map(|(&t, &b)| f64::from(t) - f64::from(b))
+                .collect();
+            let sent = delta.iter().flat_map(|t| t.data());
+            let err = exact
+                .iter()
+                .zip(sent)
+                .map(|(&e, &d)| (e - f64::from(d)).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let exact_norm = exact.iter().map(|e| e * e).sum::<f64>().sqrt();
+            quant_errors.push(err / exact_norm.max(f64::MIN_POSITIVE));
+            norms.push(norm(&delta));
+            deltas.push((delta, 1.0f32));
+        }
+        let mean = merge_deltas(&deltas, job.outer.clip_norm)?;
+        params = outer_step(&params, &mut momentum, &mean, &job.outer.nesterov())?;
+        let clipped = norms
+            .iter()
+            .filter(|&&n| n > f64::from(job.outer.clip_norm))
+            .count();
+        println!(
+            "  federated round {}: validation loss {:.4}; delta norms {:.2}..{:.2} ({clipped} of {workers} clipped), merged {:.2}; int8 error up to {:.1}% of the delta's norm",
+            r + 1,
+            val(job, corpus, &params)?,
+            norms.iter().copied().fold(f64::INFINITY, f64::min),
+            norms.iter().copied().fold(0.0, f64::max),
+            norm(&mean),
+            quant_errors.iter().copied().fold(0.0, f64::max) * 100.0
+        );
+    }
+    let federated = val(job, corpus, &params)?;
+    let fed_time = t.elapsed();
+
+    let t = Instant::now();
+    let sampler = job_sampler(job, corpus)?;
+    let mut state = TrainState::fresh(p0.clone());
+    let steps = rounds as u32 * workers as u32 * h;
+    let seed = prf(&[2; 32], "lupus bench central v1", b"");
+    let progress = bar(u64::from(steps), "centralised AdamW (baseline)");
+    for step in 0..steps {
+        progress.inc(1);
+        let batch = task_batch(job, &sampler, &seed, step)?;
+        state = train_step_untraced(&job.model, &job.inner.adamw(), &state, &batch)?.0;
+    }
+    progress.finish_and_clear();
+    let central = val(job, corpus, &state.params)?;
+    let central_time = t.elapsed();
+
+    let fp32_per_round = 4 * params_count * h as usize;
+    let ratio = fp32_per_round as f64 / delta_bytes.max(1) as f64;
+    let gap = (federated - central) / central * 100.0;
+    println!();
+    println!("| run | samples | validation loss | wall time |");
+    println!("|---|---|---|---|");
+    println!("| initial | 0 | {initial:.4} | |");
+    let samples = u64::from(steps) * u64::from(job.inner.batch_size);
+    println!(
+        "| centralised AdamW (baseline) | {samples} | {central:.4} | {:.1} s |",
+        central_time.as_secs_f64()
+    );
+    println!(
+        "| federated DiLoCo, {workers} workers | {samples} | {federated:.4} | {:.1} s |",
+        fed_time.as_secs_f64()
+    );
+    println!();
+    println!("federated loss is {gap:+.2}% against centralised (target: within 5%)");
+    println!(
+        "bytes sent per worker per round: {delta_bytes} (int8 delta) vs {fp32_per_round} (fp32 gradient x {h} steps): {ratio:.0}x less (target: >= 100x)"
+    );
+    let mut report = Report::new("diloco");
+    report.against(
+        format!("validation loss, federated, {workers} workers x {rounds} rounds"),
+        f64::from(federated),
+        "nats",
+        "centralised AdamW",
+        f64::from(central),
+    );
+    report.against(
+        "bytes per worker per round (int8 delta)",
+        delta_bytes as f64,
+        "bytes",
+        "fp32 gradients",
+        fp32_per_round as f64,
+    );
+    Ok(report)
+}
