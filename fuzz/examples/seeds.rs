@@ -19,7 +19,7 @@ use lupus_api::lupus_ledger::entry::{
 };
 use lupus_api::lupus_ledger::hash::leaf_hash;
 use lupus_api::lupus_ledger::hash::{LeafIndex, TreeSize};
-use lupus_api::lupus_ledger::note::add_signature;
+use lupus_api::lupus_ledger::note::{CosignatureVerifier, add_signature, cosign};
 use lupus_api::lupus_ledger::proof::{TlogProof, prove_consistency, prove_inclusion};
 use lupus_api::lupus_ledger::stake::{build_statement, verify_statement};
 use lupus_api::lupus_ledger::sumtree::SumTree;
@@ -37,7 +37,8 @@ use lupus_api::types::{
     work_committed_body,
 };
 use lupus_fuzz::{
-    LOG_ORIGIN, STEPS, TASK, job, log_signer, public, verifier_key, witness_signer, worker_key,
+    LOG_ORIGIN, STEPS, TASK, WITNESS_NAME, job, log_signer, public, verifier_key, witness_key,
+    witness_signer, worker_key,
 };
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -224,6 +225,13 @@ fn main() -> Res<()> {
     write("checkpoint", "cosigned", cosigned.as_bytes())?;
     write("checkpoint", "body", cp.to_body().as_bytes())?;
     write("note", "checkpoint", cosigned.as_bytes())?;
+    let timestamped = add_signature(
+        &note,
+        &cosign(WITNESS_NAME, &witness_key(), &cp.to_body(), 1_700_000_000),
+    )?;
+    write("note", "cosignature-v1", timestamped.as_bytes())?;
+    let cosigner = CosignatureVerifier::from_key(WITNESS_NAME, witness_key().verifying_key())?;
+    write("note", "cosigner-vkey", cosigner.to_string().as_bytes())?;
     write("note", "text", log.sign("hello\nworld\n")?.as_bytes())?;
     write("note", "vkey", log.verifier_key().as_bytes())?;
     write("note", "skey", log.private_key().as_bytes())?;
