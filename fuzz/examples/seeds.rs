@@ -31,6 +31,7 @@ use lupus_api::lupus_prover::model::init_params;
 use lupus_api::lupus_prover::task::run_task;
 use lupus_api::lupus_prover::tensor::Tensor;
 use lupus_api::lupus_prover::verify::DeviceClass;
+use lupus_api::model::encode_model;
 use lupus_api::sign::sign_request;
 use lupus_api::types::{
     B64, JoinRequest, Sig, Submission, VerdictSubmission, evidence_digest, join_body, verdict_body,
@@ -309,6 +310,8 @@ fn main() -> Res<()> {
     let shapes = lupus_fuzz::param_shapes(&job);
     check_submission(&sub, TASK, &public(&worker), &shapes, job.inner.steps)?;
     write("api_submission", "real", &serde_json::to_vec(&sub)?)?;
+    write("model_blob", "base", &encode_model(&base))?;
+    write("model_blob", "delta", &run.delta.to_bytes())?;
     let opening = run.open(&job, &corpus, &STEPS, false)?;
     // The real opening is ~90 KB of state tensors; the seed keeps its structure, its
     // steps, leaves and proofs, with one small tensor per state and a few op commits.
