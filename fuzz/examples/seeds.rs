@@ -19,7 +19,7 @@ use lupus_api::lupus_ledger::entry::{
 };
 use lupus_api::lupus_ledger::hash::leaf_hash;
 use lupus_api::lupus_ledger::hash::{LeafIndex, TreeSize};
-use lupus_api::lupus_ledger::note::add_signature;
+use lupus_api::lupus_ledger::note::{CosignatureVerifier, add_signature, cosign};
 use lupus_api::lupus_ledger::proof::{TlogProof, prove_consistency, prove_inclusion};
 use lupus_api::lupus_ledger::stake::{build_statement, verify_statement};
 use lupus_api::lupus_ledger::sumtree::SumTree;
@@ -31,13 +31,15 @@ use lupus_api::lupus_prover::model::init_params;
 use lupus_api::lupus_prover::task::run_task;
 use lupus_api::lupus_prover::tensor::Tensor;
 use lupus_api::lupus_prover::verify::DeviceClass;
+use lupus_api::model::encode_model;
 use lupus_api::sign::sign_request;
 use lupus_api::types::{
     B64, JoinRequest, Sig, Submission, VerdictSubmission, evidence_digest, join_body, verdict_body,
     work_committed_body,
 };
 use lupus_fuzz::{
-    LOG_ORIGIN, STEPS, TASK, job, log_signer, public, verifier_key, witness_signer, worker_key,
+    LOG_ORIGIN, STEPS, TASK, WITNESS_NAME, job, log_signer, public, verifier_key, witness_key,
+    witness_signer, worker_key,
 };
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -224,6 +226,13 @@ fn main() -> Res<()> {
     write("checkpoint", "cosigned", cosigned.as_bytes())?;
     write("checkpoint", "body", cp.to_body().as_bytes())?;
     write("note", "checkpoint", cosigned.as_bytes())?;
+    let timestamped = add_signature(
+        &note,
+        &cosign(WITNESS_NAME, &witness_key(), &cp.to_body(), 1_700_000_000),
+    )?;
+    write("note", "cosignature-v1", timestamped.as_bytes())?;
+    let cosigner = CosignatureVerifier::from_key(WITNESS_NAME, witness_key().verifying_key())?;
+    write("note", "cosigner-vkey", cosigner.to_string().as_bytes())?;
     write("note", "text", log.sign("hello\nworld\n")?.as_bytes())?;
     write("note", "vkey", log.verifier_key().as_bytes())?;
     write("note", "skey", log.private_key().as_bytes())?;
@@ -301,6 +310,8 @@ fn main() -> Res<()> {
     let shapes = lupus_fuzz::param_shapes(&job);
     check_submission(&sub, TASK, &public(&worker), &shapes, job.inner.steps)?;
     write("api_submission", "real", &serde_json::to_vec(&sub)?)?;
+    write("model_blob", "base", &encode_model(&base))?;
+    write("model_blob", "delta", &run.delta.to_bytes())?;
     let opening = run.open(&job, &corpus, &STEPS, false)?;
     // The real opening is ~90 KB of state tensors; the seed keeps its structure, its
     // steps, leaves and proofs, with one small tensor per state and a few op commits.

@@ -2,16 +2,18 @@
 //!
 //! Properties: a note that parses, written back from its parsed form, parses to the
 //! same thing and opens (or fails to open) the same way; a note that opens still opens
-//! after a witness cosignature is added; a key string that parses is written back to a
-//! string that parses to the same key.
+//! after a witness cosignature is added; a C2SP `tlog-cosignature` v1 (timestamped)
+//! by the fixed witness key verifies over the text it was made for and over no other;
+//! a key string that parses is written back to a string that parses to the same key.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use lupus_api::lupus_ledger::note::{
-    NoteSigner, NoteVerifier, add_signature, open_note, open_note_bytes, parse_note,
+    CosignatureVerifier, NoteSigner, NoteVerifier, add_signature, cosign, open_note,
+    open_note_bytes, parse_note,
 };
-use lupus_fuzz::{verifiers, witness_signer};
+use lupus_fuzz::{WITNESS_NAME, verifiers, witness_key, witness_signer};
 
 fuzz_target!(|data: &[u8]| {
     let verifiers = verifiers();
@@ -29,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
     let reparsed = parse_note(again.as_bytes()).expect("a re-serialised note parses");
     assert_eq!(reparsed, parsed);
     assert_eq!(open_note(&again, &verifiers), opened);
+    cosignatures(&parsed.text, &parsed.signatures);
 
     let Ok(opened) = opened else { return };
     assert!(!opened.verified_by.is_empty());
@@ -45,6 +48,29 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
+/// Timestamped witness cosignatures: whatever the note carries verifies or not without
+/// panicking; a cosignature the witness makes now verifies over this text only.
+fn cosignatures(text: &str, sigs: &[lupus_api::lupus_ledger::note::NoteSignature]) {
+    let key = witness_key();
+    let v = CosignatureVerifier::from_key(WITNESS_NAME, key.verifying_key())
+        .expect("valid witness name");
+    for s in sigs {
+        let _ = v.verifies(s, text);
+    }
+    let time = sigs.len() as u64 * 1_000_003;
+    let sig = cosign(WITNESS_NAME, &key, text, time);
+    assert!(
+        v.verifies(&sig, text),
+        "a fresh cosignature does not verify"
+    );
+    let mut other = text.to_owned();
+    other.push('x');
+    assert!(
+        !v.verifies(&sig, &other),
+        "a cosignature verified over another text"
+    );
+}
+
 /// Verifier and private key strings: parse, print, parse again.
 fn keys(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -55,6 +81,11 @@ fn keys(data: &[u8]) {
         assert_eq!(back.name(), v.name());
         assert_eq!(back.key_id(), v.key_id());
         assert_eq!(back.public_key(), v.public_key());
+    }
+    if let Ok(c) = CosignatureVerifier::parse(text) {
+        let back =
+            CosignatureVerifier::parse(&c.to_string()).expect("a printed cosigner key parses");
+        assert_eq!((back.name(), back.key_id()), (c.name(), c.key_id()));
     }
     if let Ok(s) = NoteSigner::from_private_key(text) {
         let back =

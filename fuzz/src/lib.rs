@@ -24,7 +24,13 @@ pub fn log_signer() -> NoteSigner {
     NoteSigner::from_secret(LOG_ORIGIN, [1; 32]).expect("fixed valid key name")
 }
 
-/// A witness's cosigning key.
+/// A witness's key (the same key signs plain Ed25519 note signatures and C2SP
+/// `tlog-cosignature` v1 timestamped cosignatures).
+pub fn witness_key() -> SigningKey {
+    SigningKey::from_bytes(&[2; 32])
+}
+
+/// A witness's note signer.
 pub fn witness_signer() -> NoteSigner {
     NoteSigner::from_secret(WITNESS_NAME, [2; 32]).expect("fixed valid key name")
 }

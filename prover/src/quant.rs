@@ -11,8 +11,11 @@
 //! `count u32`, then per tensor `ndim u32`, each dimension `u64`, `scale` as f32 bits
 //! (`u32`), then the `numel` values as `i8`. [`QuantDelta::from_bytes`] accepts exactly
 //! these bytes and nothing else: a scale that is NaN, infinite, negative (including
-//! `-0`) or subnormal, a value of -128, non-zero values under a zero scale, a size over
-//! the limits, or trailing bytes are all refused, so every delta has one encoding.
+//! `-0`), subnormal or so large that `127 * scale` overflows f32 (its values would not
+//! dequantise), a value of -128, non-zero values under a zero scale, a size over the
+//! limits, or trailing bytes are all refused, so every delta has one encoding and
+//! every delta that parses dequantises. [`quantise_delta`] refuses to make such a
+//! scale.
 
 use crate::det;
 use crate::model::ModelError;
@@ -33,6 +36,12 @@ pub struct QTensor {
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantDelta {
     pub tensors: Vec<QTensor>,
+}
+
+/// Whether every `q * scale` with `q` in `-127..=127` is finite: dequantising
+/// multiplies in f32, and rounding is monotonic, so `127 * scale` is the largest.
+fn fits_i8_range(scale: f32) -> bool {
+    (scale * 127.0).is_finite()
 }
 
 fn quant_err(detail: impl Into<String>) -> ModelError {
@@ -77,6 +86,9 @@ pub fn quantise_delta(base: &[Tensor], trained: &[Tensor]) -> Result<QuantDelta,
             return Err(quant_err(format!("tensor {i}: the delta overflows f32")));
         }
         let scale = det::ftz(maxabs * inv127);
+        if !fits_i8_range(scale) {
+            return Err(quant_err(format!("tensor {i}: the delta overflows f32")));
+        }
         let values = if scale == 0.0 {
             vec![0i8; d.len()]
         } else {
@@ -166,6 +178,11 @@ impl QuantDelta {
                     "tensor {i} has scale {scale:e}; scales are finite, non-negative and normal or +0"
                 )));
             }
+            if !fits_i8_range(scale) {
+                return Err(quant_err(format!(
+                    "tensor {i} has scale {scale:e}; 127 * scale must be a finite f32"
+                )));
+            }
             let raw = r.take(n)?;
             let values: Vec<i8> = raw.iter().map(|&b| b as i8).collect();
             if values.contains(&i8::MIN) {
@@ -228,12 +245,47 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Found by the `model_blob` fuzz target (minimised input): one scalar tensor with
+    /// scale 0x7eff7474 (about 1.7e38) and value 116 parsed, then failed to dequantise
+    /// (116 * scale is infinite), so a delta the coordinator accepted at submission
+    /// could stop the round close that merges it. The parser now refuses it.
+    #[test]
+    fn a_scale_whose_values_overflow_is_refused() {
+        let bytes = [1, 0, 0, 0, 0, 0, 0, 0, 0x74, 0x74, 0xff, 0x7e, 0x74];
+        let err = QuantDelta::from_bytes(&bytes).unwrap_err();
+        assert!(err.to_string().contains("127 * scale"), "{err}");
+        // The largest scale that still dequantises is accepted.
+        let mut max = f32::MAX / 127.0;
+        while !(max * 127.0).is_finite() {
+            max = f32::from_bits(max.to_bits() - 1);
+        }
+        let ok = QuantDelta {
+            tensors: vec![QTensor {
+                shape: vec![],
+                scale: max,
+                values: vec![-127],
+            }],
+        };
+        let parsed = QuantDelta::from_bytes(&ok.to_bytes()).unwrap();
+        assert!(parsed.dequantise().unwrap()[0].data()[0].is_finite());
+        // quantise_delta refuses to make a scale the parser would refuse.
+        let base = Tensor::new(vec![1], vec![0.0]).unwrap();
+        let huge = Tensor::new(vec![1], vec![f32::MAX]).unwrap();
+        let made = quantise_delta(std::slice::from_ref(&base), std::slice::from_ref(&huge));
+        match made {
+            Ok(q) => assert!(QuantDelta::from_bytes(&q.to_bytes()).is_ok()),
+            Err(e) => assert!(e.to_string().contains("overflows"), "{e}"),
+        }
+    }
+
     proptest! {
-        /// Hostile bytes never panic the parser; accepted bytes are canonical.
+        /// Hostile bytes never panic the parser; accepted bytes are canonical and
+        /// dequantise.
         #[test]
         fn parser_is_total_and_canonical(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             if let Ok(q) = QuantDelta::from_bytes(&bytes) {
                 prop_assert_eq!(q.to_bytes(), bytes);
+                prop_assert!(q.dequantise().is_ok());
             }
         }
 
