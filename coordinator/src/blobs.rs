@@ -5,9 +5,16 @@
 //! hash and the directory fsynced, so after [`BlobStore::put`] returns the blob is
 //! durable and a crash never leaves a partial file under a hash name. Reads hash what
 //! they read and refuse a file whose content does not match its name.
+//!
+//! A full store (the disk, `ENOSPC`/`EDQUOT`, or the operator's quota,
+//! [`BlobStore::set_quota`]) refuses the blob with [`BlobError::Full`]-like errors
+//! ([`BlobError::is_full`]) and leaves no file behind: the temporary file is removed on
+//! every error, and nothing names a blob before `put` has returned its hash.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use lupus_ledger::entry::Digest;
 
@@ -23,12 +30,45 @@ pub enum BlobError {
     },
     #[error("blob {hash} is corrupt: its content hashes to {actual}")]
     Corrupt { hash: Digest, actual: Digest },
+    #[error(
+        "the blob store at {dir} is full: {used} bytes stored, {len} more would pass its quota of {quota} bytes; remove old blobs or raise the quota"
+    )]
+    OverQuota {
+        dir: PathBuf,
+        used: u64,
+        len: u64,
+        quota: u64,
+    },
+}
+
+impl BlobError {
+    /// Whether the store is full (its quota, or the disk or the user's disk quota):
+    /// the same write can succeed once room is made.
+    pub fn is_full(&self) -> bool {
+        match self {
+            BlobError::OverQuota { .. } => true,
+            BlobError::Io { source, .. } => {
+                source.kind() == std::io::ErrorKind::StorageFull
+                    || source.kind() == std::io::ErrorKind::QuotaExceeded
+            }
+            BlobError::Corrupt { .. } => false,
+        }
+    }
 }
 
 /// A directory of blobs named by their blake3 hex.
 #[derive(Clone, Debug)]
 pub struct BlobStore {
     dir: PathBuf,
+    quota: Arc<Quota>,
+}
+
+/// The most bytes the directory may hold (0: no quota), and the bytes it held when
+/// last counted plus what was written since.
+#[derive(Debug, Default)]
+struct Quota {
+    limit: AtomicU64,
+    used: std::sync::Mutex<Option<u64>>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BlobError + '_ {
@@ -43,7 +83,64 @@ impl BlobStore {
     pub fn open(dir: impl Into<PathBuf>) -> Result<BlobStore, BlobError> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        Ok(BlobStore { dir })
+        Ok(BlobStore {
+            dir,
+            quota: Arc::default(),
+        })
+    }
+
+    /// Limits the directory to `bytes` (`None`: no limit, the default). A `put` that
+    /// would pass it fails with [`BlobError::OverQuota`] before writing anything, so
+    /// an operator can keep the coordinator from filling a disk that other things need.
+    /// Blobs removed by the operator count as freed the next time a `put` hits the
+    /// limit (the directory is counted again then).
+    pub fn set_quota(&self, bytes: Option<u64>) {
+        self.quota
+            .limit
+            .store(bytes.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Bytes in the directory's files.
+    fn count(&self) -> Result<u64, BlobError> {
+        let mut total = 0;
+        for e in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let e = e.map_err(io(&self.dir))?;
+            // A file removed while we count is simply not counted.
+            total += e.metadata().map_or(0, |m| m.len());
+        }
+        Ok(total)
+    }
+
+    /// Reserves `len` bytes under the quota, counting the directory again when the
+    /// running total says it is full.
+    fn reserve(&self, len: u64) -> Result<(), BlobError> {
+        let quota = self.quota.limit.load(Ordering::Relaxed);
+        if quota == 0 {
+            return Ok(());
+        }
+        let mut used = self
+            .quota
+            .used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut now = match *used {
+            Some(u) => u,
+            None => self.count()?,
+        };
+        if now + len > quota {
+            now = self.count()?;
+        }
+        if now + len > quota {
+            *used = Some(now);
+            return Err(BlobError::OverQuota {
+                dir: self.dir.clone(),
+                used: now,
+                len,
+                quota,
+            });
+        }
+        *used = Some(now + len);
+        Ok(())
     }
 
     fn path(&self, hash: &Digest) -> PathBuf {
@@ -62,6 +159,7 @@ impl BlobStore {
             path: self.dir.clone(),
             source: std::io::Error::other(e.to_string()),
         })?;
+        self.reserve(bytes.len() as u64)?;
         let tmp = self.dir.join(format!(".tmp-{}", hex::encode(nonce)));
         let result = (|| {
             let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;

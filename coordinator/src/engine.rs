@@ -58,8 +58,24 @@ use lupus_prover::verify::{DeviceClass, Verdict, verify_opening, verify_submissi
 use tokio::sync::Mutex;
 
 use crate::blobs::BlobStore;
-use crate::error::{ApiError, internal};
+use crate::error::{ApiError, blob_error, internal, log_error, store_error};
 use crate::state::{CreditKindKey, State, TaskRecord};
+
+/// The coordinator's crash points for the fault tests, armed with
+/// `LUPUS_FAILPOINT=<name>[@<n>]` (see [`lupus_ledger::store::failpoint`], which also
+/// has the storage layer's points).
+pub mod failpoints {
+    pub use lupus_ledger::store::failpoint::{LOG_AFTER_COMMIT, STORE_BEFORE_COMMIT, hit};
+    /// A submission's `WorkCommitted` is durable; its receipt is not sent.
+    pub const SUBMIT_AFTER_APPEND: &str = "submit-after-append";
+    /// Round close: the merge and the new model are computed, nothing is stored.
+    pub const CLOSE_AFTER_MERGE: &str = "close-after-merge";
+    /// Round close: the new model (and momentum) blobs are written, the log does not
+    /// name them yet.
+    pub const CLOSE_AFTER_MODEL_BLOB: &str = "close-after-model-blob";
+    /// Round close: the credits are appended, `RoundClosed` is not.
+    pub const CLOSE_AFTER_CREDITS: &str = "close-after-credits";
+}
 
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
@@ -364,40 +380,76 @@ impl Coordinator {
     }
 
     async fn append(&self, inner: &mut Inner, entry: Entry) -> Result<u64, ApiError> {
-        let index = self.log.append(entry.encode()).await.map_err(internal)?.0;
-        inner
-            .state
-            .apply(index, &entry)
-            .map_err(|e| ApiError::Internal(format!("the log and the state disagree: {e}")))?;
+        let index = self.log.append(entry.encode()).await.map_err(log_error)?.0;
+        self.apply_at(inner, index, &entry).await?;
         Ok(index)
+    }
+
+    /// Applies our own entry `index` to the state, first applying any entries before it
+    /// that the log holds and the state has not seen: a batch whose commit landed
+    /// although the store reported a failure (a connection dropped during `COMMIT`).
+    /// Without this, the first such entry would leave the state one entry behind the
+    /// log for good.
+    async fn apply_at(&self, inner: &mut Inner, index: u64, entry: &Entry) -> Result<(), ApiError> {
+        let disagree = |e: crate::state::StateError| {
+            ApiError::Internal(format!("the log and the state disagree: {e}"))
+        };
+        if inner.state.size < index {
+            let missed = self
+                .log
+                .entries(LeafIndex(inner.state.size), LeafIndex(index))
+                .await
+                .map_err(log_error)?;
+            for bytes in missed {
+                let at = inner.state.size;
+                let e = Entry::decode(&bytes).map_err(internal)?;
+                tracing::warn!(
+                    index = at,
+                    kind = e.kind().name(),
+                    "an append reported as failed had landed; applying it"
+                );
+                inner.state.apply(at, &e).map_err(disagree)?;
+            }
+        }
+        inner.state.apply(index, entry).map_err(disagree)
     }
 
     /// Appends many coordinator entries at once: the log's writer commits them in one
     /// group (one fsync), then they are applied in log order. The caller holds the
-    /// state lock, so nothing else is appended in between.
+    /// state lock, so nothing else is appended in between. If some fail (the database
+    /// went away mid-group), those that were stored are still applied, then the first
+    /// error is returned; the caller's retry appends only what is missing.
     async fn append_group(
         &self,
         inner: &mut Inner,
         bodies: Vec<EntryBody>,
     ) -> Result<(), ApiError> {
-        let mut set = tokio::task::JoinSet::new();
+        let mut entries = Vec::with_capacity(bodies.len());
         for body in bodies {
-            let entry = Entry::unsigned(body).map_err(internal)?;
-            let log = self.log.clone();
-            set.spawn(async move { log.append(entry.encode()).await.map(|i| (i.0, entry)) });
+            entries.push(Entry::unsigned(body).map_err(internal)?);
         }
+        let answers = self
+            .log
+            .append_all(entries.iter().map(Entry::encode).collect())
+            .await;
         let mut done = Vec::new();
-        while let Some(r) = set.join_next().await {
-            done.push(r.map_err(internal)?.map_err(internal)?);
+        let mut failed = None;
+        for (answer, entry) in answers.into_iter().zip(entries) {
+            match answer {
+                Ok(i) => done.push((i.0, entry)),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
         }
         done.sort_by_key(|(i, _)| *i);
         for (index, entry) in done {
-            inner
-                .state
-                .apply(index, &entry)
-                .map_err(|e| ApiError::Internal(format!("the log and the state disagree: {e}")))?;
+            self.apply_at(inner, index, &entry).await?;
         }
-        Ok(())
+        match failed {
+            Some(e) => Err(log_error(e)),
+            None => Ok(()),
+        }
     }
 
     async fn append_body(&self, inner: &mut Inner, body: EntryBody) -> Result<u64, ApiError> {
@@ -418,7 +470,7 @@ impl Coordinator {
         self.store
             .get_meta(&meta_key(kind, task.0))
             .await
-            .map_err(internal)
+            .map_err(store_error)
     }
 
     /// Rebuilds what the ledger does not hold and finishes an interrupted round close.
@@ -446,7 +498,7 @@ impl Coordinator {
                 .store
                 .get_meta(&meta_key("momentum", round.0))
                 .await
-                .map_err(internal)?
+                .map_err(store_error)?
             {
                 let hash = Digest(m.as_slice().try_into().map_err(internal)?);
                 inner.momentum = self.load_model(&hash)?;
@@ -466,7 +518,7 @@ impl Coordinator {
                     .store
                     .get_meta(&meta_key("beacon", round.round.0))
                     .await
-                    .map_err(internal)?
+                    .map_err(store_error)?
                     .ok_or_else(|| ApiError::Internal("the open round's beacon is lost".into()))?;
                 let beacon: [u8; 32] = beacon.as_slice().try_into().map_err(internal)?;
                 inner.beacon = Some((round.round, beacon));
@@ -584,7 +636,7 @@ impl Coordinator {
         };
         self.append_body(inner, body).await?;
         let params = init_params(&self.job.model, self.job.hash().0).map_err(internal)?;
-        self.blobs.put(&encode_model(&params)).map_err(internal)?;
+        self.blobs.put(&encode_model(&params)).map_err(blob_error)?;
         inner.model = Arc::new(params);
         Ok(())
     }
@@ -626,9 +678,9 @@ impl Coordinator {
         self.store
             .put_meta(&meta_key("beacon", next), &beacon)
             .await
-            .map_err(internal)?;
+            .map_err(store_error)?;
         let model_bytes = encode_model(&inner.model);
-        let base_model = self.blobs.put(&model_bytes).map_err(internal)?;
+        let base_model = self.blobs.put(&model_bytes).map_err(blob_error)?;
         let body = EntryBody::RoundOpened {
             round: Round(next),
             base_model,
@@ -886,17 +938,18 @@ impl Coordinator {
             &commitment.delta_hash,
         )
         .map_err(|e| ApiError::Unprocessable(format!("final opening: {e}")))?;
-        let blob = self.blobs.put(&sub.delta.0).map_err(internal)?;
+        let blob = self.blobs.put(&sub.delta.0).map_err(blob_error)?;
         let mut meta = blob.0.to_vec();
         meta.push(class_byte(sub.device_class));
         self.store
             .put_meta(&meta_key("delta", task.0), &meta)
             .await
-            .map_err(internal)?;
+            .map_err(store_error)?;
         let mut guard = self.inner.lock().await;
         let inner = &mut *guard;
         self.check_submittable_in(inner, &worker, task)?;
         let index = self.append(inner, entry).await?;
+        failpoints::hit(failpoints::SUBMIT_AFTER_APPEND);
         self.metrics.submissions.fetch_add(1, Ordering::Relaxed);
         let beacon = inner
             .beacon
@@ -962,11 +1015,11 @@ impl Coordinator {
             )));
         }
         let bytes = serde_json::to_vec(&opening).map_err(internal)?;
-        let blob = self.blobs.put(&bytes).map_err(internal)?;
+        let blob = self.blobs.put(&bytes).map_err(blob_error)?;
         self.store
             .put_meta(&meta_key("opening", task.0), &blob.0)
             .await
-            .map_err(internal)?;
+            .map_err(store_error)?;
         let mut guard = self.inner.lock().await;
         let inner = &mut *guard;
         Self::worker_task(inner, &worker, task)?;
@@ -1145,7 +1198,7 @@ impl Coordinator {
                 }
                 self.blobs
                     .put(&serde_json::to_vec(p).map_err(internal)?)
-                    .map_err(internal)?;
+                    .map_err(blob_error)?;
             }
             (None, _) => {
                 if evidence.is_some() {
@@ -1301,7 +1354,7 @@ impl Coordinator {
                 let d = api::evidence_digest(p);
                 self.blobs
                     .put(&serde_json::to_vec(p).map_err(internal)?)
-                    .map_err(internal)?;
+                    .map_err(blob_error)?;
                 Some(d)
             }
             _ => None,
@@ -1463,7 +1516,8 @@ impl Coordinator {
         let job = Arc::clone(&self.job);
         let corpus = Arc::clone(&self.corpus);
         let params = Arc::clone(&inner.model);
-        let mut momentum = std::mem::take(&mut inner.momentum);
+        // A copy: if an append below fails, the close is retried from the same state.
+        let mut momentum = inner.momentum.clone();
         let val_windows = self.config.val_windows;
         let (new_params, momentum, val_loss) = tokio::task::spawn_blocking(move || {
             let new_params = if deltas.is_empty() {
@@ -1479,17 +1533,22 @@ impl Coordinator {
         .await
         .map_err(internal)?
         .map_err(ApiError::Internal)?;
+        failpoints::hit(failpoints::CLOSE_AFTER_MERGE);
         let new_model = self
             .blobs
             .put(&encode_model(&new_params))
-            .map_err(internal)?;
+            .map_err(blob_error)?;
         if !momentum.is_empty() {
-            let m = self.blobs.put(&encode_model(&momentum)).map_err(internal)?;
+            let m = self
+                .blobs
+                .put(&encode_model(&momentum))
+                .map_err(blob_error)?;
             self.store
                 .put_meta(&meta_key("momentum", round.0), &m.0)
                 .await
-                .map_err(internal)?;
+                .map_err(store_error)?;
         }
+        failpoints::hit(failpoints::CLOSE_AFTER_MODEL_BLOB);
         // Credits: the verified work, and the verifiers who judged it rightly.
         let per_step = u64::from(self.job.inner.batch_size) * self.job.model.flops_per_sample();
         let referee = self.referee_key();
@@ -1533,6 +1592,7 @@ impl Coordinator {
             });
         }
         self.append_group(inner, bodies).await?;
+        failpoints::hit(failpoints::CLOSE_AFTER_CREDITS);
         let body = EntryBody::RoundClosed {
             round,
             beacon: Digest(beacon),

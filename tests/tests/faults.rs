@@ -1,0 +1,516 @@
+//! The fault suite (issue 7, "Faults"): a coordinator killed mid-round, mid-append and
+//! mid-aggregation and restarted; workers and verifiers vanishing mid-task; the
+//! database briefly locked or its connections dropped; a full blob store.
+//!
+//! Every case runs the tiny job to the end and then judges the whole run with
+//! [`check_run`]: the log re-verifies from its tiles, every checkpoint seen during the
+//! run (before any crash too) is consistent with the final one, every acknowledged
+//! submission is in the log where its receipt said, and nothing was recorded twice.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lupus_api::paths;
+use lupus_api::types::{
+    RoundList, RoundPhase, RoundStatus, SubmissionReceipt, TaskState, TaskStatus,
+};
+use lupus_coordinator::client::Client;
+use lupus_coordinator::engine::failpoints;
+use lupus_ledger::entry::{EntryBody, Role};
+use lupus_tests::*;
+
+const NODE: &str = env!("CARGO_BIN_EXE_lupus-test-node");
+
+/// SIGABRT: what a failpoint ends the process with.
+const SIGABRT: i32 = 6;
+
+/// How a crash case ends its first coordinator.
+enum Crash<'a> {
+    /// `kill -9` once round 2 has committed work in flight.
+    KillMidRound,
+    /// The process aborts itself at this failpoint (`name@n`).
+    Failpoint(&'a str),
+}
+
+/// Runs the tiny job on a child-process coordinator, crashes it, restarts it on the
+/// same data directory and port, lets the run finish and judges it.
+async fn crash_and_resume(crash: Crash<'_>, run: RunConfig) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let port = free_port();
+    let failpoint = match crash {
+        Crash::Failpoint(f) => Some(f),
+        Crash::KillMidRound => None,
+    };
+    let mut node = Node::spawn(NODE, &dir, port, &run, failpoint);
+    let url = node.url.clone();
+    let info = job_info(&url).await;
+    let watcher = CheckpointWatcher::start(&url, &info.log_key);
+    let mut crowd = Crowd::new();
+    crowd.worker(&url, 1);
+    crowd.worker(&url, 2);
+    crowd.verifier(&url, 10);
+
+    match crash {
+        Crash::KillMidRound => {
+            let reader = Client::new(&url, key(99));
+            wait_for(
+                "round 2 has committed work",
+                Duration::from_secs(60),
+                async || {
+                    let r: RoundStatus = reader.get(paths::ROUND_CURRENT).await.ok()?;
+                    (r.round.0 >= 2 && r.committed >= 1 && r.phase == RoundPhase::Open)
+                        .then_some(())
+                },
+            )
+            .await;
+            node.kill9();
+        }
+        Crash::Failpoint(f) => {
+            let status = node.wait_exit(Duration::from_secs(90)).await;
+            let name = f.split('@').next().unwrap_or(f);
+            assert_eq!(
+                status.signal(),
+                Some(SIGABRT),
+                "{status:?}\n{}",
+                node.log_tail()
+            );
+            assert!(
+                node.log_tail().contains(&format!("crashing at {name}")),
+                "the node died at the failpoint: {}",
+                node.log_tail()
+            );
+        }
+    }
+    let seen_before = watcher.seen();
+    let acked_before = crowd.acknowledged();
+    assert!(
+        !seen_before.is_empty(),
+        "checkpoints were seen before the crash"
+    );
+
+    let _node = Node::spawn(NODE, &dir, port, &run, None);
+    let list = wait_finished(&url, run.rounds, Duration::from_secs(120)).await;
+    let acks = crowd.acknowledged();
+    crowd.stop();
+    assert!(crowd.failures().is_empty(), "{:?}", crowd.failures());
+    for a in &acked_before {
+        assert!(acks.contains(a), "{a:?} acknowledged before the crash");
+    }
+    assert!(
+        list.rounds
+            .iter()
+            .all(|r| r.accepted == run.tasks_per_round),
+        "every round merged its target of work: {list:?}"
+    );
+    let seen = watcher.seen();
+    assert!(
+        seen.len() > seen_before.len(),
+        "the log grew after the restart"
+    );
+    let check = check_run(&url, &seen, &acks).await;
+    assert_eq!(
+        check.report.entries_by_kind.get("round_closed"),
+        Some(&run.rounds)
+    );
+    check_blob_dir(&dir, &check.entries);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_round_resumes_and_loses_nothing() {
+    crash_and_resume(Crash::KillMidRound, RunConfig::default()).await;
+}
+
+/// Inside the group commit: rows written, transaction not committed. The batch's
+/// callers were never answered, so nothing of it was acknowledged; SQLite rolls the
+/// open transaction back at the next open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_inside_the_group_commit() {
+    let f = format!("{}@14", failpoints::STORE_BEFORE_COMMIT);
+    crash_and_resume(Crash::Failpoint(&f), RunConfig::default()).await;
+}
+
+/// After the commit, before the checkpoint is published and the callers answered:
+/// the entries are in the log although nobody was told; the restart publishes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_commit_before_the_answer() {
+    let f = format!("{}@14", failpoints::LOG_AFTER_COMMIT);
+    crash_and_resume(Crash::Failpoint(&f), RunConfig::default()).await;
+}
+
+/// A submission is durable but its receipt never left: the worker's retry after the
+/// restart finds its commitment through the task's status and opens it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_a_submission_is_durable_before_its_receipt() {
+    let f = format!("{}@3", failpoints::SUBMIT_AFTER_APPEND);
+    crash_and_resume(Crash::Failpoint(&f), RunConfig::default()).await;
+}
+
+/// Round close, the merge computed and nothing stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_mid_aggregation_after_the_merge() {
+    let f = format!("{}@2", failpoints::CLOSE_AFTER_MERGE);
+    crash_and_resume(Crash::Failpoint(&f), RunConfig::default()).await;
+}
+
+/// Round close, the new model blob written and not yet named by the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_mid_aggregation_after_the_model_blob() {
+    let f = format!("{}@1", failpoints::CLOSE_AFTER_MODEL_BLOB);
+    crash_and_resume(Crash::Failpoint(&f), RunConfig::default()).await;
+}
+
+/// Round close, the credits appended and `RoundClosed` not: the restart must not
+/// credit anyone twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_mid_aggregation_after_the_credits() {
+    let f = format!("{}@2", failpoints::CLOSE_AFTER_CREDITS);
+    crash_and_resume(Crash::Failpoint(&f), RunConfig::default()).await;
+}
+
+/// The PostgreSQL URL of the test database, or `None` (with a visible message) when
+/// `LUPUS_TEST_POSTGRES_URL` is unset. CI sets it.
+fn postgres_url(test: &str) -> Option<String> {
+    match std::env::var("LUPUS_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("SKIPPED {test}: LUPUS_TEST_POSTGRES_URL is not set");
+            None
+        }
+    }
+}
+
+/// A schema of its own for one test run.
+fn fresh_schema(test: &str) -> String {
+    let mut nonce = [0u8; 4];
+    getrandom::fill(&mut nonce).unwrap();
+    format!("faults_{test}_{}", hex::encode(nonce))
+}
+
+/// The group-commit crash on PostgreSQL: the open transaction dies with its
+/// connection and the server rolls it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_inside_the_group_commit_postgres() {
+    let Some(url) = postgres_url("crash_inside_the_group_commit_postgres") else {
+        return;
+    };
+    let run = RunConfig {
+        database_url: Some(url),
+        postgres_schema: Some(fresh_schema("commit")),
+        ..RunConfig::default()
+    };
+    let f = format!("{}@14", failpoints::STORE_BEFORE_COMMIT);
+    crash_and_resume(Crash::Failpoint(&f), run).await;
+}
+
+/// A worker takes a task and disappears; a verifier claims a verification and
+/// disappears. With short timeouts both are replaced and every round completes
+/// without them; neither is credited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vanished_worker_and_verifier_are_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = RunConfig {
+        rounds: 2,
+        task_timeout: Duration::from_secs(3),
+        verify_timeout: Duration::from_secs(3),
+        ..RunConfig::default()
+    };
+    let server = start_in_process(run.config(tmp.path())).await;
+    let url = server.url();
+    let info = job_info(&url).await;
+    let watcher = CheckpointWatcher::start(&url, &info.log_key);
+
+    let ghost_worker = Probe::new(&url, 40);
+    let abandoned = ghost_worker.take_task(Duration::from_secs(10)).await;
+    let mut crowd = Crowd::new();
+    crowd.worker(&url, 1);
+    crowd.worker(&url, 2);
+    let ghost_verifier = Probe::new(&url, 41);
+    let claimed = ghost_verifier
+        .take_verification(Duration::from_secs(30))
+        .await;
+    crowd.verifier(&url, 10);
+
+    let list = wait_finished(&url, run.rounds, Duration::from_secs(90)).await;
+    let acks = crowd.acknowledged();
+    crowd.stop();
+    assert!(crowd.failures().is_empty(), "{:?}", crowd.failures());
+    assert!(
+        list.rounds
+            .iter()
+            .all(|r| r.accepted == run.tasks_per_round),
+        "{list:?}"
+    );
+    assert!(
+        list.rounds[0].assigned > run.tasks_per_round,
+        "the abandoned task's slot was handed out again: {list:?}"
+    );
+
+    let reader = Client::new(&url, key(99));
+    let t: TaskStatus = reader.get(&paths::task(abandoned.task_id.0)).await.unwrap();
+    assert_eq!(t.state, TaskState::Expired, "{t:?}");
+    let t: TaskStatus = reader
+        .get(&paths::task(claimed.task.task_id.0))
+        .await
+        .unwrap();
+    assert_eq!(
+        t.state,
+        TaskState::Accepted,
+        "the claimed task was verified by another: {t:?}"
+    );
+    assert!(
+        t.verdicts
+            .iter()
+            .all(|v| v.verifier != ghost_verifier.public_key())
+    );
+
+    let check = check_run(&url, &watcher.seen(), &acks).await;
+    let ghosts = [ghost_worker.public_key(), ghost_verifier.public_key()];
+    let mut claimed_in_log = false;
+    for e in &check.entries {
+        match e.body() {
+            EntryBody::WorkCommitted { task, .. } => assert_ne!(*task, abandoned.task_id),
+            EntryBody::Credit { key, .. } => assert!(!ghosts.contains(key), "a ghost was credited"),
+            EntryBody::ChallengeIssued { verifier, task, .. } => {
+                claimed_in_log |= *verifier == ghosts[1] && *task == claimed.task.task_id;
+            }
+            _ => {}
+        }
+    }
+    assert!(claimed_in_log, "the ghost verifier's claim is in the log");
+    check_blob_dir(tmp.path(), &check.entries);
+}
+
+/// Another connection holds SQLite's write lock for a while: a mutating request gets a
+/// quick 503 problem with Retry-After (not a hang, not a 500), reads still answer, and
+/// the run completes once the lock is released, with nothing half-written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locked_sqlite_gives_503_and_the_run_recovers() {
+    use sqlx::Connection;
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("ledger.sqlite3");
+    let run = RunConfig {
+        database_url: Some(format!("sqlite://{}?busy_timeout_ms=300", db.display())),
+        ..RunConfig::default()
+    };
+    let server = start_in_process(run.config(tmp.path())).await;
+    let url = server.url();
+    let info = job_info(&url).await;
+    let watcher = CheckpointWatcher::start(&url, &info.log_key);
+    let mut crowd = Crowd::new();
+    crowd.worker(&url, 1);
+    crowd.worker(&url, 2);
+    crowd.verifier(&url, 10);
+    let reader = Client::new(&url, key(99));
+    wait_for(
+        "round 1 has committed work",
+        Duration::from_secs(60),
+        async || {
+            let r: RoundStatus = reader.get(paths::ROUND_CURRENT).await.ok()?;
+            (r.committed >= 1).then_some(())
+        },
+    )
+    .await;
+
+    let mut lock = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let probe = Probe::new(&url, 60);
+    let started = Instant::now();
+    let answer = probe.join(Role::Worker).await;
+    answer.assert_retryable_problem(503);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the refusal came quickly, not after a hang: {:?}",
+        started.elapsed()
+    );
+    let rounds: RoundList = reader.get(paths::ROUNDS).await.unwrap();
+    assert!(
+        !rounds.rounds.is_empty(),
+        "reads answer while the database is locked"
+    );
+    // The participants meet the lock too and retry.
+    let before = crowd.retries();
+    wait_for(
+        "a participant retried a refused request",
+        Duration::from_secs(20),
+        async || (crowd.retries() > before).then_some(()),
+    )
+    .await;
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    drop(lock);
+
+    assert_eq!(
+        probe.join(Role::Worker).await.status,
+        200,
+        "the same request, once the lock is gone"
+    );
+    let list = wait_finished(&url, run.rounds, Duration::from_secs(120)).await;
+    let acks = crowd.acknowledged();
+    crowd.stop();
+    assert!(crowd.failures().is_empty(), "{:?}", crowd.failures());
+    assert!(
+        list.rounds
+            .iter()
+            .all(|r| r.accepted == run.tasks_per_round),
+        "{list:?}"
+    );
+    let check = check_run(&url, &watcher.seen(), &acks).await;
+    check_blob_dir(tmp.path(), &check.entries);
+}
+
+/// PostgreSQL drops the coordinator's connections (`pg_terminate_backend`, what a
+/// server restart or a network cut does to them) again and again during a run: the
+/// pool reconnects, refused requests are retried, and the run completes with a
+/// consistent log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_dropped_mid_run_recover() {
+    use sqlx::Connection;
+    let Some(pg) = postgres_url("postgres_connections_dropped_mid_run_recover") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let app = fresh_schema("drop");
+    let sep = if pg.contains('?') { '&' } else { '?' };
+    let run = RunConfig {
+        database_url: Some(format!("{pg}{sep}application_name={app}")),
+        postgres_schema: Some(app.clone()),
+        ..RunConfig::default()
+    };
+    let server = start_in_process(run.config(tmp.path())).await;
+    let url = server.url();
+    let info = job_info(&url).await;
+    let watcher = CheckpointWatcher::start(&url, &info.log_key);
+    let mut crowd = Crowd::new();
+    crowd.worker(&url, 1);
+    crowd.worker(&url, 2);
+    crowd.verifier(&url, 10);
+
+    let mut admin = sqlx::PgConnection::connect(&pg).await.unwrap();
+    let reader = Client::new(&url, key(99));
+    let mut dropped = 0u64;
+    // Drop every connection of this coordinator (and only this one: its
+    // application_name) every 50 ms until the run is done.
+    wait_for("every round closes", Duration::from_secs(120), async || {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(&app)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        dropped += n as u64;
+        let l: RoundList = reader.get(paths::ROUNDS).await.ok()?;
+        (l.rounds.len() as u64 == run.rounds && l.rounds.iter().all(|r| r.phase == RoundPhase::Closed))
+            .then_some(())
+    })
+    .await;
+    assert!(dropped > 0, "connections were dropped");
+    let list = wait_finished(&url, run.rounds, Duration::from_secs(60)).await;
+    assert!(
+        list.rounds
+            .iter()
+            .all(|r| r.accepted == run.tasks_per_round),
+        "{list:?}"
+    );
+    let acks = crowd.acknowledged();
+    crowd.stop();
+    assert!(crowd.failures().is_empty(), "{:?}", crowd.failures());
+    let check = check_run(&url, &watcher.seen(), &acks).await;
+    check_blob_dir(tmp.path(), &check.entries);
+}
+
+/// Bytes in the files of `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+/// The blob store is full (its quota, which counts the directory as a disk would): a
+/// submission is refused with a 507 problem and Retry-After, leaves no partial file and
+/// no ledger entry; once the operator frees space, the same submission is accepted and
+/// the run completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_blob_store_refuses_cleanly_and_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = RunConfig {
+        rounds: 2,
+        task_timeout: Duration::from_secs(3),
+        ..RunConfig::default()
+    };
+    let server = start_in_process(run.config(tmp.path())).await;
+    let url = server.url();
+    let info = job_info(&url).await;
+    let watcher = CheckpointWatcher::start(&url, &info.log_key);
+    let blob_dir = tmp.path().join("blobs");
+
+    // Something else fills the disk: the room left is smaller than a delta.
+    let quota = dir_bytes(&blob_dir) + 64 * 1024;
+    server.coordinator.blobs().set_quota(Some(quota));
+    let junk = blob_dir.join("operator-junk");
+    std::fs::write(&junk, vec![0u8; 64 * 1024 - 512]).unwrap();
+
+    let probe = Probe::new(&url, 70);
+    let task = probe.take_task(Duration::from_secs(10)).await;
+    let body = probe.train(&task).await;
+    let refused = probe
+        .post_raw(&paths::submit(task.task_id.0), body.clone())
+        .await;
+    refused.assert_retryable_problem(507);
+    let leftovers = std::fs::read_dir(&blob_dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".tmp")
+        })
+        .count();
+    assert_eq!(leftovers, 0, "no partial blob file");
+    let reader = Client::new(&url, key(99));
+    let t: TaskStatus = reader.get(&paths::task(task.task_id.0)).await.unwrap();
+    assert_eq!(
+        t.state,
+        TaskState::Assigned,
+        "nothing of the refused submission is in the ledger"
+    );
+
+    // The operator frees space; the same submission goes through.
+    std::fs::remove_file(&junk).unwrap();
+    let accepted = probe.post_raw(&paths::submit(task.task_id.0), body).await;
+    assert_eq!(accepted.status, 200, "{:?}", accepted.json());
+    let receipt: SubmissionReceipt = serde_json::from_slice(&accepted.body).unwrap();
+    let probe_ack = Ack {
+        worker: probe.public_key(),
+        task: task.task_id.0,
+        entry_index: receipt.entry_index,
+    };
+
+    // The operator also lifts the quota (openings are large); the run completes.
+    server.coordinator.blobs().set_quota(None);
+    let mut crowd = Crowd::new();
+    crowd.worker(&url, 1);
+    crowd.worker(&url, 2);
+    crowd.verifier(&url, 10);
+    let list = wait_finished(&url, run.rounds, Duration::from_secs(90)).await;
+    let mut acks = crowd.acknowledged();
+    crowd.stop();
+    assert!(crowd.failures().is_empty(), "{:?}", crowd.failures());
+    assert!(
+        list.rounds
+            .iter()
+            .all(|r| r.accepted == run.tasks_per_round),
+        "{list:?}"
+    );
+    acks.push(probe_ack);
+    let check = check_run(&url, &watcher.seen(), &acks).await;
+    check_blob_dir(tmp.path(), &check.entries);
+}
