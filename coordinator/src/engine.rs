@@ -75,6 +75,8 @@ pub mod failpoints {
     pub const CLOSE_AFTER_MODEL_BLOB: &str = "close-after-model-blob";
     /// Round close: the credits are appended, `RoundClosed` is not.
     pub const CLOSE_AFTER_CREDITS: &str = "close-after-credits";
+    /// The referee's verdict is appended, the slashes it calls for are not.
+    pub const REFEREE_AFTER_VERDICT: &str = "referee-after-verdict";
 }
 
 /// Unix time in milliseconds.
@@ -585,6 +587,11 @@ impl Coordinator {
             .collect();
         for id in unresolved {
             self.resolve(inner, id).await?;
+        }
+        // Slashes a crash cut off after the referee's verdict.
+        let ids: Vec<TaskId> = inner.live.keys().copied().collect();
+        for id in ids {
+            self.slash_contradicted(inner, id).await?;
         }
         Ok(())
     }
@@ -1213,7 +1220,13 @@ impl Coordinator {
         if let Some(l) = inner.live.get_mut(&task) {
             l.claims.remove(&verifier);
         }
-        self.resolve(inner, task).await?;
+        // The verdict is durable and is answered as such: if settling the task or
+        // closing the round fails now (the database locked, the blob store full), the
+        // ticker settles and closes later; the verifier must not be told to retry a
+        // verdict that is already in the log.
+        if let Err(e) = self.resolve(inner, task).await {
+            tracing::warn!(task = %task, error = %e, "settling the task after a verdict failed; the ticker retries");
+        }
         if let Some(l) = inner.live.get_mut(&task)
             && l.outcome.is_none()
             && l.waiting_since.is_none()
@@ -1226,7 +1239,9 @@ impl Coordinator {
             Some(false) => VerdictOutcome::Rejected,
             None => VerdictOutcome::Pending,
         };
-        self.maybe_close(inner).await?;
+        if let Err(e) = self.maybe_close(inner).await {
+            tracing::warn!(error = %e, "closing the round after a verdict failed; the ticker retries");
+        }
         Ok(api::VerdictReceipt {
             task_id: task,
             entry_index: index,
@@ -1247,6 +1262,7 @@ impl Coordinator {
             return Ok(());
         }
         if let Some(o) = self.ledger_outcome(&inner.state, &t, live.needed) {
+            self.slash_contradicted(inner, task).await?;
             if let Some(l) = inner.live.get_mut(&task) {
                 l.outcome = Some(o);
             }
@@ -1363,10 +1379,31 @@ impl Coordinator {
         let body = api::verdict_body(t.id, self.referee_key(), accepted, steps, &reason, evidence);
         let entry = Entry::signed(body, &self.referee).map_err(internal)?;
         self.append(inner, entry).await?;
-        // Slash whoever the replay contradicts.
+        failpoints::hit(failpoints::REFEREE_AFTER_VERDICT);
+        self.slash_contradicted(inner, t.id).await?;
+        if let Some(l) = inner.live.get_mut(&t.id) {
+            l.outcome = Some(accepted);
+        }
+        Ok(())
+    }
+
+    /// Slashes whoever the referee's verdict on `task` contradicts (the worker of
+    /// rejected work and the verifiers who accepted it, or the verifiers who rejected
+    /// work it accepts), skipping keys already slashed. A function of the ledger, so a
+    /// crash or a failed append between the referee's verdict and the slashes is
+    /// repaired by calling it again (on resume, and whenever the task is settled).
+    async fn slash_contradicted(&self, inner: &mut Inner, task: TaskId) -> Result<(), ApiError> {
+        let Some(t) = inner.state.tasks.get(&task).cloned() else {
+            return Ok(());
+        };
+        let referee = self.referee_key();
+        let Some(ruling) = t.verdicts.iter().find(|v| v.verifier == referee).cloned() else {
+            return Ok(());
+        };
         let mut to_slash: Vec<(PublicKey, String, Option<Digest>)> = Vec::new();
-        if accepted {
-            for v in t.verdicts.iter().filter(|v| !v.accepted) {
+        let others = t.verdicts.iter().filter(|v| v.verifier != referee);
+        if ruling.accepted {
+            for v in others.filter(|v| !v.accepted) {
                 to_slash.push((
                     v.verifier,
                     "rejected work that the referee's replay accepts".into(),
@@ -1374,16 +1411,19 @@ impl Coordinator {
                 ));
             }
         } else {
-            to_slash.push((t.worker, reason.clone(), evidence));
-            for v in t.verdicts.iter().filter(|v| v.accepted) {
+            to_slash.push((t.worker, ruling.reason.clone(), ruling.evidence));
+            for v in others.filter(|v| v.accepted) {
                 to_slash.push((
                     v.verifier,
                     "accepted work that the referee's replay rejects".into(),
-                    evidence,
+                    ruling.evidence,
                 ));
             }
         }
         for (key, reason, evidence) in to_slash {
+            if inner.state.slashed.contains(&key) {
+                continue;
+            }
             let body = EntryBody::Slashed {
                 key,
                 task: t.id,
@@ -1393,9 +1433,6 @@ impl Coordinator {
             self.append_body(inner, body).await?;
             self.metrics.slashes.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(key = %key, task = %t.id, %reason, "slashed");
-        }
-        if let Some(l) = inner.live.get_mut(&t.id) {
-            l.outcome = Some(accepted);
         }
         Ok(())
     }

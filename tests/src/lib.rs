@@ -291,6 +291,20 @@ impl Crowd {
         }));
     }
 
+    /// Starts a cheating worker with key `key(seed)`: it trains honestly but submits a
+    /// delta ten times larger, committed in its trace (`Behaviour::InflatedDelta`).
+    /// Verifiers reject it and the referee slashes it; its loop then ends with a
+    /// refusal, which is expected and not counted in [`Crowd::failures`].
+    pub fn cheater(&mut self, url: &str, seed: u8) {
+        let client = Client::new(url, key(seed));
+        let stats = Arc::new(ParticipantStats::default());
+        let stop = Arc::clone(&self.stop);
+        self.handles.push(tokio::spawn(async move {
+            let name = format!("cheater-{seed}");
+            let _ = run_worker(client, &name, Behaviour::InflatedDelta, stop, stats).await;
+        }));
+    }
+
     /// Starts an honest verifier with key `key(seed)`.
     pub fn verifier(&mut self, url: &str, seed: u8) {
         let client = Client::new(url, key(seed));

@@ -34,8 +34,9 @@ enum Crash<'a> {
 }
 
 /// Runs the tiny job on a child-process coordinator, crashes it, restarts it on the
-/// same data directory and port, lets the run finish and judges it.
-async fn crash_and_resume(crash: Crash<'_>, run: RunConfig) {
+/// same data directory and port, lets the run finish and judges it. Returns the
+/// judgement for case-specific checks.
+async fn crash_and_resume(crash: Crash<'_>, run: RunConfig, cheater: bool) -> RunCheck {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let port = free_port();
@@ -48,6 +49,9 @@ async fn crash_and_resume(crash: Crash<'_>, run: RunConfig) {
     let info = job_info(&url).await;
     let watcher = CheckpointWatcher::start(&url, &info.log_key);
     let mut crowd = Crowd::new();
+    if cheater {
+        crowd.cheater(&url, 3);
+    }
     crowd.worker(&url, 1);
     crowd.worker(&url, 2);
     crowd.verifier(&url, 10);
@@ -115,11 +119,18 @@ async fn crash_and_resume(crash: Crash<'_>, run: RunConfig) {
         Some(&run.rounds)
     );
     check_blob_dir(&dir, &check.entries);
+    check
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_round_resumes_and_loses_nothing() {
-    crash_and_resume(Crash::KillMidRound, RunConfig::default()).await;
+    // Four rounds, so that the window "round 2 or later is open with committed work"
+    // cannot be missed by the 50 ms poll before the run ends.
+    let run = RunConfig {
+        rounds: 4,
+        ..RunConfig::default()
+    };
+    crash_and_resume(Crash::KillMidRound, run, false).await;
 }
 
 /// Inside the group commit: rows written, transaction not committed. The batch's
@@ -128,7 +139,7 @@ async fn sigkill_mid_round_resumes_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_inside_the_group_commit() {
     let f = format!("{}@14", failpoints::STORE_BEFORE_COMMIT);
-    crash_and_resume(Crash::Failpoint(&f), RunConfig::default()).await;
+    crash_and_resume(Crash::Failpoint(&f), RunConfig::default(), false).await;
 }
 
 /// After the commit, before the checkpoint is published and the callers answered:
@@ -136,7 +147,7 @@ async fn crash_inside_the_group_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_the_commit_before_the_answer() {
     let f = format!("{}@14", failpoints::LOG_AFTER_COMMIT);
-    crash_and_resume(Crash::Failpoint(&f), RunConfig::default()).await;
+    crash_and_resume(Crash::Failpoint(&f), RunConfig::default(), false).await;
 }
 
 /// A submission is durable but its receipt never left: the worker's retry after the
@@ -144,21 +155,21 @@ async fn crash_after_the_commit_before_the_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_a_submission_is_durable_before_its_receipt() {
     let f = format!("{}@3", failpoints::SUBMIT_AFTER_APPEND);
-    crash_and_resume(Crash::Failpoint(&f), RunConfig::default()).await;
+    crash_and_resume(Crash::Failpoint(&f), RunConfig::default(), false).await;
 }
 
 /// Round close, the merge computed and nothing stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_mid_aggregation_after_the_merge() {
     let f = format!("{}@2", failpoints::CLOSE_AFTER_MERGE);
-    crash_and_resume(Crash::Failpoint(&f), RunConfig::default()).await;
+    crash_and_resume(Crash::Failpoint(&f), RunConfig::default(), false).await;
 }
 
 /// Round close, the new model blob written and not yet named by the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_mid_aggregation_after_the_model_blob() {
     let f = format!("{}@1", failpoints::CLOSE_AFTER_MODEL_BLOB);
-    crash_and_resume(Crash::Failpoint(&f), RunConfig::default()).await;
+    crash_and_resume(Crash::Failpoint(&f), RunConfig::default(), false).await;
 }
 
 /// Round close, the credits appended and `RoundClosed` not: the restart must not
@@ -166,7 +177,53 @@ async fn crash_mid_aggregation_after_the_model_blob() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_mid_aggregation_after_the_credits() {
     let f = format!("{}@2", failpoints::CLOSE_AFTER_CREDITS);
-    crash_and_resume(Crash::Failpoint(&f), RunConfig::default()).await;
+    crash_and_resume(Crash::Failpoint(&f), RunConfig::default(), false).await;
+}
+
+/// The referee's verdict against a cheater is durable, the slash is not: the restart
+/// slashes the cheater anyway (the slashes are a function of the ledger).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_the_referees_verdict_and_the_slash() {
+    let f = format!("{}@1", failpoints::REFEREE_AFTER_VERDICT);
+    // A slot for each worker, so the cheater is sure to get tasks.
+    let run = RunConfig {
+        tasks_per_round: 3,
+        ..RunConfig::default()
+    };
+    let check = crash_and_resume(Crash::Failpoint(&f), run, true).await;
+    let cheater = lupus_ledger::entry::PublicKey::from(&key(3));
+    let referee = check
+        .entries
+        .iter()
+        .find_map(|e| match e.body() {
+            EntryBody::ParticipantJoined { key, name, .. } if name == "coordinator-referee" => {
+                Some(*key)
+            }
+            _ => None,
+        })
+        .expect("the referee joined");
+    // The task of the verdict the crash cut off (the cheater cheats again later, so
+    // "slashed at all" would not tell).
+    let ruled = check
+        .entries
+        .iter()
+        .find_map(|e| match e.body() {
+            EntryBody::Verdict {
+                task,
+                verifier,
+                accepted: false,
+                ..
+            } if *verifier == referee => Some(*task),
+            _ => None,
+        })
+        .expect("the referee ruled against the cheater");
+    let slashed_for_it = check.entries.iter().any(|e| {
+        matches!(e.body(), EntryBody::Slashed { key, task, .. } if *key == cheater && *task == ruled)
+    });
+    assert!(
+        slashed_for_it,
+        "the cheater is slashed for task {ruled} after the restart"
+    );
 }
 
 /// The PostgreSQL URL of the test database, or `None` (with a visible message) when
@@ -201,7 +258,7 @@ async fn crash_inside_the_group_commit_postgres() {
         ..RunConfig::default()
     };
     let f = format!("{}@14", failpoints::STORE_BEFORE_COMMIT);
-    crash_and_resume(Crash::Failpoint(&f), run).await;
+    crash_and_resume(Crash::Failpoint(&f), run, false).await;
 }
 
 /// A worker takes a task and disappears; a verifier claims a verification and
@@ -334,14 +391,8 @@ async fn locked_sqlite_gives_503_and_the_run_recovers() {
         !rounds.rounds.is_empty(),
         "reads answer while the database is locked"
     );
-    // The participants meet the lock too and retry.
-    let before = crowd.retries();
-    wait_for(
-        "a participant retried a refused request",
-        Duration::from_secs(20),
-        async || (crowd.retries() > before).then_some(()),
-    )
-    .await;
+    // Still locked a moment later: the same request is refused the same way again.
+    probe.join(Role::Worker).await.assert_retryable_problem(503);
     sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
     drop(lock);
 
