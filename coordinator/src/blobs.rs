@@ -223,4 +223,47 @@ mod tests {
             .count();
         assert_eq!(leftovers, 0);
     }
+
+    #[test]
+    fn a_put_over_the_quota_is_refused_whole_and_freed_space_counts_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        store.put(&[1u8; 1000]).unwrap();
+        store.set_quota(Some(2500));
+        store.put(&[2u8; 1000]).unwrap();
+        let e = store.put(&[3u8; 1000]).unwrap_err();
+        assert!(e.is_full(), "{e}");
+        assert!(matches!(
+            e,
+            BlobError::OverQuota {
+                used: 2000,
+                len: 1000,
+                quota: 2500,
+                ..
+            }
+        ));
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, 2, "nothing of the refused blob was written");
+        // Storing a blob the store already has needs no room.
+        store.put(&[2u8; 1000]).unwrap();
+        // The operator removes a blob: the next put that would not fit counts again.
+        std::fs::remove_file(dir.path().join(Digest::of(&[1u8; 1000]).to_string())).unwrap();
+        store.put(&[3u8; 1000]).unwrap();
+        store.set_quota(None);
+        store.put(&[4u8; 5000]).unwrap();
+    }
+
+    #[test]
+    fn a_full_disk_is_full_and_other_io_errors_are_not() {
+        let full = BlobError::Io {
+            path: PathBuf::from("x"),
+            source: std::io::Error::from_raw_os_error(28), // ENOSPC
+        };
+        assert!(full.is_full());
+        let denied = BlobError::Io {
+            path: PathBuf::from("x"),
+            source: std::io::Error::from_raw_os_error(13), // EACCES
+        };
+        assert!(!denied.is_full());
+    }
 }

@@ -490,7 +490,67 @@ fn dir_bytes(dir: &Path) -> u64 {
 /// the run completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_blob_store_refuses_cleanly_and_recovers() {
+    full_blob_store(false).await;
+}
+
+/// The same with a real `ENOSPC`: the blob directory is a small tmpfs filled up by
+/// another file. Needs root and `mount` (skipped with a message otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_refuses_cleanly_and_recovers() {
+    full_blob_store(true).await;
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Writes `path` until the file system is full; returns the error it stopped with.
+fn fill(path: &Path) -> std::io::Error {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_all()) {
+            return e;
+        }
+    }
+}
+
+async fn full_blob_store(disk: bool) {
     let tmp = tempfile::tempdir().unwrap();
+    let blob_dir = tmp.path().join("blobs");
+    // Declared before the server, so it is unmounted after the server stops.
+    let _mount = if disk {
+        match Tmpfs::mount(&blob_dir, "32m") {
+            Some(m) => Some(m),
+            None => {
+                eprintln!(
+                    "SKIPPED full_disk_refuses_cleanly_and_recovers: cannot mount a tmpfs (not root?)"
+                );
+                return;
+            }
+        }
+    } else {
+        None
+    };
     let run = RunConfig {
         rounds: 2,
         task_timeout: Duration::from_secs(3),
@@ -500,13 +560,17 @@ async fn full_blob_store_refuses_cleanly_and_recovers() {
     let url = server.url();
     let info = job_info(&url).await;
     let watcher = CheckpointWatcher::start(&url, &info.log_key);
-    let blob_dir = tmp.path().join("blobs");
 
     // Something else fills the disk: the room left is smaller than a delta.
-    let quota = dir_bytes(&blob_dir) + 64 * 1024;
-    server.coordinator.blobs().set_quota(Some(quota));
     let junk = blob_dir.join("operator-junk");
-    std::fs::write(&junk, vec![0u8; 64 * 1024 - 512]).unwrap();
+    let quota = dir_bytes(&blob_dir) + 64 * 1024;
+    if disk {
+        let e = fill(&junk);
+        assert_eq!(e.kind(), std::io::ErrorKind::StorageFull, "{e}");
+    } else {
+        server.coordinator.blobs().set_quota(Some(quota));
+        std::fs::write(&junk, vec![0u8; 64 * 1024 - 512]).unwrap();
+    }
 
     let probe = Probe::new(&url, 70);
     let task = probe.take_task(Duration::from_secs(10)).await;

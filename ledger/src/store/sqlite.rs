@@ -456,4 +456,38 @@ mod tests {
         assert_eq!(mode, "wal");
         assert_eq!(store.path(), dir.path().join(DB_FILE_NAME));
     }
+
+    #[tokio::test]
+    async fn a_write_lock_held_elsewhere_fails_the_append_quickly_and_transiently() {
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE_NAME);
+        let store = SqliteStore::open_with_busy_timeout(&path, Duration::from_millis(100))
+            .await
+            .unwrap();
+        let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let e = store
+            .append_batch(LeafIndex(0), &[], &[], Some("note"))
+            .await
+            .unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+        // A refused batch is not transient: trying again gives the same answer.
+        let e = store
+            .append_batch(LeafIndex(3), &[], &[], Some("note"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, StoreError::Conflict { .. }) && !e.is_transient(),
+            "{e}"
+        );
+    }
 }
