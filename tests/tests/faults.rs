@@ -476,6 +476,128 @@ async fn postgres_connections_dropped_mid_run_recover() {
     check_blob_dir(tmp.path(), &check.entries);
 }
 
+/// A PostgreSQL server of the test's own (`scripts/pg-test-server.sh`), so the test
+/// can stop it and start it again; removed when dropped.
+struct PrivatePg {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivatePg {
+    const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg-test-server.sh");
+
+    /// Starts one on a free port, or `None` if the script cannot (no PostgreSQL).
+    fn start() -> Option<PrivatePg> {
+        let mut nonce = [0u8; 4];
+        getrandom::fill(&mut nonce).unwrap();
+        // Under /tmp itself: when run as root, the server runs as `postgres`, which
+        // must be able to reach its directory (a tempdir is private to root).
+        let pg = PrivatePg {
+            dir: std::env::temp_dir().join(format!("lupus-faults-pg-{}", hex::encode(nonce))),
+            port: free_port(),
+        };
+        pg.up().then_some(pg)
+    }
+
+    fn up(&self) -> bool {
+        std::process::Command::new(Self::SCRIPT)
+            .arg("start")
+            .arg(&self.dir)
+            .arg(self.port.to_string())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn down(&self) {
+        let ok = std::process::Command::new(Self::SCRIPT)
+            .arg("stop")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "the private PostgreSQL stops");
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://lupus@127.0.0.1:{}/lupus_test", self.port)
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(Self::SCRIPT)
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The coordinator's PostgreSQL goes away mid-run (stopped): a mutating request gets a
+/// 503 problem with Retry-After once the pool gives up (its acquire timeout, 10 s),
+/// not a 500; when the server is back, the pool reconnects, the participants' retries
+/// go through and the run completes with a consistent log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_gives_503_and_the_run_recovers_when_it_is_back() {
+    let test = "postgres_down_gives_503_and_the_run_recovers_when_it_is_back";
+    if postgres_url(test).is_none() {
+        return;
+    }
+    let Some(pg) = PrivatePg::start() else {
+        eprintln!("SKIPPED {test}: scripts/pg-test-server.sh cannot start a server here");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let run = RunConfig {
+        database_url: Some(pg.url()),
+        postgres_schema: Some(fresh_schema("down")),
+        ..RunConfig::default()
+    };
+    let server = start_in_process(run.config(tmp.path())).await;
+    let url = server.url();
+    let info = job_info(&url).await;
+    let watcher = CheckpointWatcher::start(&url, &info.log_key);
+    let mut crowd = Crowd::new();
+    crowd.worker(&url, 1);
+    crowd.worker(&url, 2);
+    crowd.verifier(&url, 10);
+    let reader = Client::new(&url, key(99));
+    wait_for(
+        "round 1 has committed work",
+        Duration::from_secs(60),
+        async || {
+            let r: RoundStatus = reader.get(paths::ROUND_CURRENT).await.ok()?;
+            (r.committed >= 1).then_some(())
+        },
+    )
+    .await;
+
+    pg.down();
+    let probe = Probe::new(&url, 61);
+    let started = Instant::now();
+    probe.join(Role::Worker).await.assert_retryable_problem(503);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "refused within the pool's timeout, not a hang: {:?}",
+        started.elapsed()
+    );
+    assert!(pg.up(), "the private PostgreSQL starts again");
+
+    let list = wait_finished(&url, run.rounds, Duration::from_secs(120)).await;
+    assert!(
+        list.rounds
+            .iter()
+            .all(|r| r.accepted == run.tasks_per_round),
+        "{list:?}"
+    );
+    assert_eq!(probe.join(Role::Worker).await.status, 200);
+    let acks = crowd.acknowledged();
+    crowd.stop();
+    assert!(crowd.failures().is_empty(), "{:?}", crowd.failures());
+    let check = check_run(&url, &watcher.seen(), &acks).await;
+    check_blob_dir(tmp.path(), &check.entries);
+}
+
 /// Bytes in the files of `dir`.
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
