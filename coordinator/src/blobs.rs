@@ -56,6 +56,9 @@ impl BlobError {
     }
 }
 
+/// The name prefix of a blob being written.
+const TMP_PREFIX: &str = ".tmp-";
+
 /// A directory of blobs named by their blake3 hex.
 #[derive(Clone, Debug)]
 pub struct BlobStore {
@@ -79,10 +82,18 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BlobError + '_ {
 }
 
 impl BlobStore {
-    /// Opens (creating it if needed) the store in `dir`.
+    /// Opens (creating it if needed) the store in `dir`, removing the temporary files
+    /// a crash in the middle of a `put` left behind (the directory belongs to one
+    /// coordinator, so no other writer owns them).
     pub fn open(dir: impl Into<PathBuf>) -> Result<BlobStore, BlobError> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
+            let e = e.map_err(io(&dir))?;
+            if e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
+            }
+        }
         Ok(BlobStore {
             dir,
             quota: Arc::default(),
@@ -160,7 +171,7 @@ impl BlobStore {
             source: std::io::Error::other(e.to_string()),
         })?;
         self.reserve(bytes.len() as u64)?;
-        let tmp = self.dir.join(format!(".tmp-{}", hex::encode(nonce)));
+        let tmp = self.dir.join(format!("{TMP_PREFIX}{}", hex::encode(nonce)));
         let result = (|| {
             let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
             f.write_all(bytes).map_err(io(&tmp))?;
@@ -251,6 +262,21 @@ mod tests {
         store.put(&[3u8; 1000]).unwrap();
         store.set_quota(None);
         store.put(&[4u8; 5000]).unwrap();
+    }
+
+    #[test]
+    fn opening_removes_what_a_crash_mid_put_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let h = store.put(b"kept").unwrap();
+        std::fs::write(dir.path().join(".tmp-0011223344556677"), b"half a blob").unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec![h.to_string()]);
+        assert_eq!(store.get(&h).unwrap().unwrap(), b"kept");
     }
 
     #[test]
