@@ -7,9 +7,10 @@
 //! they read and refuse a file whose content does not match its name.
 //!
 //! A full store (the disk, `ENOSPC`/`EDQUOT`, or the operator's quota,
-//! [`BlobStore::set_quota`]) refuses the blob with [`BlobError::Full`]-like errors
-//! ([`BlobError::is_full`]) and leaves no file behind: the temporary file is removed on
-//! every error, and nothing names a blob before `put` has returned its hash.
+//! [`BlobStore::set_quota`]) refuses the blob with an error that
+//! [`BlobError::is_full`] recognises, and leaves no file behind: the temporary file is
+//! removed on every error (and, after a crash, when the store is opened again), and
+//! nothing names a blob before `put` has returned its hash.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
