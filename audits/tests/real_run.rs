@@ -12,10 +12,11 @@ use ed25519_dalek::SigningKey;
 use lupus_audit::source::open_source;
 use lupus_audit::state::StateDir;
 use lupus_audit::verify::{Options, Outcome, verify_log};
-use lupus_coordinator::client::{Behaviour, Client, ParticipantStats, run_verifier, run_worker};
 use lupus_coordinator::engine::{Config, Coordinator};
 use lupus_coordinator::server::Server;
 use lupus_prover::data::Corpus;
+use lupus_worker::native::{NativeConfig, Stats, spawn_verifier, spawn_worker};
+use lupus_worker::worker::Behaviour;
 
 const TINY: &str = include_str!("../../jobs/tiny-test.toml");
 
@@ -70,19 +71,22 @@ async fn run(workers: &[(u8, Behaviour)], rounds: u64) -> (Outcome, Outcome) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
     for (seed, behaviour) in workers {
-        let client = Client::new(&url, key(*seed));
-        let (stop, behaviour) = (Arc::clone(&stop), *behaviour);
-        handles.push(tokio::spawn(async move {
-            let stats = Arc::new(ParticipantStats::default());
-            let _ = run_worker(client, "worker", behaviour, stop, stats).await;
-        }));
+        let cfg = NativeConfig {
+            behaviour: *behaviour,
+            ..NativeConfig::new(&url, key(*seed), "worker")
+        };
+        handles.push(spawn_worker(
+            cfg,
+            Arc::clone(&stop),
+            Arc::new(Stats::default()),
+        ));
     }
-    let client = Client::new(&url, key(10));
-    let s = Arc::clone(&stop);
-    handles.push(tokio::spawn(async move {
-        let stats = Arc::new(ParticipantStats::default());
-        let _ = run_verifier(client, "verifier", s, stats).await;
-    }));
+    let cfg = NativeConfig::new(&url, key(10), "verifier");
+    handles.push(spawn_verifier(
+        cfg,
+        Arc::clone(&stop),
+        Arc::new(Stats::default()),
+    ));
 
     let log_key = server.coordinator.note_key();
     let state = tempfile::tempdir().unwrap();
@@ -99,10 +103,9 @@ async fn run(workers: &[(u8, Behaviour)], rounds: u64) -> (Outcome, Outcome) {
     }
     let after = audit(&url, &log_key, state.path(), 2).await;
     witness_the_run(&url, &log_key, &first).await;
+    // The participants' threads see the flag within a step and end.
     stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        h.abort();
-    }
+    drop(handles);
     (during, after)
 }
 

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use lupus_audit::witness::{Witness, router, verify_cosignature};
-use lupus_coordinator::client::{Behaviour, Client, ParticipantStats, run_verifier, run_worker};
 use lupus_coordinator::engine::{Config, Coordinator};
 use lupus_coordinator::server::Server;
 use lupus_coordinator::witness::WitnessConfig;
 use lupus_ledger::checkpoint::open_checkpoint;
 use lupus_ledger::note::{NoteSigner, NoteVerifier, parse_note};
 use lupus_prover::data::Corpus;
+use lupus_worker::native::{NativeConfig, Stats, spawn_verifier, spawn_worker};
 
 const TINY: &str = include_str!("../../jobs/tiny-test.toml");
 
@@ -80,19 +80,19 @@ async fn the_checkpoint_carries_the_configured_witness_cosignature() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
     for seed in [1u8, 2] {
-        let client = Client::new(&url, SigningKey::from_bytes(&[seed; 32]));
-        let stop = Arc::clone(&stop);
-        handles.push(tokio::spawn(async move {
-            let stats = Arc::new(ParticipantStats::default());
-            let _ = run_worker(client, "worker", Behaviour::Honest, stop, stats).await;
-        }));
+        let cfg = NativeConfig::new(&url, SigningKey::from_bytes(&[seed; 32]), "worker");
+        handles.push(spawn_worker(
+            cfg,
+            Arc::clone(&stop),
+            Arc::new(Stats::default()),
+        ));
     }
-    let client = Client::new(&url, SigningKey::from_bytes(&[10; 32]));
-    let s = Arc::clone(&stop);
-    handles.push(tokio::spawn(async move {
-        let stats = Arc::new(ParticipantStats::default());
-        let _ = run_verifier(client, "verifier", s, stats).await;
-    }));
+    let cfg = NativeConfig::new(&url, SigningKey::from_bytes(&[10; 32]), "verifier");
+    handles.push(spawn_verifier(
+        cfg,
+        Arc::clone(&stop),
+        Arc::new(Stats::default()),
+    ));
     let start = Instant::now();
     while !server.coordinator.finished().await {
         assert!(
@@ -101,10 +101,9 @@ async fn the_checkpoint_carries_the_configured_witness_cosignature() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The participants' threads see the flag within a step and end.
     stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        h.abort();
-    }
+    drop(handles);
 
     // Wait for the witness to have cosigned the final head, then check what is served.
     let log = NoteVerifier::parse(&log_key).unwrap();

@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use lupus_coordinator::client::{Behaviour, Client, ParticipantStats, run_verifier, run_worker};
 use lupus_coordinator::dataset;
 use lupus_coordinator::engine::{Config, Coordinator};
 use lupus_coordinator::server::Server;
@@ -31,6 +30,7 @@ use lupus_prover::prf::prf;
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::{job_sampler, run_task, task_batch};
 use lupus_prover::tensor::Tensor;
+use lupus_worker::native::{Member, NativeConfig, Stats, spawn_group};
 
 use crate::job_text;
 
@@ -203,31 +203,41 @@ async fn load(workers: usize, verifiers: usize, seconds: u64, job: Option<PathBu
     let stop = Arc::new(AtomicBool::new(false));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut stats = Vec::new();
-    let mut handles = Vec::new();
+    // The real worker and verifier loop, many participants to a thread: they take
+    // turns at every request, as hundreds of volunteers' browsers would.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
+    let mut groups: Vec<Vec<(Member, Arc<Stats>)>> = (0..threads).map(|_| Vec::new()).collect();
     for i in 0..workers + verifiers {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let client = Client::new(&url, ed25519_dalek::SigningKey::from_bytes(&seed))
-            .with_latency_log(Arc::clone(&latencies));
-        let s = Arc::new(ParticipantStats::default());
-        stats.push(Arc::clone(&s));
-        let stop = Arc::clone(&stop);
-        handles.push(tokio::spawn(async move {
-            if i < workers {
-                run_worker(client, &format!("load-w{i}"), Behaviour::Honest, stop, s).await
-            } else {
-                run_verifier(client, &format!("load-v{i}"), stop, s).await
-            }
-        }));
+        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let name = if i < workers {
+            format!("load-w{i}")
+        } else {
+            format!("load-v{i}")
+        };
+        let cfg = NativeConfig {
+            latencies: Some(Arc::clone(&latencies)),
+            ..NativeConfig::new(&url, key, &name)
+        };
+        let s = Arc::new(Stats::default());
+        stats.push((i < workers, Arc::clone(&s)));
+        let member = if i < workers {
+            Member::Worker(cfg)
+        } else {
+            Member::Verifier(cfg)
+        };
+        groups[i % threads].push((member, s));
+    }
+    for g in groups {
+        // Detached: the threads see `stop` and end with the process.
+        drop(spawn_group(g, Arc::clone(&stop)));
     }
     println!("load: {workers} workers, {verifiers} verifiers against {url} for {seconds} s");
     let t = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     stop.store(true, Ordering::Relaxed);
     let elapsed = t.elapsed().as_secs_f64();
-    for h in &handles {
-        h.abort();
-    }
     let m = &c.metrics;
     let requests = m.requests.load(Ordering::Relaxed);
     let client_errors = m.client_errors.load(Ordering::Relaxed);
@@ -247,7 +257,7 @@ async fn load(workers: usize, verifiers: usize, seconds: u64, job: Option<PathBu
     // receipt said.
     let mut acknowledged = 0usize;
     let mut lost = 0usize;
-    for s in &stats {
+    for (_, s) in &stats {
         let acks = s
             .acknowledged
             .lock()
@@ -272,11 +282,14 @@ async fn load(workers: usize, verifiers: usize, seconds: u64, job: Option<PathBu
     }
     let rounds = c.rounds().await.rounds;
     let closed = rounds.iter().filter(|r| r.new_model.is_some()).count();
-    let tasks: u64 = stats.iter().map(|s| s.tasks.load(Ordering::Relaxed)).sum();
-    let verdicts: u64 = stats
-        .iter()
-        .map(|s| s.verdicts.load(Ordering::Relaxed))
-        .sum();
+    let done = |worker: bool| -> u64 {
+        stats
+            .iter()
+            .filter(|(w, _)| *w == worker)
+            .map(|(_, s)| s.done.load(Ordering::Relaxed))
+            .sum()
+    };
+    let (tasks, verdicts) = (done(true), done(false));
     println!();
     println!("| figure | value |");
     println!("|---|---|");

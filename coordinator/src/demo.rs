@@ -11,10 +11,11 @@ use ed25519_dalek::SigningKey;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use lupus_api::types::{JobInfo, RoundPhase, StakeTable};
 use lupus_coordinator::audit::reverify;
-use lupus_coordinator::client::{Behaviour, Client, ParticipantStats, run_verifier, run_worker};
+use lupus_coordinator::client::Client;
 use lupus_coordinator::engine::Coordinator;
 use lupus_coordinator::server::Server;
 use lupus_coordinator::{png, sample};
+use lupus_worker::native::{NativeConfig, Stats, spawn_verifier, spawn_worker};
 use serde_json::json;
 
 use crate::{CoordinatorArgs, default_web, open_coordinator};
@@ -112,27 +113,22 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
+    // The same worker and verifier loop as `lupus worker`, `lupus verify` and the
+    // browser, each on a thread of its own.
     for i in 0..workers {
-        let client = Client::new(&url, random_key()?);
-        let (stop, stats) = (Arc::clone(&stop), Arc::new(ParticipantStats::default()));
-        handles.push(tokio::spawn(async move {
-            run_worker(
-                client,
-                &format!("demo-worker-{i}"),
-                Behaviour::Honest,
-                stop,
-                stats,
-            )
-            .await
-        }));
+        let cfg = NativeConfig::new(&url, random_key()?, &format!("demo-worker-{i}"));
+        handles.push(spawn_worker(
+            cfg,
+            Arc::clone(&stop),
+            Arc::new(Stats::default()),
+        ));
     }
-    {
-        let client = Client::new(&url, random_key()?);
-        let (stop, stats) = (Arc::clone(&stop), Arc::new(ParticipantStats::default()));
-        handles.push(tokio::spawn(async move {
-            run_verifier(client, "demo-verifier", stop, stats).await
-        }));
-    }
+    let cfg = NativeConfig::new(&url, random_key()?, "demo-verifier");
+    handles.push(spawn_verifier(
+        cfg,
+        Arc::clone(&stop),
+        Arc::new(Stats::default()),
+    ));
 
     let mp = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix:>13} [{bar:30}] {pos}/{len} {msg}")
@@ -155,10 +151,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     );
     let mut reported = 0usize;
     while !c.finished().await {
-        for h in &handles {
-            if h.is_finished() {
-                anyhow::bail!("a demo participant stopped early; see the log above");
-            }
+        if let Some(i) = handles.iter().position(|h| h.is_finished()) {
+            let why = match handles.swap_remove(i).join() {
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(_)) => "it returned".to_owned(),
+                Err(_) => "its thread panicked".to_owned(),
+            };
+            anyhow::bail!("a demo participant stopped early: {why}");
         }
         let list = c.rounds().await.rounds;
         let closed: Vec<_> = list
@@ -189,10 +188,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The participants notice within a step; their threads end with the process.
     stop.store(true, Ordering::Relaxed);
-    for h in &handles {
-        h.abort();
-    }
     rounds_bar.finish_with_message("done");
     tasks_bar.finish_and_clear();
     verify_bar.finish_and_clear();

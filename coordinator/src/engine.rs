@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
+use lupus_api::check::{check_opening, check_submission, check_verdict};
 use lupus_api::model::{decode_model, encode_model};
 use lupus_api::types::{
     self as api, Challenge, JobInfo, RoundPhase, RoundStatus, StakeRow, StakeTable,
@@ -54,7 +55,7 @@ use lupus_prover::spec::JobSpec;
 use lupus_prover::task::{Opening, job_sampler};
 use lupus_prover::tensor::Tensor;
 use lupus_prover::trace::{Commitment, base_state_hash};
-use lupus_prover::verify::{DeviceClass, Verdict, verify_opening, verify_submission};
+use lupus_prover::verify::{DeviceClass, Verdict, verify_opening};
 use tokio::sync::Mutex;
 
 use crate::blobs::BlobStore;
@@ -166,6 +167,8 @@ pub struct Coordinator {
     nonces: std::sync::Mutex<HashMap<(PublicKey, [u8; 16]), u64>>,
     /// The latest verified cosignature of each configured witness (by its slot).
     cosignatures: std::sync::Mutex<BTreeMap<usize, crate::witness::Cosigned>>,
+    /// An append failed and the state may lack entries that landed anyway.
+    behind: std::sync::atomic::AtomicBool,
     pub metrics: Metrics,
 }
 
@@ -329,6 +332,7 @@ impl Coordinator {
             }),
             nonces: std::sync::Mutex::new(HashMap::new()),
             cosignatures: std::sync::Mutex::new(BTreeMap::new()),
+            behind: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::default(),
         });
         coordinator
@@ -382,9 +386,65 @@ impl Coordinator {
     }
 
     async fn append(&self, inner: &mut Inner, entry: Entry) -> Result<u64, ApiError> {
-        let index = self.log.append(entry.encode()).await.map_err(log_error)?.0;
+        let index = match self.log.append(entry.encode()).await {
+            Ok(i) => i.0,
+            Err(e) => {
+                self.append_failed(inner).await;
+                return Err(log_error(e));
+            }
+        };
         self.apply_at(inner, index, &entry).await?;
         Ok(index)
+    }
+
+    /// After a failed append: its batch may have landed all the same (a connection
+    /// lost during `COMMIT`). Until the state has caught up with the store, a request
+    /// would be checked against a state that lacks it, and a retried submission or
+    /// verdict would be appended twice; so the state is marked behind and caught up
+    /// now if the store answers, else by the next [`Self::lock_synced`].
+    async fn append_failed(&self, inner: &mut Inner) {
+        self.behind.store(true, Ordering::SeqCst);
+        if let Err(e) = self.catch_up_with_store(inner).await {
+            tracing::warn!(error = %e, "cannot read the store after a failed append; retrying on the next request");
+        }
+    }
+
+    /// The state lock, with the state caught up with the store if an append failed
+    /// since the last catch-up. Every request that may append takes this one.
+    async fn lock_synced(&self) -> Result<tokio::sync::MutexGuard<'_, Inner>, ApiError> {
+        let mut guard = self.inner.lock().await;
+        self.catch_up_with_store(&mut guard).await?;
+        Ok(guard)
+    }
+
+    /// Applies the entries the store holds past the state (durable, maybe not yet
+    /// covered by a published checkpoint), if an append failed since the last time.
+    async fn catch_up_with_store(&self, inner: &mut Inner) -> Result<(), ApiError> {
+        if !self.behind.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let size = self.store.size().await.map_err(store_error)?.0;
+        if size > inner.state.size {
+            let missed = self
+                .store
+                .read_entries(LeafIndex(inner.state.size), LeafIndex(size))
+                .await
+                .map_err(store_error)?;
+            for bytes in missed {
+                let at = inner.state.size;
+                let e = Entry::decode(&bytes).map_err(internal)?;
+                tracing::warn!(
+                    index = at,
+                    kind = e.kind().name(),
+                    "an append reported as failed had landed; applying it"
+                );
+                inner.state.apply(at, &e).map_err(|e| {
+                    ApiError::Internal(format!("the log and the state disagree: {e}"))
+                })?;
+            }
+        }
+        self.behind.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Applies our own entry `index` to the state, first applying any entries before it
@@ -449,7 +509,10 @@ impl Coordinator {
             self.apply_at(inner, index, &entry).await?;
         }
         match failed {
-            Some(e) => Err(log_error(e)),
+            Some(e) => {
+                self.append_failed(inner).await;
+                Err(log_error(e))
+            }
             None => Ok(()),
         }
     }
@@ -710,7 +773,7 @@ impl Coordinator {
         key: PublicKey,
         req: api::JoinRequest,
     ) -> Result<api::JoinResponse, ApiError> {
-        let mut guard = self.inner.lock().await;
+        let mut guard = self.lock_synced().await?;
         let inner = &mut *guard;
         if let Some(role) = inner.state.participants.get(&key)
             && *role != req.role
@@ -786,7 +849,7 @@ impl Coordinator {
 
     /// `POST /v1/tasks/next`.
     pub async fn next_task(&self, worker: PublicKey) -> Result<TaskOffer, ApiError> {
-        let mut guard = self.inner.lock().await;
+        let mut guard = self.lock_synced().await?;
         let inner = &mut *guard;
         Self::require_role(&inner.state, &worker, Role::Worker)?;
         let Some(round) = inner.state.open_round().cloned() else {
@@ -864,7 +927,7 @@ impl Coordinator {
     }
 
     async fn check_submittable(&self, worker: &PublicKey, task: TaskId) -> Result<(), ApiError> {
-        let guard = self.inner.lock().await;
+        let guard = self.lock_synced().await?;
         self.check_submittable_in(&guard, worker, task)
     }
 
@@ -895,56 +958,16 @@ impl Coordinator {
         // writes without it (so submissions do not queue behind each other's fsyncs),
         // and the state is checked again under the lock before the append.
         self.check_submittable(&worker, task).await?;
-        let entry = Entry::decode(&sub.work_committed.0)
-            .map_err(|e| ApiError::BadRequest(format!("work_committed entry: {e}")))?;
-        let EntryBody::WorkCommitted {
-            task: etask,
-            worker: eworker,
-            trace_root,
-            final_state,
-            delta,
-        } = entry.body().clone()
-        else {
-            return Err(ApiError::Unprocessable(format!(
-                "work_committed is a {} entry, expected work_committed",
-                entry.kind()
-            )));
-        };
-        if etask != task || eworker != worker {
-            return Err(ApiError::Unprocessable(
-                "the WorkCommitted entry names another task or worker".into(),
-            ));
-        }
-        let q = QuantDelta::from_bytes(&sub.delta.0)
-            .map_err(|e| ApiError::Unprocessable(format!("delta: {e}")))?;
-        let shapes = self.job.model.param_shapes();
-        if q.tensors.len() != shapes.len()
-            || q.tensors
-                .iter()
-                .zip(&shapes)
-                .any(|(qt, (_, s))| qt.shape != *s)
-        {
-            return Err(ApiError::Unprocessable(
-                "the delta's tensors do not have the model's shapes".into(),
-            ));
-        }
-        if Digest(q.hash()) != delta {
-            return Err(ApiError::Unprocessable(
-                "the delta does not hash to the committed delta hash".into(),
-            ));
-        }
-        let commitment = Commitment {
-            trace_root: prover_digest(&trace_root),
-            final_state_hash: prover_digest(&final_state),
-            delta_hash: prover_digest(&delta),
-        };
-        verify_submission(
-            self.job.inner.steps,
-            &commitment,
-            &sub.final_opening,
-            &commitment.delta_hash,
-        )
-        .map_err(|e| ApiError::Unprocessable(format!("final opening: {e}")))?;
+        let shapes: Vec<Vec<usize>> = self
+            .job
+            .model
+            .param_shapes()
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect();
+        let checked = check_submission(&sub, task, &worker, &shapes, self.job.inner.steps)?;
+        let trace_root = ledger_digest(&checked.commitment.trace_root);
+        let entry = checked.entry;
         let blob = self.blobs.put(&sub.delta.0).map_err(blob_error)?;
         let mut meta = blob.0.to_vec();
         meta.push(class_byte(sub.device_class));
@@ -952,7 +975,7 @@ impl Coordinator {
             .put_meta(&meta_key("delta", task.0), &meta)
             .await
             .map_err(store_error)?;
-        let mut guard = self.inner.lock().await;
+        let mut guard = self.lock_synced().await?;
         let inner = &mut *guard;
         self.check_submittable_in(inner, &worker, task)?;
         let index = self.append(inner, entry).await?;
@@ -998,7 +1021,7 @@ impl Coordinator {
     ) -> Result<api::OpeningReceipt, ApiError> {
         // Checked under the lock; stored without it (a large blob and two fsyncs).
         let steps = {
-            let guard = self.inner.lock().await;
+            let guard = self.lock_synced().await?;
             let inner = &*guard;
             Self::require_role(&inner.state, &worker, Role::Worker)?;
             let (t, live) = Self::worker_task(inner, &worker, task)?;
@@ -1015,19 +1038,14 @@ impl Coordinator {
             }
             live.steps.clone().unwrap_or_default()
         };
-        let opened: Vec<u32> = opening.steps.iter().map(|s| s.step).collect();
-        if opened != steps {
-            return Err(ApiError::Unprocessable(format!(
-                "the opening covers steps {opened:?}, the challenge is {steps:?}"
-            )));
-        }
+        check_opening(&opening, &steps)?;
         let bytes = serde_json::to_vec(&opening).map_err(internal)?;
         let blob = self.blobs.put(&bytes).map_err(blob_error)?;
         self.store
             .put_meta(&meta_key("opening", task.0), &blob.0)
             .await
             .map_err(store_error)?;
-        let mut guard = self.inner.lock().await;
+        let mut guard = self.lock_synced().await?;
         let inner = &mut *guard;
         Self::worker_task(inner, &worker, task)?;
         if let Some(l) = inner.live.get_mut(&task) {
@@ -1058,7 +1076,7 @@ impl Coordinator {
 
     /// `POST /v1/verify/next`.
     pub async fn next_verify(&self, verifier: PublicKey) -> Result<VerifyOffer, ApiError> {
-        let mut guard = self.inner.lock().await;
+        let mut guard = self.lock_synced().await?;
         let inner = &mut *guard;
         Self::require_role(&inner.state, &verifier, Role::Verifier)?;
         let now = now_ms();
@@ -1144,7 +1162,7 @@ impl Coordinator {
         task: TaskId,
         sub: api::VerdictSubmission,
     ) -> Result<api::VerdictReceipt, ApiError> {
-        let mut guard = self.inner.lock().await;
+        let mut guard = self.lock_synced().await?;
         let inner = &mut *guard;
         Self::require_role(&inner.state, &verifier, Role::Verifier)?;
         let t = inner
@@ -1170,50 +1188,11 @@ impl Coordinator {
                 "task {task} is already settled"
             )));
         }
-        let entry = Entry::decode(&sub.verdict.0)
-            .map_err(|e| ApiError::BadRequest(format!("verdict entry: {e}")))?;
-        let EntryBody::Verdict {
-            task: etask,
-            verifier: everifier,
-            accepted,
-            steps: esteps,
-            evidence,
-            ..
-        } = entry.body().clone()
-        else {
-            return Err(ApiError::Unprocessable(format!(
-                "verdict is a {} entry, expected verdict",
-                entry.kind()
-            )));
-        };
-        if etask != task || everifier != verifier || esteps != steps {
-            return Err(ApiError::Unprocessable(
-                "the Verdict entry names another task, verifier or step list".into(),
-            ));
-        }
-        match (&sub.fraud_proof, accepted) {
-            (Some(_), true) => {
-                return Err(ApiError::Unprocessable(
-                    "an accepting verdict carries no fraud proof".into(),
-                ));
-            }
-            (Some(p), false) => {
-                if evidence != Some(api::evidence_digest(p)) {
-                    return Err(ApiError::Unprocessable(
-                        "the verdict's evidence is not the digest of the fraud proof".into(),
-                    ));
-                }
-                self.blobs
-                    .put(&serde_json::to_vec(p).map_err(internal)?)
-                    .map_err(blob_error)?;
-            }
-            (None, _) => {
-                if evidence.is_some() {
-                    return Err(ApiError::Unprocessable(
-                        "the verdict names evidence but no fraud proof was sent".into(),
-                    ));
-                }
-            }
+        let entry = check_verdict(&sub, task, &verifier, &steps)?.entry;
+        if let Some(p) = &sub.fraud_proof {
+            self.blobs
+                .put(&serde_json::to_vec(p).map_err(internal)?)
+                .map_err(blob_error)?;
         }
         let index = self.append(inner, entry).await?;
         self.metrics.verdicts.fetch_add(1, Ordering::Relaxed);
@@ -1442,7 +1421,7 @@ impl Coordinator {
     /// Expires overdue tasks and claims and closes the round when it is done. Called
     /// by the server's ticker.
     pub async fn tick(&self) -> Result<(), ApiError> {
-        let mut guard = self.inner.lock().await;
+        let mut guard = self.lock_synced().await?;
         let inner = &mut *guard;
         let now = now_ms();
         for (id, l) in inner.live.iter_mut() {
@@ -1485,6 +1464,17 @@ impl Coordinator {
 
     async fn maybe_close(&self, inner: &mut Inner) -> Result<(), ApiError> {
         let Some(round) = inner.state.open_round().cloned() else {
+            // A close cut short after `RoundClosed` (the database went away before the
+            // shares epoch or the next round was appended): finish it, as a restart
+            // would.
+            if let Some(latest) = inner.state.latest_round().cloned()
+                && latest.closed.is_some()
+            {
+                if !latest.epoch_written {
+                    self.write_epoch(inner, latest.round).await?;
+                }
+                self.open_next_round(inner).await?;
+            }
             return Ok(());
         };
         let accepted = inner
@@ -1638,10 +1628,12 @@ impl Coordinator {
             accepted_tasks: merged.len() as u32,
         };
         self.append_body(inner, body).await?;
-        self.write_epoch(inner, round).await?;
+        // The round is closed in the ledger: the new model is the base from now on,
+        // even if the epoch below fails (then `maybe_close` writes it later).
         inner.model = Arc::new(new_params);
         inner.momentum = momentum;
         inner.beacon = None;
+        self.write_epoch(inner, round).await?;
         self.metrics.rounds_closed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(round = round.0, accepted = merged.len(), val_loss, model = %new_model, "round closed");
         Ok(())

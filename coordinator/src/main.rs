@@ -13,13 +13,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use ed25519_dalek::SigningKey;
-use lupus_coordinator::client::{Behaviour, Client, ParticipantStats, run_verifier, run_worker};
 use lupus_coordinator::dataset;
 use lupus_coordinator::engine::{Config, Coordinator, load_or_create_secret};
 use lupus_coordinator::server::Server;
 use lupus_coordinator::witness::WitnessConfig;
 use lupus_ledger::entry::PublicKey;
 use lupus_prover::spec::JobSpec;
+use lupus_worker::native::{NativeConfig, Stats, spawn_verifier, spawn_worker};
+use lupus_worker::worker::WorkerError;
 
 /// The job `lupus up` and `lupus demo` run when no `--job` is given.
 pub const DEFAULT_JOB: &str = include_str!("../../jobs/shakespeare-mlp.toml");
@@ -91,6 +92,10 @@ enum Command {
         key: PathBuf,
         #[arg(long, default_value = "native-worker")]
         name: String,
+        /// Train on the WGSL kernels through Vulkan (a GPU, or lavapipe) when one is
+        /// found; the CPU reference otherwise. Needs `lupus` built with `--features gpu`.
+        #[arg(long)]
+        gpu: bool,
     },
     /// Run a verifier.
     Verify {
@@ -180,6 +185,27 @@ async fn wait_ctrl_c() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Waits for a participant's thread; on Ctrl-C asks it to stop (it finishes the step
+/// it is in) and waits for it. Returns the tasks or verdicts it completed.
+async fn until_ctrl_c(
+    h: std::thread::JoinHandle<Result<u64, WorkerError>>,
+    stop: &AtomicBool,
+) -> Result<u64> {
+    let mut join = tokio::task::spawn_blocking(move || h.join());
+    let joined = tokio::select! {
+        r = &mut join => r,
+        _ = wait_ctrl_c() => {
+            eprintln!("stopping after the current step...");
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            join.await
+        }
+    };
+    match joined {
+        Ok(Ok(r)) => Ok(r?),
+        Ok(Err(_)) | Err(_) => bail!("the participant's thread panicked"),
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -212,16 +238,25 @@ async fn main() -> Result<()> {
             coordinator,
             key,
             name,
+            gpu,
         } => {
+            if gpu && !cfg!(feature = "gpu") {
+                bail!(
+                    "this `lupus` was built without the WGSL kernels; rebuild it with \
+                     `cargo build --release -p lupus-coordinator --features gpu`"
+                );
+            }
             let key = participant_key(&key)?;
             println!("worker {} -> {coordinator}", PublicKey::from(&key));
             let stop = Arc::new(AtomicBool::new(false));
-            let stats = Arc::new(ParticipantStats::default());
-            let client = Client::new(&coordinator, key);
-            tokio::select! {
-                r = run_worker(client, &name, Behaviour::Honest, Arc::clone(&stop), stats) => r?,
-                _ = wait_ctrl_c() => {}
-            }
+            let stats = Arc::new(Stats::default());
+            let cfg = NativeConfig {
+                gpu,
+                ..NativeConfig::new(&coordinator, key, &name)
+            };
+            let h = spawn_worker(cfg, Arc::clone(&stop), Arc::clone(&stats));
+            let n = until_ctrl_c(h, &stop).await?;
+            println!("{n} tasks done");
         }
         Command::Verify {
             coordinator,
@@ -231,12 +266,11 @@ async fn main() -> Result<()> {
             let key = participant_key(&key)?;
             println!("verifier {} -> {coordinator}", PublicKey::from(&key));
             let stop = Arc::new(AtomicBool::new(false));
-            let stats = Arc::new(ParticipantStats::default());
-            let client = Client::new(&coordinator, key);
-            tokio::select! {
-                r = run_verifier(client, &name, Arc::clone(&stop), stats) => r?,
-                _ = wait_ctrl_c() => {}
-            }
+            let stats = Arc::new(Stats::default());
+            let cfg = NativeConfig::new(&coordinator, key, &name);
+            let h = spawn_verifier(cfg, Arc::clone(&stop), Arc::clone(&stats));
+            let n = until_ctrl_c(h, &stop).await?;
+            println!("{n} verdicts posted");
         }
         Command::Keygen { out } => {
             if out.exists() {

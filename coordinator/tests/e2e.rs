@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use lupus_api::types::{JobInfo, RoundPhase, StakeTable};
 use lupus_coordinator::audit::reverify;
-use lupus_coordinator::client::{Behaviour, Client};
+use lupus_coordinator::client::Client;
 use lupus_ledger::stake::{StakeStatement, verify_statement};
 
 async fn run(config: lupus_coordinator::engine::Config) {

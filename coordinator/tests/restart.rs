@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use lupus_api::types::{JobInfo, RoundList, RoundPhase, RoundStatus};
 use lupus_coordinator::audit::reverify;
-use lupus_coordinator::client::{Behaviour, Client};
+use lupus_coordinator::client::Client;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

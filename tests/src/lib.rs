@@ -9,8 +9,9 @@
 //!   `LUPUS_FAILPOINT` ([`lupus_coordinator::engine::failpoints`]) and restart on the
 //!   same data directory. Both take a [`RunConfig`]: the tiny job
 //!   (`jobs/tiny-test.toml`), its generated corpus, short timeouts.
-//! - **Participants.** [`Crowd`] starts honest workers and verifiers and collects the
-//!   submissions the coordinator acknowledged ([`Ack`]). The participant loop is
+//! - **Participants.** [`Crowd`] starts workers and verifiers (`lupus_worker::native`,
+//!   the loop `lupus worker` runs) and collects the submissions the coordinator
+//!   acknowledged ([`Ack`]). The participant loop is
 //!   touched only in [`Crowd::worker`], [`Crowd::verifier`] and [`Crowd::acknowledged`],
 //!   so moving to another worker implementation is a change here only. [`Probe`] is a
 //!   hand-driven participant for the steps a loop would hide: take a task and vanish,
@@ -43,7 +44,7 @@ use lupus_api::types::{
     VerifyOffer,
 };
 use lupus_coordinator::audit::{AuditReport, reverify};
-use lupus_coordinator::client::{Behaviour, Client, ParticipantStats, run_verifier, run_worker};
+use lupus_coordinator::client::Client;
 use lupus_coordinator::engine::{Config, Coordinator};
 use lupus_coordinator::server::Server;
 use lupus_ledger::checkpoint::open_checkpoint;
@@ -54,6 +55,8 @@ use lupus_ledger::proof::{ConsistencyProof, verify_consistency};
 use lupus_prover::data::Corpus;
 use lupus_prover::spec::JobSpec;
 use lupus_prover::verify::DeviceClass;
+use lupus_worker::native::{NativeConfig, Stats, spawn_verifier, spawn_worker};
+use lupus_worker::worker::{Behaviour, VerifierBehaviour, WorkerError};
 
 /// The tiny test job: a task trains in milliseconds.
 pub const TINY: &str = include_str!("../../jobs/tiny-test.toml");
@@ -247,14 +250,18 @@ pub struct Ack {
     pub entry_index: u64,
 }
 
-/// Honest participants running against a coordinator until stopped (or dropped).
+/// Participants (the native loop of `lupus-worker`, each on a thread of its own)
+/// running against a coordinator until stopped (or dropped).
 pub struct Crowd {
     stop: Arc<AtomicBool>,
-    handles: Vec<tokio::task::JoinHandle<()>>,
-    workers: Vec<(PublicKey, Arc<ParticipantStats>)>,
-    verifiers: Vec<Arc<ParticipantStats>>,
-    failures: Arc<Mutex<Vec<String>>>,
+    /// `(name, thread, whether its ending in an error is expected)`.
+    handles: Vec<(String, Participant, bool)>,
+    workers: Vec<(PublicKey, Arc<Stats>)>,
+    verifiers: Vec<Arc<Stats>>,
+    failures: Vec<String>,
 }
+
+type Participant = std::thread::JoinHandle<Result<u64, WorkerError>>;
 
 impl Default for Crowd {
     fn default() -> Crowd {
@@ -269,26 +276,27 @@ impl Crowd {
             handles: Vec::new(),
             workers: Vec::new(),
             verifiers: Vec::new(),
-            failures: Arc::default(),
+            failures: Vec::new(),
         }
+    }
+
+    fn spawn_worker(&mut self, url: &str, seed: u8, behaviour: Behaviour, may_fail: bool) {
+        let name = format!("worker-{seed}");
+        let cfg = NativeConfig {
+            behaviour,
+            ..NativeConfig::new(url, key(seed), &name)
+        };
+        let stats = Arc::new(Stats::default());
+        self.workers
+            .push((PublicKey::from(&key(seed)), Arc::clone(&stats)));
+        let h = spawn_worker(cfg, Arc::clone(&self.stop), stats);
+        self.handles.push((name, h, may_fail));
     }
 
     /// Starts an honest worker with key `key(seed)`. It retries through a coordinator
     /// that is down or answers 5xx.
     pub fn worker(&mut self, url: &str, seed: u8) {
-        let client = Client::new(url, key(seed));
-        let stats = Arc::new(ParticipantStats::default());
-        self.workers.push((client.public_key(), Arc::clone(&stats)));
-        let (stop, failures) = (Arc::clone(&self.stop), Arc::clone(&self.failures));
-        self.handles.push(tokio::spawn(async move {
-            let name = format!("worker-{seed}");
-            if let Err(e) = run_worker(client, &name, Behaviour::Honest, stop, stats).await {
-                failures
-                    .lock()
-                    .expect("not poisoned")
-                    .push(format!("{name}: {e}"));
-            }
-        }));
+        self.spawn_worker(url, seed, Behaviour::Honest, false);
     }
 
     /// Starts a cheating worker with key `key(seed)`: it trains honestly but submits a
@@ -296,30 +304,20 @@ impl Crowd {
     /// Verifiers reject it and the referee slashes it; its loop then ends with a
     /// refusal, which is expected and not counted in [`Crowd::failures`].
     pub fn cheater(&mut self, url: &str, seed: u8) {
-        let client = Client::new(url, key(seed));
-        let stats = Arc::new(ParticipantStats::default());
-        let stop = Arc::clone(&self.stop);
-        self.handles.push(tokio::spawn(async move {
-            let name = format!("cheater-{seed}");
-            let _ = run_worker(client, &name, Behaviour::InflatedDelta, stop, stats).await;
-        }));
+        self.spawn_worker(url, seed, Behaviour::InflatedDelta, true);
     }
 
     /// Starts an honest verifier with key `key(seed)`.
     pub fn verifier(&mut self, url: &str, seed: u8) {
-        let client = Client::new(url, key(seed));
-        let stats = Arc::new(ParticipantStats::default());
+        let name = format!("verifier-{seed}");
+        let cfg = NativeConfig {
+            verifier_behaviour: VerifierBehaviour::Honest,
+            ..NativeConfig::new(url, key(seed), &name)
+        };
+        let stats = Arc::new(Stats::default());
         self.verifiers.push(Arc::clone(&stats));
-        let (stop, failures) = (Arc::clone(&self.stop), Arc::clone(&self.failures));
-        self.handles.push(tokio::spawn(async move {
-            let name = format!("verifier-{seed}");
-            if let Err(e) = run_verifier(client, &name, stop, stats).await {
-                failures
-                    .lock()
-                    .expect("not poisoned")
-                    .push(format!("{name}: {e}"));
-            }
-        }));
+        let h = spawn_verifier(cfg, Arc::clone(&self.stop), stats);
+        self.handles.push((name, h, false));
     }
 
     /// Every submission acknowledged so far.
@@ -343,27 +341,36 @@ impl Crowd {
             .iter()
             .map(|(_, s)| s)
             .chain(&self.verifiers)
-            .map(|s| s.refusals.load(Ordering::Relaxed))
+            .map(|s| s.retries.load(Ordering::Relaxed))
             .sum()
     }
 
-    /// Participants that gave up with an error retrying could not fix.
-    pub fn failures(&self) -> Vec<String> {
-        self.failures.lock().expect("not poisoned").clone()
+    /// Stops every participant and waits for their threads; what an unexpected one
+    /// ended with is then in [`Crowd::failures`].
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for (name, h, may_fail) in self.handles.drain(..) {
+            match h.join() {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) if may_fail => {}
+                Ok(Err(e)) => self.failures.push(format!("{name}: {e}")),
+                Err(_) => self.failures.push(format!("{name}: its thread panicked")),
+            }
+        }
     }
 
-    /// Stops every participant.
-    pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for h in &self.handles {
-            h.abort();
-        }
+    /// Participants that ended with an error retrying could not fix (after
+    /// [`Crowd::stop`]).
+    pub fn failures(&self) -> Vec<String> {
+        self.failures.clone()
     }
 }
 
 impl Drop for Crowd {
     fn drop(&mut self) {
-        self.stop();
+        // Stop them; the threads end by themselves (not joined: a test that panics
+        // should not wait for them).
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

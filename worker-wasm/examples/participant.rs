@@ -26,10 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transpose()?;
     let key = load_or_create_key(std::path::Path::new(key))?;
     let cfg = NativeConfig {
-        coordinator: url.clone(),
-        key,
-        name: format!("native {role}"),
         gpu,
+        ..NativeConfig::new(url, key, &format!("native {role}"))
     };
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(Stats::default());

@@ -9,6 +9,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -22,7 +23,8 @@ use lupus_api::types::TaskDescription;
 use lupus_ledger::entry::Role;
 
 use crate::worker::{
-    Backend, Control, Participant, Request, Response, Transport, Turn, VerifyTurn, WorkerError,
+    Backend, Behaviour, Control, Participant, RETRIES, RETRY_PAUSE_MS, Request, Response,
+    Transport, Turn, VerifierBehaviour, VerifyTurn, WorkerError,
 };
 
 /// What a native participant needs.
@@ -35,7 +37,31 @@ pub struct NativeConfig {
     /// Train on the WGSL kernels (Vulkan) when the crate has the `gpu` feature and a
     /// device is found; the CPU reference otherwise.
     pub gpu: bool,
+    /// How a worker departs from the protocol (adversarial tests; volunteers are honest).
+    pub behaviour: Behaviour,
+    /// How a verifier departs from the protocol.
+    pub verifier_behaviour: VerifierBehaviour,
+    /// Where to record every request's latency in microseconds (the load benchmark).
+    pub latencies: Option<LatencyLog>,
 }
+
+impl NativeConfig {
+    /// An honest CPU participant named `name` with `key`, of the coordinator at `url`.
+    pub fn new(url: &str, key: SigningKey, name: &str) -> NativeConfig {
+        NativeConfig {
+            coordinator: url.to_owned(),
+            key,
+            name: name.to_owned(),
+            gpu: false,
+            behaviour: Behaviour::Honest,
+            verifier_behaviour: VerifierBehaviour::Honest,
+            latencies: None,
+        }
+    }
+}
+
+/// Request latencies in microseconds, shared by many participants.
+pub type LatencyLog = Arc<Mutex<Vec<u32>>>;
 
 /// Counters the loops keep, readable while they run.
 #[derive(Debug, Default)]
@@ -44,6 +70,9 @@ pub struct Stats {
     pub done: AtomicU64,
     /// Transient failures retried.
     pub retries: AtomicU64,
+    /// `(task, log index of its WorkCommitted)` of every submission the coordinator
+    /// acknowledged with a receipt: what a crash must never lose.
+    pub acknowledged: Mutex<Vec<(u64, u64)>>,
 }
 
 /// Reads a key file (64 hex digits, as `lupus keygen` writes and the page exports), or
@@ -75,7 +104,12 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, WorkerError> {
 pub struct HttpTransport {
     base: String,
     client: Client<HttpConnector, Full<Bytes>>,
+    latencies: Option<LatencyLog>,
 }
+
+/// How long one request may take before it counts as unreachable (an opening of a
+/// large job is tens of megabytes; a coordinator that hangs must not hang the worker).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl HttpTransport {
     /// A transport to `base` (`http://host:port`).
@@ -83,7 +117,14 @@ impl HttpTransport {
         HttpTransport {
             base: base.trim_end_matches('/').to_owned(),
             client: Client::builder(TokioExecutor::new()).build_http(),
+            latencies: None,
         }
+    }
+
+    /// Records every request's latency (microseconds) into `log`.
+    pub fn with_latency_log(mut self, log: LatencyLog) -> HttpTransport {
+        self.latencies = Some(log);
+        self
     }
 }
 
@@ -99,16 +140,28 @@ impl Transport for HttpTransport {
         let r = b
             .body(Full::new(Bytes::from(req.body)))
             .map_err(|e| e.to_string())?;
-        let resp = self.client.request(r).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
+        let started = std::time::Instant::now();
+        let exchange = async {
+            let resp = self.client.request(r).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes()
+                .to_vec();
+            Ok::<_, String>(Response { status, body })
+        };
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
-            .map_err(|e| e.to_string())?
-            .to_bytes()
-            .to_vec();
-        Ok(Response { status, body })
+            .map_err(|_| format!("no answer in {} s", REQUEST_TIMEOUT.as_secs()))??;
+        if let Some(log) = &self.latencies
+            && let Ok(mut l) = log.lock()
+        {
+            l.push(started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+        }
+        Ok(resp)
     }
 
     fn now_ms(&self) -> u64 {
@@ -128,6 +181,10 @@ impl Transport for HttpTransport {
             n[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
         }
         n
+    }
+
+    async fn sleep(&self, ms: u64) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 }
 
@@ -164,6 +221,33 @@ async fn rest(ms: u64, stop: &AtomicBool) {
     }
 }
 
+/// Fetches the job and joins, retrying for up to two minutes while the coordinator
+/// cannot be reached (it may be starting or restarting).
+async fn connect(
+    cfg: &NativeConfig,
+    role: Role,
+    stop: &Arc<AtomicBool>,
+) -> Result<Participant<HttpTransport>, WorkerError> {
+    let mut tries = 0;
+    loop {
+        let mut t = HttpTransport::new(&cfg.coordinator);
+        if let Some(log) = &cfg.latencies {
+            t = t.with_latency_log(Arc::clone(log));
+        }
+        match Participant::connect_as(t, cfg.key.clone(), &cfg.name, role).await {
+            Err(e) if e.is_transient() && tries < RETRIES && !stop.load(Ordering::Relaxed) => {
+                tries += 1;
+                rest(RETRY_PAUSE_MS, stop).await;
+            }
+            Err(e) => return Err(e),
+            Ok(p) => {
+                let stop = Arc::clone(stop);
+                return Ok(p.with_cancel(move || stop.load(Ordering::Relaxed)));
+            }
+        }
+    }
+}
+
 /// The worker loop until `stop` is set. Returns the number of tasks done; an error only
 /// for a refusal that retrying cannot fix (a slashed key, a bad job) or when the
 /// coordinator cannot be reached at start.
@@ -172,16 +256,22 @@ pub async fn run_worker(
     stop: Arc<AtomicBool>,
     stats: Arc<Stats>,
 ) -> Result<u64, WorkerError> {
-    let t = HttpTransport::new(&cfg.coordinator);
-    let mut p = Participant::connect_as(t, cfg.key, &cfg.name, Role::Worker).await?;
+    let mut p = connect(&cfg, Role::Worker, &stop)
+        .await?
+        .with_behaviour(cfg.behaviour);
     let backend = backend(cfg.gpu).await;
     let mut control = Stop(Arc::clone(&stop));
     while !stop.load(Ordering::Relaxed) {
         match p.turn(&backend, &mut control).await {
             Ok(Turn::Wait { ms, .. }) => rest(ms, &stop).await,
             Ok(Turn::Abandoned { .. }) => {}
-            Ok(Turn::Done { .. }) => {
+            Ok(Turn::Done {
+                task, entry_index, ..
+            }) => {
                 stats.done.fetch_add(1, Ordering::Relaxed);
+                if let (Some(i), Ok(mut a)) = (entry_index, stats.acknowledged.lock()) {
+                    a.push((task.task_id.0, i));
+                }
             }
             Err(e) if e.is_transient() => {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -199,8 +289,9 @@ pub async fn run_verifier(
     stop: Arc<AtomicBool>,
     stats: Arc<Stats>,
 ) -> Result<u64, WorkerError> {
-    let t = HttpTransport::new(&cfg.coordinator);
-    let mut p = Participant::connect_as(t, cfg.key, &cfg.name, Role::Verifier).await?;
+    let mut p = connect(&cfg, Role::Verifier, &stop)
+        .await?
+        .with_verifier_behaviour(cfg.verifier_behaviour);
     while !stop.load(Ordering::Relaxed) {
         match p.verify_turn().await {
             Ok(VerifyTurn::Wait { ms, .. }) => rest(ms, &stop).await,
@@ -247,6 +338,56 @@ pub fn spawn_verifier(
     stats: Arc<Stats>,
 ) -> std::thread::JoinHandle<Result<u64, WorkerError>> {
     spawn(move || run_verifier(cfg, stop, stats))
+}
+
+/// A worker or a verifier, for [`spawn_group`].
+#[derive(Clone, Debug)]
+pub enum Member {
+    Worker(NativeConfig),
+    Verifier(NativeConfig),
+}
+
+/// Runs many participants on one thread (a current-thread runtime and a `LocalSet`):
+/// they share the thread, taking turns at every await, so hundreds of simulated
+/// volunteers need a handful of threads. Each gets its own [`Stats`], in order. The
+/// thread returns the first error a participant stopped with, if any.
+pub fn spawn_group(
+    members: Vec<(Member, Arc<Stats>)>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<u64, WorkerError>> {
+    spawn(move || async move {
+        let local = tokio::task::LocalSet::new();
+        let handles: Vec<_> = members
+            .into_iter()
+            .map(|(m, stats)| {
+                let stop = Arc::clone(&stop);
+                local.spawn_local(async move {
+                    match m {
+                        Member::Worker(cfg) => run_worker(cfg, stop, stats).await,
+                        Member::Verifier(cfg) => run_verifier(cfg, stop, stats).await,
+                    }
+                })
+            })
+            .collect();
+        local
+            .run_until(async move {
+                let mut done = 0;
+                let mut first_error = None;
+                for h in handles {
+                    match h.await {
+                        Ok(Ok(n)) => done += n,
+                        Ok(Err(e)) => {
+                            first_error.get_or_insert(e);
+                        }
+                        Err(e) => {
+                            first_error.get_or_insert(WorkerError::Local(e.to_string()));
+                        }
+                    }
+                }
+                first_error.map_or(Ok(done), Err)
+            })
+            .await
+    })
 }
 
 #[cfg(test)]

@@ -88,6 +88,19 @@ impl Transport for JsTransport {
         out.copy_from_slice(&h.finalize().as_bytes()[..16]);
         out
     }
+
+    /// `setTimeout` of the global scope (a Window or a Worker), as a future.
+    async fn sleep(&self, ms: u64) {
+        let promise = Promise::new(&mut |resolve, _| {
+            let global = js_sys::global();
+            if let Ok(f) = Reflect::get(&global, &JsValue::from_str("setTimeout"))
+                && let Some(f) = f.dyn_ref::<Function>()
+            {
+                let _ = f.call2(&global, &resolve, &JsValue::from_f64(ms as f64));
+            }
+        });
+        let _ = JsFuture::from(promise).await;
+    }
 }
 
 struct JsControl {
@@ -252,6 +265,7 @@ async fn turn(
             task,
             final_loss,
             challenged,
+            ..
         } => {
             set("kind", "done".into());
             set("task", JsValue::from_f64(task.task_id.0 as f64));

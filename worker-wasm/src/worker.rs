@@ -18,11 +18,12 @@ use lupus_api::problem::Problem;
 use lupus_api::sign::sign_request;
 use lupus_api::types::{
     B64, JobInfo, JoinRequest, NextRequest, OpeningReceipt, Sig, Submission, SubmissionReceipt,
-    TaskDescription, TaskOffer, VerdictReceipt, VerdictSubmission, VerifyOffer, evidence_digest,
-    join_body, verdict_body, work_committed_body,
+    TaskDescription, TaskOffer, TaskState, TaskStatus, VerdictReceipt, VerdictSubmission,
+    VerifyOffer, evidence_digest, join_body, verdict_body, work_committed_body,
 };
 use lupus_ledger::entry::{Digest, Entry, PublicKey, Role};
 use lupus_prover::data::Corpus;
+use lupus_prover::quant::QuantDelta;
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::{TaskBuilder, TaskRun};
 use lupus_prover::tensor::Tensor;
@@ -55,6 +56,8 @@ pub trait Transport {
     fn now_ms(&self) -> u64;
     /// 16 fresh random bytes (request nonces).
     fn nonce(&self) -> [u8; 16];
+    /// Waits `ms` milliseconds (between retries of a submission or an opening).
+    async fn sleep(&self, ms: u64);
 }
 
 /// Why the worker stopped or a task failed.
@@ -123,6 +126,39 @@ impl Backend {
     }
 }
 
+/// How a worker departs from the protocol. Volunteers are [`Behaviour::Honest`]; the
+/// other variants are the cheats the adversarial tests and `lupus bench adversaries`
+/// run through this same loop, so that what they exercise is the real client.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Behaviour {
+    #[default]
+    Honest,
+    /// Trains honestly but submits a delta ten times larger than the one it trained,
+    /// committing it in its trace: a worker trying to dominate the merge.
+    InflatedDelta,
+}
+
+/// How a verifier departs from the protocol (see [`Behaviour`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VerifierBehaviour {
+    /// Replays the challenged steps and signs what it found.
+    #[default]
+    Honest,
+    /// Signs "accepted" without replaying anything.
+    AlwaysAccept,
+    /// Signs "rejected" without replaying anything (and without a fraud proof).
+    AlwaysReject,
+}
+
+/// How many times a submission or an opening is sent again while the coordinator is
+/// unreachable or answers 5xx (it may be restarting), [`RETRY_PAUSE_MS`] apart: two
+/// minutes in all.
+pub const RETRIES: u32 = 240;
+/// The pause between two such tries.
+pub const RETRY_PAUSE_MS: u64 = 500;
+
 /// The outcome of one turn of the loop.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Turn {
@@ -135,6 +171,10 @@ pub enum Turn {
         task: TaskDescription,
         final_loss: f32,
         challenged: Vec<u32>,
+        /// Log index of the `WorkCommitted` entry, when the coordinator's receipt
+        /// arrived (`None` when the commitment was found again through the task's
+        /// status after the coordinator restarted).
+        entry_index: Option<u64>,
     },
 }
 
@@ -160,6 +200,9 @@ pub struct Participant<T: Transport> {
     pub job: JobSpec,
     pub corpus: Corpus,
     model: Option<(Digest, Vec<Tensor>)>,
+    behaviour: Behaviour,
+    verifier_behaviour: VerifierBehaviour,
+    cancelled: Option<Box<dyn Fn() -> bool>>,
 }
 
 impl<T: Transport> Participant<T> {
@@ -196,9 +239,31 @@ impl<T: Transport> Participant<T> {
             job,
             corpus,
             model: None,
+            behaviour: Behaviour::Honest,
+            verifier_behaviour: VerifierBehaviour::Honest,
+            cancelled: None,
         };
         me.join(name, role).await?;
         Ok(me)
+    }
+
+    /// Makes this worker depart from the protocol (adversarial tests only).
+    pub fn with_behaviour(mut self, behaviour: Behaviour) -> Self {
+        self.behaviour = behaviour;
+        self
+    }
+
+    /// Makes this verifier depart from the protocol (adversarial tests only).
+    pub fn with_verifier_behaviour(mut self, behaviour: VerifierBehaviour) -> Self {
+        self.verifier_behaviour = behaviour;
+        self
+    }
+
+    /// Gives up retrying a submission or an opening as soon as `cancelled` says so (the
+    /// participant is being stopped).
+    pub fn with_cancel(mut self, cancelled: impl Fn() -> bool + 'static) -> Self {
+        self.cancelled = Some(Box::new(cancelled));
+        self
     }
 
     /// This worker's public key.
@@ -228,6 +293,39 @@ impl<T: Transport> Participant<T> {
         body: &B,
     ) -> Result<R, WorkerError> {
         let body = serde_json::to_vec(body).map_err(local)?;
+        self.post_bytes(path, body).await
+    }
+
+    /// [`Self::post`] sent again, freshly signed each time, while the coordinator is
+    /// unreachable or answers 5xx/429: work already done is not thrown away because the
+    /// coordinator restarted. Other refusals are returned at once.
+    async fn post_retrying<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<R, WorkerError> {
+        let body = serde_json::to_vec(body).map_err(local)?;
+        let mut tries = 0;
+        loop {
+            match self.post_bytes(path, body.clone()).await {
+                Err(e) if retry_worthy(&e) && tries < RETRIES && !self.is_cancelled() => {
+                    tries += 1;
+                    self.transport.sleep(RETRY_PAUSE_MS).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.as_ref().is_some_and(|f| f())
+    }
+
+    async fn post_bytes<R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<R, WorkerError> {
         let h = sign_request(
             &self.key,
             "POST",
@@ -302,18 +400,40 @@ impl<T: Transport> Participant<T> {
             final_opening: run.final_opening().map_err(local)?,
             device_class: backend.class(),
         };
-        let receipt: SubmissionReceipt = self
-            .post(&paths::submit(task.task_id.0), &submission)
-            .await?;
-        let ch = receipt.challenge;
+        let submitted: Result<SubmissionReceipt, _> = self
+            .post_retrying(&paths::submit(task.task_id.0), &submission)
+            .await;
+        let (ch, entry_index) = match submitted {
+            Ok(receipt) => (receipt.challenge, Some(receipt.entry_index)),
+            // A conflict after a retry: the first try may have been committed before
+            // the coordinator went away. If the task's status shows this commitment,
+            // its challenge is ours to answer.
+            Err(WorkerError::Refused(p)) if p.status == 409 => {
+                let status: TaskStatus =
+                    get_json(&self.transport, &paths::task(task.task_id.0)).await?;
+                match status.challenge {
+                    Some(c)
+                        if status.state == TaskState::Committed
+                            && status.worker == self.public_key() =>
+                    {
+                        (c, None)
+                    }
+                    _ => return Err(WorkerError::Refused(p)),
+                }
+            }
+            Err(e) => return Err(e),
+        };
         let opening = run
             .open(&self.job, &self.corpus, &ch.steps, ch.tolerant)
             .map_err(local)?;
-        let _: OpeningReceipt = self.post(&paths::opening(task.task_id.0), &opening).await?;
+        let _: OpeningReceipt = self
+            .post_retrying(&paths::opening(task.task_id.0), &opening)
+            .await?;
         Ok(Turn::Done {
             task,
             final_loss: run.final_loss,
             challenged: ch.steps,
+            entry_index,
         })
     }
 
@@ -334,33 +454,43 @@ impl<T: Transport> Participant<T> {
             }
             VerifyOffer::Job(j) => j,
         };
-        let base = self.base_model(&vj.task.base_model).await?;
-        let verdict = verify_opening(
-            &self.job,
-            &self.corpus,
-            &base,
-            &vj.task.seed.0,
-            &vj.commitment,
-            &vj.steps,
-            &vj.opening,
-            vj.device_class,
-        )
-        .map_err(local)?;
-        let (accepted, reason, proof) = match verdict {
-            Verdict::Accept => (
-                true,
-                "every challenged step replays to the committed values".to_owned(),
-                None,
-            ),
-            Verdict::Reject {
-                step,
-                reason,
-                fraud_proof,
-            } => (
-                false,
-                format!("step {step:?}: {reason}"),
-                fraud_proof.map(|p| *p),
-            ),
+        let (accepted, reason, proof) = match self.verifier_behaviour {
+            VerifierBehaviour::Honest => {
+                let base = self.base_model(&vj.task.base_model).await?;
+                let verdict = verify_opening(
+                    &self.job,
+                    &self.corpus,
+                    &base,
+                    &vj.task.seed.0,
+                    &vj.commitment,
+                    &vj.steps,
+                    &vj.opening,
+                    vj.device_class,
+                )
+                .map_err(local)?;
+                match verdict {
+                    Verdict::Accept => (
+                        true,
+                        "every challenged step replays to the committed values".to_owned(),
+                        None,
+                    ),
+                    Verdict::Reject {
+                        step,
+                        reason,
+                        fraud_proof,
+                    } => (
+                        false,
+                        format!("step {step:?}: {reason}"),
+                        fraud_proof.map(|p| *p),
+                    ),
+                }
+            }
+            VerifierBehaviour::AlwaysAccept => {
+                (true, "accepted without replaying".to_owned(), None)
+            }
+            VerifierBehaviour::AlwaysReject => {
+                (false, "rejected without replaying".to_owned(), None)
+            }
         };
         let evidence = proof.as_ref().map(evidence_digest);
         let entry = Entry::signed(
@@ -376,7 +506,7 @@ impl<T: Transport> Participant<T> {
         )
         .map_err(local)?;
         let _: VerdictReceipt = self
-            .post(
+            .post_retrying(
                 &paths::verdict(vj.task.task_id.0),
                 &VerdictSubmission {
                     verdict: B64(entry.encode()),
@@ -425,7 +555,25 @@ impl<T: Transport> Participant<T> {
                 return Ok(None);
             }
         }
-        Ok(Some(b.finish().map_err(local)?))
+        let run = match self.behaviour {
+            Behaviour::Honest => b.finish(),
+            Behaviour::InflatedDelta => {
+                let honest =
+                    lupus_prover::quant::quantise_delta(base, &b.state().params).map_err(local)?;
+                let inflated = QuantDelta {
+                    tensors: honest
+                        .tensors
+                        .into_iter()
+                        .map(|mut q| {
+                            q.scale *= 10.0;
+                            q
+                        })
+                        .collect(),
+                };
+                b.finish_with_delta(inflated)
+            }
+        };
+        Ok(Some(run.map_err(local)?))
     }
 }
 
@@ -446,6 +594,17 @@ fn decode<R: DeserializeOwned>(resp: Response) -> Result<R, WorkerError> {
                 )
             }),
         ))
+    }
+}
+
+/// Whether sending the same request again later may succeed: the coordinator is
+/// unreachable, overloaded or failing (5xx, 429). A 409 is not retried here: it means
+/// the state moved on, which the caller checks.
+fn retry_worthy(e: &WorkerError) -> bool {
+    match e {
+        WorkerError::Unreachable(_) => true,
+        WorkerError::Refused(p) => p.status == 429 || p.status >= 500,
+        _ => false,
     }
 }
 

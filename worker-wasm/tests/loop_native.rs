@@ -225,6 +225,7 @@ impl Transport for FakeTransport<'_> {
         n[..8].copy_from_slice(&c.to_le_bytes());
         n
     }
+    async fn sleep(&self, _: u64) {}
 }
 
 /// Counts steps; refuses to go on after `stop_after` steps.

@@ -7,10 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use lupus_coordinator::client::{Behaviour, Client, ParticipantStats, run_verifier, run_worker};
 use lupus_coordinator::engine::{Config, Coordinator};
 use lupus_coordinator::server::Server;
 use lupus_prover::data::Corpus;
+pub use lupus_worker::native::Stats;
+use lupus_worker::native::{NativeConfig, spawn_verifier, spawn_worker};
+pub use lupus_worker::worker::{Behaviour, VerifierBehaviour, WorkerError};
 
 pub const TINY: &str = include_str!("../../../jobs/tiny-test.toml");
 
@@ -37,11 +39,12 @@ pub fn key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
 }
 
-/// Participants running against a server, stopped on drop.
+/// Participants running against a server (the real `lupus_worker::native` loop, each on
+/// a thread of its own), stopped on drop.
 pub struct Crowd {
     pub stop: Arc<AtomicBool>,
-    pub handles: Vec<tokio::task::JoinHandle<Result<(), lupus_coordinator::client::ClientError>>>,
-    pub stats: Vec<Arc<ParticipantStats>>,
+    pub handles: Vec<std::thread::JoinHandle<Result<u64, WorkerError>>>,
+    pub stats: Vec<Arc<Stats>>,
 }
 
 impl Crowd {
@@ -54,32 +57,36 @@ impl Crowd {
     }
 
     pub fn worker(&mut self, url: &str, seed: u8, behaviour: Behaviour) {
-        let client = Client::new(url, key(seed));
-        let stats = Arc::new(ParticipantStats::default());
+        let cfg = NativeConfig {
+            behaviour,
+            ..NativeConfig::new(url, key(seed), &format!("worker-{seed}"))
+        };
+        let stats = Arc::new(Stats::default());
         self.stats.push(Arc::clone(&stats));
-        let stop = Arc::clone(&self.stop);
-        self.handles.push(tokio::spawn(async move {
-            run_worker(client, &format!("worker-{seed}"), behaviour, stop, stats).await
-        }));
+        self.handles
+            .push(spawn_worker(cfg, Arc::clone(&self.stop), stats));
     }
 
     pub fn verifier(&mut self, url: &str, seed: u8) {
-        let client = Client::new(url, key(seed));
-        let stats = Arc::new(ParticipantStats::default());
+        self.verifier_as(url, seed, VerifierBehaviour::Honest);
+    }
+
+    pub fn verifier_as(&mut self, url: &str, seed: u8, behaviour: VerifierBehaviour) {
+        let cfg = NativeConfig {
+            verifier_behaviour: behaviour,
+            ..NativeConfig::new(url, key(seed), &format!("verifier-{seed}"))
+        };
+        let stats = Arc::new(Stats::default());
         self.stats.push(Arc::clone(&stats));
-        let stop = Arc::clone(&self.stop);
-        self.handles.push(tokio::spawn(async move {
-            run_verifier(client, &format!("verifier-{seed}"), stop, stats).await
-        }));
+        self.handles
+            .push(spawn_verifier(cfg, Arc::clone(&self.stop), stats));
     }
 }
 
 impl Drop for Crowd {
     fn drop(&mut self) {
+        // The threads see the flag within a step and end (or end with the process).
         self.stop.store(true, Ordering::Relaxed);
-        for h in &self.handles {
-            h.abort();
-        }
     }
 }
 
