@@ -87,6 +87,10 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// After the store failed, requests that would need it are refused at once for this
+/// long (see `Coordinator::lock_synced`).
+const STORE_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
 /// How the coordinator runs a job.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -169,6 +173,8 @@ pub struct Coordinator {
     cosignatures: std::sync::Mutex<BTreeMap<usize, crate::witness::Cosigned>>,
     /// An append failed and the state may lack entries that landed anyway.
     behind: std::sync::atomic::AtomicBool,
+    /// When the store last failed (see [`Coordinator::lock_synced`]).
+    store_failed_at: std::sync::Mutex<Option<std::time::Instant>>,
     pub metrics: Metrics,
 }
 
@@ -333,6 +339,7 @@ impl Coordinator {
             nonces: std::sync::Mutex::new(HashMap::new()),
             cosignatures: std::sync::Mutex::new(BTreeMap::new()),
             behind: std::sync::atomic::AtomicBool::new(false),
+            store_failed_at: std::sync::Mutex::new(None),
             metrics: Metrics::default(),
         });
         coordinator
@@ -400,20 +407,45 @@ impl Coordinator {
     /// After a failed append: its batch may have landed all the same (a connection
     /// lost during `COMMIT`). Until the state has caught up with the store, a request
     /// would be checked against a state that lacks it, and a retried submission or
-    /// verdict would be appended twice; so the state is marked behind and caught up
-    /// now if the store answers, else by the next [`Self::lock_synced`].
-    async fn append_failed(&self, inner: &mut Inner) {
+    /// verdict would be appended twice; so the state is marked behind, and the next
+    /// [`Self::lock_synced`] catches it up.
+    async fn append_failed(&self, _inner: &mut Inner) {
         self.behind.store(true, Ordering::SeqCst);
-        if let Err(e) = self.catch_up_with_store(inner).await {
-            tracing::warn!(error = %e, "cannot read the store after a failed append; retrying on the next request");
+        self.note_store_failure();
+    }
+
+    fn note_store_failure(&self) {
+        if let Ok(mut t) = self.store_failed_at.lock() {
+            *t = Some(std::time::Instant::now());
         }
     }
 
     /// The state lock, with the state caught up with the store if an append failed
     /// since the last catch-up. Every request that may append takes this one.
+    ///
+    /// While the store is down, each attempt to reach it holds the lock for the pool's
+    /// timeout; so within [`STORE_RETRY_PAUSE`] of a failure, requests are refused at
+    /// once (503) instead of queueing behind each other's timeouts.
     async fn lock_synced(&self) -> Result<tokio::sync::MutexGuard<'_, Inner>, ApiError> {
         let mut guard = self.inner.lock().await;
-        self.catch_up_with_store(&mut guard).await?;
+        if self.behind.load(Ordering::SeqCst) {
+            let recent = self
+                .store_failed_at
+                .lock()
+                .ok()
+                .and_then(|t| *t)
+                .is_some_and(|t| t.elapsed() < STORE_RETRY_PAUSE);
+            if recent {
+                return Err(ApiError::Unavailable(
+                    "the ledger database was unreachable a moment ago, nothing was written; try again"
+                        .into(),
+                ));
+            }
+            if let Err(e) = self.catch_up_with_store(&mut guard).await {
+                self.note_store_failure();
+                return Err(e);
+            }
+        }
         Ok(guard)
     }
 

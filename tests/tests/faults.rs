@@ -396,11 +396,13 @@ async fn locked_sqlite_gives_503_and_the_run_recovers() {
     sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
     drop(lock);
 
-    assert_eq!(
-        probe.join(Role::Worker).await.status,
-        200,
-        "the same request, once the lock is gone"
-    );
+    // The same request, sent again as Retry-After says, goes through.
+    wait_for(
+        "the join succeeds once the lock is gone",
+        Duration::from_secs(10),
+        async || (probe.join(Role::Worker).await.status == 200).then_some(()),
+    )
+    .await;
     let list = wait_finished(&url, run.rounds, Duration::from_secs(120)).await;
     let acks = crowd.acknowledged();
     crowd.stop();
@@ -577,8 +579,8 @@ async fn postgres_down_gives_503_and_the_run_recovers_when_it_is_back() {
     let started = Instant::now();
     probe.join(Role::Worker).await.assert_retryable_problem(503);
     assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "refused within the pool's timeout, not a hang: {:?}",
+        started.elapsed() < Duration::from_secs(25),
+        "refused within about the pool's timeout, not a hang: {:?}",
         started.elapsed()
     );
     assert!(pg.up(), "the private PostgreSQL starts again");
@@ -590,7 +592,12 @@ async fn postgres_down_gives_503_and_the_run_recovers_when_it_is_back() {
             .all(|r| r.accepted == run.tasks_per_round),
         "{list:?}"
     );
-    assert_eq!(probe.join(Role::Worker).await.status, 200);
+    wait_for(
+        "the join succeeds with the server back",
+        Duration::from_secs(10),
+        async || (probe.join(Role::Worker).await.status == 200).then_some(()),
+    )
+    .await;
     let acks = crowd.acknowledged();
     crowd.stop();
     assert!(crowd.failures().is_empty(), "{:?}", crowd.failures());
