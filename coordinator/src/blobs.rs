@@ -5,9 +5,17 @@
 //! hash and the directory fsynced, so after [`BlobStore::put`] returns the blob is
 //! durable and a crash never leaves a partial file under a hash name. Reads hash what
 //! they read and refuse a file whose content does not match its name.
+//!
+//! A full store (the disk, `ENOSPC`/`EDQUOT`, or the operator's quota,
+//! [`BlobStore::set_quota`]) refuses the blob with an error that
+//! [`BlobError::is_full`] recognises, and leaves no file behind: the temporary file is
+//! removed on every error (and, after a crash, when the store is opened again), and
+//! nothing names a blob before `put` has returned its hash.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use lupus_ledger::entry::Digest;
 
@@ -23,12 +31,48 @@ pub enum BlobError {
     },
     #[error("blob {hash} is corrupt: its content hashes to {actual}")]
     Corrupt { hash: Digest, actual: Digest },
+    #[error(
+        "the blob store at {dir} is full: {used} bytes stored, {len} more would pass its quota of {quota} bytes; remove old blobs or raise the quota"
+    )]
+    OverQuota {
+        dir: PathBuf,
+        used: u64,
+        len: u64,
+        quota: u64,
+    },
 }
+
+impl BlobError {
+    /// Whether the store is full (its quota, or the disk or the user's disk quota):
+    /// the same write can succeed once room is made.
+    pub fn is_full(&self) -> bool {
+        match self {
+            BlobError::OverQuota { .. } => true,
+            BlobError::Io { source, .. } => {
+                source.kind() == std::io::ErrorKind::StorageFull
+                    || source.kind() == std::io::ErrorKind::QuotaExceeded
+            }
+            BlobError::Corrupt { .. } => false,
+        }
+    }
+}
+
+/// The name prefix of a blob being written.
+const TMP_PREFIX: &str = ".tmp-";
 
 /// A directory of blobs named by their blake3 hex.
 #[derive(Clone, Debug)]
 pub struct BlobStore {
     dir: PathBuf,
+    quota: Arc<Quota>,
+}
+
+/// The most bytes the directory may hold (0: no quota), and the bytes it held when
+/// last counted plus what was written since.
+#[derive(Debug, Default)]
+struct Quota {
+    limit: AtomicU64,
+    used: std::sync::Mutex<Option<u64>>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BlobError + '_ {
@@ -39,11 +83,76 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BlobError + '_ {
 }
 
 impl BlobStore {
-    /// Opens (creating it if needed) the store in `dir`.
+    /// Opens (creating it if needed) the store in `dir`, removing the temporary files
+    /// a crash in the middle of a `put` left behind (the directory belongs to one
+    /// coordinator, so no other writer owns them).
     pub fn open(dir: impl Into<PathBuf>) -> Result<BlobStore, BlobError> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        Ok(BlobStore { dir })
+        for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
+            let e = e.map_err(io(&dir))?;
+            if e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
+            }
+        }
+        Ok(BlobStore {
+            dir,
+            quota: Arc::default(),
+        })
+    }
+
+    /// Limits the directory to `bytes` (`None`: no limit, the default). A `put` that
+    /// would pass it fails with [`BlobError::OverQuota`] before writing anything, so
+    /// an operator can keep the coordinator from filling a disk that other things need.
+    /// Blobs removed by the operator count as freed the next time a `put` hits the
+    /// limit (the directory is counted again then).
+    pub fn set_quota(&self, bytes: Option<u64>) {
+        self.quota
+            .limit
+            .store(bytes.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Bytes in the directory's files.
+    fn count(&self) -> Result<u64, BlobError> {
+        let mut total = 0;
+        for e in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let e = e.map_err(io(&self.dir))?;
+            // A file removed while we count is simply not counted.
+            total += e.metadata().map_or(0, |m| m.len());
+        }
+        Ok(total)
+    }
+
+    /// Reserves `len` bytes under the quota, counting the directory again when the
+    /// running total says it is full.
+    fn reserve(&self, len: u64) -> Result<(), BlobError> {
+        let quota = self.quota.limit.load(Ordering::Relaxed);
+        if quota == 0 {
+            return Ok(());
+        }
+        let mut used = self
+            .quota
+            .used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut now = match *used {
+            Some(u) => u,
+            None => self.count()?,
+        };
+        if now + len > quota {
+            now = self.count()?;
+        }
+        if now + len > quota {
+            *used = Some(now);
+            return Err(BlobError::OverQuota {
+                dir: self.dir.clone(),
+                used: now,
+                len,
+                quota,
+            });
+        }
+        *used = Some(now + len);
+        Ok(())
     }
 
     fn path(&self, hash: &Digest) -> PathBuf {
@@ -62,7 +171,8 @@ impl BlobStore {
             path: self.dir.clone(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        let tmp = self.dir.join(format!(".tmp-{}", hex::encode(nonce)));
+        self.reserve(bytes.len() as u64)?;
+        let tmp = self.dir.join(format!("{TMP_PREFIX}{}", hex::encode(nonce)));
         let result = (|| {
             let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
             f.write_all(bytes).map_err(io(&tmp))?;
@@ -124,5 +234,63 @@ mod tests {
             })
             .count();
         assert_eq!(leftovers, 0);
+    }
+
+    #[test]
+    fn a_put_over_the_quota_is_refused_whole_and_freed_space_counts_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        store.put(&[1u8; 1000]).unwrap();
+        store.set_quota(Some(2500));
+        store.put(&[2u8; 1000]).unwrap();
+        let e = store.put(&[3u8; 1000]).unwrap_err();
+        assert!(e.is_full(), "{e}");
+        assert!(matches!(
+            e,
+            BlobError::OverQuota {
+                used: 2000,
+                len: 1000,
+                quota: 2500,
+                ..
+            }
+        ));
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, 2, "nothing of the refused blob was written");
+        // Storing a blob the store already has needs no room.
+        store.put(&[2u8; 1000]).unwrap();
+        // The operator removes a blob: the next put that would not fit counts again.
+        std::fs::remove_file(dir.path().join(Digest::of(&[1u8; 1000]).to_string())).unwrap();
+        store.put(&[3u8; 1000]).unwrap();
+        store.set_quota(None);
+        store.put(&[4u8; 5000]).unwrap();
+    }
+
+    #[test]
+    fn opening_removes_what_a_crash_mid_put_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let h = store.put(b"kept").unwrap();
+        std::fs::write(dir.path().join(".tmp-0011223344556677"), b"half a blob").unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec![h.to_string()]);
+        assert_eq!(store.get(&h).unwrap().unwrap(), b"kept");
+    }
+
+    #[test]
+    fn a_full_disk_is_full_and_other_io_errors_are_not() {
+        let full = BlobError::Io {
+            path: PathBuf::from("x"),
+            source: std::io::Error::from_raw_os_error(28), // ENOSPC
+        };
+        assert!(full.is_full());
+        let denied = BlobError::Io {
+            path: PathBuf::from("x"),
+            source: std::io::Error::from_raw_os_error(13), // EACCES
+        };
+        assert!(!denied.is_full());
     }
 }

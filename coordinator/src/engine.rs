@@ -64,8 +64,27 @@ use lupus_prover::verify::{DeviceClass, Verdict, verify_opening};
 use tokio::sync::Mutex;
 
 use crate::blobs::BlobStore;
-use crate::error::{ApiError, internal};
+use crate::error::{ApiError, blob_error, internal, log_error, store_error};
 use crate::state::{CreditKindKey, State, TaskRecord};
+
+/// The coordinator's crash points for the fault tests, armed with
+/// `LUPUS_FAILPOINT=<name>[@<n>]` (see [`lupus_ledger::store::failpoint`], which also
+/// has the storage layer's points).
+pub mod failpoints {
+    pub use lupus_ledger::store::failpoint::{LOG_AFTER_COMMIT, STORE_BEFORE_COMMIT, hit};
+    /// A submission's `WorkCommitted` is durable; its receipt is not sent.
+    pub const SUBMIT_AFTER_APPEND: &str = "submit-after-append";
+    /// Round close: the merge, the outer step and the validation loss are computed,
+    /// nothing is stored.
+    pub const CLOSE_AFTER_MERGE: &str = "close-after-merge";
+    /// Round close: the new model's blob is written, the log does not name it yet.
+    pub const CLOSE_AFTER_MODEL_BLOB: &str = "close-after-model-blob";
+    /// Round close: the close's one group (credits, `RoundClosed`, the shares epoch,
+    /// the next `RoundOpened`) is durable; the state and the model are not updated.
+    pub const CLOSE_AFTER_CREDITS: &str = "close-after-credits";
+    /// The referee's verdict is appended, the slashes it calls for are not.
+    pub const REFEREE_AFTER_VERDICT: &str = "referee-after-verdict";
+}
 
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
@@ -73,6 +92,10 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// After the store failed, requests that would need it are refused at once for this
+/// long (see `Coordinator::lock_synced`).
+const STORE_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// How the coordinator runs a job.
 #[derive(Clone, Debug)]
@@ -183,6 +206,10 @@ pub struct Coordinator {
     cosignatures: std::sync::Mutex<BTreeMap<usize, crate::witness::Cosigned>>,
     /// Wakes the server's ticker when a request finds the open round due to close.
     close_wanted: tokio::sync::Notify,
+    /// An append failed and the state may lack entries that landed anyway.
+    behind: std::sync::atomic::AtomicBool,
+    /// When the store last failed (see [`Coordinator::lock_synced`]).
+    store_failed_at: std::sync::Mutex<Option<std::time::Instant>>,
     pub metrics: Metrics,
 }
 
@@ -359,6 +386,8 @@ impl Coordinator {
             nonces: std::sync::Mutex::new(HashMap::new()),
             cosignatures: std::sync::Mutex::new(BTreeMap::new()),
             close_wanted: tokio::sync::Notify::new(),
+            behind: std::sync::atomic::AtomicBool::new(false),
+            store_failed_at: std::sync::Mutex::new(None),
             metrics: Metrics::default(),
         });
         coordinator
@@ -412,12 +441,119 @@ impl Coordinator {
     }
 
     async fn append(&self, inner: &mut Inner, entry: Entry) -> Result<u64, ApiError> {
-        let index = self.log.append(entry.encode()).await.map_err(internal)?.0;
-        inner
-            .state
-            .apply(index, &entry)
-            .map_err(|e| ApiError::Internal(format!("the log and the state disagree: {e}")))?;
+        let index = match self.log.append(entry.encode()).await {
+            Ok(i) => i.0,
+            Err(e) => {
+                self.append_failed(inner).await;
+                return Err(log_error(e));
+            }
+        };
+        self.apply_at(inner, index, &entry).await?;
         Ok(index)
+    }
+
+    /// After a failed append: its batch may have landed all the same (a connection
+    /// lost during `COMMIT`). Until the state has caught up with the store, a request
+    /// would be checked against a state that lacks it, and a retried submission or
+    /// verdict would be appended twice; so the state is marked behind, and the next
+    /// [`Self::lock_synced`] catches it up.
+    async fn append_failed(&self, _inner: &mut Inner) {
+        self.behind.store(true, Ordering::SeqCst);
+        self.note_store_failure();
+    }
+
+    fn note_store_failure(&self) {
+        if let Ok(mut t) = self.store_failed_at.lock() {
+            *t = Some(std::time::Instant::now());
+        }
+    }
+
+    /// The state lock, with the state caught up with the store if an append failed
+    /// since the last catch-up. Every request that may append takes this one.
+    ///
+    /// While the store is down, each attempt to reach it holds the lock for the pool's
+    /// timeout; so within [`STORE_RETRY_PAUSE`] of a failure, requests are refused at
+    /// once (503) instead of queueing behind each other's timeouts.
+    async fn lock_synced(&self) -> Result<tokio::sync::MutexGuard<'_, Inner>, ApiError> {
+        let mut guard = self.inner.lock().await;
+        if self.behind.load(Ordering::SeqCst) {
+            let recent = self
+                .store_failed_at
+                .lock()
+                .ok()
+                .and_then(|t| *t)
+                .is_some_and(|t| t.elapsed() < STORE_RETRY_PAUSE);
+            if recent {
+                return Err(ApiError::Unavailable(
+                    "the ledger database was unreachable a moment ago, nothing was written; try again"
+                        .into(),
+                ));
+            }
+            if let Err(e) = self.catch_up_with_store(&mut guard).await {
+                self.note_store_failure();
+                return Err(e);
+            }
+        }
+        Ok(guard)
+    }
+
+    /// Applies the entries the store holds past the state (durable, maybe not yet
+    /// covered by a published checkpoint), if an append failed since the last time.
+    async fn catch_up_with_store(&self, inner: &mut Inner) -> Result<(), ApiError> {
+        if !self.behind.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let size = self.store.size().await.map_err(store_error)?.0;
+        if size > inner.state.size {
+            let missed = self
+                .store
+                .read_entries(LeafIndex(inner.state.size), LeafIndex(size))
+                .await
+                .map_err(store_error)?;
+            for bytes in missed {
+                let at = inner.state.size;
+                let e = Entry::decode(&bytes).map_err(internal)?;
+                tracing::warn!(
+                    index = at,
+                    kind = e.kind().name(),
+                    "an append reported as failed had landed; applying it"
+                );
+                inner.state.apply(at, &e).map_err(|e| {
+                    ApiError::Internal(format!("the log and the state disagree: {e}"))
+                })?;
+            }
+        }
+        self.behind.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Applies our own entry `index` to the state, first applying any entries before it
+    /// that the log holds and the state has not seen: a batch whose commit landed
+    /// although the store reported a failure (a connection dropped during `COMMIT`).
+    /// Without this, the first such entry would leave the state one entry behind the
+    /// log for good.
+    async fn apply_at(&self, inner: &mut Inner, index: u64, entry: &Entry) -> Result<(), ApiError> {
+        let disagree = |e: crate::state::StateError| {
+            ApiError::Internal(format!("the log and the state disagree: {e}"))
+        };
+        if inner.state.size < index {
+            let missed = self
+                .log
+                .entries(LeafIndex(inner.state.size), LeafIndex(index))
+                .await
+                .map_err(log_error)?;
+            for bytes in missed {
+                let at = inner.state.size;
+                let e = Entry::decode(&bytes).map_err(internal)?;
+                tracing::warn!(
+                    index = at,
+                    kind = e.kind().name(),
+                    "an append reported as failed had landed; applying it"
+                );
+                inner.state.apply(at, &e).map_err(disagree)?;
+            }
+        }
+        inner.state.apply(index, entry).map_err(disagree)
     }
 
     async fn append_body(&self, inner: &mut Inner, body: EntryBody) -> Result<u64, ApiError> {
@@ -438,7 +574,7 @@ impl Coordinator {
         self.store
             .get_meta(&meta_key(kind, task.0))
             .await
-            .map_err(internal)
+            .map_err(store_error)
     }
 
     /// Rebuilds what the ledger does not hold and finishes an interrupted round close.
@@ -466,7 +602,7 @@ impl Coordinator {
                 .store
                 .get_meta(&meta_key("momentum", round.0))
                 .await
-                .map_err(internal)?
+                .map_err(store_error)?
             {
                 let hash = Digest(m.as_slice().try_into().map_err(internal)?);
                 inner.momentum = self.load_model(&hash)?;
@@ -486,7 +622,7 @@ impl Coordinator {
                     .store
                     .get_meta(&meta_key("beacon", round.round.0))
                     .await
-                    .map_err(internal)?
+                    .map_err(store_error)?
                     .ok_or_else(|| ApiError::Internal("the open round's beacon is lost".into()))?;
                 let beacon: [u8; 32] = beacon.as_slice().try_into().map_err(internal)?;
                 inner.beacon = Some((round.round, beacon));
@@ -554,6 +690,11 @@ impl Coordinator {
         for id in unresolved {
             self.resolve(inner, id).await?;
         }
+        // Slashes a crash cut off after the referee's verdict.
+        let ids: Vec<TaskId> = inner.live.keys().copied().collect();
+        for id in ids {
+            self.slash_contradicted(inner, id).await?;
+        }
         Ok(())
     }
 
@@ -604,7 +745,7 @@ impl Coordinator {
         };
         self.append_body(inner, body).await?;
         let params = init_params(&self.job.model, self.job.hash().0).map_err(internal)?;
-        self.blobs.put(&encode_model(&params)).map_err(internal)?;
+        self.blobs.put(&encode_model(&params)).map_err(blob_error)?;
         inner.model = Arc::new(params);
         Ok(())
     }
@@ -646,9 +787,9 @@ impl Coordinator {
         self.store
             .put_meta(&meta_key("beacon", next), &beacon)
             .await
-            .map_err(internal)?;
+            .map_err(store_error)?;
         let model_bytes = encode_model(&inner.model);
-        let base_model = self.blobs.put(&model_bytes).map_err(internal)?;
+        let base_model = self.blobs.put(&model_bytes).map_err(blob_error)?;
         let body = EntryBody::RoundOpened {
             round: Round(next),
             base_model,
@@ -671,7 +812,7 @@ impl Coordinator {
         key: PublicKey,
         req: api::JoinRequest,
     ) -> Result<api::JoinResponse, ApiError> {
-        let mut guard = self.inner.lock().await;
+        let mut guard = self.lock_synced().await?;
         let inner = &mut *guard;
         if let Some(role) = inner.state.participants.get(&key)
             && *role != req.role
@@ -747,7 +888,7 @@ impl Coordinator {
 
     /// `POST /v1/tasks/next`.
     pub async fn next_task(&self, worker: PublicKey) -> Result<TaskOffer, ApiError> {
-        let mut guard = self.inner.lock().await;
+        let mut guard = self.lock_synced().await?;
         let inner = &mut *guard;
         Self::require_role(&inner.state, &worker, Role::Worker)?;
         let Some(round) = inner.state.open_round().cloned() else {
@@ -830,7 +971,7 @@ impl Coordinator {
     }
 
     async fn check_submittable(&self, worker: &PublicKey, task: TaskId) -> Result<(), ApiError> {
-        let guard = self.inner.lock().await;
+        let guard = self.lock_synced().await?;
         self.check_submittable_in(&guard, worker, task)
     }
 
@@ -871,17 +1012,18 @@ impl Coordinator {
         let checked = check_submission(&sub, task, &worker, &shapes, self.job.inner.steps)?;
         let trace_root = ledger_digest(&checked.commitment.trace_root);
         let entry = checked.entry;
-        let blob = self.blobs.put(&sub.delta.0).map_err(internal)?;
+        let blob = self.blobs.put(&sub.delta.0).map_err(blob_error)?;
         let mut meta = blob.0.to_vec();
         meta.push(class_byte(sub.device_class));
         self.store
             .put_meta(&meta_key("delta", task.0), &meta)
             .await
-            .map_err(internal)?;
-        let mut guard = self.inner.lock().await;
+            .map_err(store_error)?;
+        let mut guard = self.lock_synced().await?;
         let inner = &mut *guard;
         self.check_submittable_in(inner, &worker, task)?;
         let index = self.append(inner, entry).await?;
+        failpoints::hit(failpoints::SUBMIT_AFTER_APPEND);
         self.metrics.submissions.fetch_add(1, Ordering::Relaxed);
         let beacon = inner
             .beacon
@@ -923,7 +1065,7 @@ impl Coordinator {
     ) -> Result<api::OpeningReceipt, ApiError> {
         // Checked under the lock; stored without it (a large blob and two fsyncs).
         let steps = {
-            let guard = self.inner.lock().await;
+            let guard = self.lock_synced().await?;
             let inner = &*guard;
             Self::require_role(&inner.state, &worker, Role::Worker)?;
             let (t, live) = Self::worker_task(inner, &worker, task)?;
@@ -942,12 +1084,12 @@ impl Coordinator {
         };
         check_opening(&opening, &steps)?;
         let bytes = serde_json::to_vec(&opening).map_err(internal)?;
-        let blob = self.blobs.put(&bytes).map_err(internal)?;
+        let blob = self.blobs.put(&bytes).map_err(blob_error)?;
         self.store
             .put_meta(&meta_key("opening", task.0), &blob.0)
             .await
-            .map_err(internal)?;
-        let mut guard = self.inner.lock().await;
+            .map_err(store_error)?;
+        let mut guard = self.lock_synced().await?;
         let inner = &mut *guard;
         Self::worker_task(inner, &worker, task)?;
         if let Some(l) = inner.live.get_mut(&task) {
@@ -978,7 +1120,7 @@ impl Coordinator {
 
     /// `POST /v1/verify/next`.
     pub async fn next_verify(&self, verifier: PublicKey) -> Result<VerifyOffer, ApiError> {
-        let mut guard = self.inner.lock().await;
+        let mut guard = self.lock_synced().await?;
         let inner = &mut *guard;
         Self::require_role(&inner.state, &verifier, Role::Verifier)?;
         let now = now_ms();
@@ -1064,7 +1206,7 @@ impl Coordinator {
         task: TaskId,
         sub: api::VerdictSubmission,
     ) -> Result<api::VerdictReceipt, ApiError> {
-        let mut guard = self.inner.lock().await;
+        let mut guard = self.lock_synced().await?;
         let inner = &mut *guard;
         Self::require_role(&inner.state, &verifier, Role::Verifier)?;
         let t = inner
@@ -1094,14 +1236,20 @@ impl Coordinator {
         if let Some(p) = &sub.fraud_proof {
             self.blobs
                 .put(&serde_json::to_vec(p).map_err(internal)?)
-                .map_err(internal)?;
+                .map_err(blob_error)?;
         }
         let index = self.append(inner, entry).await?;
         self.metrics.verdicts.fetch_add(1, Ordering::Relaxed);
         if let Some(l) = inner.live.get_mut(&task) {
             l.claims.remove(&verifier);
         }
-        self.resolve(inner, task).await?;
+        // The verdict is durable and is answered as such: if settling the task or
+        // closing the round fails now (the database locked, the blob store full), the
+        // ticker settles and closes later; the verifier must not be told to retry a
+        // verdict that is already in the log.
+        if let Err(e) = self.resolve(inner, task).await {
+            tracing::warn!(task = %task, error = %e, "settling the task after a verdict failed; the ticker retries");
+        }
         if let Some(l) = inner.live.get_mut(&task)
             && l.outcome.is_none()
             && l.waiting_since.is_none()
@@ -1137,6 +1285,7 @@ impl Coordinator {
             return Ok(());
         }
         if let Some(o) = self.ledger_outcome(&inner.state, &t, live.needed) {
+            self.slash_contradicted(inner, task).await?;
             if let Some(l) = inner.live.get_mut(&task) {
                 l.outcome = Some(o);
             }
@@ -1244,7 +1393,7 @@ impl Coordinator {
                 let d = api::evidence_digest(p);
                 self.blobs
                     .put(&serde_json::to_vec(p).map_err(internal)?)
-                    .map_err(internal)?;
+                    .map_err(blob_error)?;
                 Some(d)
             }
             _ => None,
@@ -1253,10 +1402,31 @@ impl Coordinator {
         let body = api::verdict_body(t.id, self.referee_key(), accepted, steps, &reason, evidence);
         let entry = Entry::signed(body, &self.referee).map_err(internal)?;
         self.append(inner, entry).await?;
-        // Slash whoever the replay contradicts.
+        failpoints::hit(failpoints::REFEREE_AFTER_VERDICT);
+        self.slash_contradicted(inner, t.id).await?;
+        if let Some(l) = inner.live.get_mut(&t.id) {
+            l.outcome = Some(accepted);
+        }
+        Ok(())
+    }
+
+    /// Slashes whoever the referee's verdict on `task` contradicts (the worker of
+    /// rejected work and the verifiers who accepted it, or the verifiers who rejected
+    /// work it accepts), skipping keys already slashed. A function of the ledger, so a
+    /// crash or a failed append between the referee's verdict and the slashes is
+    /// repaired by calling it again (on resume, and whenever the task is settled).
+    async fn slash_contradicted(&self, inner: &mut Inner, task: TaskId) -> Result<(), ApiError> {
+        let Some(t) = inner.state.tasks.get(&task).cloned() else {
+            return Ok(());
+        };
+        let referee = self.referee_key();
+        let Some(ruling) = t.verdicts.iter().find(|v| v.verifier == referee).cloned() else {
+            return Ok(());
+        };
         let mut to_slash: Vec<(PublicKey, String, Option<Digest>)> = Vec::new();
-        if accepted {
-            for v in t.verdicts.iter().filter(|v| !v.accepted) {
+        let others = t.verdicts.iter().filter(|v| v.verifier != referee);
+        if ruling.accepted {
+            for v in others.filter(|v| !v.accepted) {
                 to_slash.push((
                     v.verifier,
                     "rejected work that the referee's replay accepts".into(),
@@ -1264,16 +1434,19 @@ impl Coordinator {
                 ));
             }
         } else {
-            to_slash.push((t.worker, reason.clone(), evidence));
-            for v in t.verdicts.iter().filter(|v| v.accepted) {
+            to_slash.push((t.worker, ruling.reason.clone(), ruling.evidence));
+            for v in others.filter(|v| v.accepted) {
                 to_slash.push((
                     v.verifier,
                     "accepted work that the referee's replay rejects".into(),
-                    evidence,
+                    ruling.evidence,
                 ));
             }
         }
         for (key, reason, evidence) in to_slash {
+            if inner.state.slashed.contains(&key) {
+                continue;
+            }
             let body = EntryBody::Slashed {
                 key,
                 task: t.id,
@@ -1284,9 +1457,6 @@ impl Coordinator {
             self.metrics.slashes.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(key = %key, task = %t.id, %reason, "slashed");
         }
-        if let Some(l) = inner.live.get_mut(&t.id) {
-            l.outcome = Some(accepted);
-        }
         Ok(())
     }
 
@@ -1296,7 +1466,7 @@ impl Coordinator {
     /// by the server's ticker, and at once when [`Coordinator::close_wanted`] fires.
     pub async fn tick(&self) -> Result<(), ApiError> {
         let snapshot = {
-            let mut guard = self.inner.lock().await;
+            let mut guard = self.lock_synced().await?;
             self.tick_locked(&mut guard).await?
         };
         match snapshot {
@@ -1491,6 +1661,7 @@ impl Coordinator {
                     .map_err(|e| e.to_string())?
             };
             let loss = Self::validation_loss(&job, &corpus, &new_params, val_windows)?;
+            failpoints::hit(failpoints::CLOSE_AFTER_MERGE);
             let new_model = blobs
                 .put(&encode_model(&new_params))
                 .map_err(|e| e.to_string())?;
@@ -1499,12 +1670,16 @@ impl Coordinator {
         .await
         .map_err(internal)?
         .map_err(ApiError::Internal)?;
+        failpoints::hit(failpoints::CLOSE_AFTER_MODEL_BLOB);
         if !momentum.is_empty() {
-            let m = self.blobs.put(&encode_model(&momentum)).map_err(internal)?;
+            let m = self
+                .blobs
+                .put(&encode_model(&momentum))
+                .map_err(blob_error)?;
             self.store
                 .put_meta(&meta_key("momentum", s.round.0), &m.0)
                 .await
-                .map_err(internal)?;
+                .map_err(store_error)?;
         }
         let next = s.round.0 + 1;
         let next = if self.config.max_rounds.is_some_and(|max| next > max) {
@@ -1515,7 +1690,7 @@ impl Coordinator {
             self.store
                 .put_meta(&meta_key("beacon", next), &beacon)
                 .await
-                .map_err(internal)?;
+                .map_err(store_error)?;
             Some((Round(next), beacon))
         };
         Ok(CloseOutcome {
@@ -1594,6 +1769,7 @@ impl Coordinator {
         let bytes = entries.iter().map(Entry::encode).collect();
         match self.log.append_group(bytes).await {
             Ok(first) => {
+                failpoints::hit(failpoints::CLOSE_AFTER_CREDITS);
                 for (i, e) in (first.0..).zip(&entries) {
                     inner.state.apply(i, e).map_err(|e| {
                         ApiError::Internal(format!("the log and the state disagree: {e}"))

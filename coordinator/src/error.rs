@@ -32,6 +32,14 @@ pub enum ApiError {
     /// The coordinator failed (storage, an invariant).
     #[error("{0}")]
     Internal(String),
+    /// The database is locked or unreachable for a moment: nothing was written, send
+    /// the same request again after `Retry-After` seconds.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The blob store is full (its quota, or the disk): nothing was written; send the
+    /// same request again once the operator has made room.
+    #[error("{0}")]
+    InsufficientStorage(String),
 }
 
 impl ApiError {
@@ -46,6 +54,8 @@ impl ApiError {
             ApiError::TooLarge(_) => 413,
             ApiError::Unprocessable(_) => 422,
             ApiError::Internal(_) => 500,
+            ApiError::Unavailable(_) => 503,
+            ApiError::InsufficientStorage(_) => 507,
         }
     }
 
@@ -60,8 +70,22 @@ impl ApiError {
             ApiError::TooLarge(_) => ("too-large", "Request body too large"),
             ApiError::Unprocessable(_) => ("unprocessable", "Content refused"),
             ApiError::Internal(_) => ("internal", "Coordinator error"),
+            ApiError::Unavailable(_) => ("unavailable", "Storage briefly unavailable"),
+            ApiError::InsufficientStorage(_) => ("insufficient-storage", "Blob store full"),
         };
         Problem::new(self.status(), slug, title, self.to_string())
+    }
+}
+
+impl ApiError {
+    /// Seconds a client should wait before sending the same request again, for the
+    /// errors that pass by themselves (the `Retry-After` header).
+    pub fn retry_after_s(&self) -> Option<u32> {
+        match self {
+            ApiError::Unavailable(_) => Some(1),
+            ApiError::InsufficientStorage(_) => Some(30),
+            _ => None,
+        }
     }
 }
 
@@ -80,4 +104,39 @@ impl From<BodyError> for ApiError {
 /// Internal failures (storage, blobs, the prover refusing the coordinator's own inputs).
 pub fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
+}
+
+/// A failure of the log: transient ones (a locked or unreachable database) are 503
+/// with `Retry-After`, the rest internal.
+pub fn log_error(e: lupus_ledger::log::LogError) -> ApiError {
+    if e.is_transient() {
+        ApiError::Unavailable(format!(
+            "the ledger database is locked or unreachable, nothing was written; try again: {e}"
+        ))
+    } else {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+/// A failure of the store's metadata table, mapped as [`log_error`] maps the log's.
+pub fn store_error(e: lupus_ledger::store::StoreError) -> ApiError {
+    if e.is_transient() {
+        ApiError::Unavailable(format!(
+            "the ledger database is locked or unreachable, nothing was written; try again: {e}"
+        ))
+    } else {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+/// A failure of the blob store: a full store (its quota or the disk) is 507, the rest
+/// internal.
+pub fn blob_error(e: crate::blobs::BlobError) -> ApiError {
+    if e.is_full() {
+        ApiError::InsufficientStorage(format!(
+            "{e}; nothing was stored, send the same request again later"
+        ))
+    } else {
+        ApiError::Internal(e.to_string())
+    }
 }

@@ -78,6 +78,10 @@ enum Command {
         /// `/checkpoint` then carries each witness's cosignature over that checkpoint.
         #[arg(long = "witness", value_name = "URL=KEY")]
         witnesses: Vec<WitnessConfig>,
+        /// Most MiB the blob directory may hold; past it, uploads are refused with 507
+        /// until room is made (default: no limit but the disk's).
+        #[arg(long, value_name = "MIB")]
+        blob_quota: Option<u64>,
     },
     /// Run a native volunteer worker.
     Worker {
@@ -222,8 +226,10 @@ async fn main() -> Result<()> {
             args,
             listen,
             witnesses,
+            blob_quota,
         } => {
             let c = open_coordinator(&args, &args.data_dir.clone(), 4).await?;
+            c.blobs().set_quota(blob_quota.map(|mib| mib << 20));
             let web = args.web.clone().or_else(default_web);
             let mut server = Server::start(c, listen, web)
                 .await

@@ -40,7 +40,13 @@ pub const OPENING_BODY: usize = 256 << 20;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        problem_response(&self.problem())
+        let mut response = problem_response(&self.problem());
+        if let Some(s) = self.retry_after_s() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        response
     }
 }
 

@@ -140,6 +140,19 @@ pub enum LogError {
     },
 }
 
+impl LogError {
+    /// Whether trying the same append or read again later may succeed: the store's
+    /// failure was transient ([`StoreError::is_transient`]). A caller that serves
+    /// clients answers "unavailable, retry" for these and "internal error" otherwise.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LogError::Store(e) => e.is_transient(),
+            LogError::NotStored(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
 /// A handle on one log. Clones are cheap and share the one writer.
 #[derive(Clone, Debug)]
 pub struct Log {
@@ -583,6 +596,7 @@ impl Writer {
             self.stale = true;
             return Err(e.into());
         }
+        crate::store::failpoint::hit(crate::store::failpoint::LOG_AFTER_COMMIT);
         self.frontier = next;
         self.shared
             .head

@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use crate::hash::{Hash, LeafIndex, TreeSize};
 use crate::tree::StoredHashIndex;
 
+pub mod failpoint;
 pub mod fault;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -98,7 +99,9 @@ pub struct StoredCheckpoint {
 }
 
 /// Opens the store a URL names: `sqlite://PATH` (or `sqlite:PATH`) for a database
-/// file, created with its parent directories if missing; `postgres://...` (or
+/// file, created with its parent directories if missing (`?busy_timeout_ms=N` after
+/// the path sets how long an append waits for another connection's write lock,
+/// default [`sqlite::BUSY_TIMEOUT`]); `postgres://...` (or
 /// `postgresql://...`) for a PostgreSQL database, tables in the schema
 /// [`postgres::DEFAULT_SCHEMA`].
 pub async fn open_store(url: &str) -> Result<Arc<dyn LogStore>, StoreError> {
@@ -107,7 +110,18 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn LogStore>, StoreError> {
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
     {
-        let store = sqlite::SqliteStore::open(path).await?;
+        let (path, busy) = match path.split_once("?busy_timeout_ms=") {
+            Some((path, ms)) => {
+                let ms: u64 = ms.parse().map_err(|_| {
+                    StoreError::Invalid(format!(
+                        "busy_timeout_ms={ms} in the SQLite URL is not a number of milliseconds"
+                    ))
+                })?;
+                (path, std::time::Duration::from_millis(ms))
+            }
+            None => (path, sqlite::BUSY_TIMEOUT),
+        };
+        let store = sqlite::SqliteStore::open_with_busy_timeout(path, busy).await?;
         return Ok(Arc::new(store));
     }
     #[cfg(feature = "postgres")]
@@ -193,6 +207,52 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
+}
+
+impl StoreError {
+    /// Whether the failure is one that may pass by itself, so that the same request can
+    /// be tried again later: the database is locked by another connection (SQLite
+    /// `SQLITE_BUSY`/`SQLITE_LOCKED`), unreachable, restarting or shutting a
+    /// connection down (PostgreSQL connection errors, `57P0x`, too many connections),
+    /// a serialization conflict, a pool that timed out, or an I/O error on the way.
+    /// Refused batches ([`StoreError::Conflict`]), corrupt rows and bad requests are
+    /// not transient: trying again gives the same answer.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Unavailable { .. } => true,
+            #[cfg(any(feature = "sqlite", feature = "postgres"))]
+            StoreError::Backend { source, .. } => source
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(sqlx_transient),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn sqlx_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // SQLite primary result codes (extended codes keep them in the low byte):
+            // 5 SQLITE_BUSY, 6 SQLITE_LOCKED.
+            let sqlite = code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
+            // PostgreSQL SQLSTATEs: class 08 connection exception, 57P01..57P03
+            // (terminated by an administrator, crash shutdown, cannot connect now),
+            // 53300 too many connections, 40001 serialization, 40P01 deadlock.
+            let postgres = code.starts_with("08")
+                || matches!(
+                    &*code,
+                    "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
+                );
+            sqlite || postgres
+        }),
+        _ => false,
+    }
 }
 
 /// A boxed error from a backend.

@@ -284,6 +284,9 @@ impl LogStore for PostgresStore {
                 .await
                 .map_err(|e| self.backend(e))?;
         }
+        if !entries.is_empty() {
+            super::failpoint::hit(super::failpoint::STORE_BEFORE_COMMIT);
+        }
         tx.commit().await.map_err(|e| self.backend(e))
     }
 

@@ -34,8 +34,8 @@ pub const DB_FILE_NAME: &str = "ledger.sqlite3";
 /// allows 32766 parameters per statement).
 const MAX_CHUNK: usize = 256;
 
-/// How long a writer waits for another connection's lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a writer waits for another connection's lock before failing (the default).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Read-only connections kept for readers.
 const READERS: u32 = 4;
@@ -68,6 +68,19 @@ impl SqliteStore {
     ///
     /// Fails with [`StoreError::Corrupt`] if the stored size and the entries disagree.
     pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with_busy_timeout(path, BUSY_TIMEOUT).await
+    }
+
+    /// [`SqliteStore::open`] with another busy timeout: how long an append waits for a
+    /// write lock that another connection (another process, an operator's `sqlite3`
+    /// shell) holds before it fails with an error that
+    /// [`StoreError::is_transient`] calls transient. A server that answers clients
+    /// while it appends wants this short, so that a locked database gives a quick
+    /// "try again" rather than a request that hangs.
+    pub async fn open_with_busy_timeout(
+        path: impl AsRef<Path>,
+        busy_timeout: Duration,
+    ) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         let unavailable = |source: BoxError| StoreError::Unavailable {
             location: format!("sqlite://{}", path.display()),
@@ -78,7 +91,7 @@ impl SqliteStore {
         }
         let base = SqliteConnectOptions::new()
             .filename(&path)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(busy_timeout);
         // The connections are local files: no need to ping one before each use (the
         // pool's default, a round trip per query).
         let writer = SqlitePoolOptions::new()
@@ -288,6 +301,9 @@ impl LogStore for SqliteStore {
                 .await
                 .map_err(|e| self.backend(e))?;
         }
+        if !entries.is_empty() {
+            super::failpoint::hit(super::failpoint::STORE_BEFORE_COMMIT);
+        }
         tx.commit().await.map_err(|e| self.backend(e))
     }
 
@@ -439,5 +455,39 @@ mod tests {
             .unwrap();
         assert_eq!(mode, "wal");
         assert_eq!(store.path(), dir.path().join(DB_FILE_NAME));
+    }
+
+    #[tokio::test]
+    async fn a_write_lock_held_elsewhere_fails_the_append_quickly_and_transiently() {
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE_NAME);
+        let store = SqliteStore::open_with_busy_timeout(&path, Duration::from_millis(100))
+            .await
+            .unwrap();
+        let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let e = store
+            .append_batch(LeafIndex(0), &[], &[], Some("note"))
+            .await
+            .unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+        // A refused batch is not transient: trying again gives the same answer.
+        let e = store
+            .append_batch(LeafIndex(3), &[], &[], Some("note"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, StoreError::Conflict { .. }) && !e.is_transient(),
+            "{e}"
+        );
     }
 }
