@@ -59,6 +59,24 @@ pub enum BenchCommand {
         #[arg(long)]
         job: Option<PathBuf>,
     },
+    /// The adversary zoo: every cheat against a coordinator, detection rates against
+    /// the theory, shares kept and the effect on validation loss.
+    Adversaries {
+        /// Rounds per phase (more rounds, more tasks per case, tighter intervals).
+        #[arg(long, default_value_t = 40)]
+        rounds: u64,
+        #[arg(long, default_value_t = 8)]
+        tasks_per_round: u32,
+        /// The fraction of tasks that need two verifiers (replaces the job's).
+        #[arg(long, default_value_t = 0.25)]
+        double_check: f64,
+        /// The job (default: jobs/tiny-test.toml, embedded, on a generated corpus).
+        #[arg(long)]
+        job: Option<PathBuf>,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 pub async fn run(cmd: BenchCommand) -> Result<()> {
@@ -80,7 +98,50 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             seconds,
             job,
         } => load(workers, verifiers, seconds, job).await,
+        BenchCommand::Adversaries {
+            rounds,
+            tasks_per_round,
+            double_check,
+            job,
+            json,
+        } => adversaries(rounds, tasks_per_round, double_check, job, json).await,
     }
+}
+
+async fn adversaries(
+    rounds: u64,
+    tasks_per_round: u32,
+    double_check: f64,
+    job: Option<PathBuf>,
+    json: Option<PathBuf>,
+) -> Result<()> {
+    use lupus_coordinator::zoo;
+    ensure!(
+        (0.0..=1.0).contains(&double_check),
+        "--double-check is a fraction in [0, 1]"
+    );
+    let text = match &job {
+        Some(p) => std::fs::read_to_string(p)?,
+        None => include_str!("../../jobs/tiny-test.toml").to_owned(),
+    };
+    let mut spec: toml::Table = text.parse()?;
+    if let Some(v) = spec.get_mut("verify").and_then(|v| v.as_table_mut()) {
+        v.insert("double_check_fraction".into(), toml::Value::Float(double_check));
+    }
+    let text = toml::to_string(&spec)?;
+    let parsed = JobSpec::parse(&text)?;
+    let corpus = match &job {
+        Some(_) => dataset::load_or_fetch(std::path::Path::new("lupus-data"), &parsed)?,
+        None => Corpus::generated(7, 24_000),
+    };
+    let cfg = zoo::ZooConfig::full(&text, corpus, rounds, tasks_per_round);
+    let report = zoo::run(&cfg).await?;
+    print!("{}", zoo::table(&report));
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
 }
 
 fn val(job: &JobSpec, corpus: &Corpus, p: &[Tensor]) -> Result<f32> {

@@ -21,4 +21,5 @@ pub mod gpu;
 pub mod native;
 #[cfg(target_arch = "wasm32")]
 mod web;
+pub mod adversary;
 pub mod worker;
