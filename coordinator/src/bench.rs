@@ -126,7 +126,10 @@ async fn adversaries(
     };
     let mut spec: toml::Table = text.parse()?;
     if let Some(v) = spec.get_mut("verify").and_then(|v| v.as_table_mut()) {
-        v.insert("double_check_fraction".into(), toml::Value::Float(double_check));
+        v.insert(
+            "double_check_fraction".into(),
+            toml::Value::Float(double_check),
+        );
     }
     let text = toml::to_string(&spec)?;
     let parsed = JobSpec::parse(&text)?;

@@ -231,6 +231,34 @@ fn double_checked(beacon: &[u8; 32], trace_root: &Digest, fraction: f64) -> bool
     (u as f64) / (u64::MAX as f64) < fraction
 }
 
+/// Refuses a delta that no honest run could have produced: some tensor moved further
+/// than `H` AdamW steps can move it from the base (`AdamW::max_displacement`, with a
+/// margin for rounding and int8 quantisation). Such a delta is a cheat whatever its
+/// trace says, and merging it unchecked would let one worker drag the model as far as
+/// the merge's norm clip allows (the zoo's huge-norm delta).
+fn check_delta_bound(job: &JobSpec, base: &[Tensor], q: &QuantDelta) -> Result<(), ApiError> {
+    let opt = job.inner.adamw();
+    for (i, (qt, b)) in q.tensors.iter().zip(base).enumerate() {
+        let start = b.data().iter().fold(0.0f32, |a, x| a.max(x.abs()));
+        let limit = 1.25 * opt.max_displacement(job.inner.steps, start) + 1e-6;
+        let peak = f64::from(qt.scale)
+            * f64::from(
+                qt.values
+                    .iter()
+                    .map(|v| v.unsigned_abs())
+                    .max()
+                    .unwrap_or(0),
+            );
+        if peak > limit {
+            return Err(ApiError::Unprocessable(format!(
+                "delta tensor {i} moves a parameter by {peak:e}, more than {} AdamW steps can ({limit:e}): no honest run gives this delta",
+                job.inner.steps
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Coordinator {
     /// Opens (or creates) the coordinator's ledger and blobs in `config.data_dir`,
     /// replays the ledger and resumes the round it was in.
@@ -804,9 +832,15 @@ impl Coordinator {
         Ok((t, live))
     }
 
-    async fn check_submittable(&self, worker: &PublicKey, task: TaskId) -> Result<(), ApiError> {
+    /// Checks that `worker` may submit `task`; returns the round's base model.
+    async fn check_submittable(
+        &self,
+        worker: &PublicKey,
+        task: TaskId,
+    ) -> Result<Arc<Vec<Tensor>>, ApiError> {
         let guard = self.inner.lock().await;
-        self.check_submittable_in(&guard, worker, task)
+        self.check_submittable_in(&guard, worker, task)?;
+        Ok(Arc::clone(&guard.model))
     }
 
     fn check_submittable_in(
@@ -835,7 +869,7 @@ impl Coordinator {
         // The state checks run under the lock, the pure checks and the durable blob
         // writes without it (so submissions do not queue behind each other's fsyncs),
         // and the state is checked again under the lock before the append.
-        self.check_submittable(&worker, task).await?;
+        let base = self.check_submittable(&worker, task).await?;
         let entry = Entry::decode(&sub.work_committed.0)
             .map_err(|e| ApiError::BadRequest(format!("work_committed entry: {e}")))?;
         let EntryBody::WorkCommitted {
@@ -869,6 +903,7 @@ impl Coordinator {
                 "the delta's tensors do not have the model's shapes".into(),
             ));
         }
+        check_delta_bound(&self.job, &base, &q)?;
         if Digest(q.hash()) != delta {
             return Err(ApiError::Unprocessable(
                 "the delta does not hash to the committed delta hash".into(),

@@ -32,8 +32,10 @@ use crate::worker::{Control, Transport, WorkerError};
 pub enum Behaviour {
     #[default]
     Honest,
-    /// Trains honestly but submits a delta ten times larger than the one it trained,
-    /// committing it in its trace: a worker trying to dominate the merge.
+    /// Trains honestly but submits a delta 20% larger than the one it trained,
+    /// committing it in its trace: a worker trying to weigh more in the merge, just
+    /// under the coordinator's bound on how far `H` steps can move a parameter (a
+    /// larger one is [`Behaviour::HugeLastStep`]'s fate).
     InflatedDelta,
     /// Does not train: every committed step leaves the parameters where they were, so
     /// the delta it submits is zero.
@@ -52,8 +54,9 @@ pub enum Behaviour {
     /// Trains from a base model of its own (the round's model halved) and reports the
     /// delta against the round's real base, so that only step 0 gives it away.
     WrongBase,
-    /// Trains honestly but its last step jumps every parameter by a huge amount: a
-    /// huge-norm delta, consistent with its trace everywhere but at step `H-1`.
+    /// Trains honestly but its last step jumps every parameter by 100: a huge-norm
+    /// delta, consistent with its trace everywhere but at step `H-1`. No `H` AdamW
+    /// steps move a parameter that far, so the coordinator refuses it at the door.
     HugeLastStep,
     /// Trains, commits and submits honestly, then never opens its challenged steps.
     NeverOpen,
@@ -79,6 +82,8 @@ pub enum Expected {
     /// challenge exposes, `1-(1-f)^m` for a fraction `f` of faked steps, `m/H` for one
     /// faked step out of `H`); a task that escapes is merged.
     Slashed(f64),
+    /// The submission is refused at the door (4xx, nothing written).
+    Refused,
     /// The task is never merged nor credited: its slot expires and is handed out again.
     Expired,
 }
@@ -100,7 +105,8 @@ impl Behaviour {
                 Expected::Slashed(1.0 - (1.0 - f).powf(m))
             }
             // One faked step of H, challenged by m distinct steps: m/H exactly.
-            Behaviour::WrongBase | Behaviour::HugeLastStep => Expected::Slashed(m / h),
+            Behaviour::WrongBase => Expected::Slashed(m / h),
+            Behaviour::HugeLastStep => Expected::Refused,
             Behaviour::NeverOpen => Expected::Expired,
         })
     }
@@ -109,7 +115,7 @@ impl Behaviour {
     pub fn name(&self) -> String {
         match self {
             Behaviour::Honest => "honest".into(),
-            Behaviour::InflatedDelta => "inflated delta (x10)".into(),
+            Behaviour::InflatedDelta => "inflated delta (x1.2)".into(),
             Behaviour::LazyZero => "lazy: zero delta".into(),
             Behaviour::LazyRandom => "lazy: random delta".into(),
             Behaviour::FakeSteps { permille } => {
@@ -164,7 +170,10 @@ async fn copied_seed(
         let view: EntryJson = crate::worker::get_json(transport, &paths::entry(i)).await?;
         match &view.entry.body {
             EntryBody::TaskAssigned {
-                worker, seed, round, ..
+                worker,
+                seed,
+                round,
+                ..
             } if worker != me && *round == task.round => return Ok(Some(seed.0)),
             EntryBody::RoundOpened { .. } => return Ok(None),
             _ => {}
@@ -228,7 +237,11 @@ pub async fn train(
             .collect::<Result<_, _>>()?,
         _ => base.to_vec(),
     };
-    let mut builder = TaskBuilder::new(job, corpus, &trained_from, seed).map_err(local)?;
+    // Every state is kept: a faked step cannot be rebuilt by honest replay from a
+    // checkpoint, and the cheat must still answer its challenge.
+    let mut builder = TaskBuilder::new(job, corpus, &trained_from, seed)
+        .map_err(local)?
+        .with_checkpoint_interval(1);
     let mut coin = PrfStream::new(&seed, "lupus zoo fake coin", &[]);
     for step in 0..steps {
         let batch = builder.batch().map_err(local)?;
@@ -270,7 +283,7 @@ pub async fn train(
                     .tensors
                     .into_iter()
                     .map(|mut q| {
-                        q.scale *= 10.0;
+                        q.scale *= 1.2;
                         q
                     })
                     .collect(),
@@ -299,9 +312,7 @@ pub async fn train(
             })
         }
         // Against the round's real base, which the verifier checks the delta with.
-        Behaviour::WrongBase => {
-            Some(quantise_delta(base, &builder.state().params).map_err(local)?)
-        }
+        Behaviour::WrongBase => Some(quantise_delta(base, &builder.state().params).map_err(local)?),
         _ => None,
     };
     let run = match delta {
@@ -314,6 +325,97 @@ pub async fn train(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lupus_api::types::TaskDescription;
+    use lupus_ledger::entry::{Digest as LDigest, Round, TaskId};
+    use lupus_prover::model::init_params;
+    use lupus_prover::verify::{DeviceClass, verify_opening};
+
+    struct Go;
+
+    #[async_trait::async_trait(?Send)]
+    impl Control for Go {
+        async fn after_step(&mut self, _: &TaskDescription, _: u32, _: u32, _: f32) -> bool {
+            true
+        }
+    }
+
+    fn task(seed: [u8; 32]) -> TaskDescription {
+        TaskDescription {
+            task_id: TaskId(1),
+            round: Round(1),
+            worker: PublicKey([1; 32]),
+            base_model: LDigest([0; 32]),
+            seed: LDigest(seed),
+            inner_steps: 8,
+            batch_size: 8,
+            job_hash: LDigest([0; 32]),
+            beacon_commitment: LDigest([0; 32]),
+            deadline_ms: 0,
+            entry_index: 3,
+        }
+    }
+
+    /// Every cheat commits a well-formed trace that an honest verifier rejects when
+    /// every step is challenged (and accepts for the honest worker).
+    #[test]
+    fn every_cheat_is_rejected_when_every_step_is_challenged() {
+        let job = JobSpec::parse(include_str!("../../jobs/tiny-test.toml")).unwrap();
+        let corpus = Corpus::generated(7, 20_000);
+        let base = init_params(&job.model, [3; 32]).unwrap();
+        let all: Vec<u32> = (0..job.inner.steps).collect();
+        for b in [
+            Behaviour::Honest,
+            Behaviour::InflatedDelta,
+            Behaviour::LazyZero,
+            Behaviour::LazyRandom,
+            Behaviour::FakeSteps { permille: 1000 },
+            Behaviour::WrongBatches,
+            Behaviour::WrongBase,
+            Behaviour::HugeLastStep,
+        ] {
+            let seed = [9; 32];
+            let trained_on = match b {
+                Behaviour::WrongBatches => prf(&seed, "lupus zoo wrong batches", &[]),
+                _ => seed,
+            };
+            let run = futures_lite_block_on(train(
+                b,
+                &job,
+                &corpus,
+                &base,
+                trained_on,
+                &task(seed),
+                &mut Go,
+            ))
+            .unwrap()
+            .unwrap();
+            let opening = run.open(&job, &corpus, &all, false).unwrap();
+            let v = verify_opening(
+                &job,
+                &corpus,
+                &base,
+                &seed,
+                &run.commitment,
+                &all,
+                &opening,
+                DeviceClass::Exact,
+            )
+            .unwrap();
+            assert_eq!(v.is_accept(), b == Behaviour::Honest, "{b:?}: {v:?}");
+        }
+    }
+
+    /// A minimal executor: the training future never waits on anything.
+    fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut f = std::pin::pin!(f);
+        loop {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
 
     #[test]
     fn detection_theory() {
@@ -323,7 +425,9 @@ mod tests {
         };
         assert_eq!(d(Behaviour::LazyZero), 1.0);
         assert_eq!(d(Behaviour::FakeSteps { permille: 1000 }), 1.0);
-        assert!((d(Behaviour::FakeSteps { permille: 250 }) - (1.0 - 0.75f64.powi(4))).abs() < 1e-12);
+        assert!(
+            (d(Behaviour::FakeSteps { permille: 250 }) - (1.0 - 0.75f64.powi(4))).abs() < 1e-12
+        );
         assert_eq!(d(Behaviour::WrongBase), 0.5);
         assert_eq!(
             Behaviour::NeverOpen.detection(8, 4),

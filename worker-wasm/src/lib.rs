@@ -15,11 +15,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod adversary;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
 #[cfg(target_arch = "wasm32")]
 mod web;
-pub mod adversary;
 pub mod worker;

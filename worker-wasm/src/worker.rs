@@ -369,8 +369,16 @@ impl<T: Transport> Participant<T> {
             let me = self.public_key();
             let seed = adversary::task_seed(self.behaviour, &self.transport, &task, &me).await?;
             let job = &self.job;
-            adversary::train(self.behaviour, job, &self.corpus, &base, seed, &task, control)
-                .await?
+            adversary::train(
+                self.behaviour,
+                job,
+                &self.corpus,
+                &base,
+                seed,
+                &task,
+                control,
+            )
+            .await?
         };
         let Some(run) = trained else {
             return Ok(Turn::Abandoned { task });

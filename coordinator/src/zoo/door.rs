@@ -158,11 +158,31 @@ pub async fn door_cases(c: &Coordinator, url: &str) -> Result<Vec<DoorAttempt>, 
     let mut nan = run.delta.clone();
     nan.tensors[0].scale = f32::NAN;
     let body = submission(&nan)?;
-    out.push(attempt(c, &me, "NaN in the delta", &path, &signed(&key, &path, &body, 1), body).await?);
+    out.push(
+        attempt(
+            c,
+            &me,
+            "NaN in the delta",
+            &path,
+            &signed(&key, &path, &body, 1),
+            body,
+        )
+        .await?,
+    );
     let mut inf = run.delta.clone();
     inf.tensors[0].scale = f32::INFINITY;
     let body = submission(&inf)?;
-    out.push(attempt(c, &me, "Inf in the delta", &path, &signed(&key, &path, &body, 2), body).await?);
+    out.push(
+        attempt(
+            c,
+            &me,
+            "Inf in the delta",
+            &path,
+            &signed(&key, &path, &body, 2),
+            body,
+        )
+        .await?,
+    );
     let mut shapes = run.delta.clone();
     if let Some(t) = shapes.tensors.first_mut() {
         t.shape.reverse();
@@ -170,8 +190,31 @@ pub async fn door_cases(c: &Coordinator, url: &str) -> Result<Vec<DoorAttempt>, 
     }
     let body = submission(&shapes)?;
     out.push(
-        attempt(c, &me, "wrong delta shapes", &path, &signed(&key, &path, &body, 3), body)
-            .await?,
+        attempt(
+            c,
+            &me,
+            "wrong delta shapes",
+            &path,
+            &signed(&key, &path, &body, 3),
+            body,
+        )
+        .await?,
+    );
+    let mut huge = run.delta.clone();
+    for t in &mut huge.tensors {
+        t.scale *= 1000.0;
+    }
+    let body = submission(&huge)?;
+    out.push(
+        attempt(
+            c,
+            &me,
+            "huge-norm delta",
+            &path,
+            &signed(&key, &path, &body, 15),
+            body,
+        )
+        .await?,
     );
     let mut swapped = run.delta.clone();
     swapped.tensors[0].scale *= 2.0;
@@ -179,15 +222,42 @@ pub async fn door_cases(c: &Coordinator, url: &str) -> Result<Vec<DoorAttempt>, 
     body["delta"] = serde_json::to_value(B64(swapped.to_bytes())).map_err(zoo_err)?;
     let body = serde_json::to_vec(&body).map_err(zoo_err)?;
     out.push(
-        attempt(c, &me, "delta not the committed one", &path, &signed(&key, &path, &body, 4), body)
-            .await?,
+        attempt(
+            c,
+            &me,
+            "delta not the committed one",
+            &path,
+            &signed(&key, &path, &body, 4),
+            body,
+        )
+        .await?,
     );
 
     // Bodies: over the limit, truncated, not JSON.
     let body = vec![b' '; SUBMIT_BODY + 1];
-    out.push(attempt(c, &me, "oversized body", &path, &signed(&key, &path, &body, 5), body).await?);
+    out.push(
+        attempt(
+            c,
+            &me,
+            "oversized body",
+            &path,
+            &signed(&key, &path, &body, 5),
+            body,
+        )
+        .await?,
+    );
     let body = honest[..honest.len() / 2].to_vec();
-    out.push(attempt(c, &me, "truncated body", &path, &signed(&key, &path, &body, 6), body).await?);
+    out.push(
+        attempt(
+            c,
+            &me,
+            "truncated body",
+            &path,
+            &signed(&key, &path, &body, 6),
+            body,
+        )
+        .await?,
+    );
 
     // Signatures: forged, by another key, reused on another body, stale, replayed.
     let mut h = signed(&key, &path, &honest, 7);
@@ -204,15 +274,39 @@ pub async fn door_cases(c: &Coordinator, url: &str) -> Result<Vec<DoorAttempt>, 
     let body = submission(&nan)?;
     out.push(attempt(c, &me, "signature reused on another body", &path, &h, body).await?);
     let stale = now_ms().saturating_sub(2 * lupus_api::sign::MAX_SKEW_MS);
-    let h = headers(&sign_request(&key, "POST", &path, &honest, stale, nonce(10)));
+    let h = headers(&sign_request(
+        &key,
+        "POST",
+        &path,
+        &honest,
+        stale,
+        nonce(10),
+    ));
     out.push(attempt(c, &me, "stale timestamp", &path, &h, honest.clone()).await?);
 
     // Another worker's task, and a verdict nobody asked for.
     let h = signed(&other, &path, &honest, 11);
-    out.push(attempt(c, &them, "submits another's task", &path, &h, honest.clone()).await?);
+    out.push(
+        attempt(
+            c,
+            &them,
+            "submits another's task",
+            &path,
+            &h,
+            honest.clone(),
+        )
+        .await?,
+    );
     let verdict = api::VerdictSubmission {
         verdict: B64(Entry::signed(
-            api::verdict_body(task.task_id, PublicKey::from(&other), true, vec![0], "ok", None),
+            api::verdict_body(
+                task.task_id,
+                PublicKey::from(&other),
+                true,
+                vec![0],
+                "ok",
+                None,
+            ),
             &other,
         )
         .map_err(zoo_err)?

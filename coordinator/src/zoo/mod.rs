@@ -36,6 +36,7 @@ use lupus_prover::prf::prf;
 use lupus_prover::spec::JobSpec;
 pub use lupus_worker::adversary::{Behaviour, Expected, VerifierBehaviour};
 use lupus_worker::native::{NativeConfig, Stats, run_verifier, run_worker};
+use lupus_worker::worker::WorkerError;
 
 use crate::engine::{Config, Coordinator};
 use crate::server::Server;
@@ -216,6 +217,8 @@ impl Slot {
 
 /// Which slot each key belongs to.
 type Registry = Arc<Mutex<HashMap<PublicKey, usize>>>;
+/// How many submissions of each slot were refused at the door.
+type Refusals = Arc<Mutex<HashMap<usize, u64>>>;
 
 /// Runs `slot` (number `index`) until `stop`, re-keying after each refusal it cannot
 /// get past (a slash).
@@ -225,6 +228,7 @@ fn spawn_slot(
     index: usize,
     salt: [u8; 32],
     registry: Registry,
+    refusals: Refusals,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -263,6 +267,14 @@ fn spawn_slot(
                 };
                 if let Err(e) = &ended {
                     tracing::debug!(slot = index, generation, error = %e, "zoo slot re-keys");
+                }
+                // A submission refused at the door (malformed, out of bounds): the
+                // loop gives up on the key; the ledger holds nothing of it.
+                if let Err(WorkerError::Refused(p)) = &ended
+                    && matches!(p.status, 400 | 413 | 422)
+                    && let Ok(mut r) = refusals.lock()
+                {
+                    *r.entry(index).or_default() += 1;
                 }
                 if ended.is_ok() {
                     break;
@@ -383,6 +395,8 @@ struct Phase {
     ledger: Ledger,
     slots: Vec<Slot>,
     keys: HashMap<PublicKey, usize>,
+    /// Submissions refused at the door, by slot.
+    refused: HashMap<usize, u64>,
     door: Vec<door::DoorAttempt>,
 }
 
@@ -401,6 +415,7 @@ async fn run_phase(cfg: &ZooConfig, slots: Vec<Slot>, with_door: bool) -> Result
         Vec::new()
     };
     let registry: Registry = Arc::new(Mutex::new(HashMap::new()));
+    let refusals: Refusals = Arc::new(Mutex::new(HashMap::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut salt = [0u8; 32];
     getrandom::fill(&mut salt).map_err(zoo_err)?;
@@ -414,6 +429,7 @@ async fn run_phase(cfg: &ZooConfig, slots: Vec<Slot>, with_door: bool) -> Result
                 i,
                 salt,
                 Arc::clone(&registry),
+                Arc::clone(&refusals),
                 Arc::clone(&stop),
             )
         })
@@ -437,10 +453,12 @@ async fn run_phase(cfg: &ZooConfig, slots: Vec<Slot>, with_door: bool) -> Result
     let ledger = read_ledger(&server.coordinator).await?;
     server.stop();
     let keys = registry.lock().map_err(zoo_err)?.clone();
+    let refused = refusals.lock().map_err(zoo_err)?.clone();
     Ok(Phase {
         ledger,
         slots,
         keys,
+        refused,
         door,
     })
 }
@@ -531,8 +549,14 @@ impl Phase {
                         _ => {}
                     }
                 }
+                let refused = self.refused.get(&i).copied().unwrap_or(0);
+                tasks += refused;
+                detected += refused;
                 let (expected, theory) = match expect {
                     Some(Expected::Slashed(p)) => ("slashed, never merged".to_owned(), Some(p)),
+                    Some(Expected::Refused) => {
+                        ("refused at the door, nothing written".to_owned(), Some(1.0))
+                    }
                     Some(Expected::Expired) => {
                         ("expires, never merged or credited".to_owned(), Some(1.0))
                     }
@@ -593,8 +617,10 @@ pub async fn run(cfg: &ZooConfig) -> Result<Report, ZooError> {
         job.verify.double_check_fraction,
     );
     let honest = |n_w: usize, n_v: usize| {
-        std::iter::repeat_n(Slot::Worker(Behaviour::Honest), n_w)
-            .chain(std::iter::repeat_n(Slot::Verifier(VerifierBehaviour::Honest), n_v))
+        std::iter::repeat_n(Slot::Worker(Behaviour::Honest), n_w).chain(std::iter::repeat_n(
+            Slot::Verifier(VerifierBehaviour::Honest),
+            n_v,
+        ))
     };
     let mut rows = Vec::new();
 
@@ -677,7 +703,16 @@ pub fn table(r: &Report) -> String {
     let _ = writeln!(
         s,
         "{:<34} {:<9} {:>5} {:>8} {:>6} {:>15} {:>7} {:>6} {:>7} {:>11}  expected",
-        "case", "phase", "tasks", "detected", "rate", "95% interval", "theory", "ok", "merged", "shares kept"
+        "case",
+        "phase",
+        "tasks",
+        "detected",
+        "rate",
+        "95% interval",
+        "theory",
+        "ok",
+        "merged",
+        "shares kept"
     );
     for row in &r.rows {
         let rate = row.rate().map_or("-".into(), |x| format!("{x:.3}"));
