@@ -69,6 +69,8 @@ pub struct ZooConfig {
     /// How long a worker has to submit, then to open (the never-opening worker's task
     /// waits this long before it expires).
     pub task_timeout: Duration,
+    /// Run the door cases (phase 1, before phase 2's crowd arrives).
+    pub door: bool,
     /// Run the honest-only baseline (phase 2 without its cheaters).
     pub baseline: bool,
 }
@@ -101,6 +103,7 @@ impl ZooConfig {
                 VerifierBehaviour::AlwaysReject,
             ],
             task_timeout: Duration::from_secs(3),
+            door: true,
             baseline: true,
         }
     }
@@ -628,8 +631,13 @@ pub async fn run(cfg: &ZooConfig) -> Result<Report, ZooError> {
     let slots: Vec<Slot> = honest(cfg.honest_workers, cfg.honest_verifiers)
         .chain(cfg.worker_cases.iter().map(|b| Slot::Worker(*b)))
         .collect();
-    let workers = run_phase(cfg, slots, true).await?;
-    for a in &workers.door {
+    let workers = if cfg.door || !cfg.worker_cases.is_empty() {
+        Some(run_phase(cfg, slots, cfg.door).await?)
+    } else {
+        None
+    };
+    let door = workers.as_ref().map_or(&[][..], |p| &p.door[..]);
+    for a in door {
         rows.push(Row {
             case: a.case.to_owned(),
             phase: "door",
@@ -646,8 +654,10 @@ pub async fn run(cfg: &ZooConfig) -> Result<Report, ZooError> {
     }
     // Door attempts of the same case are one row each already; collapse nothing.
     rows.retain(|r| r.case != "honest submission");
-    for i in 0..workers.slots.len() {
-        rows.extend(workers.row(i, h, m, d, "workers"));
+    if let Some(p) = &workers {
+        for i in 0..p.slots.len() {
+            rows.extend(p.row(i, h, m, d, "workers"));
+        }
     }
 
     // Phase 3: lying verifiers judging honest work and a worker that never trains.
@@ -678,7 +688,7 @@ pub async fn run(cfg: &ZooConfig) -> Result<Report, ZooError> {
     Ok(Report {
         rows,
         losses: Losses {
-            with_cheaters: workers.ledger.final_loss,
+            with_cheaters: workers.and_then(|p| p.ledger.final_loss),
             with_liars: liars.and_then(|p| p.ledger.final_loss),
             honest: baseline.and_then(|p| p.ledger.final_loss),
         },
