@@ -7,6 +7,9 @@
 //!   data-parallel training (a full fp32 gradient every inner step).
 //! - `load`: many simulated workers and verifiers against one coordinator on
 //!   loopback; requests per second, latency percentiles, errors, lost submissions.
+//! - `adversaries`: the adversary zoo (`lupus_coordinator::zoo`): per cheat, tasks,
+//!   detections, rate against the theory, shares kept, and the validation loss
+//!   against an honest-only run.
 //!
 //! The other crates' micro-benchmarks are criterion benches: `cargo bench -p
 //! lupus-ledger`, `cargo bench -p lupus-prover`.

@@ -100,7 +100,13 @@ async fn cheating_workers_are_slashed_refused_or_expired_and_never_keep_shares()
         Behaviour::InflatedDelta,
         Behaviour::NeverOpen,
     ];
-    let r = zoo::run(&config(TINY, cases, Vec::new())).await.unwrap();
+    // Rounds of 8 tasks: long enough that every cheat's tasks are settled before the
+    // round closes on the honest workers' accepted tasks.
+    let cfg = ZooConfig {
+        tasks_per_round: 8,
+        ..config(TINY, cases, Vec::new())
+    };
+    let r = zoo::run(&cfg).await.unwrap();
     eprintln!("{}", zoo::table(&r));
     for case in [
         "lazy: zero delta",

@@ -102,7 +102,7 @@ impl ZooConfig {
                 VerifierBehaviour::AlwaysAccept,
                 VerifierBehaviour::AlwaysReject,
             ],
-            task_timeout: Duration::from_secs(3),
+            task_timeout: Duration::from_secs(2),
             door: true,
             baseline: true,
         }
@@ -737,7 +737,7 @@ pub fn table(r: &Report) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<34} {:<9} {:>5} {:>8} {:>6} {:>15} {:>7} {:>6} {:>7} {:>11}  {}",
+            "{:<30} {:<9} {:>5} {:>8} {:>6} {:>14} {:>6} {:>3} {:>6} {:>9} {:>9}  {}",
             row.case,
             row.phase,
             row.tasks,
@@ -747,6 +747,7 @@ pub fn table(r: &Report) -> String {
             theory,
             ok,
             row.merged,
+            row.shares_kept,
             row.shares_kept_after_slash,
             row.expected
         );
@@ -765,7 +766,7 @@ pub fn table(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "(ok: theory inside the 99% Wilson interval, or every task caught where theory is 1; shares kept: final balance of the case's slashed keys)"
+        "(ok: theory inside the 99% Wilson interval, or every task caught where theory is 1; kept: final shares of every key the case used; kept (sl): of its slashed keys)"
     );
     s
 }
