@@ -1472,7 +1472,10 @@ impl Coordinator {
             .tasks
             .values()
             .filter(|t| {
+                // A key slashed for another task since this one was accepted is a
+                // proven cheat: its work is not merged (nor credited, below).
                 t.round == round
+                    && !inner.state.slashed.contains(&t.worker)
                     && inner
                         .live
                         .get(&t.id)

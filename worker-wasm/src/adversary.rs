@@ -42,8 +42,9 @@ pub enum Behaviour {
     LazyZero,
     /// Does not train either, and submits a random delta (committed in its trace).
     LazyRandom,
-    /// Trains, but fakes each step with probability `permille / 1000` (a wrong
-    /// parameter update, committed consistently): a worker saving a fraction of its work.
+    /// Trains, but fakes each step with probability `permille / 1000`: the step's
+    /// update of the first parameter tensor is skipped (committed consistently), a
+    /// worker saving a fraction of its work.
     FakeSteps { permille: u16 },
     /// Submits another worker's work: the trace, delta and opening of the latest task
     /// the log assigned to someone else in the same round, bit for bit (recomputed from
@@ -51,7 +52,8 @@ pub enum Behaviour {
     CopyOther,
     /// Trains honestly on batches of its own choosing instead of the task's.
     WrongBatches,
-    /// Trains from a base model of its own (the round's model halved) and reports the
+    /// Trains from a base model of its own (the round's model shifted by `lr / 10`, a
+    /// stale or tampered copy close enough to pass the delta bound) and reports the
     /// delta against the round's real base, so that only step 0 gives it away.
     WrongBase,
     /// Trains honestly but its last step jumps every parameter by 100: a huge-norm
@@ -231,10 +233,12 @@ pub async fn train(
 ) -> Result<Option<TaskRun>, WorkerError> {
     let steps = job.inner.steps;
     let trained_from: Vec<Tensor> = match b {
-        Behaviour::WrongBase => base
-            .iter()
-            .map(|t| map(t, |x| x * 0.5))
-            .collect::<Result<_, _>>()?,
+        Behaviour::WrongBase => {
+            let shift = job.inner.lr * 0.1;
+            base.iter()
+                .map(|t| map(t, |x| x + shift))
+                .collect::<Result<_, _>>()?
+        }
         _ => base.to_vec(),
     };
     // Every state is kept: a faked step cannot be rebuilt by honest replay from a
@@ -256,9 +260,10 @@ pub async fn train(
             }
             Behaviour::FakeSteps { permille } => {
                 let draw = coin.below(std::num::NonZeroU64::MIN.saturating_add(999));
-                if draw < u64::from(permille) {
-                    let fake = map(&out.state.params[0], |x| x + 0.5)?;
-                    rewrite_param(&mut out, 0, fake);
+                if draw < u64::from(permille)
+                    && let Some(p) = before.into_iter().next()
+                {
+                    rewrite_param(&mut out, 0, p);
                 }
             }
             Behaviour::HugeLastStep if step + 1 == steps => {

@@ -712,7 +712,7 @@ pub fn table(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<34} {:<9} {:>5} {:>8} {:>6} {:>15} {:>7} {:>6} {:>7} {:>11}  expected",
+        "{:<32} {:<9} {:>5} {:>8} {:>6} {:>14} {:>6} {:>3} {:>6} {:>9} {:>9}  expected",
         "case",
         "phase",
         "tasks",
@@ -722,7 +722,8 @@ pub fn table(r: &Report) -> String {
         "theory",
         "ok",
         "merged",
-        "shares kept"
+        "kept",
+        "kept (sl)"
     );
     for row in &r.rows {
         let rate = row.rate().map_or("-".into(), |x| format!("{x:.3}"));
@@ -737,7 +738,7 @@ pub fn table(r: &Report) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<30} {:<9} {:>5} {:>8} {:>6} {:>14} {:>6} {:>3} {:>6} {:>9} {:>9}  {}",
+            "{:<32} {:<9} {:>5} {:>8} {:>6} {:>14} {:>6} {:>3} {:>6} {:>9} {:>9}  {}",
             row.case,
             row.phase,
             row.tasks,
