@@ -123,6 +123,10 @@ pub struct Row {
     pub detected: u64,
     /// The detection probability the design predicts per task, if it has one.
     pub theory: Option<f64>,
+    /// The theory is a floor, not a prediction (an always-pass verifier: a
+    /// double-checked task has two verifier slots, so a liar sees more of them than
+    /// their share `d`).
+    pub theory_is_floor: bool,
     /// Cheating tasks that were merged (escaped detection).
     pub merged: u64,
     /// Keys the slot used, and how many of them were slashed.
@@ -155,7 +159,11 @@ impl Row {
             return Some(self.detected == self.tasks);
         }
         let (lo, hi) = wilson(self.detected, self.tasks, 2.5758);
-        Some((lo..=hi).contains(&theory))
+        Some(if self.theory_is_floor {
+            theory <= hi
+        } else {
+            (lo..=hi).contains(&theory)
+        })
     }
 }
 
@@ -583,7 +591,7 @@ impl Phase {
                 match b {
                     VerifierBehaviour::AlwaysAccept => (
                         "verifier: always pass".to_owned(),
-                        "caught by double assignment, slashed".to_owned(),
+                        "slashed when double-checked (theory: at least d)".to_owned(),
                         Some(d),
                     ),
                     _ => (
@@ -601,6 +609,7 @@ impl Phase {
             tasks,
             detected,
             theory,
+            theory_is_floor: slot == Slot::Verifier(VerifierBehaviour::AlwaysAccept),
             merged,
             keys: keys.len() as u64,
             keys_slashed,
@@ -645,6 +654,7 @@ pub async fn run(cfg: &ZooConfig) -> Result<Report, ZooError> {
             tasks: 1,
             detected: u64::from(a.refused()),
             theory: Some(1.0),
+            theory_is_floor: false,
             merged: 0,
             keys: 1,
             keys_slashed: 0,
@@ -767,7 +777,7 @@ pub fn table(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "(ok: theory inside the 99% Wilson interval, or every task caught where theory is 1; kept: final shares of every key the case used; kept (sl): of its slashed keys)"
+        "(ok: theory inside the 99% Wilson interval (at or below it for a floor), or every task caught where theory is 1; kept: final shares of every key the case used; kept (sl): of its slashed keys)"
     );
     s
 }
