@@ -68,7 +68,7 @@ pub enum BenchCommand {
         /// Rounds per phase (more rounds, more tasks per case, tighter intervals).
         #[arg(long, default_value_t = 40)]
         rounds: u64,
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 16)]
         tasks_per_round: u32,
         /// The fraction of tasks that need two verifiers (replaces the job's).
         #[arg(long, default_value_t = 0.25)]
