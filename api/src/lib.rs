@@ -9,6 +9,8 @@
 //! - [`types`]: the JSON bodies, request and response, of every endpoint.
 //! - [`sign`]: the request-signing scheme (Ed25519 over method, path, body hash,
 //!   timestamp and nonce) that every mutating request carries.
+//! - [`check`]: the checks the coordinator runs on a request body before it touches
+//!   any state (pure, so the fuzz targets run them too).
 //! - [`model`]: the byte layout of model blobs (content addressed by blake3).
 //! - [`problem`]: RFC 9457 problem details, the body of every error.
 //!
@@ -32,9 +34,14 @@
 //! 6. Anyone reads the round's state (`GET /v1/rounds/current`), the log (C2SP
 //!    `tlog-tiles` under `/checkpoint` and `/tile/...`, decoded entries under
 //!    `/v1/entries/<index>`) and stake statements (`/v1/stake/<pubkey>`).
+//!
+//! Every request body above, and the signed-request headers, is fuzzed through the
+//! same parse-and-check path the coordinator runs (`serde_json`, then [`check`] or
+//! [`sign::verify_request`]) by the `api_*` targets in `fuzz/` (README, "Fuzzing").
 
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod model;
 pub mod paths;
 pub mod problem;

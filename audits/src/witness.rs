@@ -40,13 +40,15 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine as _;
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::SigningKey;
 use lupus_ledger::checkpoint::{Checkpoint, open_checkpoint};
 use lupus_ledger::hash::{Hash, TreeSize, empty_root};
-use lupus_ledger::note::{NoteSignature, NoteSigner, NoteVerifier, add_signature, parse_note};
+pub use lupus_ledger::note::cosign;
+use lupus_ledger::note::{
+    CosignatureVerifier, NoteSignature, NoteSigner, NoteVerifier, add_signature, parse_note,
+};
 use lupus_ledger::proof::{ConsistencyProof, verify_consistency};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use crate::state::{STATE_VERSION, StateError, Versioned, read_json, write_json_atomic};
 
@@ -56,8 +58,6 @@ pub const ADD_CHECKPOINT: &str = "/add-checkpoint";
 pub const MAX_REQUEST: usize = 128 << 10;
 /// Most proof lines in a request (a consistency proof of a 2^63 tree has fewer).
 const MAX_PROOF_LINES: usize = 128;
-/// Signature type byte of `tlog-cosignature` v1 keys.
-const COSIGNATURE_ALG: u8 = 0x04;
 
 /// Why the witness refuses a checkpoint. [`WitnessError::status`] maps each to the
 /// spec's HTTP status.
@@ -220,14 +220,10 @@ impl Witness {
 
     /// The witness's cosignature verifier key, `<name>+<hex key ID>+base64(0x04 || key)`.
     pub fn verifier_key(&self) -> String {
-        let mut raw = vec![COSIGNATURE_ALG];
-        raw.extend_from_slice(self.key.verifying_key().as_bytes());
-        format!(
-            "{}+{:08x}+{}",
-            self.name,
-            cosignature_key_id(&self.name, self.key.verifying_key().as_bytes()),
-            base64::engine::general_purpose::STANDARD.encode(raw)
-        )
+        // The name was checked when the witness was opened.
+        CosignatureVerifier::from_key(&self.name, self.key.verifying_key())
+            .map(|v| v.to_string())
+            .unwrap_or_default()
     }
 
     /// The latest checkpoint cosigned for `origin`.
@@ -308,46 +304,13 @@ fn private_seed(skey: &str) -> Option<[u8; 32]> {
     <[u8; 32]>::try_from(seed).ok()
 }
 
-/// `SHA-256(name || 0x0A || 0x04 || public key)[:4]`, big-endian.
-pub fn cosignature_key_id(name: &str, public_key: &[u8; 32]) -> u32 {
-    let mut h = Sha256::new();
-    h.update(name.as_bytes());
-    h.update([b'\n', COSIGNATURE_ALG]);
-    h.update(public_key);
-    let d = h.finalize();
-    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
-}
-
-/// A `tlog-cosignature` v1 over the checkpoint text `text` at time `now`.
-pub fn cosign(name: &str, key: &SigningKey, text: &str, now: u64) -> NoteSignature {
-    let msg = format!("cosignature/v1\ntime {now}\n{text}");
-    let sig = key.sign(msg.as_bytes());
-    let mut bytes = now.to_be_bytes().to_vec();
-    bytes.extend_from_slice(&sig.to_bytes());
-    NoteSignature {
-        name: name.to_owned(),
-        key_id: cosignature_key_id(name, key.verifying_key().as_bytes()),
-        signature: bytes,
-    }
-}
-
-/// Checks a cosignature line's signature (from [`cosign`]) over `text`.
+/// Checks a cosignature line's signature (from [`cosign`]) over `text` with the
+/// witness's raw public key.
 pub fn verify_cosignature(sig: &NoteSignature, witness_key: &[u8; 32], text: &str) -> bool {
-    let Ok(vk) = ed25519_dalek::VerifyingKey::from_bytes(witness_key) else {
-        return false;
-    };
-    if sig.key_id != cosignature_key_id(&sig.name, witness_key) || sig.signature.len() != 72 {
-        return false;
-    }
-    let (ts, s) = sig.signature.split_at(8);
-    let Ok(ts) = <[u8; 8]>::try_from(ts) else {
-        return false;
-    };
-    let Ok(s) = ed25519_dalek::Signature::from_slice(s) else {
-        return false;
-    };
-    let msg = format!("cosignature/v1\ntime {}\n{text}", u64::from_be_bytes(ts));
-    vk.verify_strict(msg.as_bytes(), &s).is_ok()
+    ed25519_dalek::VerifyingKey::from_bytes(witness_key)
+        .ok()
+        .and_then(|vk| CosignatureVerifier::from_key(&sig.name, vk).ok())
+        .is_some_and(|v| v.verifies(sig, text))
 }
 
 /// Attaches a cosignature line (as [`Witness::add_checkpoint`] returns it) to the

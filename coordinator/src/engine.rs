@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
+use lupus_api::check::{check_opening, check_submission, check_verdict};
 use lupus_api::model::{decode_model, encode_model};
 use lupus_api::types::{
     self as api, Challenge, JobInfo, RoundPhase, RoundStatus, StakeRow, StakeTable,
@@ -54,7 +55,7 @@ use lupus_prover::spec::JobSpec;
 use lupus_prover::task::{Opening, job_sampler};
 use lupus_prover::tensor::Tensor;
 use lupus_prover::trace::{Commitment, base_state_hash};
-use lupus_prover::verify::{DeviceClass, Verdict, verify_opening, verify_submission};
+use lupus_prover::verify::{DeviceClass, Verdict, verify_opening};
 use tokio::sync::Mutex;
 
 use crate::blobs::BlobStore;
@@ -870,57 +871,17 @@ impl Coordinator {
         // writes without it (so submissions do not queue behind each other's fsyncs),
         // and the state is checked again under the lock before the append.
         let base = self.check_submittable(&worker, task).await?;
-        let entry = Entry::decode(&sub.work_committed.0)
-            .map_err(|e| ApiError::BadRequest(format!("work_committed entry: {e}")))?;
-        let EntryBody::WorkCommitted {
-            task: etask,
-            worker: eworker,
-            trace_root,
-            final_state,
-            delta,
-        } = entry.body().clone()
-        else {
-            return Err(ApiError::Unprocessable(format!(
-                "work_committed is a {} entry, expected work_committed",
-                entry.kind()
-            )));
-        };
-        if etask != task || eworker != worker {
-            return Err(ApiError::Unprocessable(
-                "the WorkCommitted entry names another task or worker".into(),
-            ));
-        }
-        let q = QuantDelta::from_bytes(&sub.delta.0)
-            .map_err(|e| ApiError::Unprocessable(format!("delta: {e}")))?;
-        let shapes = self.job.model.param_shapes();
-        if q.tensors.len() != shapes.len()
-            || q.tensors
-                .iter()
-                .zip(&shapes)
-                .any(|(qt, (_, s))| qt.shape != *s)
-        {
-            return Err(ApiError::Unprocessable(
-                "the delta's tensors do not have the model's shapes".into(),
-            ));
-        }
-        check_delta_bound(&self.job, &base, &q)?;
-        if Digest(q.hash()) != delta {
-            return Err(ApiError::Unprocessable(
-                "the delta does not hash to the committed delta hash".into(),
-            ));
-        }
-        let commitment = Commitment {
-            trace_root: prover_digest(&trace_root),
-            final_state_hash: prover_digest(&final_state),
-            delta_hash: prover_digest(&delta),
-        };
-        verify_submission(
-            self.job.inner.steps,
-            &commitment,
-            &sub.final_opening,
-            &commitment.delta_hash,
-        )
-        .map_err(|e| ApiError::Unprocessable(format!("final opening: {e}")))?;
+        let shapes: Vec<Vec<usize>> = self
+            .job
+            .model
+            .param_shapes()
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect();
+        let checked = check_submission(&sub, task, &worker, &shapes, self.job.inner.steps)?;
+        check_delta_bound(&self.job, &base, &checked.delta)?;
+        let trace_root = ledger_digest(&checked.commitment.trace_root);
+        let entry = checked.entry;
         let blob = self.blobs.put(&sub.delta.0).map_err(internal)?;
         let mut meta = blob.0.to_vec();
         meta.push(class_byte(sub.device_class));
@@ -990,12 +951,7 @@ impl Coordinator {
             }
             live.steps.clone().unwrap_or_default()
         };
-        let opened: Vec<u32> = opening.steps.iter().map(|s| s.step).collect();
-        if opened != steps {
-            return Err(ApiError::Unprocessable(format!(
-                "the opening covers steps {opened:?}, the challenge is {steps:?}"
-            )));
-        }
+        check_opening(&opening, &steps)?;
         let bytes = serde_json::to_vec(&opening).map_err(internal)?;
         let blob = self.blobs.put(&bytes).map_err(internal)?;
         self.store
@@ -1145,50 +1101,11 @@ impl Coordinator {
                 "task {task} is already settled"
             )));
         }
-        let entry = Entry::decode(&sub.verdict.0)
-            .map_err(|e| ApiError::BadRequest(format!("verdict entry: {e}")))?;
-        let EntryBody::Verdict {
-            task: etask,
-            verifier: everifier,
-            accepted,
-            steps: esteps,
-            evidence,
-            ..
-        } = entry.body().clone()
-        else {
-            return Err(ApiError::Unprocessable(format!(
-                "verdict is a {} entry, expected verdict",
-                entry.kind()
-            )));
-        };
-        if etask != task || everifier != verifier || esteps != steps {
-            return Err(ApiError::Unprocessable(
-                "the Verdict entry names another task, verifier or step list".into(),
-            ));
-        }
-        match (&sub.fraud_proof, accepted) {
-            (Some(_), true) => {
-                return Err(ApiError::Unprocessable(
-                    "an accepting verdict carries no fraud proof".into(),
-                ));
-            }
-            (Some(p), false) => {
-                if evidence != Some(api::evidence_digest(p)) {
-                    return Err(ApiError::Unprocessable(
-                        "the verdict's evidence is not the digest of the fraud proof".into(),
-                    ));
-                }
-                self.blobs
-                    .put(&serde_json::to_vec(p).map_err(internal)?)
-                    .map_err(internal)?;
-            }
-            (None, _) => {
-                if evidence.is_some() {
-                    return Err(ApiError::Unprocessable(
-                        "the verdict names evidence but no fraud proof was sent".into(),
-                    ));
-                }
-            }
+        let entry = check_verdict(&sub, task, &verifier, &steps)?.entry;
+        if let Some(p) = &sub.fraud_proof {
+            self.blobs
+                .put(&serde_json::to_vec(p).map_err(internal)?)
+                .map_err(internal)?;
         }
         let index = self.append(inner, entry).await?;
         self.metrics.verdicts.fetch_add(1, Ordering::Relaxed);

@@ -1,6 +1,7 @@
 //! The coordinator's error type: every failure a client can cause or see, mapped to an
 //! HTTP status and an RFC 9457 problem ([`lupus_api::problem::Problem`]).
 
+use lupus_api::check::BodyError;
 use lupus_api::problem::Problem;
 
 /// An error answered to a client.
@@ -61,6 +62,18 @@ impl ApiError {
             ApiError::Internal(_) => ("internal", "Coordinator error"),
         };
         Problem::new(self.status(), slug, title, self.to_string())
+    }
+}
+
+/// A body refused by the pure checks of [`lupus_api::check`]: malformed (400) or
+/// wrong for its task (422).
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> ApiError {
+        if e.is_malformed() {
+            ApiError::BadRequest(e.to_string())
+        } else {
+            ApiError::Unprocessable(e.to_string())
+        }
     }
 }
 

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use base64::Engine as _;
-use ed25519_dalek::VerifyingKey;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::client::legacy::Client as HyperClient;
@@ -21,14 +20,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use lupus_ledger::hash::TreeSize;
 use lupus_ledger::log::LogHead;
-use lupus_ledger::note::{NoteSignature, parse_note};
-use sha2::{Digest as _, Sha256};
+use lupus_ledger::note::{CosignatureVerifier, NoteSignature, parse_note};
 use tokio::task::JoinHandle;
 
 use crate::engine::Coordinator;
 
-/// Signature type byte of `tlog-cosignature` v1 keys.
-const COSIGNATURE_ALG: u8 = 0x04;
 /// Longest wait between retries of an unreachable witness.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long one request to a witness may take.
@@ -47,40 +43,25 @@ pub enum WitnessConfigError {
     #[error(
         "the witness key {key:?} is malformed: {why}; expected <name>+<8 hex digits>+<base64 of 0x04 and a 32-byte Ed25519 key> (what `lupus-audit witness` prints)"
     )]
-    BadKey { key: String, why: &'static str },
+    BadKey { key: String, why: String },
 }
 
 /// A witness's `tlog-cosignature` v1 verifier key:
-/// `<name>+<hex8 key ID>+base64(0x04 || Ed25519 public key)`, where the key ID is
-/// `SHA-256(name || 0x0A || 0x04 || public key)[:4]`.
+/// `<name>+<hex8 key ID>+base64(0x04 || Ed25519 public key)` (what `lupus-audit
+/// witness` prints).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WitnessKey {
-    name: String,
-    key_id: u32,
-    key: VerifyingKey,
-}
+pub struct WitnessKey(CosignatureVerifier);
 
 impl WitnessKey {
     /// The key's name (the witness's name in its cosignature lines).
     pub fn name(&self) -> &str {
-        &self.name
+        self.0.name()
     }
 
     /// Whether `sig` is this witness's `tlog-cosignature` v1 over the checkpoint
-    /// text `text`: an Ed25519 signature over `cosignature/v1\ntime <t>\n<text>`,
-    /// with signature bytes `u64 BE t || signature`.
+    /// text `text`.
     pub fn verifies(&self, sig: &NoteSignature, text: &str) -> bool {
-        if sig.name != self.name || sig.key_id != self.key_id {
-            return false;
-        }
-        let Some((ts, s)) = sig.signature.split_first_chunk::<8>() else {
-            return false;
-        };
-        let Ok(s) = ed25519_dalek::Signature::from_slice(s) else {
-            return false;
-        };
-        let msg = format!("cosignature/v1\ntime {}\n{text}", u64::from_be_bytes(*ts));
-        self.key.verify_strict(msg.as_bytes(), &s).is_ok()
+        self.0.verifies(sig, text)
     }
 }
 
@@ -88,48 +69,13 @@ impl FromStr for WitnessKey {
     type Err = WitnessConfigError;
 
     fn from_str(s: &str) -> Result<WitnessKey, WitnessConfigError> {
-        let bad = |why| WitnessConfigError::BadKey {
-            key: s.to_owned(),
-            why,
-        };
-        let mut parts = s.trim().splitn(3, '+');
-        let (Some(name), Some(id), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(bad("it does not have three '+'-separated parts"));
-        };
-        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '+') {
-            return Err(bad("the name is empty or has spaces"));
-        }
-        if id.len() != 8 {
-            return Err(bad("the key ID is not 8 hex digits"));
-        }
-        let key_id = u32::from_str_radix(id, 16).map_err(|_| bad("the key ID is not hex"))?;
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|_| bad("the key is not base64"))?;
-        let Some((&COSIGNATURE_ALG, key)) = raw.split_first() else {
-            return Err(bad("the key is not a tlog-cosignature v1 (0x04) key"));
-        };
-        let key = <[u8; 32]>::try_from(key).map_err(|_| bad("the key is not 32 bytes"))?;
-        if key_id != cosignature_key_id(name, &key) {
-            return Err(bad("the key ID does not match the name and key"));
-        }
-        let key = VerifyingKey::from_bytes(&key).map_err(|_| bad("not an Ed25519 point"))?;
-        Ok(WitnessKey {
-            name: name.to_owned(),
-            key_id,
-            key,
-        })
+        CosignatureVerifier::parse(s)
+            .map(WitnessKey)
+            .map_err(|e| WitnessConfigError::BadKey {
+                key: s.to_owned(),
+                why: e.to_string(),
+            })
     }
-}
-
-/// `SHA-256(name || 0x0A || 0x04 || public key)[:4]`, big-endian.
-fn cosignature_key_id(name: &str, public_key: &[u8; 32]) -> u32 {
-    let mut h = Sha256::new();
-    h.update(name.as_bytes());
-    h.update([b'\n', COSIGNATURE_ALG]);
-    h.update(public_key);
-    let d = h.finalize();
-    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
 }
 
 /// One witness the coordinator sends its checkpoints to: `<URL>=<verifier key>`.
@@ -318,30 +264,15 @@ fn cosignature(note: &str, lines: &str, key: &WitnessKey) -> Attempt {
 
 #[cfg(test)]
 mod tests {
-    use ed25519_dalek::{Signer, SigningKey};
+    use ed25519_dalek::SigningKey;
+    use lupus_ledger::note::cosign;
 
     use super::*;
 
     fn witness_key(name: &str, sk: &SigningKey) -> String {
-        let pk = sk.verifying_key().to_bytes();
-        let mut raw = vec![COSIGNATURE_ALG];
-        raw.extend_from_slice(&pk);
-        format!(
-            "{name}+{:08x}+{}",
-            cosignature_key_id(name, &pk),
-            base64::engine::general_purpose::STANDARD.encode(raw)
-        )
-    }
-
-    fn cosign(name: &str, sk: &SigningKey, text: &str, t: u64) -> NoteSignature {
-        let sig = sk.sign(format!("cosignature/v1\ntime {t}\n{text}").as_bytes());
-        let mut bytes = t.to_be_bytes().to_vec();
-        bytes.extend_from_slice(&sig.to_bytes());
-        NoteSignature {
-            name: name.to_owned(),
-            key_id: cosignature_key_id(name, &sk.verifying_key().to_bytes()),
-            signature: bytes,
-        }
+        CosignatureVerifier::from_key(name, sk.verifying_key())
+            .unwrap()
+            .to_string()
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! transparency-log tooling can check the log unmodified.
 //!
 //! The core (everything but [`store`] and [`log`]) does no I/O and builds for wasm32.
+//!
+//! Everything here that parses bytes a stranger controls (signed notes, checkpoints,
+//! entries, entry bundles, tile paths and tiles, `tlog-proof` files, stake statements)
+//! is fuzzed by the targets in `fuzz/` (README, "Fuzzing"), which also assert the
+//! round-trip and one-encoding properties the modules document.
 
 #![forbid(unsafe_code)]
 

@@ -228,6 +228,10 @@ fn check_indices(indices: &[usize], total: usize) -> Result<(), MerkleError> {
 ///
 /// The hashes are in `rs_merkle`'s order: level by level from the leaves up, left to
 /// right within a level, only the siblings that the proven leaves cannot compute.
+///
+/// A proof binds items and positions only for a given item count: under another count
+/// the same hashes can place an item elsewhere (as an RFC 9162 proof does not bind
+/// the tree size). Pass a trusted count, or prove items that name their own position.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MultiProof {
     pub hashes: Vec<Digest>,
@@ -318,6 +322,25 @@ mod tests {
         let it = items(5);
         assert!(p.verify(&t.root(), &[(1, it[1])], 0).is_err());
         assert!(p.verify(&t.root(), &[(7, it[1])], 5).is_err());
+    }
+
+    /// Found by the `multiproof` fuzz target: like an RFC 9162 proof and its tree size,
+    /// a multiproof does not bind the item count, so the same proof can place an item
+    /// at another position of a tree of another count. Callers pass a trusted count or
+    /// prove items that name their own position (state items carry role and index, op
+    /// commits their op and output, trace leaves their step).
+    #[test]
+    fn a_proof_does_not_bind_the_item_count() {
+        let it = items(5);
+        let t = MerkleTree::new(&it).unwrap();
+        let p = t.prove(&[4]).unwrap();
+        assert_eq!(p.hashes.len(), 1);
+        assert_eq!(p.verify(&t.root(), &[(4, it[4])], 5), Ok(()));
+        assert_eq!(p.verify(&t.root(), &[(1, it[4])], 2), Ok(()));
+        // Under the true count, the position is bound.
+        for other in 0..4 {
+            assert!(p.verify(&t.root(), &[(other, it[4])], 5).is_err());
+        }
     }
 
     proptest! {

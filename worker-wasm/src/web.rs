@@ -265,6 +265,7 @@ async fn turn(
             task,
             final_loss,
             challenged,
+            ..
         } => {
             set("kind", "done".into());
             set("task", JsValue::from_f64(task.task_id.0 as f64));
