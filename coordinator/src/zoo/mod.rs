@@ -186,6 +186,9 @@ pub struct Losses {
     pub with_liars: Option<f32>,
     /// Final validation loss of the honest-only run.
     pub honest: Option<f32>,
+    /// The same honest-only run again (other beacons, so other batches): how far two
+    /// honest runs differ, the yardstick for the effects above.
+    pub honest_again: Option<f32>,
 }
 
 impl Losses {
@@ -306,6 +309,8 @@ struct TaskFacts {
     worker_slashed: bool,
     /// `(verifier, accepted)` of every verdict but the referee's.
     verdicts: Vec<(PublicKey, bool)>,
+    /// Whether the referee rejected the work.
+    referee_rejected: bool,
     /// Keys slashed for this task.
     slashed: HashSet<PublicKey>,
 }
@@ -345,12 +350,13 @@ async fn read_ledger(c: &Coordinator) -> Result<Ledger, ZooError> {
                     verifier,
                     accepted,
                     ..
-                } if *verifier != referee => {
-                    tasks
-                        .entry(*task)
-                        .or_default()
-                        .verdicts
-                        .push((*verifier, *accepted));
+                } => {
+                    let t = tasks.entry(*task).or_default();
+                    if *verifier == referee {
+                        t.referee_rejected |= !*accepted;
+                    } else {
+                        t.verdicts.push((*verifier, *accepted));
+                    }
                 }
                 EntryBody::Slashed { key, task, .. } => {
                     let t = tasks.entry(*task).or_default();
@@ -514,6 +520,19 @@ impl Phase {
             .is_some_and(|s| matches!(s, Slot::Worker(b) if *b != Behaviour::Honest))
     }
 
+    /// A task whose work was accepted: credited, or accepted by every verifier (and
+    /// not rejected by the referee) before its key was slashed for another task, which
+    /// keeps it out of the merge. Tasks still waiting for a verdict when the last
+    /// round closed are neither detected nor escaped.
+    fn escaped(&self, t: &TaskFacts) -> bool {
+        let accepted =
+            !t.verdicts.is_empty() && t.verdicts.iter().all(|(_, a)| *a) && !t.referee_rejected;
+        t.credited
+            || (accepted
+                && !t.worker_slashed
+                && t.worker.is_some_and(|w| self.ledger.slashed.contains(&w)))
+    }
+
     fn shares(&self, keys: &[PublicKey]) -> (u64, u64) {
         let kept = keys
             .iter()
@@ -553,7 +572,7 @@ impl Phase {
                             tasks += 1;
                             detected += u64::from(!t.credited);
                         }
-                        _ if t.worker_slashed || t.credited => {
+                        _ if t.worker_slashed || self.escaped(t) => {
                             tasks += 1;
                             detected += u64::from(t.worker_slashed);
                         }
@@ -689,11 +708,14 @@ pub async fn run(cfg: &ZooConfig) -> Result<Report, ZooError> {
     }
 
     // The honest baseline: phase 2 without its cheaters.
-    let baseline = if cfg.baseline {
+    let (baseline, again) = if cfg.baseline {
         let slots: Vec<Slot> = honest(cfg.honest_workers, cfg.honest_verifiers).collect();
-        Some(run_phase(cfg, slots, false).await?)
+        (
+            Some(run_phase(cfg, slots.clone(), false).await?),
+            Some(run_phase(cfg, slots, false).await?),
+        )
     } else {
-        None
+        (None, None)
     };
     Ok(Report {
         rows,
@@ -701,6 +723,7 @@ pub async fn run(cfg: &ZooConfig) -> Result<Report, ZooError> {
             with_cheaters: workers.and_then(|p| p.ledger.final_loss),
             with_liars: liars.and_then(|p| p.ledger.final_loss),
             honest: baseline.and_then(|p| p.ledger.final_loss),
+            honest_again: again.and_then(|p| p.ledger.final_loss),
         },
         steps: h,
         challenges: m,
@@ -774,6 +797,12 @@ pub fn table(r: &Report) -> String {
         e(Losses::effect(l.with_cheaters, l.honest)),
         f(l.with_liars),
         e(Losses::effect(l.with_liars, l.honest)),
+    );
+    let _ = writeln!(
+        s,
+        "honest only, run again: {} ({}): the spread between two honest runs",
+        f(l.honest_again),
+        e(Losses::effect(l.honest_again, l.honest)),
     );
     let _ = writeln!(
         s,
