@@ -122,11 +122,11 @@ async fn cheating_workers_are_slashed_refused_or_expired_and_never_keep_shares()
     // Never opening: every committed task expires, uncredited and unmerged.
     always_caught(&r, "never opens");
     // Cheats caught only when a challenge lands on a faked step (f = 0.25: 1-0.75^4;
-    // wrong base: step 0 only, m/H): whatever is settled is slashed or merged, and a
-    // slashed key keeps nothing.
+    // wrong base: step 0 only, m/H): a settled task is slashed or accepted, only an
+    // accepted one may be merged, and a slashed key keeps nothing.
     for case in ["fake steps f=0.25", "wrong base model"] {
         let x = row(&r, case);
-        assert_eq!(x.detected + x.merged, x.tasks, "{case}: {x:?}");
+        assert!(x.detected + x.merged <= x.tasks, "{case}: {x:?}");
         assert_eq!(x.shares_kept_after_slash, 0, "{case}: {x:?}");
     }
     assert!(r.losses.with_cheaters.is_some_and(f32::is_finite));
