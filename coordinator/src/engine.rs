@@ -1356,6 +1356,30 @@ impl Coordinator {
             .count();
         let target_met = accepted >= self.config.tasks_per_round as usize;
         if target_met || now_ms() >= round.deadline_ms {
+            // A task waiting for its second verdict is settled by the referee now: a
+            // verifier that passed a cheat must not escape because the round filled.
+            let waiting: Vec<TaskId> = inner
+                .live
+                .iter()
+                .filter(|(id, l)| {
+                    l.outcome.is_none()
+                        && l.opening_blob.is_some()
+                        && inner
+                            .state
+                            .tasks
+                            .get(id)
+                            .is_some_and(|t| !t.verdicts.is_empty())
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            for id in waiting {
+                if let (Some(l), Some(t)) = (
+                    inner.live.get(&id).cloned(),
+                    inner.state.tasks.get(&id).cloned(),
+                ) {
+                    self.referee(inner, &t, &l).await?;
+                }
+            }
             self.close_round(inner, round.round).await?;
             self.open_next_round(inner).await?;
         }

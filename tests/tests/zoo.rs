@@ -100,10 +100,11 @@ async fn cheating_workers_are_slashed_refused_or_expired_and_never_keep_shares()
         Behaviour::InflatedDelta,
         Behaviour::NeverOpen,
     ];
-    // Rounds of 8 tasks: long enough that every cheat's tasks are settled before the
-    // round closes on the honest workers' accepted tasks.
+    // Three rounds of 8 tasks: long enough that every cheat has tasks settled before
+    // the last round closes on the honest workers' accepted tasks.
     let cfg = ZooConfig {
         tasks_per_round: 8,
+        rounds: 3,
         ..config(TINY, cases, Vec::new())
     };
     let r = zoo::run(&cfg).await.unwrap();
