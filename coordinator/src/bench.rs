@@ -10,6 +10,9 @@
 //! - `load` ([`load`]): many simulated workers and verifiers against one coordinator
 //!   (a child process) on loopback for minutes; requests per second, latency
 //!   percentiles, errors, lost submissions and the coordinator's memory over time.
+//! - `adversaries`: the adversary zoo (`lupus_coordinator::zoo`): per cheat, tasks,
+//!   detections, rate against the theory, shares kept, and the validation loss
+//!   against an honest-only run.
 //! - `all`: each of them with small settings, then one summary table.
 
 mod audit;
@@ -36,6 +39,24 @@ pub enum BenchCommand {
     /// Simulated workers against one coordinator (a child `lupus up`) on loopback:
     /// throughput, latency, errors and the coordinator's memory over time.
     Load(load::LoadArgs),
+    /// The adversary zoo: every cheat against a coordinator, detection rates against
+    /// the theory, shares kept and the effect on validation loss.
+    Adversaries {
+        /// Rounds per phase (more rounds, more tasks per case, tighter intervals).
+        #[arg(long, default_value_t = 40)]
+        rounds: u64,
+        #[arg(long, default_value_t = 16)]
+        tasks_per_round: u32,
+        /// The fraction of tasks that need two verifiers (replaces the job's).
+        #[arg(long, default_value_t = 0.25)]
+        double_check: f64,
+        /// The job (default: jobs/tiny-test.toml, embedded, on a generated corpus).
+        #[arg(long)]
+        job: Option<PathBuf>,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     All(AllArgs),
 }
 
@@ -67,8 +88,56 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Audit(args) => audit::run(&args).await.map(drop),
         BenchCommand::Diloco(args) => diloco::run(&args).await.map(drop),
         BenchCommand::Load(args) => load::run(args).await,
+        BenchCommand::Adversaries {
+            rounds,
+            tasks_per_round,
+            double_check,
+            job,
+            json,
+        } => adversaries(rounds, tasks_per_round, double_check, job, json).await,
         BenchCommand::All(args) => all(&args).await,
     }
+}
+
+async fn adversaries(
+    rounds: u64,
+    tasks_per_round: u32,
+    double_check: f64,
+    job: Option<PathBuf>,
+    json: Option<PathBuf>,
+) -> Result<()> {
+    use lupus_coordinator::{dataset, zoo};
+    use lupus_prover::data::Corpus;
+    use lupus_prover::spec::JobSpec;
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&double_check),
+        "--double-check is a fraction in [0, 1]"
+    );
+    let text = match &job {
+        Some(p) => std::fs::read_to_string(p)?,
+        None => include_str!("../../jobs/tiny-test.toml").to_owned(),
+    };
+    let mut spec: toml::Table = text.parse()?;
+    if let Some(v) = spec.get_mut("verify").and_then(|v| v.as_table_mut()) {
+        v.insert(
+            "double_check_fraction".into(),
+            toml::Value::Float(double_check),
+        );
+    }
+    let text = toml::to_string(&spec)?;
+    let parsed = JobSpec::parse(&text)?;
+    let corpus = match &job {
+        Some(_) => dataset::load_or_fetch(std::path::Path::new("lupus-data"), &parsed)?,
+        None => Corpus::generated(7, 24_000),
+    };
+    let cfg = zoo::ZooConfig::full(&text, corpus, rounds, tasks_per_round);
+    let report = zoo::run(&cfg).await?;
+    print!("{}", zoo::table(&report));
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
 }
 
 /// Every bench with small settings, then the summary.

@@ -80,15 +80,36 @@ impl Client {
         path: &str,
         body: Vec<u8>,
     ) -> Result<(u16, Bytes), ClientError> {
-        let url = format!("{}{path}", self.base);
-        let mut req = Request::builder().method(method).uri(&url);
+        let mut headers = Vec::new();
         if method == "POST" {
             let mut nonce = [0u8; 16];
             getrandom::fill(&mut nonce).map_err(|e| ClientError::Local(e.to_string()))?;
             let h = sign_request(&self.key, method, path, &body, now_ms(), nonce);
-            for (name, value) in h.pairs() {
-                req = req.header(name, value);
-            }
+            headers = h
+                .pairs()
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+        }
+        self.send_with_headers(method, path, &headers, body).await
+    }
+
+    /// Sends a request with exactly these signature headers (none added): how the
+    /// adversarial programs send a chosen timestamp or nonce, a replayed, forged or
+    /// reused signature ([`lupus_api::sign::sign_request`] builds honest ones).
+    pub async fn send_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> Result<(u16, Bytes), ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = Request::builder().method(method).uri(&url);
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        if method == "POST" {
             req = req.header("content-type", "application/json");
         }
         let req = req

@@ -293,6 +293,34 @@ fn double_checked(beacon: &[u8; 32], trace_root: &Digest, fraction: f64) -> bool
     (u as f64) / (u64::MAX as f64) < fraction
 }
 
+/// Refuses a delta that no honest run could have produced: some tensor moved further
+/// than `H` AdamW steps can move it from the base (`AdamW::max_displacement`, with a
+/// margin for rounding and int8 quantisation). Such a delta is a cheat whatever its
+/// trace says, and merging it unchecked would let one worker drag the model as far as
+/// the merge's norm clip allows (the zoo's huge-norm delta).
+fn check_delta_bound(job: &JobSpec, base: &[Tensor], q: &QuantDelta) -> Result<(), ApiError> {
+    let opt = job.inner.adamw();
+    for (i, (qt, b)) in q.tensors.iter().zip(base).enumerate() {
+        let start = b.data().iter().fold(0.0f32, |a, x| a.max(x.abs()));
+        let limit = 1.25 * opt.max_displacement(job.inner.steps, start) + 1e-6;
+        let peak = f64::from(qt.scale)
+            * f64::from(
+                qt.values
+                    .iter()
+                    .map(|v| v.unsigned_abs())
+                    .max()
+                    .unwrap_or(0),
+            );
+        if peak > limit {
+            return Err(ApiError::Unprocessable(format!(
+                "delta tensor {i} moves a parameter by {peak:e}, more than {} AdamW steps can ({limit:e}): no honest run gives this delta",
+                job.inner.steps
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Coordinator {
     /// Opens (or creates) the coordinator's ledger and blobs in `config.data_dir`,
     /// replays the ledger and resumes the round it was in.
@@ -970,9 +998,15 @@ impl Coordinator {
         Ok((t, live))
     }
 
-    async fn check_submittable(&self, worker: &PublicKey, task: TaskId) -> Result<(), ApiError> {
+    /// Checks that `worker` may submit `task`; returns the round's base model.
+    async fn check_submittable(
+        &self,
+        worker: &PublicKey,
+        task: TaskId,
+    ) -> Result<Arc<Vec<Tensor>>, ApiError> {
         let guard = self.lock_synced().await?;
-        self.check_submittable_in(&guard, worker, task)
+        self.check_submittable_in(&guard, worker, task)?;
+        Ok(Arc::clone(&guard.model))
     }
 
     fn check_submittable_in(
@@ -1001,7 +1035,7 @@ impl Coordinator {
         // The state checks run under the lock, the pure checks and the durable blob
         // writes without it (so submissions do not queue behind each other's fsyncs),
         // and the state is checked again under the lock before the append.
-        self.check_submittable(&worker, task).await?;
+        let base = self.check_submittable(&worker, task).await?;
         let shapes: Vec<Vec<usize>> = self
             .job
             .model
@@ -1010,6 +1044,7 @@ impl Coordinator {
             .map(|(_, s)| s)
             .collect();
         let checked = check_submission(&sub, task, &worker, &shapes, self.job.inner.steps)?;
+        check_delta_bound(&self.job, &base, &checked.delta)?;
         let trace_root = ledger_digest(&checked.commitment.trace_root);
         let entry = checked.entry;
         let blob = self.blobs.put(&sub.delta.0).map_err(blob_error)?;
@@ -1518,7 +1553,38 @@ impl Coordinator {
                 self.referee(inner, &t, &l).await?;
             }
         }
+        if self.close_due(inner).is_some() {
+            self.settle_waiting(inner).await?;
+        }
         self.close_snapshot(inner)
+    }
+
+    /// Before a close: a task waiting for its second verdict is settled by the referee
+    /// now, so a verifier that passed a cheat does not escape because the round filled.
+    async fn settle_waiting(&self, inner: &mut Inner) -> Result<(), ApiError> {
+        let waiting: Vec<TaskId> = inner
+            .live
+            .iter()
+            .filter(|(id, l)| {
+                l.outcome.is_none()
+                    && l.opening_blob.is_some()
+                    && inner
+                        .state
+                        .tasks
+                        .get(id)
+                        .is_some_and(|t| !t.verdicts.is_empty())
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            if let (Some(l), Some(t)) = (
+                inner.live.get(&id).cloned(),
+                inner.state.tasks.get(&id).cloned(),
+            ) {
+                self.referee(inner, &t, &l).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The open round, if it should close now: its target of accepted tasks is met
@@ -1565,7 +1631,14 @@ impl Coordinator {
             }
         };
         let mut deltas = Vec::new();
-        for t in inner.state.tasks.values().filter(|t| t.round == round) {
+        // A key slashed for another task since this one was accepted is a proven cheat:
+        // its work is not merged (nor credited, in `commit_close`).
+        for t in inner
+            .state
+            .tasks
+            .values()
+            .filter(|t| t.round == round && !inner.state.slashed.contains(&t.worker))
+        {
             let Some(l) = inner.live.get(&t.id).filter(|l| l.outcome == Some(true)) else {
                 continue;
             };

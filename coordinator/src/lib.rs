@@ -7,6 +7,8 @@
 //! - [`routes`]: the HTTP API over the engine; [`server`] runs it with its ticker.
 //! - [`blobs`]: the content-addressed blob store.
 //! - [`client`]: a signed-request HTTP client and the native worker and verifier loops.
+//! - [`zoo`]: the adversary zoo, cheating workers and verifiers against a coordinator
+//!   (`lupus bench adversaries`).
 
 #![forbid(unsafe_code)]
 
@@ -23,3 +25,4 @@ pub mod sample;
 pub mod server;
 pub mod state;
 pub mod witness;
+pub mod zoo;

@@ -39,6 +39,32 @@ impl Default for AdamW {
 }
 
 impl AdamW {
+    /// How far `steps` AdamW steps from a fresh state can move one parameter whose
+    /// starting value has magnitude at most `start`: `(1 - decay^steps) * start +
+    /// lr * sum_t u_t`, where `u_t` bounds `|m_hat_t| / sqrt(v_hat_t)` whatever the
+    /// gradients are. By Cauchy-Schwarz over `m_t = (1-b1) sum_i b1^(t-i) g_i` and
+    /// `v_t = (1-b2) sum_i b2^(t-i) g_i^2`,
+    /// `u_t = (1-b1) / sqrt(1-b2) * sqrt(S_t * (1-b2^t)) / (1-b1^t)` with
+    /// `S_t = sum_{k<t} (b1^2/b2)^k` (so `u_1 = 1`: Adam's first step is at most `lr`).
+    /// `eps` only shrinks the step. A delta larger than this is no honest run's: the
+    /// coordinator refuses it before it is committed (the zoo's huge-norm delta).
+    pub fn max_displacement(&self, steps: u32, start: f32) -> f64 {
+        let (b1, b2) = (f64::from(self.beta1), f64::from(self.beta2));
+        let r = b1 * b1 / b2;
+        let (mut s, mut rk, mut b1t, mut b2t, mut sum) = (0.0f64, 1.0f64, 1.0f64, 1.0f64, 0.0);
+        for _ in 0..steps {
+            s += rk;
+            rk *= r;
+            b1t *= b1;
+            b2t *= b2;
+            let u = (1.0 - b1) / (1.0 - b2).sqrt() * (s * (1.0 - b2t)).sqrt() / (1.0 - b1t);
+            sum += u;
+        }
+        let decay = 1.0 - f64::from(self.lr) * f64::from(self.weight_decay);
+        let shrink = 1.0 - decay.abs().powi(steps.min(i32::MAX as u32) as i32);
+        shrink.abs() * f64::from(start) + f64::from(self.lr) * sum
+    }
+
     /// The update operator for step number `step` (1 for the first update), after
     /// checking the settings.
     pub fn update_kind(&self, step: u64) -> Result<OpKind, ModelError> {
@@ -246,6 +272,67 @@ pub fn merge_deltas(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No run of AdamW moves a parameter further than `max_displacement` says, with
+    /// gradients of any size and sign (the worst case is a constant sign).
+    #[test]
+    fn max_displacement_bounds_every_run() {
+        let opt = AdamW {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        let first = AdamW {
+            weight_decay: 0.0,
+            ..opt
+        }
+        .max_displacement(1, 0.0);
+        assert!((first - 0.01).abs() < 1e-9, "{first}");
+        let steps = 20u32;
+        let bound = opt.max_displacement(steps, 1.0);
+        for pattern in 0..64u32 {
+            let mut state = TrainState::fresh(vec![Tensor::new(vec![1], vec![1.0]).unwrap()]);
+            for t in 1..=steps {
+                let g = match pattern % 4 {
+                    0 => 1.0,
+                    1 => 1e3 * (t as f32),
+                    2 => 1.0 / (t as f32 * t as f32),
+                    _ => {
+                        if (t + pattern) % 3 == 0 {
+                            -5.0
+                        } else {
+                            0.01
+                        }
+                    }
+                };
+                let h = AdamWParams {
+                    lr: opt.lr,
+                    beta1: opt.beta1,
+                    beta2: opt.beta2,
+                    eps: opt.eps,
+                    weight_decay: opt.weight_decay,
+                    step: u64::from(t),
+                };
+                let (p, m, v) = crate::kernels::adamw(
+                    state.params[0].data(),
+                    &[g],
+                    state.m[0].data(),
+                    state.v[0].data(),
+                    h,
+                );
+                state.params[0] = Tensor::new(vec![1], p).unwrap();
+                state.m[0] = Tensor::new(vec![1], m).unwrap();
+                state.v[0] = Tensor::new(vec![1], v).unwrap();
+            }
+            let moved = f64::from((state.params[0].data()[0] - 1.0).abs());
+            assert!(
+                moved <= bound,
+                "pattern {pattern}: moved {moved} > bound {bound}"
+            );
+        }
+    }
 
     fn t(v: &[f32]) -> Tensor {
         Tensor::new(vec![v.len()], v.to_vec()).unwrap()

@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod adversary;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 #[cfg(not(target_arch = "wasm32"))]

@@ -12,6 +12,8 @@
 //! `lupus_api::sign::sign_request`.
 
 use ed25519_dalek::SigningKey;
+
+use crate::adversary;
 use lupus_api::model::decode_model;
 use lupus_api::paths;
 use lupus_api::problem::Problem;
@@ -23,7 +25,6 @@ use lupus_api::types::{
 };
 use lupus_ledger::entry::{Digest, Entry, PublicKey, Role};
 use lupus_prover::data::Corpus;
-use lupus_prover::quant::QuantDelta;
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::{TaskBuilder, TaskRun};
 use lupus_prover::tensor::Tensor;
@@ -126,31 +127,7 @@ impl Backend {
     }
 }
 
-/// How a worker departs from the protocol. Volunteers are [`Behaviour::Honest`]; the
-/// other variants are the cheats the adversarial tests and `lupus bench adversaries`
-/// run through this same loop, so that what they exercise is the real client.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Behaviour {
-    #[default]
-    Honest,
-    /// Trains honestly but submits a delta ten times larger than the one it trained,
-    /// committing it in its trace: a worker trying to dominate the merge.
-    InflatedDelta,
-}
-
-/// How a verifier departs from the protocol (see [`Behaviour`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum VerifierBehaviour {
-    /// Replays the challenged steps and signs what it found.
-    #[default]
-    Honest,
-    /// Signs "accepted" without replaying anything.
-    AlwaysAccept,
-    /// Signs "rejected" without replaying anything (and without a fraud proof).
-    AlwaysReject,
-}
+pub use crate::adversary::{Behaviour, VerifierBehaviour};
 
 /// How many times a submission or an opening is sent again while the coordinator is
 /// unreachable or answers 5xx (it may be restarting), [`RETRY_PAUSE_MS`] apart: two
@@ -386,7 +363,24 @@ impl<T: Transport> Participant<T> {
             TaskOffer::Task(t) => t,
         };
         let base = self.base_model(&task.base_model).await?;
-        let Some(run) = self.train(&task, &base, backend, control).await? else {
+        let trained = if self.behaviour == Behaviour::Honest {
+            self.train(&task, &base, backend, control).await?
+        } else {
+            let me = self.public_key();
+            let seed = adversary::task_seed(self.behaviour, &self.transport, &task, &me).await?;
+            let job = &self.job;
+            adversary::train(
+                self.behaviour,
+                job,
+                &self.corpus,
+                &base,
+                seed,
+                &task,
+                control,
+            )
+            .await?
+        };
+        let Some(run) = trained else {
             return Ok(Turn::Abandoned { task });
         };
         let entry = Entry::signed(
@@ -423,6 +417,14 @@ impl<T: Transport> Participant<T> {
             }
             Err(e) => return Err(e),
         };
+        if !adversary::opens(self.behaviour) {
+            return Ok(Turn::Done {
+                task,
+                final_loss: run.final_loss,
+                challenged: ch.steps,
+                entry_index,
+            });
+        }
         let opening = run
             .open(&self.job, &self.corpus, &ch.steps, ch.tolerant)
             .map_err(local)?;
@@ -555,24 +557,7 @@ impl<T: Transport> Participant<T> {
                 return Ok(None);
             }
         }
-        let run = match self.behaviour {
-            Behaviour::Honest => b.finish(),
-            Behaviour::InflatedDelta => {
-                let honest =
-                    lupus_prover::quant::quantise_delta(base, &b.state().params).map_err(local)?;
-                let inflated = QuantDelta {
-                    tensors: honest
-                        .tensors
-                        .into_iter()
-                        .map(|mut q| {
-                            q.scale *= 10.0;
-                            q
-                        })
-                        .collect(),
-                };
-                b.finish_with_delta(inflated)
-            }
-        };
+        let run = b.finish();
         Ok(Some(run.map_err(local)?))
     }
 }
@@ -621,7 +606,7 @@ async fn get(transport: &impl Transport, path: &str) -> Result<Response, WorkerE
     Ok(resp)
 }
 
-async fn get_json<R: DeserializeOwned>(
+pub(crate) async fn get_json<R: DeserializeOwned>(
     transport: &impl Transport,
     path: &str,
 ) -> Result<R, WorkerError> {

@@ -1,0 +1,163 @@
+//! The adversary zoo (issue 7): every cheat runs through the real protocol against a
+//! real coordinator and each case asserts what must become of it (tests/README.md has
+//! the table). Detection statistics at small `f` belong to `lupus bench adversaries`;
+//! here a cheat every challenge exposes must always be caught, and whatever is caught
+//! must keep nothing.
+
+use std::time::Duration;
+
+use lupus_coordinator::engine::{Config, Coordinator};
+use lupus_coordinator::server::Server;
+use lupus_coordinator::zoo::{self, Behaviour, Report, Row, VerifierBehaviour, ZooConfig};
+use lupus_tests::{TINY, corpus};
+
+fn config(
+    job: &str,
+    worker_cases: Vec<Behaviour>,
+    verifier_cases: Vec<VerifierBehaviour>,
+) -> ZooConfig {
+    ZooConfig {
+        honest_workers: 2,
+        honest_verifiers: 1,
+        worker_cases,
+        verifier_cases,
+        task_timeout: Duration::from_secs(3),
+        door: false,
+        baseline: false,
+        ..ZooConfig::full(job, corpus(), 2, 4)
+    }
+}
+
+fn row<'a>(r: &'a Report, case: &str) -> &'a Row {
+    r.rows
+        .iter()
+        .find(|x| x.case == case)
+        .unwrap_or_else(|| panic!("no row {case:?} in {:#?}", r.rows))
+}
+
+/// A cheat every challenge exposes: tried at least once, caught every time, never
+/// merged, and its slashed keys hold nothing.
+fn always_caught(r: &Report, case: &str) {
+    let x = row(r, case);
+    assert!(x.tasks > 0, "{case}: never settled a task: {x:?}");
+    assert_eq!(x.detected, x.tasks, "{case}: escaped: {x:?}");
+    assert_eq!(x.merged, 0, "{case}: merged: {x:?}");
+    assert_eq!(x.shares_kept, 0, "{case}: kept shares: {x:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn door_cases_are_refused_with_a_problem_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        data_dir: dir.path().to_owned(),
+        database_url: None,
+        postgres_schema: None,
+        job_spec: TINY.to_owned(),
+        tasks_per_round: 2,
+        max_rounds: Some(1),
+        round_timeout: Duration::from_secs(60),
+        task_timeout: Duration::from_secs(60),
+        verify_timeout: Duration::from_secs(60),
+        val_windows: 16,
+    };
+    let c = Coordinator::open(cfg, corpus()).await.unwrap();
+    let server = Server::start(c, "127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let attempts = zoo::door::door_cases(&server.coordinator, &server.url())
+        .await
+        .unwrap();
+    assert!(attempts.len() >= 15, "{attempts:?}");
+    let let_in: Vec<_> = attempts.iter().filter(|a| !a.refused()).collect();
+    assert!(
+        let_in.is_empty(),
+        "not refused as they must be: {let_in:#?}"
+    );
+    // The replay is refused as a replay (409), the forgeries as unauthenticated (401),
+    // the oversized body by its limit (413).
+    let status = |case: &str| attempts.iter().find(|a| a.case == case).unwrap().status;
+    assert_eq!(status("replayed request"), 409);
+    assert_eq!(status("forged signature"), 401);
+    assert_eq!(status("signed by another key"), 401);
+    assert_eq!(status("signature reused on another body"), 401);
+    assert_eq!(status("stale timestamp"), 401);
+    assert_eq!(status("oversized body"), 413);
+    assert_eq!(status("huge-norm delta"), 422);
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cheating_workers_are_slashed_refused_or_expired_and_never_keep_shares() {
+    let cases = vec![
+        Behaviour::LazyZero,
+        Behaviour::LazyRandom,
+        Behaviour::FakeSteps { permille: 1000 },
+        Behaviour::FakeSteps { permille: 250 },
+        Behaviour::CopyOther,
+        Behaviour::WrongBatches,
+        Behaviour::WrongBase,
+        Behaviour::HugeLastStep,
+        Behaviour::InflatedDelta,
+        Behaviour::NeverOpen,
+    ];
+    // Three rounds of 8 tasks: long enough that every cheat has tasks settled before
+    // the last round closes on the honest workers' accepted tasks.
+    let cfg = ZooConfig {
+        tasks_per_round: 8,
+        rounds: 3,
+        ..config(TINY, cases, Vec::new())
+    };
+    let r = zoo::run(&cfg).await.unwrap();
+    eprintln!("{}", zoo::table(&r));
+    for case in [
+        "lazy: zero delta",
+        "lazy: random delta",
+        "fake steps f=1",
+        "copies another's work",
+        "wrong batches",
+        "inflated delta (x1.2)",
+        "huge-norm delta",
+    ] {
+        always_caught(&r, case);
+    }
+    // Never opening: every committed task expires, uncredited and unmerged.
+    always_caught(&r, "never opens");
+    // Cheats caught only when a challenge lands on a faked step (f = 0.25: 1-0.75^4;
+    // wrong base: step 0 only, m/H): a settled task is slashed or accepted, only an
+    // accepted one may be merged, and a slashed key keeps nothing.
+    for case in ["fake steps f=0.25", "wrong base model"] {
+        let x = row(&r, case);
+        assert!(x.detected + x.merged <= x.tasks, "{case}: {x:?}");
+        assert_eq!(x.shares_kept_after_slash, 0, "{case}: {x:?}");
+    }
+    assert!(r.losses.with_cheaters.is_some_and(f32::is_finite));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lying_verifiers_are_caught_by_double_assignment_and_the_referee() {
+    // Every task double-checked, so a verifier that passes a cheat is always caught.
+    let job = TINY.replace(
+        "double_check_fraction = 0.05",
+        "double_check_fraction = 1.0",
+    );
+    assert_ne!(job, TINY);
+    let r = zoo::run(&config(
+        &job,
+        Vec::new(),
+        vec![
+            VerifierBehaviour::AlwaysAccept,
+            VerifierBehaviour::AlwaysReject,
+        ],
+    ))
+    .await
+    .unwrap();
+    eprintln!("{}", zoo::table(&r));
+    always_caught(&r, "verifier: always fail");
+    let pass = row(&r, "verifier: always pass");
+    assert_eq!(pass.detected, pass.tasks, "{pass:?}");
+    assert_eq!(
+        pass.merged, 0,
+        "a cheat passed by a liar was merged: {pass:?}"
+    );
+    assert_eq!(pass.shares_kept_after_slash, 0, "{pass:?}");
+}
