@@ -104,10 +104,15 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             println!("coordinator at {url}/ (the web worker is not built, so no volunteer page)")
         }
     }
+    let shapes = job.model.param_shapes();
+    let params: usize = shapes
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum();
     println!(
-        "job {} ({} params/sample FLOPs {}), initial validation loss {initial:.4}",
+        "job {}: {params} parameters in {} tensors, {} training FLOPs per sample; initial validation loss {initial:.4}",
         job.job.name,
-        job.model.param_shapes().len(),
+        shapes.len(),
         job.model.flops_per_sample()
     );
 
