@@ -159,6 +159,8 @@ struct CloseSnapshot {
     beacon: [u8; 32],
     /// The delta blobs of the accepted tasks, in task order.
     deltas: Vec<Digest>,
+    /// The workers of those tasks.
+    merged_workers: Vec<PublicKey>,
     credits: Vec<(PublicKey, u64, TaskId, CreditKind)>,
     params: Arc<Vec<Tensor>>,
     momentum: Vec<Tensor>,
@@ -1631,6 +1633,7 @@ impl Coordinator {
             }
         };
         let mut deltas = Vec::new();
+        let mut merged_workers = Vec::new();
         // A key slashed for another task since this one was accepted is a proven cheat:
         // its work is not merged (nor credited, in `commit_close`).
         for t in inner
@@ -1647,6 +1650,7 @@ impl Coordinator {
                     ApiError::Internal(format!("task {} has no delta blob", t.id))
                 })?,
             );
+            merged_workers.push(t.worker);
         }
         // Credits: the verified work, and the verifiers who judged it rightly.
         let per_step = u64::from(self.job.inner.batch_size) * self.job.model.flops_per_sample();
@@ -1677,6 +1681,7 @@ impl Coordinator {
             round,
             beacon,
             deltas,
+            merged_workers,
             credits,
             params: Arc::clone(&inner.model),
             momentum: inner.momentum.clone(),
@@ -1690,12 +1695,29 @@ impl Coordinator {
     /// stays open and unchanged, and the next tick closes it from a fresh snapshot. A
     /// crash in between is the same: nothing of the close is in the log, so the
     /// restarted coordinator closes the round again from the same inputs.
+    ///
+    /// Verdicts that arrived while the close computed are settled first (a lying
+    /// verifier must not escape through that window); if that slashes a worker whose
+    /// delta the close merged, the close is computed again without it.
     async fn close_round(&self, s: CloseSnapshot) -> Result<(), ApiError> {
         let computed = self.compute_close(&s).await;
         let mut guard = self.inner.lock().await;
         let inner = &mut *guard;
         let result = match computed {
-            Ok(c) => self.commit_close(inner, &s, c).await,
+            Ok(c) => match self.settle_waiting(inner).await {
+                Ok(())
+                    if s.merged_workers
+                        .iter()
+                        .any(|w| inner.state.slashed.contains(w)) =>
+                {
+                    Err(ApiError::Unavailable(format!(
+                        "a worker merged by the close of round {} was slashed while it computed; closing again without it",
+                        s.round.0
+                    )))
+                }
+                Ok(()) => self.commit_close(inner, &s, c).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         if result.is_err() {
