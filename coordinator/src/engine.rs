@@ -86,6 +86,11 @@ pub mod failpoints {
     pub const REFEREE_AFTER_VERDICT: &str = "referee-after-verdict";
 }
 
+/// The state refused an entry the log holds: they no longer agree.
+fn disagree(e: crate::state::StateError) -> ApiError {
+    ApiError::Internal(format!("the log and the state disagree: {e}"))
+}
+
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -534,44 +539,36 @@ impl Coordinator {
             return Ok(());
         }
         let size = self.store.size().await.map_err(store_error)?.0;
-        if size > inner.state.size {
-            let missed = self
-                .store
-                .read_entries(LeafIndex(inner.state.size), LeafIndex(size))
-                .await
-                .map_err(store_error)?;
-            for bytes in missed {
-                let at = inner.state.size;
-                let e = Entry::decode(&bytes).map_err(internal)?;
-                tracing::warn!(
-                    index = at,
-                    kind = e.kind().name(),
-                    "an append reported as failed had landed; applying it"
-                );
-                inner.state.apply(at, &e).map_err(|e| {
-                    ApiError::Internal(format!("the log and the state disagree: {e}"))
-                })?;
-            }
-        }
+        self.apply_landed(inner, size).await?;
         self.behind.store(false, Ordering::SeqCst);
         Ok(())
     }
 
     /// Applies our own entry `index` to the state, first applying any entries before it
-    /// that the log holds and the state has not seen: a batch whose commit landed
-    /// although the store reported a failure (a connection dropped during `COMMIT`).
-    /// Without this, the first such entry would leave the state one entry behind the
-    /// log for good.
+    /// that the log holds and the state has not seen. Without this, the first batch
+    /// whose commit landed although the store reported a failure would leave the state
+    /// behind the log for good.
     async fn apply_at(&self, inner: &mut Inner, index: u64, entry: &Entry) -> Result<(), ApiError> {
-        let disagree = |e: crate::state::StateError| {
-            ApiError::Internal(format!("the log and the state disagree: {e}"))
-        };
-        if inner.state.size < index {
+        self.apply_landed(inner, index).await?;
+        inner.state.apply(index, entry).map_err(disagree)
+    }
+
+    /// Applies to the state the durable entries from its size up to `end`: batches
+    /// whose commit landed although the store reported a failure (a connection dropped
+    /// during `COMMIT`). The one place the state catches up with the store.
+    async fn apply_landed(&self, inner: &mut Inner, end: u64) -> Result<(), ApiError> {
+        while inner.state.size < end {
+            let start = inner.state.size;
             let missed = self
-                .log
-                .entries(LeafIndex(inner.state.size), LeafIndex(index))
+                .store
+                .read_entries(LeafIndex(start), LeafIndex((start + 1024).min(end)))
                 .await
-                .map_err(log_error)?;
+                .map_err(store_error)?;
+            if missed.is_empty() {
+                return Err(ApiError::Internal(format!(
+                    "the store holds no entry {start} although its size is {end}"
+                )));
+            }
             for bytes in missed {
                 let at = inner.state.size;
                 let e = Entry::decode(&bytes).map_err(internal)?;
@@ -583,7 +580,7 @@ impl Coordinator {
                 inner.state.apply(at, &e).map_err(disagree)?;
             }
         }
-        inner.state.apply(index, entry).map_err(disagree)
+        Ok(())
     }
 
     async fn append_body(&self, inner: &mut Inner, body: EntryBody) -> Result<u64, ApiError> {
@@ -1866,16 +1863,15 @@ impl Coordinator {
             Ok(first) => {
                 failpoints::hit(failpoints::CLOSE_AFTER_CREDITS);
                 for (i, e) in (first.0..).zip(&entries) {
-                    inner.state.apply(i, e).map_err(|e| {
-                        ApiError::Internal(format!("the log and the state disagree: {e}"))
-                    })?;
+                    inner.state.apply(i, e).map_err(disagree)?;
                 }
             }
             Err(e) => {
                 // A commit whose answer was lost may have landed: fold in whatever
                 // the store holds, so the state never differs from the log and the
                 // close is never written twice.
-                self.catch_up(inner).await?;
+                let size = self.log.sync().await.map_err(internal)?.0;
+                self.apply_landed(inner, size).await?;
                 let landed = inner
                     .state
                     .rounds
@@ -1900,28 +1896,6 @@ impl Coordinator {
         tracing::info!(round = round.0, accepted = s.deltas.len(), val_loss = c.val_loss, model = %c.new_model, "round closed");
         if let Some((next, _)) = c.next {
             tracing::info!(round = next.0, model = %c.new_model, "round opened");
-        }
-        Ok(())
-    }
-
-    /// Applies to the state the entries the store holds beyond it (after a failed
-    /// append whose commit may have landed).
-    async fn catch_up(&self, inner: &mut Inner) -> Result<(), ApiError> {
-        let size = self.log.sync().await.map_err(internal)?.0;
-        while inner.state.size < size {
-            let end = (inner.state.size + 1024).min(size);
-            let entries = self
-                .log
-                .entries(LeafIndex(inner.state.size), LeafIndex(end))
-                .await
-                .map_err(internal)?;
-            for bytes in entries {
-                let entry = Entry::decode(&bytes).map_err(internal)?;
-                let index = inner.state.size;
-                inner.state.apply(index, &entry).map_err(|e| {
-                    ApiError::Internal(format!("the log and the state disagree: {e}"))
-                })?;
-            }
         }
         Ok(())
     }
