@@ -6,7 +6,7 @@
 //! - `worker` ([`worker`]): a volunteer's native step time (CPU, and WGSL with the
 //!   `gpu` feature).
 //! - `audit` ([`audit`]): whole-log verification speed.
-//! - `diloco` ([`diloco`]): federated against centralised validation loss.
+//! - `diloco` ([`diloco`]): federated against centralised and data-parallel validation loss.
 //! - `load` ([`load`]): many simulated workers and verifiers against one coordinator
 //!   (a child process) on loopback for minutes; requests per second, latency
 //!   percentiles, errors, lost submissions and the coordinator's memory over time.
