@@ -22,8 +22,12 @@ use crate::{CoordinatorArgs, default_web, open_coordinator};
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
+    /// Where the corpus is (fetched when missing) and the demo's run lives
+    /// (`<data-dir>/demo/`: keys, ledger, blobs, loss.png, report.json; a new demo
+    /// starts it afresh).
     #[arg(long, default_value = "lupus-data")]
     data_dir: PathBuf,
+    /// The job spec (TOML); default: the embedded jobs/shakespeare-mlp.toml.
     #[arg(long)]
     job: Option<PathBuf>,
     /// `postgres://...` for the ledger (default: SQLite under --data-dir/demo).
@@ -35,6 +39,7 @@ pub struct DemoArgs {
     /// Rounds to train (12 rounds of the default job take about two minutes on 2 cores).
     #[arg(long, default_value_t = 12)]
     rounds: u64,
+    /// Address of the coordinator; open it in a browser to join as a volunteer.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Where to write the JSON report (default: --data-dir/demo/report.json).

