@@ -169,7 +169,7 @@ mod tests {
             "lupus_submissions_total 1",
             "lupus_log_size 42",
             "lupus_http_request_duration_seconds_count{route=\"/v1/tasks/{id}\",status=\"4xx\"} 1",
-            "lupus_http_request_duration_seconds_bucket{le=\"0.0005\",route=\"/v1/job\",status=\"2xx\"} 1",
+            "lupus_http_request_duration_seconds_bucket{route=\"/v1/job\",status=\"2xx\",le=\"0.0005\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
