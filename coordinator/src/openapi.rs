@@ -105,7 +105,10 @@ impl Modify for SignedRequests {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         let components = doc.components.get_or_insert_with(Default::default);
         let headers = [
-            (HEADER_KEY, "The signer's Ed25519 public key, 64 lowercase hex digits."),
+            (
+                HEADER_KEY,
+                "The signer's Ed25519 public key, 64 lowercase hex digits.",
+            ),
             (
                 HEADER_TIMESTAMP,
                 "Unix time in milliseconds, decimal; within 5 minutes of the server's clock.",
@@ -124,9 +127,7 @@ impl Modify for SignedRequests {
         for (scheme, (header, what)) in SIGNATURE_SCHEMES.into_iter().zip(headers) {
             components.add_security_scheme(
                 scheme,
-                SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
-                    header, what,
-                ))),
+                SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(header, what))),
             );
         }
     }
@@ -140,7 +141,9 @@ struct StaticFiles;
 impl Modify for StaticFiles {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         let problem = ContentBuilder::new()
-            .schema(Some(utoipa::openapi::Ref::from_schema_name(Problem::name())))
+            .schema(Some(
+                utoipa::openapi::Ref::from_schema_name(Problem::name()),
+            ))
             .build();
         let file = |path: &str, what: &str| {
             let ok = [
@@ -188,7 +191,8 @@ impl Modify for StaticFiles {
             file("/{file}", "A file next to the page's index.html"),
             file("/pkg/{file}", "A file of the page's wasm build"),
         ] {
-            doc.paths.add_path_operation(path, vec![HttpMethod::Get], op);
+            doc.paths
+                .add_path_operation(path, vec![HttpMethod::Get], op);
         }
     }
 }

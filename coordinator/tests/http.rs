@@ -111,8 +111,7 @@ impl Harness {
             Some((key, body)) => {
                 let schema = &op["requestBody"]["content"]["application/json"]["schema"];
                 let value: Value = serde_json::from_slice(&body).unwrap();
-                conforms(doc, schema, &value)
-                    .unwrap_or_else(|e| panic!("request to {path}: {e}"));
+                conforms(doc, schema, &value).unwrap_or_else(|e| panic!("request to {path}: {e}"));
                 signed_request(key, path, body)
             }
             None => Request::get(path).body(Body::empty()).unwrap(),
@@ -540,7 +539,9 @@ async fn reads_answer_and_errors_are_problems() {
         for name in p.split('{').skip(1).filter_map(|x| x.split('}').next()) {
             let params = op["parameters"].as_array().unwrap();
             assert!(
-                params.iter().any(|q| q["name"] == name && q["in"] == "path"),
+                params
+                    .iter()
+                    .any(|q| q["name"] == name && q["in"] == "path"),
                 "{method} {p}: no path parameter {name}"
             );
         }
@@ -564,7 +565,11 @@ async fn reads_answer_and_errors_are_problems() {
         .values()
         .map(|item| item.as_object().unwrap().len())
         .sum();
-    assert_eq!(documented, routes.len(), "the document has operations the router lacks");
+    assert_eq!(
+        documented,
+        routes.len(),
+        "the document has operations the router lacks"
+    );
     assert!(
         doc["info"]["description"]
             .as_str()
@@ -589,7 +594,13 @@ async fn reads_answer_and_errors_are_problems() {
     for (p, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             let mut contents = vec![&op["requestBody"]["content"]];
-            contents.extend(op["responses"].as_object().unwrap().values().map(|r| &r["content"]));
+            contents.extend(
+                op["responses"]
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .map(|r| &r["content"]),
+            );
             for (media, body) in contents.into_iter().filter_map(|c| c.as_object()).flatten() {
                 if media.contains("json") {
                     json_bodies += 1;
@@ -618,7 +629,11 @@ async fn documented_routes_are_served() {
     let doc: Value = serde_json::from_slice(&h.get("/openapi.json").await.2).unwrap();
     let zeros = "0".repeat(64);
     for (p, item) in doc["paths"].as_object().unwrap() {
-        let file = if p.starts_with("/pkg/") { "lupus.js" } else { "index.html" };
+        let file = if p.starts_with("/pkg/") {
+            "lupus.js"
+        } else {
+            "index.html"
+        };
         let path = p
             .replace("{file}", file)
             .replace("{path}", "0/000.p/2")
@@ -655,7 +670,10 @@ async fn metrics_are_prometheus_text_counted_by_route_template() {
         assert_eq!(h.get("/v1/job").await.0, StatusCode::OK);
     }
     for id in ["5", "6"] {
-        assert_eq!(h.get(&format!("/v1/tasks/{id}")).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            h.get(&format!("/v1/tasks/{id}")).await.0,
+            StatusCode::NOT_FOUND
+        );
     }
     // No route matches this path (`/{file}` takes one segment).
     assert_eq!(h.get("/no/such/path").await.0, StatusCode::NOT_FOUND);
@@ -670,19 +688,29 @@ async fn metrics_are_prometheus_text_counted_by_route_template() {
             .unwrap_or_else(|| panic!("no {series} in\n{text}"))
     };
     let count = "lupus_http_request_duration_seconds_count";
-    assert_eq!(value(&format!("{count}{{route=\"/v1/job\",status=\"2xx\"}}")), 3.0);
     assert_eq!(
-        value(&format!("{count}{{route=\"/v1/tasks/{{id}}\",status=\"4xx\"}}")),
+        value(&format!("{count}{{route=\"/v1/job\",status=\"2xx\"}}")),
+        3.0
+    );
+    assert_eq!(
+        value(&format!(
+            "{count}{{route=\"/v1/tasks/{{id}}\",status=\"4xx\"}}"
+        )),
         2.0
     );
-    assert_eq!(value(&format!("{count}{{route=\"unmatched\",status=\"4xx\"}}")), 1.0);
+    assert_eq!(
+        value(&format!("{count}{{route=\"unmatched\",status=\"4xx\"}}")),
+        1.0
+    );
     assert!(
         !text.contains("/v1/tasks/5"),
         "raw paths must not become label values"
     );
     // The +Inf bucket holds every request of its series.
     assert_eq!(
-        value("lupus_http_request_duration_seconds_bucket{route=\"/v1/job\",status=\"2xx\",le=\"+Inf\"}"),
+        value(
+            "lupus_http_request_duration_seconds_bucket{route=\"/v1/job\",status=\"2xx\",le=\"+Inf\"}"
+        ),
         3.0
     );
     // The counters kept their names.
@@ -712,7 +740,8 @@ fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
     let is_name = |n: &str| {
         !n.is_empty()
             && !n.starts_with(|c: char| c.is_ascii_digit())
-            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
     };
     for line in text.lines().filter(|l| !l.is_empty()) {
         if let Some(rest) = line.strip_prefix("# ") {
@@ -727,7 +756,10 @@ fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
                         ["counter", "gauge", "histogram", "summary", "untyped"].contains(&t),
                         "bad type in {line:?}"
                     );
-                    assert!(types.insert(name.to_owned(), t.to_owned()).is_none(), "{line:?}");
+                    assert!(
+                        types.insert(name.to_owned(), t.to_owned()).is_none(),
+                        "{line:?}"
+                    );
                 }
                 _ => panic!("unexpected comment {line:?}"),
             }
@@ -737,12 +769,16 @@ fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
         let value: f64 = match value {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
-            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
         };
         let name = match series.split_once('{') {
             None => series,
             Some((name, labels)) => {
-                let labels = labels.strip_suffix('}').unwrap_or_else(|| panic!("{line:?}"));
+                let labels = labels
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("{line:?}"));
                 for pair in labels.split("\",").filter(|p| !p.is_empty()) {
                     let (k, v) = pair.split_once("=\"").unwrap_or_else(|| panic!("{line:?}"));
                     assert!(is_name(k), "bad label name in {line:?}");
@@ -754,13 +790,20 @@ fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
         assert!(is_name(name), "bad sample name in {line:?}");
         let family = [name]
             .into_iter()
-            .chain(["_bucket", "_sum", "_count"].iter().filter_map(|s| name.strip_suffix(s)))
+            .chain(
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .filter_map(|s| name.strip_suffix(s)),
+            )
             .find(|f| types.contains_key(*f))
             .unwrap_or_else(|| panic!("sample {line:?} before its # TYPE"));
         if name != family {
             assert_eq!(types[family], "histogram", "{line:?}");
         }
-        assert!(samples.insert(series.to_owned(), value).is_none(), "repeated {line:?}");
+        assert!(
+            samples.insert(series.to_owned(), value).is_none(),
+            "repeated {line:?}"
+        );
     }
     samples
 }
@@ -778,7 +821,9 @@ async fn a_round_s_real_bodies_match_the_document() {
             signature: Sig(*e.signature().unwrap()),
         })
         .unwrap();
-        let (s, _) = h.exchange(&doc, "/v1/join", "/v1/join", Some((k, body))).await;
+        let (s, _) = h
+            .exchange(&doc, "/v1/join", "/v1/join", Some((k, body)))
+            .await;
         assert_eq!(s, StatusCode::OK);
     }
     let next = |k| Some((k, b"{}".to_vec()));
@@ -812,7 +857,12 @@ async fn a_round_s_real_bodies_match_the_document() {
     .unwrap();
     let submit = format!("/v1/tasks/{id}/submit");
     let (s, receipt) = h
-        .exchange(&doc, "/v1/tasks/{id}/submit", &submit, Some((&w, submission)))
+        .exchange(
+            &doc,
+            "/v1/tasks/{id}/submit",
+            &submit,
+            Some((&w, submission)),
+        )
         .await;
     assert_eq!(s, StatusCode::OK);
     let receipt: api::SubmissionReceipt = serde_json::from_value(receipt).unwrap();
@@ -829,12 +879,19 @@ async fn a_round_s_real_bodies_match_the_document() {
     assert_eq!(s, StatusCode::OK);
     // Real fraud proofs (not sent: this work is honest), one per op of a challenged
     // step, in a verdict body: every operator kind the job's model uses.
-    let verdict_schema = &doc["paths"]["/v1/verify/{id}/verdict"]["post"]["requestBody"]
-        ["content"]["application/json"]["schema"];
+    let verdict_schema = &doc["paths"]["/v1/verify/{id}/verdict"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"];
     let mut ops = std::collections::BTreeSet::new();
     for op in 0.. {
-        let Ok(proof) = dispute_op(&job, &corpus(), &base, &task.seed.0, &opening, c.steps[0], op)
-        else {
+        let Ok(proof) = dispute_op(
+            &job,
+            &corpus(),
+            &base,
+            &task.seed.0,
+            &opening,
+            c.steps[0],
+            op,
+        ) else {
             break;
         };
         let body = serde_json::to_value(api::VerdictSubmission {
@@ -844,7 +901,12 @@ async fn a_round_s_real_bodies_match_the_document() {
         .unwrap();
         conforms(&doc, verdict_schema, &body)
             .unwrap_or_else(|e| panic!("fraud proof of op {op}: {e}"));
-        ops.insert(body["fraud_proof"]["kind"]["op"].as_str().unwrap().to_owned());
+        ops.insert(
+            body["fraud_proof"]["kind"]["op"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     assert!(ops.len() >= 8, "{ops:?}");
 
@@ -856,7 +918,14 @@ async fn a_round_s_real_bodies_match_the_document() {
         panic!("no verify job");
     };
     let verdict = Entry::signed(
-        api::verdict_body(task.task_id, PublicKey::from(&v), true, vj.steps, "ok", None),
+        api::verdict_body(
+            task.task_id,
+            PublicKey::from(&v),
+            true,
+            vj.steps,
+            "ok",
+            None,
+        ),
         &v,
     )
     .unwrap();
@@ -878,7 +947,13 @@ async fn a_round_s_real_bodies_match_the_document() {
     // The server's ticker closes the round; here the test ticks.
     for _ in 0..200 {
         h.c.tick().await.unwrap();
-        if h.c.rounds().await.rounds.iter().all(|r| r.phase == api::RoundPhase::Closed) {
+        if h.c
+            .rounds()
+            .await
+            .rounds
+            .iter()
+            .all(|r| r.phase == api::RoundPhase::Closed)
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -897,7 +972,10 @@ async fn a_round_s_real_bodies_match_the_document() {
         ("/v1/proof/inclusion", "/v1/proof/inclusion?index=1&size=3"),
         ("/v1/proof/consistency", "/v1/proof/consistency?old=1"),
     ] {
-        assert_eq!(h.exchange(&doc, template, path, None).await.0, StatusCode::OK);
+        assert_eq!(
+            h.exchange(&doc, template, path, None).await.0,
+            StatusCode::OK
+        );
     }
     let (_, current) = h
         .exchange(&doc, "/v1/rounds/current", "/v1/rounds/current", None)
@@ -922,7 +1000,12 @@ async fn a_round_s_real_bodies_match_the_document() {
     let mut kinds = std::collections::BTreeSet::new();
     for i in 0..h.size() {
         let (_, e) = h
-            .exchange(&doc, "/v1/entries/{index}", &format!("/v1/entries/{i}"), None)
+            .exchange(
+                &doc,
+                "/v1/entries/{index}",
+                &format!("/v1/entries/{i}"),
+                None,
+            )
             .await;
         kinds.insert(e["entry"]["body"]["type"].as_str().unwrap().to_owned());
     }
@@ -946,25 +1029,40 @@ async fn a_round_s_real_bodies_match_the_document() {
         ("/v1/stake/{key}", "/v1/stake/zz", 400),
         ("/v1/proof/inclusion", "/v1/proof/inclusion", 400),
     ] {
-        assert_eq!(h.exchange(&doc, template, path, None).await.0.as_u16(), status);
+        assert_eq!(
+            h.exchange(&doc, template, path, None).await.0.as_u16(),
+            status
+        );
     }
 
     // And the check can fail: bodies that break the schema are refused.
-    let schema = &doc["paths"]["/v1/rounds/current"]["get"]["responses"]["200"]["content"]
-        ["application/json"]["schema"];
+    let schema = &doc["paths"]["/v1/rounds/current"]["get"]["responses"]["200"]["content"]["application/json"]
+        ["schema"];
     conforms(&doc, schema, &current).unwrap();
-    let broken: [(&str, fn(&mut Value)); 5] = [
-        ("a required field missing", |v| {
-            v.as_object_mut().unwrap().remove("base_model");
-        }),
-        ("a digest that is not hex", |v| v["base_model"] = "zz".into()),
-        ("a field the schema lacks", |v| v["surprise"] = 1.into()),
-        ("a negative count", |v| v["accepted"] = (-1).into()),
-        ("a phase that is not one", |v| v["phase"] = "ajar".into()),
+    // (what breaks it, the field, its new value or none to remove it)
+    let broken = [
+        ("a required field missing", "base_model", None),
+        (
+            "a digest that is not hex",
+            "base_model",
+            Some(Value::from("zz")),
+        ),
+        ("a field the schema lacks", "surprise", Some(Value::from(1))),
+        ("a negative count", "accepted", Some(Value::from(-1))),
+        (
+            "a phase that is not one",
+            "phase",
+            Some(Value::from("ajar")),
+        ),
+        ("a string for a number", "round", Some(Value::from("1"))),
     ];
-    for (what, breaks) in broken {
+    for (what, field, value) in broken {
         let mut bad = current.clone();
-        breaks(&mut bad);
+        let fields = bad.as_object_mut().unwrap();
+        match value {
+            Some(v) => fields.insert(field.to_owned(), v),
+            None => fields.remove(field),
+        };
         assert!(conforms(&doc, schema, &bad).is_err(), "{what} passed");
     }
 }
@@ -1045,7 +1143,12 @@ fn check(doc: &Value, schema: &Value, v: &Value, at: &str, closed: bool) -> Resu
         }
     }
     if let Some(map) = v.as_object() {
-        for name in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+        for name in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let name = name.as_str().unwrap_or_default();
             if !map.contains_key(name) {
                 return Err(format!("{at}: required property {name} is missing"));
@@ -1057,17 +1160,22 @@ fn check(doc: &Value, schema: &Value, v: &Value, at: &str, closed: bool) -> Resu
                 check(doc, s, x, &format!("{at}.{k}"), true)?;
             }
         }
-        if closed && let Some(declared) = declared(doc, schema) {
-            if let Some(k) = map.keys().find(|k| !declared.contains(k.as_str())) {
-                return Err(format!("{at}: property {k} is not in the schema"));
-            }
+        if closed
+            && let Some(declared) = declared(doc, schema)
+            && let Some(k) = map.keys().find(|k| !declared.contains(k.as_str()))
+        {
+            return Err(format!("{at}: property {k} is not in the schema"));
         }
     }
     if let Some(items) = v.as_array() {
         let prefix = schema.get("prefixItems").and_then(Value::as_array);
         let prefix = prefix.map_or(&[][..], Vec::as_slice);
         if items.len() < prefix.len() {
-            return Err(format!("{at}: {} items, {} expected", items.len(), prefix.len()));
+            return Err(format!(
+                "{at}: {} items, {} expected",
+                items.len(),
+                prefix.len()
+            ));
         }
         for (i, x) in items.iter().enumerate() {
             let at = format!("{at}[{i}]");
@@ -1093,7 +1201,12 @@ fn declared<'d>(doc: &'d Value, schema: &'d Value) -> Option<std::collections::B
         .get("properties")
         .and_then(Value::as_object)
         .map(|p| p.keys().map(String::as_str).collect());
-    for s in schema.get("allOf").and_then(Value::as_array).into_iter().flatten() {
+    for s in schema
+        .get("allOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(more) = declared(doc, s) {
             names.get_or_insert_with(Default::default).extend(more);
         }
