@@ -4,20 +4,23 @@
 //! parameters, request body, responses); the body types are `lupus-api`'s, which derive
 //! `utoipa::ToSchema` (the ledger and prover types inside them are described by
 //! `lupus_api::schema`, so those crates stay free of HTTP concerns). [`ApiDoc`] gathers
-//! the paths, utoipa collects every schema they reference into `components.schemas`,
-//! and [`SignedRequests`] adds the request-signing headers as security schemes.
-//! `tests/http.rs` checks that every route of the router is here, that no `$ref`
-//! dangles, and that real bodies have what their schemas require.
+//! the paths, utoipa collects every schema they reference into `components.schemas`;
+//! the problem answers are reusable `components.responses` ([`NotFound`], ...),
+//! [`SignedRequests`] adds the request-signing headers as security schemes, and
+//! [`StaticFiles`] the two routes a path annotation cannot describe.
+//! `tests/http.rs` checks that every route of the router is here and answers, that no
+//! `$ref` dangles, and that the bodies of a whole round match their schemas.
 
 use std::sync::LazyLock;
 
 use lupus_api::problem::{CONTENT_TYPE as PROBLEM, Problem};
 use lupus_api::schema;
-use lupus_api::sign::{HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use lupus_api::sign::{HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, MAX_SKEW_MS};
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Required, ResponseBuilder};
-use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, Response, ResponseBuilder};
+use utoipa::{Modify, OpenApi, PartialSchema, ToResponse, ToSchema};
 
 use crate::routes;
 
@@ -47,6 +50,9 @@ digits), `Lupus-Timestamp`, `Lupus-Nonce` and `Lupus-Signature` (128 lowercase h
 digits). The server checks the signature strictly (no small-order keys, no malleable \
 signatures), refuses a timestamp more than 5 minutes from its clock (401) and a \
 `(key, nonce)` pair it has already seen (409): a signed request is accepted once.";
+
+// The description and the timestamp header's say "5 minutes".
+const _: () = assert!(MAX_SKEW_MS == 5 * 60 * 1000);
 
 /// The document's paths and schemas, from the handlers' annotations.
 #[derive(OpenApi)]
@@ -78,7 +84,20 @@ signatures), refuses a timestamp more than 5 minutes from its clock (401) and a 
     ),
     // utoipa inlines the items of a tuple (`[position, leaf]` in openings and fraud
     // proofs) without collecting the schemas they name: listed here.
-    components(schemas(Problem, schema::TraceLeaf, schema::StepLeaf, schema::FinalLeaf)),
+    components(
+        schemas(Problem, schema::TraceLeaf, schema::StepLeaf, schema::FinalLeaf),
+        responses(
+            BadRequest,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            Conflict,
+            TooLarge,
+            Unprocessable,
+            Unavailable,
+            InsufficientStorage
+        )
+    ),
     modifiers(&SignedRequests, &StaticFiles),
     tags(
         (name = "log", description = "The transparency log: C2SP tlog-tiles, proofs, decoded entries"),
@@ -97,8 +116,9 @@ pub const SIGNATURE_SCHEMES: [&str; 4] = [
     "lupus_signature",
 ];
 
-/// Adds the four signature headers as `apiKey` security schemes: a signed route
-/// requires all four at once (one security requirement naming them all).
+/// Every `POST` is signed (each POST handler of [`crate::routes`] authenticates first):
+/// adds the four signature headers as `apiKey` security schemes, and to every `POST`
+/// one security requirement naming all four, so a client sends them together.
 struct SignedRequests;
 
 impl Modify for SignedRequests {
@@ -130,7 +150,77 @@ impl Modify for SignedRequests {
                 SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(header, what))),
             );
         }
+        let all_four = SIGNATURE_SCHEMES
+            .into_iter()
+            .fold(SecurityRequirement::default(), |r, scheme| {
+                r.add(scheme, Vec::<String>::new())
+            });
+        for post in doc.paths.paths.values_mut().filter_map(|i| i.post.as_mut()) {
+            post.security = Some(vec![all_four.clone()]);
+        }
     }
+}
+
+/// A problem answer: `application/problem+json` with the `Problem` schema.
+fn problem(description: &str) -> ResponseBuilder {
+    ResponseBuilder::new().description(description).content(
+        PROBLEM,
+        ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name(Problem::name())))
+            .build(),
+    )
+}
+
+/// A problem answer that passes by itself: `Retry-After` says when to send again.
+fn problem_retry(description: &str) -> ResponseBuilder {
+    problem(description).header(
+        "Retry-After",
+        HeaderBuilder::new()
+            .schema(Some(u32::schema()))
+            .description(Some(
+                "Seconds to wait before sending the same request again",
+            ))
+            .build(),
+    )
+}
+
+macro_rules! problem_responses {
+    ($($name:ident = $response:expr;)*) => {$(
+        #[doc = concat!("The `", stringify!($name), "` problem answer, a reusable response.")]
+        pub struct $name;
+
+        impl<'r> ToResponse<'r> for $name {
+            fn response() -> (&'r str, RefOr<Response>) {
+                (stringify!($name), $response.into())
+            }
+        }
+    )*};
+}
+
+// One per status of `crate::error::ApiError` that a route documents.
+problem_responses! {
+    BadRequest = problem("Malformed request: bad JSON, base64, entry encoding or parameter");
+    Unauthorized = problem("The request is unsigned, badly signed or stale");
+    Forbidden = problem(
+        "This key may not do this: not joined in this role, not the task's worker or \
+         verifier, or slashed",
+    );
+    NotFound = problem("No such task, round, entry, tile, stake or blob");
+    Conflict = problem(
+        "Conflicts with the current state: already done, expired, another role, or a \
+         replayed nonce",
+    );
+    TooLarge = problem("The body is over this endpoint's size limit");
+    Unprocessable = problem(
+        "Well-formed but wrong content: shapes, hashes or steps that do not match",
+    );
+    Unavailable = problem_retry(
+        "The ledger database is briefly locked or unreachable: nothing was written; send \
+         the same request again",
+    );
+    InsufficientStorage = problem_retry(
+        "The blob store is full: nothing was stored; send the same request again later",
+    );
 }
 
 /// The volunteer page's files, `/{file}` and `/pkg/{file}`: two routes served by one
@@ -140,11 +230,6 @@ struct StaticFiles;
 
 impl Modify for StaticFiles {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        let problem = ContentBuilder::new()
-            .schema(Some(
-                utoipa::openapi::Ref::from_schema_name(Problem::name()),
-            ))
-            .build();
         let file = |path: &str, what: &str| {
             let ok = [
                 "text/html",
@@ -179,12 +264,7 @@ impl Modify for StaticFiles {
                         .schema(Some(String::schema())),
                 )
                 .response("200", ok)
-                .response(
-                    "404",
-                    ResponseBuilder::new()
-                        .description("No such file, or the page is not built (`--web`)")
-                        .content(PROBLEM, problem.clone()),
-                );
+                .response("404", problem("No such file, or the page is not built (`--web`)"));
             (path.to_owned(), op)
         };
         for (path, op) in [

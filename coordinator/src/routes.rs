@@ -31,7 +31,7 @@ use utoipa::IntoParams;
 
 use crate::engine::{Coordinator, now_ms};
 use crate::error::{ApiError, internal};
-use crate::metrics;
+use crate::{metrics, openapi};
 
 /// Body limit of small JSON requests (join, next).
 pub const SMALL_BODY: usize = 64 << 10;
@@ -256,7 +256,7 @@ async fn checkpoint(State(c): State<Shared>) -> Response {
     ),
     responses(
         (status = 200, description = "The tile's bytes (immutable: cached for a year)", body = Vec<u8>, content_type = "application/octet-stream"),
-        (status = 404, description = "No such task, round, entry, tile or blob", body = Problem, content_type = "application/problem+json")
+        (status = 404, response = openapi::NotFound)
     )
 )]
 async fn tile(State(c): State<Shared>, Path(path): Path<String>) -> ApiResult {
@@ -294,20 +294,14 @@ async fn job(State(c): State<Shared>) -> ApiResult {
     tag = "work",
     summary = "Join as a worker or a verifier",
     request_body = api::JoinRequest,
-    security((
-        "lupus_key" = [],
-        "lupus_timestamp" = [],
-        "lupus_nonce" = [],
-        "lupus_signature" = []
-    )),
     responses(
         (status = 200, description = "The key's `ParticipantJoined` entry (also for a repeated join in the same role)", body = api::JoinResponse),
-        (status = 400, description = "Malformed request: bad JSON, base64, entry encoding or parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Unsigned, badly signed or stale request", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "This key may not do this (not joined in this role, not the task's worker or verifier, slashed)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Conflicts with the current state (already done, expired, replayed nonce)", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over this endpoint's size limit", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The ledger database is briefly locked or unreachable: nothing was written, retry after Retry-After", body = Problem, content_type = "application/problem+json")
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::TooLarge),
+        (status = 503, response = openapi::Unavailable)
     )
 )]
 async fn join(
@@ -328,20 +322,14 @@ async fn join(
     tag = "work",
     summary = "Ask for a task",
     request_body = api::NextRequest,
-    security((
-        "lupus_key" = [],
-        "lupus_timestamp" = [],
-        "lupus_nonce" = [],
-        "lupus_signature" = []
-    )),
     responses(
         (status = 200, description = "A task (logged as `TaskAssigned` before it is handed out), or how long to wait", body = api::TaskOffer),
-        (status = 400, description = "Malformed request: bad JSON, base64, entry encoding or parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Unsigned, badly signed or stale request", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "This key may not do this (not joined in this role, not the task's worker or verifier, slashed)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Conflicts with the current state (already done, expired, replayed nonce)", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over this endpoint's size limit", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The ledger database is briefly locked or unreachable: nothing was written, retry after Retry-After", body = Problem, content_type = "application/problem+json")
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::TooLarge),
+        (status = 503, response = openapi::Unavailable)
     )
 )]
 async fn next_task(
@@ -373,7 +361,7 @@ fn task_id(id: &str) -> Result<TaskId, ApiError> {
     ),
     responses(
         (status = 200, description = "The task, its challenge and verdicts", body = api::TaskStatus),
-        (status = 404, description = "No such task, round, entry, tile or blob", body = Problem, content_type = "application/problem+json")
+        (status = 404, response = openapi::NotFound)
     )
 )]
 async fn task_status(State(c): State<Shared>, Path(id): Path<String>) -> ApiResult {
@@ -389,23 +377,17 @@ async fn task_status(State(c): State<Shared>, Path(id): Path<String>) -> ApiResu
         ("id" = u64, Path, description = "The task id (decimal)")
     ),
     request_body = api::Submission,
-    security((
-        "lupus_key" = [],
-        "lupus_timestamp" = [],
-        "lupus_nonce" = [],
-        "lupus_signature" = []
-    )),
     responses(
         (status = 200, description = "The commitment is logged (`WorkCommitted`); the challenge derived after it", body = api::SubmissionReceipt),
-        (status = 400, description = "Malformed request: bad JSON, base64, entry encoding or parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Unsigned, badly signed or stale request", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "This key may not do this (not joined in this role, not the task's worker or verifier, slashed)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such task, round, entry, tile or blob", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Conflicts with the current state (already done, expired, replayed nonce)", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over this endpoint's size limit", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Well-formed but wrong content (shapes, hashes or steps that do not match)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The ledger database is briefly locked or unreachable: nothing was written, retry after Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 507, description = "The blob store is full: nothing was stored, retry later", body = Problem, content_type = "application/problem+json")
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::TooLarge),
+        (status = 422, response = openapi::Unprocessable),
+        (status = 503, response = openapi::Unavailable),
+        (status = 507, response = openapi::InsufficientStorage)
     )
 )]
 async fn submit(
@@ -431,23 +413,17 @@ async fn submit(
         ("id" = u64, Path, description = "The task id (decimal)")
     ),
     request_body = schema::Opening,
-    security((
-        "lupus_key" = [],
-        "lupus_timestamp" = [],
-        "lupus_nonce" = [],
-        "lupus_signature" = []
-    )),
     responses(
         (status = 200, description = "The opening is stored; its blob hash", body = api::OpeningReceipt),
-        (status = 400, description = "Malformed request: bad JSON, base64, entry encoding or parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Unsigned, badly signed or stale request", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "This key may not do this (not joined in this role, not the task's worker or verifier, slashed)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such task, round, entry, tile or blob", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Conflicts with the current state (already done, expired, replayed nonce)", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over this endpoint's size limit", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Well-formed but wrong content (shapes, hashes or steps that do not match)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The ledger database is briefly locked or unreachable: nothing was written, retry after Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 507, description = "The blob store is full: nothing was stored, retry later", body = Problem, content_type = "application/problem+json")
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::TooLarge),
+        (status = 422, response = openapi::Unprocessable),
+        (status = 503, response = openapi::Unavailable),
+        (status = 507, response = openapi::InsufficientStorage)
     )
 )]
 async fn opening(
@@ -470,20 +446,14 @@ async fn opening(
     tag = "work",
     summary = "Ask for a task to verify",
     request_body = api::NextRequest,
-    security((
-        "lupus_key" = [],
-        "lupus_timestamp" = [],
-        "lupus_nonce" = [],
-        "lupus_signature" = []
-    )),
     responses(
         (status = 200, description = "A task to replay (its `ChallengeIssued` logged first), or how long to wait", body = api::VerifyOffer),
-        (status = 400, description = "Malformed request: bad JSON, base64, entry encoding or parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Unsigned, badly signed or stale request", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "This key may not do this (not joined in this role, not the task's worker or verifier, slashed)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Conflicts with the current state (already done, expired, replayed nonce)", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over this endpoint's size limit", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The ledger database is briefly locked or unreachable: nothing was written, retry after Retry-After", body = Problem, content_type = "application/problem+json")
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::TooLarge),
+        (status = 503, response = openapi::Unavailable)
     )
 )]
 async fn next_verify(
@@ -508,22 +478,16 @@ async fn next_verify(
         ("id" = u64, Path, description = "The task id (decimal)")
     ),
     request_body = api::VerdictSubmission,
-    security((
-        "lupus_key" = [],
-        "lupus_timestamp" = [],
-        "lupus_nonce" = [],
-        "lupus_signature" = []
-    )),
     responses(
         (status = 200, description = "The verdict is logged; what the coordinator made of it", body = api::VerdictReceipt),
-        (status = 400, description = "Malformed request: bad JSON, base64, entry encoding or parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Unsigned, badly signed or stale request", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "This key may not do this (not joined in this role, not the task's worker or verifier, slashed)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such task, round, entry, tile or blob", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Conflicts with the current state (already done, expired, replayed nonce)", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over this endpoint's size limit", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Well-formed but wrong content (shapes, hashes or steps that do not match)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The ledger database is briefly locked or unreachable: nothing was written, retry after Retry-After", body = Problem, content_type = "application/problem+json")
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::TooLarge),
+        (status = 422, response = openapi::Unprocessable),
+        (status = 503, response = openapi::Unavailable)
     )
 )]
 async fn verdict(
@@ -560,7 +524,7 @@ async fn rounds(State(c): State<Shared>) -> ApiResult {
     summary = "The latest round",
     responses(
         (status = 200, description = "The latest round", body = api::RoundStatus),
-        (status = 404, description = "No such task, round, entry, tile or blob", body = Problem, content_type = "application/problem+json")
+        (status = 404, response = openapi::NotFound)
     )
 )]
 async fn round_current(State(c): State<Shared>) -> ApiResult {
@@ -577,7 +541,7 @@ async fn round_current(State(c): State<Shared>) -> ApiResult {
     ),
     responses(
         (status = 200, description = "The round", body = api::RoundStatus),
-        (status = 404, description = "No such task, round, entry, tile or blob", body = Problem, content_type = "application/problem+json")
+        (status = 404, response = openapi::NotFound)
     )
 )]
 async fn round(State(c): State<Shared>, Path(n): Path<String>) -> ApiResult {
@@ -597,7 +561,7 @@ async fn round(State(c): State<Shared>, Path(n): Path<String>) -> ApiResult {
     ),
     responses(
         (status = 200, description = "The entry and its RFC 9162 leaf hash", body = api::EntryView),
-        (status = 404, description = "No such task, round, entry, tile or blob", body = Problem, content_type = "application/problem+json")
+        (status = 404, response = openapi::NotFound)
     )
 )]
 async fn entry(State(c): State<Shared>, Path(index): Path<String>) -> ApiResult {
@@ -646,7 +610,7 @@ struct InclusionQuery {
     ),
     responses(
         (status = 200, description = "The audit path of leaf `index` in the tree of `size`", body = schema::InclusionProof),
-        (status = 400, description = "Malformed request: bad JSON, base64, entry encoding or parameter", body = Problem, content_type = "application/problem+json")
+        (status = 400, response = openapi::BadRequest)
     )
 )]
 async fn inclusion(
@@ -683,7 +647,7 @@ struct ConsistencyQuery {
     ),
     responses(
         (status = 200, description = "Proof that the tree of `old` is a prefix of the tree of `new`", body = schema::ConsistencyProof),
-        (status = 400, description = "Malformed request: bad JSON, base64, entry encoding or parameter", body = Problem, content_type = "application/problem+json")
+        (status = 400, response = openapi::BadRequest)
     )
 )]
 async fn consistency(
@@ -723,8 +687,8 @@ async fn stake_table(State(c): State<Shared>) -> ApiResult {
     ),
     responses(
         (status = 200, description = "A statement verifiable offline with the log's key (`lupus verify-stake`)", body = schema::StakeStatement),
-        (status = 400, description = "Malformed request: bad JSON, base64, entry encoding or parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such task, round, entry, tile or blob", body = Problem, content_type = "application/problem+json")
+        (status = 400, response = openapi::BadRequest),
+        (status = 404, response = openapi::NotFound)
     )
 )]
 async fn stake(State(c): State<Shared>, Path(key): Path<String>) -> ApiResult {
@@ -743,8 +707,8 @@ async fn stake(State(c): State<Shared>, Path(key): Path<String>) -> ApiResult {
     ),
     responses(
         (status = 200, description = "The blob (a model, the dataset, an opening; immutable: cached for a year)", body = Vec<u8>, content_type = "application/octet-stream"),
-        (status = 400, description = "Malformed request: bad JSON, base64, entry encoding or parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such task, round, entry, tile or blob", body = Problem, content_type = "application/problem+json")
+        (status = 400, response = openapi::BadRequest),
+        (status = 404, response = openapi::NotFound)
     )
 )]
 async fn blob(State(c): State<Shared>, Path(hash): Path<String>) -> ApiResult {

@@ -117,7 +117,8 @@ impl Harness {
             None => Request::get(path).body(Body::empty()).unwrap(),
         };
         let (status, ct, body) = self.call(req).await;
-        let schema = &op["responses"][status.as_str()]["content"][&ct]["schema"];
+        let answer = response(doc, &op["responses"][status.as_str()]);
+        let schema = &answer["content"][&ct]["schema"];
         assert!(
             schema.is_object(),
             "{method} {template}: {status} {ct} is not documented: {}",
@@ -582,11 +583,12 @@ async fn reads_answer_and_errors_are_problems() {
     collect_refs(&doc, &mut refs);
     assert!(refs.len() > 50, "{}", refs.len());
     for r in &refs {
-        let name = r
-            .strip_prefix("#/components/schemas/")
+        let (kind, name) = r
+            .strip_prefix("#/components/")
+            .and_then(|r| r.split_once('/'))
             .unwrap_or_else(|| panic!("unexpected $ref {r}"));
         assert!(
-            doc["components"]["schemas"].get(name).is_some(),
+            ["schemas", "responses"].contains(&kind) && doc["components"][kind].get(name).is_some(),
             "dangling $ref {r}"
         );
     }
@@ -599,7 +601,7 @@ async fn reads_answer_and_errors_are_problems() {
                     .as_object()
                     .unwrap()
                     .values()
-                    .map(|r| &r["content"]),
+                    .map(|r| &response(&doc, r)["content"]),
             );
             for (media, body) in contents.into_iter().filter_map(|c| c.as_object()).flatten() {
                 if media.contains("json") {
@@ -1227,6 +1229,17 @@ fn matches_pattern(pattern: &str, text: &str) -> bool {
                 && (text == "0" || !text.starts_with('0'))
         }
         other => panic!("conforms() knows no pattern {other}"),
+    }
+}
+
+/// A response, or the reusable one (`#/components/responses/<name>`) it refers to.
+fn response<'d>(doc: &'d Value, r: &'d Value) -> &'d Value {
+    match r["$ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("#/components/responses/"))
+    {
+        Some(name) => &doc["components"]["responses"][name],
+        None => r,
     }
 }
 
