@@ -6,8 +6,8 @@
 //! `lupus_api::schema`, so those crates stay free of HTTP concerns). [`ApiDoc`] gathers
 //! the paths, utoipa collects every schema they reference into `components.schemas`;
 //! the problem answers are reusable `components.responses` ([`NotFound`], ...),
-//! [`SignedRequests`] adds the request-signing headers as security schemes, and
-//! [`StaticFiles`] the two routes a path annotation cannot describe.
+//! `SignedRequests` adds the request-signing headers as security schemes, and
+//! `StaticFiles` the two routes a path annotation cannot describe.
 //! `tests/http.rs` checks that every route of the router is here and answers, that no
 //! `$ref` dangles, and that the bodies of a whole round match their schemas.
 
