@@ -263,7 +263,7 @@ pub struct SumProof {
 
 /// `lupus_ledger::stake::StakeStatement`: a self-contained proof of one account's
 /// stake at one shares epoch, verifiable offline with the log's key
-/// (`lupus verify-stake`).
+/// (`lupus-audit stake`).
 #[derive(ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StakeStatement {

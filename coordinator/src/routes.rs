@@ -6,6 +6,8 @@
 //! - Writes (`POST`): signed by the participant ([`lupus_api::sign`]); a stale
 //!   signature is 401, a replayed nonce 409.
 //! - Every error is RFC 9457 `application/problem+json`; bodies have size limits (413).
+//! - Each handler's `#[utoipa::path]` is its entry in `/openapi.json` ([`crate::openapi`]);
+//!   every request is counted by route template for `/metrics` ([`crate::metrics`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -686,7 +688,7 @@ async fn stake_table(State(c): State<Shared>) -> ApiResult {
         ("key" = String, Path, description = "The account's Ed25519 public key, 64 hex digits")
     ),
     responses(
-        (status = 200, description = "A statement verifiable offline with the log's key (`lupus verify-stake`)", body = schema::StakeStatement),
+        (status = 200, description = "A statement verifiable offline with the log's key (`lupus-audit stake`)", body = schema::StakeStatement),
         (status = 400, response = openapi::BadRequest),
         (status = 404, response = openapi::NotFound)
     )
