@@ -13,6 +13,8 @@
 //!   any state (pure, so the fuzz targets run them too).
 //! - [`model`]: the byte layout of model blobs (content addressed by blake3).
 //! - [`problem`]: RFC 9457 problem details, the body of every error.
+//! - [`schema`]: the JSON shapes of the ledger and prover types in those bodies, for
+//!   the OpenAPI document (every body type here derives `utoipa::ToSchema`).
 //!
 //! # The protocol, one round trip at a time
 //!
@@ -45,6 +47,7 @@ pub mod check;
 pub mod model;
 pub mod paths;
 pub mod problem;
+pub mod schema;
 pub mod sign;
 pub mod types;
 

@@ -9,9 +9,10 @@ pub const CONTENT_TYPE: &str = "application/problem+json";
 /// An RFC 9457 problem. `type` is a URI naming the kind of problem (relative, under
 /// `/problems/`), `title` its short summary, `detail` what went wrong this time and
 /// what to do about it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
+    #[schema(example = "/problems/not-found")]
     pub kind: String,
     pub title: String,
     pub status: u16,

@@ -14,6 +14,7 @@ use lupus_prover::task::{FinalOpening, Opening};
 use lupus_prover::trace::Commitment;
 use lupus_prover::verify::DeviceClass;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use utoipa::ToSchema;
 
 /// Bytes carried as standard padded base64 in JSON.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -67,14 +68,17 @@ pub fn prover_digest(d: &Digest) -> ProverDigest {
 }
 
 /// `GET /v1/job`: everything a participant needs before its first task.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobInfo {
     /// The job spec (TOML) exactly as the genesis entry holds it.
     pub job_spec: String,
+    #[schema(value_type = crate::schema::Digest)]
     pub job_hash: Digest,
     /// Merkle root of the normalised dataset (prover `Corpus::commitment`).
+    #[schema(value_type = crate::schema::Digest)]
     pub dataset_root: Digest,
     /// blake3 of the normalised dataset bytes: fetch it from `/v1/blobs/<hash>`.
+    #[schema(value_type = crate::schema::Digest)]
     pub dataset_blob: Digest,
     pub dataset_len: u64,
     /// The log's checkpoint verifier key, `<name>+<hexid>+<base64>`.
@@ -82,9 +86,10 @@ pub struct JobInfo {
 }
 
 /// `POST /v1/join`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
+    #[schema(value_type = crate::schema::Role)]
     pub role: Role,
     pub name: String,
     /// Signature over the canonical `ParticipantJoined` body ([`join_body`]) by the
@@ -102,33 +107,42 @@ pub fn join_body(key: PublicKey, role: Role, name: &str) -> EntryBody {
 }
 
 /// The answer to a join (also to a repeated join of the same key and role).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JoinResponse {
+    #[schema(value_type = crate::schema::PublicKey)]
     pub key: PublicKey,
+    #[schema(value_type = crate::schema::Role)]
     pub role: Role,
     /// Log index of the `ParticipantJoined` entry.
     pub entry_index: u64,
 }
 
 /// `POST /v1/tasks/next` and `POST /v1/verify/next` take an empty JSON object.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NextRequest {}
 
 /// A task as the worker receives it (what its `TaskAssigned` entry says, plus the
 /// round's context).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TaskDescription {
+    #[schema(value_type = u64)]
     pub task_id: TaskId,
+    #[schema(value_type = u64)]
     pub round: Round,
+    #[schema(value_type = crate::schema::PublicKey)]
     pub worker: PublicKey,
     /// blake3 of the base model blob (fetch `/v1/blobs/<hash>`).
+    #[schema(value_type = crate::schema::Digest)]
     pub base_model: Digest,
     /// The task's data seed (`derive_task_seed(task, worker, beacon_commitment)`).
+    #[schema(value_type = crate::schema::Digest)]
     pub seed: Digest,
     pub inner_steps: u32,
     pub batch_size: u32,
+    #[schema(value_type = crate::schema::Digest)]
     pub job_hash: Digest,
+    #[schema(value_type = crate::schema::Digest)]
     pub beacon_commitment: Digest,
     /// Submit before this time (unix ms) or the task is reassigned.
     pub deadline_ms: u64,
@@ -137,7 +151,7 @@ pub struct TaskDescription {
 }
 
 /// The answer to `POST /v1/tasks/next`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum TaskOffer {
     Task(TaskDescription),
@@ -149,7 +163,7 @@ pub enum TaskOffer {
 }
 
 /// `POST /v1/tasks/<id>/submit`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Submission {
     /// The canonical bytes of the `WorkCommitted` entry, signed by the worker
@@ -158,8 +172,10 @@ pub struct Submission {
     /// The int8 delta (`QuantDelta::to_bytes`).
     pub delta: B64,
     /// The opening of the final trace leaf, proving the delta is the trace's.
+    #[schema(value_type = crate::schema::FinalOpening)]
     pub final_opening: FinalOpening,
     /// The worker's device class from its known-answer suite.
+    #[schema(value_type = crate::schema::DeviceClass)]
     pub device_class: DeviceClass,
 }
 
@@ -176,8 +192,9 @@ pub fn work_committed_body(task: TaskId, worker: PublicKey, c: &Commitment) -> E
 
 /// The steps a worker must open. Derived as `challenge_steps(r, trace_root, H, m)`
 /// only after the commitment is logged.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Challenge {
+    #[schema(value_type = u64)]
     pub task_id: TaskId,
     pub steps: Vec<u32>,
     /// Whether the opening must include `S_{t+1}` (tolerant class).
@@ -185,8 +202,9 @@ pub struct Challenge {
 }
 
 /// The answer to a submission: the commitment is durable; here is the challenge.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SubmissionReceipt {
+    #[schema(value_type = u64)]
     pub task_id: TaskId,
     /// Log index of the `WorkCommitted` entry.
     pub entry_index: u64,
@@ -194,15 +212,17 @@ pub struct SubmissionReceipt {
 }
 
 /// `POST /v1/tasks/<id>/opening` takes a prover [`Opening`]; this is the answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OpeningReceipt {
+    #[schema(value_type = u64)]
     pub task_id: TaskId,
     /// blake3 of the stored opening (JSON).
+    #[schema(value_type = crate::schema::Digest)]
     pub opening_blob: Digest,
 }
 
 /// Where a task stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     /// Handed out, waiting for the work.
@@ -220,10 +240,13 @@ pub enum TaskState {
 }
 
 /// `GET /v1/tasks/<id>`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TaskStatus {
+    #[schema(value_type = u64)]
     pub task_id: TaskId,
+    #[schema(value_type = u64)]
     pub round: Round,
+    #[schema(value_type = crate::schema::PublicKey)]
     pub worker: PublicKey,
     pub state: TaskState,
     /// The challenge, once the work is committed.
@@ -232,12 +255,14 @@ pub struct TaskStatus {
     /// blake3 of the worker's opening (JSON, under `/v1/blobs/`), once it answered the
     /// challenge: what an auditor fetches to replay the challenged steps.
     #[serde(default)]
+    #[schema(value_type = Option<crate::schema::Digest>)]
     pub opening_blob: Option<Digest>,
 }
 
 /// One verifier's verdict on a task.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VerdictSummary {
+    #[schema(value_type = crate::schema::PublicKey)]
     pub verifier: PublicKey,
     pub accepted: bool,
     pub reason: String,
@@ -246,19 +271,22 @@ pub struct VerdictSummary {
 
 /// What a verifier receives: everything `verify_opening` needs but the job, the corpus
 /// and the base model (which it fetches once per round by hash).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct VerifyJob {
     pub task: TaskDescription,
+    #[schema(value_type = crate::schema::Commitment)]
     pub commitment: Commitment,
     pub steps: Vec<u32>,
+    #[schema(value_type = crate::schema::DeviceClass)]
     pub device_class: DeviceClass,
+    #[schema(value_type = crate::schema::Opening)]
     pub opening: Opening,
     /// Log index of the `ChallengeIssued` entry naming this verifier.
     pub challenge_index: u64,
 }
 
 /// The answer to `POST /v1/verify/next`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 #[allow(clippy::large_enum_variant)]
 pub enum VerifyOffer {
@@ -267,7 +295,7 @@ pub enum VerifyOffer {
 }
 
 /// `POST /v1/verify/<id>/verdict`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerdictSubmission {
     /// The canonical bytes of the `Verdict` entry, signed by the verifier
@@ -275,6 +303,7 @@ pub struct VerdictSubmission {
     pub verdict: B64,
     /// The fraud proof when the verdict rejects with one; its [`evidence_digest`] is the
     /// entry's `evidence`.
+    #[schema(value_type = Option<crate::schema::FraudProof>)]
     pub fraud_proof: Option<FraudProof>,
 }
 
@@ -307,7 +336,7 @@ pub fn verdict_body(
 }
 
 /// What the coordinator made of a verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VerdictOutcome {
     /// The task is accepted.
@@ -321,8 +350,9 @@ pub enum VerdictOutcome {
 }
 
 /// The answer to a verdict.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VerdictReceipt {
+    #[schema(value_type = u64)]
     pub task_id: TaskId,
     /// Log index of the `Verdict` entry.
     pub entry_index: u64,
@@ -330,7 +360,7 @@ pub struct VerdictReceipt {
 }
 
 /// Where a round stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RoundPhase {
     Open,
@@ -338,11 +368,14 @@ pub enum RoundPhase {
 }
 
 /// `GET /v1/rounds/current` and `/v1/rounds/<n>`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RoundStatus {
+    #[schema(value_type = u64)]
     pub round: Round,
     pub phase: RoundPhase,
+    #[schema(value_type = crate::schema::Digest)]
     pub base_model: Digest,
+    #[schema(value_type = crate::schema::Digest)]
     pub beacon_commitment: Digest,
     pub deadline_ms: u64,
     /// Accepted tasks the round waits for before it closes.
@@ -353,13 +386,15 @@ pub struct RoundStatus {
     pub rejected: u32,
     pub expired: u32,
     /// Set once closed.
+    #[schema(value_type = Option<crate::schema::Digest>)]
     pub beacon: Option<Digest>,
+    #[schema(value_type = Option<crate::schema::Digest>)]
     pub new_model: Option<Digest>,
     pub val_loss: Option<f32>,
 }
 
 /// `GET /v1/rounds`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RoundList {
     pub rounds: Vec<RoundStatus>,
     /// Rounds the job runs for (the coordinator stops opening rounds after it).
@@ -367,30 +402,37 @@ pub struct RoundList {
 }
 
 /// One row of the stake table.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StakeRow {
+    #[schema(value_type = crate::schema::PublicKey)]
     pub key: PublicKey,
+    #[schema(value_type = crate::schema::Amount)]
     pub balance: Amount,
 }
 
 /// `GET /v1/stake`: the balances the latest `SharesEpoch` commits.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StakeTable {
     pub epoch: Option<u64>,
+    #[schema(value_type = Option<u64>)]
     pub round: Option<Round>,
     pub entry_index: Option<u64>,
+    #[schema(value_type = crate::schema::Amount)]
     pub total: Amount,
     pub accounts: Vec<StakeRow>,
     /// Keys slashed for fraud.
+    #[schema(value_type = Vec<crate::schema::PublicKey>)]
     pub slashed: Vec<PublicKey>,
 }
 
 /// `GET /v1/entries/<index>`: one log entry, decoded.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub struct EntryView {
     pub index: u64,
     /// RFC 9162 leaf hash, hex.
+    #[schema(value_type = crate::schema::Hash)]
     pub leaf_hash: String,
+    #[schema(value_type = crate::schema::Entry)]
     pub entry: Entry,
 }
 

@@ -29,7 +29,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
@@ -65,6 +65,7 @@ use tokio::sync::Mutex;
 
 use crate::blobs::BlobStore;
 use crate::error::{ApiError, blob_error, internal, log_error, store_error};
+use crate::metrics::Metrics;
 use crate::state::{CreditKindKey, State, TaskRecord};
 
 /// The coordinator's crash points for the fault tests, armed with
@@ -183,20 +184,6 @@ struct CloseOutcome {
     next: Option<(Round, [u8; 32])>,
 }
 
-/// Counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub requests: AtomicU64,
-    pub client_errors: AtomicU64,
-    pub server_errors: AtomicU64,
-    pub latency_us_total: AtomicU64,
-    pub submissions: AtomicU64,
-    pub verdicts: AtomicU64,
-    pub slashes: AtomicU64,
-    pub rounds_closed: AtomicU64,
-    pub tasks_expired: AtomicU64,
-}
-
 /// The coordinator. Cheap to share behind an `Arc`.
 pub struct Coordinator {
     log: Log,
@@ -217,6 +204,7 @@ pub struct Coordinator {
     behind: std::sync::atomic::AtomicBool,
     /// When the store last failed (see [`Coordinator::lock_synced`]).
     store_failed_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Counters and latencies for `/metrics`.
     pub metrics: Metrics,
 }
 
@@ -1058,7 +1046,7 @@ impl Coordinator {
         self.check_submittable_in(inner, &worker, task)?;
         let index = self.append(inner, entry).await?;
         failpoints::hit(failpoints::SUBMIT_AFTER_APPEND);
-        self.metrics.submissions.fetch_add(1, Ordering::Relaxed);
+        self.metrics.submissions.inc();
         let beacon = inner
             .beacon
             .map(|b| b.1)
@@ -1273,7 +1261,7 @@ impl Coordinator {
                 .map_err(blob_error)?;
         }
         let index = self.append(inner, entry).await?;
-        self.metrics.verdicts.fetch_add(1, Ordering::Relaxed);
+        self.metrics.verdicts.inc();
         if let Some(l) = inner.live.get_mut(&task) {
             l.claims.remove(&verifier);
         }
@@ -1488,7 +1476,7 @@ impl Coordinator {
                 evidence,
             };
             self.append_body(inner, body).await?;
-            self.metrics.slashes.fetch_add(1, Ordering::Relaxed);
+            self.metrics.slashes.inc();
             tracing::warn!(key = %key, task = %t.id, %reason, "slashed");
         }
         Ok(())
@@ -1521,7 +1509,7 @@ impl Coordinator {
             let opened = l.opening_blob.is_some();
             if !l.expired && l.outcome.is_none() && !opened && now > l.deadline_ms {
                 l.expired = true;
-                self.metrics.tasks_expired.fetch_add(1, Ordering::Relaxed);
+                self.metrics.tasks_expired.inc();
                 tracing::info!(task = %id, "task expired; its slot is handed out again");
             }
             l.claims.retain(|_, d| *d > now);
@@ -1892,7 +1880,7 @@ impl Coordinator {
         }
         inner.beacon = c.next;
         inner.closing = None;
-        self.metrics.rounds_closed.fetch_add(1, Ordering::Relaxed);
+        self.metrics.rounds_closed.inc();
         tracing::info!(round = round.0, accepted = s.deltas.len(), val_loss = c.val_loss, model = %c.new_model, "round closed");
         if let Some((next, _)) = c.next {
             tracing::info!(round = next.0, model = %c.new_model, "round opened");

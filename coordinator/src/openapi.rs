@@ -1,51 +1,288 @@
-//! The OpenAPI 3.1 document served at `/openapi.json`.
+//! The OpenAPI 3.1 document served at `/openapi.json`, generated with utoipa.
 //!
-//! Hand-written rather than derived (utoipa would need schema derives on the ledger and
-//! prover types, which must stay free of HTTP concerns). Request and response bodies are
-//! described by name; their fields are the `lupus-api` crate's `types` module, whose
-//! docs are the reference. `tests/http.rs` checks that every route of the router is here.
+//! Each handler of [`crate::routes`] carries a `#[utoipa::path]` (method, path,
+//! parameters, request body, responses); the body types are `lupus-api`'s, which derive
+//! `utoipa::ToSchema` (the ledger and prover types inside them are described by
+//! `lupus_api::schema`, so those crates stay free of HTTP concerns). [`ApiDoc`] gathers
+//! the paths, utoipa collects every schema they reference into `components.schemas`;
+//! the problem answers are reusable `components.responses` ([`NotFound`], ...),
+//! `SignedRequests` adds the request-signing headers as security schemes, and
+//! `StaticFiles` the two routes a path annotation cannot describe.
+//! `tests/http.rs` checks that every route of the router is here and answers, that no
+//! `$ref` dangles, and that the bodies of a whole round match their schemas.
 
-/// The document.
-pub const DOCUMENT: &str = r##"{
-  "openapi": "3.1.0",
-  "info": {
-    "title": "Lupus coordinator",
-    "version": "1",
-    "description": "Volunteer training with verifiable work. Mutating requests (POST) are signed: headers Lupus-Key, Lupus-Timestamp, Lupus-Nonce, Lupus-Signature over 'lupus request v1\\n' METHOD, path with query, blake3(body) hex, timestamp (unix ms) and nonce, one per line (see the lupus-api crate, module sign). Errors are RFC 9457 application/problem+json."
-  },
-  "components": {
-    "securitySchemes": {
-      "lupusSignature": {"type": "apiKey", "in": "header", "name": "Lupus-Signature"}
-    },
-    "responses": {
-      "Problem": {"description": "An RFC 9457 problem", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
-    },
-    "schemas": {
-      "Problem": {"type": "object", "required": ["type", "title", "status", "detail"], "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"}, "instance": {"type": "string"}}}
+use std::sync::LazyLock;
+
+use lupus_api::problem::{CONTENT_TYPE as PROBLEM, Problem};
+use lupus_api::schema;
+use lupus_api::sign::{HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, MAX_SKEW_MS};
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, Response, ResponseBuilder};
+use utoipa::{Modify, OpenApi, PartialSchema, ToResponse, ToSchema};
+
+use crate::routes;
+
+/// What the document says before the paths: the API's conventions.
+const DESCRIPTION: &str = "\
+Volunteer training with verifiable work (DESIGN.md, \"Coordinator\").
+
+Keys, digests and hashes are hex, amounts decimal strings, binary payloads standard \
+padded base64. Requests refuse unknown fields. Every error is an RFC 9457 \
+`application/problem+json` body (schema `Problem`).
+
+Mutating requests (every `POST`) are signed by the participant's Ed25519 key \
+(lupus-api, module `sign`, scheme version 1). The client builds the canonical string, \
+each line ended by `\\n`:
+
+```text
+lupus request v1
+<METHOD>              upper case, e.g. POST
+<path with query>     exactly as sent, e.g. /v1/tasks/7/submit
+<blake3(body) hex>    64 lowercase hex digits (of the empty body if none)
+<timestamp>           unix time in milliseconds, decimal, no leading zeroes
+<nonce>               32 lowercase hex digits (16 random bytes)
+```
+
+signs it, and sends four headers: `Lupus-Key` (the public key, 64 lowercase hex \
+digits), `Lupus-Timestamp`, `Lupus-Nonce` and `Lupus-Signature` (128 lowercase hex \
+digits). The server checks the signature strictly (no small-order keys, no malleable \
+signatures), refuses a timestamp more than 5 minutes from its clock (401) and a \
+`(key, nonce)` pair it has already seen (409): a signed request is accepted once.";
+
+// The description and the timestamp header's say "5 minutes".
+const _: () = assert!(MAX_SKEW_MS == 5 * 60 * 1000);
+
+/// The document's paths and schemas, from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Lupus coordinator", version = "1", description = DESCRIPTION),
+    paths(
+        routes::index,
+        routes::checkpoint,
+        routes::tile,
+        routes::job,
+        routes::join,
+        routes::next_task,
+        routes::task_status,
+        routes::submit,
+        routes::opening,
+        routes::next_verify,
+        routes::verdict,
+        routes::rounds,
+        routes::round_current,
+        routes::round,
+        routes::entry,
+        routes::inclusion,
+        routes::consistency,
+        routes::stake_table,
+        routes::stake,
+        routes::blob,
+        routes::openapi,
+        routes::metrics,
+    ),
+    // utoipa inlines the items of a tuple (`[position, leaf]` in openings and fraud
+    // proofs) without collecting the schemas they name: listed here.
+    components(
+        schemas(Problem, schema::TraceLeaf, schema::StepLeaf, schema::FinalLeaf),
+        responses(
+            BadRequest,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            Conflict,
+            TooLarge,
+            Unprocessable,
+            Unavailable,
+            InsufficientStorage
+        )
+    ),
+    modifiers(&SignedRequests, &StaticFiles),
+    tags(
+        (name = "log", description = "The transparency log: C2SP tlog-tiles, proofs, decoded entries"),
+        (name = "work", description = "Joining, tasks, submissions, openings and verdicts (signed POSTs)"),
+        (name = "state", description = "The job, rounds, tasks, stake and blobs"),
+        (name = "operations", description = "The volunteer page, this document and the metrics"),
+    ),
+)]
+pub struct ApiDoc;
+
+/// The names of the four security schemes a signed request needs together.
+pub const SIGNATURE_SCHEMES: [&str; 4] = [
+    "lupus_key",
+    "lupus_timestamp",
+    "lupus_nonce",
+    "lupus_signature",
+];
+
+/// Every `POST` is signed (each POST handler of [`crate::routes`] authenticates first):
+/// adds the four signature headers as `apiKey` security schemes, and to every `POST`
+/// one security requirement naming all four, so a client sends them together.
+struct SignedRequests;
+
+impl Modify for SignedRequests {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        let headers = [
+            (
+                HEADER_KEY,
+                "The signer's Ed25519 public key, 64 lowercase hex digits.",
+            ),
+            (
+                HEADER_TIMESTAMP,
+                "Unix time in milliseconds, decimal; within 5 minutes of the server's clock.",
+            ),
+            (
+                HEADER_NONCE,
+                "16 random bytes as 32 lowercase hex digits, used once per key.",
+            ),
+            (
+                HEADER_SIGNATURE,
+                "Ed25519 signature (128 lowercase hex digits) of the canonical string \
+                 `lupus request v1\\n<METHOD>\\n<path with query>\\n<blake3(body) hex>\\n\
+                 <timestamp>\\n<nonce>\\n` (see the document's description).",
+            ),
+        ];
+        for (scheme, (header, what)) in SIGNATURE_SCHEMES.into_iter().zip(headers) {
+            components.add_security_scheme(
+                scheme,
+                SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(header, what))),
+            );
+        }
+        let all_four = SIGNATURE_SCHEMES
+            .into_iter()
+            .fold(SecurityRequirement::default(), |r, scheme| {
+                r.add(scheme, Vec::<String>::new())
+            });
+        for post in doc.paths.paths.values_mut().filter_map(|i| i.post.as_mut()) {
+            post.security = Some(vec![all_four.clone()]);
+        }
     }
-  },
-  "paths": {
-    "/": {"get": {"summary": "The volunteer page", "responses": {"200": {"description": "HTML"}}}},
-    "/checkpoint": {"get": {"summary": "C2SP tlog-checkpoint signed note", "responses": {"200": {"description": "text/plain"}}}},
-    "/tile/{path}": {"get": {"summary": "C2SP tlog-tiles hash tile tile/<L>/<N>[.p/<W>] or entry bundle tile/entries/<N>[.p/<W>]", "parameters": [{"name": "path", "in": "path", "required": true, "schema": {"type": "string"}}], "responses": {"200": {"description": "application/octet-stream"}, "404": {"$ref": "#/components/responses/Problem"}}}},
-    "/v1/job": {"get": {"summary": "JobInfo: the job spec, its hash, the dataset commitment and blob, the log key", "responses": {"200": {"description": "JobInfo"}}}},
-    "/v1/join": {"post": {"summary": "JoinRequest -> JoinResponse: a key joins as a worker or a verifier", "security": [{"lupusSignature": []}], "responses": {"200": {"description": "JoinResponse"}, "400": {"$ref": "#/components/responses/Problem"}, "401": {"$ref": "#/components/responses/Problem"}, "409": {"$ref": "#/components/responses/Problem"}}}},
-    "/v1/tasks/next": {"post": {"summary": "NextRequest ({}) -> TaskOffer", "security": [{"lupusSignature": []}], "responses": {"200": {"description": "TaskOffer"}, "401": {"$ref": "#/components/responses/Problem"}, "403": {"$ref": "#/components/responses/Problem"}}}},
-    "/v1/tasks/{id}": {"get": {"summary": "TaskStatus", "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}], "responses": {"200": {"description": "TaskStatus"}, "404": {"$ref": "#/components/responses/Problem"}}}},
-    "/v1/tasks/{id}/submit": {"post": {"summary": "Submission -> SubmissionReceipt (the commitment is logged, then the challenge is derived)", "security": [{"lupusSignature": []}], "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}], "responses": {"200": {"description": "SubmissionReceipt"}, "400": {"$ref": "#/components/responses/Problem"}, "401": {"$ref": "#/components/responses/Problem"}, "403": {"$ref": "#/components/responses/Problem"}, "404": {"$ref": "#/components/responses/Problem"}, "409": {"$ref": "#/components/responses/Problem"}, "413": {"$ref": "#/components/responses/Problem"}, "422": {"$ref": "#/components/responses/Problem"}}}},
-    "/v1/tasks/{id}/opening": {"post": {"summary": "Opening (prover) -> OpeningReceipt", "security": [{"lupusSignature": []}], "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}], "responses": {"200": {"description": "OpeningReceipt"}, "409": {"$ref": "#/components/responses/Problem"}, "422": {"$ref": "#/components/responses/Problem"}}}},
-    "/v1/verify/next": {"post": {"summary": "NextRequest ({}) -> VerifyOffer", "security": [{"lupusSignature": []}], "responses": {"200": {"description": "VerifyOffer"}, "403": {"$ref": "#/components/responses/Problem"}}}},
-    "/v1/verify/{id}/verdict": {"post": {"summary": "VerdictSubmission -> VerdictReceipt", "security": [{"lupusSignature": []}], "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}], "responses": {"200": {"description": "VerdictReceipt"}, "403": {"$ref": "#/components/responses/Problem"}, "409": {"$ref": "#/components/responses/Problem"}, "422": {"$ref": "#/components/responses/Problem"}}}},
-    "/v1/rounds": {"get": {"summary": "RoundList", "responses": {"200": {"description": "RoundList"}}}},
-    "/v1/rounds/current": {"get": {"summary": "RoundStatus of the latest round", "responses": {"200": {"description": "RoundStatus"}, "404": {"$ref": "#/components/responses/Problem"}}}},
-    "/v1/rounds/{n}": {"get": {"summary": "RoundStatus", "parameters": [{"name": "n", "in": "path", "required": true, "schema": {"type": "integer"}}], "responses": {"200": {"description": "RoundStatus"}, "404": {"$ref": "#/components/responses/Problem"}}}},
-    "/v1/entries/{index}": {"get": {"summary": "EntryView: a log entry decoded to JSON", "parameters": [{"name": "index", "in": "path", "required": true, "schema": {"type": "integer"}}], "responses": {"200": {"description": "EntryView"}, "404": {"$ref": "#/components/responses/Problem"}}}},
-    "/v1/proof/inclusion": {"get": {"summary": "RFC 9162 inclusion proof", "parameters": [{"name": "index", "in": "query", "required": true, "schema": {"type": "integer"}}, {"name": "size", "in": "query", "required": false, "schema": {"type": "integer"}}], "responses": {"200": {"description": "InclusionProof"}, "400": {"$ref": "#/components/responses/Problem"}}}},
-    "/v1/proof/consistency": {"get": {"summary": "RFC 9162 consistency proof", "parameters": [{"name": "old", "in": "query", "required": true, "schema": {"type": "integer"}}, {"name": "new", "in": "query", "required": false, "schema": {"type": "integer"}}], "responses": {"200": {"description": "ConsistencyProof"}, "400": {"$ref": "#/components/responses/Problem"}}}},
-    "/v1/stake": {"get": {"summary": "StakeTable: balances of the latest shares epoch", "responses": {"200": {"description": "StakeTable"}}}},
-    "/v1/stake/{pubkey}": {"get": {"summary": "StakeStatement, verifiable offline with the log key", "parameters": [{"name": "pubkey", "in": "path", "required": true, "schema": {"type": "string"}}], "responses": {"200": {"description": "StakeStatement"}, "404": {"$ref": "#/components/responses/Problem"}}}},
-    "/v1/blobs/{hash}": {"get": {"summary": "A content-addressed blob (model, dataset, opening) by blake3 hex", "parameters": [{"name": "hash", "in": "path", "required": true, "schema": {"type": "string"}}], "responses": {"200": {"description": "application/octet-stream"}, "404": {"$ref": "#/components/responses/Problem"}}}},
-    "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},
-    "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text/plain"}}}}
-  }
-}"##;
+}
+
+/// A problem answer: `application/problem+json` with the `Problem` schema.
+fn problem(description: &str) -> ResponseBuilder {
+    ResponseBuilder::new().description(description).content(
+        PROBLEM,
+        ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name(Problem::name())))
+            .build(),
+    )
+}
+
+/// A problem answer that passes by itself: `Retry-After` says when to send again.
+fn problem_retry(description: &str) -> ResponseBuilder {
+    problem(description).header(
+        "Retry-After",
+        HeaderBuilder::new()
+            .schema(Some(u32::schema()))
+            .description(Some(
+                "Seconds to wait before sending the same request again",
+            ))
+            .build(),
+    )
+}
+
+macro_rules! problem_responses {
+    ($($name:ident = $response:expr;)*) => {$(
+        #[doc = concat!("The `", stringify!($name), "` problem answer, a reusable response.")]
+        pub struct $name;
+
+        impl<'r> ToResponse<'r> for $name {
+            fn response() -> (&'r str, RefOr<Response>) {
+                (stringify!($name), $response.into())
+            }
+        }
+    )*};
+}
+
+// One per status of `crate::error::ApiError` that a route documents.
+problem_responses! {
+    BadRequest = problem("Malformed request: bad JSON, base64, entry encoding or parameter");
+    Unauthorized = problem("The request is unsigned, badly signed or stale");
+    Forbidden = problem(
+        "This key may not do this: not joined in this role, not the task's worker or \
+         verifier, or slashed",
+    );
+    NotFound = problem("No such task, round, entry, tile, stake or blob");
+    Conflict = problem(
+        "Conflicts with the current state: already done, expired, another role, or a \
+         replayed nonce",
+    );
+    TooLarge = problem("The body is over this endpoint's size limit");
+    Unprocessable = problem(
+        "Well-formed but wrong content: shapes, hashes or steps that do not match",
+    );
+    Unavailable = problem_retry(
+        "The ledger database is briefly locked or unreachable: nothing was written; send \
+         the same request again",
+    );
+    InsufficientStorage = problem_retry(
+        "The blob store is full: nothing was stored; send the same request again later",
+    );
+}
+
+/// The volunteer page's files, `/{file}` and `/pkg/{file}`: two routes served by one
+/// function over two directories (`routes::static_file`), which `#[utoipa::path]` (one
+/// path per function) cannot describe, so they are built here.
+struct StaticFiles;
+
+impl Modify for StaticFiles {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let file = |path: &str, what: &str| {
+            let ok = [
+                "text/html",
+                "text/javascript",
+                "text/css",
+                "application/wasm",
+            ]
+            .into_iter()
+            .fold(ResponseBuilder::new().description(what), |r, kind| {
+                r.content(
+                    kind,
+                    ContentBuilder::new()
+                        .schema(Some(if kind == "application/wasm" {
+                            Vec::<u8>::schema()
+                        } else {
+                            String::schema()
+                        }))
+                        .build(),
+                )
+            });
+            let op = OperationBuilder::new()
+                .tag("operations")
+                .summary(Some(format!("A file of the volunteer page ({path})")))
+                .parameter(
+                    ParameterBuilder::new()
+                        .name("file")
+                        .parameter_in(ParameterIn::Path)
+                        .required(Required::True)
+                        .description(Some(
+                            "A plain file name (letters, digits, `_`, `-`, `.`) ending in                              `.html`, `.js`, `.css` or `.wasm`",
+                        ))
+                        .schema(Some(String::schema())),
+                )
+                .response("200", ok)
+                .response("404", problem("No such file, or the page is not built (`--web`)"));
+            (path.to_owned(), op)
+        };
+        for (path, op) in [
+            file("/{file}", "A file next to the page's index.html"),
+            file("/pkg/{file}", "A file of the page's wasm build"),
+        ] {
+            doc.paths
+                .add_path_operation(path, vec![HttpMethod::Get], op);
+        }
+    }
+}
+
+/// The document as JSON, built once.
+pub fn json() -> &'static str {
+    static JSON: LazyLock<String> = LazyLock::new(|| {
+        ApiDoc::openapi()
+            .to_pretty_json()
+            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
+    });
+    &JSON
+}

@@ -6,20 +6,22 @@
 //! - Writes (`POST`): signed by the participant ([`lupus_api::sign`]); a stale
 //!   signature is 401, a replayed nonce 409.
 //! - Every error is RFC 9457 `application/problem+json`; bodies have size limits (413).
+//! - Each handler's `#[utoipa::path]` is its entry in `/openapi.json` ([`crate::openapi`]);
+//!   every request is counted by route template for `/metrics` ([`crate::metrics`]).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use lupus_api::problem::{CONTENT_TYPE as PROBLEM, Problem};
+use lupus_api::schema;
 use lupus_api::sign::verify_request;
 use lupus_api::types as api;
 use lupus_ledger::entry::{Digest, Entry, PublicKey, Round, TaskId};
@@ -27,9 +29,11 @@ use lupus_ledger::hash::{LeafIndex, TreeSize, leaf_hash};
 use lupus_ledger::tiles::{TilePath, parse_tile_path};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use utoipa::IntoParams;
 
 use crate::engine::{Coordinator, now_ms};
 use crate::error::{ApiError, internal};
+use crate::{metrics, openapi};
 
 /// Body limit of small JSON requests (join, next).
 pub const SMALL_BODY: usize = 64 << 10;
@@ -166,19 +170,27 @@ pub fn router(c: Shared, page: Option<std::path::PathBuf>) -> Router {
 
 async fn count(State(c): State<Shared>, req: Request, next: Next) -> Response {
     let start = Instant::now();
+    // The template, not the raw path: label values stay bounded.
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(metrics::UNMATCHED, |p| p.as_str())
+        .to_owned();
     let resp = next.run(req).await;
-    let m = &c.metrics;
-    m.requests.fetch_add(1, Ordering::Relaxed);
-    m.latency_us_total
-        .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
-    if resp.status().is_client_error() {
-        m.client_errors.fetch_add(1, Ordering::Relaxed);
-    } else if resp.status().is_server_error() {
-        m.server_errors.fetch_add(1, Ordering::Relaxed);
-    }
+    c.metrics
+        .observe_request(&route, resp.status(), start.elapsed());
     resp
 }
 
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "operations",
+    summary = "The volunteer page",
+    responses(
+        (status = 200, description = "The page (or a placeholder naming how to build it)", body = String, content_type = "text/html")
+    )
+)]
 async fn index(page: Option<std::path::PathBuf>) -> Response {
     if let Some(dir) = page
         && let Ok(html) = tokio::fs::read_to_string(dir.join("index.html")).await
@@ -219,6 +231,15 @@ async fn static_file(dir: Option<std::path::PathBuf>, name: String) -> Response 
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/checkpoint",
+    tag = "log",
+    summary = "The log's checkpoint",
+    responses(
+        (status = 200, description = "A C2SP tlog-checkpoint signed note, with the witnesses' cosignatures", body = String, content_type = "text/plain")
+    )
+)]
 async fn checkpoint(State(c): State<Shared>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -227,6 +248,19 @@ async fn checkpoint(State(c): State<Shared>) -> Response {
         .into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/tile/{path}",
+    tag = "log",
+    summary = "A C2SP tlog-tiles hash tile or entry bundle",
+    params(
+        ("path" = String, Path, description = "`<L>/<N>[.p/<W>]` for a hash tile, `entries/<N>[.p/<W>]` for an entry bundle; `<N>` in the C2SP `x`-prefixed three-digit groups, may contain `/`")
+    ),
+    responses(
+        (status = 200, description = "The tile's bytes (immutable: cached for a year)", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 404, response = openapi::NotFound)
+    )
+)]
 async fn tile(State(c): State<Shared>, Path(path): Path<String>) -> ApiResult {
     let full = format!("tile/{path}");
     let parsed = parse_tile_path(&full).map_err(|e| ApiError::NotFound(e.to_string()))?;
@@ -243,10 +277,35 @@ async fn tile(State(c): State<Shared>, Path(path): Path<String>) -> ApiResult {
     Ok(resp)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/job",
+    tag = "state",
+    summary = "The job",
+    responses(
+        (status = 200, description = "The job spec, its hash, the dataset commitment and blob, the log key", body = api::JobInfo)
+    )
+)]
 async fn job(State(c): State<Shared>) -> ApiResult {
     json(&c.job_info()?)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/join",
+    tag = "work",
+    summary = "Join as a worker or a verifier",
+    request_body = api::JoinRequest,
+    responses(
+        (status = 200, description = "The key's `ParticipantJoined` entry (also for a repeated join in the same role)", body = api::JoinResponse),
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::TooLarge),
+        (status = 503, response = openapi::Unavailable)
+    )
+)]
 async fn join(
     State(c): State<Shared>,
     method: Method,
@@ -259,6 +318,22 @@ async fn join(
     json(&c.join(key, parse(&body)?).await?)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/next",
+    tag = "work",
+    summary = "Ask for a task",
+    request_body = api::NextRequest,
+    responses(
+        (status = 200, description = "A task (logged as `TaskAssigned` before it is handed out), or how long to wait", body = api::TaskOffer),
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::TooLarge),
+        (status = 503, response = openapi::Unavailable)
+    )
+)]
 async fn next_task(
     State(c): State<Shared>,
     method: Method,
@@ -278,10 +353,45 @@ fn task_id(id: &str) -> Result<TaskId, ApiError> {
         .map_err(|_| ApiError::NotFound(format!("no task {id:?}: task ids are decimal numbers")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}",
+    tag = "state",
+    summary = "Where a task stands",
+    params(
+        ("id" = u64, Path, description = "The task id (decimal)")
+    ),
+    responses(
+        (status = 200, description = "The task, its challenge and verdicts", body = api::TaskStatus),
+        (status = 404, response = openapi::NotFound)
+    )
+)]
 async fn task_status(State(c): State<Shared>, Path(id): Path<String>) -> ApiResult {
     json(&c.task_status(task_id(&id)?).await?)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/submit",
+    tag = "work",
+    summary = "Submit a task's work",
+    params(
+        ("id" = u64, Path, description = "The task id (decimal)")
+    ),
+    request_body = api::Submission,
+    responses(
+        (status = 200, description = "The commitment is logged (`WorkCommitted`); the challenge derived after it", body = api::SubmissionReceipt),
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::TooLarge),
+        (status = 422, response = openapi::Unprocessable),
+        (status = 503, response = openapi::Unavailable),
+        (status = 507, response = openapi::InsufficientStorage)
+    )
+)]
 async fn submit(
     State(c): State<Shared>,
     Path(id): Path<String>,
@@ -296,6 +406,28 @@ async fn submit(
     json(&c.submit(key, id, parse(&body)?).await?)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/opening",
+    tag = "work",
+    summary = "Answer a task's challenge",
+    params(
+        ("id" = u64, Path, description = "The task id (decimal)")
+    ),
+    request_body = schema::Opening,
+    responses(
+        (status = 200, description = "The opening is stored; its blob hash", body = api::OpeningReceipt),
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::TooLarge),
+        (status = 422, response = openapi::Unprocessable),
+        (status = 503, response = openapi::Unavailable),
+        (status = 507, response = openapi::InsufficientStorage)
+    )
+)]
 async fn opening(
     State(c): State<Shared>,
     Path(id): Path<String>,
@@ -310,6 +442,22 @@ async fn opening(
     json(&c.opening(key, id, parse(&body)?).await?)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/verify/next",
+    tag = "work",
+    summary = "Ask for a task to verify",
+    request_body = api::NextRequest,
+    responses(
+        (status = 200, description = "A task to replay (its `ChallengeIssued` logged first), or how long to wait", body = api::VerifyOffer),
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::TooLarge),
+        (status = 503, response = openapi::Unavailable)
+    )
+)]
 async fn next_verify(
     State(c): State<Shared>,
     method: Method,
@@ -323,6 +471,27 @@ async fn next_verify(
     json(&c.next_verify(key).await?)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/verify/{id}/verdict",
+    tag = "work",
+    summary = "A verifier's verdict on a task",
+    params(
+        ("id" = u64, Path, description = "The task id (decimal)")
+    ),
+    request_body = api::VerdictSubmission,
+    responses(
+        (status = 200, description = "The verdict is logged; what the coordinator made of it", body = api::VerdictReceipt),
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::TooLarge),
+        (status = 422, response = openapi::Unprocessable),
+        (status = 503, response = openapi::Unavailable)
+    )
+)]
 async fn verdict(
     State(c): State<Shared>,
     Path(id): Path<String>,
@@ -337,14 +506,46 @@ async fn verdict(
     json(&c.verdict(key, id, parse(&body)?).await?)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/rounds",
+    tag = "state",
+    summary = "Every round",
+    responses(
+        (status = 200, description = "The rounds, oldest first", body = api::RoundList)
+    )
+)]
 async fn rounds(State(c): State<Shared>) -> ApiResult {
     json(&c.rounds().await)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/rounds/current",
+    tag = "state",
+    summary = "The latest round",
+    responses(
+        (status = 200, description = "The latest round", body = api::RoundStatus),
+        (status = 404, response = openapi::NotFound)
+    )
+)]
 async fn round_current(State(c): State<Shared>) -> ApiResult {
     json(&c.round(None).await?)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/rounds/{n}",
+    tag = "state",
+    summary = "One round",
+    params(
+        ("n" = u64, Path, description = "The round number (decimal)")
+    ),
+    responses(
+        (status = 200, description = "The round", body = api::RoundStatus),
+        (status = 404, response = openapi::NotFound)
+    )
+)]
 async fn round(State(c): State<Shared>, Path(n): Path<String>) -> ApiResult {
     let n: u64 = n
         .parse()
@@ -352,6 +553,19 @@ async fn round(State(c): State<Shared>, Path(n): Path<String>) -> ApiResult {
     json(&c.round(Some(Round(n))).await?)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/entries/{index}",
+    tag = "log",
+    summary = "A log entry, decoded",
+    params(
+        ("index" = u64, Path, description = "The entry's log index (decimal)")
+    ),
+    responses(
+        (status = 200, description = "The entry and its RFC 9162 leaf hash", body = api::EntryView),
+        (status = 404, response = openapi::NotFound)
+    )
+)]
 async fn entry(State(c): State<Shared>, Path(index): Path<String>) -> ApiResult {
     let index: u64 = index
         .parse()
@@ -378,12 +592,29 @@ async fn entry(State(c): State<Shared>, Path(index): Path<String>) -> ApiResult 
     })
 }
 
-#[derive(Deserialize)]
+/// `?index=N&size=M`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct InclusionQuery {
+    /// The leaf's index.
     index: u64,
+    /// The tree size the proof leads to; the log's current size if absent.
     size: Option<u64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/proof/inclusion",
+    tag = "log",
+    summary = "An RFC 9162 inclusion proof",
+    params(
+        InclusionQuery
+    ),
+    responses(
+        (status = 200, description = "The audit path of leaf `index` in the tree of `size`", body = schema::InclusionProof),
+        (status = 400, response = openapi::BadRequest)
+    )
+)]
 async fn inclusion(
     State(c): State<Shared>,
     q: Result<Query<InclusionQuery>, axum::extract::rejection::QueryRejection>,
@@ -398,12 +629,29 @@ async fn inclusion(
     json(&p)
 }
 
-#[derive(Deserialize)]
+/// `?old=N&new=M`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ConsistencyQuery {
+    /// The older tree size.
     old: u64,
+    /// The newer tree size; the log's current size if absent.
     new: Option<u64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/proof/consistency",
+    tag = "log",
+    summary = "An RFC 9162 consistency proof",
+    params(
+        ConsistencyQuery
+    ),
+    responses(
+        (status = 200, description = "Proof that the tree of `old` is a prefix of the tree of `new`", body = schema::ConsistencyProof),
+        (status = 400, response = openapi::BadRequest)
+    )
+)]
 async fn consistency(
     State(c): State<Shared>,
     q: Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>,
@@ -418,16 +666,53 @@ async fn consistency(
     json(&p)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/stake",
+    tag = "state",
+    summary = "The stake table",
+    responses(
+        (status = 200, description = "The balances the latest `SharesEpoch` commits", body = api::StakeTable)
+    )
+)]
 async fn stake_table(State(c): State<Shared>) -> ApiResult {
     json(&c.stake_table().await)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/stake/{key}",
+    tag = "state",
+    summary = "One account's stake statement",
+    params(
+        ("key" = String, Path, description = "The account's Ed25519 public key, 64 hex digits")
+    ),
+    responses(
+        (status = 200, description = "A statement verifiable offline with the log's key (`lupus-audit stake`)", body = schema::StakeStatement),
+        (status = 400, response = openapi::BadRequest),
+        (status = 404, response = openapi::NotFound)
+    )
+)]
 async fn stake(State(c): State<Shared>, Path(key): Path<String>) -> ApiResult {
     let key = PublicKey::from_hex(&key)
         .map_err(|e| ApiError::BadRequest(format!("expected a key as 64 hex digits: {e}")))?;
     json(&c.stake_statement(key).await?)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/blobs/{hash}",
+    tag = "state",
+    summary = "A content-addressed blob",
+    params(
+        ("hash" = String, Path, description = "The blob's blake3 hash, 64 hex digits")
+    ),
+    responses(
+        (status = 200, description = "The blob (a model, the dataset, an opening; immutable: cached for a year)", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 400, response = openapi::BadRequest),
+        (status = 404, response = openapi::NotFound)
+    )
+)]
 async fn blob(State(c): State<Shared>, Path(hash): Path<String>) -> ApiResult {
     let hash = Digest::from_hex(&hash).map_err(|e| {
         ApiError::BadRequest(format!("expected a blake3 hash as 64 hex digits: {e}"))
@@ -445,90 +730,33 @@ async fn blob(State(c): State<Shared>, Path(hash): Path<String>) -> ApiResult {
     Ok(resp)
 }
 
-async fn metrics(State(c): State<Shared>) -> Response {
-    let m = &c.metrics;
-    let head = c.log().head();
-    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        ));
-    };
-    metric(
-        "lupus_http_requests_total",
-        "counter",
-        "HTTP requests answered.",
-        g(&m.requests),
-    );
-    metric(
-        "lupus_http_client_errors_total",
-        "counter",
-        "4xx answers.",
-        g(&m.client_errors),
-    );
-    metric(
-        "lupus_http_server_errors_total",
-        "counter",
-        "5xx answers.",
-        g(&m.server_errors),
-    );
-    metric(
-        "lupus_http_latency_microseconds_total",
-        "counter",
-        "Sum of request handling times.",
-        g(&m.latency_us_total),
-    );
-    metric(
-        "lupus_submissions_total",
-        "counter",
-        "Work commitments logged.",
-        g(&m.submissions),
-    );
-    metric(
-        "lupus_verdicts_total",
-        "counter",
-        "Verifier verdicts logged.",
-        g(&m.verdicts),
-    );
-    metric(
-        "lupus_slashes_total",
-        "counter",
-        "Keys slashed.",
-        g(&m.slashes),
-    );
-    metric(
-        "lupus_rounds_closed_total",
-        "counter",
-        "Rounds closed.",
-        g(&m.rounds_closed),
-    );
-    metric(
-        "lupus_tasks_expired_total",
-        "counter",
-        "Tasks expired and reassigned.",
-        g(&m.tasks_expired),
-    );
-    metric(
-        "lupus_log_size",
-        "gauge",
-        "Entries in the log.",
-        head.size.0,
-    );
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    responses(
+        (status = 200, description = "The Prometheus text format, version 0.0.4", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8")
     )
-        .into_response()
+)]
+async fn metrics(State(c): State<Shared>) -> ApiResult {
+    let text = c.metrics.encode(c.log().head().size.0).map_err(internal)?;
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    summary = "This document",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document", body = Object, content_type = "application/json")
+    )
+)]
 async fn openapi() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        crate::openapi::DOCUMENT,
+        crate::openapi::json(),
     )
         .into_response()
 }

@@ -1,6 +1,8 @@
 //! The HTTP API driven through `Router::oneshot` (no socket): bad input on every
 //! mutating endpoint is a 4xx `application/problem+json` and writes nothing to the
-//! ledger; the read endpoints answer; the OpenAPI document lists every route.
+//! ledger; the read endpoints answer; the OpenAPI document lists every route, names no
+//! schema it lacks, and describes the bodies a whole round really sends and receives;
+//! `/metrics` is Prometheus text that counts requests per route template.
 
 mod common;
 
@@ -20,7 +22,8 @@ use lupus_prover::model::init_params;
 use lupus_prover::quant::{QTensor, QuantDelta};
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::run_task;
-use lupus_prover::verify::DeviceClass;
+use lupus_prover::verify::{DeviceClass, dispute_op};
+use serde_json::Value;
 use tower::ServiceExt;
 
 struct Harness {
@@ -46,8 +49,12 @@ fn fresh_nonce() -> [u8; 16] {
 
 impl Harness {
     async fn new() -> Harness {
+        Harness::with(2, 3).await
+    }
+
+    async fn with(rounds: u64, tasks: u32) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let c = Coordinator::open(config(dir.path(), 2, 3), corpus())
+        let c = Coordinator::open(config(dir.path(), rounds, tasks), corpus())
             .await
             .unwrap();
         Harness {
@@ -87,6 +94,41 @@ impl Harness {
             .await
     }
 
+    /// Sends `path` (a GET, or a POST of `signed`'s body signed by its key) to the
+    /// route the document lists as `template`; checks the request body and the answer
+    /// against the document's schemas for that route, status and content type.
+    async fn exchange(
+        &self,
+        doc: &Value,
+        template: &str,
+        path: &str,
+        signed: Option<(&SigningKey, Vec<u8>)>,
+    ) -> (StatusCode, Value) {
+        let method = if signed.is_some() { "post" } else { "get" };
+        let op = &doc["paths"][template][method];
+        assert!(op.is_object(), "{method} {template} is not documented");
+        let req = match signed {
+            Some((key, body)) => {
+                let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+                let value: Value = serde_json::from_slice(&body).unwrap();
+                conforms(doc, schema, &value).unwrap_or_else(|e| panic!("request to {path}: {e}"));
+                signed_request(key, path, body)
+            }
+            None => Request::get(path).body(Body::empty()).unwrap(),
+        };
+        let (status, ct, body) = self.call(req).await;
+        let answer = response(doc, &op["responses"][status.as_str()]);
+        let schema = &answer["content"][&ct]["schema"];
+        assert!(
+            schema.is_object(),
+            "{method} {template}: {status} {ct} is not documented: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let value: Value = serde_json::from_slice(&body).unwrap();
+        conforms(doc, schema, &value).unwrap_or_else(|e| panic!("answer of {path}: {e}\n{value}"));
+        (status, value)
+    }
+
     fn size(&self) -> u64 {
         self.c.log().head().size.0
     }
@@ -120,6 +162,10 @@ impl Harness {
             .await;
         assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
     }
+}
+
+fn signed_request(key: &SigningKey, path: &str, body: Vec<u8>) -> Request<Body> {
+    signed(key, path, body, now_ms(), fresh_nonce())
 }
 
 fn req(key: &SigningKey, path: &str, body: &[u8]) -> Request<Body> {
@@ -456,36 +502,758 @@ async fn reads_answer_and_errors_are_problems() {
         "GET on a POST route",
     )
     .await;
-    let doc: serde_json::Value = serde_json::from_slice(&h.get("/openapi.json").await.2).unwrap();
-    for p in [
-        "/checkpoint",
-        "/tile/{path}",
-        "/v1/job",
-        "/v1/join",
-        "/v1/tasks/next",
-        "/v1/tasks/{id}",
-        "/v1/tasks/{id}/submit",
-        "/v1/tasks/{id}/opening",
-        "/v1/verify/next",
-        "/v1/verify/{id}/verdict",
-        "/v1/rounds",
-        "/v1/rounds/current",
-        "/v1/rounds/{n}",
-        "/v1/entries/{index}",
-        "/v1/proof/inclusion",
-        "/v1/proof/consistency",
-        "/v1/stake",
-        "/v1/stake/{pubkey}",
-        "/v1/blobs/{hash}",
-        "/openapi.json",
-        "/metrics",
-        "/",
-    ] {
+    let (s, ct, body) = h.get("/openapi.json").await;
+    assert_eq!((s, ct.as_str()), (StatusCode::OK, "application/json"));
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    // Every route of the router, in the router's own spelling of its parameters.
+    let routes = [
+        ("get", "/"),
+        ("get", "/{file}"),
+        ("get", "/pkg/{file}"),
+        ("get", "/checkpoint"),
+        ("get", "/tile/{path}"),
+        ("get", "/v1/job"),
+        ("post", "/v1/join"),
+        ("post", "/v1/tasks/next"),
+        ("get", "/v1/tasks/{id}"),
+        ("post", "/v1/tasks/{id}/submit"),
+        ("post", "/v1/tasks/{id}/opening"),
+        ("post", "/v1/verify/next"),
+        ("post", "/v1/verify/{id}/verdict"),
+        ("get", "/v1/rounds"),
+        ("get", "/v1/rounds/current"),
+        ("get", "/v1/rounds/{n}"),
+        ("get", "/v1/entries/{index}"),
+        ("get", "/v1/proof/inclusion"),
+        ("get", "/v1/proof/consistency"),
+        ("get", "/v1/stake"),
+        ("get", "/v1/stake/{key}"),
+        ("get", "/v1/blobs/{hash}"),
+        ("get", "/openapi.json"),
+        ("get", "/metrics"),
+    ];
+    for (method, p) in routes {
+        let op = &doc["paths"][p][method];
+        assert!(op.is_object(), "{method} {p} missing from /openapi.json");
+        // Path parameters are declared, and signed POSTs name the four headers.
+        for name in p.split('{').skip(1).filter_map(|x| x.split('}').next()) {
+            let params = op["parameters"].as_array().unwrap();
+            assert!(
+                params
+                    .iter()
+                    .any(|q| q["name"] == name && q["in"] == "path"),
+                "{method} {p}: no path parameter {name}"
+            );
+        }
+        if method == "post" {
+            let req = op["security"][0].as_object().unwrap();
+            assert_eq!(req.len(), 4, "{p}: {req:?}");
+            for scheme in lupus_coordinator::openapi::SIGNATURE_SCHEMES {
+                assert!(req.contains_key(scheme), "{p}: {scheme}");
+                assert!(
+                    doc["components"]["securitySchemes"][scheme]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("lupus-")),
+                    "{scheme}"
+                );
+            }
+        }
+    }
+    let documented: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|item| item.as_object().unwrap().len())
+        .sum();
+    assert_eq!(
+        documented,
+        routes.len(),
+        "the document has operations the router lacks"
+    );
+    assert!(
+        doc["info"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("lupus request v1"),
+        "the signing scheme is described"
+    );
+    // No dangling `$ref`, and every JSON body (request, answer, problem) has a schema.
+    let mut refs = Vec::new();
+    collect_refs(&doc, &mut refs);
+    assert!(refs.len() > 50, "{}", refs.len());
+    for r in &refs {
+        let (kind, name) = r
+            .strip_prefix("#/components/")
+            .and_then(|r| r.split_once('/'))
+            .unwrap_or_else(|| panic!("unexpected $ref {r}"));
         assert!(
-            doc["paths"].get(p).is_some(),
-            "{p} missing from /openapi.json"
+            ["schemas", "responses"].contains(&kind) && doc["components"][kind].get(name).is_some(),
+            "dangling $ref {r}"
         );
     }
-    let metrics = String::from_utf8(h.get("/metrics").await.2).unwrap();
-    assert!(metrics.contains("lupus_log_size"));
+    let mut json_bodies = 0;
+    for (p, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let mut contents = vec![&op["requestBody"]["content"]];
+            contents.extend(
+                op["responses"]
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .map(|r| &response(&doc, r)["content"]),
+            );
+            for (media, body) in contents.into_iter().filter_map(|c| c.as_object()).flatten() {
+                if media.contains("json") {
+                    json_bodies += 1;
+                    assert!(
+                        body["schema"].is_object(),
+                        "{method} {p}: {media} has no schema"
+                    );
+                }
+            }
+        }
+    }
+    assert!(json_bodies > 60, "{json_bodies}");
+}
+
+#[tokio::test]
+async fn documented_routes_are_served() {
+    let mut h = Harness::new().await;
+    // A volunteer page, so that the static routes answer 200 rather than the 404 the
+    // fallback also gives.
+    let page = tempfile::tempdir().unwrap();
+    std::fs::create_dir(page.path().join("www")).unwrap();
+    std::fs::create_dir(page.path().join("pkg")).unwrap();
+    std::fs::write(page.path().join("www/index.html"), "<!doctype html>").unwrap();
+    std::fs::write(page.path().join("pkg/lupus.js"), "export {}").unwrap();
+    h.app = router(Arc::clone(&h.c), Some(page.path().join("www")));
+    let doc: Value = serde_json::from_slice(&h.get("/openapi.json").await.2).unwrap();
+    let zeros = "0".repeat(64);
+    for (p, item) in doc["paths"].as_object().unwrap() {
+        let file = if p.starts_with("/pkg/") {
+            "lupus.js"
+        } else {
+            "index.html"
+        };
+        let path = p
+            .replace("{file}", file)
+            .replace("{path}", "0/000.p/2")
+            .replace("{id}", "1")
+            .replace("{n}", "1")
+            .replace("{index}", "0")
+            .replace("{key}", &zeros)
+            .replace("{hash}", &zeros);
+        for method in item.as_object().unwrap().keys() {
+            let req = Request::builder()
+                .method(method.to_uppercase().as_str())
+                .uri(&path)
+                .body(Body::from("{}"))
+                .unwrap();
+            let (s, _, body) = h.call(req).await;
+            // The fallback answers a path no route matches with this detail; a route
+            // with the wrong method is 405.
+            let text = String::from_utf8_lossy(&body);
+            assert!(
+                s != StatusCode::METHOD_NOT_ALLOWED && !text.contains("no such endpoint"),
+                "{method} {path}: {s} {text}"
+            );
+            if method == "post" {
+                assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}: unsigned");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_counted_by_route_template() {
+    let h = Harness::new().await;
+    for _ in 0..3 {
+        assert_eq!(h.get("/v1/job").await.0, StatusCode::OK);
+    }
+    for id in ["5", "6"] {
+        assert_eq!(
+            h.get(&format!("/v1/tasks/{id}")).await.0,
+            StatusCode::NOT_FOUND
+        );
+    }
+    // No route matches this path (`/{file}` takes one segment).
+    assert_eq!(h.get("/no/such/path").await.0, StatusCode::NOT_FOUND);
+    let (s, ct, body) = h.get("/metrics").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(ct, "text/plain; version=0.0.4; charset=utf-8");
+    let text = String::from_utf8(body).unwrap();
+    let samples = parse_prometheus(&text);
+    let value = |series: &str| {
+        *samples
+            .get(series)
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    let count = "lupus_http_request_duration_seconds_count";
+    assert_eq!(
+        value(&format!("{count}{{route=\"/v1/job\",status=\"2xx\"}}")),
+        3.0
+    );
+    assert_eq!(
+        value(&format!(
+            "{count}{{route=\"/v1/tasks/{{id}}\",status=\"4xx\"}}"
+        )),
+        2.0
+    );
+    assert_eq!(
+        value(&format!("{count}{{route=\"unmatched\",status=\"4xx\"}}")),
+        1.0
+    );
+    assert!(
+        !text.contains("/v1/tasks/5"),
+        "raw paths must not become label values"
+    );
+    // The +Inf bucket holds every request of its series.
+    assert_eq!(
+        value(
+            "lupus_http_request_duration_seconds_bucket{route=\"/v1/job\",status=\"2xx\",le=\"+Inf\"}"
+        ),
+        3.0
+    );
+    // The counters kept their names.
+    assert_eq!(value("lupus_http_requests_total"), 6.0);
+    assert_eq!(value("lupus_http_client_errors_total"), 3.0);
+    assert_eq!(value("lupus_http_server_errors_total"), 0.0);
+    assert!(value("lupus_http_latency_microseconds_total") > 0.0);
+    for name in [
+        "lupus_submissions_total",
+        "lupus_verdicts_total",
+        "lupus_slashes_total",
+        "lupus_rounds_closed_total",
+        "lupus_tasks_expired_total",
+    ] {
+        assert_eq!(value(name), 0.0, "{name}");
+    }
+    assert_eq!(value("lupus_log_size"), h.size() as f64);
+}
+
+/// Parses the Prometheus text format (version 0.0.4): `# HELP` and `# TYPE` lines,
+/// then samples `name{label="value",...} number`, each of a family whose `# TYPE` came
+/// first. Returns each series (name and labels as written) with its value; panics on
+/// any line that breaks the format.
+fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut types = std::collections::BTreeMap::new();
+    let mut samples = std::collections::BTreeMap::new();
+    let is_name = |n: &str| {
+        !n.is_empty()
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut words = rest.splitn(3, ' ');
+            let (kind, name) = (words.next().unwrap(), words.next().unwrap_or(""));
+            assert!(is_name(name), "bad metric name in {line:?}");
+            match kind {
+                "HELP" => {}
+                "TYPE" => {
+                    let t = words.next().unwrap_or("");
+                    assert!(
+                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(&t),
+                        "bad type in {line:?}"
+                    );
+                    assert!(
+                        types.insert(name.to_owned(), t.to_owned()).is_none(),
+                        "{line:?}"
+                    );
+                }
+                _ => panic!("unexpected comment {line:?}"),
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let name = match series.split_once('{') {
+            None => series,
+            Some((name, labels)) => {
+                let labels = labels
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("{line:?}"));
+                for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once("=\"").unwrap_or_else(|| panic!("{line:?}"));
+                    assert!(is_name(k), "bad label name in {line:?}");
+                    assert!(!v.trim_end_matches('"').contains('"'), "{line:?}");
+                }
+                name
+            }
+        };
+        assert!(is_name(name), "bad sample name in {line:?}");
+        let family = [name]
+            .into_iter()
+            .chain(
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .filter_map(|s| name.strip_suffix(s)),
+            )
+            .find(|f| types.contains_key(*f))
+            .unwrap_or_else(|| panic!("sample {line:?} before its # TYPE"));
+        if name != family {
+            assert_eq!(types[family], "histogram", "{line:?}");
+        }
+        assert!(
+            samples.insert(series.to_owned(), value).is_none(),
+            "repeated {line:?}"
+        );
+    }
+    samples
+}
+
+#[tokio::test]
+async fn a_round_s_real_bodies_match_the_document() {
+    let h = Harness::with(1, 1).await;
+    let doc: Value = serde_json::from_slice(&h.get("/openapi.json").await.2).unwrap();
+    let (w, v) = (key(1), key(3));
+    for (k, role) in [(&w, Role::Worker), (&v, Role::Verifier)] {
+        let e = Entry::signed(api::join_body(PublicKey::from(k), role, "t"), k).unwrap();
+        let body = serde_json::to_vec(&api::JoinRequest {
+            role,
+            name: "t".into(),
+            signature: Sig(*e.signature().unwrap()),
+        })
+        .unwrap();
+        let (s, _) = h
+            .exchange(&doc, "/v1/join", "/v1/join", Some((k, body)))
+            .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let next = |k| Some((k, b"{}".to_vec()));
+    let (_, wait) = h
+        .exchange(&doc, "/v1/verify/next", "/v1/verify/next", next(&v))
+        .await;
+    assert_eq!(wait["status"], "wait", "{wait}");
+    let (_, offer) = h
+        .exchange(&doc, "/v1/tasks/next", "/v1/tasks/next", next(&w))
+        .await;
+    let TaskOffer::Task(task) = serde_json::from_value(offer).unwrap() else {
+        panic!("no task");
+    };
+    let id = task.task_id.0;
+
+    // The worker's real submission and opening.
+    let job = JobSpec::parse(TINY).unwrap();
+    let base = init_params(&job.model, job.hash().0).unwrap();
+    let run = run_task(&job, &corpus(), &base, task.seed.0, &mut |_, _| {}).unwrap();
+    let entry = Entry::signed(
+        work_committed_body(task.task_id, PublicKey::from(&w), &run.commitment),
+        &w,
+    )
+    .unwrap();
+    let submission = serde_json::to_vec(&api::Submission {
+        work_committed: B64(entry.encode()),
+        delta: B64(run.delta.to_bytes()),
+        final_opening: run.final_opening().unwrap(),
+        device_class: DeviceClass::Exact,
+    })
+    .unwrap();
+    let submit = format!("/v1/tasks/{id}/submit");
+    let (s, receipt) = h
+        .exchange(
+            &doc,
+            "/v1/tasks/{id}/submit",
+            &submit,
+            Some((&w, submission)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let receipt: api::SubmissionReceipt = serde_json::from_value(receipt).unwrap();
+    let c = receipt.challenge;
+    let opening = run.open(&job, &corpus(), &c.steps, c.tolerant).unwrap();
+    let (s, _) = h
+        .exchange(
+            &doc,
+            "/v1/tasks/{id}/opening",
+            &format!("/v1/tasks/{id}/opening"),
+            Some((&w, serde_json::to_vec(&opening).unwrap())),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    // Real fraud proofs (not sent: this work is honest), one per op of a challenged
+    // step, in a verdict body: every operator kind the job's model uses.
+    let verdict_schema = &doc["paths"]["/v1/verify/{id}/verdict"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"];
+    let mut ops = std::collections::BTreeSet::new();
+    for op in 0.. {
+        let Ok(proof) = dispute_op(
+            &job,
+            &corpus(),
+            &base,
+            &task.seed.0,
+            &opening,
+            c.steps[0],
+            op,
+        ) else {
+            break;
+        };
+        let body = serde_json::to_value(api::VerdictSubmission {
+            verdict: B64(vec![1]),
+            fraud_proof: Some(proof),
+        })
+        .unwrap();
+        conforms(&doc, verdict_schema, &body)
+            .unwrap_or_else(|e| panic!("fraud proof of op {op}: {e}"));
+        ops.insert(
+            body["fraud_proof"]["kind"]["op"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert!(ops.len() >= 8, "{ops:?}");
+
+    // The verifier's job (the commitment, the opening) and its verdict.
+    let (_, offer) = h
+        .exchange(&doc, "/v1/verify/next", "/v1/verify/next", next(&v))
+        .await;
+    let api::VerifyOffer::Job(vj) = serde_json::from_value(offer).unwrap() else {
+        panic!("no verify job");
+    };
+    let verdict = Entry::signed(
+        api::verdict_body(
+            task.task_id,
+            PublicKey::from(&v),
+            true,
+            vj.steps,
+            "ok",
+            None,
+        ),
+        &v,
+    )
+    .unwrap();
+    let body = serde_json::to_vec(&api::VerdictSubmission {
+        verdict: B64(verdict.encode()),
+        fraud_proof: None,
+    })
+    .unwrap();
+    let (s, _) = h
+        .exchange(
+            &doc,
+            "/v1/verify/{id}/verdict",
+            &format!("/v1/verify/{id}/verdict"),
+            Some((&v, body)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // The server's ticker closes the round; here the test ticks.
+    for _ in 0..200 {
+        h.c.tick().await.unwrap();
+        if h.c
+            .rounds()
+            .await
+            .rounds
+            .iter()
+            .all(|r| r.phase == api::RoundPhase::Closed)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (_, rounds) = h.exchange(&doc, "/v1/rounds", "/v1/rounds", None).await;
+    assert_eq!(rounds["rounds"][0]["phase"], "closed", "{rounds}");
+    let (_, wait) = h
+        .exchange(&doc, "/v1/tasks/next", "/v1/tasks/next", next(&w))
+        .await;
+    assert_eq!(wait["status"], "wait", "{wait}");
+
+    // Every read, on a log that has every kind of entry but `slashed`.
+    for (template, path) in [
+        ("/v1/job", "/v1/job"),
+        ("/v1/stake", "/v1/stake"),
+        ("/v1/proof/inclusion", "/v1/proof/inclusion?index=1&size=3"),
+        ("/v1/proof/consistency", "/v1/proof/consistency?old=1"),
+    ] {
+        assert_eq!(
+            h.exchange(&doc, template, path, None).await.0,
+            StatusCode::OK
+        );
+    }
+    let (_, current) = h
+        .exchange(&doc, "/v1/rounds/current", "/v1/rounds/current", None)
+        .await;
+    let n = current["round"].as_u64().unwrap();
+    h.exchange(&doc, "/v1/rounds/{n}", &format!("/v1/rounds/{n}"), None)
+        .await;
+    let (_, status) = h
+        .exchange(&doc, "/v1/tasks/{id}", &format!("/v1/tasks/{id}"), None)
+        .await;
+    assert_eq!(status["state"], "accepted", "{status}");
+    let (_, table) = h.exchange(&doc, "/v1/stake", "/v1/stake", None).await;
+    let accounts = table["accounts"].as_array().unwrap();
+    assert!(!accounts.is_empty(), "{table}");
+    for row in accounts {
+        let key = row["key"].as_str().unwrap();
+        let (s, st) = h
+            .exchange(&doc, "/v1/stake/{key}", &format!("/v1/stake/{key}"), None)
+            .await;
+        assert_eq!((s, &st["pubkey"]), (StatusCode::OK, &row["key"]));
+    }
+    let mut kinds = std::collections::BTreeSet::new();
+    for i in 0..h.size() {
+        let (_, e) = h
+            .exchange(
+                &doc,
+                "/v1/entries/{index}",
+                &format!("/v1/entries/{i}"),
+                None,
+            )
+            .await;
+        kinds.insert(e["entry"]["body"]["type"].as_str().unwrap().to_owned());
+    }
+    for kind in [
+        "genesis",
+        "participant_joined",
+        "round_opened",
+        "task_assigned",
+        "work_committed",
+        "challenge_issued",
+        "verdict",
+        "round_closed",
+        "credit",
+        "shares_epoch",
+    ] {
+        assert!(kinds.contains(kind), "no {kind} entry: {kinds:?}");
+    }
+    // Problems are documented bodies too.
+    for (template, path, status) in [
+        ("/v1/tasks/{id}", "/v1/tasks/999", 404),
+        ("/v1/stake/{key}", "/v1/stake/zz", 400),
+        ("/v1/proof/inclusion", "/v1/proof/inclusion", 400),
+    ] {
+        assert_eq!(
+            h.exchange(&doc, template, path, None).await.0.as_u16(),
+            status
+        );
+    }
+
+    // And the check can fail: bodies that break the schema are refused.
+    let schema = &doc["paths"]["/v1/rounds/current"]["get"]["responses"]["200"]["content"]["application/json"]
+        ["schema"];
+    conforms(&doc, schema, &current).unwrap();
+    // (what breaks it, the field, its new value or none to remove it)
+    let broken = [
+        ("a required field missing", "base_model", None),
+        (
+            "a digest that is not hex",
+            "base_model",
+            Some(Value::from("zz")),
+        ),
+        ("a field the schema lacks", "surprise", Some(Value::from(1))),
+        ("a negative count", "accepted", Some(Value::from(-1))),
+        (
+            "a phase that is not one",
+            "phase",
+            Some(Value::from("ajar")),
+        ),
+        ("a string for a number", "round", Some(Value::from("1"))),
+    ];
+    for (what, field, value) in broken {
+        let mut bad = current.clone();
+        let fields = bad.as_object_mut().unwrap();
+        match value {
+            Some(v) => fields.insert(field.to_owned(), v),
+            None => fields.remove(field),
+        };
+        assert!(conforms(&doc, schema, &bad).is_err(), "{what} passed");
+    }
+}
+
+/// Checks `value` against `schema`, in the subset of JSON Schema that utoipa writes
+/// (`$ref`, `allOf`, `oneOf`, `anyOf`, `type`, `enum`, `required`, `properties`,
+/// `items`, `prefixItems`, `minimum`, the hex and decimal `pattern`s of
+/// `lupus_api::schema`, base64 `contentEncoding`). Objects are closed: a property
+/// the schema does not declare is an error, so a body cannot outgrow its schema.
+fn conforms(doc: &Value, schema: &Value, value: &Value) -> Result<(), String> {
+    check(doc, schema, value, "$", true)
+}
+
+fn check(doc: &Value, schema: &Value, v: &Value, at: &str, closed: bool) -> Result<(), String> {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let target = r
+            .strip_prefix("#/components/schemas/")
+            .and_then(|name| doc["components"]["schemas"].get(name))
+            .ok_or_else(|| format!("{at}: dangling $ref {r}"))?;
+        return check(doc, target, v, at, closed);
+    }
+    if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
+        for s in all {
+            check(doc, s, v, at, false)?;
+        }
+    }
+    if let Some(one) = schema.get("oneOf").and_then(Value::as_array) {
+        let results: Vec<_> = one.iter().map(|s| check(doc, s, v, at, closed)).collect();
+        if results.iter().filter(|r| r.is_ok()).count() != 1 {
+            return Err(format!("{at}: not exactly one of oneOf: {results:?}"));
+        }
+    }
+    if let Some(any) = schema.get("anyOf").and_then(Value::as_array)
+        && !any.iter().any(|s| check(doc, s, v, at, closed).is_ok())
+    {
+        return Err(format!("{at}: none of anyOf"));
+    }
+    if let Some(t) = schema.get("type") {
+        let types: Vec<&str> = match t {
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            t => t.as_str().into_iter().collect(),
+        };
+        let is = |t: &str| match t {
+            "object" => v.is_object(),
+            "array" => v.is_array(),
+            "string" => v.is_string(),
+            "integer" => v.is_i64() || v.is_u64(),
+            "number" => v.is_number(),
+            "boolean" => v.is_boolean(),
+            "null" => v.is_null(),
+            _ => false,
+        };
+        if !types.iter().any(|t| is(t)) {
+            return Err(format!("{at}: {v} is not {types:?}"));
+        }
+    }
+    if let Some(e) = schema.get("enum").and_then(Value::as_array)
+        && !e.contains(v)
+    {
+        return Err(format!("{at}: {v} is not one of {e:?}"));
+    }
+    if let (Some(min), Some(x)) = (schema.get("minimum").and_then(Value::as_f64), v.as_f64())
+        && x < min
+    {
+        return Err(format!("{at}: {x} < {min}"));
+    }
+    if let Some(text) = v.as_str() {
+        if let Some(p) = schema.get("pattern").and_then(Value::as_str)
+            && !matches_pattern(p, text)
+        {
+            return Err(format!("{at}: {text:?} does not match {p}"));
+        }
+        if schema.get("contentEncoding").and_then(Value::as_str) == Some("base64") {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|e| format!("{at}: not base64: {e}"))?;
+        }
+    }
+    if let Some(map) = v.as_object() {
+        for name in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = name.as_str().unwrap_or_default();
+            if !map.contains_key(name) {
+                return Err(format!("{at}: required property {name} is missing"));
+            }
+        }
+        let props = schema.get("properties").and_then(Value::as_object);
+        for (k, x) in map {
+            if let Some(s) = props.and_then(|p| p.get(k)) {
+                check(doc, s, x, &format!("{at}.{k}"), true)?;
+            }
+        }
+        if closed
+            && let Some(declared) = declared(doc, schema)
+            && let Some(k) = map.keys().find(|k| !declared.contains(k.as_str()))
+        {
+            return Err(format!("{at}: property {k} is not in the schema"));
+        }
+    }
+    if let Some(items) = v.as_array() {
+        let prefix = schema.get("prefixItems").and_then(Value::as_array);
+        let prefix = prefix.map_or(&[][..], Vec::as_slice);
+        if items.len() < prefix.len() {
+            return Err(format!(
+                "{at}: {} items, {} expected",
+                items.len(),
+                prefix.len()
+            ));
+        }
+        for (i, x) in items.iter().enumerate() {
+            let at = format!("{at}[{i}]");
+            match (prefix.get(i), schema.get("items")) {
+                (Some(s), _) => check(doc, s, x, &at, true)?,
+                (None, Some(Value::Bool(false))) => return Err(format!("{at}: one item too many")),
+                (None, Some(s)) if s.is_object() => check(doc, s, x, &at, true)?,
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The properties an object schema declares, through `$ref` and `allOf`; `None` where
+/// it declares none (an open or a non-object schema).
+fn declared<'d>(doc: &'d Value, schema: &'d Value) -> Option<std::collections::BTreeSet<&'d str>> {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let name = r.strip_prefix("#/components/schemas/")?;
+        return declared(doc, doc["components"]["schemas"].get(name)?);
+    }
+    let mut names: Option<std::collections::BTreeSet<&str>> = schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().map(String::as_str).collect());
+    for s in schema
+        .get("allOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(more) = declared(doc, s) {
+            names.get_or_insert_with(Default::default).extend(more);
+        }
+    }
+    names
+}
+
+/// The patterns `lupus_api::schema` writes; any other is a test to extend.
+fn matches_pattern(pattern: &str, text: &str) -> bool {
+    use lupus_api::schema::{DECIMAL, HEX32, HEX64};
+    let hex = |n: usize| text.len() == n && text.bytes().all(|b| b.is_ascii_hexdigit());
+    match pattern {
+        HEX32 => hex(64),
+        HEX64 => hex(128),
+        DECIMAL => {
+            !text.is_empty()
+                && text.bytes().all(|b| b.is_ascii_digit())
+                && (text == "0" || !text.starts_with('0'))
+        }
+        other => panic!("conforms() knows no pattern {other}"),
+    }
+}
+
+/// A response, or the reusable one (`#/components/responses/<name>`) it refers to.
+fn response<'d>(doc: &'d Value, r: &'d Value) -> &'d Value {
+    match r["$ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("#/components/responses/"))
+    {
+        Some(name) => &doc["components"]["responses"][name],
+        None => r,
+    }
+}
+
+fn collect_refs<'d>(v: &'d Value, out: &mut Vec<&'d str>) {
+    match v {
+        Value::Object(map) => {
+            for (k, x) in map {
+                match (k.as_str(), x.as_str()) {
+                    ("$ref", Some(r)) => out.push(r),
+                    _ => collect_refs(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_refs(x, out)),
+        _ => {}
+    }
 }
