@@ -185,6 +185,13 @@ fn main() -> Res<()> {
     }
     write("multiproof", "0", &[0u8; 64])?;
     write("multiproof", "1", &(0x40u8..0x50).collect::<Vec<u8>>())?;
+    // Mutation programs for `verify_opening`: class byte, mutation count, then each
+    // mutation kind once (kinds 10 and 11 reseal the commitment), on a fixed tail.
+    for kind in 0u8..12 {
+        let mut program = vec![kind & 1, 0, kind];
+        program.extend((0u8..48).map(|i| i.wrapping_mul(37)));
+        write("verify_opening", &format!("kind-{kind}"), &program)?;
+    }
     // JSON proofs of the `proofs` target's tree (leaf i is `i` as 8 big-endian bytes).
     let mut numbers = MemoryTree::new();
     for i in 0..600u64 {
