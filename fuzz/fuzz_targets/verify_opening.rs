@@ -59,17 +59,13 @@ use lupus_prover::model::init_params;
 use lupus_prover::optim::TrainState;
 use lupus_prover::quant::quantise_delta;
 use lupus_prover::spec::JobSpec;
-use lupus_prover::task::{
-    Opening, StepOpening, job_sampler, run_task, state_tensors, task_batch,
-};
+use lupus_prover::task::{Opening, StepOpening, job_sampler, run_task, state_tensors, task_batch};
 use lupus_prover::tensor::Tensor;
 use lupus_prover::trace::{
     Commitment, OpOutputCommit, StepLeaf, TraceLeaf, base_state_hash, commit_step, op_root,
     state_hash, state_items,
 };
-use lupus_prover::verify::{
-    DeviceClass, RejectReason, Verdict, relative_distance, verify_opening,
-};
+use lupus_prover::verify::{DeviceClass, RejectReason, Verdict, relative_distance, verify_opening};
 
 /// The task's seed.
 const SEED: [u8; 32] = [3; 32];
@@ -131,14 +127,7 @@ fn verify_with(
     class: DeviceClass,
 ) -> Verdict {
     verify_opening(
-        &f.job,
-        &f.corpus,
-        &f.base,
-        &SEED,
-        commitment,
-        &STEPS,
-        opening,
-        class,
+        &f.job, &f.corpus, &f.base, &SEED, commitment, &STEPS, opening, class,
     )
     .expect("the verifier's own inputs are valid, so only a verdict may come back")
 }
@@ -280,7 +269,10 @@ fn mutate(f: &Fixture, u: &mut Unstructured) -> Result<(DeviceClass, Opening, Co
             6 => {
                 // Move a part from one step to another (an honest value in a wrong place).
                 if o.steps.len() >= 2 {
-                    let (i, j) = (u.choose_index(o.steps.len())?, u.choose_index(o.steps.len())?);
+                    let (i, j) = (
+                        u.choose_index(o.steps.len())?,
+                        u.choose_index(o.steps.len())?,
+                    );
                     let from = o.steps[j].clone();
                     let to = &mut o.steps[i];
                     match u.int_in_range(0..=3u8)? {
@@ -301,7 +293,8 @@ fn mutate(f: &Fixture, u: &mut Unstructured) -> Result<(DeviceClass, Opening, Co
                     } else {
                         let s = &mut o.steps[i].state;
                         let end = p.min(s.len());
-                        s.splice(..end, o.final_params.iter().cloned()).for_each(drop);
+                        s.splice(..end, o.final_params.iter().cloned())
+                            .for_each(drop);
                     }
                 }
             }
@@ -409,7 +402,12 @@ fn reseal(f: &Fixture, o: &mut Opening) -> Commitment {
 /// Tensors as shapes and bit patterns (`-0.0` and `0.0` differ, as in their hashes).
 fn bits(ts: &[Tensor]) -> Vec<(Vec<usize>, Vec<u32>)> {
     ts.iter()
-        .map(|t| (t.shape().to_vec(), t.data().iter().map(|x| x.to_bits()).collect()))
+        .map(|t| {
+            (
+                t.shape().to_vec(),
+                t.data().iter().map(|x| x.to_bits()).collect(),
+            )
+        })
         .collect()
 }
 
@@ -422,7 +420,11 @@ fn bits(ts: &[Tensor]) -> Vec<(Vec<usize>, Vec<u32>)> {
 /// within the job's tolerance (tolerant class).
 fn check_resealed(f: &Fixture, commitment: &Commitment, o: &Opening, class: DeviceClass) {
     let delta = quantise_delta(&f.base, &o.final_params).expect("an accepted delta quantises");
-    assert_eq!(Digest(delta.hash()), commitment.delta_hash, "wrong delta accepted");
+    assert_eq!(
+        Digest(delta.hash()),
+        commitment.delta_hash,
+        "wrong delta accepted"
+    );
     let sampler = job_sampler(&f.job, &f.corpus).expect("sampler");
     let p = f.base.len();
     for so in &o.steps {
