@@ -38,10 +38,11 @@
 //! - time per input is bounded: `verify_opening` allocates nothing from a length a
 //!   worker states (tensor shapes must match their data and the model, proof hash
 //!   counts must match the tree shape fixed by the job), so its work is linear in the
-//!   opening's size; mutations keep openings within a few times the honest size, and
-//!   an input taking more than [`SLOW`] (hundreds of times an honest verification)
-//!   fails. A NaN or infinity cannot be put in a tensor at all: `Tensor::new` (and so
-//!   the JSON parser) refuses it, which the target asserts instead of mutating.
+//!   opening's size; mutations keep openings within some tens of times the honest
+//!   size, and an input taking more than [`SLOW`] (hundreds of times an honest
+//!   verification) fails. A NaN or infinity cannot be put in a tensor at all:
+//!   `Tensor::new` (and so the JSON parser) refuses it, which the target asserts
+//!   instead of mutating.
 
 #![no_main]
 
@@ -175,7 +176,7 @@ fn fixture() -> &'static Fixture {
         let start = Instant::now();
         assert!(verify(&f, &f.honest[0], DeviceClass::Exact).is_accept());
         assert!(verify(&f, &f.honest[1], DeviceClass::Tolerant).is_accept());
-        assert!(start.elapsed() < SLOW / 50, "honest verification is slow");
+        assert!(start.elapsed() < SLOW / 10, "honest verification is slow");
         // The one field the exact class ignores: S_{t+1} is not read there...
         assert!(verify(&f, &f.honest[1], DeviceClass::Exact).is_accept());
         // ...and is required in the tolerant class.
