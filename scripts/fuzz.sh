@@ -8,7 +8,8 @@
 # then runs each one on its checked-in seeds (fuzz/corpus/<target>, read only) plus a
 # working corpus that grows run after run ($FUZZ_TARGET_DIR/corpus/<target>). Targets
 # run side by side, one per CPU. Keep $FUZZ_TARGET_DIR (default fuzz/target) between CI runs: builds
-# are incremental and the working corpus carries over.
+# are incremental and the working corpus carries over. An input that runs longer than
+# 30 s counts as a crash (libFuzzer's hang detector; every target takes milliseconds).
 #
 # Environment:
 #   FUZZ_TARGET_DIR   where builds, working corpora, crashes and logs go (fuzz/target)
@@ -61,7 +62,7 @@ bin_dir="$target_dir/$host/release"
 run_target() {
   local t=$1
   mkdir -p "$target_dir/corpus/$t" "$target_dir/artifacts/$t"
-  "$bin_dir/$t" "$target_dir/corpus/$t" "fuzz/corpus/$t" -max_total_time="$seconds" \
+  "$bin_dir/$t" "$target_dir/corpus/$t" "fuzz/corpus/$t" -max_total_time="$seconds" -timeout=30 \
     -artifact_prefix="$target_dir/artifacts/$t/" -print_final_stats=1 \
     >"$target_dir/fuzz-$t.log" 2>&1
 }

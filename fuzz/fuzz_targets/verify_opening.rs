@@ -39,15 +39,15 @@
 //!   worker states (tensor shapes must match their data and the model, proof hash
 //!   counts must match the tree shape fixed by the job), so its work is linear in the
 //!   opening's size; mutations keep openings within some tens of times the honest
-//!   size, and an input taking more than [`SLOW`] (hundreds of times an honest
-//!   verification) fails. A NaN or infinity cannot be put in a tensor at all:
+//!   size. The bound is libFuzzer's hang detector (`-timeout`, which `scripts/fuzz.sh`
+//!   sets to 30 s for every target), not a wall-clock assertion here: machines are
+//!   shared and noisy, and an honest verification takes milliseconds. A NaN or infinity cannot be put in a tensor at all:
 //!   `Tensor::new` (and so the JSON parser) refuses it, which the target asserts
 //!   instead of mutating.
 
 #![no_main]
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
@@ -74,8 +74,6 @@ const SEED: [u8; 32] = [3; 32];
 const MAX_MUTATIONS: u8 = 4;
 /// Most elements of a resized tensor (the largest honest tensor has 192).
 const MAX_RESIZE: usize = 4096;
-/// An input slower than this fails (an honest verification takes a few milliseconds).
-const SLOW: Duration = Duration::from_secs(2);
 
 /// Bit patterns that probe the float rules: NaN, infinities, subnormals, signed zeros,
 /// extremes, and values that overflow in the replay.
@@ -173,10 +171,8 @@ fn fixture() -> &'static Fixture {
             items: run.leaves().iter().map(TraceLeaf::item).collect(),
             final_state: run.final_state.clone(),
         };
-        let start = Instant::now();
         assert!(verify(&f, &f.honest[0], DeviceClass::Exact).is_accept());
         assert!(verify(&f, &f.honest[1], DeviceClass::Tolerant).is_accept());
-        assert!(start.elapsed() < SLOW / 10, "honest verification is slow");
         // The one field the exact class ignores: S_{t+1} is not read there...
         assert!(verify(&f, &f.honest[1], DeviceClass::Exact).is_accept());
         // ...and is required in the tolerant class.
@@ -197,10 +193,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok((class, opening, commitment)) = mutate(f, &mut u) else {
         return;
     };
-    let start = Instant::now();
     let verdict = verify_with(f, &commitment, &opening, class);
-    let took = start.elapsed();
-    assert!(took < SLOW, "verification took {took:?}");
     if let Verdict::Reject {
         step,
         fraud_proof: Some(proof),

@@ -393,8 +393,15 @@ fn check_exact(
         .zip(&so.ops)
         .position(|(a, b)| a.tensor != b.tensor)
     {
-        let disputed = so.ops.get(position).copied()?;
-        let rec = replay.ops.get(disputed.op as usize)?;
+        // Both lookups are in range after the tape comparison above; should that ever
+        // change, a missing entry must reject, never read as "nothing wrong".
+        let tape_mismatch = || Some(reject(Some(t), RejectReason::TapeMismatch { position }));
+        let Some(disputed) = so.ops.get(position).copied() else {
+            return tape_mismatch();
+        };
+        let Some(rec) = replay.ops.get(disputed.op as usize) else {
+            return tape_mismatch();
+        };
         let proof = build_op_fraud(
             t,
             trace,
