@@ -4,7 +4,8 @@
 //! data-parallel (R x H AdamW steps whose batch is the union of the W workers' batches,
 //! the windows the federated tasks drew); the validation losses, and the bytes a worker
 //! sends per round against fp32 data-parallel training (a full fp32 gradient every
-//! inner step).
+//! inner step). For comparison it also runs DiLoCo with each worker keeping its AdamW
+//! moments between rounds, which Lupus's stateless tasks cannot do.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -12,11 +13,12 @@ use std::time::Instant;
 use anyhow::{Context, Result, ensure};
 use lupus_coordinator::dataset;
 use lupus_coordinator::engine::Coordinator;
-use lupus_prover::data::Corpus;
+use lupus_prover::data::{Corpus, Sampler};
 use lupus_prover::graph::train_step_untraced;
 use lupus_prover::model::{init_params, make_batch};
 use lupus_prover::optim::{TrainState, merge_deltas, outer_step};
 use lupus_prover::prf::prf;
+use lupus_prover::quant::quantise_delta;
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::{job_sampler, run_task, task_batch};
 use lupus_prover::tensor::Tensor;
@@ -107,6 +109,69 @@ fn norm(delta: &[Tensor]) -> f64 {
         .map(|&x| f64::from(x) * f64::from(x))
         .sum::<f64>()
         .sqrt()
+}
+
+/// DiLoCo as its paper runs it, for comparison: the same rounds, seeds and int8 merge,
+/// but each worker continues its own AdamW moments (and step count) from round to
+/// round instead of starting every task from zero moments. Lupus cannot do this (a
+/// task's `S_0` is the base model with fresh moments, and volunteers come and go), so
+/// the figure only says how much of the gap to centralised training the restart costs.
+fn kept_moments(
+    job: &JobSpec,
+    sampler: &Sampler,
+    p0: &[Tensor],
+    workers: usize,
+    rounds: u64,
+) -> Result<Vec<Tensor>> {
+    let mut params = p0.to_vec();
+    let mut momentum = Vec::new();
+    let mut states: Vec<TrainState> = (0..workers)
+        .map(|_| TrainState::fresh(p0.to_vec()))
+        .collect();
+    let progress = bar(rounds, "federated, moments kept between rounds");
+    for r in 0..rounds {
+        progress.inc(1);
+        let seeds = round_seeds(r, workers);
+        let trained: Vec<Result<TrainState>> = std::thread::scope(|s| {
+            let handles: Vec<_> = states
+                .drain(..)
+                .zip(&seeds)
+                .map(|(mut state, seed)| {
+                    let base = &params;
+                    s.spawn(move || -> Result<TrainState> {
+                        state.params.clone_from(base);
+                        for step in 0..job.inner.steps {
+                            let batch = task_batch(job, sampler, seed, step)?;
+                            state = train_step_untraced(
+                                &job.model,
+                                &job.inner.adamw(),
+                                &state,
+                                &batch,
+                            )?
+                            .0;
+                        }
+                        Ok(state)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("a worker thread panicked"))?
+                })
+                .collect()
+        });
+        states = trained.into_iter().collect::<Result<_>>()?;
+        let deltas = states
+            .iter()
+            .map(|st| Ok((quantise_delta(&params, &st.params)?.dequantise()?, 1.0f32)))
+            .collect::<Result<Vec<_>>>()?;
+        let mean = merge_deltas(&deltas, job.outer.clip_norm)?;
+        params = outer_step(&params, &mut momentum, &mean, &job.outer.nesterov())?;
+    }
+    progress.finish_and_clear();
+    Ok(params)
 }
 
 /// The task seeds of round `r` (0-based), one per worker: the federated run trains on
@@ -212,8 +277,13 @@ fn diloco(
     let federated = val(job, corpus, &params, FINAL_VALIDATION_WINDOWS)?;
     let fed_time = t.elapsed();
 
-    let t = Instant::now();
     let sampler = job_sampler(job, corpus)?;
+    let t = Instant::now();
+    let kept = kept_moments(job, &sampler, &p0, workers, rounds)?;
+    let kept = val(job, corpus, &kept, FINAL_VALIDATION_WINDOWS)?;
+    let kept_time = t.elapsed();
+
+    let t = Instant::now();
     let mut state = TrainState::fresh(p0.clone());
     let steps = rounds as u32 * workers as u32 * h;
     let seed = prf(&[2; 32], "lupus bench central v1", b"");
@@ -274,9 +344,17 @@ fn diloco(
         "| federated DiLoCo, {workers} workers x {rounds} rounds x H={h} | {samples} | {federated:.4} | {:.1} s |",
         fed_time.as_secs_f64()
     );
+    println!(
+        "| the same, each worker keeping its AdamW moments between rounds (not Lupus: volunteers keep no state) | {samples} | {kept:.4} | {:.1} s |",
+        kept_time.as_secs_f64()
+    );
     println!();
     println!("federated loss is {gap:+.2}% against centralised on one machine (target: within 5%)");
     println!("federated loss is {parallel_gap:+.2}% against data-parallel on {workers} machines");
+    println!(
+        "with moments kept between rounds, federated loss would be {:+.2}% against centralised",
+        (kept - central) / central * 100.0
+    );
     println!(
         "bytes sent per worker per round: {delta_bytes} (int8 delta) vs {fp32_per_round} (fp32 gradient x {h} steps): {ratio:.0}x less (target: >= 100x)"
     );
@@ -294,6 +372,13 @@ fn diloco(
         "nats",
         format!("data-parallel AdamW on {workers} machines"),
         f64::from(parallel),
+    );
+    report.against(
+        format!("validation loss, federated with AdamW moments kept between rounds, {workers} workers x {rounds} rounds"),
+        f64::from(kept),
+        "nats",
+        "centralised AdamW",
+        f64::from(central),
     );
     report.against(
         "bytes per worker per round (int8 delta)",
