@@ -92,6 +92,19 @@ fn disagree(e: crate::state::StateError) -> ApiError {
     ApiError::Internal(format!("the log and the state disagree: {e}"))
 }
 
+/// The live tasks with at least one logged verdict and no outcome yet: waiting for a
+/// second verdict or for the referee.
+fn awaiting_outcome(inner: &Inner) -> impl Iterator<Item = (TaskId, &Live)> {
+    inner.live.iter().filter_map(|(id, l)| {
+        let has_verdict = inner
+            .state
+            .tasks
+            .get(id)
+            .is_some_and(|t| !t.verdicts.is_empty());
+        (l.outcome.is_none() && has_verdict).then_some((*id, l))
+    })
+}
+
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -689,19 +702,7 @@ impl Coordinator {
             inner.live.insert(t.id, live);
         }
         // Settle verdicts that arrived before the crash but were not resolved.
-        let unresolved: Vec<TaskId> = inner
-            .live
-            .iter()
-            .filter(|(id, l)| {
-                l.outcome.is_none()
-                    && inner
-                        .state
-                        .tasks
-                        .get(id)
-                        .is_some_and(|t| !t.verdicts.is_empty())
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        let unresolved: Vec<TaskId> = awaiting_outcome(inner).map(|(id, _)| id).collect();
         for id in unresolved {
             self.resolve(inner, id).await?;
         }
@@ -1549,19 +1550,9 @@ impl Coordinator {
     /// Before a close: a task waiting for its second verdict is settled by the referee
     /// now, so a verifier that passed a cheat does not escape because the round filled.
     async fn settle_waiting(&self, inner: &mut Inner) -> Result<(), ApiError> {
-        let waiting: Vec<TaskId> = inner
-            .live
-            .iter()
-            .filter(|(id, l)| {
-                l.outcome.is_none()
-                    && l.opening_blob.is_some()
-                    && inner
-                        .state
-                        .tasks
-                        .get(id)
-                        .is_some_and(|t| !t.verdicts.is_empty())
-            })
-            .map(|(id, _)| *id)
+        let waiting: Vec<TaskId> = awaiting_outcome(inner)
+            .filter(|(_, l)| l.opening_blob.is_some())
+            .map(|(id, _)| id)
             .collect();
         for id in waiting {
             if let (Some(l), Some(t)) = (
