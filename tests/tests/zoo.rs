@@ -6,10 +6,8 @@
 
 use std::time::Duration;
 
-use lupus_coordinator::engine::{Config, Coordinator};
-use lupus_coordinator::server::Server;
 use lupus_coordinator::zoo::{self, Behaviour, Report, Row, VerifierBehaviour, ZooConfig};
-use lupus_tests::{TINY, corpus};
+use lupus_tests::{RunConfig, TINY, corpus, start_in_process};
 
 fn config(
     job: &str,
@@ -48,22 +46,14 @@ fn always_caught(r: &Report, case: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn door_cases_are_refused_with_a_problem_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        data_dir: dir.path().to_owned(),
-        database_url: None,
-        postgres_schema: None,
-        job_spec: TINY.to_owned(),
-        tasks_per_round: 2,
-        max_rounds: Some(1),
-        round_timeout: Duration::from_secs(60),
+    let run = RunConfig {
+        rounds: 1,
         task_timeout: Duration::from_secs(60),
         verify_timeout: Duration::from_secs(60),
-        val_windows: 16,
+        round_timeout: Duration::from_secs(60),
+        ..RunConfig::default()
     };
-    let c = Coordinator::open(cfg, corpus()).await.unwrap();
-    let server = Server::start(c, "127.0.0.1:0".parse().unwrap(), None)
-        .await
-        .unwrap();
+    let server = start_in_process(run.config(dir.path())).await;
     let attempts = zoo::door::door_cases(&server.coordinator, &server.url())
         .await
         .unwrap();
