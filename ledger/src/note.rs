@@ -179,6 +179,20 @@ pub fn ed25519_key_id(name: &str, key: &VerifyingKey) -> u32 {
     u32::from_be_bytes([d[0], d[1], d[2], d[3]])
 }
 
+/// Splits a key string `<name>+<hex8 key ID>+<base64>` (verifier, cosignature and
+/// private keys alike) into its name, key ID and base64 part, checking the name and
+/// the ID's form; `bad` makes the caller's error from the reason.
+fn split_key(
+    key: &str,
+    bad: fn(&'static str) -> NoteError,
+) -> Result<(&str, u32, &str), NoteError> {
+    let (name, rest) = key.split_once('+').ok_or(bad("missing key ID"))?;
+    let (hex8, b64) = rest.split_once('+').ok_or(bad("missing key"))?;
+    check_name(name)?;
+    let id = parse_key_id(hex8).ok_or(bad("key ID is not 8 hex digits"))?;
+    Ok((name, id, b64))
+}
+
 fn parse_key_id(hex8: &str) -> Option<u32> {
     if hex8.len() != 8 || !hex8.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
@@ -256,16 +270,7 @@ pub struct CosignatureVerifier {
 impl CosignatureVerifier {
     /// Parses `<name>+<hex8 key ID>+base64(0x04 || key)`.
     pub fn parse(vkey: &str) -> Result<CosignatureVerifier, NoteError> {
-        let (name, rest) = vkey
-            .trim()
-            .split_once('+')
-            .ok_or(NoteError::BadVerifierKey("missing key ID"))?;
-        let (hex8, b64) = rest
-            .split_once('+')
-            .ok_or(NoteError::BadVerifierKey("missing key"))?;
-        check_name(name)?;
-        let got =
-            parse_key_id(hex8).ok_or(NoteError::BadVerifierKey("key ID is not 8 hex digits"))?;
+        let (name, got, b64) = split_key(vkey.trim(), NoteError::BadVerifierKey)?;
         let bytes = decode_key_of(ALG_COSIGNATURE_V1, b64).map_err(|e| match e {
             Ok(alg) => NoteError::UnsupportedAlgorithm(alg),
             Err(why) => NoteError::BadVerifierKey(why),
@@ -379,15 +384,7 @@ impl NoteSigner {
         let rest = skey
             .strip_prefix("PRIVATE+KEY+")
             .ok_or(NoteError::BadPrivateKey("missing PRIVATE+KEY+ prefix"))?;
-        let (name, rest) = rest
-            .split_once('+')
-            .ok_or(NoteError::BadPrivateKey("missing key ID"))?;
-        let (hex8, b64) = rest
-            .split_once('+')
-            .ok_or(NoteError::BadPrivateKey("missing key"))?;
-        check_name(name)?;
-        let got =
-            parse_key_id(hex8).ok_or(NoteError::BadPrivateKey("key ID is not 8 hex digits"))?;
+        let (name, got, b64) = split_key(rest, NoteError::BadPrivateKey)?;
         let seed = decode_typed_key(b64).map_err(|e| match e {
             Ok(alg) => NoteError::UnsupportedAlgorithm(alg),
             Err(why) => NoteError::BadPrivateKey(why),
@@ -494,15 +491,7 @@ pub struct NoteVerifier {
 impl NoteVerifier {
     /// Parses a verifier key string `<name>+<hex8 key ID>+base64(0x01 || key)`.
     pub fn parse(vkey: &str) -> Result<NoteVerifier, NoteError> {
-        let (name, rest) = vkey
-            .split_once('+')
-            .ok_or(NoteError::BadVerifierKey("missing key ID"))?;
-        let (hex8, b64) = rest
-            .split_once('+')
-            .ok_or(NoteError::BadVerifierKey("missing key"))?;
-        check_name(name)?;
-        let got =
-            parse_key_id(hex8).ok_or(NoteError::BadVerifierKey("key ID is not 8 hex digits"))?;
+        let (name, got, b64) = split_key(vkey, NoteError::BadVerifierKey)?;
         let bytes = decode_typed_key(b64).map_err(|e| match e {
             Ok(alg) => NoteError::UnsupportedAlgorithm(alg),
             Err(why) => NoteError::BadVerifierKey(why),
