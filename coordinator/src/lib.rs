@@ -7,6 +7,8 @@
 //! - [`routes`]: the HTTP API over the engine; [`server`] runs it with its ticker;
 //!   [`openapi`] describes it, [`metrics`] counts it.
 //! - [`blobs`]: the content-addressed blob store.
+//! - [`dataset`]: the pinned corpus, fetched and unpacked; [`chart`]: the demo's loss
+//!   chart.
 //! - [`client`]: a signed-request HTTP client and the native worker and verifier loops.
 //! - [`zoo`]: the adversary zoo, cheating workers and verifiers against a coordinator
 //!   (`lupus bench adversaries`).
@@ -15,13 +17,13 @@
 
 pub mod audit;
 pub mod blobs;
+pub mod chart;
 pub mod client;
 pub mod dataset;
 pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
-pub mod png;
 pub mod routes;
 pub mod sample;
 pub mod server;
