@@ -214,6 +214,7 @@ async fn all(args: &AllArgs) -> Result<()> {
         threads: None,
         job: None,
         coordinator_bin: None,
+        baseline_bin: None,
         json: None,
     })
     .await?;
