@@ -169,7 +169,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             };
             anyhow::bail!("a demo participant stopped early: {why}");
         }
-        let list = c.rounds().await.rounds;
+        let list = c.rounds().await?.rounds;
         let closed: Vec<_> = list
             .iter()
             .filter(|r| r.phase == RoundPhase::Closed)
@@ -204,7 +204,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     tasks_bar.finish_and_clear();
     verify_bar.finish_and_clear();
 
-    let rounds = c.rounds().await.rounds;
+    let rounds = c.rounds().await?.rounds;
     for r in rounds.iter().skip(reported) {
         println!(
             "round {} closed: {} tasks merged, validation loss {:.4}",

@@ -61,7 +61,7 @@ use lupus_prover::task::{Opening, job_sampler};
 use lupus_prover::tensor::Tensor;
 use lupus_prover::trace::{Commitment, base_state_hash};
 use lupus_prover::verify::{DeviceClass, Verdict, verify_opening};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::blobs::BlobStore;
 use crate::error::{ApiError, blob_error, internal, log_error, store_error};
@@ -81,7 +81,8 @@ pub mod failpoints {
     /// Round close: the new model's blob is written, the log does not name it yet.
     pub const CLOSE_AFTER_MODEL_BLOB: &str = "close-after-model-blob";
     /// Round close: the close's one group (credits, `RoundClosed`, the shares epoch,
-    /// the next `RoundOpened`) is durable; the state and the model are not updated.
+    /// the next `RoundOpened`) is durable; nothing after it (the ticker's next close,
+    /// the answers to requests that waited on it) has happened.
     pub const CLOSE_AFTER_CREDITS: &str = "close-after-credits";
     /// The referee's verdict is appended, the slashes it calls for are not.
     pub const REFEREE_AFTER_VERDICT: &str = "referee-after-verdict";
@@ -168,6 +169,23 @@ struct Inner {
     live: BTreeMap<TaskId, Live>,
     /// The round whose close is computing outside the lock (see [`CloseSnapshot`]).
     closing: Option<Round>,
+    /// Counts rebuilds of the state from the store (after a failed write): a close
+    /// computed from an older generation's snapshot is dropped and taken again.
+    generation: u64,
+}
+
+impl Inner {
+    fn new(state: State) -> Inner {
+        Inner {
+            state,
+            beacon: None,
+            model: Arc::new(Vec::new()),
+            momentum: Vec::new(),
+            live: BTreeMap::new(),
+            closing: None,
+            generation: 0,
+        }
+    }
 }
 
 /// What a round close computes from, taken under the state lock in one go. The tasks
@@ -175,6 +193,8 @@ struct Inner {
 /// close computes belongs to no merge, as work that settles after a close always did.
 struct CloseSnapshot {
     round: Round,
+    /// The state's generation the snapshot was taken from.
+    generation: u64,
     beacon: [u8; 32],
     /// The delta blobs of the accepted tasks, in task order.
     deltas: Vec<Digest>,
@@ -329,6 +349,29 @@ fn check_delta_bound(job: &JobSpec, base: &[Tensor], q: &QuantDelta) -> Result<(
     Ok(())
 }
 
+/// Folds the log's first `size` entries (all published) into a fresh state.
+async fn replay(log: &Log, size: u64) -> Result<State, StartError> {
+    let mut state = State::default();
+    let mut start = 0;
+    while start < size {
+        let end = (start + 1024).min(size);
+        let entries = log
+            .entries(LeafIndex(start), LeafIndex(end))
+            .await
+            .map_err(|e| StartError::Store(e.to_string()))?;
+        for (i, bytes) in entries.iter().enumerate() {
+            let index = start + i as u64;
+            let entry = Entry::decode(bytes)
+                .map_err(|e| StartError::Replay(format!("entry {index}: {e}")))?;
+            state
+                .apply(index, &entry)
+                .map_err(|e| StartError::Replay(e.to_string()))?;
+        }
+        start = end;
+    }
+    Ok(state)
+}
+
 impl Coordinator {
     /// Opens (or creates) the coordinator's ledger and blobs in `config.data_dir`,
     /// replays the ledger and resumes the round it was in.
@@ -374,26 +417,7 @@ impl Coordinator {
             .await
             .map_err(|e| StartError::Store(e.to_string()))?;
 
-        // Replay.
-        let mut state = State::default();
-        let size = log.head().size.0;
-        let mut start = 0;
-        while start < size {
-            let end = (start + 1024).min(size);
-            let entries = log
-                .entries(LeafIndex(start), LeafIndex(end))
-                .await
-                .map_err(|e| StartError::Store(e.to_string()))?;
-            for (i, bytes) in entries.iter().enumerate() {
-                let index = start + i as u64;
-                let entry = Entry::decode(bytes)
-                    .map_err(|e| StartError::Replay(format!("entry {index}: {e}")))?;
-                state
-                    .apply(index, &entry)
-                    .map_err(|e| StartError::Replay(e.to_string()))?;
-            }
-            start = end;
-        }
+        let state = replay(&log, log.head().size.0).await?;
         if let Some(g) = &state.genesis
             && g.job_hash != ledger_digest(&job.hash())
         {
@@ -411,14 +435,7 @@ impl Coordinator {
             dataset_blob,
             config,
             referee,
-            inner: Mutex::new(Inner {
-                state,
-                beacon: None,
-                model: Arc::new(Vec::new()),
-                momentum: Vec::new(),
-                live: BTreeMap::new(),
-                closing: None,
-            }),
+            inner: Mutex::new(Inner::new(state)),
             nonces: std::sync::Mutex::new(HashMap::new()),
             cosignatures: std::sync::Mutex::new(BTreeMap::new()),
             close_wanted: tokio::sync::Notify::new(),
@@ -477,23 +494,99 @@ impl Coordinator {
     }
 
     async fn append(&self, inner: &mut Inner, entry: Entry) -> Result<u64, ApiError> {
-        let index = match self.log.append(entry.encode()).await {
-            Ok(i) => i.0,
-            Err(e) => {
-                self.append_failed(inner).await;
-                return Err(log_error(e));
-            }
-        };
-        self.apply_at(inner, index, &entry).await?;
-        Ok(index)
+        self.sequence(inner, std::slice::from_ref(&entry)).await
     }
 
-    /// After a failed append: its batch may have landed all the same (a connection
-    /// lost during `COMMIT`). Until the state has caught up with the store, a request
-    /// would be checked against a state that lacks it, and a retried submission or
-    /// verdict would be appended twice; so the state is marked behind, and the next
-    /// [`Self::lock_synced`] catches it up.
-    async fn append_failed(&self, _inner: &mut Inner) {
+    /// Applies `entries` to the state at the next indexes, then sequences them in the
+    /// log as one group (one batch, all durable or none); returns the first index.
+    /// Nothing waits for the disk here: the request waits in [`Self::release`], after
+    /// letting the lock go, so concurrent requests share one commit.
+    ///
+    /// The state is never behind the log: an entry the state refuses is never
+    /// sequenced. If the log refuses or later loses what was sequenced, the state is
+    /// ahead of the log; it is marked behind and rebuilt from the store before the
+    /// next request ([`Self::lock_synced`]).
+    async fn sequence(&self, inner: &mut Inner, entries: &[Entry]) -> Result<u64, ApiError> {
+        let first = inner.state.size;
+        for (index, entry) in (first..).zip(entries) {
+            if let Err(e) = inner.state.apply(index, entry) {
+                // The fold may have taken part of the entry: rebuild before going on.
+                self.behind.store(true, Ordering::SeqCst);
+                return Err(disagree(e));
+            }
+        }
+        let bytes = entries.iter().map(Entry::encode).collect();
+        match self.log.sequence(bytes).await {
+            // Its durability is awaited by the request's barrier, in `release`.
+            Ok(sequenced) if sequenced.first.0 == first => Ok(first),
+            Ok(sequenced) => {
+                self.append_failed();
+                Err(ApiError::Internal(format!(
+                    "the log numbered entry {first} as {}; the state is rebuilt from the log",
+                    sequenced.first.0
+                )))
+            }
+            Err(e) => {
+                self.append_failed();
+                Err(log_error(e))
+            }
+        }
+    }
+
+    /// Lets the state lock go and answers `out` once everything the request saw is
+    /// durable: a barrier queued behind the entries sequenced so far (the request's
+    /// own and any other it read) is awaited after the lock is released. Every
+    /// request that reads or changes the state ends here, so nothing is acknowledged
+    /// or shown before it is durable.
+    async fn release<R>(&self, guard: MutexGuard<'_, Inner>, out: R) -> Result<R, ApiError> {
+        let seen = guard.state.size;
+        if self.log.head().size.0 >= seen {
+            return Ok(out);
+        }
+        let barrier = self.log.barrier().await;
+        drop(guard);
+        self.check_durable(barrier, seen).await?;
+        Ok(out)
+    }
+
+    /// Waits, holding the lock, until everything sequenced so far is durable.
+    async fn durable_now(&self, inner: &Inner) -> Result<(), ApiError> {
+        let seen = inner.state.size;
+        self.check_durable(self.log.barrier().await, seen).await
+    }
+
+    /// Awaits `barrier`; an error unless the store then holds `seen` entries.
+    async fn check_durable(
+        &self,
+        barrier: Result<lupus_ledger::log::Barrier, lupus_ledger::log::LogError>,
+        seen: u64,
+    ) -> Result<(), ApiError> {
+        let durable = match barrier {
+            Ok(b) => b.durable().await,
+            Err(e) => Err(e),
+        };
+        match durable {
+            Ok(size) if size.0 >= seen => Ok(()),
+            Ok(size) => {
+                self.append_failed();
+                Err(ApiError::Unavailable(format!(
+                    "a write to the ledger failed and entries {}..{seen} were lost; nothing of this request is acknowledged, try again",
+                    size.0
+                )))
+            }
+            Err(e) => {
+                self.append_failed();
+                Err(log_error(e))
+            }
+        }
+    }
+
+    /// After a failed write: the state holds entries the log may not (sequenced on top
+    /// of the failed batch), or lacks entries the log does (a commit that landed
+    /// although it reported a failure). Until the state has caught up with the store,
+    /// a request would be checked against the wrong state, so it is marked behind,
+    /// and the next [`Self::lock_synced`] rebuilds it.
+    fn append_failed(&self) {
         self.behind.store(true, Ordering::SeqCst);
         self.note_store_failure();
     }
@@ -533,30 +626,44 @@ impl Coordinator {
         Ok(guard)
     }
 
-    /// Applies the entries the store holds past the state (durable, maybe not yet
-    /// covered by a published checkpoint), if an append failed since the last time.
+    /// Brings the state back to the log after a failed write: syncs the log (which
+    /// waits for every queued batch and numbers new entries from the store's size
+    /// again), then rebuilds the state from the store if it holds entries the store
+    /// does not, or applies what landed past it.
     async fn catch_up_with_store(&self, inner: &mut Inner) -> Result<(), ApiError> {
         if !self.behind.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let size = self.store.size().await.map_err(store_error)?.0;
-        self.apply_landed(inner, size).await?;
+        let size = self.log.sync().await.map_err(log_error)?.0;
+        if size < inner.state.size {
+            tracing::warn!(
+                stored = size,
+                sequenced = inner.state.size,
+                "entries sequenced after a failed write were not stored; rebuilding the state from the log"
+            );
+            self.rebuild(inner, size).await?;
+        } else {
+            self.apply_landed(inner, size).await?;
+        }
         self.behind.store(false, Ordering::SeqCst);
         Ok(())
     }
 
-    /// Applies our own entry `index` to the state, first applying any entries before it
-    /// that the log holds and the state has not seen. Without this, the first batch
-    /// whose commit landed although the store reported a failure would leave the state
-    /// behind the log for good.
-    async fn apply_at(&self, inner: &mut Inner, index: u64, entry: &Entry) -> Result<(), ApiError> {
-        self.apply_landed(inner, index).await?;
-        inner.state.apply(index, entry).map_err(disagree)
+    /// Replaces the state with the log's first `size` entries and rebuilds what the
+    /// log does not hold, as a restart does.
+    async fn rebuild(&self, inner: &mut Inner, size: u64) -> Result<(), ApiError> {
+        let state = replay(&self.log, size).await.map_err(internal)?;
+        let mut fresh = Inner::new(state);
+        fresh.generation = inner.generation + 1;
+        // A close computing outside the lock finds the new generation and starts over.
+        fresh.closing = inner.closing;
+        *inner = fresh;
+        self.resume_in(inner).await
     }
 
-    /// Applies to the state the durable entries from its size up to `end`: batches
-    /// whose commit landed although the store reported a failure (a connection dropped
-    /// during `COMMIT`). The one place the state catches up with the store.
+    /// Applies to the state the durable entries from its size up to `end`: entries
+    /// written around this coordinator's sequencing. The one place the state catches
+    /// up with the store.
     async fn apply_landed(&self, inner: &mut Inner, end: u64) -> Result<(), ApiError> {
         while inner.state.size < end {
             let start = inner.state.size;
@@ -608,7 +715,11 @@ impl Coordinator {
     /// Rebuilds what the ledger does not hold and finishes an interrupted round close.
     async fn resume(&self) -> Result<(), ApiError> {
         let mut guard = self.inner.lock().await;
-        let inner = &mut *guard;
+        self.resume_in(&mut guard).await?;
+        self.release(guard, ()).await
+    }
+
+    async fn resume_in(&self, inner: &mut Inner) -> Result<(), ApiError> {
         if inner.state.genesis.is_none() {
             self.genesis(inner).await?;
         }
@@ -829,7 +940,16 @@ impl Coordinator {
         req: api::JoinRequest,
     ) -> Result<api::JoinResponse, ApiError> {
         let mut guard = self.lock_synced().await?;
-        let inner = &mut *guard;
+        let out = self.join_in(&mut guard, key, req).await?;
+        self.release(guard, out).await
+    }
+
+    async fn join_in(
+        &self,
+        inner: &mut Inner,
+        key: PublicKey,
+        req: api::JoinRequest,
+    ) -> Result<api::JoinResponse, ApiError> {
         if let Some(role) = inner.state.participants.get(&key)
             && *role != req.role
         {
@@ -905,7 +1025,15 @@ impl Coordinator {
     /// `POST /v1/tasks/next`.
     pub async fn next_task(&self, worker: PublicKey) -> Result<TaskOffer, ApiError> {
         let mut guard = self.lock_synced().await?;
-        let inner = &mut *guard;
+        let out = self.next_task_in(&mut guard, worker).await?;
+        self.release(guard, out).await
+    }
+
+    async fn next_task_in(
+        &self,
+        inner: &mut Inner,
+        worker: PublicKey,
+    ) -> Result<TaskOffer, ApiError> {
         Self::require_role(&inner.state, &worker, Role::Worker)?;
         let Some(round) = inner.state.open_round().cloned() else {
             return Ok(Self::wait("no round is open"));
@@ -916,12 +1044,15 @@ impl Coordinator {
             ));
         }
         // The worker's own outstanding task, again (a retry after a lost answer).
-        let own = inner.state.tasks.values().find(|t| {
-            t.round == round.round
-                && t.worker == worker
-                && t.committed.is_none()
-                && inner.live.get(&t.id).is_some_and(|l| !l.expired)
-        });
+        let own = round
+            .tasks
+            .iter()
+            .filter_map(|id| inner.state.tasks.get(id))
+            .find(|t| {
+                t.worker == worker
+                    && t.committed.is_none()
+                    && inner.live.get(&t.id).is_some_and(|l| !l.expired)
+            });
         if let Some(t) = own {
             return Ok(TaskOffer::Task(self.describe(inner, t)?));
         }
@@ -1043,11 +1174,29 @@ impl Coordinator {
             .await
             .map_err(store_error)?;
         let mut guard = self.lock_synced().await?;
-        let inner = &mut *guard;
-        self.check_submittable_in(inner, &worker, task)?;
-        let index = self.append(inner, entry).await?;
+        let receipt = self
+            .submit_in(&mut guard, worker, task, entry, &sub, blob, trace_root)
+            .await?;
+        let receipt = self.release(guard, receipt).await?;
         failpoints::hit(failpoints::SUBMIT_AFTER_APPEND);
         self.metrics.submissions.inc();
+        Ok(receipt)
+    }
+
+    /// The locked part of a submission: the commitment into the log, the challenge.
+    #[allow(clippy::too_many_arguments)]
+    async fn submit_in(
+        &self,
+        inner: &mut Inner,
+        worker: PublicKey,
+        task: TaskId,
+        entry: Entry,
+        sub: &api::Submission,
+        blob: Digest,
+        trace_root: Digest,
+    ) -> Result<api::SubmissionReceipt, ApiError> {
+        self.check_submittable_in(inner, &worker, task)?;
+        let index = self.append(inner, entry).await?;
         let beacon = inner
             .beacon
             .map(|b| b.1)
@@ -1113,15 +1262,15 @@ impl Coordinator {
             .await
             .map_err(store_error)?;
         let mut guard = self.lock_synced().await?;
-        let inner = &mut *guard;
-        Self::worker_task(inner, &worker, task)?;
-        if let Some(l) = inner.live.get_mut(&task) {
+        Self::worker_task(&guard, &worker, task)?;
+        if let Some(l) = guard.live.get_mut(&task) {
             l.opening_blob = Some(blob);
         }
-        Ok(api::OpeningReceipt {
+        let receipt = api::OpeningReceipt {
             task_id: task,
             opening_blob: blob,
-        })
+        };
+        self.release(guard, receipt).await
     }
 
     fn commitment_of(t: &TaskRecord) -> Option<Commitment> {
@@ -1163,10 +1312,11 @@ impl Coordinator {
             (verdicts + live_claims < l.needed).then_some((*id, true))
         });
         let Some((id, fresh)) = pick else {
-            return Ok(VerifyOffer::Wait {
+            let wait = VerifyOffer::Wait {
                 retry_after_ms: 250,
                 reason: "no opened task waits for a verifier".into(),
-            });
+            };
+            return self.release(guard, wait).await;
         };
         let steps = inner
             .live
@@ -1209,8 +1359,9 @@ impl Coordinator {
             .ok_or_else(|| ApiError::Internal("opened task without commitment".into()))?;
         let device_class = l.class.unwrap_or(DeviceClass::Exact);
         let blob = l.opening_blob.unwrap_or_default();
-        // The opening (large, content addressed, immutable) is read without the lock.
-        drop(guard);
+        // The opening (large, content addressed, immutable) is read without the lock,
+        // once the claim is durable.
+        let (task, commitment) = self.release(guard, (task, commitment)).await?;
         let opening = self.load_opening(&blob)?;
         Ok(VerifyOffer::Job(VerifyJob {
             task,
@@ -1230,7 +1381,17 @@ impl Coordinator {
         sub: api::VerdictSubmission,
     ) -> Result<api::VerdictReceipt, ApiError> {
         let mut guard = self.lock_synced().await?;
-        let inner = &mut *guard;
+        let out = self.verdict_in(&mut guard, verifier, task, sub).await?;
+        self.release(guard, out).await
+    }
+
+    async fn verdict_in(
+        &self,
+        inner: &mut Inner,
+        verifier: PublicKey,
+        task: TaskId,
+        sub: api::VerdictSubmission,
+    ) -> Result<api::VerdictReceipt, ApiError> {
         Self::require_role(&inner.state, &verifier, Role::Verifier)?;
         let t = inner
             .state
@@ -1425,6 +1586,9 @@ impl Coordinator {
         let body = api::verdict_body(t.id, self.referee_key(), accepted, steps, &reason, evidence);
         let entry = Entry::signed(body, &self.referee).map_err(internal)?;
         self.append(inner, entry).await?;
+        // Disputes are rare: wait for the referee's verdict under the lock, so the
+        // verdict a slash follows is durable before the slash is sequenced.
+        self.durable_now(inner).await?;
         failpoints::hit(failpoints::REFEREE_AFTER_VERDICT);
         self.slash_contradicted(inner, t.id).await?;
         if let Some(l) = inner.live.get_mut(&t.id) {
@@ -1490,7 +1654,16 @@ impl Coordinator {
     pub async fn tick(&self) -> Result<(), ApiError> {
         let snapshot = {
             let mut guard = self.lock_synced().await?;
-            self.tick_locked(&mut guard).await?
+            let snapshot = self.tick_locked(&mut guard).await;
+            match snapshot {
+                Ok(s) => self.release(guard, s).await?,
+                Err(e) => {
+                    // A close snapshot is only taken last, so none is lost here;
+                    // what was sequenced before the error is still awaited.
+                    self.release(guard, ()).await?;
+                    return Err(e);
+                }
+            }
         };
         match snapshot {
             Some(s) => self.close_round(s).await,
@@ -1655,6 +1828,7 @@ impl Coordinator {
         inner.closing = Some(round);
         Ok(Some(CloseSnapshot {
             round,
+            generation: inner.generation,
             beacon,
             deltas,
             merged_workers,
@@ -1679,7 +1853,18 @@ impl Coordinator {
         let computed = self.compute_close(&s).await;
         let mut guard = self.inner.lock().await;
         let inner = &mut *guard;
+        // Not `lock_synced`: whatever happens, this close ends here and unmarks the
+        // round. A rebuild keeps the mark and changes the generation.
+        if let Err(e) = self.catch_up_with_store(inner).await {
+            self.note_store_failure();
+            inner.closing = None;
+            return Err(e);
+        }
         let result = match computed {
+            Ok(_) if inner.generation != s.generation => Err(ApiError::Unavailable(format!(
+                "the state was rebuilt from the log while the close of round {} computed; closing again",
+                s.round.0
+            ))),
             Ok(c) => match self.settle_waiting(inner).await {
                 Ok(())
                     if s.merged_workers
@@ -1698,6 +1883,10 @@ impl Coordinator {
         };
         if result.is_err() {
             inner.closing = None;
+        }
+        let result = self.release(guard, ()).await.and(result);
+        if result.is_ok() {
+            failpoints::hit(failpoints::CLOSE_AFTER_CREDITS);
         }
         result
     }
@@ -1837,31 +2026,8 @@ impl Coordinator {
                 .map_err(internal)?,
             );
         }
-        let bytes = entries.iter().map(Entry::encode).collect();
-        match self.log.append_group(bytes).await {
-            Ok(first) => {
-                failpoints::hit(failpoints::CLOSE_AFTER_CREDITS);
-                for (i, e) in (first.0..).zip(&entries) {
-                    inner.state.apply(i, e).map_err(disagree)?;
-                }
-            }
-            Err(e) => {
-                // A commit whose answer was lost may have landed: fold in whatever
-                // the store holds, so the state never differs from the log and the
-                // close is never written twice.
-                let size = self.log.sync().await.map_err(internal)?.0;
-                self.apply_landed(inner, size).await?;
-                let landed = inner
-                    .state
-                    .rounds
-                    .get(&round)
-                    .is_some_and(|r| r.closed.is_some());
-                if !landed {
-                    return Err(internal(e));
-                }
-                tracing::warn!(round = round.0, error = %e, "the round close was stored although the store reported a failure");
-            }
-        }
+        // One group: one batch, all durable or none; `close_round` awaits it.
+        self.sequence(inner, &entries).await?;
         inner.model = Arc::new(c.new_params);
         inner.momentum = c.momentum;
         // After the last round the tasks' live facts stay: `GET /v1/tasks/<id>` still
@@ -1908,11 +2074,10 @@ impl Coordinator {
     }
 
     fn round_status(&self, inner: &Inner, r: &crate::state::RoundRecord) -> RoundStatus {
-        let tasks: Vec<&TaskRecord> = inner
-            .state
+        let tasks: Vec<&TaskRecord> = r
             .tasks
-            .values()
-            .filter(|t| t.round == r.round)
+            .iter()
+            .filter_map(|id| inner.state.tasks.get(id))
             .collect();
         let open = r.closed.is_none();
         let live = |t: &TaskRecord| inner.live.get(&t.id).filter(|_| open);
@@ -1943,9 +2108,9 @@ impl Coordinator {
     }
 
     /// `GET /v1/rounds`.
-    pub async fn rounds(&self) -> api::RoundList {
+    pub async fn rounds(&self) -> Result<api::RoundList, ApiError> {
         let inner = self.inner.lock().await;
-        api::RoundList {
+        let list = api::RoundList {
             rounds: inner
                 .state
                 .rounds
@@ -1953,7 +2118,8 @@ impl Coordinator {
                 .map(|r| self.round_status(&inner, r))
                 .collect(),
             max_rounds: self.config.max_rounds,
-        }
+        };
+        self.release(inner, list).await
     }
 
     /// `GET /v1/rounds/<n>`; `None` is the latest.
@@ -1964,7 +2130,8 @@ impl Coordinator {
             None => inner.state.latest_round(),
         }
         .ok_or_else(|| ApiError::NotFound("no such round".into()))?;
-        Ok(self.round_status(&inner, r))
+        let status = self.round_status(&inner, r);
+        self.release(inner, status).await
     }
 
     /// `GET /v1/tasks/<id>`.
@@ -2002,7 +2169,7 @@ impl Coordinator {
                 tolerant: l.class == Some(DeviceClass::Tolerant),
             })
         });
-        Ok(api::TaskStatus {
+        let status = api::TaskStatus {
             task_id: task,
             round: t.round,
             worker: t.worker,
@@ -2019,15 +2186,16 @@ impl Coordinator {
                 })
                 .collect(),
             opening_blob: l.and_then(|l| l.opening_blob),
-        })
+        };
+        self.release(inner, status).await
     }
 
     /// `GET /v1/stake`.
-    pub async fn stake_table(&self) -> StakeTable {
+    pub async fn stake_table(&self) -> Result<StakeTable, ApiError> {
         let inner = self.inner.lock().await;
         let s = &inner.state.shares;
         let epoch = s.latest_epoch();
-        StakeTable {
+        let table = StakeTable {
             epoch: epoch.map(|e| e.epoch.0),
             round: epoch.map(|e| e.round),
             entry_index: epoch.map(|e| e.index),
@@ -2041,7 +2209,8 @@ impl Coordinator {
                 })
                 .collect(),
             slashed: inner.state.slashed.iter().copied().collect(),
-        }
+        };
+        self.release(inner, table).await
     }
 
     /// `GET /v1/stake/<key>`: a statement against the latest epoch and checkpoint.
@@ -2051,7 +2220,8 @@ impl Coordinator {
             let e = inner.state.shares.latest_epoch().ok_or_else(|| {
                 ApiError::NotFound("no shares epoch yet: wait for a round to close".into())
             })?;
-            (e.tree.clone(), e.index)
+            let found = (e.tree.clone(), e.index);
+            self.release(inner, found).await?
         };
         if tree.balance(&key).is_none() {
             return Err(ApiError::NotFound(format!(

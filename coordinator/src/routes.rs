@@ -516,7 +516,7 @@ async fn verdict(
     )
 )]
 async fn rounds(State(c): State<Shared>) -> ApiResult {
-    json(&c.rounds().await)
+    json(&c.rounds().await?)
 }
 
 #[utoipa::path(
@@ -676,7 +676,7 @@ async fn consistency(
     )
 )]
 async fn stake_table(State(c): State<Shared>) -> ApiResult {
-    json(&c.stake_table().await)
+    json(&c.stake_table().await?)
 }
 
 #[utoipa::path(

@@ -378,7 +378,7 @@ async fn read_ledger(c: &Coordinator) -> Result<Ledger, ZooError> {
         }
         start = end;
     }
-    let table = c.stake_table().await;
+    let table = c.stake_table().await.map_err(zoo_err)?;
     Ok(Ledger {
         tasks,
         balances: table
