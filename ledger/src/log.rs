@@ -636,7 +636,14 @@ impl Writer {
             tokio::task::yield_now().await;
             // After a failed write the store decides where the tree ends.
             if let Err(e) = self.reload().await {
-                let _ = first.reply.send(Err(LogError::NotStored(Arc::new(e))));
+                // Everything queued now fails with it, as one batch would: each caller
+                // waits out the store's timeout once, not once per caller before it.
+                let e = Arc::new(e);
+                let _ = first.reply.send(Err(LogError::NotStored(Arc::clone(&e))));
+                for _ in 1..MAX_BATCH_ENTRIES {
+                    let Ok(p) = queue.try_recv() else { break };
+                    let _ = p.reply.send(Err(LogError::NotStored(Arc::clone(&e))));
+                }
                 continue;
             }
             let size = self.frontier.size().0;

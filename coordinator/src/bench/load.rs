@@ -338,7 +338,10 @@ pub async fn run(args: LoadArgs) -> Result<()> {
         f.write_all(b"\n")?;
         println!("figures written to {}", path.display());
     }
-    for (name, r) in [("baseline", baseline.as_ref()), ("candidate", Some(&report))] {
+    for (name, r) in [
+        ("baseline", baseline.as_ref()),
+        ("candidate", Some(&report)),
+    ] {
         if let Some(r) = r {
             ensure!(
                 r.lost == 0,
@@ -610,7 +613,11 @@ fn print_comparison(base: &Report, new: &Report) {
     println!("| figure | baseline | candidate | candidate / baseline |");
     println!("|---|---|---|---|");
     let rows: [(&str, f64, f64); 8] = [
-        ("requests per second", base.requests_per_s, new.requests_per_s),
+        (
+            "requests per second",
+            base.requests_per_s,
+            new.requests_per_s,
+        ),
         ("latency p50 (ms)", base.p50_ms, new.p50_ms),
         ("latency p99 (ms)", base.p99_ms, new.p99_ms),
         ("latency max (ms)", base.max_ms, new.max_ms),

@@ -7,18 +7,33 @@ impl Coordinator {
     /// Expires overdue tasks and claims and closes the round when it is done. Called
     /// by the server's ticker, and at once when [`Coordinator::close_wanted`] fires.
     pub async fn tick(&self) -> Result<(), ApiError> {
+        // Under the lock: expiry, and what the verdicts settle by themselves.
+        let for_referee = {
+            let mut guard = self.lock_synced().await?;
+            let listed = self.tick_locked(&mut guard).await;
+            // What was sequenced before an error is still awaited.
+            let listed = self.release(guard, listed).await?;
+            listed?
+        };
+        // Without it: the referee's replays.
+        if !for_referee.is_empty() {
+            self.referee_off_lock(for_referee).await?;
+        }
+        // Under it again: the close, if one is due. A task that began waiting for the
+        // referee since the first step is judged here, holding the lock (rare).
         let snapshot = {
             let mut guard = self.lock_synced().await?;
-            let snapshot = self.tick_locked(&mut guard).await;
-            match snapshot {
-                Ok(s) => self.release(guard, s).await?,
-                Err(e) => {
-                    // A close snapshot is only taken last, so none is lost here;
-                    // what was sequenced before the error is still awaited.
-                    self.release(guard, ()).await?;
-                    return Err(e);
+            let inner = &mut *guard;
+            let snapshot = if self.close_due(inner).is_some() {
+                match self.settle_waiting(inner).await {
+                    Ok(()) => self.close_snapshot(inner),
+                    Err(e) => Err(e),
                 }
-            }
+            } else {
+                Ok(None)
+            };
+            let snapshot = self.release(guard, snapshot).await?;
+            snapshot?
         };
         match snapshot {
             Some(s) => self.close_round(s).await,
@@ -32,10 +47,11 @@ impl Coordinator {
         self.close_wanted.notified().await;
     }
 
-    pub(super) async fn tick_locked(
-        &self,
-        inner: &mut Inner,
-    ) -> Result<Option<CloseSnapshot>, ApiError> {
+    /// The ticker's locked part: expires overdue tasks and claims, settles what the
+    /// verdicts settle, and lists the tasks the referee must judge (disputes, a
+    /// second verifier overdue, and, when the round is due to close, every task still
+    /// waiting for a verdict).
+    pub(super) async fn tick_locked(&self, inner: &mut Inner) -> Result<Vec<TaskId>, ApiError> {
         let now = now_ms();
         for (id, l) in inner.live.iter_mut() {
             let opened = l.opening_blob.is_some();
@@ -54,6 +70,7 @@ impl Coordinator {
             .map(|(id, _)| *id)
             .collect();
         let timeout = self.config.verify_timeout.as_millis() as u64;
+        let mut for_referee = Vec::new();
         for id in pending {
             let has_verdicts = inner
                 .state
@@ -63,19 +80,26 @@ impl Coordinator {
             if !has_verdicts {
                 continue;
             }
-            self.resolve(inner, id).await?;
-            let overdue = inner.live.get(&id).filter(|l| {
+            let settled = self.settle(inner, id).await?;
+            let overdue = inner.live.get(&id).is_some_and(|l| {
                 l.outcome.is_none() && l.waiting_since.is_some_and(|w| now > w + timeout)
             });
-            if let (Some(l), Some(t)) = (overdue.cloned(), inner.state.tasks.get(&id).cloned()) {
+            if settled == Settle::Referee {
+                for_referee.push(id);
+            } else if settled == Settle::Wait && overdue {
                 tracing::info!(task = %id, "no second verifier in time: the referee replays");
-                self.referee(inner, &t, &l).await?;
+                for_referee.push(id);
             }
         }
+        // Before a close, the referee settles every task still waiting for a verdict.
         if self.close_due(inner).is_some() {
-            self.settle_waiting(inner).await?;
+            for (id, l) in awaiting_outcome(inner) {
+                if l.opening_blob.is_some() && !for_referee.contains(&id) {
+                    for_referee.push(id);
+                }
+            }
         }
-        self.close_snapshot(inner)
+        Ok(for_referee)
     }
 
     /// Before a close: a task waiting for its second verdict is settled by the referee

@@ -165,6 +165,18 @@ impl Coordinator {
         Ok(guard)
     }
 
+    /// The state lock for a read: caught up with the store if a write failed (so a
+    /// read shows no entry the log lost), but not refused during the pause after a
+    /// failure, since reads still work while the database refuses writes.
+    pub(super) async fn lock_for_read(&self) -> Result<MutexGuard<'_, Inner>, ApiError> {
+        let mut guard = self.inner.lock().await;
+        if let Err(e) = self.catch_up_with_store(&mut guard).await {
+            self.note_store_failure();
+            return Err(e);
+        }
+        Ok(guard)
+    }
+
     /// Brings the state back to the log after a failed write: syncs the log (which
     /// waits for every queued batch and numbers new entries from the store's size
     /// again), then rebuilds the state from the store if it holds entries the store

@@ -202,6 +202,39 @@ impl Inner {
     }
 }
 
+/// How a task's verdicts leave it (see `Coordinator::settle`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settle {
+    /// Settled (now or before), or no longer live.
+    Done,
+    /// Waiting for a (second) verifier.
+    Wait,
+    /// Only the referee can settle it.
+    Referee,
+}
+
+/// What the referee needs to judge a task, taken under the lock; judged without it.
+struct Case {
+    task: TaskId,
+    steps: Vec<u32>,
+    opening_blob: Digest,
+    commitment: Commitment,
+    base: Arc<Vec<Tensor>>,
+    /// The fraud proofs the verifiers attached.
+    evidence: Vec<Digest>,
+    seed: [u8; 32],
+    class: DeviceClass,
+}
+
+/// The referee's judgement of a [`Case`], logged under the lock.
+struct Ruling {
+    task: TaskId,
+    steps: Vec<u32>,
+    verdict: Verdict,
+    /// Whether a verifier's fraud proof decided it (no replay was needed).
+    by_proof: bool,
+}
+
 /// What a round close computes from, taken under the state lock in one go. The tasks
 /// it merges and the credits it grants are fixed here: work that settles while the
 /// close computes belongs to no merge, as work that settles after a close always did.

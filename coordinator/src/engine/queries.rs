@@ -108,7 +108,7 @@ impl Coordinator {
 
     /// `GET /v1/rounds`.
     pub async fn rounds(&self) -> Result<api::RoundList, ApiError> {
-        let inner = self.inner.lock().await;
+        let inner = self.lock_for_read().await?;
         let list = api::RoundList {
             rounds: inner
                 .state
@@ -123,7 +123,7 @@ impl Coordinator {
 
     /// `GET /v1/rounds/<n>`; `None` is the latest.
     pub async fn round(&self, round: Option<Round>) -> Result<RoundStatus, ApiError> {
-        let inner = self.inner.lock().await;
+        let inner = self.lock_for_read().await?;
         let r = match round {
             Some(n) => inner.state.rounds.get(&n),
             None => inner.state.latest_round(),
@@ -135,7 +135,7 @@ impl Coordinator {
 
     /// `GET /v1/tasks/<id>`.
     pub async fn task_status(&self, task: TaskId) -> Result<api::TaskStatus, ApiError> {
-        let inner = self.inner.lock().await;
+        let inner = self.lock_for_read().await?;
         let t = inner
             .state
             .tasks
@@ -191,7 +191,7 @@ impl Coordinator {
 
     /// `GET /v1/stake`.
     pub async fn stake_table(&self) -> Result<StakeTable, ApiError> {
-        let inner = self.inner.lock().await;
+        let inner = self.lock_for_read().await?;
         let s = &inner.state.shares;
         let epoch = s.latest_epoch();
         let table = StakeTable {
@@ -215,7 +215,7 @@ impl Coordinator {
     /// `GET /v1/stake/<key>`: a statement against the latest epoch and checkpoint.
     pub async fn stake_statement(&self, key: PublicKey) -> Result<StakeStatement, ApiError> {
         let (tree, index) = {
-            let inner = self.inner.lock().await;
+            let inner = self.lock_for_read().await?;
             let e = inner.state.shares.latest_epoch().ok_or_else(|| {
                 ApiError::NotFound("no shares epoch yet: wait for a round to close".into())
             })?;

@@ -136,17 +136,50 @@ impl Coordinator {
         sub: api::VerdictSubmission,
     ) -> Result<api::VerdictReceipt, ApiError> {
         let mut guard = self.lock_synced().await?;
-        let out = self.verdict_in(&mut guard, verifier, task, sub).await?;
-        self.release(guard, out).await
+        let (index, needs_referee) = self.verdict_in(&mut guard, verifier, task, sub).await?;
+        if needs_referee {
+            // The verdict is durable before the referee's replay, which runs without
+            // the lock; the receipt then says what the referee decided.
+            self.release(guard, ()).await?;
+            if let Err(e) = self.referee_off_lock(vec![task]).await {
+                tracing::warn!(task = %task, error = %e, "the referee could not settle the task after a verdict; the ticker retries");
+            }
+            guard = self.lock_synced().await?;
+        }
+        let inner = &mut *guard;
+        if let Some(l) = inner.live.get_mut(&task)
+            && l.outcome.is_none()
+            && l.waiting_since.is_none()
+        {
+            l.waiting_since = Some(now_ms());
+        }
+        let outcome = match inner.live.get(&task).and_then(|l| l.outcome) {
+            _ if inner.state.slashed.contains(&verifier) => VerdictOutcome::Overruled,
+            Some(true) => VerdictOutcome::Accepted,
+            Some(false) => VerdictOutcome::Rejected,
+            None => VerdictOutcome::Pending,
+        };
+        if self.close_due(inner).is_some() {
+            self.close_wanted.notify_one();
+        }
+        let receipt = api::VerdictReceipt {
+            task_id: task,
+            entry_index: index,
+            outcome,
+        };
+        self.release(guard, receipt).await
     }
 
+    /// The locked part of a verdict: checks and appends it, settles the task if its
+    /// verdicts settle it; returns the verdict's index and whether the referee must
+    /// judge the task.
     pub(super) async fn verdict_in(
         &self,
         inner: &mut Inner,
         verifier: PublicKey,
         task: TaskId,
         sub: api::VerdictSubmission,
-    ) -> Result<api::VerdictReceipt, ApiError> {
+    ) -> Result<(u64, bool), ApiError> {
         Self::require_role(&inner.state, &verifier, Role::Verifier)?;
         let t = inner
             .state
@@ -182,53 +215,55 @@ impl Coordinator {
         if let Some(l) = inner.live.get_mut(&task) {
             l.claims.remove(&verifier);
         }
-        // The verdict is durable and is answered as such: if settling the task or
-        // closing the round fails now (the database locked, the blob store full), the
-        // ticker settles and closes later; the verifier must not be told to retry a
-        // verdict that is already in the log.
-        if let Err(e) = self.resolve(inner, task).await {
-            tracing::warn!(task = %task, error = %e, "settling the task after a verdict failed; the ticker retries");
-        }
-        if let Some(l) = inner.live.get_mut(&task)
-            && l.outcome.is_none()
-            && l.waiting_since.is_none()
-        {
-            l.waiting_since = Some(now_ms());
-        }
-        let outcome = match inner.live.get(&task).and_then(|l| l.outcome) {
-            _ if inner.state.slashed.contains(&verifier) => VerdictOutcome::Overruled,
-            Some(true) => VerdictOutcome::Accepted,
-            Some(false) => VerdictOutcome::Rejected,
-            None => VerdictOutcome::Pending,
+        // The verdict is in the log and is answered as such: if settling the task
+        // fails now (the database locked, the blob store full), the ticker settles it
+        // later; the verifier must not be told to retry a verdict already logged.
+        let needs_referee = match self.settle(inner, task).await {
+            Ok(s) => s == Settle::Referee,
+            Err(e) => {
+                tracing::warn!(task = %task, error = %e, "settling the task after a verdict failed; the ticker retries");
+                false
+            }
         };
-        if self.close_due(inner).is_some() {
-            self.close_wanted.notify_one();
-        }
-        Ok(api::VerdictReceipt {
-            task_id: task,
-            entry_index: index,
-            outcome,
-        })
+        Ok((index, needs_referee))
     }
 
     /// Settles a task from its verdicts: unanimous acceptance by enough verifiers
     /// accepts; any rejection, or too few verifiers, calls the referee.
+    /// Used where the lock is held anyway (start-up, a close's last stragglers); the
+    /// request and ticker paths use [`Self::settle`] and [`Self::referee_off_lock`].
     pub(super) async fn resolve(&self, inner: &mut Inner, task: TaskId) -> Result<(), ApiError> {
-        let Some(t) = inner.state.tasks.get(&task).cloned() else {
+        if self.settle(inner, task).await? != Settle::Referee {
             return Ok(());
+        }
+        let (Some(t), Some(live)) = (
+            inner.state.tasks.get(&task).cloned(),
+            inner.live.get(&task).cloned(),
+        ) else {
+            return Ok(());
+        };
+        self.referee(inner, &t, &live).await
+    }
+
+    /// Settles a task from its verdicts where they decide it, without the referee:
+    /// says whether the task is done, waits for another verifier, or needs the
+    /// referee.
+    pub(super) async fn settle(&self, inner: &mut Inner, task: TaskId) -> Result<Settle, ApiError> {
+        let Some(t) = inner.state.tasks.get(&task).cloned() else {
+            return Ok(Settle::Done);
         };
         let Some(live) = inner.live.get(&task).cloned() else {
-            return Ok(());
+            return Ok(Settle::Done);
         };
         if live.outcome.is_some() {
-            return Ok(());
+            return Ok(Settle::Done);
         }
         if let Some(o) = self.ledger_outcome(&inner.state, &t, live.needed) {
             self.slash_contradicted(inner, task).await?;
             if let Some(l) = inner.live.get_mut(&task) {
                 l.outcome = Some(o);
             }
-            return Ok(());
+            return Ok(Settle::Done);
         }
         let any_reject = t.verdicts.iter().any(|v| !v.accepted);
         let other_verifiers = inner
@@ -243,40 +278,96 @@ impl Coordinator {
                     && !t.verdicts.iter().any(|v| v.verifier == **k)
             })
             .count();
-        if !any_reject && other_verifiers > 0 {
-            return Ok(()); // wait for a second verifier
+        if (!any_reject && other_verifiers > 0) || t.verdicts.is_empty() {
+            return Ok(Settle::Wait); // for a (second) verifier
         }
-        if t.verdicts.is_empty() {
-            return Ok(());
-        }
-        self.referee(inner, &t, &live).await
+        Ok(Settle::Referee)
     }
 
     /// The coordinator replays the task (or checks the fraud proof) and signs its own
-    /// verdict; whoever it contradicts is slashed.
+    /// verdict; whoever it contradicts is slashed. Holds the lock throughout: for
+    /// start-up and a close's last stragglers; otherwise [`Self::referee_off_lock`].
     pub(super) async fn referee(
         &self,
         inner: &mut Inner,
         t: &TaskRecord,
         live: &Live,
     ) -> Result<(), ApiError> {
-        let steps = live.steps.clone().unwrap_or_default();
-        let opening = self.load_opening(&live.opening_blob.unwrap_or_default())?;
-        let commitment = Self::commitment_of(t)
-            .ok_or_else(|| ApiError::Internal("verdict on uncommitted work".into()))?;
-        let base = Arc::clone(&inner.model);
+        let case = self.case(inner, t, live)?;
+        let ruling = self.judge(case).await?;
+        self.rule(inner, ruling).await
+    }
+
+    /// The referee on `tasks`, with the lock held only to take each case and to log
+    /// each ruling: the replay (seconds on a real job) runs without it, so requests
+    /// go on meanwhile. A task settled while its replay ran keeps its settlement.
+    pub(super) async fn referee_off_lock(&self, tasks: Vec<TaskId>) -> Result<(), ApiError> {
+        let cases = {
+            let guard = self.lock_synced().await?;
+            let mut cases = Vec::new();
+            for id in tasks {
+                let (Some(t), Some(live)) = (guard.state.tasks.get(&id), guard.live.get(&id))
+                else {
+                    continue;
+                };
+                if live.outcome.is_none() && !self.has_ruling(t) {
+                    cases.push(self.case(&guard, t, live)?);
+                }
+            }
+            self.release(guard, cases).await?
+        };
+        for case in cases {
+            let ruling = self.judge(case).await?;
+            let mut guard = self.lock_synced().await?;
+            let ruled = self.rule(&mut guard, ruling).await;
+            self.release(guard, ()).await?;
+            ruled?;
+        }
+        Ok(())
+    }
+
+    fn has_ruling(&self, t: &TaskRecord) -> bool {
+        let referee = self.referee_key();
+        t.verdicts.iter().any(|v| v.verifier == referee)
+    }
+
+    /// What the referee needs to judge a task, taken under the lock (no I/O).
+    fn case(&self, inner: &Inner, t: &TaskRecord, live: &Live) -> Result<Case, ApiError> {
+        Ok(Case {
+            task: t.id,
+            steps: live.steps.clone().unwrap_or_default(),
+            opening_blob: live.opening_blob.unwrap_or_default(),
+            commitment: Self::commitment_of(t)
+                .ok_or_else(|| ApiError::Internal("verdict on uncommitted work".into()))?,
+            base: Arc::clone(&inner.model),
+            evidence: t.verdicts.iter().filter_map(|v| v.evidence).collect(),
+            seed: t.seed.0,
+            class: live.class.unwrap_or(DeviceClass::Exact),
+        })
+    }
+
+    /// Judges a case without the lock: the fraud proof a verifier attached, if it
+    /// convicts, else a replay of the challenged steps (on a blocking thread).
+    async fn judge(&self, case: Case) -> Result<Ruling, ApiError> {
+        let opening = self.load_opening(&case.opening_blob)?;
         let mut proof: Option<FraudProof> = None;
-        for v in &t.verdicts {
-            if let Some(e) = v.evidence
-                && let Some(bytes) = self.blobs.get(&e).map_err(internal)?
-            {
+        for e in &case.evidence {
+            if let Some(bytes) = self.blobs.get(e).map_err(internal)? {
                 proof = serde_json::from_slice(&bytes).ok();
             }
         }
         let job = Arc::clone(&self.job);
         let corpus = Arc::clone(&self.corpus);
-        let seed = t.seed.0;
-        let class = live.class.unwrap_or(DeviceClass::Exact);
+        let Case {
+            task,
+            steps,
+            commitment,
+            base,
+            seed,
+            class,
+            ..
+        } = case;
+        let replay_steps = steps.clone();
         let verdict = tokio::task::spawn_blocking(move || -> Result<(Verdict, bool), String> {
             if let Some(p) = &proof {
                 let ctx = FraudContext {
@@ -305,7 +396,7 @@ impl Coordinator {
                 &base,
                 &seed,
                 &commitment,
-                &steps,
+                &replay_steps,
                 &opening,
                 class,
             )
@@ -316,6 +407,34 @@ impl Coordinator {
         .map_err(internal)?
         .map_err(ApiError::Internal)?;
         let (verdict, by_proof) = verdict;
+        Ok(Ruling {
+            task,
+            steps,
+            verdict,
+            by_proof,
+        })
+    }
+
+    /// Logs a ruling, under the lock: the referee's signed verdict (durable before
+    /// anything else), then the slashes it calls for and the task's outcome. Nothing
+    /// if the task was settled, or ruled on, while the case was judged.
+    async fn rule(&self, inner: &mut Inner, ruling: Ruling) -> Result<(), ApiError> {
+        let Some(t) = inner.state.tasks.get(&ruling.task) else {
+            return Ok(());
+        };
+        let open = inner
+            .live
+            .get(&ruling.task)
+            .is_some_and(|l| l.outcome.is_none());
+        if !open || self.has_ruling(t) {
+            return Ok(());
+        }
+        let Ruling {
+            task,
+            steps,
+            verdict,
+            by_proof,
+        } = ruling;
         let accepted = verdict.is_accept();
         let reason = match &verdict {
             Verdict::Accept => "referee replay: every challenged step matches".to_string(),
@@ -337,16 +456,15 @@ impl Coordinator {
             }
             _ => None,
         };
-        let steps = live.steps.clone().unwrap_or_default();
-        let body = api::verdict_body(t.id, self.referee_key(), accepted, steps, &reason, evidence);
+        let body = api::verdict_body(task, self.referee_key(), accepted, steps, &reason, evidence);
         let entry = Entry::signed(body, &self.referee).map_err(internal)?;
         self.append(inner, entry).await?;
         // Disputes are rare: wait for the referee's verdict under the lock, so the
         // verdict a slash follows is durable before the slash is sequenced.
         self.durable_now(inner).await?;
         failpoints::hit(failpoints::REFEREE_AFTER_VERDICT);
-        self.slash_contradicted(inner, t.id).await?;
-        if let Some(l) = inner.live.get_mut(&t.id) {
+        self.slash_contradicted(inner, task).await?;
+        if let Some(l) = inner.live.get_mut(&task) {
             l.outcome = Some(accepted);
         }
         Ok(())
