@@ -11,7 +11,7 @@
 //!   chart.
 //! - [`client`]: a signed-request HTTP client and the native worker and verifier loops.
 //! - [`zoo`]: the adversary zoo, cheating workers and verifiers against a coordinator
-//!   (`lupus bench adversaries`).
+//!   (`lupus-bench adversaries`).
 
 #![forbid(unsafe_code)]
 

@@ -1,6 +1,6 @@
 //! The adversary zoo (issue 7): every cheat runs through the real protocol against a
 //! real coordinator and each case asserts what must become of it (tests/README.md has
-//! the table). Detection statistics at small `f` belong to `lupus bench adversaries`;
+//! the table). Detection statistics at small `f` belong to `lupus-bench adversaries`;
 //! here a cheat every challenge exposes must always be caught, and whatever is caught
 //! must keep nothing.
 

@@ -1,6 +1,6 @@
 //! The adversary zoo's workers and verifiers: how each cheat departs from the protocol,
 //! run through the real worker loop ([`crate::worker::Participant`]) so that what the
-//! adversarial tests and `lupus bench adversaries` exercise is the client volunteers run.
+//! adversarial tests and `lupus-bench adversaries` exercise is the client volunteers run.
 //!
 //! DESIGN.md ("Trace and commitment", Detection; "Coordinator", the referee). The loop
 //! calls three hooks: [`task_seed`] (which batches a cheat trains on), [`train`] (the

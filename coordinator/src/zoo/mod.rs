@@ -1,5 +1,5 @@
 //! The adversary zoo: cheating workers and verifiers against a real coordinator, and
-//! the report `lupus bench adversaries` prints (issue 7).
+//! the report `lupus-bench adversaries` prints (issue 7).
 //!
 //! DESIGN.md ("Trace and commitment", Detection; "Coordinator"). [`run`] starts a
 //! coordinator in-process on loopback and runs three phases over the same job:
@@ -734,7 +734,7 @@ pub async fn run(cfg: &ZooConfig) -> Result<Report, ZooError> {
     })
 }
 
-/// The report as the table `lupus bench adversaries` prints.
+/// The report as the table `lupus-bench adversaries` prints.
 pub fn table(r: &Report) -> String {
     use std::fmt::Write;
     let mut s = String::new();
