@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use lupus_coordinator::zoo::{self, Behaviour, Report, Row, VerifierBehaviour, ZooConfig};
 use lupus_tests::{RunConfig, TINY, corpus, start_in_process};
+use lupus_zoo::{self as zoo, Behaviour, Report, Row, VerifierBehaviour, ZooConfig};
 
 fn config(
     job: &str,

@@ -13,7 +13,7 @@
 //! - `load` ([`load`]): many simulated workers and verifiers against one coordinator
 //!   (a child process) on loopback for minutes; requests per second, latency
 //!   percentiles, errors, lost submissions and the coordinator's memory over time.
-//! - `adversaries`: the adversary zoo (`lupus_coordinator::zoo`): per cheat, tasks,
+//! - `adversaries`: the adversary zoo (`lupus_zoo`): per cheat, tasks,
 //!   detections, rate against the theory, shares kept, and the validation loss
 //!   against an honest-only run.
 //! - `all`: each of them with small settings, then one summary table.
@@ -139,9 +139,10 @@ async fn adversaries(
     job: Option<PathBuf>,
     json: Option<PathBuf>,
 ) -> Result<()> {
-    use lupus_coordinator::{dataset, zoo};
+    use lupus_coordinator::dataset;
     use lupus_prover::data::Corpus;
     use lupus_prover::spec::JobSpec;
+    use lupus_zoo as zoo;
     anyhow::ensure!(
         (0.0..=1.0).contains(&double_check),
         "--double-check is a fraction in [0, 1]"
