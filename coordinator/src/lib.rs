@@ -10,8 +10,9 @@
 //! - [`dataset`]: the pinned corpus, fetched and unpacked; [`chart`]: the demo's loss
 //!   chart.
 //! - [`client`]: a signed-request HTTP client and the native worker and verifier loops.
-//! - [`zoo`]: the adversary zoo, cheating workers and verifiers against a coordinator
-//!   (`lupus bench adversaries`).
+//!
+//! The benchmarks (`lupus-bench`) and the adversary zoo (`lupus-zoo`) are crates of
+//! their own under `tools/`, which depend on this one.
 
 #![forbid(unsafe_code)]
 
@@ -29,4 +30,3 @@ pub mod sample;
 pub mod server;
 pub mod state;
 pub mod witness;
-pub mod zoo;

@@ -1,4 +1,4 @@
-//! `lupus bench load`: N simulated volunteers against one coordinator on loopback for
+//! `lupus-bench load`: N simulated volunteers against one coordinator on loopback for
 //! M minutes; throughput, latency, errors and the coordinator's memory over time.
 //!
 //! The coordinator runs as a child process (`lupus up` on a temporary data directory
@@ -62,8 +62,10 @@ pub struct LoadArgs {
     /// The job the workers train (default: jobs/tiny-test.toml, embedded).
     #[arg(long)]
     pub job: Option<PathBuf>,
-    /// The `lupus` binary that runs the coordinator (default: this one). Another build
-    /// here measures two coordinators under the same load.
+    /// The `lupus` binary that runs the coordinator (default: the `lupus` next to this
+    /// `lupus-bench`, as `cargo build --release -p lupus-coordinator -p lupus-bench`
+    /// leaves them, or else the first on PATH). Another build here measures two
+    /// coordinators under the same load.
     #[arg(long)]
     pub coordinator_bin: Option<PathBuf>,
     /// A second `lupus` binary (for example a build of the previous release), loaded
@@ -222,6 +224,25 @@ async fn server_counters(client: &Client) -> Result<ServerCounters> {
     })
 }
 
+/// The `lupus` binary beside this one (cargo puts every binary of a workspace in one
+/// folder), else the first `lupus` on PATH.
+fn default_coordinator_bin() -> Result<PathBuf> {
+    let name = format!("lupus{}", std::env::consts::EXE_SUFFIX);
+    let beside = std::env::current_exe()?.with_file_name(&name);
+    let on_path = || {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|dir| dir.join(&name))
+            .find(|p| p.is_file())
+    };
+    match beside.is_file().then_some(beside).or_else(on_path) {
+        Some(bin) => Ok(bin),
+        None => bail!(
+            "no `lupus` binary beside this one nor on PATH: build it (`cargo build --release \
+             -p lupus-coordinator`) or pass --coordinator-bin"
+        ),
+    }
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -314,7 +335,7 @@ pub async fn run(args: LoadArgs) -> Result<()> {
     );
     let bin = match &args.coordinator_bin {
         Some(b) => b.clone(),
-        None => std::env::current_exe()?,
+        None => default_coordinator_bin()?,
     };
     let baseline = match &args.baseline_bin {
         Some(b) => {
