@@ -468,7 +468,8 @@ async fn next_verify(
     let body = body_of(body)?;
     let key = authenticate(&c, &method, &uri, &headers, &body)?;
     let _: api::NextRequest = parse(&body)?;
-    json(&c.next_verify(key).await?)
+    let answer = c.next_verify(key).await?.to_json().map_err(internal)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], answer).into_response())
 }
 
 #[utoipa::path(

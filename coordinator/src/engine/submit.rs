@@ -53,7 +53,7 @@ impl Coordinator {
         check_delta_bound(&self.job, &base, &checked.delta)?;
         let trace_root = ledger_digest(&checked.commitment.trace_root);
         let entry = checked.entry;
-        let blob = self.blobs.put(&sub.delta.0).map_err(blob_error)?;
+        let blob = self.put_blob(sub.delta.0.clone()).await?;
         let mut meta = blob.0.to_vec();
         meta.push(class_byte(sub.device_class));
         self.store
@@ -143,7 +143,7 @@ impl Coordinator {
         };
         check_opening(&opening, &steps)?;
         let bytes = serde_json::to_vec(&opening).map_err(internal)?;
-        let blob = self.blobs.put(&bytes).map_err(blob_error)?;
+        let blob = self.put_blob(bytes).await?;
         self.store
             .put_meta(&meta_key("opening", task.0), &blob.0)
             .await
@@ -168,12 +168,29 @@ impl Coordinator {
         })
     }
 
-    pub(super) fn load_opening(&self, blob: &Digest) -> Result<Opening, ApiError> {
-        let bytes = self
-            .blobs
-            .get(blob)
-            .map_err(internal)?
-            .ok_or_else(|| ApiError::Internal(format!("opening blob {blob} is missing")))?;
+    pub(super) async fn load_opening(&self, blob: Digest) -> Result<Opening, ApiError> {
+        let bytes = self.blob_bytes(blob, "opening").await?;
         serde_json::from_slice(&bytes).map_err(internal)
+    }
+
+    /// Writes a blob (and fsyncs it) on a blocking thread: on the async threads an
+    /// fsync would stall every request those threads serve.
+    pub(super) async fn put_blob(&self, bytes: Vec<u8>) -> Result<Digest, ApiError> {
+        let blobs = self.blobs.clone();
+        tokio::task::spawn_blocking(move || blobs.put(&bytes))
+            .await
+            .map_err(internal)?
+            .map_err(blob_error)
+    }
+
+    /// Reads a blob the state names (`what` says which, for the error) on a blocking
+    /// thread.
+    pub(super) async fn blob_bytes(&self, blob: Digest, what: &str) -> Result<Vec<u8>, ApiError> {
+        let blobs = self.blobs.clone();
+        tokio::task::spawn_blocking(move || blobs.get(&blob))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?
+            .ok_or_else(|| ApiError::Internal(format!("{what} blob {blob} is missing")))
     }
 }

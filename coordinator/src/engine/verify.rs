@@ -46,7 +46,7 @@ impl Coordinator {
     }
 
     /// `POST /v1/verify/next`.
-    pub async fn next_verify(&self, verifier: PublicKey) -> Result<VerifyOffer, ApiError> {
+    pub async fn next_verify(&self, verifier: PublicKey) -> Result<VerifyAnswer, ApiError> {
         let mut guard = self.lock_synced().await?;
         let inner = &mut *guard;
         Self::require_role(&inner.state, &verifier, Role::Verifier)?;
@@ -67,10 +67,10 @@ impl Coordinator {
             (verdicts + live_claims < l.needed).then_some((*id, true))
         });
         let Some((id, fresh)) = pick else {
-            let wait = VerifyOffer::Wait {
+            let wait = VerifyAnswer::Wait(VerifyOffer::Wait {
                 retry_after_ms: 250,
                 reason: "no opened task waits for a verifier".into(),
-            };
+            });
             return self.release(guard, wait).await;
         };
         let steps = inner
@@ -117,15 +117,20 @@ impl Coordinator {
         // The opening (large, content addressed, immutable) is read without the lock,
         // once the claim is durable.
         let (task, commitment) = self.release(guard, (task, commitment)).await?;
-        let opening = self.load_opening(&blob)?;
-        Ok(VerifyOffer::Job(VerifyJob {
-            task,
-            commitment,
-            steps,
-            device_class,
+        // Its stored JSON goes out as it is: parsing and writing it again would cost
+        // more than the rest of the request together.
+        let opening = self.blob_bytes(blob, "opening").await?;
+        Ok(VerifyAnswer::Job {
+            head: VerifyJobHead {
+                status: "job",
+                task,
+                commitment,
+                steps,
+                device_class,
+                challenge_index,
+            },
             opening,
-            challenge_index,
-        }))
+        })
     }
 
     /// `POST /v1/verify/<id>/verdict`.
@@ -349,7 +354,7 @@ impl Coordinator {
     /// Judges a case without the lock: the fraud proof a verifier attached, if it
     /// convicts, else a replay of the challenged steps (on a blocking thread).
     async fn judge(&self, case: Case) -> Result<Ruling, ApiError> {
-        let opening = self.load_opening(&case.opening_blob)?;
+        let opening = self.load_opening(case.opening_blob).await?;
         let mut proof: Option<FraudProof> = None;
         for e in &case.evidence {
             if let Some(bytes) = self.blobs.get(e).map_err(internal)? {
