@@ -123,6 +123,8 @@ struct Report {
     p90_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// The coordinator's own p99 handling time (the bound of its histogram bucket).
+    server_p99_ms_at_most: f64,
     errors_4xx: u64,
     errors_5xx: u64,
     errors_connection: u64,
@@ -203,10 +205,69 @@ fn quantile_ms(sorted: &[u32], p: f64) -> f64 {
 }
 
 /// The counters of the coordinator's `/metrics` the table uses.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct ServerCounters {
     requests: u64,
     latency_us: u64,
+    /// The request-duration histogram summed over routes and statuses: (upper bound
+    /// in seconds, cumulative count), in the order `/metrics` lists them.
+    buckets: Vec<(f64, u64)>,
+}
+
+/// Sums `lupus_http_request_duration_seconds_bucket` over its labels by `le`.
+fn parse_buckets(text: &str) -> Vec<(f64, u64)> {
+    let mut sums: Vec<(f64, u64)> = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("lupus_http_request_duration_seconds_bucket{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let Some(le) = labels
+            .split("le=\"")
+            .nth(1)
+            .and_then(|l| l.split('"').next())
+        else {
+            continue;
+        };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            match le.parse::<f64>() {
+                Ok(v) => v,
+                Err(_) => continue,
+            }
+        };
+        let count: u64 = value.trim().parse::<f64>().map_or(0, |v| v as u64);
+        match sums.iter_mut().find(|(b, _)| *b == le) {
+            Some(slot) => slot.1 += count,
+            None => sums.push((le, count)),
+        }
+    }
+    sums.sort_by(|a, b| a.0.total_cmp(&b.0));
+    sums
+}
+
+/// The upper bound (ms) of the histogram bucket holding quantile `q` of the requests
+/// the server handled between two readings: its own handling time, without the
+/// clients' side of the loopback. `NaN` when it handled none.
+fn server_quantile_ms(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> f64 {
+    let count =
+        |le: f64, of: &[(f64, u64)]| of.iter().find(|(b, _)| *b == le).map_or(0, |(_, c)| *c);
+    let total = after
+        .last()
+        .map_or(0, |(le, c)| c.saturating_sub(count(*le, before)));
+    if total == 0 {
+        return f64::NAN;
+    }
+    for (le, c) in after {
+        let n = c.saturating_sub(count(*le, before));
+        if n as f64 >= q * total as f64 {
+            return le * 1000.0;
+        }
+    }
+    f64::INFINITY
 }
 
 async fn server_counters(client: &Client) -> Result<ServerCounters> {
@@ -221,6 +282,7 @@ async fn server_counters(client: &Client) -> Result<ServerCounters> {
     Ok(ServerCounters {
         requests: value("lupus_http_requests_total"),
         latency_us: value("lupus_http_latency_microseconds_total"),
+        buckets: parse_buckets(&text),
     })
 }
 
@@ -486,6 +548,7 @@ async fn measure(args: &LoadArgs, bin: &Path) -> Result<Report> {
     let mut all: Vec<u32> = Vec::new();
     let mut samples: Vec<Sample> = Vec::new();
     let mut last = (started, server_counters(&reader).await?, [0u64; 3]);
+    let first_counters = last.1.clone();
     let mut next_sample = started + every;
     while started.elapsed() < duration {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -497,7 +560,9 @@ async fn measure(args: &LoadArgs, bin: &Path) -> Result<Report> {
         next_sample += every;
         let mut lat = requests.take_latencies();
         lat.sort_unstable();
-        let counters = server_counters(&reader).await.unwrap_or(last.1);
+        let counters = server_counters(&reader)
+            .await
+            .unwrap_or_else(|_| last.1.clone());
         let errors = [
             requests.client_errors.load(Ordering::Relaxed),
             requests.server_errors.load(Ordering::Relaxed),
@@ -600,6 +665,7 @@ async fn measure(args: &LoadArgs, bin: &Path) -> Result<Report> {
         p50_ms: quantile_ms(&all, 0.5),
         p90_ms: quantile_ms(&all, 0.9),
         p99_ms: quantile_ms(&all, 0.99),
+        server_p99_ms_at_most: server_quantile_ms(&first_counters.buckets, &last.1.buckets, 0.99),
         max_ms: quantile_ms(&all, 1.0),
         errors_4xx: sum(|s| s.errors_4xx),
         errors_5xx: sum(|s| s.errors_5xx),
@@ -633,7 +699,7 @@ fn print_comparison(base: &Report, new: &Report) {
     println!();
     println!("| figure | baseline | candidate | candidate / baseline |");
     println!("|---|---|---|---|");
-    let rows: [(&str, f64, f64); 8] = [
+    let rows: [(&str, f64, f64); 9] = [
         (
             "requests per second",
             base.requests_per_s,
@@ -641,6 +707,11 @@ fn print_comparison(base: &Report, new: &Report) {
         ),
         ("latency p50 (ms)", base.p50_ms, new.p50_ms),
         ("latency p99 (ms)", base.p99_ms, new.p99_ms),
+        (
+            "coordinator's own p99 (ms, at most)",
+            base.server_p99_ms_at_most,
+            new.server_p99_ms_at_most,
+        ),
         ("latency max (ms)", base.max_ms, new.max_ms),
         ("tasks done", base.tasks_done as f64, new.tasks_done as f64),
         (
@@ -682,6 +753,10 @@ fn print_summary(r: &Report) {
         r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms
     );
     println!(
+        "| coordinator's own handling time, p99 (ms, histogram bound) | <= {:.0} |",
+        r.server_p99_ms_at_most
+    );
+    println!(
         "| errors 4xx / 5xx / no answer | {} / {} / {} |",
         r.errors_4xx, r.errors_5xx, r.errors_connection
     );
@@ -712,6 +787,23 @@ fn print_summary(r: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_quantiles_come_from_the_histogram_difference() {
+        let text = "lupus_http_request_duration_seconds_bucket{route=\"/a\",status=\"2xx\",le=\"0.001\"} 5\n\
+            lupus_http_request_duration_seconds_bucket{route=\"/a\",status=\"2xx\",le=\"0.002\"} 9\n\
+            lupus_http_request_duration_seconds_bucket{route=\"/a\",status=\"2xx\",le=\"+Inf\"} 10\n\
+            lupus_http_request_duration_seconds_bucket{route=\"/b\",status=\"2xx\",le=\"0.001\"} 0\n\
+            lupus_http_request_duration_seconds_bucket{route=\"/b\",status=\"2xx\",le=\"0.002\"} 0\n\
+            lupus_http_request_duration_seconds_bucket{route=\"/b\",status=\"2xx\",le=\"+Inf\"} 10\n";
+        let after = parse_buckets(text);
+        assert_eq!(after, vec![(0.001, 5), (0.002, 9), (f64::INFINITY, 20)]);
+        let before = vec![(0.001, 5), (0.002, 5), (f64::INFINITY, 5)];
+        // 15 requests between the readings: 0 under 1 ms, 4 under 2 ms, 11 slower.
+        assert_eq!(server_quantile_ms(&before, &after, 0.2), 2.0);
+        assert!(server_quantile_ms(&before, &after, 0.99).is_infinite());
+        assert!(server_quantile_ms(&after, &after, 0.99).is_nan());
+    }
 
     #[test]
     fn the_slope_of_a_line_is_its_gradient_and_flat_is_zero() {
