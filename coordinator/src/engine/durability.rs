@@ -43,17 +43,25 @@ impl Coordinator {
         entries: &[Entry],
     ) -> Result<u64, ApiError> {
         let first = inner.state.size;
+        // From the first apply until the log has numbered the entries, the state is
+        // ahead of the log. A request cancelled in between (its client gone, its
+        // timeout) drops this future there: the guard then marks the state behind,
+        // so the next request rebuilds it.
+        let pending = Diverging(&self.behind);
         for (index, entry) in (first..).zip(entries) {
             if let Err(e) = inner.state.apply(index, entry) {
                 // The fold may have taken part of the entry: rebuild before going on.
-                self.behind.store(true, Ordering::SeqCst);
                 return Err(disagree(e));
             }
         }
         let bytes = entries.iter().map(Entry::encode).collect();
-        match self.log.sequence(bytes).await {
+        let sequenced = self.log.sequence(bytes).await;
+        match sequenced {
             // Its durability is awaited by the request's barrier, in `release`.
-            Ok(sequenced) if sequenced.first.0 == first => Ok(first),
+            Ok(sequenced) if sequenced.first.0 == first => {
+                pending.settled();
+                Ok(first)
+            }
             Ok(sequenced) => {
                 self.append_failed();
                 Err(ApiError::Internal(format!(
@@ -249,5 +257,21 @@ impl Coordinator {
     ) -> Result<u64, ApiError> {
         let entry = Entry::unsigned(body).map_err(internal)?;
         self.append(inner, entry).await
+    }
+}
+
+/// Marks the state behind the log when dropped, unless [`Diverging::settled`].
+struct Diverging<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Diverging<'_> {
+    /// The state and the log agree again.
+    fn settled(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Diverging<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
     }
 }
