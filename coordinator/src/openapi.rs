@@ -92,8 +92,10 @@ const _: () = assert!(MAX_SKEW_MS == 5 * 60 * 1000);
             Forbidden,
             NotFound,
             Conflict,
+            Timeout,
             TooLarge,
             Unprocessable,
+            TooManyRequests,
             Unavailable,
             InsufficientStorage
         )
@@ -210,13 +212,24 @@ problem_responses! {
         "Conflicts with the current state: already done, expired, another role, or a \
          replayed nonce",
     );
-    TooLarge = problem("The body is over this endpoint's size limit");
+    Timeout = problem(
+        "The request or its body arrived too slowly (the coordinator's body-read and \
+         request timeouts)",
+    );
+    TooLarge = problem(
+        "The body is over this endpoint's size limit (refused from its Content-Length \
+         before it is read, or cut off at the limit)",
+    );
+    TooManyRequests = problem_retry(
+        "This key sent more requests of this kind than its token bucket allows",
+    );
     Unprocessable = problem(
         "Well-formed but wrong content: shapes, hashes or steps that do not match",
     );
     Unavailable = problem_retry(
-        "The ledger database is briefly locked or unreachable: nothing was written; send \
-         the same request again",
+        "The ledger database is briefly locked or unreachable, or the coordinator is at \
+         its limit of requests or unverified body bytes: nothing was written; send the \
+         same request again",
     );
     InsufficientStorage = problem_retry(
         "The blob store is full: nothing was stored; send the same request again later",
@@ -264,7 +277,10 @@ impl Modify for StaticFiles {
                         .schema(Some(String::schema())),
                 )
                 .response("200", ok)
-                .response("404", problem("No such file, or the page is not built (`--web`)"));
+                .response(
+                    "404",
+                    problem("No such file, or the page is not built (`--web`)"),
+                );
             (path.to_owned(), op)
         };
         for (path, op) in [

@@ -11,7 +11,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::engine::Coordinator;
-use crate::routes::router;
+use crate::limits::Limits;
+use crate::routes::router_with;
 use crate::witness::WitnessConfig;
 
 /// A running server.
@@ -24,16 +25,27 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `addr` and serves `coordinator`; `web` is the volunteer page's directory.
+    /// Binds `addr` and serves `coordinator` with the default [`Limits`]; `web` is the
+    /// volunteer page's directory.
     pub async fn start(
         coordinator: Arc<Coordinator>,
         addr: SocketAddr,
         web: Option<PathBuf>,
     ) -> std::io::Result<Server> {
+        Server::start_with(coordinator, addr, web, Limits::default()).await
+    }
+
+    /// [`Server::start`], bounded by `limits`.
+    pub async fn start_with(
+        coordinator: Arc<Coordinator>,
+        addr: SocketAddr,
+        web: Option<PathBuf>,
+        limits: Limits,
+    ) -> std::io::Result<Server> {
         raise_open_files_limit();
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let app = router(Arc::clone(&coordinator), web);
+        let app = router_with(Arc::clone(&coordinator), web, limits);
         let http = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "the HTTP server stopped");
