@@ -5,7 +5,8 @@
 //! - [`engine`]: rounds, tasks, challenges, verdicts, merging; state as a fold of the
 //!   ledger ([`state`]).
 //! - [`routes`]: the HTTP API over the engine; [`signed`] checks its signed requests,
-//!   [`limits`] bounds every request; [`server`] runs it with its ticker; [`openapi`] describes it, [`metrics`] counts it.
+//!   [`limits`] bounds every request, [`page`] serves the volunteer page; [`server`]
+//!   runs it with its ticker; [`openapi`] describes it, [`metrics`] counts it.
 //! - [`blobs`]: the content-addressed blob store.
 //! - [`client`]: a signed-request HTTP client and the native worker and verifier loops.
 //! - [`zoo`]: the adversary zoo, cheating workers and verifiers against a coordinator
@@ -22,6 +23,7 @@ pub mod error;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod page;
 pub mod png;
 pub mod routes;
 pub mod sample;

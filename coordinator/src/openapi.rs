@@ -59,7 +59,7 @@ const _: () = assert!(MAX_SKEW_MS == 5 * 60 * 1000);
 #[openapi(
     info(title = "Lupus coordinator", version = "1", description = DESCRIPTION),
     paths(
-        routes::index,
+        crate::page::index,
         routes::checkpoint,
         routes::tile,
         routes::job,
@@ -236,9 +236,9 @@ problem_responses! {
     );
 }
 
-/// The volunteer page's files, `/{file}` and `/pkg/{file}`: two routes served by one
-/// function over two directories (`routes::static_file`), which `#[utoipa::path]` (one
-/// path per function) cannot describe, so they are built here.
+/// The volunteer page's files, `/{file}` and `/pkg/{file}`: two routes served by
+/// tower-http's `ServeDir` over two directories ([`crate::page`]), which
+/// `#[utoipa::path]` (one path per function) cannot describe, so they are built here.
 struct StaticFiles;
 
 impl Modify for StaticFiles {
@@ -272,7 +272,8 @@ impl Modify for StaticFiles {
                         .parameter_in(ParameterIn::Path)
                         .required(Required::True)
                         .description(Some(
-                            "A plain file name (letters, digits, `_`, `-`, `.`) ending in                              `.html`, `.js`, `.css` or `.wasm`",
+                            "A file name in the directory; a `.br` or `.gz` copy is sent when \
+                             `Accept-Encoding` allows",
                         ))
                         .schema(Some(String::schema())),
                 )

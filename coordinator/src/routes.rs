@@ -36,7 +36,7 @@ use crate::engine::Coordinator;
 use crate::error::{ApiError, internal};
 use crate::limits::{Bucket, Gate, Limits};
 use crate::signed::{Signed, SignedRoute};
-use crate::{metrics, openapi};
+use crate::{metrics, openapi, page};
 
 /// Body limit of small JSON requests (join, next).
 pub const SMALL_BODY: usize = 64 << 10;
@@ -124,19 +124,7 @@ pub fn router(c: Shared, page: Option<std::path::PathBuf>) -> Router {
 
 /// The router over a coordinator, bounded by `limits`.
 pub fn router_with(c: Shared, page: Option<std::path::PathBuf>, limits: Limits) -> Router {
-    // The page's files next to index.html, and the wasm build (worker-wasm/pkg) at /pkg/.
-    let files = page.clone();
-    let pkg = page.as_ref().map(|d| d.join("../pkg"));
     let api = Router::<App>::new()
-        .route("/", get(move || index(page.clone())))
-        .route(
-            "/{file}",
-            get(move |Path(f): Path<String>| static_file(files.clone(), f)),
-        )
-        .route(
-            "/pkg/{file}",
-            get(move |Path(f): Path<String>| static_file(pkg.clone(), f)),
-        )
         .route("/checkpoint", get(checkpoint))
         .route("/tile/{*path}", get(tile))
         .route("/v1/job", get(job))
@@ -174,7 +162,7 @@ pub fn router_with(c: Shared, page: Option<std::path::PathBuf>, limits: Limits) 
         gate: Gate::new(limits.clone()),
     };
     limits
-        .apply(api)
+        .apply(page::mount(api, page))
         .layer(middleware::from_fn_with_state(c, count))
         .with_state(app)
 }
@@ -191,55 +179,6 @@ async fn count(State(c): State<Shared>, req: Request, next: Next) -> Response {
     c.metrics
         .observe_request(&route, resp.status(), start.elapsed());
     resp
-}
-
-#[utoipa::path(
-    get,
-    path = "/",
-    tag = "operations",
-    summary = "The volunteer page",
-    responses(
-        (status = 200, description = "The page (or a placeholder naming how to build it)", body = String, content_type = "text/html")
-    )
-)]
-async fn index(page: Option<std::path::PathBuf>) -> Response {
-    if let Some(dir) = page
-        && let Ok(html) = tokio::fs::read_to_string(dir.join("index.html")).await
-    {
-        return ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();
-    }
-    let text = "<!doctype html><title>Lupus coordinator</title><h1>Lupus coordinator</h1>\
-        <p>The volunteer page is not built. Build the web worker (see the README, \
-        section \"Volunteer page\") and start the coordinator with <code>--web DIR</code>.</p>\
-        <p>Meanwhile: <a href=\"/v1/rounds\">rounds</a>, <a href=\"/v1/stake\">stake</a>, \
-        <a href=\"/checkpoint\">checkpoint</a>, <a href=\"/openapi.json\">API</a>.</p>";
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], text).into_response()
-}
-
-/// One file of the volunteer page (`worker-wasm/www/`) or of its wasm build
-/// (`worker-wasm/pkg/`): plain names with a known extension only, so no path can leave
-/// the directory.
-async fn static_file(dir: Option<std::path::PathBuf>, name: String) -> Response {
-    let not_found =
-        || ApiError::NotFound("no such endpoint; see /openapi.json".into()).into_response();
-    let kind = match name.rsplit_once('.').map(|(_, e)| e) {
-        Some("js") => "text/javascript; charset=utf-8",
-        Some("wasm") => "application/wasm",
-        Some("css") => "text/css; charset=utf-8",
-        Some("html") => "text/html; charset=utf-8",
-        _ => return not_found(),
-    };
-    let plain = !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    let Some(dir) = dir.filter(|_| plain) else {
-        return not_found();
-    };
-    match tokio::fs::read(dir.join(&name)).await {
-        Ok(bytes) => ([(header::CONTENT_TYPE, kind)], bytes).into_response(),
-        Err(_) => not_found(),
-    }
 }
 
 #[utoipa::path(
