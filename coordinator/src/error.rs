@@ -38,8 +38,9 @@ pub enum ApiError {
     /// The coordinator failed (storage, an invariant).
     #[error("{0}")]
     Internal(String),
-    /// The database is locked or unreachable for a moment: nothing was written, send
-    /// the same request again after `Retry-After` seconds.
+    /// The database is locked or unreachable for a moment, or the coordinator is at
+    /// its limit of requests or unverified body bytes: nothing was written, send the
+    /// same request again after `Retry-After` seconds.
     #[error("{0}")]
     Unavailable(String),
     /// The blob store is full (its quota, or the disk): nothing was written; send the
@@ -80,7 +81,7 @@ impl ApiError {
             ApiError::Unprocessable(_) => ("unprocessable", "Content refused"),
             ApiError::TooManyRequests { .. } => ("too-many-requests", "Too many requests"),
             ApiError::Internal(_) => ("internal", "Coordinator error"),
-            ApiError::Unavailable(_) => ("unavailable", "Storage briefly unavailable"),
+            ApiError::Unavailable(_) => ("unavailable", "Briefly unavailable"),
             ApiError::InsufficientStorage(_) => ("insufficient-storage", "Blob store full"),
         };
         Problem::new(self.status(), slug, title, self.to_string())

@@ -44,7 +44,8 @@ pub struct Limits {
     /// Body bytes held at once before their signature is verified, over all
     /// requests; past it a signed upload is answered 503 with `Retry-After` (and may be
     /// sent again as it is: its nonce is not spent). Default 512 MiB, two of the
-    /// largest openings.
+    /// largest openings; below one route's body limit, that route's largest bodies
+    /// are never accepted.
     pub body_budget: usize,
     /// Joins (`POST /v1/join`) per key.
     pub joins: Rate,

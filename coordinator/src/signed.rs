@@ -107,6 +107,8 @@ where
         Arc::<Coordinator>::from_ref(state).check_nonce(v.key, v.nonce, now_ms())?;
         let body = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+        // The bytes count against the budget until here; from now on they are the
+        // signer's, who is known.
         drop(held);
         Ok(Signed {
             key: v.key,
