@@ -6,6 +6,8 @@
 //! yet authenticated and the per-key token buckets; [`Limits::apply`] wraps a router in
 //! the tower layers that bound every request: load shedding past a number of requests
 //! in flight, a whole-request timeout, and a timeout between two pieces of a body.
+//! The headers' deadline is hyper's, set where the server accepts connections
+//! ([`crate::server`]).
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -32,6 +34,9 @@ pub struct Limits {
     /// (load shedding) instead of queueing. Default 2,048: above the thousand
     /// participants of `lupus bench load`, each of which has one request out.
     pub max_in_flight: usize,
+    /// Longest wait for a request's headers, on a new connection or between two
+    /// requests of one: the connection is closed past it. Default 30 s.
+    pub header_timeout: Duration,
     /// Longest a request may take, body and handler together (408 past it).
     /// Default 180 s: the body's own deadline plus a minute.
     pub request_timeout: Duration,
@@ -64,6 +69,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_in_flight: 2048,
+            header_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(180),
             body_idle_timeout: Duration::from_secs(15),
             body_read_timeout: Duration::from_secs(120),

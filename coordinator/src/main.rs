@@ -71,6 +71,9 @@ struct LimitArgs {
     /// Requests handled at once; more are answered 503 with Retry-After.
     #[arg(long, default_value_t = Limits::default().max_in_flight)]
     max_in_flight: usize,
+    /// Seconds to wait for a request's headers; the connection is closed past it.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().header_timeout.as_secs())]
+    header_timeout: u64,
     /// Seconds a request may take, body and handler together (408 past it).
     #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().request_timeout.as_secs())]
     request_timeout: u64,
@@ -90,6 +93,7 @@ impl LimitArgs {
     fn limits(&self) -> Limits {
         Limits {
             max_in_flight: self.max_in_flight.max(1),
+            header_timeout: Duration::from_secs(self.header_timeout),
             request_timeout: Duration::from_secs(self.request_timeout),
             body_read_timeout: Duration::from_secs(self.body_timeout),
             body_idle_timeout: Duration::from_secs(self.body_idle_timeout),

@@ -9,7 +9,7 @@
 //! - A body over its route's limit is refused (413) before a byte of it is sent, and a
 //!   chunked one is cut off at the limit.
 //! - A slow body is cut off (408) by the body deadline, a stalled one by the idle
-//!   timeout.
+//!   timeout; a connection whose headers trickle in, or never come, is closed.
 //! - Bad signature headers are refused (401) before a byte of the body is sent.
 //! - Claims past a key's token bucket are 429 with `Retry-After`, and the refused
 //!   request may be sent again as it is.
@@ -334,6 +334,41 @@ async fn a_slow_body_is_cut_off() {
         "{:?}",
         start.elapsed()
     );
+}
+
+#[tokio::test]
+async fn slow_or_missing_headers_are_cut_off() {
+    let limits = Limits {
+        header_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let (server, _dir) = serve(limits).await;
+    let silent = TcpStream::connect(server.addr).await.unwrap();
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    let start = Instant::now();
+    let head = head("/v1/join", &[], Some(2));
+    let mut closed = None;
+    for byte in head.iter().cycle().take(100) {
+        if slow.write_all(&[*byte]).await.is_err() {
+            closed = Some(start.elapsed());
+            break;
+        }
+        let mut probe = [0u8; 256];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(100), slow.read(&mut probe)).await
+        {
+            closed = Some(start.elapsed());
+            break;
+        }
+    }
+    let closed = closed.expect("a connection sending a byte of its head every 100 ms was kept");
+    assert!(closed < Duration::from_secs(3), "closed after {closed:?}");
+    let mut silent = silent;
+    let mut probe = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(3), silent.read(&mut probe))
+        .await
+        .expect("a connection that sends nothing was kept");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
 }
 
 #[tokio::test]
