@@ -17,15 +17,19 @@
 //! 6. the nonce: 409 for a replay;
 //! 7. the JSON body: 400.
 //!
-//! Whether the key joined in the role the route needs is the engine's to say (it holds
-//! the participants); it answers 403 after these steps.
+//! A request refused before its body is read whole has the rest of its body read and
+//! thrown away for a moment in the background ([`linger`]), so that a client still
+//! sending it sees the refusal. Whether the key joined in the role the route needs is
+//! the engine's to say (it holds the participants); it answers 403 after these steps.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{FromRef, FromRequest, Request};
 use axum::http::header;
+use axum::http::request::Parts;
 use http_body_util::BodyExt;
 use lupus_api::sign::check_headers;
 use lupus_ledger::entry::PublicKey;
@@ -71,8 +75,22 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let (parts, mut body) = req.into_parts();
+        let signed = Self::extract(&parts, &mut body, state).await;
+        if signed.is_err() {
+            linger(body);
+        }
+        signed
+    }
+}
+
+impl<T: DeserializeOwned, R: SignedRoute> Signed<T, R> {
+    async fn extract<S>(parts: &Parts, body: &mut Body, state: &S) -> Result<Self, ApiError>
+    where
+        Arc<Coordinator>: FromRef<S>,
+        Gate: FromRef<S>,
+    {
         let gate = Gate::from_ref(state);
-        let (parts, body) = req.into_parts();
         let checked = check_headers(
             |name| parts.headers.get(name).and_then(|v| v.to_str().ok()),
             now_ms(),
@@ -118,11 +136,25 @@ where
     }
 }
 
+/// How long the rest of a refused body is read and thrown away.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Reads and throws away what is left of a refused request's body for [`LINGER`], in
+/// the background, keeping none of it: a client still sending its body then reads the
+/// refusal rather than a reset connection (the lingering close of RFC 9112, section
+/// 9.6). The refusal itself is sent at once.
+fn linger(mut body: Body) {
+    tokio::spawn(async move {
+        let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    });
+}
+
 /// Reads `body` up to `limit` bytes, hashing it and holding each piece against the
 /// gate's budget. The pieces are kept as they arrived (no growing buffer whose old
-/// copies would linger) and joined once the body is complete.
+/// copies would stay allocated) and joined once the body is complete.
 async fn read(
-    mut body: Body,
+    body: &mut Body,
     limit: usize,
     gate: &Gate,
 ) -> Result<(Vec<u8>, blake3::Hash, Held), ApiError> {
