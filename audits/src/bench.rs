@@ -7,7 +7,7 @@
 //! plain `tlog-tiles` client checks: no entry decoding, no signatures, no protocol);
 //! the measured run is the full audit (signatures, protocol rules, the shares fold, the
 //! epochs). A second run over the same state shows what an auditor pays when nothing
-//! is new. `lupus-audit bench` and `lupus bench audit` both call [`run_bench`].
+//! is new. `lupus-audit bench` and `lupus-bench audit` both call [`run_bench`].
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -16,7 +16,7 @@ use lupus_coordinator::engine::{Config, Coordinator};
 use lupus_coordinator::server::Server;
 use lupus_prover::data::Corpus;
 use lupus_worker::native::{NativeConfig, Stats, spawn_verifier, spawn_worker};
-use lupus_worker::worker::Behaviour;
+use lupus_zoo::Behaviour;
 
 const TINY: &str = include_str!("../../jobs/tiny-test.toml");
 
@@ -72,7 +72,7 @@ async fn run(workers: &[(u8, Behaviour)], rounds: u64) -> (Outcome, Outcome) {
     let mut handles = Vec::new();
     for (seed, behaviour) in workers {
         let cfg = NativeConfig {
-            behaviour: *behaviour,
+            conduct: std::sync::Arc::new(*behaviour),
             ..NativeConfig::new(&url, key(*seed), "worker")
         };
         handles.push(spawn_worker(

@@ -14,7 +14,7 @@ use lupus_coordinator::audit::reverify;
 use lupus_coordinator::client::Client;
 use lupus_coordinator::engine::Coordinator;
 use lupus_coordinator::server::Server;
-use lupus_coordinator::{png, sample};
+use lupus_coordinator::{chart, sample};
 use lupus_worker::native::{NativeConfig, Stats, spawn_verifier, spawn_worker};
 use serde_json::json;
 
@@ -23,7 +23,7 @@ use crate::{CoordinatorArgs, default_web, open_coordinator};
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
     /// Where the corpus is (fetched when missing) and the demo's run lives
-    /// (`<data-dir>/demo/`: keys, ledger, blobs, loss.png, report.json; a new demo
+    /// (`<data-dir>/demo/`: keys, ledger, blobs, loss.svg, report.json; a new demo
     /// starts it afresh).
     #[arg(long, default_value = "lupus-data")]
     data_dir: PathBuf,
@@ -169,7 +169,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             };
             anyhow::bail!("a demo participant stopped early: {why}");
         }
-        let list = c.rounds().await.rounds;
+        let list = c.rounds().await?.rounds;
         let closed: Vec<_> = list
             .iter()
             .filter(|r| r.phase == RoundPhase::Closed)
@@ -204,7 +204,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     tasks_bar.finish_and_clear();
     verify_bar.finish_and_clear();
 
-    let rounds = c.rounds().await.rounds;
+    let rounds = c.rounds().await?.rounds;
     for r in rounds.iter().skip(reported) {
         println!(
             "round {} closed: {} tasks merged, validation loss {:.4}",
@@ -243,11 +243,17 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         .unwrap_or_else(|| "(text sampling supports the MLP model only)".into());
     println!("\nsample from the trained model:\n{text}\n");
 
-    let losses: Vec<f32> = std::iter::once(initial)
-        .chain(rounds.iter().filter_map(|r| r.val_loss))
+    // Round 0 is the initial model.
+    let losses: Vec<(u64, f32)> = std::iter::once((0, initial))
+        .chain(
+            rounds
+                .iter()
+                .filter_map(|r| r.val_loss.map(|v| (r.round.0, v))),
+        )
         .collect();
-    let png_path = run_dir.join("loss.png");
-    std::fs::write(&png_path, png::loss_chart(&losses))?;
+    let chart_path = run_dir.join("loss.svg");
+    std::fs::write(&chart_path, chart::loss_chart(&job.job.name, &losses)?)
+        .with_context(|| format!("writing the loss chart {}", chart_path.display()))?;
     let report_path = args
         .json
         .clone()
@@ -262,7 +268,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             "round": r.round, "accepted": r.accepted, "rejected": r.rejected,
             "val_loss": r.val_loss, "model": r.new_model, "beacon": r.beacon,
         })).collect::<Vec<_>>(),
-        "final_val_loss": losses.last(),
+        "final_val_loss": losses.last().map(|p| p.1),
         "stake": table,
         "checkpoint": checkpoint,
         "log_key": info.log_key,
@@ -271,7 +277,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             Err(e) => json!({"ok": false, "error": e.to_string()}),
         },
         "sample": text,
-        "loss_png": png_path,
+        "loss_chart": chart_path,
         "elapsed_s": started.elapsed().as_secs_f64(),
     });
     if let Some(parent) = report_path.parent() {
@@ -279,8 +285,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
     std::fs::write(&report_path, serde_json::to_vec_pretty(&report)?)?;
     println!(
-        "loss curve: {}\nreport: {}",
-        png_path.display(),
+        "loss chart (SVG): {}\nreport: {}",
+        chart_path.display(),
         report_path.display()
     );
     println!("elapsed: {:.1} s", started.elapsed().as_secs_f64());

@@ -8,14 +8,18 @@
 //!   [`limits`] bounds every request, [`page`] serves the volunteer page; [`server`]
 //!   runs it with its ticker; [`openapi`] describes it, [`metrics`] counts it.
 //! - [`blobs`]: the content-addressed blob store.
+//! - [`dataset`]: the pinned corpus, fetched and unpacked; [`chart`]: the demo's loss
+//!   chart.
 //! - [`client`]: a signed-request HTTP client and the native worker and verifier loops.
-//! - [`zoo`]: the adversary zoo, cheating workers and verifiers against a coordinator
-//!   (`lupus bench adversaries`).
+//!
+//! The benchmarks (`lupus-bench`) and the adversary zoo (`lupus-zoo`) are crates of
+//! their own under `tools/`, which depend on this one.
 
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod blobs;
+pub mod chart;
 pub mod client;
 pub mod dataset;
 pub mod engine;
@@ -24,11 +28,9 @@ pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod page;
-pub mod png;
 pub mod routes;
 pub mod sample;
 pub mod server;
 pub mod signed;
 pub mod state;
 pub mod witness;
-pub mod zoo;

@@ -1,7 +1,7 @@
-//! `lupus`: the coordinator, a native worker and verifier, key and data tools, the demo
-//! and the benchmarks. Only CLI and glue live here; the work is in the library.
+//! `lupus`: the coordinator, a native worker and verifier, key and data tools and the
+//! demo. Only CLI and glue live here; the work is in the library. The benchmarks are a
+//! binary of their own, `lupus-bench` (`tools/bench`).
 
-mod bench;
 mod demo;
 
 use std::net::SocketAddr;
@@ -173,11 +173,6 @@ enum Command {
     },
     /// Start a coordinator, workers and a verifier, train, and report.
     Demo(demo::DemoArgs),
-    /// Benchmarks that print figures.
-    Bench {
-        #[command(subcommand)]
-        command: bench::BenchCommand,
-    },
 }
 
 #[derive(Subcommand)]
@@ -266,15 +261,10 @@ async fn until_ctrl_c(
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    // A bench's tables are its output: the server's info logs would bury them.
-    let default_level = match cli.command {
-        Command::Bench { .. } => "warn",
-        _ => "info",
-    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -357,7 +347,6 @@ async fn main() -> Result<()> {
             );
         }
         Command::Demo(args) => demo::run(args).await?,
-        Command::Bench { command } => bench::run(command).await?,
     }
     Ok(())
 }

@@ -394,7 +394,8 @@ async fn next_verify(
     State(c): State<Shared>,
     req: Signed<api::NextRequest, ClaimRoute>,
 ) -> ApiResult {
-    json(&c.next_verify(req.key).await?)
+    let answer = c.next_verify(req.key).await?.to_json().map_err(internal)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], answer).into_response())
 }
 
 #[utoipa::path(
@@ -437,7 +438,7 @@ async fn verdict(
     )
 )]
 async fn rounds(State(c): State<Shared>) -> ApiResult {
-    json(&c.rounds().await)
+    json(&c.rounds().await?)
 }
 
 #[utoipa::path(
@@ -597,7 +598,7 @@ async fn consistency(
     )
 )]
 async fn stake_table(State(c): State<Shared>) -> ApiResult {
-    json(&c.stake_table().await)
+    json(&c.stake_table().await?)
 }
 
 #[utoipa::path(

@@ -50,6 +50,9 @@ pub struct RoundRecord {
     pub closed: Option<Closed>,
     /// Whether the `SharesEpoch` after the close is written.
     pub epoch_written: bool,
+    /// The round's tasks in the order they were assigned: the round's queries and
+    /// the dispatch read these, never every task ever assigned.
+    pub tasks: Vec<TaskId>,
 }
 
 /// A closed round's outcome.
@@ -197,6 +200,7 @@ impl State {
                         deadline_ms: *deadline_ms,
                         closed: None,
                         epoch_written: false,
+                        tasks: Vec::new(),
                     },
                 );
             }
@@ -211,6 +215,12 @@ impl State {
                 if self.tasks.contains_key(task) {
                     return Err(bad(format!("task {task} assigned twice")));
                 }
+                let Some(r) = self.rounds.get_mut(round) else {
+                    return Err(bad(format!(
+                        "task {task} assigned in unknown round {round}"
+                    )));
+                };
+                r.tasks.push(*task);
                 self.tasks.insert(
                     *task,
                     TaskRecord {

@@ -81,11 +81,11 @@ async fn run_with(fault: Fault) {
         BTreeMap::from([(1, 1), (2, 1)]),
         "each round opened once"
     );
-    let table = c.stake_table().await;
+    let table = c.stake_table().await.unwrap();
     let state: BTreeMap<_, _> = table.accounts.iter().map(|r| (r.key, r.balance)).collect();
     assert_eq!(&state, fold.balances(), "the state is the fold of the log");
     assert_eq!(table.epoch, Some(2));
-    let rounds = c.rounds().await.rounds;
+    let rounds = c.rounds().await.unwrap().rounds;
     assert!(rounds.iter().all(|r| r.accepted == 3), "{rounds:?}");
 }
 

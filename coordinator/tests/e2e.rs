@@ -24,7 +24,7 @@ async fn run(config: lupus_coordinator::engine::Config) {
     wait_finished(&server.coordinator, Duration::from_secs(120)).await;
 
     let reader = Client::new(&url, key(99));
-    let rounds = server.coordinator.rounds().await.rounds;
+    let rounds = server.coordinator.rounds().await.unwrap().rounds;
     assert_eq!(rounds.len(), 3);
     assert!(
         rounds
@@ -98,7 +98,7 @@ async fn a_worker_that_fakes_its_delta_is_slashed_and_not_merged() {
     let report = reverify(&reader, &job.log_key).await.unwrap();
     assert!(report.slashed.contains(&cheater));
     // Rounds closed with only honest work merged.
-    for r in server.coordinator.rounds().await.rounds {
+    for r in server.coordinator.rounds().await.unwrap().rounds {
         assert_eq!(r.phase, RoundPhase::Closed);
         assert!(r.rejected <= 1);
     }
@@ -107,6 +107,7 @@ async fn a_worker_that_fakes_its_delta_is_slashed_and_not_merged() {
             .coordinator
             .rounds()
             .await
+            .unwrap()
             .rounds
             .iter()
             .any(|r| r.rejected == 1)
@@ -166,7 +167,7 @@ async fn a_verifier_that_rejects_honest_work_is_overruled_and_slashed() {
             .iter()
             .any(|r| r.key == PublicKey::from(&key(1)))
     );
-    let rounds = server.coordinator.rounds().await.rounds;
+    let rounds = server.coordinator.rounds().await.unwrap().rounds;
     assert_eq!(rounds[0].accepted, 1, "the honest task is merged");
     drop(crowd);
 }

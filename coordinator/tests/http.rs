@@ -952,6 +952,7 @@ async fn a_round_s_real_bodies_match_the_document() {
         if h.c
             .rounds()
             .await
+            .unwrap()
             .rounds
             .iter()
             .all(|r| r.phase == api::RoundPhase::Closed)

@@ -16,9 +16,18 @@
 //! - [`Log::append_group`] queues several entries as ONE item: the writer never splits
 //!   it across batches, so the group is durable as a whole or not at all (a caller
 //!   that applies the group to its own state after the answer never sees half of it).
+//! - [`Log::sequence`] splits an append in two, as Tessera's `Add` and sunlight's pool
+//!   do: it hands out the entries' indexes at once (in call order) and queues them;
+//!   [`Sequenced::durable`] then waits for the commit. A caller sequences under its
+//!   own state lock and waits after releasing it, so concurrent requests share one
+//!   commit instead of queueing behind each other's fsyncs. [`Log::barrier`] waits
+//!   for everything sequenced before it.
 //! - If the write fails, every caller of the batch gets the error, the frontier copy
 //!   is thrown away, and the writer reloads its state from the store before the next
-//!   batch (the failed commit may or may not have landed; the store decides).
+//!   batch (the failed commit may or may not have landed; the store decides). An
+//!   entry sequenced at an index the reloaded tree does not reach is refused
+//!   ([`LogError::Lost`]), never written elsewhere, and [`Log::sequence`] refuses
+//!   ([`LogError::Broken`]) until [`Log::sync`]: the caller rebuilds its state first.
 //! - Consistency: the writer only ever extends the frontier it loaded from the store,
 //!   and the store refuses a batch that does not start at its size, so each new tree
 //!   extends the last one. [`Log::open`] checks the stored tree against the latest
@@ -28,6 +37,7 @@
 //! requires.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -78,6 +88,19 @@ pub enum LogError {
     /// log anyway; a caller that must not duplicate it can look for it.)
     #[error("the entry was not stored: {0}; it is not acknowledged, submit it again")]
     NotStored(Arc<LogError>),
+    /// A write failed since the last [`Log::sync`], so the indexes handed out after it
+    /// may not be the ones the store will give: [`Log::sequence`] refuses until the
+    /// caller, having rebuilt whatever it derived from the sequenced entries, calls
+    /// [`Log::sync`].
+    #[error("a write to the log failed; nothing is sequenced until the log is synced again")]
+    Broken,
+    /// The entry was sequenced at `index` after a batch before it failed: the store's
+    /// tree does not reach `index`, so it was not written (it is not acknowledged).
+    #[error("entry sequenced at index {index} was not stored: an earlier write failed")]
+    Lost {
+        /// The index it was sequenced at.
+        index: u64,
+    },
     /// The writer task is gone (its runtime shut down).
     #[error("the log writer has stopped (its runtime shut down); reopen the log")]
     WriterStopped,
@@ -148,6 +171,7 @@ impl LogError {
         match self {
             LogError::Store(e) => e.is_transient(),
             LogError::NotStored(e) => e.is_transient(),
+            LogError::Broken | LogError::Lost { .. } => true,
             _ => false,
         }
     }
@@ -165,14 +189,57 @@ struct Shared {
     store: Arc<dyn LogStore>,
     verifier: NoteVerifier,
     head: watch::Sender<Arc<LogHead>>,
+    /// The index the next sequenced entry gets. Held while an append is queued, so
+    /// the queue's order is the order of the indexes.
+    next: tokio::sync::Mutex<u64>,
+    /// A write failed since the last [`Log::sync`] (set by the writer): indexes handed
+    /// out now might not be the store's, so [`Log::sequence`] refuses.
+    broken: AtomicBool,
 }
 
 /// One queued append: a single entry, or a group that must share one batch. The
-/// answer is the index of its first entry; the others follow it consecutively.
+/// answer is the index of its first entry; the others follow it consecutively. An
+/// empty one is a barrier: it is answered with the tree size once everything queued
+/// before it is answered.
 #[derive(Debug)]
 struct Pending {
     entries: Vec<Vec<u8>>,
+    /// The index [`Log::sequence`] gave the first entry; the writer writes the entries
+    /// there or nowhere.
+    at: u64,
     reply: oneshot::Sender<Result<LeafIndex, LogError>>,
+}
+
+/// Entries given their indexes by [`Log::sequence`], not yet known to be durable.
+#[derive(Debug)]
+#[must_use = "an entry is acknowledged only once `durable` says so"]
+pub struct Sequenced {
+    /// The index of the first entry; the others follow it.
+    pub first: LeafIndex,
+    answer: oneshot::Receiver<Result<LeafIndex, LogError>>,
+}
+
+impl Sequenced {
+    /// Waits until the entries are durable and covered by the published checkpoint.
+    pub async fn durable(self) -> Result<LeafIndex, LogError> {
+        self.answer.await.map_err(|_| LogError::WriterStopped)?
+    }
+}
+
+/// A place in the writer's queue (see [`Log::barrier`]).
+#[derive(Debug)]
+#[must_use = "a barrier does nothing until it is awaited"]
+pub struct Barrier {
+    answer: oneshot::Receiver<Result<LeafIndex, LogError>>,
+}
+
+impl Barrier {
+    /// Waits until every append queued before the barrier is answered; returns the
+    /// size of the tree the store then holds (durable and published).
+    pub async fn durable(self) -> Result<TreeSize, LogError> {
+        let size = self.answer.await.map_err(|_| LogError::WriterStopped)??;
+        Ok(TreeSize(size.0))
+    }
 }
 
 impl Pending {
@@ -192,11 +259,14 @@ impl Log {
     pub async fn open(store: Arc<dyn LogStore>, signer: NoteSigner) -> Result<Log, LogError> {
         let verifier = signer.verifier();
         let (frontier, head) = recover(&*store, &signer, &verifier).await?;
+        let next = head.size.0;
         let (head_tx, _) = watch::channel(Arc::new(head));
         let shared = Arc::new(Shared {
             store,
             verifier,
             head: head_tx,
+            next: tokio::sync::Mutex::new(next),
+            broken: AtomicBool::new(false),
         });
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer = Writer {
@@ -212,18 +282,7 @@ impl Log {
     /// Appends `entry` and returns its leaf index once it is durable and covered by the
     /// published checkpoint.
     pub async fn append(&self, entry: Vec<u8>) -> Result<LeafIndex, LogError> {
-        if entry.len() > MAX_ENTRY_LEN {
-            return Err(LogError::EntryTooLarge { len: entry.len() });
-        }
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Pending {
-                entries: vec![entry],
-                reply,
-            })
-            .await
-            .map_err(|_| LogError::WriterStopped)?;
-        answer.await.map_err(|_| LogError::WriterStopped)?
+        self.append_group(vec![entry]).await
     }
 
     /// Appends `entries` atomically: they are committed in ONE batch (one
@@ -232,36 +291,94 @@ impl Log {
     /// At most [`MAX_BATCH_ENTRIES`] entries.
     ///
     /// On [`LogError::NotStored`] the group may still have landed (a commit whose
-    /// answer was lost); [`Log::sync`] then tells which.
+    /// answer was lost); [`Log::sync`] then tells which. After a failed write this
+    /// first syncs: a caller that keeps no state derived from its entries has nothing
+    /// to rebuild (one that does uses [`Log::sequence`]).
     pub async fn append_group(&self, entries: Vec<Vec<u8>>) -> Result<LeafIndex, LogError> {
+        if entries.is_empty() {
+            let size = self.sync().await?;
+            return Ok(LeafIndex(size.0));
+        }
+        if self.shared.broken.load(Ordering::SeqCst) {
+            self.sync().await?;
+        }
+        self.sequence(entries).await?.durable().await
+    }
+
+    /// Gives `entries` their indexes now and queues them as one group (one batch, all
+    /// durable or none), without waiting for the write: the caller applies them to its
+    /// own state under its own lock, releases it, then awaits
+    /// [`Sequenced::durable`] before it acknowledges anything. Requests that sequence
+    /// one after another share one commit (Tessera's `Add` returns an index future the
+    /// same way).
+    ///
+    /// Indexes are handed out in the order of the calls. If a write fails, every entry
+    /// sequenced after it is refused ([`LogError::Lost`]), and `sequence` refuses
+    /// ([`LogError::Broken`]) until [`Log::sync`]: the caller rebuilds what it derived
+    /// from the sequenced entries from the store first.
+    pub async fn sequence(&self, entries: Vec<Vec<u8>>) -> Result<Sequenced, LogError> {
         if entries.len() > MAX_BATCH_ENTRIES {
             return Err(LogError::GroupTooLarge { len: entries.len() });
         }
         if let Some(e) = entries.iter().find(|e| e.len() > MAX_ENTRY_LEN) {
             return Err(LogError::EntryTooLarge { len: e.len() });
         }
+        let mut next = self.shared.next.lock().await;
+        if self.shared.broken.load(Ordering::SeqCst) {
+            return Err(LogError::Broken);
+        }
+        let at = *next;
+        let len = entries.len() as u64;
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Pending { entries, reply })
+            .send(Pending { entries, at, reply })
             .await
             .map_err(|_| LogError::WriterStopped)?;
-        answer.await.map_err(|_| LogError::WriterStopped)?
+        *next = at + len;
+        Ok(Sequenced {
+            first: LeafIndex(at),
+            answer,
+        })
+    }
+
+    /// A barrier in the writer's queue: [`Barrier::durable`] answers once everything
+    /// sequenced before this call is answered, with the size the store then holds. A
+    /// reader that saw state derived from sequenced entries waits on one before it
+    /// shows that state to anyone.
+    pub async fn barrier(&self) -> Result<Barrier, LogError> {
+        let next = self.shared.next.lock().await;
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Pending {
+                entries: Vec::new(),
+                at: *next,
+                reply,
+            })
+            .await
+            .map_err(|_| LogError::WriterStopped)?;
+        Ok(Barrier { answer })
     }
 
     /// Waits until every append queued before it is answered and returns the size of
     /// the tree the store really holds, publishing its head. After a failed write the
     /// writer reloads from the store first, so a caller that got
-    /// [`LogError::NotStored`] learns here whether its entries landed anyway.
+    /// [`LogError::NotStored`] learns here whether its entries landed anyway; and the
+    /// next [`Log::sequence`] numbers from that size again.
     pub async fn sync(&self) -> Result<TreeSize, LogError> {
+        // Held throughout: nothing is sequenced between the answer and the reset.
+        let mut next = self.shared.next.lock().await;
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Pending {
                 entries: Vec::new(),
+                at: *next,
                 reply,
             })
             .await
             .map_err(|_| LogError::WriterStopped)?;
         let size = answer.await.map_err(|_| LogError::WriterStopped)??;
+        *next = size.0;
+        self.shared.broken.store(false, Ordering::SeqCst);
         Ok(TreeSize(size.0))
     }
 
@@ -270,26 +387,23 @@ impl Log {
     /// answer per entry, as [`Log::append`] would; the entries may span several
     /// batches, so some can be stored while a later batch fails.
     pub async fn append_all(&self, entries: Vec<Vec<u8>>) -> Vec<Result<LeafIndex, LogError>> {
-        let mut answers = Vec::with_capacity(entries.len());
+        if self.shared.broken.load(Ordering::SeqCst)
+            && let Err(e) = self.sync().await
+        {
+            let e = Arc::new(e);
+            return entries
+                .iter()
+                .map(|_| Err(LogError::NotStored(Arc::clone(&e))))
+                .collect();
+        }
         let mut waiting = Vec::with_capacity(entries.len());
         for entry in entries {
-            if entry.len() > MAX_ENTRY_LEN {
-                waiting.push(Err(LogError::EntryTooLarge { len: entry.len() }));
-                continue;
-            }
-            let (reply, answer) = oneshot::channel();
-            let pending = Pending {
-                entries: vec![entry],
-                reply,
-            };
-            match self.queue.send(pending).await {
-                Ok(()) => waiting.push(Ok(answer)),
-                Err(_) => waiting.push(Err(LogError::WriterStopped)),
-            }
+            waiting.push(self.sequence(vec![entry]).await);
         }
+        let mut answers = Vec::with_capacity(waiting.len());
         for waiter in waiting {
             answers.push(match waiter {
-                Ok(answer) => answer.await.unwrap_or(Err(LogError::WriterStopped)),
+                Ok(s) => s.durable().await,
                 Err(e) => Err(e),
             });
         }
@@ -520,24 +634,47 @@ impl Writer {
             // them run first so their entries share this commit instead of waiting
             // out one more (an fsync each) in a batch of their own.
             tokio::task::yield_now().await;
-            let mut bytes = first.bytes();
-            replies.push((first.entries.len(), first.reply));
-            entries.extend(first.entries);
-            while entries.len() < MAX_BATCH_ENTRIES && bytes < MAX_BATCH_BYTES {
-                let Ok(next) = queue.try_recv() else {
+            // After a failed write the store decides where the tree ends.
+            if let Err(e) = self.reload().await {
+                // Everything queued now fails with it, as one batch would: each caller
+                // waits out the store's timeout once, not once per caller before it.
+                let e = Arc::new(e);
+                let _ = first.reply.send(Err(LogError::NotStored(Arc::clone(&e))));
+                for _ in 1..MAX_BATCH_ENTRIES {
+                    let Ok(p) = queue.try_recv() else { break };
+                    let _ = p.reply.send(Err(LogError::NotStored(Arc::clone(&e))));
+                }
+                continue;
+            }
+            let size = self.frontier.size().0;
+            let mut bytes = 0;
+            let mut next = Some(first);
+            while let Some(p) = next.take() {
+                let index = size + entries.len() as u64;
+                if p.at != index && !p.entries.is_empty() {
+                    // Sequenced on top of a batch that failed: its index is not the
+                    // store's. Writing it elsewhere would give its caller's state an
+                    // entry at the wrong index.
+                    let _ = p.reply.send(Err(LogError::Lost { index: p.at }));
+                } else if entries.len() + p.entries.len() > MAX_BATCH_ENTRIES {
+                    carried = Some(p);
                     break;
-                };
-                if entries.len() + next.entries.len() > MAX_BATCH_ENTRIES {
-                    carried = Some(next);
+                } else {
+                    bytes += p.bytes();
+                    replies.push((p.entries.len(), p.reply));
+                    entries.extend(p.entries);
+                }
+                if entries.len() >= MAX_BATCH_ENTRIES || bytes >= MAX_BATCH_BYTES {
                     break;
                 }
-                bytes += next.bytes();
-                replies.push((next.entries.len(), next.reply));
-                entries.extend(next.entries);
+                next = queue.try_recv().ok();
             }
-            // Only syncs queued: nothing to write, but a stale writer reloads.
+            if replies.is_empty() {
+                continue;
+            }
+            // Only barriers queued: nothing to write.
             let answer = if entries.is_empty() {
-                self.reload().await
+                Ok(LeafIndex(size))
             } else {
                 self.commit(&entries).await
             };
@@ -594,6 +731,9 @@ impl Writer {
             .await
         {
             self.stale = true;
+            // Set before any caller hears of the failure, so nothing more is
+            // sequenced on top of this batch until someone syncs.
+            self.shared.broken.store(true, Ordering::SeqCst);
             return Err(e.into());
         }
         crate::store::failpoint::hit(crate::store::failpoint::LOG_AFTER_COMMIT);
@@ -754,6 +894,121 @@ mod tests {
         );
         let proof = log.consistency_proof(mid.size, head.size).await.unwrap();
         verify_consistency(&proof, &mid.root, &head.root).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sequenced_entries_get_their_indexes_at_once_and_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(sqlite(&dir).await, signer()).await.unwrap();
+        let mut waiting = Vec::new();
+        for i in 0..200u64 {
+            let s = log.sequence(vec![entry(i)]).await.unwrap();
+            assert_eq!(s.first, LeafIndex(i), "indexes follow the calls");
+            waiting.push(s);
+        }
+        let group = log.sequence(vec![entry(200), entry(201)]).await.unwrap();
+        assert_eq!(group.first, LeafIndex(200));
+        let barrier = log.barrier().await.unwrap();
+        assert_eq!(barrier.durable().await.unwrap(), TreeSize(202));
+        for (i, s) in waiting.into_iter().enumerate() {
+            assert_eq!(s.durable().await.unwrap(), LeafIndex(i as u64));
+        }
+        assert_eq!(group.durable().await.unwrap(), LeafIndex(200));
+        assert_eq!(log.head().size, TreeSize(202));
+        let stored = log.entries(LeafIndex(0), LeafIndex(202)).await.unwrap();
+        for (i, e) in stored.iter().enumerate() {
+            assert_eq!(e, &entry(i as u64));
+        }
+        let mut batches = 0;
+        for size in 1..=202 {
+            if log
+                .store()
+                .checkpoint_at(TreeSize(size))
+                .await
+                .unwrap()
+                .is_some()
+            {
+                batches += 1;
+            }
+        }
+        assert!(
+            batches < 202,
+            "entries sequenced before anyone waited share batches ({batches} checkpoints)"
+        );
+    }
+
+    /// The attack on sequencing: entries numbered on top of a batch that then fails
+    /// must not be written at other indexes (their caller applied them at the
+    /// numbered ones), and nothing may be numbered on top of the failure until the
+    /// caller has synced.
+    #[tokio::test]
+    async fn nothing_is_written_at_another_index_than_it_was_sequenced_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Arc::new(FaultyStore::new(sqlite(&dir).await));
+        let log = Log::open(faulty.clone(), signer()).await.unwrap();
+        assert_eq!(log.append(entry(0)).await.unwrap(), LeafIndex(0));
+
+        faulty.fail_next_append(Fault::BeforeCommit);
+        // Sequenced before the writer sees any of them: the first batch (all three,
+        // or the first alone) fails; whatever was numbered after it is lost.
+        let a = log.sequence(vec![entry(1)]).await.unwrap();
+        let b = log.sequence(vec![entry(2)]).await.unwrap();
+        let c = log.sequence(vec![entry(3)]).await.unwrap();
+        assert_eq!(
+            (a.first, b.first, c.first),
+            (LeafIndex(1), LeafIndex(2), LeafIndex(3))
+        );
+        assert!(a.durable().await.is_err());
+        assert!(b.durable().await.is_err());
+        assert!(c.durable().await.is_err());
+        assert!(matches!(
+            log.sequence(vec![entry(4)]).await,
+            Err(LogError::Broken)
+        ));
+        assert_eq!(log.sync().await.unwrap(), TreeSize(1));
+        let d = log.sequence(vec![entry(5)]).await.unwrap();
+        assert_eq!(
+            d.first,
+            LeafIndex(1),
+            "numbering starts again at the store's size"
+        );
+        assert_eq!(d.durable().await.unwrap(), LeafIndex(1));
+        assert_eq!(
+            log.entries(LeafIndex(0), LeafIndex(2)).await.unwrap(),
+            vec![entry(0), entry(5)]
+        );
+
+        // A commit that lands although the store reports failure: what was numbered
+        // after it still fits, and is written where it was numbered.
+        faulty.fail_next_append(Fault::AfterCommit);
+        let e = log.sequence(vec![entry(6)]).await.unwrap();
+        assert!(e.durable().await.is_err());
+        assert_eq!(log.sync().await.unwrap(), TreeSize(3), "the batch landed");
+        let f = log.sequence(vec![entry(7)]).await.unwrap();
+        assert_eq!(f.durable().await.unwrap(), LeafIndex(3));
+        assert_eq!(
+            log.entries(LeafIndex(0), LeafIndex(4)).await.unwrap(),
+            vec![entry(0), entry(5), entry(6), entry(7)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_barrier_after_a_failed_batch_reports_the_shorter_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Arc::new(FaultyStore::new(sqlite(&dir).await));
+        let log = Log::open(faulty.clone(), signer()).await.unwrap();
+        assert_eq!(log.append(entry(0)).await.unwrap(), LeafIndex(0));
+        faulty.fail_next_append(Fault::BeforeCommit);
+        let a = log.sequence(vec![entry(1)]).await.unwrap();
+        let barrier = log.barrier().await.unwrap();
+        assert!(a.durable().await.is_err());
+        // In the failed batch it fails too; in a later one it reports size 1: either
+        // way a reader that saw entry 1 learns that it is not durable.
+        match barrier.durable().await {
+            Ok(size) => assert_eq!(size, TreeSize(1)),
+            Err(LogError::NotStored(_)) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@
 //!    tensors lie within `verify.tolerance` (relative L2) of the replay, and the loss too.
 //!
 //! Cost: the verifier hashes each opened `S_t` and `S_H`'s parameters and replays `m`
-//! traced steps; `lupus bench prover` measures it against the worker.
+//! traced steps; `lupus-bench prover` measures it against the worker.
 //!
 //! A worker's bad opening is a [`Verdict::Reject`] with a typed [`RejectReason`]; an
 //! [`Err`] means the verifier's own inputs are wrong (job, corpus, base, step list).

@@ -56,7 +56,8 @@ use lupus_prover::data::Corpus;
 use lupus_prover::spec::JobSpec;
 use lupus_prover::verify::DeviceClass;
 use lupus_worker::native::{NativeConfig, Stats, spawn_verifier, spawn_worker};
-use lupus_worker::worker::{Behaviour, VerifierBehaviour, WorkerError};
+use lupus_worker::worker::WorkerError;
+use lupus_zoo::Behaviour;
 
 /// The tiny test job: a task trains in milliseconds.
 pub const TINY: &str = include_str!("../../jobs/tiny-test.toml");
@@ -283,7 +284,7 @@ impl Crowd {
     fn spawn_worker(&mut self, url: &str, seed: u8, behaviour: Behaviour, may_fail: bool) {
         let name = format!("worker-{seed}");
         let cfg = NativeConfig {
-            behaviour,
+            conduct: Arc::new(behaviour),
             ..NativeConfig::new(url, key(seed), &name)
         };
         let stats = Arc::new(Stats::default());
@@ -310,10 +311,7 @@ impl Crowd {
     /// Starts an honest verifier with key `key(seed)`.
     pub fn verifier(&mut self, url: &str, seed: u8) {
         let name = format!("verifier-{seed}");
-        let cfg = NativeConfig {
-            verifier_behaviour: VerifierBehaviour::Honest,
-            ..NativeConfig::new(url, key(seed), &name)
-        };
+        let cfg = NativeConfig::new(url, key(seed), &name);
         let stats = Arc::new(Stats::default());
         self.verifiers.push(Arc::clone(&stats));
         let h = spawn_verifier(cfg, Arc::clone(&self.stop), stats);

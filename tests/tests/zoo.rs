@@ -1,13 +1,13 @@
 //! The adversary zoo (issue 7): every cheat runs through the real protocol against a
 //! real coordinator and each case asserts what must become of it (tests/README.md has
-//! the table). Detection statistics at small `f` belong to `lupus bench adversaries`;
+//! the table). Detection statistics at small `f` belong to `lupus-bench adversaries`;
 //! here a cheat every challenge exposes must always be caught, and whatever is caught
 //! must keep nothing.
 
 use std::time::Duration;
 
-use lupus_coordinator::zoo::{self, Behaviour, Report, Row, VerifierBehaviour, ZooConfig};
 use lupus_tests::{RunConfig, TINY, corpus, start_in_process};
+use lupus_zoo::{self as zoo, Behaviour, Report, Row, VerifierBehaviour, ZooConfig};
 
 fn config(
     job: &str,

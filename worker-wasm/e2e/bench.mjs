@@ -1,6 +1,6 @@
 // Browser benchmark: step time of a job's model on WebGPU and on the CPU path in wasm,
 // in the same headless Chromium; the wasm size gzipped; the tab's memory while training.
-// The native baseline is `cargo run --release -p lupus-coordinator --features gpu -- bench worker --steps 5`.
+// The native baseline is `cargo run --release -p lupus-bench --features gpu -- worker --steps 5`.
 //
 //   node bench.mjs [mlp|tiny] [STEPS]
 //

@@ -4,6 +4,8 @@
 //!
 //! - [`worker`]: the worker and verifier loops as plain async Rust over a small
 //!   transport, the same code in the browser and natively.
+//! - [`conduct`]: the loop's choices (train, open, judge) behind one trait; only the
+//!   honest conduct lives here (the adversary zoo's cheats are `lupus-zoo`'s).
 //! - [`gpu`] (feature `gpu`): WGSL kernels through wgpu for every operator, the GPU
 //!   training step and the known-answer suite on the device.
 //! - [`native`] (not wasm32): the same loops over HTTP with a key file, for
@@ -15,7 +17,7 @@
 
 #![forbid(unsafe_code)]
 
-pub mod adversary;
+pub mod conduct;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 #[cfg(not(target_arch = "wasm32"))]

@@ -22,9 +22,10 @@ use hyper_util::rt::TokioExecutor;
 use lupus_api::types::TaskDescription;
 use lupus_ledger::entry::Role;
 
+use crate::conduct::{Conduct, Honest};
 use crate::worker::{
-    Backend, Behaviour, Control, Participant, RETRIES, RETRY_PAUSE_MS, Request, Response,
-    Transport, Turn, VerifierBehaviour, VerifyTurn, WorkerError,
+    Backend, Control, Participant, RETRIES, RETRY_PAUSE_MS, Request, Response, Transport, Turn,
+    VerifyTurn, WorkerError,
 };
 
 /// What a native participant needs.
@@ -37,10 +38,9 @@ pub struct NativeConfig {
     /// Train on the WGSL kernels (Vulkan) when the crate has the `gpu` feature and a
     /// device is found; the CPU reference otherwise.
     pub gpu: bool,
-    /// How a worker departs from the protocol (adversarial tests; volunteers are honest).
-    pub behaviour: Behaviour,
-    /// How a verifier departs from the protocol.
-    pub verifier_behaviour: VerifierBehaviour,
+    /// How the participant acts where the protocol leaves a choice: [`Honest`] unless
+    /// an adversarial test gives it one of the zoo's cheats.
+    pub conduct: Arc<dyn Conduct + Send + Sync>,
     /// Where to record every request's latency and answer (the load benchmark).
     pub requests: Option<Arc<RequestLog>>,
 }
@@ -53,8 +53,7 @@ impl NativeConfig {
             key,
             name: name.to_owned(),
             gpu: false,
-            behaviour: Behaviour::Honest,
-            verifier_behaviour: VerifierBehaviour::Honest,
+            conduct: Arc::new(Honest),
             requests: None,
         }
     }
@@ -297,7 +296,7 @@ pub async fn run_worker(
 ) -> Result<u64, WorkerError> {
     let mut p = connect(&cfg, Role::Worker, &stop)
         .await?
-        .with_behaviour(cfg.behaviour);
+        .with_conduct(Arc::clone(&cfg.conduct));
     let backend = backend(cfg.gpu).await;
     let mut control = Stop(Arc::clone(&stop));
     while !stop.load(Ordering::Relaxed) {
@@ -330,7 +329,7 @@ pub async fn run_verifier(
 ) -> Result<u64, WorkerError> {
     let mut p = connect(&cfg, Role::Verifier, &stop)
         .await?
-        .with_verifier_behaviour(cfg.verifier_behaviour);
+        .with_conduct(Arc::clone(&cfg.conduct));
     while !stop.load(Ordering::Relaxed) {
         match p.verify_turn().await {
             Ok(VerifyTurn::Wait { ms, .. }) => rest(ms, &stop).await,

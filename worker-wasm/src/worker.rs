@@ -7,13 +7,19 @@
 //! transport). Steps run one at a time through `TaskBuilder`, so the control hook runs
 //! between every two steps: pausing stops work within one step.
 //!
+//! Where the protocol leaves a choice (what to train, whether to open, what verdict to
+//! sign) the loop asks its [`Conduct`](crate::conduct::Conduct), honest unless a test
+//! gives it another.
+//!
 //! Only the `lupus-api` contract is spoken: every path comes from `lupus_api::paths`,
 //! every body is a `lupus_api::types` value, every `POST` is signed with
 //! `lupus_api::sign::sign_request`.
 
+use std::sync::Arc;
+
 use ed25519_dalek::SigningKey;
 
-use crate::adversary;
+use crate::conduct::{Conduct, Honest, Judgement, TaskContext, VerifyContext};
 use lupus_api::model::decode_model;
 use lupus_api::paths;
 use lupus_api::problem::Problem;
@@ -26,9 +32,8 @@ use lupus_api::types::{
 use lupus_ledger::entry::{Digest, Entry, PublicKey, Role};
 use lupus_prover::data::Corpus;
 use lupus_prover::spec::JobSpec;
-use lupus_prover::task::{TaskBuilder, TaskRun};
 use lupus_prover::tensor::Tensor;
-use lupus_prover::verify::{DeviceClass, Verdict, verify_opening};
+use lupus_prover::verify::DeviceClass;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -127,8 +132,6 @@ impl Backend {
     }
 }
 
-pub use crate::adversary::{Behaviour, VerifierBehaviour};
-
 /// How many times a submission or an opening is sent again while the coordinator is
 /// unreachable or answers 5xx (it may be restarting), [`RETRY_PAUSE_MS`] apart: two
 /// minutes in all.
@@ -177,8 +180,7 @@ pub struct Participant<T: Transport> {
     pub job: JobSpec,
     pub corpus: Corpus,
     model: Option<(Digest, Vec<Tensor>)>,
-    behaviour: Behaviour,
-    verifier_behaviour: VerifierBehaviour,
+    conduct: Arc<dyn Conduct + Send + Sync>,
     cancelled: Option<Box<dyn Fn() -> bool>>,
 }
 
@@ -216,23 +218,17 @@ impl<T: Transport> Participant<T> {
             job,
             corpus,
             model: None,
-            behaviour: Behaviour::Honest,
-            verifier_behaviour: VerifierBehaviour::Honest,
+            conduct: Arc::new(Honest),
             cancelled: None,
         };
         me.join(name, role).await?;
         Ok(me)
     }
 
-    /// Makes this worker depart from the protocol (adversarial tests only).
-    pub fn with_behaviour(mut self, behaviour: Behaviour) -> Self {
-        self.behaviour = behaviour;
-        self
-    }
-
-    /// Makes this verifier depart from the protocol (adversarial tests only).
-    pub fn with_verifier_behaviour(mut self, behaviour: VerifierBehaviour) -> Self {
-        self.verifier_behaviour = behaviour;
+    /// Acts by `conduct` at the protocol's decision points instead of [`Honest`] (the
+    /// adversary zoo's cheats; volunteers never call this).
+    pub fn with_conduct(mut self, conduct: Arc<dyn Conduct + Send + Sync>) -> Self {
+        self.conduct = conduct;
         self
     }
 
@@ -363,23 +359,15 @@ impl<T: Transport> Participant<T> {
             TaskOffer::Task(t) => t,
         };
         let base = self.base_model(&task.base_model).await?;
-        let trained = if self.behaviour == Behaviour::Honest {
-            self.train(&task, &base, backend, control).await?
-        } else {
-            let me = self.public_key();
-            let seed = adversary::task_seed(self.behaviour, &self.transport, &task, &me).await?;
-            let job = &self.job;
-            adversary::train(
-                self.behaviour,
-                job,
-                &self.corpus,
-                &base,
-                seed,
-                &task,
-                control,
-            )
-            .await?
+        let ctx = TaskContext {
+            job: &self.job,
+            corpus: &self.corpus,
+            base: &base,
+            task: &task,
+            me: self.public_key(),
+            transport: &self.transport,
         };
+        let trained = self.conduct.train(&ctx, backend, control).await?;
         let Some(run) = trained else {
             return Ok(Turn::Abandoned { task });
         };
@@ -417,7 +405,7 @@ impl<T: Transport> Participant<T> {
             }
             Err(e) => return Err(e),
         };
-        if !adversary::opens(self.behaviour) {
+        if !self.conduct.opens(&task) {
             return Ok(Turn::Done {
                 task,
                 final_loss: run.final_loss,
@@ -456,44 +444,18 @@ impl<T: Transport> Participant<T> {
             }
             VerifyOffer::Job(j) => j,
         };
-        let (accepted, reason, proof) = match self.verifier_behaviour {
-            VerifierBehaviour::Honest => {
-                let base = self.base_model(&vj.task.base_model).await?;
-                let verdict = verify_opening(
-                    &self.job,
-                    &self.corpus,
-                    &base,
-                    &vj.task.seed.0,
-                    &vj.commitment,
-                    &vj.steps,
-                    &vj.opening,
-                    vj.device_class,
-                )
-                .map_err(local)?;
-                match verdict {
-                    Verdict::Accept => (
-                        true,
-                        "every challenged step replays to the committed values".to_owned(),
-                        None,
-                    ),
-                    Verdict::Reject {
-                        step,
-                        reason,
-                        fraud_proof,
-                    } => (
-                        false,
-                        format!("step {step:?}: {reason}"),
-                        fraud_proof.map(|p| *p),
-                    ),
-                }
-            }
-            VerifierBehaviour::AlwaysAccept => {
-                (true, "accepted without replaying".to_owned(), None)
-            }
-            VerifierBehaviour::AlwaysReject => {
-                (false, "rejected without replaying".to_owned(), None)
-            }
+        let base = self.base_model(&vj.task.base_model).await?;
+        let ctx = VerifyContext {
+            job: &self.job,
+            corpus: &self.corpus,
+            base: &base,
+            work: &vj,
         };
+        let Judgement {
+            accepted,
+            reason,
+            fraud_proof: proof,
+        } = self.conduct.judge(&ctx).await?;
         let evidence = proof.as_ref().map(evidence_digest);
         let entry = Entry::signed(
             verdict_body(
@@ -521,44 +483,6 @@ impl<T: Transport> Participant<T> {
             accepted,
             reason,
         })
-    }
-
-    /// Trains the task step by step; `None` when the control hook abandons it.
-    async fn train(
-        &self,
-        task: &TaskDescription,
-        base: &[Tensor],
-        backend: &Backend,
-        control: &mut dyn Control,
-    ) -> Result<Option<TaskRun>, WorkerError> {
-        let mut b = TaskBuilder::new(&self.job, &self.corpus, base, task.seed.0).map_err(local)?;
-        let steps = self.job.inner.steps;
-        for step in 0..steps {
-            let loss = match backend {
-                Backend::Cpu => b.run_step().map_err(local)?,
-                #[cfg(feature = "gpu")]
-                Backend::Gpu { device, .. } => {
-                    let batch = b.batch().map_err(local)?;
-                    let out = crate::gpu::train_step_gpu(
-                        device,
-                        &self.job.model,
-                        &self.job.inner.adamw(),
-                        b.state(),
-                        &batch,
-                    )
-                    .await
-                    .map_err(local)?;
-                    let loss = out.loss;
-                    b.record(&batch, out).map_err(local)?;
-                    loss
-                }
-            };
-            if !control.after_step(task, step + 1, steps, loss).await {
-                return Ok(None);
-            }
-        }
-        let run = b.finish();
-        Ok(Some(run.map_err(local)?))
     }
 }
 
@@ -593,7 +517,7 @@ fn retry_worthy(e: &WorkerError) -> bool {
     }
 }
 
-async fn get(transport: &impl Transport, path: &str) -> Result<Response, WorkerError> {
+async fn get(transport: &(impl Transport + ?Sized), path: &str) -> Result<Response, WorkerError> {
     let resp = transport
         .send(Request {
             method: "GET",
@@ -606,8 +530,9 @@ async fn get(transport: &impl Transport, path: &str) -> Result<Response, WorkerE
     Ok(resp)
 }
 
-pub(crate) async fn get_json<R: DeserializeOwned>(
-    transport: &impl Transport,
+/// `GET path`, decoded from JSON (a refusal becomes [`WorkerError::Refused`]).
+pub async fn get_json<R: DeserializeOwned>(
+    transport: &(impl Transport + ?Sized),
     path: &str,
 ) -> Result<R, WorkerError> {
     decode(get(transport, path).await?)

@@ -12,7 +12,8 @@ use lupus_coordinator::server::Server;
 use lupus_prover::data::Corpus;
 pub use lupus_worker::native::Stats;
 use lupus_worker::native::{NativeConfig, spawn_verifier, spawn_worker};
-pub use lupus_worker::worker::{Behaviour, VerifierBehaviour, WorkerError};
+pub use lupus_worker::worker::WorkerError;
+pub use lupus_zoo::{Behaviour, VerifierBehaviour};
 
 pub const TINY: &str = include_str!("../../../jobs/tiny-test.toml");
 
@@ -58,7 +59,7 @@ impl Crowd {
 
     pub fn worker(&mut self, url: &str, seed: u8, behaviour: Behaviour) {
         let cfg = NativeConfig {
-            behaviour,
+            conduct: Arc::new(behaviour),
             ..NativeConfig::new(url, key(seed), &format!("worker-{seed}"))
         };
         let stats = Arc::new(Stats::default());
@@ -73,7 +74,7 @@ impl Crowd {
 
     pub fn verifier_as(&mut self, url: &str, seed: u8, behaviour: VerifierBehaviour) {
         let cfg = NativeConfig {
-            verifier_behaviour: behaviour,
+            conduct: Arc::new(behaviour),
             ..NativeConfig::new(url, key(seed), &format!("verifier-{seed}"))
         };
         let stats = Arc::new(Stats::default());

@@ -2,14 +2,18 @@
 //! process abort (no unwinding, no destructors, no flush: what a `kill -9` leaves) the
 //! `n`-th time (default the first) it reaches the point called `name`.
 //!
-//! The variable is read once, on the first point reached. Unset (every normal run), a
-//! point is one load of a cached `None`. The points live where a crash is most
+//! The variable is read once, on the first point reached. Unset, a point is one load of
+//! a cached `None`. Only a build with the `test-util` feature has them at all: without
+//! it (every release build of the product) [`hit`] is an empty function, so callers
+//! need no `cfg` of their own and the variable does nothing. The points live where a crash is most
 //! instructive, inside the storage layer and the coordinator's round close; the
 //! coordinator's README lists them. They exist so that tests can crash a real process
 //! at an exact step and then check, after a restart, that nothing acknowledged was lost
 //! and the log stayed consistent.
 
+#[cfg(feature = "test-util")]
 use std::sync::OnceLock;
+#[cfg(feature = "test-util")]
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The environment variable that arms a point.
@@ -22,12 +26,14 @@ pub const STORE_BEFORE_COMMIT: &str = "store-before-commit";
 /// caller answered.
 pub const LOG_AFTER_COMMIT: &str = "log-after-commit";
 
+#[cfg(feature = "test-util")]
 struct Armed {
     name: String,
     at: u64,
     hits: AtomicU64,
 }
 
+#[cfg(feature = "test-util")]
 fn armed() -> Option<&'static Armed> {
     static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
     ARMED
@@ -47,6 +53,7 @@ fn armed() -> Option<&'static Armed> {
 }
 
 /// Aborts the process if `name` is the armed point and this is its `n`-th hit.
+#[cfg(feature = "test-util")]
 pub fn hit(name: &str) {
     let Some(armed) = armed() else {
         return;
@@ -56,3 +63,8 @@ pub fn hit(name: &str) {
         std::process::abort();
     }
 }
+
+/// Does nothing: this build has no failpoints (the `test-util` feature is off).
+#[cfg(not(feature = "test-util"))]
+#[inline(always)]
+pub fn hit(_name: &str) {}

@@ -26,6 +26,9 @@ use crate::hash::{Hash, LeafIndex, TreeSize};
 use crate::tree::StoredHashIndex;
 
 pub mod failpoint;
+// A store that fails on demand: test support, compiled only for the ledger's own unit
+// tests and for builds that turn on `test-util` (tests and dev-dependencies).
+#[cfg(any(test, feature = "test-util"))]
 pub mod fault;
 #[cfg(feature = "postgres")]
 pub mod postgres;

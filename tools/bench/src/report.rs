@@ -1,6 +1,6 @@
-//! What every `lupus bench` returns: named figures, each with the baseline it was
+//! What every `lupus-bench` returns: named figures, each with the baseline it was
 //! measured against in the same run; the JSON file of `--json`, the summary table of
-//! `lupus bench all`, progress bars and the timing helpers the benches share.
+//! `lupus-bench all`, progress bars and the timing helpers the benches share.
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,4 +1,4 @@
-//! `lupus bench load`: N simulated volunteers against one coordinator on loopback for
+//! `lupus-bench load`: N simulated volunteers against one coordinator on loopback for
 //! M minutes; throughput, latency, errors and the coordinator's memory over time.
 //!
 //! The coordinator runs as a child process (`lupus up` on a temporary data directory
@@ -62,10 +62,17 @@ pub struct LoadArgs {
     /// The job the workers train (default: jobs/tiny-test.toml, embedded).
     #[arg(long)]
     pub job: Option<PathBuf>,
-    /// The `lupus` binary that runs the coordinator (default: this one). Another build
-    /// here measures two coordinators under the same load.
+    /// The `lupus` binary that runs the coordinator (default: the `lupus` next to this
+    /// `lupus-bench`, as `cargo build --release -p lupus-coordinator -p lupus-bench`
+    /// leaves them, or else the first on PATH). Another build here measures two
+    /// coordinators under the same load.
     #[arg(long)]
     pub coordinator_bin: Option<PathBuf>,
+    /// A second `lupus` binary (for example a build of the previous release), loaded
+    /// first with the same settings; the table then compares the two, figure by figure,
+    /// measured in this one run.
+    #[arg(long)]
+    pub baseline_bin: Option<PathBuf>,
     /// Also write every figure as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -217,6 +224,25 @@ async fn server_counters(client: &Client) -> Result<ServerCounters> {
     })
 }
 
+/// The `lupus` binary beside this one (cargo puts every binary of a workspace in one
+/// folder), else the first `lupus` on PATH.
+fn default_coordinator_bin() -> Result<PathBuf> {
+    let name = format!("lupus{}", std::env::consts::EXE_SUFFIX);
+    let beside = std::env::current_exe()?.with_file_name(&name);
+    let on_path = || {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|dir| dir.join(&name))
+            .find(|p| p.is_file())
+    };
+    match beside.is_file().then_some(beside).or_else(on_path) {
+        Some(bin) => Ok(bin),
+        None => bail!(
+            "no `lupus` binary beside this one nor on PATH: build it (`cargo build --release \
+             -p lupus-coordinator`) or pass --coordinator-bin"
+        ),
+    }
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -307,6 +333,49 @@ pub async fn run(args: LoadArgs) -> Result<()> {
         args.workers > 0 && args.verifiers > 0,
         "need at least one worker and one verifier"
     );
+    let bin = match &args.coordinator_bin {
+        Some(b) => b.clone(),
+        None => default_coordinator_bin()?,
+    };
+    let baseline = match &args.baseline_bin {
+        Some(b) => {
+            println!("== baseline: {}", b.display());
+            Some(measure(&args, b).await?)
+        }
+        None => None,
+    };
+    if baseline.is_some() {
+        println!("\n== candidate: {}", bin.display());
+    }
+    let report = measure(&args, &bin).await?;
+    if let Some(base) = &baseline {
+        print_comparison(base, &report);
+    }
+    if let Some(path) = &args.json {
+        let mut f =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let figures = serde_json::json!({ "baseline": baseline, "candidate": report });
+        serde_json::to_writer_pretty(&mut f, &figures)?;
+        f.write_all(b"\n")?;
+        println!("figures written to {}", path.display());
+    }
+    for (name, r) in [
+        ("baseline", baseline.as_ref()),
+        ("candidate", Some(&report)),
+    ] {
+        if let Some(r) = r {
+            ensure!(
+                r.lost == 0,
+                "{name}: {} acknowledged submissions are not in the log",
+                r.lost
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One load run against the coordinator binary `bin`.
+async fn measure(args: &LoadArgs, bin: &Path) -> Result<Report> {
     let duration = Duration::from_secs(args.minutes.map_or(args.seconds, |m| m * 60));
     let every = Duration::from_secs(args.every.max(1));
     // Each participant holds a connection: raise this process's open-files limit (the
@@ -330,14 +399,10 @@ pub async fn run(args: LoadArgs) -> Result<()> {
         None => TINY_JOB.to_owned(),
     };
     std::fs::write(&job, text)?;
-    let bin = match &args.coordinator_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?,
-    };
     let port = free_port()?;
     let url = format!("http://127.0.0.1:{port}");
     let tasks_per_round = args.tasks_per_round.unwrap_or(args.workers as u32);
-    let mut coordinator = start_coordinator(&bin, &dir, &job, port, tasks_per_round)?;
+    let mut coordinator = start_coordinator(bin, &dir, &job, port, tasks_per_round)?;
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("{e}"))?;
     let reader = Client::new(&url, ed25519_dalek::SigningKey::from_bytes(&seed));
@@ -552,20 +617,51 @@ pub async fn run(args: LoadArgs) -> Result<()> {
         samples,
     };
     print_summary(&report);
-    if let Some(path) = &args.json {
-        let mut f =
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        serde_json::to_writer_pretty(&mut f, &report)?;
-        f.write_all(b"\n")?;
-        println!("figures written to {}", path.display());
-    }
     let _ = std::fs::remove_dir_all(&dir);
-    ensure!(
-        report.lost == 0,
-        "{} acknowledged submissions are not in the log",
-        report.lost
+    Ok(report)
+}
+
+/// The baseline's and the candidate's figures side by side, with their ratio.
+fn print_comparison(base: &Report, new: &Report) {
+    let ratio = |b: f64, n: f64| {
+        if b == 0.0 {
+            "-".to_owned()
+        } else {
+            format!("{:.2}x", n / b)
+        }
+    };
+    println!();
+    println!("| figure | baseline | candidate | candidate / baseline |");
+    println!("|---|---|---|---|");
+    let rows: [(&str, f64, f64); 8] = [
+        (
+            "requests per second",
+            base.requests_per_s,
+            new.requests_per_s,
+        ),
+        ("latency p50 (ms)", base.p50_ms, new.p50_ms),
+        ("latency p99 (ms)", base.p99_ms, new.p99_ms),
+        ("latency max (ms)", base.max_ms, new.max_ms),
+        ("tasks done", base.tasks_done as f64, new.tasks_done as f64),
+        (
+            "errors (4xx + 5xx + no answer)",
+            (base.errors_4xx + base.errors_5xx + base.errors_connection) as f64,
+            (new.errors_4xx + new.errors_5xx + new.errors_connection) as f64,
+        ),
+        ("RSS max (MiB)", base.memory.max_mib, new.memory.max_mib),
+        (
+            "RSS slope, second half (MiB/min)",
+            base.memory.slope_second_half_mib_per_min,
+            new.memory.slope_second_half_mib_per_min,
+        ),
+    ];
+    for (name, b, n) in rows {
+        println!("| {name} | {b:.1} | {n:.1} | {} |", ratio(b, n));
+    }
+    println!(
+        "| acknowledged / lost after SIGKILL | {} / {} | {} / {} | |",
+        base.acknowledged, base.lost, new.acknowledged, new.lost
     );
-    Ok(())
 }
 
 fn print_summary(r: &Report) {

@@ -1,13 +1,16 @@
 //! The adversary zoo's workers and verifiers: how each cheat departs from the protocol,
-//! run through the real worker loop ([`crate::worker::Participant`]) so that what the
-//! adversarial tests and `lupus bench adversaries` exercise is the client volunteers run.
+//! as a [`Conduct`] of the real worker loop (`lupus_worker::worker::Participant`) so
+//! that what the adversarial tests and `lupus-bench adversaries` exercise is the client
+//! volunteers run. The cheats live here, not in `lupus-worker`, so the volunteer's wasm
+//! carries none of them.
 //!
-//! DESIGN.md ("Trace and commitment", Detection; "Coordinator", the referee). The loop
-//! calls three hooks: [`task_seed`] (which batches a cheat trains on), [`train`] (the
-//! steps it commits and the delta it submits) and [`opens`] (whether it answers its
-//! challenge). Every cheat commits a trace that is well formed (it hashes, its final
-//! leaf opens), so it passes the coordinator's door and only the challenged replay can
-//! tell: what each one must come to, and at what rate, is [`Behaviour::detection`].
+//! DESIGN.md ("Trace and commitment", Detection; "Coordinator", the referee). A worker
+//! cheat departs in [`Conduct::train`] (which batches it trains on, [`task_seed`]; the
+//! steps it commits and the delta it submits, [`train`]) and [`Conduct::opens`]
+//! (whether it answers its challenge); a verifier cheat in [`Conduct::judge`]. Every
+//! cheat commits a trace that is well formed (it hashes, its final leaf opens), so it
+//! passes the coordinator's door and only the challenged replay can tell: what each one
+//! must come to, and at what rate, is [`Behaviour::detection`].
 //!
 //! Cheats train on the CPU reference: they are simulations, not volunteers.
 
@@ -22,8 +25,10 @@ use lupus_prover::quant::{QTensor, QuantDelta, quantise_delta};
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::{TaskBuilder, TaskRun};
 use lupus_prover::tensor::Tensor;
-
-use crate::worker::{Control, Transport, WorkerError};
+use lupus_worker::conduct::{
+    Conduct, Judgement, TaskContext, VerifyContext, replay, train_honestly,
+};
+use lupus_worker::worker::{Backend, Control, Transport, WorkerError, get_json};
 
 /// How a worker departs from the protocol. Volunteers are [`Behaviour::Honest`]; the
 /// other variants are the cheats of the adversary zoo.
@@ -132,16 +137,53 @@ impl Behaviour {
     }
 }
 
-/// Whether a worker answers its challenge (the loop's opening hook).
-pub fn opens(b: Behaviour) -> bool {
-    b != Behaviour::NeverOpen
+/// A worker cheat departs when it trains and when it opens; it judges honestly (it is
+/// never a verifier).
+#[async_trait::async_trait(?Send)]
+impl Conduct for Behaviour {
+    async fn train(
+        &self,
+        ctx: &TaskContext<'_>,
+        backend: &Backend,
+        control: &mut dyn Control,
+    ) -> Result<Option<TaskRun>, WorkerError> {
+        if *self == Behaviour::Honest {
+            return train_honestly(ctx, backend, control).await;
+        }
+        let seed = task_seed(*self, ctx.transport, ctx.task, &ctx.me).await?;
+        train(
+            *self, ctx.job, ctx.corpus, ctx.base, seed, ctx.task, control,
+        )
+        .await
+    }
+
+    fn opens(&self, _task: &TaskDescription) -> bool {
+        *self != Behaviour::NeverOpen
+    }
+}
+
+/// A verifier cheat departs only in its verdict.
+#[async_trait::async_trait(?Send)]
+impl Conduct for VerifierBehaviour {
+    async fn judge(&self, ctx: &VerifyContext<'_>) -> Result<Judgement, WorkerError> {
+        let (accepted, reason) = match self {
+            VerifierBehaviour::Honest => return replay(ctx),
+            VerifierBehaviour::AlwaysAccept => (true, "accepted without replaying"),
+            VerifierBehaviour::AlwaysReject => (false, "rejected without replaying"),
+        };
+        Ok(Judgement {
+            accepted,
+            reason: reason.to_owned(),
+            fraud_proof: None,
+        })
+    }
 }
 
 /// The seed whose batches the worker trains on (the loop's first hook): the task's own,
 /// except for the cheats that train on other batches.
 pub async fn task_seed(
     b: Behaviour,
-    transport: &impl Transport,
+    transport: &dyn Transport,
     task: &TaskDescription,
     me: &PublicKey,
 ) -> Result<[u8; 32], WorkerError> {
@@ -158,7 +200,7 @@ pub async fn task_seed(
 /// before this one: task seeds are public ledger entries, and training on one gives
 /// that worker's trace, delta and opening bit for bit.
 async fn copied_seed(
-    transport: &impl Transport,
+    transport: &dyn Transport,
     task: &TaskDescription,
     me: &PublicKey,
 ) -> Result<Option<[u8; 32]>, WorkerError> {
@@ -169,7 +211,7 @@ async fn copied_seed(
             return Ok(None);
         };
         index = i;
-        let view: EntryJson = crate::worker::get_json(transport, &paths::entry(i)).await?;
+        let view: EntryJson = get_json(transport, &paths::entry(i)).await?;
         match &view.entry.body {
             EntryBody::TaskAssigned {
                 worker,
@@ -364,7 +406,7 @@ mod tests {
     /// every step is challenged (and accepts for the honest worker).
     #[test]
     fn every_cheat_is_rejected_when_every_step_is_challenged() {
-        let job = JobSpec::parse(include_str!("../../jobs/tiny-test.toml")).unwrap();
+        let job = JobSpec::parse(include_str!("../../../jobs/tiny-test.toml")).unwrap();
         let corpus = Corpus::generated(7, 20_000);
         let base = init_params(&job.model, [3; 32]).unwrap();
         let all: Vec<u32> = (0..job.inner.steps).collect();

@@ -1,5 +1,7 @@
 //! The adversary zoo: cheating workers and verifiers against a real coordinator, and
-//! the report `lupus bench adversaries` prints (issue 7).
+//! the report `lupus-bench adversaries` prints (issue 7). Test support, in a crate of
+//! its own so that neither the coordinator nor the volunteer's worker carries a cheat:
+//! the cheats are [`conduct`]s of the one worker loop, the door cases raw requests.
 //!
 //! DESIGN.md ("Trace and commitment", Detection; "Coordinator"). [`run`] starts a
 //! coordinator in-process on loopback and runs three phases over the same job:
@@ -21,6 +23,7 @@
 //! counts once it is settled (its worker slashed for it, or credited for it); shares
 //! kept are the final balances of every key the slot used.
 
+pub mod conduct;
 pub mod door;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -29,17 +32,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
+use lupus_coordinator::engine::{Config, Coordinator};
+use lupus_coordinator::server::Server;
 use lupus_ledger::entry::{CreditKind, Entry, EntryBody, PublicKey, TaskId};
 use lupus_ledger::hash::LeafIndex;
 use lupus_prover::data::Corpus;
 use lupus_prover::prf::prf;
 use lupus_prover::spec::JobSpec;
-pub use lupus_worker::adversary::{Behaviour, Expected, VerifierBehaviour};
 use lupus_worker::native::{NativeConfig, Stats, run_verifier, run_worker};
 use lupus_worker::worker::WorkerError;
 
-use crate::engine::{Config, Coordinator};
-use crate::server::Server;
+pub use conduct::{Behaviour, Expected, VerifierBehaviour};
 
 /// A zoo run failed to run (not: a cheat went undetected; that is a row of the report).
 #[derive(Debug, thiserror::Error)]
@@ -266,14 +269,14 @@ fn spawn_slot(
                 let ended = match slot {
                     Slot::Worker(b) => {
                         let cfg = NativeConfig {
-                            behaviour: b,
+                            conduct: Arc::new(b),
                             ..NativeConfig::new(&url, key, &name)
                         };
                         run_worker(cfg, Arc::clone(&stop), stats).await
                     }
                     Slot::Verifier(b) => {
                         let cfg = NativeConfig {
-                            verifier_behaviour: b,
+                            conduct: Arc::new(b),
                             ..NativeConfig::new(&url, key, &name)
                         };
                         run_verifier(cfg, Arc::clone(&stop), stats).await
@@ -378,7 +381,7 @@ async fn read_ledger(c: &Coordinator) -> Result<Ledger, ZooError> {
         }
         start = end;
     }
-    let table = c.stake_table().await;
+    let table = c.stake_table().await.map_err(zoo_err)?;
     Ok(Ledger {
         tasks,
         balances: table
@@ -734,7 +737,7 @@ pub async fn run(cfg: &ZooConfig) -> Result<Report, ZooError> {
     })
 }
 
-/// The report as the table `lupus bench adversaries` prints.
+/// The report as the table `lupus-bench adversaries` prints.
 pub fn table(r: &Report) -> String {
     use std::fmt::Write;
     let mut s = String::new();

@@ -1,5 +1,8 @@
-//! `lupus bench`: every crate's benchmarks, each printing its figures and a ratio
+//! `lupus-bench`: every crate's benchmarks, each printing its figures and a ratio
 //! against a baseline measured in the same run, with `--json PATH` for the figures.
+//!
+//! A binary of its own, so that the product (`lupus`, `lupus-coordinator`) carries no
+//! benchmark code: this crate depends on the coordinator, never the other way round.
 //!
 //! - `ledger` ([`ledger`]): durable appends/s, proofs from storage, stake statements.
 //! - `prover` ([`prover`]): matmul, training throughput, commitment and verifier cost.
@@ -10,7 +13,7 @@
 //! - `load` ([`load`]): many simulated workers and verifiers against one coordinator
 //!   (a child process) on loopback for minutes; requests per second, latency
 //!   percentiles, errors, lost submissions and the coordinator's memory over time.
-//! - `adversaries`: the adversary zoo (`lupus_coordinator::zoo`): per cheat, tasks,
+//! - `adversaries`: the adversary zoo (`lupus_zoo`): per cheat, tasks,
 //!   detections, rate against the theory, shares kept, and the validation loss
 //!   against an honest-only run.
 //! - `all`: each of them with small settings, then one summary table.
@@ -25,12 +28,33 @@ mod worker;
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use clap::Parser;
 
 use report::Report;
 
+/// The job the benches run when no `--job` is given (as `lupus up` does).
+const DEFAULT_JOB: &str = include_str!("../../../jobs/shakespeare-mlp.toml");
+
+/// The job spec text of `--job`, or the embedded default.
+fn job_text(job: &Option<PathBuf>) -> Result<String> {
+    match job {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading the job spec {}", p.display())),
+        None => Ok(DEFAULT_JOB.to_owned()),
+    }
+}
+
+/// Benchmarks of every Lupus crate, each against a baseline measured in the same run.
+#[derive(Parser)]
+#[command(name = "lupus-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
 #[derive(clap::Subcommand)]
-pub enum BenchCommand {
+enum BenchCommand {
     Ledger(ledger::LedgerArgs),
     Prover(prover::ProverArgs),
     Worker(worker::WorkerArgs),
@@ -78,8 +102,17 @@ pub struct AllArgs {
     pub json: Option<PathBuf>,
 }
 
-pub async fn run(cmd: BenchCommand) -> Result<()> {
-    match cmd {
+#[tokio::main]
+async fn main() -> Result<()> {
+    // A bench's tables are its output: info logs would bury them.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
         BenchCommand::Ledger(args) => ledger::run(&args).await.map(drop),
         BenchCommand::Prover(args) => tokio::task::spawn_blocking(move || prover::run(&args))
             .await?
@@ -106,16 +139,17 @@ async fn adversaries(
     job: Option<PathBuf>,
     json: Option<PathBuf>,
 ) -> Result<()> {
-    use lupus_coordinator::{dataset, zoo};
+    use lupus_coordinator::dataset;
     use lupus_prover::data::Corpus;
     use lupus_prover::spec::JobSpec;
+    use lupus_zoo as zoo;
     anyhow::ensure!(
         (0.0..=1.0).contains(&double_check),
         "--double-check is a fraction in [0, 1]"
     );
     let text = match &job {
         Some(p) => std::fs::read_to_string(p)?,
-        None => include_str!("../../jobs/tiny-test.toml").to_owned(),
+        None => include_str!("../../../jobs/tiny-test.toml").to_owned(),
     };
     let mut spec: toml::Table = text.parse()?;
     if let Some(v) = spec.get_mut("verify").and_then(|v| v.as_table_mut()) {
@@ -143,7 +177,7 @@ async fn adversaries(
 /// Every bench with small settings, then the summary.
 async fn all(args: &AllArgs) -> Result<()> {
     let mut reports: Vec<Report> = Vec::new();
-    let heading = |name: &str| println!("\n## lupus bench {name}\n");
+    let heading = |name: &str| println!("\n## lupus-bench {name}\n");
     heading("ledger");
     reports.push(
         ledger::run(&ledger::LedgerArgs {
@@ -214,6 +248,7 @@ async fn all(args: &AllArgs) -> Result<()> {
         threads: None,
         job: None,
         coordinator_bin: None,
+        baseline_bin: None,
         json: None,
     })
     .await?;

@@ -1,4 +1,4 @@
-//! `lupus bench audit`: the auditor's speed, through the same code as `lupus-audit
+//! `lupus-bench audit`: the auditor's speed, through the same code as `lupus-audit
 //! bench` ([`lupus_audit::bench::run_bench`]).
 
 use std::path::PathBuf;

@@ -16,9 +16,9 @@ use lupus_prover::task::run_task;
 use lupus_prover::verify::DeviceClass;
 
 use super::ZooError;
-use crate::client::Client;
-use crate::engine::{Coordinator, now_ms};
-use crate::routes::SUBMIT_BODY;
+use lupus_coordinator::client::Client;
+use lupus_coordinator::engine::{Coordinator, now_ms};
+use lupus_coordinator::routes::SUBMIT_BODY;
 
 /// One attempt at the door and what came of it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! `lupus bench diloco`: the same job trained federated (W workers, DiLoCo's outer
+//! `lupus-bench diloco`: the same job trained federated (W workers, DiLoCo's outer
 //! Nesterov over int8 deltas) and two baselines on the same number of samples:
 //! centralised (one AdamW run of W x R x H steps on one machine) and synchronous
 //! data-parallel (R x H AdamW steps whose batch is the union of the W workers' batches,

@@ -1,4 +1,4 @@
-//! `lupus bench prover`: the deterministic runtime's speed and the protocol's costs,
+//! `lupus-bench prover`: the deterministic runtime's speed and the protocol's costs,
 //! each against a baseline measured in the same run. The timing lives here, not in
 //! `lupus-prover`, which does no I/O and builds for wasm32 (where `Instant` panics).
 //!

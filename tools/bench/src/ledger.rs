@@ -1,4 +1,4 @@
-//! `lupus bench ledger`: the transparency log's costs, each against a baseline
+//! `lupus-bench ledger`: the transparency log's costs, each against a baseline
 //! measured in the same run.
 //!
 //! - Durable appends per second through [`Log::append_all`] with 1 appender (every

@@ -1,4 +1,4 @@
-//! `lupus bench worker`: a volunteer's step time natively, the baseline of the browser
+//! `lupus-bench worker`: a volunteer's step time natively, the baseline of the browser
 //! benchmark (`worker-wasm/e2e/bench.mjs`, `bench_step_ms` in the page): the same job,
 //! generated corpus, seeds and one warm-up step.
 //!
@@ -112,8 +112,8 @@ fn cpu_steps(job: &JobSpec, corpus: &Corpus, steps: u32) -> Result<(f64, f64)> {
 #[cfg(not(feature = "gpu"))]
 async fn gpu(_: &JobSpec, _: &Corpus, _: u32, _: f64, report: Report) -> Result<Report> {
     println!(
-        "\n(the WGSL path is not measured: this `lupus` is built without the `gpu` feature; \
-         `cargo run --release -p lupus-coordinator --features gpu -- bench worker` measures it)"
+        "\n(the WGSL path is not measured: this `lupus-bench` is built without the `gpu` feature; \
+         `cargo run --release -p lupus-bench --features gpu -- worker` measures it)"
     );
     Ok(report)
 }

@@ -1,0 +1,253 @@
+//! Sequencing and durability: entries are applied to the state and given their
+//! indexes under the state lock ([`Coordinator::sequence`]); the request waits for the
+//! group commit after releasing it ([`Coordinator::release`]). A failed write marks
+//! the state behind; the next request rebuilds it from the store.
+
+use super::*;
+
+impl Coordinator {
+    /// Refuses a `(key, nonce)` pair seen before; forgets pairs older than twice the skew.
+    pub fn check_nonce(&self, key: PublicKey, nonce: [u8; 16], now: u64) -> Result<(), ApiError> {
+        let mut seen = self
+            .nonces
+            .lock()
+            .map_err(|_| ApiError::Internal("nonce cache poisoned".into()))?;
+        if seen.len() > 100_000 {
+            let horizon = now.saturating_sub(2 * lupus_api::sign::MAX_SKEW_MS);
+            seen.retain(|_, t| *t >= horizon);
+        }
+        if seen.insert((key, nonce), now).is_some() {
+            return Err(ApiError::Conflict(
+                lupus_api::sign::AuthError::Replayed.to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) async fn append(&self, inner: &mut Inner, entry: Entry) -> Result<u64, ApiError> {
+        self.sequence(inner, std::slice::from_ref(&entry)).await
+    }
+
+    /// Applies `entries` to the state at the next indexes, then sequences them in the
+    /// log as one group (one batch, all durable or none); returns the first index.
+    /// Nothing waits for the disk here: the request waits in [`Self::release`], after
+    /// letting the lock go, so concurrent requests share one commit.
+    ///
+    /// The state is never behind the log: an entry the state refuses is never
+    /// sequenced. If the log refuses or later loses what was sequenced, the state is
+    /// ahead of the log; it is marked behind and rebuilt from the store before the
+    /// next request ([`Self::lock_synced`]).
+    pub(super) async fn sequence(
+        &self,
+        inner: &mut Inner,
+        entries: &[Entry],
+    ) -> Result<u64, ApiError> {
+        let first = inner.state.size;
+        for (index, entry) in (first..).zip(entries) {
+            if let Err(e) = inner.state.apply(index, entry) {
+                // The fold may have taken part of the entry: rebuild before going on.
+                self.behind.store(true, Ordering::SeqCst);
+                return Err(disagree(e));
+            }
+        }
+        let bytes = entries.iter().map(Entry::encode).collect();
+        match self.log.sequence(bytes).await {
+            // Its durability is awaited by the request's barrier, in `release`.
+            Ok(sequenced) if sequenced.first.0 == first => Ok(first),
+            Ok(sequenced) => {
+                self.append_failed();
+                Err(ApiError::Internal(format!(
+                    "the log numbered entry {first} as {}; the state is rebuilt from the log",
+                    sequenced.first.0
+                )))
+            }
+            Err(e) => {
+                self.append_failed();
+                Err(log_error(e))
+            }
+        }
+    }
+
+    /// Lets the state lock go and answers `out` once everything the request saw is
+    /// durable: a barrier queued behind the entries sequenced so far (the request's
+    /// own and any other it read) is awaited after the lock is released. Every
+    /// request that reads or changes the state ends here, so nothing is acknowledged
+    /// or shown before it is durable.
+    pub(super) async fn release<R>(
+        &self,
+        guard: MutexGuard<'_, Inner>,
+        out: R,
+    ) -> Result<R, ApiError> {
+        let seen = guard.state.size;
+        if self.log.head().size.0 >= seen {
+            return Ok(out);
+        }
+        let barrier = self.log.barrier().await;
+        drop(guard);
+        self.check_durable(barrier, seen).await?;
+        Ok(out)
+    }
+
+    /// Waits, holding the lock, until everything sequenced so far is durable.
+    pub(super) async fn durable_now(&self, inner: &Inner) -> Result<(), ApiError> {
+        let seen = inner.state.size;
+        self.check_durable(self.log.barrier().await, seen).await
+    }
+
+    /// Awaits `barrier`; an error unless the store then holds `seen` entries.
+    pub(super) async fn check_durable(
+        &self,
+        barrier: Result<lupus_ledger::log::Barrier, lupus_ledger::log::LogError>,
+        seen: u64,
+    ) -> Result<(), ApiError> {
+        let durable = match barrier {
+            Ok(b) => b.durable().await,
+            Err(e) => Err(e),
+        };
+        match durable {
+            Ok(size) if size.0 >= seen => Ok(()),
+            Ok(size) => {
+                self.append_failed();
+                Err(ApiError::Unavailable(format!(
+                    "a write to the ledger failed and entries {}..{seen} were lost; nothing of this request is acknowledged, try again",
+                    size.0
+                )))
+            }
+            Err(e) => {
+                self.append_failed();
+                Err(log_error(e))
+            }
+        }
+    }
+
+    /// After a failed write: the state holds entries the log may not (sequenced on top
+    /// of the failed batch), or lacks entries the log does (a commit that landed
+    /// although it reported a failure). Until the state has caught up with the store,
+    /// a request would be checked against the wrong state, so it is marked behind,
+    /// and the next [`Self::lock_synced`] rebuilds it.
+    pub(super) fn append_failed(&self) {
+        self.behind.store(true, Ordering::SeqCst);
+        self.note_store_failure();
+    }
+
+    pub(super) fn note_store_failure(&self) {
+        if let Ok(mut t) = self.store_failed_at.lock() {
+            *t = Some(std::time::Instant::now());
+        }
+    }
+
+    /// The state lock, with the state caught up with the store if an append failed
+    /// since the last catch-up. Every request that may append takes this one.
+    ///
+    /// While the store is down, each attempt to reach it holds the lock for the pool's
+    /// timeout; so within [`STORE_RETRY_PAUSE`] of a failure, requests are refused at
+    /// once (503) instead of queueing behind each other's timeouts.
+    pub(super) async fn lock_synced(&self) -> Result<tokio::sync::MutexGuard<'_, Inner>, ApiError> {
+        let mut guard = self.inner.lock().await;
+        if self.behind.load(Ordering::SeqCst) {
+            let recent = self
+                .store_failed_at
+                .lock()
+                .ok()
+                .and_then(|t| *t)
+                .is_some_and(|t| t.elapsed() < STORE_RETRY_PAUSE);
+            if recent {
+                return Err(ApiError::Unavailable(
+                    "the ledger database was unreachable a moment ago, nothing was written; try again"
+                        .into(),
+                ));
+            }
+            if let Err(e) = self.catch_up_with_store(&mut guard).await {
+                self.note_store_failure();
+                return Err(e);
+            }
+        }
+        Ok(guard)
+    }
+
+    /// The state lock for a read: caught up with the store if a write failed (so a
+    /// read shows no entry the log lost), but not refused during the pause after a
+    /// failure, since reads still work while the database refuses writes.
+    pub(super) async fn lock_for_read(&self) -> Result<MutexGuard<'_, Inner>, ApiError> {
+        let mut guard = self.inner.lock().await;
+        if let Err(e) = self.catch_up_with_store(&mut guard).await {
+            self.note_store_failure();
+            return Err(e);
+        }
+        Ok(guard)
+    }
+
+    /// Brings the state back to the log after a failed write: syncs the log (which
+    /// waits for every queued batch and numbers new entries from the store's size
+    /// again), then rebuilds the state from the store if it holds entries the store
+    /// does not, or applies what landed past it.
+    pub(super) async fn catch_up_with_store(&self, inner: &mut Inner) -> Result<(), ApiError> {
+        if !self.behind.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let size = self.log.sync().await.map_err(log_error)?.0;
+        if size < inner.state.size {
+            tracing::warn!(
+                stored = size,
+                sequenced = inner.state.size,
+                "entries sequenced after a failed write were not stored; rebuilding the state from the log"
+            );
+            self.rebuild(inner, size).await?;
+        } else {
+            self.apply_landed(inner, size).await?;
+        }
+        self.behind.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Replaces the state with the log's first `size` entries and rebuilds what the
+    /// log does not hold, as a restart does.
+    pub(super) async fn rebuild(&self, inner: &mut Inner, size: u64) -> Result<(), ApiError> {
+        let state = replay(&self.log, size).await.map_err(internal)?;
+        let mut fresh = Inner::new(state);
+        fresh.generation = inner.generation + 1;
+        // A close computing outside the lock finds the new generation and starts over.
+        fresh.closing = inner.closing;
+        *inner = fresh;
+        self.resume_in(inner).await
+    }
+
+    /// Applies to the state the durable entries from its size up to `end`: entries
+    /// written around this coordinator's sequencing. The one place the state catches
+    /// up with the store.
+    pub(super) async fn apply_landed(&self, inner: &mut Inner, end: u64) -> Result<(), ApiError> {
+        while inner.state.size < end {
+            let start = inner.state.size;
+            let missed = self
+                .store
+                .read_entries(LeafIndex(start), LeafIndex((start + 1024).min(end)))
+                .await
+                .map_err(store_error)?;
+            if missed.is_empty() {
+                return Err(ApiError::Internal(format!(
+                    "the store holds no entry {start} although its size is {end}"
+                )));
+            }
+            for bytes in missed {
+                let at = inner.state.size;
+                let e = Entry::decode(&bytes).map_err(internal)?;
+                tracing::warn!(
+                    index = at,
+                    kind = e.kind().name(),
+                    "an append reported as failed had landed; applying it"
+                );
+                inner.state.apply(at, &e).map_err(disagree)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn append_body(
+        &self,
+        inner: &mut Inner,
+        body: EntryBody,
+    ) -> Result<u64, ApiError> {
+        let entry = Entry::unsigned(body).map_err(internal)?;
+        self.append(inner, entry).await
+    }
+}

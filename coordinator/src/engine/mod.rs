@@ -1,0 +1,526 @@
+//! The coordinator engine: rounds, tasks, challenges, verdicts, aggregation.
+//!
+//! DESIGN.md ("The loop"). Every decision is a ledger entry before anything depends on
+//! it ([`crate::state`]): a task is `TaskAssigned` before it is handed out; the
+//! commitment is `WorkCommitted` before its challenge is derived as
+//! `challenge_steps(r, trace_root, H, m)` with the round's beacon `r` still secret; a
+//! verifier's work is `ChallengeIssued` before it sees the opening; the round closes with
+//! the credits, `RoundClosed` (beacon revealed, new model, validation loss) and a
+//! `SharesEpoch`, appended with the next `RoundOpened` as one atomic group.
+//!
+//! The close runs on the server's ticker, off the request path, and holds the state
+//! lock only to take a snapshot and, later, to append and swap: the merge, the outer
+//! step, the validation loss and the model blob are computed without it (see
+//! [`Coordinator::tick`] and docs/DESIGN.md, "A round close runs off the request path").
+//!
+//! Trust: a verifier's rejection never slashes by itself. The coordinator settles every
+//! rejection and every disagreement by checking the fraud proof or replaying the
+//! challenged steps itself, as a *referee* key that joins at genesis and signs its own
+//! verdicts; whoever the replay contradicts (the worker, or a lying verifier) is slashed.
+//! A fraction of tasks (`verify.double_check_fraction`, drawn by `PRF(r, trace_root)`, so
+//! nobody knows which until the beacon is revealed) needs two verifiers' acceptance;
+//! when only one verifier is around, the referee is the second.
+//!
+//! Deadlines: a task not submitted by its deadline expires and its slot is handed out
+//! again; a verifier that does not answer in time loses its claim; a round closes when
+//! its target of accepted tasks is reached or its deadline passes, so no absent
+//! participant blocks a round.
+//!
+//! One file per concern, each an `impl Coordinator` block over the shared state:
+//! `startup` (open, replay, resume), `durability` (sequencing under the lock, waiting
+//! for the group commit after it, rebuilding after a failed write), `dispatch` (joins
+//! and tasks), `submit` (commitments and openings), `verify` (claims, verdicts, the
+//! referee, slashes), `close` (expiry and the round close) and `queries` (reads).
+
+mod close;
+mod dispatch;
+mod durability;
+mod queries;
+mod startup;
+mod submit;
+mod verify;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::SigningKey;
+use lupus_api::check::{check_opening, check_submission, check_verdict};
+use lupus_api::model::{decode_model, encode_model};
+use lupus_api::types::{
+    self as api, Challenge, JobInfo, RoundPhase, RoundStatus, StakeRow, StakeTable,
+    TaskDescription, TaskOffer, VerdictOutcome, VerifyOffer, ledger_digest, prover_digest,
+};
+use lupus_ledger::entry::{
+    Amount, CreditKind, Digest, Entry, EntryBody, Epoch, PublicKey, Role, Round, TaskId,
+};
+use lupus_ledger::hash::{LeafIndex, TreeSize};
+use lupus_ledger::log::Log;
+use lupus_ledger::note::{NoteSigner, add_signature, parse_note};
+use lupus_ledger::stake::{StakeStatement, build_statement};
+use lupus_ledger::store::{LogStore, open_store, postgres::PostgresStore};
+use lupus_prover::challenge::{beacon_commitment, challenge_steps};
+use lupus_prover::data::Corpus;
+use lupus_prover::fraud::{FraudContext, FraudProof, FraudVerdict};
+use lupus_prover::graph::eval_loss;
+use lupus_prover::model::{init_params, make_batch};
+use lupus_prover::optim::{merge_deltas, outer_step};
+use lupus_prover::prf::{derive_task_seed, prf};
+use lupus_prover::quant::QuantDelta;
+use lupus_prover::spec::JobSpec;
+use lupus_prover::task::{Opening, job_sampler};
+use lupus_prover::tensor::Tensor;
+use lupus_prover::trace::{Commitment, base_state_hash};
+use lupus_prover::verify::{DeviceClass, Verdict, verify_opening};
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::blobs::BlobStore;
+use crate::error::{ApiError, blob_error, internal, log_error, store_error};
+use crate::metrics::Metrics;
+use crate::state::{CreditKindKey, State, TaskRecord};
+
+/// The coordinator's crash points for the fault tests, armed with
+/// `LUPUS_FAILPOINT=<name>[@<n>]` (see [`lupus_ledger::store::failpoint`], which also
+/// has the storage layer's points).
+pub mod failpoints {
+    pub use lupus_ledger::store::failpoint::{LOG_AFTER_COMMIT, STORE_BEFORE_COMMIT, hit};
+    /// A submission's `WorkCommitted` is durable; its receipt is not sent.
+    pub const SUBMIT_AFTER_APPEND: &str = "submit-after-append";
+    /// Round close: the merge, the outer step and the validation loss are computed,
+    /// nothing is stored.
+    pub const CLOSE_AFTER_MERGE: &str = "close-after-merge";
+    /// Round close: the new model's blob is written, the log does not name it yet.
+    pub const CLOSE_AFTER_MODEL_BLOB: &str = "close-after-model-blob";
+    /// Round close: the close's one group (credits, `RoundClosed`, the shares epoch,
+    /// the next `RoundOpened`) is durable; nothing after it (the ticker's next close,
+    /// the answers to requests that waited on it) has happened.
+    pub const CLOSE_AFTER_CREDITS: &str = "close-after-credits";
+    /// The referee's verdict is appended, the slashes it calls for are not.
+    pub const REFEREE_AFTER_VERDICT: &str = "referee-after-verdict";
+}
+
+/// The state refused an entry the log holds: they no longer agree.
+fn disagree(e: crate::state::StateError) -> ApiError {
+    ApiError::Internal(format!("the log and the state disagree: {e}"))
+}
+
+/// The live tasks with at least one logged verdict and no outcome yet: waiting for a
+/// second verdict or for the referee.
+fn awaiting_outcome(inner: &Inner) -> impl Iterator<Item = (TaskId, &Live)> {
+    inner.live.iter().filter_map(|(id, l)| {
+        let has_verdict = inner
+            .state
+            .tasks
+            .get(id)
+            .is_some_and(|t| !t.verdicts.is_empty());
+        (l.outcome.is_none() && has_verdict).then_some((*id, l))
+    })
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// After the store failed, requests that would need it are refused at once for this
+/// long (see `Coordinator::lock_synced`).
+const STORE_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// How the coordinator runs a job.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Keys, blobs and (by default) the SQLite ledger live here.
+    pub data_dir: PathBuf,
+    /// `sqlite://...` or `postgres://...`; `None` is SQLite in `data_dir`.
+    pub database_url: Option<String>,
+    /// Postgres schema (tests use one per run); `None` is the ledger's default.
+    pub postgres_schema: Option<String>,
+    /// The job spec, TOML.
+    pub job_spec: String,
+    /// Accepted tasks a round waits for before it closes.
+    pub tasks_per_round: u32,
+    /// Rounds to run; `None` runs until stopped.
+    pub max_rounds: Option<u64>,
+    pub round_timeout: Duration,
+    pub task_timeout: Duration,
+    pub verify_timeout: Duration,
+    /// Validation windows for the per-round loss.
+    pub val_windows: usize,
+}
+
+/// A task's coordinator-side facts that are not ledger entries (rebuilt on restart from
+/// the store's metadata and the blob store).
+#[derive(Clone, Debug, Default)]
+struct Live {
+    deadline_ms: u64,
+    expired: bool,
+    class: Option<DeviceClass>,
+    delta_blob: Option<Digest>,
+    opening_blob: Option<Digest>,
+    steps: Option<Vec<u32>>,
+    needed: usize,
+    /// `Some(true)` accepted, `Some(false)` rejected (worker slashed).
+    outcome: Option<bool>,
+    /// Verifiers holding a claim on the task, with their deadline.
+    claims: BTreeMap<PublicKey, u64>,
+    /// When the first verdict left the task waiting for a second verifier; past the
+    /// verify timeout the referee is the second.
+    waiting_since: Option<u64>,
+}
+
+struct Inner {
+    state: State,
+    /// The open round's secret beacon.
+    beacon: Option<(Round, [u8; 32])>,
+    /// The open round's base model (or, when every round is done, the final model).
+    model: Arc<Vec<Tensor>>,
+    momentum: Vec<Tensor>,
+    live: BTreeMap<TaskId, Live>,
+    /// The round whose close is computing outside the lock (see [`CloseSnapshot`]).
+    closing: Option<Round>,
+    /// Counts rebuilds of the state from the store (after a failed write): a close
+    /// computed from an older generation's snapshot is dropped and taken again.
+    generation: u64,
+}
+
+impl Inner {
+    fn new(state: State) -> Inner {
+        Inner {
+            state,
+            beacon: None,
+            model: Arc::new(Vec::new()),
+            momentum: Vec::new(),
+            live: BTreeMap::new(),
+            closing: None,
+            generation: 0,
+        }
+    }
+}
+
+/// The answer to `POST /v1/verify/next`, as [`VerifyOffer`] but with the opening
+/// kept as the JSON it is stored as ([`VerifyAnswer::to_json`] writes the same
+/// document `VerifyOffer` would).
+#[derive(Debug)]
+pub enum VerifyAnswer {
+    /// Nothing to verify now ([`VerifyOffer::Wait`]).
+    Wait(VerifyOffer),
+    /// A job: every field of [`api::VerifyJob`] but the opening, and the opening's JSON.
+    Job {
+        head: VerifyJobHead,
+        opening: Vec<u8>,
+    },
+}
+
+/// [`api::VerifyJob`] without its opening, tagged as `VerifyOffer::Job` is.
+#[derive(Debug, serde::Serialize)]
+pub struct VerifyJobHead {
+    status: &'static str,
+    pub task: TaskDescription,
+    pub commitment: Commitment,
+    pub steps: Vec<u32>,
+    pub device_class: DeviceClass,
+    pub challenge_index: u64,
+}
+
+impl VerifyAnswer {
+    /// The JSON document of the answer: for a job, the head's fields and then
+    /// `"opening"`, spliced in as stored (it was parsed as an [`Opening`] before it
+    /// was stored, under its content hash).
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        match self {
+            VerifyAnswer::Wait(w) => serde_json::to_vec(w),
+            VerifyAnswer::Job { head, opening } => {
+                let mut out = serde_json::to_vec(head)?;
+                // `{...}` from a struct with fields: drop the `}` and add one more.
+                out.pop();
+                out.reserve(opening.len() + 13);
+                out.extend_from_slice(b",\"opening\":");
+                out.extend_from_slice(opening);
+                out.push(b'}');
+                Ok(out)
+            }
+        }
+    }
+
+    /// The offer as [`VerifyOffer`] (parses the opening): for in-process callers.
+    pub fn into_offer(self) -> Result<VerifyOffer, serde_json::Error> {
+        serde_json::from_slice(&self.to_json()?)
+    }
+}
+
+/// How a task's verdicts leave it (see `Coordinator::settle`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settle {
+    /// Settled (now or before), or no longer live.
+    Done,
+    /// Waiting for a (second) verifier.
+    Wait,
+    /// Only the referee can settle it.
+    Referee,
+}
+
+/// What the referee needs to judge a task, taken under the lock; judged without it.
+struct Case {
+    task: TaskId,
+    steps: Vec<u32>,
+    opening_blob: Digest,
+    commitment: Commitment,
+    base: Arc<Vec<Tensor>>,
+    /// The fraud proofs the verifiers attached.
+    evidence: Vec<Digest>,
+    seed: [u8; 32],
+    class: DeviceClass,
+}
+
+/// The referee's judgement of a [`Case`], logged under the lock.
+struct Ruling {
+    task: TaskId,
+    steps: Vec<u32>,
+    verdict: Verdict,
+    /// Whether a verifier's fraud proof decided it (no replay was needed).
+    by_proof: bool,
+}
+
+/// What a round close computes from, taken under the state lock in one go. The tasks
+/// it merges and the credits it grants are fixed here: work that settles while the
+/// close computes belongs to no merge, as work that settles after a close always did.
+struct CloseSnapshot {
+    round: Round,
+    /// The state's generation the snapshot was taken from.
+    generation: u64,
+    beacon: [u8; 32],
+    /// The delta blobs of the accepted tasks, in task order.
+    deltas: Vec<Digest>,
+    /// The workers of those tasks.
+    merged_workers: Vec<PublicKey>,
+    credits: Vec<(PublicKey, u64, TaskId, CreditKind)>,
+    params: Arc<Vec<Tensor>>,
+    momentum: Vec<Tensor>,
+}
+
+/// What a close computed outside the lock. Its blobs and metadata are durable
+/// before any entry refers to them.
+struct CloseOutcome {
+    new_params: Vec<Tensor>,
+    momentum: Vec<Tensor>,
+    val_loss: f32,
+    new_model: Digest,
+    /// The next round and its secret beacon (already in the metadata); `None` after
+    /// the last round.
+    next: Option<(Round, [u8; 32])>,
+}
+
+/// The coordinator. Cheap to share behind an `Arc`.
+pub struct Coordinator {
+    log: Log,
+    store: Arc<dyn LogStore>,
+    blobs: BlobStore,
+    job: Arc<JobSpec>,
+    corpus: Arc<Corpus>,
+    dataset_blob: Digest,
+    config: Config,
+    referee: SigningKey,
+    inner: Mutex<Inner>,
+    nonces: std::sync::Mutex<HashMap<(PublicKey, [u8; 16]), u64>>,
+    /// The latest verified cosignature of each configured witness (by its slot).
+    cosignatures: std::sync::Mutex<BTreeMap<usize, crate::witness::Cosigned>>,
+    /// Wakes the server's ticker when a request finds the open round due to close.
+    close_wanted: tokio::sync::Notify,
+    /// An append failed and the state may lack entries that landed anyway.
+    behind: std::sync::atomic::AtomicBool,
+    /// When the store last failed (see [`Coordinator::lock_synced`]).
+    store_failed_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Counters and latencies for `/metrics`.
+    pub metrics: Metrics,
+}
+
+/// Errors of starting a coordinator.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("the job spec is invalid: {0}")]
+    Spec(String),
+    #[error("storage: {0}")]
+    Store(String),
+    #[error("key file {path}: {problem}")]
+    Key { path: PathBuf, problem: String },
+    #[error("the ledger cannot be replayed: {0}")]
+    Replay(String),
+    #[error(
+        "the ledger in this data directory holds a different job ({found}); use another --data-dir or the job it was started with"
+    )]
+    OtherJob { found: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+fn start_err(e: impl std::fmt::Display) -> StartError {
+    StartError::Other(e.to_string())
+}
+
+/// Loads a 32-byte secret (64 hex digits) from `path`, creating it on first use.
+pub fn load_or_create_secret(path: &std::path::Path) -> Result<[u8; 32], StartError> {
+    let key_err = |problem: String| StartError::Key {
+        path: path.to_owned(),
+        problem,
+    };
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut out)
+            .map_err(|e| key_err(format!("expected 64 hex digits: {e}")))?;
+        return Ok(out);
+    }
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| key_err(e.to_string()))?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| key_err(e.to_string()))?;
+    }
+    write_private(path, &format!("{}\n", hex::encode(secret)))
+        .map_err(|e| key_err(e.to_string()))?;
+    Ok(secret)
+}
+
+/// Writes a file readable by its owner only (where the platform has modes).
+pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+fn meta_key(kind: &str, id: u64) -> String {
+    format!("{kind}/{id}")
+}
+
+fn class_byte(c: DeviceClass) -> u8 {
+    match c {
+        DeviceClass::Exact => 0,
+        DeviceClass::Tolerant => 1,
+    }
+}
+
+/// Whether a task is double-checked: `PRF(r, "lupus double check v1", trace_root)` as a
+/// fraction below the job's `double_check_fraction`.
+fn double_checked(beacon: &[u8; 32], trace_root: &Digest, fraction: f64) -> bool {
+    let x = prf(beacon, "lupus double check v1", &trace_root.0);
+    let u = u64::from_le_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]);
+    (u as f64) / (u64::MAX as f64) < fraction
+}
+
+/// Refuses a delta that no honest run could have produced: some tensor moved further
+/// than `H` AdamW steps can move it from the base (`AdamW::max_displacement`, with a
+/// margin for rounding and int8 quantisation). Such a delta is a cheat whatever its
+/// trace says, and merging it unchecked would let one worker drag the model as far as
+/// the merge's norm clip allows (the zoo's huge-norm delta).
+fn check_delta_bound(job: &JobSpec, base: &[Tensor], q: &QuantDelta) -> Result<(), ApiError> {
+    let opt = job.inner.adamw();
+    for (i, (qt, b)) in q.tensors.iter().zip(base).enumerate() {
+        let start = b.data().iter().fold(0.0f32, |a, x| a.max(x.abs()));
+        let limit = 1.25 * opt.max_displacement(job.inner.steps, start) + 1e-6;
+        let peak = f64::from(qt.scale)
+            * f64::from(
+                qt.values
+                    .iter()
+                    .map(|v| v.unsigned_abs())
+                    .max()
+                    .unwrap_or(0),
+            );
+        if peak > limit {
+            return Err(ApiError::Unprocessable(format!(
+                "delta tensor {i} moves a parameter by {peak:e}, more than {} AdamW steps can ({limit:e}): no honest run gives this delta",
+                job.inner.steps
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Folds the log's first `size` entries (all published) into a fresh state.
+async fn replay(log: &Log, size: u64) -> Result<State, StartError> {
+    let mut state = State::default();
+    let mut start = 0;
+    while start < size {
+        let end = (start + 1024).min(size);
+        let entries = log
+            .entries(LeafIndex(start), LeafIndex(end))
+            .await
+            .map_err(|e| StartError::Store(e.to_string()))?;
+        for (i, bytes) in entries.iter().enumerate() {
+            let index = start + i as u64;
+            let entry = Entry::decode(bytes)
+                .map_err(|e| StartError::Replay(format!("entry {index}: {e}")))?;
+            state
+                .apply(index, &entry)
+                .map_err(|e| StartError::Replay(e.to_string()))?;
+        }
+        start = end;
+    }
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The spliced document is the one `VerifyOffer` writes: same fields, same
+    /// values, the opening's JSON in place.
+    #[test]
+    fn a_spliced_verify_answer_is_the_offer_document() {
+        let head = VerifyJobHead {
+            status: "job",
+            task: TaskDescription {
+                task_id: TaskId(7),
+                round: Round(2),
+                worker: PublicKey([3; 32]),
+                base_model: Digest([4; 32]),
+                seed: Digest([5; 32]),
+                inner_steps: 8,
+                batch_size: 4,
+                job_hash: Digest([6; 32]),
+                beacon_commitment: Digest([7; 32]),
+                deadline_ms: 99,
+                entry_index: 12,
+            },
+            commitment: Commitment {
+                trace_root: lupus_prover::merkle::Digest([1; 32]),
+                final_state_hash: lupus_prover::merkle::Digest([2; 32]),
+                delta_hash: lupus_prover::merkle::Digest([3; 32]),
+            },
+            steps: vec![1, 5],
+            device_class: DeviceClass::Tolerant,
+            challenge_index: 42,
+        };
+        let opening = br#"{"steps":[{"t":1,"x":[1.5,-0.0]}],"z":"a\"}"}"#.to_vec();
+        let answer = VerifyAnswer::Job {
+            head,
+            opening: opening.clone(),
+        };
+        let got: serde_json::Value = serde_json::from_slice(&answer.to_json().unwrap()).unwrap();
+        let mut want = serde_json::to_value(match &answer {
+            VerifyAnswer::Job { head, .. } => head,
+            VerifyAnswer::Wait(_) => unreachable!(),
+        })
+        .unwrap();
+        want["opening"] = serde_json::from_slice(&opening).unwrap();
+        assert_eq!(got, want);
+        assert_eq!(got["status"], "job");
+
+        let wait = VerifyOffer::Wait {
+            retry_after_ms: 250,
+            reason: "none".into(),
+        };
+        let json = VerifyAnswer::Wait(wait.clone()).to_json().unwrap();
+        assert_eq!(json, serde_json::to_vec(&wait).unwrap());
+    }
+}

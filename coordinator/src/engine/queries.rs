@@ -1,0 +1,267 @@
+//! Reads: the job, rounds, tasks, stake and checkpoints, each answered once what it
+//! shows is durable.
+
+use super::*;
+
+impl Coordinator {
+    /// The log (for the read API).
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// The job.
+    pub fn job(&self) -> &JobSpec {
+        &self.job
+    }
+
+    /// The corpus.
+    pub fn corpus(&self) -> &Arc<Corpus> {
+        &self.corpus
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// The referee's key (a verifier that joins at genesis).
+    pub fn referee_key(&self) -> PublicKey {
+        PublicKey::from(&self.referee)
+    }
+
+    /// The log's verifier key, `<name>+<hexid>+<base64>`.
+    pub fn note_key(&self) -> String {
+        self.log.verifier().to_string()
+    }
+
+    /// Keeps witness `slot`'s latest verified cosignature.
+    pub fn record_cosignature(&self, slot: usize, cosigned: crate::witness::Cosigned) {
+        if let Ok(mut map) = self.cosignatures.lock() {
+            map.insert(slot, cosigned);
+        }
+    }
+
+    /// The latest signed checkpoint with the witnesses' cosignatures over exactly that
+    /// checkpoint appended (`GET /checkpoint`).
+    pub fn cosigned_checkpoint(&self) -> String {
+        let note = self.log.checkpoint();
+        let Ok(text) = parse_note(note.as_bytes()).map(|p| p.text) else {
+            return note;
+        };
+        let Ok(map) = self.cosignatures.lock() else {
+            return note;
+        };
+        map.values()
+            .filter(|c| c.text == text)
+            .fold(note, |n, c| add_signature(&n, &c.signature).unwrap_or(n))
+    }
+
+    /// `GET /v1/job`.
+    pub fn job_info(&self) -> Result<JobInfo, ApiError> {
+        let d = self
+            .corpus
+            .commitment(self.job.dataset.chunk_size)
+            .map_err(internal)?;
+        Ok(JobInfo {
+            job_spec: self.config.job_spec.clone(),
+            job_hash: ledger_digest(&self.job.hash()),
+            dataset_root: ledger_digest(&d.root),
+            dataset_blob: self.dataset_blob,
+            dataset_len: d.len,
+            log_key: self.note_key(),
+        })
+    }
+
+    pub(super) fn round_status(&self, inner: &Inner, r: &crate::state::RoundRecord) -> RoundStatus {
+        let tasks: Vec<&TaskRecord> = r
+            .tasks
+            .iter()
+            .filter_map(|id| inner.state.tasks.get(id))
+            .collect();
+        let open = r.closed.is_none();
+        let live = |t: &TaskRecord| inner.live.get(&t.id).filter(|_| open);
+        let count = |f: &dyn Fn(&TaskRecord) -> bool| tasks.iter().filter(|t| f(t)).count() as u32;
+        RoundStatus {
+            round: r.round,
+            phase: if open {
+                RoundPhase::Open
+            } else {
+                RoundPhase::Closed
+            },
+            base_model: r.base_model,
+            beacon_commitment: r.beacon_commitment,
+            deadline_ms: r.deadline_ms,
+            target_tasks: self.config.tasks_per_round,
+            assigned: tasks.len() as u32,
+            committed: count(&|t| t.committed.is_some()),
+            accepted: match r.closed {
+                Some(c) => c.accepted,
+                None => count(&|t| live(t).is_some_and(|l| l.outcome == Some(true))),
+            },
+            rejected: count(&|t| t.worker_slashed),
+            expired: count(&|t| live(t).is_some_and(|l| l.expired)),
+            beacon: r.closed.map(|c| c.beacon),
+            new_model: r.closed.map(|c| c.new_model),
+            val_loss: r.closed.map(|c| c.val_loss),
+        }
+    }
+
+    /// `GET /v1/rounds`.
+    pub async fn rounds(&self) -> Result<api::RoundList, ApiError> {
+        let inner = self.lock_for_read().await?;
+        let list = api::RoundList {
+            rounds: inner
+                .state
+                .rounds
+                .values()
+                .map(|r| self.round_status(&inner, r))
+                .collect(),
+            max_rounds: self.config.max_rounds,
+        };
+        self.release(inner, list).await
+    }
+
+    /// `GET /v1/rounds/<n>`; `None` is the latest.
+    pub async fn round(&self, round: Option<Round>) -> Result<RoundStatus, ApiError> {
+        let inner = self.lock_for_read().await?;
+        let r = match round {
+            Some(n) => inner.state.rounds.get(&n),
+            None => inner.state.latest_round(),
+        }
+        .ok_or_else(|| ApiError::NotFound("no such round".into()))?;
+        let status = self.round_status(&inner, r);
+        self.release(inner, status).await
+    }
+
+    /// `GET /v1/tasks/<id>`.
+    pub async fn task_status(&self, task: TaskId) -> Result<api::TaskStatus, ApiError> {
+        let inner = self.lock_for_read().await?;
+        let t = inner
+            .state
+            .tasks
+            .get(&task)
+            .ok_or_else(|| ApiError::NotFound(format!("no task {task}")))?;
+        let l = inner.live.get(&task);
+        let closed = inner
+            .state
+            .rounds
+            .get(&t.round)
+            .is_some_and(|r| r.closed.is_some());
+        let credited = t.credited.iter().any(|(_, k)| *k == CreditKindKey::Work);
+        let state = if t.worker_slashed {
+            api::TaskState::Rejected
+        } else if credited || l.is_some_and(|l| l.outcome == Some(true)) {
+            api::TaskState::Accepted
+        } else if closed || l.is_some_and(|l| l.expired) {
+            api::TaskState::Expired
+        } else if l.is_some_and(|l| l.opening_blob.is_some()) {
+            api::TaskState::Opened
+        } else if t.committed.is_some() {
+            api::TaskState::Committed
+        } else {
+            api::TaskState::Assigned
+        };
+        let challenge = l.and_then(|l| {
+            l.steps.clone().map(|steps| Challenge {
+                task_id: task,
+                steps,
+                tolerant: l.class == Some(DeviceClass::Tolerant),
+            })
+        });
+        let status = api::TaskStatus {
+            task_id: task,
+            round: t.round,
+            worker: t.worker,
+            state,
+            challenge,
+            verdicts: t
+                .verdicts
+                .iter()
+                .map(|v| api::VerdictSummary {
+                    verifier: v.verifier,
+                    accepted: v.accepted,
+                    reason: v.reason.clone(),
+                    entry_index: v.index,
+                })
+                .collect(),
+            opening_blob: l.and_then(|l| l.opening_blob),
+        };
+        self.release(inner, status).await
+    }
+
+    /// `GET /v1/stake`.
+    pub async fn stake_table(&self) -> Result<StakeTable, ApiError> {
+        let inner = self.lock_for_read().await?;
+        let s = &inner.state.shares;
+        let epoch = s.latest_epoch();
+        let table = StakeTable {
+            epoch: epoch.map(|e| e.epoch.0),
+            round: epoch.map(|e| e.round),
+            entry_index: epoch.map(|e| e.index),
+            total: epoch.map_or(Amount::ZERO, |e| e.tree.root().1),
+            accounts: s
+                .balances()
+                .iter()
+                .map(|(k, b)| StakeRow {
+                    key: *k,
+                    balance: *b,
+                })
+                .collect(),
+            slashed: inner.state.slashed.iter().copied().collect(),
+        };
+        self.release(inner, table).await
+    }
+
+    /// `GET /v1/stake/<key>`: a statement against the latest epoch and checkpoint.
+    pub async fn stake_statement(&self, key: PublicKey) -> Result<StakeStatement, ApiError> {
+        let (tree, index) = {
+            let inner = self.lock_for_read().await?;
+            let e = inner.state.shares.latest_epoch().ok_or_else(|| {
+                ApiError::NotFound("no shares epoch yet: wait for a round to close".into())
+            })?;
+            let found = (e.tree.clone(), e.index);
+            self.release(inner, found).await?
+        };
+        if tree.balance(&key).is_none() {
+            return Err(ApiError::NotFound(format!(
+                "{key} has no balance in the latest epoch"
+            )));
+        }
+        let head = self.log.head();
+        let bytes = self
+            .log
+            .entries(LeafIndex(index), LeafIndex(index + 1))
+            .await
+            .map_err(internal)?;
+        let entry = Entry::decode(
+            bytes
+                .first()
+                .ok_or_else(|| ApiError::Internal("epoch entry missing".into()))?,
+        )
+        .map_err(internal)?;
+        let proof = self
+            .log
+            .inclusion_proof(LeafIndex(index), TreeSize(head.size.0))
+            .await
+            .map_err(internal)?;
+        build_statement(&key, &tree, index, &entry, proof, head.note.clone()).map_err(internal)
+    }
+
+    /// Current model parameters (the open round's base, or the final model).
+    pub async fn model(&self) -> Arc<Vec<Tensor>> {
+        Arc::clone(&self.inner.lock().await.model)
+    }
+
+    /// Whether every configured round is closed.
+    pub async fn finished(&self) -> bool {
+        let inner = self.inner.lock().await;
+        match self.config.max_rounds {
+            Some(max) => inner
+                .state
+                .rounds
+                .get(&Round(max))
+                .is_some_and(|r| r.closed.is_some() && r.epoch_written),
+            None => false,
+        }
+    }
+}

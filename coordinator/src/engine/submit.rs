@@ -1,0 +1,196 @@
+//! Submissions and openings: a worker commits its trace and delta, then opens the
+//! challenged steps.
+
+use super::*;
+
+impl Coordinator {
+    /// Checks that `worker` may submit `task`; returns the round's base model.
+    pub(super) async fn check_submittable(
+        &self,
+        worker: &PublicKey,
+        task: TaskId,
+    ) -> Result<Arc<Vec<Tensor>>, ApiError> {
+        let guard = self.lock_synced().await?;
+        self.check_submittable_in(&guard, worker, task)?;
+        Ok(Arc::clone(&guard.model))
+    }
+
+    pub(super) fn check_submittable_in(
+        &self,
+        inner: &Inner,
+        worker: &PublicKey,
+        task: TaskId,
+    ) -> Result<(), ApiError> {
+        Self::require_role(&inner.state, worker, Role::Worker)?;
+        let (t, _) = Self::worker_task(inner, worker, task)?;
+        if t.committed.is_some() {
+            return Err(ApiError::Conflict(format!(
+                "task {task} already has committed work"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `POST /v1/tasks/<id>/submit`.
+    pub async fn submit(
+        &self,
+        worker: PublicKey,
+        task: TaskId,
+        sub: api::Submission,
+    ) -> Result<api::SubmissionReceipt, ApiError> {
+        // The state checks run under the lock, the pure checks and the durable blob
+        // writes without it (so submissions do not queue behind each other's fsyncs),
+        // and the state is checked again under the lock before the append.
+        let base = self.check_submittable(&worker, task).await?;
+        let shapes: Vec<Vec<usize>> = self
+            .job
+            .model
+            .param_shapes()
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect();
+        let checked = check_submission(&sub, task, &worker, &shapes, self.job.inner.steps)?;
+        check_delta_bound(&self.job, &base, &checked.delta)?;
+        let trace_root = ledger_digest(&checked.commitment.trace_root);
+        let entry = checked.entry;
+        let blob = self.put_blob(sub.delta.0.clone()).await?;
+        let mut meta = blob.0.to_vec();
+        meta.push(class_byte(sub.device_class));
+        self.store
+            .put_meta(&meta_key("delta", task.0), &meta)
+            .await
+            .map_err(store_error)?;
+        let mut guard = self.lock_synced().await?;
+        let receipt = self
+            .submit_in(&mut guard, worker, task, entry, &sub, blob, trace_root)
+            .await?;
+        let receipt = self.release(guard, receipt).await?;
+        failpoints::hit(failpoints::SUBMIT_AFTER_APPEND);
+        self.metrics.submissions.inc();
+        Ok(receipt)
+    }
+
+    /// The locked part of a submission: the commitment into the log, the challenge.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn submit_in(
+        &self,
+        inner: &mut Inner,
+        worker: PublicKey,
+        task: TaskId,
+        entry: Entry,
+        sub: &api::Submission,
+        blob: Digest,
+        trace_root: Digest,
+    ) -> Result<api::SubmissionReceipt, ApiError> {
+        self.check_submittable_in(inner, &worker, task)?;
+        let index = self.append(inner, entry).await?;
+        let beacon = inner
+            .beacon
+            .map(|b| b.1)
+            .ok_or_else(|| ApiError::Internal("no beacon for the open round".into()))?;
+        let steps = self.challenge_for(&beacon, &trace_root)?;
+        let needed = 1 + usize::from(double_checked(
+            &beacon,
+            &trace_root,
+            self.job.verify.double_check_fraction,
+        ));
+        let live = inner
+            .live
+            .get_mut(&task)
+            .ok_or_else(|| ApiError::Internal("live task vanished".into()))?;
+        live.steps = Some(steps.clone());
+        live.needed = needed;
+        live.class = Some(sub.device_class);
+        live.delta_blob = Some(blob);
+        // The opening is due within a task timeout of the commitment.
+        live.deadline_ms = now_ms() + self.config.task_timeout.as_millis() as u64;
+        Ok(api::SubmissionReceipt {
+            task_id: task,
+            entry_index: index,
+            challenge: Challenge {
+                task_id: task,
+                steps,
+                tolerant: sub.device_class == DeviceClass::Tolerant,
+            },
+        })
+    }
+
+    /// `POST /v1/tasks/<id>/opening`.
+    pub async fn opening(
+        &self,
+        worker: PublicKey,
+        task: TaskId,
+        opening: Opening,
+    ) -> Result<api::OpeningReceipt, ApiError> {
+        // Checked under the lock; stored without it (a large blob and two fsyncs).
+        let steps = {
+            let guard = self.lock_synced().await?;
+            let inner = &*guard;
+            Self::require_role(&inner.state, &worker, Role::Worker)?;
+            let (t, live) = Self::worker_task(inner, &worker, task)?;
+            if t.committed.is_none() {
+                return Err(ApiError::Conflict(format!(
+                    "task {task} has no committed work yet: submit first"
+                )));
+            }
+            if let Some(b) = live.opening_blob {
+                return Ok(api::OpeningReceipt {
+                    task_id: task,
+                    opening_blob: b,
+                });
+            }
+            live.steps.clone().unwrap_or_default()
+        };
+        check_opening(&opening, &steps)?;
+        let bytes = serde_json::to_vec(&opening).map_err(internal)?;
+        let blob = self.put_blob(bytes).await?;
+        self.store
+            .put_meta(&meta_key("opening", task.0), &blob.0)
+            .await
+            .map_err(store_error)?;
+        let mut guard = self.lock_synced().await?;
+        Self::worker_task(&guard, &worker, task)?;
+        if let Some(l) = guard.live.get_mut(&task) {
+            l.opening_blob = Some(blob);
+        }
+        let receipt = api::OpeningReceipt {
+            task_id: task,
+            opening_blob: blob,
+        };
+        self.release(guard, receipt).await
+    }
+
+    pub(super) fn commitment_of(t: &TaskRecord) -> Option<Commitment> {
+        t.committed.map(|c| Commitment {
+            trace_root: prover_digest(&c.trace_root),
+            final_state_hash: prover_digest(&c.final_state),
+            delta_hash: prover_digest(&c.delta),
+        })
+    }
+
+    pub(super) async fn load_opening(&self, blob: Digest) -> Result<Opening, ApiError> {
+        let bytes = self.blob_bytes(blob, "opening").await?;
+        serde_json::from_slice(&bytes).map_err(internal)
+    }
+
+    /// Writes a blob (and fsyncs it) on a blocking thread: on the async threads an
+    /// fsync would stall every request those threads serve.
+    pub(super) async fn put_blob(&self, bytes: Vec<u8>) -> Result<Digest, ApiError> {
+        let blobs = self.blobs.clone();
+        tokio::task::spawn_blocking(move || blobs.put(&bytes))
+            .await
+            .map_err(internal)?
+            .map_err(blob_error)
+    }
+
+    /// Reads a blob the state names (`what` says which, for the error) on a blocking
+    /// thread.
+    pub(super) async fn blob_bytes(&self, blob: Digest, what: &str) -> Result<Vec<u8>, ApiError> {
+        let blobs = self.blobs.clone();
+        tokio::task::spawn_blocking(move || blobs.get(&blob))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?
+            .ok_or_else(|| ApiError::Internal(format!("{what} blob {blob} is missing")))
+    }
+}

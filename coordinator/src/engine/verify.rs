@@ -1,0 +1,531 @@
+//! Verification and the referee: verifiers claim opened tasks and give verdicts; the
+//! referee settles rejections and disagreements and slashes whoever its replay
+//! contradicts.
+
+use super::*;
+
+impl Coordinator {
+    /// A task's outcome as the ledger fixes it, if it does.
+    pub(super) fn ledger_outcome(
+        &self,
+        state: &State,
+        t: &TaskRecord,
+        needed: usize,
+    ) -> Option<bool> {
+        if t.worker_slashed {
+            return Some(false);
+        }
+        let referee = self.referee_key();
+        if let Some(v) = t.verdicts.iter().find(|v| v.verifier == referee) {
+            return Some(v.accepted);
+        }
+        let standing: Vec<_> = t
+            .verdicts
+            .iter()
+            .filter(|v| !state.slashed.contains(&v.verifier))
+            .collect();
+        let accepts = standing.iter().filter(|v| v.accepted).count();
+        if standing.iter().all(|v| v.accepted) && accepts >= needed {
+            return Some(true);
+        }
+        None
+    }
+
+    pub(super) fn challenge_for(
+        &self,
+        beacon: &[u8; 32],
+        trace_root: &Digest,
+    ) -> Result<Vec<u32>, ApiError> {
+        challenge_steps(
+            beacon,
+            &prover_digest(trace_root),
+            self.job.inner.steps,
+            self.job.verify.challenges,
+        )
+        .map_err(internal)
+    }
+
+    /// `POST /v1/verify/next`.
+    pub async fn next_verify(&self, verifier: PublicKey) -> Result<VerifyAnswer, ApiError> {
+        let mut guard = self.lock_synced().await?;
+        let inner = &mut *guard;
+        Self::require_role(&inner.state, &verifier, Role::Verifier)?;
+        let now = now_ms();
+        let pick = inner.live.iter().find_map(|(id, l)| {
+            let t = inner.state.tasks.get(id)?;
+            let claimed_by_me = l.claims.get(&verifier).is_some_and(|d| *d > now);
+            let done_by_me = t.verdicts.iter().any(|v| v.verifier == verifier);
+            if l.outcome.is_some() || l.opening_blob.is_none() || done_by_me || t.worker == verifier
+            {
+                return None;
+            }
+            if claimed_by_me {
+                return Some((*id, false));
+            }
+            let live_claims = l.claims.values().filter(|d| **d > now).count();
+            let verdicts = t.verdicts.len();
+            (verdicts + live_claims < l.needed).then_some((*id, true))
+        });
+        let Some((id, fresh)) = pick else {
+            let wait = VerifyAnswer::Wait(VerifyOffer::Wait {
+                retry_after_ms: 250,
+                reason: "no opened task waits for a verifier".into(),
+            });
+            return self.release(guard, wait).await;
+        };
+        let steps = inner
+            .live
+            .get(&id)
+            .and_then(|l| l.steps.clone())
+            .unwrap_or_default();
+        let challenge_index = if fresh {
+            let body = EntryBody::ChallengeIssued {
+                task: id,
+                verifier,
+                steps: steps.clone(),
+            };
+            let index = self.append_body(inner, body).await?;
+            if let Some(l) = inner.live.get_mut(&id) {
+                l.claims.insert(
+                    verifier,
+                    now + self.config.verify_timeout.as_millis() as u64,
+                );
+            }
+            index
+        } else {
+            inner
+                .state
+                .tasks
+                .get(&id)
+                .and_then(|t| t.challenges.iter().rev().find(|c| c.0 == verifier))
+                .map_or(0, |c| c.2)
+        };
+        let t = inner
+            .state
+            .tasks
+            .get(&id)
+            .ok_or_else(|| ApiError::Internal("task vanished".into()))?;
+        let l = inner
+            .live
+            .get(&id)
+            .ok_or_else(|| ApiError::Internal("live task vanished".into()))?;
+        let task = self.describe(inner, t)?;
+        let commitment = Self::commitment_of(t)
+            .ok_or_else(|| ApiError::Internal("opened task without commitment".into()))?;
+        let device_class = l.class.unwrap_or(DeviceClass::Exact);
+        let blob = l.opening_blob.unwrap_or_default();
+        // The opening (large, content addressed, immutable) is read without the lock,
+        // once the claim is durable.
+        let (task, commitment) = self.release(guard, (task, commitment)).await?;
+        // Its stored JSON goes out as it is: parsing and writing it again would cost
+        // more than the rest of the request together.
+        let opening = self.blob_bytes(blob, "opening").await?;
+        Ok(VerifyAnswer::Job {
+            head: VerifyJobHead {
+                status: "job",
+                task,
+                commitment,
+                steps,
+                device_class,
+                challenge_index,
+            },
+            opening,
+        })
+    }
+
+    /// `POST /v1/verify/<id>/verdict`.
+    pub async fn verdict(
+        &self,
+        verifier: PublicKey,
+        task: TaskId,
+        sub: api::VerdictSubmission,
+    ) -> Result<api::VerdictReceipt, ApiError> {
+        let mut guard = self.lock_synced().await?;
+        let (index, needs_referee) = self.verdict_in(&mut guard, verifier, task, sub).await?;
+        if needs_referee {
+            // The verdict is durable before the referee's replay, which runs without
+            // the lock; the receipt then says what the referee decided.
+            self.release(guard, ()).await?;
+            if let Err(e) = self.referee_off_lock(vec![task]).await {
+                tracing::warn!(task = %task, error = %e, "the referee could not settle the task after a verdict; the ticker retries");
+            }
+            guard = self.lock_synced().await?;
+        }
+        let inner = &mut *guard;
+        if let Some(l) = inner.live.get_mut(&task)
+            && l.outcome.is_none()
+            && l.waiting_since.is_none()
+        {
+            l.waiting_since = Some(now_ms());
+        }
+        let outcome = match inner.live.get(&task).and_then(|l| l.outcome) {
+            _ if inner.state.slashed.contains(&verifier) => VerdictOutcome::Overruled,
+            Some(true) => VerdictOutcome::Accepted,
+            Some(false) => VerdictOutcome::Rejected,
+            None => VerdictOutcome::Pending,
+        };
+        if self.close_due(inner).is_some() {
+            self.close_wanted.notify_one();
+        }
+        let receipt = api::VerdictReceipt {
+            task_id: task,
+            entry_index: index,
+            outcome,
+        };
+        self.release(guard, receipt).await
+    }
+
+    /// The locked part of a verdict: checks and appends it, settles the task if its
+    /// verdicts settle it; returns the verdict's index and whether the referee must
+    /// judge the task.
+    pub(super) async fn verdict_in(
+        &self,
+        inner: &mut Inner,
+        verifier: PublicKey,
+        task: TaskId,
+        sub: api::VerdictSubmission,
+    ) -> Result<(u64, bool), ApiError> {
+        Self::require_role(&inner.state, &verifier, Role::Verifier)?;
+        let t = inner
+            .state
+            .tasks
+            .get(&task)
+            .ok_or_else(|| ApiError::NotFound(format!("no task {task}")))?;
+        let Some((_, steps, _)) = t.challenges.iter().find(|c| c.0 == verifier).cloned() else {
+            return Err(ApiError::Forbidden(format!(
+                "task {task} was not challenged to this verifier"
+            )));
+        };
+        if t.verdicts.iter().any(|v| v.verifier == verifier) {
+            return Err(ApiError::Conflict(format!(
+                "this verifier already gave a verdict on task {task}"
+            )));
+        }
+        let live = inner.live.get(&task).ok_or_else(|| {
+            ApiError::Conflict(format!("task {task} belongs to a round that is closed"))
+        })?;
+        if live.outcome.is_some() {
+            return Err(ApiError::Conflict(format!(
+                "task {task} is already settled"
+            )));
+        }
+        let entry = check_verdict(&sub, task, &verifier, &steps)?.entry;
+        if let Some(p) = &sub.fraud_proof {
+            self.blobs
+                .put(&serde_json::to_vec(p).map_err(internal)?)
+                .map_err(blob_error)?;
+        }
+        let index = self.append(inner, entry).await?;
+        self.metrics.verdicts.inc();
+        if let Some(l) = inner.live.get_mut(&task) {
+            l.claims.remove(&verifier);
+        }
+        // The verdict is in the log and is answered as such: if settling the task
+        // fails now (the database locked, the blob store full), the ticker settles it
+        // later; the verifier must not be told to retry a verdict already logged.
+        let needs_referee = match self.settle(inner, task).await {
+            Ok(s) => s == Settle::Referee,
+            Err(e) => {
+                tracing::warn!(task = %task, error = %e, "settling the task after a verdict failed; the ticker retries");
+                false
+            }
+        };
+        Ok((index, needs_referee))
+    }
+
+    /// Settles a task from its verdicts: unanimous acceptance by enough verifiers
+    /// accepts; any rejection, or too few verifiers, calls the referee.
+    /// Used where the lock is held anyway (start-up, a close's last stragglers); the
+    /// request and ticker paths use [`Self::settle`] and [`Self::referee_off_lock`].
+    pub(super) async fn resolve(&self, inner: &mut Inner, task: TaskId) -> Result<(), ApiError> {
+        if self.settle(inner, task).await? != Settle::Referee {
+            return Ok(());
+        }
+        let (Some(t), Some(live)) = (
+            inner.state.tasks.get(&task).cloned(),
+            inner.live.get(&task).cloned(),
+        ) else {
+            return Ok(());
+        };
+        self.referee(inner, &t, &live).await
+    }
+
+    /// Settles a task from its verdicts where they decide it, without the referee:
+    /// says whether the task is done, waits for another verifier, or needs the
+    /// referee.
+    pub(super) async fn settle(&self, inner: &mut Inner, task: TaskId) -> Result<Settle, ApiError> {
+        let Some(t) = inner.state.tasks.get(&task).cloned() else {
+            return Ok(Settle::Done);
+        };
+        let Some(live) = inner.live.get(&task).cloned() else {
+            return Ok(Settle::Done);
+        };
+        if live.outcome.is_some() {
+            return Ok(Settle::Done);
+        }
+        if let Some(o) = self.ledger_outcome(&inner.state, &t, live.needed) {
+            self.slash_contradicted(inner, task).await?;
+            if let Some(l) = inner.live.get_mut(&task) {
+                l.outcome = Some(o);
+            }
+            return Ok(Settle::Done);
+        }
+        let any_reject = t.verdicts.iter().any(|v| !v.accepted);
+        let other_verifiers = inner
+            .state
+            .participants
+            .iter()
+            .filter(|(k, r)| {
+                **r == Role::Verifier
+                    && **k != self.referee_key()
+                    && **k != t.worker
+                    && !inner.state.slashed.contains(k)
+                    && !t.verdicts.iter().any(|v| v.verifier == **k)
+            })
+            .count();
+        if (!any_reject && other_verifiers > 0) || t.verdicts.is_empty() {
+            return Ok(Settle::Wait); // for a (second) verifier
+        }
+        Ok(Settle::Referee)
+    }
+
+    /// The coordinator replays the task (or checks the fraud proof) and signs its own
+    /// verdict; whoever it contradicts is slashed. Holds the lock throughout: for
+    /// start-up and a close's last stragglers; otherwise [`Self::referee_off_lock`].
+    pub(super) async fn referee(
+        &self,
+        inner: &mut Inner,
+        t: &TaskRecord,
+        live: &Live,
+    ) -> Result<(), ApiError> {
+        let case = self.case(inner, t, live)?;
+        let ruling = self.judge(case).await?;
+        self.rule(inner, ruling).await
+    }
+
+    /// The referee on `tasks`, with the lock held only to take each case and to log
+    /// each ruling: the replay (seconds on a real job) runs without it, so requests
+    /// go on meanwhile. A task settled while its replay ran keeps its settlement.
+    pub(super) async fn referee_off_lock(&self, tasks: Vec<TaskId>) -> Result<(), ApiError> {
+        let cases = {
+            let guard = self.lock_synced().await?;
+            let mut cases = Vec::new();
+            for id in tasks {
+                let (Some(t), Some(live)) = (guard.state.tasks.get(&id), guard.live.get(&id))
+                else {
+                    continue;
+                };
+                if live.outcome.is_none() && !self.has_ruling(t) {
+                    cases.push(self.case(&guard, t, live)?);
+                }
+            }
+            self.release(guard, cases).await?
+        };
+        for case in cases {
+            let ruling = self.judge(case).await?;
+            let mut guard = self.lock_synced().await?;
+            let ruled = self.rule(&mut guard, ruling).await;
+            self.release(guard, ()).await?;
+            ruled?;
+        }
+        Ok(())
+    }
+
+    fn has_ruling(&self, t: &TaskRecord) -> bool {
+        let referee = self.referee_key();
+        t.verdicts.iter().any(|v| v.verifier == referee)
+    }
+
+    /// What the referee needs to judge a task, taken under the lock (no I/O).
+    fn case(&self, inner: &Inner, t: &TaskRecord, live: &Live) -> Result<Case, ApiError> {
+        Ok(Case {
+            task: t.id,
+            steps: live.steps.clone().unwrap_or_default(),
+            opening_blob: live.opening_blob.unwrap_or_default(),
+            commitment: Self::commitment_of(t)
+                .ok_or_else(|| ApiError::Internal("verdict on uncommitted work".into()))?,
+            base: Arc::clone(&inner.model),
+            evidence: t.verdicts.iter().filter_map(|v| v.evidence).collect(),
+            seed: t.seed.0,
+            class: live.class.unwrap_or(DeviceClass::Exact),
+        })
+    }
+
+    /// Judges a case without the lock: the fraud proof a verifier attached, if it
+    /// convicts, else a replay of the challenged steps (on a blocking thread).
+    async fn judge(&self, case: Case) -> Result<Ruling, ApiError> {
+        let opening = self.load_opening(case.opening_blob).await?;
+        let mut proof: Option<FraudProof> = None;
+        for e in &case.evidence {
+            if let Some(bytes) = self.blobs.get(e).map_err(internal)? {
+                proof = serde_json::from_slice(&bytes).ok();
+            }
+        }
+        let job = Arc::clone(&self.job);
+        let corpus = Arc::clone(&self.corpus);
+        let Case {
+            task,
+            steps,
+            commitment,
+            base,
+            seed,
+            class,
+            ..
+        } = case;
+        let replay_steps = steps.clone();
+        let verdict = tokio::task::spawn_blocking(move || -> Result<(Verdict, bool), String> {
+            if let Some(p) = &proof {
+                let ctx = FraudContext {
+                    trace_root: commitment.trace_root,
+                    steps: job.inner.steps,
+                    base_state_hash: base_state_hash(&base),
+                };
+                if let Ok(FraudVerdict::Guilty { step, reason, .. }) = p.check(&ctx) {
+                    return Ok((
+                        Verdict::Reject {
+                            step: Some(step),
+                            reason: lupus_prover::verify::RejectReason::OpMismatch {
+                                op: p.op(),
+                                output: 0,
+                                kind: reason,
+                            },
+                            fraud_proof: Some(Box::new(p.clone())),
+                        },
+                        true,
+                    ));
+                }
+            }
+            verify_opening(
+                &job,
+                &corpus,
+                &base,
+                &seed,
+                &commitment,
+                &replay_steps,
+                &opening,
+                class,
+            )
+            .map(|v| (v, false))
+            .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(internal)?
+        .map_err(ApiError::Internal)?;
+        let (verdict, by_proof) = verdict;
+        Ok(Ruling {
+            task,
+            steps,
+            verdict,
+            by_proof,
+        })
+    }
+
+    /// Logs a ruling, under the lock: the referee's signed verdict (durable before
+    /// anything else), then the slashes it calls for and the task's outcome. Nothing
+    /// if the task was settled, or ruled on, while the case was judged.
+    async fn rule(&self, inner: &mut Inner, ruling: Ruling) -> Result<(), ApiError> {
+        let Some(t) = inner.state.tasks.get(&ruling.task) else {
+            return Ok(());
+        };
+        let open = inner
+            .live
+            .get(&ruling.task)
+            .is_some_and(|l| l.outcome.is_none());
+        if !open || self.has_ruling(t) {
+            return Ok(());
+        }
+        let Ruling {
+            task,
+            steps,
+            verdict,
+            by_proof,
+        } = ruling;
+        let accepted = verdict.is_accept();
+        let reason = match &verdict {
+            Verdict::Accept => "referee replay: every challenged step matches".to_string(),
+            Verdict::Reject { reason, .. } if by_proof => {
+                format!("referee: the fraud proof holds: {reason}")
+            }
+            Verdict::Reject { reason, .. } => format!("referee replay: {reason}"),
+        };
+        let evidence = match &verdict {
+            Verdict::Reject {
+                fraud_proof: Some(p),
+                ..
+            } => {
+                let d = api::evidence_digest(p);
+                self.blobs
+                    .put(&serde_json::to_vec(p).map_err(internal)?)
+                    .map_err(blob_error)?;
+                Some(d)
+            }
+            _ => None,
+        };
+        let body = api::verdict_body(task, self.referee_key(), accepted, steps, &reason, evidence);
+        let entry = Entry::signed(body, &self.referee).map_err(internal)?;
+        self.append(inner, entry).await?;
+        // Disputes are rare: wait for the referee's verdict under the lock, so the
+        // verdict a slash follows is durable before the slash is sequenced.
+        self.durable_now(inner).await?;
+        failpoints::hit(failpoints::REFEREE_AFTER_VERDICT);
+        self.slash_contradicted(inner, task).await?;
+        if let Some(l) = inner.live.get_mut(&task) {
+            l.outcome = Some(accepted);
+        }
+        Ok(())
+    }
+
+    /// Slashes whoever the referee's verdict on `task` contradicts (the worker of
+    /// rejected work and the verifiers who accepted it, or the verifiers who rejected
+    /// work it accepts), skipping keys already slashed. A function of the ledger, so a
+    /// crash or a failed append between the referee's verdict and the slashes is
+    /// repaired by calling it again (on resume, and whenever the task is settled).
+    pub(super) async fn slash_contradicted(
+        &self,
+        inner: &mut Inner,
+        task: TaskId,
+    ) -> Result<(), ApiError> {
+        let Some(t) = inner.state.tasks.get(&task).cloned() else {
+            return Ok(());
+        };
+        let referee = self.referee_key();
+        let Some(ruling) = t.verdicts.iter().find(|v| v.verifier == referee).cloned() else {
+            return Ok(());
+        };
+        let mut to_slash: Vec<(PublicKey, String, Option<Digest>)> = Vec::new();
+        let others = t.verdicts.iter().filter(|v| v.verifier != referee);
+        if ruling.accepted {
+            for v in others.filter(|v| !v.accepted) {
+                to_slash.push((
+                    v.verifier,
+                    "rejected work that the referee's replay accepts".into(),
+                    None,
+                ));
+            }
+        } else {
+            to_slash.push((t.worker, ruling.reason.clone(), ruling.evidence));
+            for v in others.filter(|v| v.accepted) {
+                to_slash.push((
+                    v.verifier,
+                    "accepted work that the referee's replay rejects".into(),
+                    ruling.evidence,
+                ));
+            }
+        }
+        for (key, reason, evidence) in to_slash {
+            if inner.state.slashed.contains(&key) {
+                continue;
+            }
+            let body = EntryBody::Slashed {
+                key,
+                task: t.id,
+                reason: reason.chars().take(512).collect(),
+                evidence,
+            };
+            self.append_body(inner, body).await?;
+            self.metrics.slashes.inc();
+            tracing::warn!(key = %key, task = %t.id, %reason, "slashed");
+        }
+        Ok(())
+    }
+}

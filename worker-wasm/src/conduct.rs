@@ -1,0 +1,160 @@
+//! How a participant acts at the points where the protocol leaves it a choice: which
+//! work it commits for a task, whether it answers the challenge, and what verdict it
+//! signs. The loop ([`crate::worker::Participant`]) asks its [`Conduct`] at each of
+//! them and does everything else (joining, signing, submitting, retrying) itself.
+//!
+//! Volunteers run [`Honest`], the only conduct in this crate: it trains the task's own
+//! batches from the round's base, always opens, and replays the challenged steps
+//! before it signs. The cheating conducts of the adversary zoo implement the same trait
+//! in a test-support crate of their own (`lupus-zoo`), so the tests drive the very loop
+//! volunteers run and the volunteer's wasm carries no cheat.
+
+use std::fmt;
+
+use lupus_api::types::{TaskDescription, VerifyJob};
+use lupus_ledger::entry::PublicKey;
+use lupus_prover::data::Corpus;
+use lupus_prover::fraud::FraudProof;
+use lupus_prover::spec::JobSpec;
+use lupus_prover::task::{TaskBuilder, TaskRun};
+use lupus_prover::tensor::Tensor;
+use lupus_prover::verify::{Verdict, verify_opening};
+
+use crate::worker::{Backend, Control, Transport, WorkerError};
+
+/// What a conduct sees of a task it is to train.
+pub struct TaskContext<'a> {
+    pub job: &'a JobSpec,
+    pub corpus: &'a Corpus,
+    /// The round's base model, as fetched and checked against the task's hash.
+    pub base: &'a [Tensor],
+    pub task: &'a TaskDescription,
+    /// The participant's own key.
+    pub me: PublicKey,
+    /// The coordinator, for reads (the public ledger).
+    pub transport: &'a dyn Transport,
+}
+
+/// What a conduct sees of a task it is to verify.
+pub struct VerifyContext<'a> {
+    pub job: &'a JobSpec,
+    pub corpus: &'a Corpus,
+    /// The base model the task trained from.
+    pub base: &'a [Tensor],
+    /// The task, its commitment, its challenged steps and the worker's opening.
+    pub work: &'a VerifyJob,
+}
+
+/// A verdict before it is signed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Judgement {
+    pub accepted: bool,
+    /// Why, in words (it goes into the signed verdict entry).
+    pub reason: String,
+    /// The proof that backs a rejection, where the replay produced one.
+    pub fraud_proof: Option<FraudProof>,
+}
+
+/// A participant's choices at the protocol's decision points. Every method has the
+/// honest answer as its default.
+#[async_trait::async_trait(?Send)]
+pub trait Conduct: fmt::Debug {
+    /// Trains `ctx.task` and commits its trace; `None` when the control hook abandons
+    /// the task (the volunteer paused for good, the page is closing).
+    async fn train(
+        &self,
+        ctx: &TaskContext<'_>,
+        backend: &Backend,
+        control: &mut dyn Control,
+    ) -> Result<Option<TaskRun>, WorkerError> {
+        train_honestly(ctx, backend, control).await
+    }
+
+    /// Whether to answer the challenge of a submitted task with an opening.
+    fn opens(&self, _task: &TaskDescription) -> bool {
+        true
+    }
+
+    /// The verdict on another worker's opening.
+    async fn judge(&self, ctx: &VerifyContext<'_>) -> Result<Judgement, WorkerError> {
+        replay(ctx)
+    }
+}
+
+/// The protocol as written: what every volunteer runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Honest;
+
+impl Conduct for Honest {}
+
+fn local(e: impl fmt::Display) -> WorkerError {
+    WorkerError::Local(e.to_string())
+}
+
+/// Trains the task's own batches from the base, step by step on `backend`.
+pub async fn train_honestly(
+    ctx: &TaskContext<'_>,
+    backend: &Backend,
+    control: &mut dyn Control,
+) -> Result<Option<TaskRun>, WorkerError> {
+    let (job, task) = (ctx.job, ctx.task);
+    let mut b = TaskBuilder::new(job, ctx.corpus, ctx.base, task.seed.0).map_err(local)?;
+    let steps = job.inner.steps;
+    for step in 0..steps {
+        let loss = match backend {
+            Backend::Cpu => b.run_step().map_err(local)?,
+            #[cfg(feature = "gpu")]
+            Backend::Gpu { device, .. } => {
+                let batch = b.batch().map_err(local)?;
+                let out = crate::gpu::train_step_gpu(
+                    device,
+                    &job.model,
+                    &job.inner.adamw(),
+                    b.state(),
+                    &batch,
+                )
+                .await
+                .map_err(local)?;
+                let loss = out.loss;
+                b.record(&batch, out).map_err(local)?;
+                loss
+            }
+        };
+        if !control.after_step(task, step + 1, steps, loss).await {
+            return Ok(None);
+        }
+    }
+    Ok(Some(b.finish().map_err(local)?))
+}
+
+/// Replays the challenged steps from the worker's opening and judges by what it finds.
+pub fn replay(ctx: &VerifyContext<'_>) -> Result<Judgement, WorkerError> {
+    let w = ctx.work;
+    let verdict = verify_opening(
+        ctx.job,
+        ctx.corpus,
+        ctx.base,
+        &w.task.seed.0,
+        &w.commitment,
+        &w.steps,
+        &w.opening,
+        w.device_class,
+    )
+    .map_err(local)?;
+    Ok(match verdict {
+        Verdict::Accept => Judgement {
+            accepted: true,
+            reason: "every challenged step replays to the committed values".to_owned(),
+            fraud_proof: None,
+        },
+        Verdict::Reject {
+            step,
+            reason,
+            fraud_proof,
+        } => Judgement {
+            accepted: false,
+            reason: format!("step {step:?}: {reason}"),
+            fraud_proof: fraud_proof.map(|p| *p),
+        },
+    })
+}
