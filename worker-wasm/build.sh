@@ -6,7 +6,8 @@
 # Uses rustup's wasm32 target where it is installed; otherwise Debian's rustc-web with
 # its std source (-Zbuild-std), installing those packages if missing. wasm-bindgen-cli
 # must match the wasm-bindgen crate exactly, so the pinned version is installed if the
-# one on PATH differs.
+# one on PATH differs. Every JS and wasm file gets a .br (Debian's brotli, installed if
+# missing) and a .gz copy next to it.
 #
 #   worker-wasm/build.sh            release build into worker-wasm/pkg/
 #   PROFILE=dev worker-wasm/build.sh  faster, larger
@@ -52,6 +53,20 @@ fi
 rm -rf "$out"
 wasm-bindgen --target web --no-typescript --out-dir "$out" \
   "$CARGO_TARGET_DIR/wasm32-unknown-unknown/$dir/lupus_worker.wasm"
+# Precompressed copies next to every JS and wasm file: the coordinator sends the .br
+# or .gz one to a browser that accepts it (tower-http's ServeDir), so the wasm travels
+# compressed without compressing on each request.
+if ! command -v brotli >/dev/null 2>&1; then
+  echo "==> installing brotli (Debian's package)" >&2
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends brotli
+fi
+find "$out" -type f \( -name '*.js' -o -name '*.wasm' \) | while read -r f; do
+  brotli -f -q 11 -o "$f.br" "$f"
+  gzip -9 -n -c "$f" >"$f.gz"
+done
 size=$(wc -c <"$out/lupus_worker_bg.wasm")
-gz=$(gzip -9 -c "$out/lupus_worker_bg.wasm" | wc -c)
-echo "==> $out: lupus_worker_bg.wasm $size bytes, $gz gzipped" >&2
+br=$(wc -c <"$out/lupus_worker_bg.wasm.br")
+gz=$(wc -c <"$out/lupus_worker_bg.wasm.gz")
+echo "==> $out: lupus_worker_bg.wasm $size bytes, $br with brotli, $gz gzipped" >&2

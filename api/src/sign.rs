@@ -24,7 +24,12 @@
 //!
 //! [`verify_request`] rebuilds the string from what arrived, checks the signature with
 //! `verify_strict` (no small-order keys, no malleable signatures) and refuses a
-//! timestamp more than [`MAX_SKEW_MS`] from the server's clock. The server keeps a cache
+//! timestamp more than [`MAX_SKEW_MS`] from the server's clock. A server that must not
+//! read a stranger's body does it in two steps: [`check_headers`] refuses everything
+//! the headers alone can show (a missing or malformed header, a key that is no Ed25519
+//! point, a stale timestamp) before a byte of the body is read, and
+//! [`CheckedHeaders::verify`] checks the signature once the body's hash is known (the
+//! server hashes the body as it streams in). The wire format is the same either way. The server keeps a cache
 //! of `(key, nonce)` pairs seen within the skew window and refuses a repeat: with the
 //! timestamp bound, that makes every signed request usable once. The cache lives in the
 //! server (this crate does no I/O and keeps no state).
@@ -110,10 +115,27 @@ pub fn canonical_string(
     timestamp_ms: u64,
     nonce: &[u8; 16],
 ) -> String {
+    canonical_string_of_hash(
+        method,
+        path_and_query,
+        &blake3::hash(body),
+        timestamp_ms,
+        nonce,
+    )
+}
+
+/// The canonical string, given the body's blake3 hash rather than the body.
+pub fn canonical_string_of_hash(
+    method: &str,
+    path_and_query: &str,
+    body_hash: &blake3::Hash,
+    timestamp_ms: u64,
+    nonce: &[u8; 16],
+) -> String {
     format!(
         "{DOMAIN}{}\n{path_and_query}\n{}\n{timestamp_ms}\n{}\n",
         method.to_ascii_uppercase(),
-        blake3::hash(body).to_hex(),
+        body_hash.to_hex(),
         hex::encode(nonce)
     )
 }
@@ -153,16 +175,25 @@ fn decode_fixed<const N: usize>(header: &'static str, text: &str) -> Result<[u8;
     Ok(out)
 }
 
-/// Verifies a signed request. `header` looks a header up by its lowercase name;
-/// `now_ms` is the server's clock. Replays are the server's to refuse (it keeps the
-/// nonce cache); everything else is checked here.
-pub fn verify_request<'a>(
+/// The signature headers of a request, checked as far as they can be without its
+/// body: the key is an Ed25519 point, the timestamp is within [`MAX_SKEW_MS`] of the
+/// server's clock, the nonce and the signature have their form. [`check_headers`]
+/// makes one; [`CheckedHeaders::verify`] finishes the check once the body is hashed.
+#[derive(Clone, Debug)]
+pub struct CheckedHeaders {
+    key: PublicKey,
+    verifying_key: ed25519_dalek::VerifyingKey,
+    timestamp_ms: u64,
+    nonce: [u8; 16],
+    signature: Signature,
+}
+
+/// Checks a request's signature headers without its body. `header` looks a header up
+/// by its lowercase name; `now_ms` is the server's clock.
+pub fn check_headers<'a>(
     header: impl Fn(&'static str) -> Option<&'a str>,
-    method: &str,
-    path_and_query: &str,
-    body: &[u8],
     now_ms: u64,
-) -> Result<VerifiedRequest, AuthError> {
+) -> Result<CheckedHeaders, AuthError> {
     let get = |name: &'static str| header(name).ok_or(AuthError::Missing(name));
     let key_bytes: [u8; 32] = decode_fixed(HEADER_KEY, get(HEADER_KEY)?)?;
     let ts_text = get(HEADER_TIMESTAMP)?;
@@ -183,21 +214,64 @@ pub fn verify_request<'a>(
     let nonce: [u8; 16] = decode_fixed(HEADER_NONCE, get(HEADER_NONCE)?)?;
     let sig: [u8; 64] = decode_fixed(HEADER_SIGNATURE, get(HEADER_SIGNATURE)?)?;
     let key = PublicKey(key_bytes);
-    let vk = key.verifying_key().ok_or(AuthError::BadKey)?;
-    let text = canonical_string(method, path_and_query, body, timestamp_ms, &nonce);
-    vk.verify_strict(text.as_bytes(), &Signature::from_bytes(&sig))
-        .map_err(|_| AuthError::BadSignature)?;
+    let verifying_key = key.verifying_key().ok_or(AuthError::BadKey)?;
     if timestamp_ms.abs_diff(now_ms) > MAX_SKEW_MS {
         return Err(AuthError::Stale {
             timestamp: timestamp_ms,
             now: now_ms,
         });
     }
-    Ok(VerifiedRequest {
+    Ok(CheckedHeaders {
         key,
+        verifying_key,
         timestamp_ms,
         nonce,
+        signature: Signature::from_bytes(&sig),
     })
+}
+
+impl CheckedHeaders {
+    /// The key the request claims to be signed by (not proven until [`Self::verify`]).
+    pub fn key(&self) -> PublicKey {
+        self.key
+    }
+
+    /// Checks the signature over `method`, `path_and_query` and the body's blake3 hash.
+    pub fn verify(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body_hash: &blake3::Hash,
+    ) -> Result<VerifiedRequest, AuthError> {
+        let text = canonical_string_of_hash(
+            method,
+            path_and_query,
+            body_hash,
+            self.timestamp_ms,
+            &self.nonce,
+        );
+        self.verifying_key
+            .verify_strict(text.as_bytes(), &self.signature)
+            .map_err(|_| AuthError::BadSignature)?;
+        Ok(VerifiedRequest {
+            key: self.key,
+            timestamp_ms: self.timestamp_ms,
+            nonce: self.nonce,
+        })
+    }
+}
+
+/// Verifies a signed request whose body is at hand: [`check_headers`], then
+/// [`CheckedHeaders::verify`]. Replays are the server's to refuse (it keeps the nonce
+/// cache); everything else is checked here.
+pub fn verify_request<'a>(
+    header: impl Fn(&'static str) -> Option<&'a str>,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+    now_ms: u64,
+) -> Result<VerifiedRequest, AuthError> {
+    check_headers(header, now_ms)?.verify(method, path_and_query, &blake3::hash(body))
 }
 
 #[cfg(test)]
@@ -288,5 +362,37 @@ mod tests {
             verify_request(|_| None, "POST", "/", b"", 0),
             Err(AuthError::Missing(HEADER_KEY))
         );
+    }
+
+    #[test]
+    fn headers_are_refused_without_a_body_and_the_body_hash_finishes_the_check() {
+        let key = SigningKey::from_bytes(&[4; 32]);
+        let body = b"{\"role\":\"worker\"}";
+        let h = sign_request(&key, "POST", "/v1/join", body, 5_000_000, [3; 16]);
+        let checked = check_headers(lookup(&h), 5_000_000).unwrap();
+        assert_eq!(checked.key(), PublicKey::from(&key));
+        let v = checked
+            .verify("POST", "/v1/join", &blake3::hash(body))
+            .unwrap();
+        assert_eq!((v.timestamp_ms, v.nonce), (5_000_000, [3; 16]));
+        assert_eq!(
+            checked.verify("POST", "/v1/join", &blake3::hash(b"{}")),
+            Err(AuthError::BadSignature)
+        );
+        // Stale, or not a point: known before the body.
+        assert!(matches!(
+            check_headers(lookup(&h), 5_000_000 + MAX_SKEW_MS + 1),
+            Err(AuthError::Stale { .. })
+        ));
+        let not_a_point = (0u8..=255)
+            .map(|b| [b; 32])
+            .find(|k| PublicKey(*k).verifying_key().is_none())
+            .expect("some repeated byte is not a curve point");
+        let mut other = h.clone();
+        other.key = hex::encode(not_a_point);
+        assert!(matches!(
+            check_headers(lookup(&other), 5_000_000),
+            Err(AuthError::BadKey)
+        ));
     }
 }

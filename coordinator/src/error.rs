@@ -23,17 +23,24 @@ pub enum ApiError {
     /// The request does not fit the current state (already submitted, expired, replayed).
     #[error("{0}")]
     Conflict(String),
+    /// The request or its body took longer than the coordinator allows.
+    #[error("{0}")]
+    Timeout(String),
     /// The body is over its size limit.
     #[error("{0}")]
     TooLarge(String),
     /// Well-formed but wrong content (shapes, hashes, steps that do not match).
     #[error("{0}")]
     Unprocessable(String),
+    /// This key sent too many requests of this kind: send again after `retry_after_s`.
+    #[error("{detail}")]
+    TooManyRequests { detail: String, retry_after_s: u32 },
     /// The coordinator failed (storage, an invariant).
     #[error("{0}")]
     Internal(String),
-    /// The database is locked or unreachable for a moment: nothing was written, send
-    /// the same request again after `Retry-After` seconds.
+    /// The database is locked or unreachable for a moment, or the coordinator is at
+    /// its limit of requests or unverified body bytes: nothing was written, send the
+    /// same request again after `Retry-After` seconds.
     #[error("{0}")]
     Unavailable(String),
     /// The blob store is full (its quota, or the disk): nothing was written; send the
@@ -51,8 +58,10 @@ impl ApiError {
             ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) => 404,
             ApiError::Conflict(_) => 409,
+            ApiError::Timeout(_) => 408,
             ApiError::TooLarge(_) => 413,
             ApiError::Unprocessable(_) => 422,
+            ApiError::TooManyRequests { .. } => 429,
             ApiError::Internal(_) => 500,
             ApiError::Unavailable(_) => 503,
             ApiError::InsufficientStorage(_) => 507,
@@ -67,10 +76,12 @@ impl ApiError {
             ApiError::Forbidden(_) => ("forbidden", "Not allowed for this key"),
             ApiError::NotFound(_) => ("not-found", "Not found"),
             ApiError::Conflict(_) => ("conflict", "Conflicts with the current state"),
+            ApiError::Timeout(_) => ("timeout", "Request too slow"),
             ApiError::TooLarge(_) => ("too-large", "Request body too large"),
             ApiError::Unprocessable(_) => ("unprocessable", "Content refused"),
+            ApiError::TooManyRequests { .. } => ("too-many-requests", "Too many requests"),
             ApiError::Internal(_) => ("internal", "Coordinator error"),
-            ApiError::Unavailable(_) => ("unavailable", "Storage briefly unavailable"),
+            ApiError::Unavailable(_) => ("unavailable", "Briefly unavailable"),
             ApiError::InsufficientStorage(_) => ("insufficient-storage", "Blob store full"),
         };
         Problem::new(self.status(), slug, title, self.to_string())
@@ -83,6 +94,7 @@ impl ApiError {
     pub fn retry_after_s(&self) -> Option<u32> {
         match self {
             ApiError::Unavailable(_) => Some(1),
+            ApiError::TooManyRequests { retry_after_s, .. } => Some(*retry_after_s),
             ApiError::InsufficientStorage(_) => Some(30),
             _ => None,
         }

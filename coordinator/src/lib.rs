@@ -4,8 +4,9 @@
 //!
 //! - [`engine`]: rounds, tasks, challenges, verdicts, merging; state as a fold of the
 //!   ledger ([`state`]).
-//! - [`routes`]: the HTTP API over the engine; [`server`] runs it with its ticker;
-//!   [`openapi`] describes it, [`metrics`] counts it.
+//! - [`routes`]: the HTTP API over the engine; [`signed`] checks its signed requests,
+//!   [`limits`] bounds every request, [`page`] serves the volunteer page; [`server`]
+//!   runs it with its ticker; [`openapi`] describes it, [`metrics`] counts it.
 //! - [`blobs`]: the content-addressed blob store.
 //! - [`dataset`]: the pinned corpus, fetched and unpacked; [`chart`]: the demo's loss
 //!   chart.
@@ -23,10 +24,13 @@ pub mod client;
 pub mod dataset;
 pub mod engine;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod page;
 pub mod routes;
 pub mod sample;
 pub mod server;
+pub mod signed;
 pub mod state;
 pub mod witness;

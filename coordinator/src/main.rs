@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use ed25519_dalek::SigningKey;
 use lupus_coordinator::dataset;
 use lupus_coordinator::engine::{Config, Coordinator, load_or_create_secret};
+use lupus_coordinator::limits::Limits;
 use lupus_coordinator::server::Server;
 use lupus_coordinator::witness::WitnessConfig;
 use lupus_ledger::entry::PublicKey;
@@ -64,6 +65,44 @@ pub struct CoordinatorArgs {
     pub web: Option<PathBuf>,
 }
 
+/// How hard `lupus up` holds strangers off (defaults: [`Limits::default`]).
+#[derive(clap::Args, Clone, Debug)]
+struct LimitArgs {
+    /// Requests handled at once; more are answered 503 with Retry-After.
+    #[arg(long, default_value_t = Limits::default().max_in_flight)]
+    max_in_flight: usize,
+    /// Seconds to wait for a request's headers; the connection is closed past it.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().header_timeout.as_secs())]
+    header_timeout: u64,
+    /// Seconds a request may take, body and handler together (408 past it).
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().request_timeout.as_secs())]
+    request_timeout: u64,
+    /// Seconds a signed body may take to arrive (408 past it).
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().body_read_timeout.as_secs())]
+    body_timeout: u64,
+    /// Seconds to wait for the next piece of a body (408 past it).
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().body_idle_timeout.as_secs())]
+    body_idle_timeout: u64,
+    /// MiB of request bodies held at once before their signatures are checked;
+    /// uploads past it are answered 503 with Retry-After.
+    #[arg(long, value_name = "MIB", default_value_t = Limits::default().body_budget >> 20)]
+    body_budget: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_in_flight: self.max_in_flight.max(1),
+            header_timeout: Duration::from_secs(self.header_timeout),
+            request_timeout: Duration::from_secs(self.request_timeout),
+            body_read_timeout: Duration::from_secs(self.body_timeout),
+            body_idle_timeout: Duration::from_secs(self.body_idle_timeout),
+            body_budget: self.body_budget << 20,
+            ..Limits::default()
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the coordinator.
@@ -84,6 +123,8 @@ enum Command {
         /// until room is made (default: no limit but the disk's).
         #[arg(long, value_name = "MIB")]
         blob_quota: Option<u64>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Run a native volunteer worker: join, train tasks, commit, answer challenges.
     ///
@@ -233,11 +274,12 @@ async fn main() -> Result<()> {
             listen,
             witnesses,
             blob_quota,
+            limits,
         } => {
             let c = open_coordinator(&args, &args.data_dir.clone(), 4).await?;
             c.blobs().set_quota(blob_quota.map(|mib| mib << 20));
             let web = args.web.clone().or_else(default_web);
-            let mut server = Server::start(c, listen, web)
+            let mut server = Server::start_with(c, listen, web, limits.limits())
                 .await
                 .with_context(|| format!("binding {listen}"))?;
             server.witness(witnesses);

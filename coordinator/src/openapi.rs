@@ -59,7 +59,7 @@ const _: () = assert!(MAX_SKEW_MS == 5 * 60 * 1000);
 #[openapi(
     info(title = "Lupus coordinator", version = "1", description = DESCRIPTION),
     paths(
-        routes::index,
+        crate::page::index,
         routes::checkpoint,
         routes::tile,
         routes::job,
@@ -92,8 +92,10 @@ const _: () = assert!(MAX_SKEW_MS == 5 * 60 * 1000);
             Forbidden,
             NotFound,
             Conflict,
+            Timeout,
             TooLarge,
             Unprocessable,
+            TooManyRequests,
             Unavailable,
             InsufficientStorage
         )
@@ -210,22 +212,33 @@ problem_responses! {
         "Conflicts with the current state: already done, expired, another role, or a \
          replayed nonce",
     );
-    TooLarge = problem("The body is over this endpoint's size limit");
+    Timeout = problem(
+        "The request or its body arrived too slowly (the coordinator's body-read and \
+         request timeouts)",
+    );
+    TooLarge = problem(
+        "The body is over this endpoint's size limit (refused from its Content-Length \
+         before it is read, or cut off at the limit)",
+    );
+    TooManyRequests = problem_retry(
+        "This key sent more requests of this kind than its token bucket allows",
+    );
     Unprocessable = problem(
         "Well-formed but wrong content: shapes, hashes or steps that do not match",
     );
     Unavailable = problem_retry(
-        "The ledger database is briefly locked or unreachable: nothing was written; send \
-         the same request again",
+        "The ledger database is briefly locked or unreachable, or the coordinator is at \
+         its limit of requests or unverified body bytes: nothing was written; send the \
+         same request again",
     );
     InsufficientStorage = problem_retry(
         "The blob store is full: nothing was stored; send the same request again later",
     );
 }
 
-/// The volunteer page's files, `/{file}` and `/pkg/{file}`: two routes served by one
-/// function over two directories (`routes::static_file`), which `#[utoipa::path]` (one
-/// path per function) cannot describe, so they are built here.
+/// The volunteer page's files, `/{file}` and `/pkg/{file}`: two routes served by
+/// tower-http's `ServeDir` over two directories ([`crate::page`]), which
+/// `#[utoipa::path]` (one path per function) cannot describe, so they are built here.
 struct StaticFiles;
 
 impl Modify for StaticFiles {
@@ -259,12 +272,16 @@ impl Modify for StaticFiles {
                         .parameter_in(ParameterIn::Path)
                         .required(Required::True)
                         .description(Some(
-                            "A plain file name (letters, digits, `_`, `-`, `.`) ending in                              `.html`, `.js`, `.css` or `.wasm`",
+                            "A file name in the directory; a `.br` or `.gz` copy is sent when \
+                             `Accept-Encoding` allows",
                         ))
                         .schema(Some(String::schema())),
                 )
                 .response("200", ok)
-                .response("404", problem("No such file, or the page is not built (`--web`)"));
+                .response(
+                    "404",
+                    problem("No such file, or the page is not built (`--web`)"),
+                );
             (path.to_owned(), op)
         };
         for (path, op) in [

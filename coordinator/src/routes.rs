@@ -3,9 +3,14 @@
 //! - Reads: C2SP `tlog-tiles` (`/checkpoint`, `/tile/<L>/<N>`, `/tile/entries/<N>`),
 //!   proofs, decoded entries, stake, rounds, tasks, blobs, `/openapi.json`,
 //!   `/metrics`, and `/` (the volunteer page).
-//! - Writes (`POST`): signed by the participant ([`lupus_api::sign`]); a stale
-//!   signature is 401, a replayed nonce 409.
-//! - Every error is RFC 9457 `application/problem+json`; bodies have size limits (413).
+//! - Writes (`POST`): signed by the participant ([`lupus_api::sign`]), checked by the
+//!   [`Signed`] extractor before the handler runs: the signature headers before the
+//!   body is read, the body streamed within its route's limit (413) and deadline, then
+//!   the signature, the key's token bucket on joins and claims (429) and the nonce (a
+//!   replay is 409).
+//! - Every request is bounded by [`Limits`]: requests in flight, request and body
+//!   timeouts ([`crate::limits`]).
+//! - Every error is RFC 9457 `application/problem+json`.
 //! - Each handler's `#[utoipa::path]` is its entry in `/openapi.json` ([`crate::openapi`]);
 //!   every request is counted by route template for `/metrics` ([`crate::metrics`]).
 
@@ -13,27 +18,25 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::extract::{FromRef, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use lupus_api::problem::{CONTENT_TYPE as PROBLEM, Problem};
 use lupus_api::schema;
-use lupus_api::sign::verify_request;
 use lupus_api::types as api;
 use lupus_ledger::entry::{Digest, Entry, PublicKey, Round, TaskId};
 use lupus_ledger::hash::{LeafIndex, TreeSize, leaf_hash};
 use lupus_ledger::tiles::{TilePath, parse_tile_path};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use utoipa::IntoParams;
 
-use crate::engine::{Coordinator, now_ms};
+use crate::engine::Coordinator;
 use crate::error::{ApiError, internal};
-use crate::{metrics, openapi};
+use crate::limits::{Bucket, Gate, Limits};
+use crate::signed::{Signed, SignedRoute};
+use crate::{metrics, openapi, page};
 
 /// Body limit of small JSON requests (join, next).
 pub const SMALL_BODY: usize = 64 << 10;
@@ -41,6 +44,32 @@ pub const SMALL_BODY: usize = 64 << 10;
 pub const SUBMIT_BODY: usize = 32 << 20;
 /// Body limit of an opening (three copies of the state per challenged step, as JSON).
 pub const OPENING_BODY: usize = 256 << 20;
+
+/// `POST /v1/join`: a small body, the join bucket.
+pub enum JoinRoute {}
+/// `POST /v1/tasks/next` and `POST /v1/verify/next`: a small body, the claim bucket.
+pub enum ClaimRoute {}
+/// `POST /v1/tasks/{id}/submit` and `POST /v1/verify/{id}/verdict`.
+pub enum WorkRoute {}
+/// `POST /v1/tasks/{id}/opening`.
+pub enum OpeningRoute {}
+
+impl SignedRoute for JoinRoute {
+    const BODY_LIMIT: usize = SMALL_BODY;
+    const BUCKET: Option<Bucket> = Some(Bucket::Join);
+}
+impl SignedRoute for ClaimRoute {
+    const BODY_LIMIT: usize = SMALL_BODY;
+    const BUCKET: Option<Bucket> = Some(Bucket::Claim);
+}
+impl SignedRoute for WorkRoute {
+    const BODY_LIMIT: usize = SUBMIT_BODY;
+    const BUCKET: Option<Bucket> = None;
+}
+impl SignedRoute for OpeningRoute {
+    const BODY_LIMIT: usize = OPENING_BODY;
+    const BUCKET: Option<Bucket> = None;
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -63,85 +92,49 @@ fn problem_response(p: &Problem) -> Response {
 type Shared = Arc<Coordinator>;
 type ApiResult = Result<Response, ApiError>;
 
+/// The router's state: the coordinator, and the bounds' shared state for [`Signed`].
+#[derive(Clone)]
+pub struct App {
+    pub coordinator: Shared,
+    pub gate: Gate,
+}
+
+impl FromRef<App> for Shared {
+    fn from_ref(app: &App) -> Shared {
+        Arc::clone(&app.coordinator)
+    }
+}
+
+impl FromRef<App> for Gate {
+    fn from_ref(app: &App) -> Gate {
+        app.gate.clone()
+    }
+}
+
 fn json<T: serde::Serialize>(value: &T) -> ApiResult {
     let body = serde_json::to_vec(value).map_err(internal)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(format!(
-                "the request body is over this endpoint's limit: {e}"
-            ))
-        } else {
-            ApiError::BadRequest(format!("cannot read the request body: {e}"))
-        }
-    })
-}
-
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
-}
-
-/// Checks a signed request and its nonce; returns the signer.
-fn authenticate(
-    c: &Coordinator,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<PublicKey, ApiError> {
-    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    let now = now_ms();
-    let v = verify_request(
-        |name| headers.get(name).and_then(|v| v.to_str().ok()),
-        method.as_str(),
-        path,
-        body,
-        now,
-    )
-    .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-    c.check_nonce(v.key, v.nonce, now)?;
-    Ok(v.key)
-}
-
-/// The router over a coordinator. `page` is the volunteer page's directory, if built.
+/// The router over a coordinator with the default [`Limits`]. `page` is the volunteer
+/// page's directory, if built.
 pub fn router(c: Shared, page: Option<std::path::PathBuf>) -> Router {
-    let small = DefaultBodyLimit::max(SMALL_BODY);
-    // The page's files next to index.html, and the wasm build (worker-wasm/pkg) at /pkg/.
-    let files = page.clone();
-    let pkg = page.as_ref().map(|d| d.join("../pkg"));
-    Router::new()
-        .route("/", get(move || index(page.clone())))
-        .route(
-            "/{file}",
-            get(move |Path(f): Path<String>| static_file(files.clone(), f)),
-        )
-        .route(
-            "/pkg/{file}",
-            get(move |Path(f): Path<String>| static_file(pkg.clone(), f)),
-        )
+    router_with(c, page, Limits::default())
+}
+
+/// The router over a coordinator, bounded by `limits`.
+pub fn router_with(c: Shared, page: Option<std::path::PathBuf>, limits: Limits) -> Router {
+    let api = Router::<App>::new()
         .route("/checkpoint", get(checkpoint))
         .route("/tile/{*path}", get(tile))
         .route("/v1/job", get(job))
-        .route("/v1/join", post(join).layer(small))
-        .route("/v1/tasks/next", post(next_task).layer(small))
+        .route("/v1/join", post(join))
+        .route("/v1/tasks/next", post(next_task))
         .route("/v1/tasks/{id}", get(task_status))
-        .route(
-            "/v1/tasks/{id}/submit",
-            post(submit).layer(DefaultBodyLimit::max(SUBMIT_BODY)),
-        )
-        .route(
-            "/v1/tasks/{id}/opening",
-            post(opening).layer(DefaultBodyLimit::max(OPENING_BODY)),
-        )
-        .route("/v1/verify/next", post(next_verify).layer(small))
-        .route(
-            "/v1/verify/{id}/verdict",
-            post(verdict).layer(DefaultBodyLimit::max(SUBMIT_BODY)),
-        )
+        .route("/v1/tasks/{id}/submit", post(submit))
+        .route("/v1/tasks/{id}/opening", post(opening))
+        .route("/v1/verify/next", post(next_verify))
+        .route("/v1/verify/{id}/verdict", post(verdict))
         .route("/v1/rounds", get(rounds))
         .route("/v1/rounds/current", get(round_current))
         .route("/v1/rounds/{n}", get(round))
@@ -163,9 +156,15 @@ pub fn router(c: Shared, page: Option<std::path::PathBuf>) -> Router {
                 "Method not allowed",
                 "this endpoint does not take that method; see /openapi.json",
             ))
-        })
-        .layer(middleware::from_fn_with_state(Arc::clone(&c), count))
-        .with_state(c)
+        });
+    let app = App {
+        coordinator: Arc::clone(&c),
+        gate: Gate::new(limits.clone()),
+    };
+    limits
+        .apply(page::mount(api, page))
+        .layer(middleware::from_fn_with_state(c, count))
+        .with_state(app)
 }
 
 async fn count(State(c): State<Shared>, req: Request, next: Next) -> Response {
@@ -180,55 +179,6 @@ async fn count(State(c): State<Shared>, req: Request, next: Next) -> Response {
     c.metrics
         .observe_request(&route, resp.status(), start.elapsed());
     resp
-}
-
-#[utoipa::path(
-    get,
-    path = "/",
-    tag = "operations",
-    summary = "The volunteer page",
-    responses(
-        (status = 200, description = "The page (or a placeholder naming how to build it)", body = String, content_type = "text/html")
-    )
-)]
-async fn index(page: Option<std::path::PathBuf>) -> Response {
-    if let Some(dir) = page
-        && let Ok(html) = tokio::fs::read_to_string(dir.join("index.html")).await
-    {
-        return ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();
-    }
-    let text = "<!doctype html><title>Lupus coordinator</title><h1>Lupus coordinator</h1>\
-        <p>The volunteer page is not built. Build the web worker (see the README, \
-        section \"Volunteer page\") and start the coordinator with <code>--web DIR</code>.</p>\
-        <p>Meanwhile: <a href=\"/v1/rounds\">rounds</a>, <a href=\"/v1/stake\">stake</a>, \
-        <a href=\"/checkpoint\">checkpoint</a>, <a href=\"/openapi.json\">API</a>.</p>";
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], text).into_response()
-}
-
-/// One file of the volunteer page (`worker-wasm/www/`) or of its wasm build
-/// (`worker-wasm/pkg/`): plain names with a known extension only, so no path can leave
-/// the directory.
-async fn static_file(dir: Option<std::path::PathBuf>, name: String) -> Response {
-    let not_found =
-        || ApiError::NotFound("no such endpoint; see /openapi.json".into()).into_response();
-    let kind = match name.rsplit_once('.').map(|(_, e)| e) {
-        Some("js") => "text/javascript; charset=utf-8",
-        Some("wasm") => "application/wasm",
-        Some("css") => "text/css; charset=utf-8",
-        Some("html") => "text/html; charset=utf-8",
-        _ => return not_found(),
-    };
-    let plain = !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    let Some(dir) = dir.filter(|_| plain) else {
-        return not_found();
-    };
-    match tokio::fs::read(dir.join(&name)).await {
-        Ok(bytes) => ([(header::CONTENT_TYPE, kind)], bytes).into_response(),
-        Err(_) => not_found(),
-    }
 }
 
 #[utoipa::path(
@@ -302,20 +252,14 @@ async fn job(State(c): State<Shared>) -> ApiResult {
         (status = 401, response = openapi::Unauthorized),
         (status = 403, response = openapi::Forbidden),
         (status = 409, response = openapi::Conflict),
+        (status = 408, response = openapi::Timeout),
         (status = 413, response = openapi::TooLarge),
+        (status = 429, response = openapi::TooManyRequests),
         (status = 503, response = openapi::Unavailable)
     )
 )]
-async fn join(
-    State(c): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
-    let body = body_of(body)?;
-    let key = authenticate(&c, &method, &uri, &headers, &body)?;
-    json(&c.join(key, parse(&body)?).await?)
+async fn join(State(c): State<Shared>, req: Signed<api::JoinRequest, JoinRoute>) -> ApiResult {
+    json(&c.join(req.key, req.body).await?)
 }
 
 #[utoipa::path(
@@ -330,21 +274,17 @@ async fn join(
         (status = 401, response = openapi::Unauthorized),
         (status = 403, response = openapi::Forbidden),
         (status = 409, response = openapi::Conflict),
+        (status = 408, response = openapi::Timeout),
         (status = 413, response = openapi::TooLarge),
+        (status = 429, response = openapi::TooManyRequests),
         (status = 503, response = openapi::Unavailable)
     )
 )]
 async fn next_task(
     State(c): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Signed<api::NextRequest, ClaimRoute>,
 ) -> ApiResult {
-    let body = body_of(body)?;
-    let key = authenticate(&c, &method, &uri, &headers, &body)?;
-    let _: api::NextRequest = parse(&body)?;
-    json(&c.next_task(key).await?)
+    json(&c.next_task(req.key).await?)
 }
 
 fn task_id(id: &str) -> Result<TaskId, ApiError> {
@@ -386,6 +326,7 @@ async fn task_status(State(c): State<Shared>, Path(id): Path<String>) -> ApiResu
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::NotFound),
         (status = 409, response = openapi::Conflict),
+        (status = 408, response = openapi::Timeout),
         (status = 413, response = openapi::TooLarge),
         (status = 422, response = openapi::Unprocessable),
         (status = 503, response = openapi::Unavailable),
@@ -395,15 +336,9 @@ async fn task_status(State(c): State<Shared>, Path(id): Path<String>) -> ApiResu
 async fn submit(
     State(c): State<Shared>,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Signed<api::Submission, WorkRoute>,
 ) -> ApiResult {
-    let body = body_of(body)?;
-    let key = authenticate(&c, &method, &uri, &headers, &body)?;
-    let id = task_id(&id)?;
-    json(&c.submit(key, id, parse(&body)?).await?)
+    json(&c.submit(req.key, task_id(&id)?, req.body).await?)
 }
 
 #[utoipa::path(
@@ -422,6 +357,7 @@ async fn submit(
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::NotFound),
         (status = 409, response = openapi::Conflict),
+        (status = 408, response = openapi::Timeout),
         (status = 413, response = openapi::TooLarge),
         (status = 422, response = openapi::Unprocessable),
         (status = 503, response = openapi::Unavailable),
@@ -431,15 +367,9 @@ async fn submit(
 async fn opening(
     State(c): State<Shared>,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Signed<lupus_prover::task::Opening, OpeningRoute>,
 ) -> ApiResult {
-    let body = body_of(body)?;
-    let key = authenticate(&c, &method, &uri, &headers, &body)?;
-    let id = task_id(&id)?;
-    json(&c.opening(key, id, parse(&body)?).await?)
+    json(&c.opening(req.key, task_id(&id)?, req.body).await?)
 }
 
 #[utoipa::path(
@@ -454,21 +384,17 @@ async fn opening(
         (status = 401, response = openapi::Unauthorized),
         (status = 403, response = openapi::Forbidden),
         (status = 409, response = openapi::Conflict),
+        (status = 408, response = openapi::Timeout),
         (status = 413, response = openapi::TooLarge),
+        (status = 429, response = openapi::TooManyRequests),
         (status = 503, response = openapi::Unavailable)
     )
 )]
 async fn next_verify(
     State(c): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Signed<api::NextRequest, ClaimRoute>,
 ) -> ApiResult {
-    let body = body_of(body)?;
-    let key = authenticate(&c, &method, &uri, &headers, &body)?;
-    let _: api::NextRequest = parse(&body)?;
-    let answer = c.next_verify(key).await?.to_json().map_err(internal)?;
+    let answer = c.next_verify(req.key).await?.to_json().map_err(internal)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], answer).into_response())
 }
 
@@ -488,6 +414,7 @@ async fn next_verify(
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::NotFound),
         (status = 409, response = openapi::Conflict),
+        (status = 408, response = openapi::Timeout),
         (status = 413, response = openapi::TooLarge),
         (status = 422, response = openapi::Unprocessable),
         (status = 503, response = openapi::Unavailable)
@@ -496,15 +423,9 @@ async fn next_verify(
 async fn verdict(
     State(c): State<Shared>,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Signed<api::VerdictSubmission, WorkRoute>,
 ) -> ApiResult {
-    let body = body_of(body)?;
-    let key = authenticate(&c, &method, &uri, &headers, &body)?;
-    let id = task_id(&id)?;
-    json(&c.verdict(key, id, parse(&body)?).await?)
+    json(&c.verdict(req.key, task_id(&id)?, req.body).await?)
 }
 
 #[utoipa::path(

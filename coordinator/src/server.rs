@@ -7,11 +7,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tower::ServiceExt;
 
 use crate::engine::Coordinator;
-use crate::routes::router;
+use crate::limits::Limits;
+use crate::routes::router_with;
 use crate::witness::WitnessConfig;
 
 /// A running server.
@@ -24,21 +30,29 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `addr` and serves `coordinator`; `web` is the volunteer page's directory.
+    /// Binds `addr` and serves `coordinator` with the default [`Limits`]; `web` is the
+    /// volunteer page's directory.
     pub async fn start(
         coordinator: Arc<Coordinator>,
         addr: SocketAddr,
         web: Option<PathBuf>,
     ) -> std::io::Result<Server> {
+        Server::start_with(coordinator, addr, web, Limits::default()).await
+    }
+
+    /// [`Server::start`], bounded by `limits`.
+    pub async fn start_with(
+        coordinator: Arc<Coordinator>,
+        addr: SocketAddr,
+        web: Option<PathBuf>,
+        limits: Limits,
+    ) -> std::io::Result<Server> {
         raise_open_files_limit();
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let app = router(Arc::clone(&coordinator), web);
-        let http = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "the HTTP server stopped");
-            }
-        });
+        let header_timeout = limits.header_timeout;
+        let app = router_with(Arc::clone(&coordinator), web, limits);
+        let http = tokio::spawn(serve(listener, app, header_timeout));
         let c = Arc::clone(&coordinator);
         let ticker = tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(200));
@@ -83,6 +97,38 @@ impl Server {
         for w in &self.witnesses {
             w.abort();
         }
+    }
+}
+
+/// Accepts connections and serves `app` on each over HTTP/1.1, as `axum::serve` does,
+/// plus a deadline for each request's headers: `axum::serve` gives hyper no timer, so
+/// hyper's header timeout never fires there, and a client that trickles its headers
+/// (or sends none) holds its connection, which no tower layer sees, for good.
+async fn serve(listener: TcpListener, app: Router, header_timeout: Duration) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait for some to close.
+                tracing::warn!(error = %e, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<Incoming>| {
+                app.clone().oneshot(req.map(axum::body::Body::new))
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "a connection ended with an error");
+            }
+        });
     }
 }
 

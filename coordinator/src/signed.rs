@@ -1,0 +1,192 @@
+//! The signed-request extractor: what every signed `POST` handler used to repeat, done
+//! once and in the order that keeps a stranger's bytes out (THREATS.md, invariant 5).
+//!
+//! A [`Signed<T, R>`] is extracted in these steps; the first that fails answers:
+//!
+//! 1. the signature headers ([`lupus_api::sign::check_headers`]: key, timestamp skew,
+//!    nonce and signature form): 401 before a byte of the body is read;
+//! 2. `Content-Length` against the route's limit (`R::BODY_LIMIT`): 413 before a byte
+//!    of the body is read;
+//! 3. the body, streamed and hashed as it comes: cut off at the limit (413, for a body
+//!    without a length), past the body deadline (408), or when the bytes held
+//!    unverified over all requests pass the gate's budget (503, `Retry-After`);
+//! 4. the signature over method, path and the body's hash: 401;
+//! 5. the key's token bucket, on routes that have one (`R::BUCKET`): 429 with
+//!    `Retry-After`. Before the nonce, so that a refused request may be sent again as
+//!    it is;
+//! 6. the nonce: 409 for a replay;
+//! 7. the JSON body: 400.
+//!
+//! A request refused before its body is read whole has the rest of its body read and
+//! thrown away for a moment in the background ([`linger`]), so that a client still
+//! sending it sees the refusal. Whether the key joined in the role the route needs is
+//! the engine's to say (it holds the participants); it answers 403 after these steps.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{FromRef, FromRequest, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use http_body_util::BodyExt;
+use lupus_api::sign::check_headers;
+use lupus_ledger::entry::PublicKey;
+use serde::de::DeserializeOwned;
+
+use crate::engine::{Coordinator, now_ms};
+use crate::error::ApiError;
+use crate::limits::{Bucket, Gate, Held};
+
+/// What a signed route allows: its body limit and its token bucket.
+pub trait SignedRoute {
+    /// Largest body, in bytes.
+    const BODY_LIMIT: usize;
+    /// The per-key token bucket a request takes from, if any.
+    const BUCKET: Option<Bucket>;
+}
+
+/// A verified signed request to a route `R`: the signer and the parsed body.
+pub struct Signed<T, R> {
+    pub key: PublicKey,
+    pub body: T,
+    route: PhantomData<R>,
+}
+
+fn unauthorized(e: lupus_api::sign::AuthError) -> ApiError {
+    ApiError::Unauthorized(e.to_string())
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::TooLarge(format!(
+        "the request body is over this endpoint's limit of {limit} bytes"
+    ))
+}
+
+impl<S, T, R> FromRequest<S> for Signed<T, R>
+where
+    S: Send + Sync,
+    Arc<Coordinator>: FromRef<S>,
+    Gate: FromRef<S>,
+    T: DeserializeOwned,
+    R: SignedRoute,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let (parts, mut body) = req.into_parts();
+        let signed = Self::extract(&parts, &mut body, state).await;
+        if signed.is_err() {
+            linger(body);
+        }
+        signed
+    }
+}
+
+impl<T: DeserializeOwned, R: SignedRoute> Signed<T, R> {
+    async fn extract<S>(parts: &Parts, body: &mut Body, state: &S) -> Result<Self, ApiError>
+    where
+        Arc<Coordinator>: FromRef<S>,
+        Gate: FromRef<S>,
+    {
+        let gate = Gate::from_ref(state);
+        let checked = check_headers(
+            |name| parts.headers.get(name).and_then(|v| v.to_str().ok()),
+            now_ms(),
+        )
+        .map_err(unauthorized)?;
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > R::BODY_LIMIT as u64) {
+            return Err(too_large(R::BODY_LIMIT));
+        }
+        let deadline = gate.limits.body_read_timeout;
+        let (bytes, hash, held) = tokio::time::timeout(deadline, read(body, R::BODY_LIMIT, &gate))
+            .await
+            .map_err(|_| {
+                ApiError::Timeout(format!(
+                    "the request body did not arrive within {} s",
+                    deadline.as_secs_f64()
+                ))
+            })??;
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or(parts.uri.path(), |p| p.as_str());
+        let v = checked
+            .verify(parts.method.as_str(), path, &hash)
+            .map_err(unauthorized)?;
+        if let Some(bucket) = R::BUCKET {
+            gate.take(bucket, &v.key)?;
+        }
+        Arc::<Coordinator>::from_ref(state).check_nonce(v.key, v.nonce, now_ms())?;
+        let body = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+        // The bytes count against the budget until here; from now on they are the
+        // signer's, who is known.
+        drop(held);
+        Ok(Signed {
+            key: v.key,
+            body,
+            route: PhantomData,
+        })
+    }
+}
+
+/// How long the rest of a refused body is read and thrown away.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Reads and throws away what is left of a refused request's body for [`LINGER`], in
+/// the background, keeping none of it: a client still sending its body then reads the
+/// refusal rather than a reset connection (the lingering close of RFC 9112, section
+/// 9.6). The refusal itself is sent at once.
+fn linger(mut body: Body) {
+    tokio::spawn(async move {
+        let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    });
+}
+
+/// Reads `body` up to `limit` bytes, hashing it and holding each piece against the
+/// gate's budget. The pieces are kept as they arrived (no growing buffer whose old
+/// copies would stay allocated) and joined once the body is complete.
+async fn read(
+    body: &mut Body,
+    limit: usize,
+    gate: &Gate,
+) -> Result<(Vec<u8>, blake3::Hash, Held), ApiError> {
+    let mut held = gate.hold_nothing();
+    let mut hasher = blake3::Hasher::new();
+    let mut pieces = Vec::new();
+    let mut len = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(body_error)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if len + data.len() > limit {
+            return Err(too_large(limit));
+        }
+        gate.hold(&mut held, data.len())?;
+        hasher.update(&data);
+        len += data.len();
+        pieces.push(data);
+    }
+    let mut whole = Vec::with_capacity(len);
+    for p in pieces {
+        whole.extend_from_slice(&p);
+    }
+    Ok((whole, hasher.finalize(), held))
+}
+
+fn body_error(e: axum::Error) -> ApiError {
+    let e = e.into_inner();
+    if e.is::<tower_http::timeout::TimeoutError>() {
+        ApiError::Timeout("the request body stopped arriving".into())
+    } else {
+        ApiError::BadRequest(format!("cannot read the request body: {e}"))
+    }
+}
