@@ -24,7 +24,7 @@ use common::*;
 use ed25519_dalek::SigningKey;
 use lupus_api::sign::{MAX_SKEW_MS, SignedHeaders, sign_request};
 use lupus_coordinator::engine::{Coordinator, now_ms};
-use lupus_coordinator::limits::Limits;
+use lupus_coordinator::limits::{Limits, Rate};
 use lupus_coordinator::routes::{OPENING_BODY, SMALL_BODY, SUBMIT_BODY};
 use lupus_coordinator::server::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -465,7 +465,16 @@ async fn bad_signature_headers_are_refused_before_the_body_is_read() {
 
 #[tokio::test]
 async fn claims_past_a_key_s_bucket_are_429_and_may_be_sent_again() {
-    let (server, _dir) = serve(Limits::default()).await;
+    // A bucket this test empties well before it refills, however slow the machine
+    // (100 requests within 20 s), and that has a token again after the 300 ms pause.
+    let limits = Limits {
+        claims: Rate {
+            burst: 20,
+            every: Duration::from_millis(250),
+        },
+        ..Limits::default()
+    };
+    let (server, _dir) = serve(limits).await;
     let k = key(10);
     let path = "/v1/tasks/next";
     let body = b"{}";
