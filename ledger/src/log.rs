@@ -299,10 +299,19 @@ impl Log {
             let size = self.sync().await?;
             return Ok(LeafIndex(size.0));
         }
-        if self.shared.broken.load(Ordering::SeqCst) {
-            self.sync().await?;
+        // Another caller's write may fail between the sync and the sequencing: try
+        // again after syncing, a few times, then give up as not stored.
+        for _ in 0..3 {
+            if self.shared.broken.load(Ordering::SeqCst) {
+                self.sync().await?;
+            }
+            match self.sequence(entries.clone()).await {
+                Err(LogError::Broken) => continue,
+                Err(e) => return Err(e),
+                Ok(sequenced) => return sequenced.durable().await.map_err(not_stored),
+            }
         }
-        self.sequence(entries).await?.durable().await
+        Err(LogError::NotStored(Arc::new(LogError::Broken)))
     }
 
     /// Gives `entries` their indexes now and queues them as one group (one batch, all
@@ -403,8 +412,8 @@ impl Log {
         let mut answers = Vec::with_capacity(waiting.len());
         for waiter in waiting {
             answers.push(match waiter {
-                Ok(s) => s.durable().await,
-                Err(e) => Err(e),
+                Ok(s) => s.durable().await.map_err(not_stored),
+                Err(e) => Err(not_stored(e)),
             });
         }
         answers
@@ -523,6 +532,15 @@ impl Log {
     async fn fetch(&self, indexes: Vec<StoredHashIndex>) -> Result<PrefetchedHashes, LogError> {
         let hashes = self.shared.store.read_hashes(&indexes).await?;
         Ok(PrefetchedHashes::new(indexes, hashes)?)
+    }
+}
+
+/// For the plain appends, whose callers keep no state derived from the sequencing: an
+/// entry lost to, or refused after, another batch's failure was simply not stored.
+fn not_stored(e: LogError) -> LogError {
+    match e {
+        LogError::Broken | LogError::Lost { .. } => LogError::NotStored(Arc::new(e)),
+        e => e,
     }
 }
 
