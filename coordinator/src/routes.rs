@@ -73,7 +73,28 @@ impl SignedRoute for OpeningRoute {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = problem_response(&self.problem());
+        let problem = match &self {
+            // What failed inside (a path, a store's message, an invariant) is the
+            // operator's to read, not a stranger's: the client gets a reference to it.
+            ApiError::Internal(detail) => {
+                let mut id = [0u8; 8];
+                let reference = match getrandom::fill(&mut id) {
+                    Ok(()) => hex::encode(id),
+                    Err(_) => "unavailable".to_owned(),
+                };
+                tracing::error!(%reference, %detail, "internal error, answered 500");
+                Problem::new(
+                    500,
+                    "internal",
+                    "Coordinator error",
+                    format!(
+                        "the coordinator failed on this request; its operator's log has the detail under reference {reference}"
+                    ),
+                )
+            }
+            _ => self.problem(),
+        };
+        let mut response = problem_response(&problem);
         if let Some(s) = self.retry_after_s() {
             response
                 .headers_mut()
@@ -681,4 +702,32 @@ async fn openapi() -> Response {
         crate::openapi::json(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_internal_error_reaches_the_client_as_a_reference_only() {
+        let response =
+            ApiError::Internal("store at /srv/lupus/ledger.sqlite3: disk I/O error".into())
+                .into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let problem: Problem = serde_json::from_slice(&body).unwrap();
+        assert!(!problem.detail.contains("/srv"), "{problem:?}");
+        assert!(!problem.detail.contains("disk I/O"), "{problem:?}");
+        assert!(problem.detail.contains("reference"), "{problem:?}");
+
+        // Other errors still say what was wrong: the client can act on them.
+        let response = ApiError::Conflict("task 7 is already settled".into()).into_response();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let problem: Problem = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem.detail, "task 7 is already settled");
+    }
 }
