@@ -12,7 +12,7 @@ use ed25519_dalek::SigningKey;
 use lupus_audit::source::open_source;
 use lupus_audit::state::StateDir;
 use lupus_audit::verify::{Options, Outcome, verify_log};
-use lupus_coordinator::engine::{Config, Coordinator};
+use lupus_coordinator::engine::{Config, Coordinator, SystemEnv};
 use lupus_coordinator::server::Server;
 use lupus_prover::data::Corpus;
 use lupus_worker::native::{NativeConfig, Stats, spawn_verifier, spawn_worker};
@@ -32,6 +32,7 @@ fn config(dir: &std::path::Path, rounds: u64, tasks: u32) -> Config {
         task_timeout: Duration::from_secs(60),
         verify_timeout: Duration::from_secs(60),
         val_windows: 128,
+        env: SystemEnv::shared(),
     }
 }
 

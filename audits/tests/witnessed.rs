@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use lupus_audit::witness::{Witness, router, verify_cosignature};
-use lupus_coordinator::engine::{Config, Coordinator};
+use lupus_coordinator::engine::{Config, Coordinator, SystemEnv};
 use lupus_coordinator::server::Server;
 use lupus_coordinator::witness::WitnessConfig;
 use lupus_ledger::checkpoint::open_checkpoint;
@@ -45,6 +45,7 @@ async fn the_checkpoint_carries_the_configured_witness_cosignature() {
         task_timeout: Duration::from_secs(60),
         verify_timeout: Duration::from_secs(60),
         val_windows: 128,
+        env: SystemEnv::shared(),
     };
     let c = Coordinator::open(config, Corpus::generated(7, 24_000))
         .await
@@ -162,6 +163,7 @@ async fn a_witness_that_comes_up_late_is_retried_until_it_cosigns() {
         task_timeout: Duration::from_secs(60),
         verify_timeout: Duration::from_secs(60),
         val_windows: 128,
+        env: SystemEnv::shared(),
     };
     let c = Coordinator::open(config, Corpus::generated(7, 24_000))
         .await

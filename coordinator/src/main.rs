@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use ed25519_dalek::SigningKey;
 use lupus_coordinator::dataset;
-use lupus_coordinator::engine::{Config, Coordinator, load_or_create_secret};
+use lupus_coordinator::engine::{Config, Coordinator, SystemEnv, load_or_create_secret};
 use lupus_coordinator::limits::Limits;
 use lupus_coordinator::server::Server;
 use lupus_coordinator::witness::WitnessConfig;
@@ -225,6 +225,7 @@ pub async fn open_coordinator(
         task_timeout: Duration::from_secs(args.task_timeout),
         verify_timeout: Duration::from_secs(args.task_timeout),
         val_windows: 512,
+        env: SystemEnv::shared(),
     };
     Ok(Coordinator::open(config, corpus).await?)
 }

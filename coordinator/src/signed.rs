@@ -35,7 +35,7 @@ use lupus_api::sign::check_headers;
 use lupus_ledger::entry::PublicKey;
 use serde::de::DeserializeOwned;
 
-use crate::engine::{Coordinator, now_ms};
+use crate::engine::Coordinator;
 use crate::error::ApiError;
 use crate::limits::{Bucket, Gate, Held};
 
@@ -91,9 +91,10 @@ impl<T: DeserializeOwned, R: SignedRoute> Signed<T, R> {
         Gate: FromRef<S>,
     {
         let gate = Gate::from_ref(state);
+        let coordinator = Arc::<Coordinator>::from_ref(state);
         let checked = check_headers(
             |name| parts.headers.get(name).and_then(|v| v.to_str().ok()),
-            now_ms(),
+            coordinator.now_ms(),
         )
         .map_err(unauthorized)?;
         let declared = parts
@@ -122,7 +123,7 @@ impl<T: DeserializeOwned, R: SignedRoute> Signed<T, R> {
         if let Some(bucket) = R::BUCKET {
             gate.take(bucket, &v.key)?;
         }
-        Arc::<Coordinator>::from_ref(state).check_nonce(v.key, v.nonce, now_ms())?;
+        coordinator.check_nonce(v.key, v.nonce, coordinator.now_ms())?;
         let body = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
         // The bytes count against the budget until here; from now on they are the

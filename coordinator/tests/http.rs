@@ -15,9 +15,9 @@ use common::*;
 use ed25519_dalek::SigningKey;
 use lupus_api::sign::sign_request;
 use lupus_api::types::{self as api, B64, Sig, TaskOffer, work_committed_body};
-use lupus_coordinator::engine::{Coordinator, now_ms};
+use lupus_coordinator::engine::{Coordinator, Env, ManualEnv, now_ms};
 use lupus_coordinator::routes::router;
-use lupus_ledger::entry::{Entry, PublicKey, Role, TaskId};
+use lupus_ledger::entry::{Entry, PublicKey, Role, Round, TaskId};
 use lupus_prover::model::init_params;
 use lupus_prover::quant::{QTensor, QuantDelta};
 use lupus_prover::spec::JobSpec;
@@ -1257,4 +1257,81 @@ fn collect_refs<'d>(v: &'d Value, out: &mut Vec<&'d str>) {
         Value::Array(a) => a.iter().for_each(|x| collect_refs(x, out)),
         _ => {}
     }
+}
+
+/// The engine reads the time and the beacons' randomness only from its injected
+/// `Env`: on a manual clock a task expires and its slot goes to another worker, and the
+/// round closes at its deadline, without any waiting; signed requests are checked
+/// against that clock too; and the revealed beacon is the seed's first draw.
+#[tokio::test]
+async fn deadlines_and_beacons_follow_the_injected_env() {
+    const START: u64 = 5_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let env = ManualEnv::new(START, [3; 32]);
+    let mut cfg = config(dir.path(), 2, 1);
+    cfg.env = env.clone();
+    let c = Coordinator::open(cfg, corpus()).await.unwrap();
+    let app = router(Arc::clone(&c), None);
+    let call = |req: Request<Body>| {
+        let app = app.clone();
+        async move { app.oneshot(req).await.unwrap().status() }
+    };
+    let (w1, w2) = (key(1), key(2));
+    for w in [&w1, &w2] {
+        let e = Entry::signed(api::join_body(PublicKey::from(w), Role::Worker, "t"), w).unwrap();
+        let req = api::JoinRequest {
+            role: Role::Worker,
+            name: "t".into(),
+            signature: Sig(*e.signature().unwrap()),
+        };
+        // Signed at the coordinator's time, not the system's.
+        let body = serde_json::to_vec(&req).unwrap();
+        let stale = signed(w, "/v1/join", body.clone(), now_ms(), fresh_nonce());
+        assert_eq!(call(stale).await, StatusCode::UNAUTHORIZED);
+        let fresh = signed(w, "/v1/join", body, env.now_ms(), fresh_nonce());
+        assert_eq!(call(fresh).await, StatusCode::OK);
+    }
+    let task = |offer: TaskOffer| match offer {
+        TaskOffer::Task(t) => t,
+        TaskOffer::Wait { reason, .. } => panic!("no task: {reason}"),
+    };
+    let t1 = task(c.next_task(PublicKey::from(&w1)).await.unwrap());
+    assert_eq!(
+        t1.deadline_ms,
+        START + 60_000,
+        "task timeout on the manual clock"
+    );
+    assert!(matches!(
+        c.next_task(PublicKey::from(&w2)).await.unwrap(),
+        TaskOffer::Wait { .. }
+    ));
+    // At the deadline the task is still the worker's; a millisecond past it, not.
+    env.advance(std::time::Duration::from_secs(60));
+    c.tick().await.unwrap();
+    assert!(matches!(
+        c.next_task(PublicKey::from(&w2)).await.unwrap(),
+        TaskOffer::Wait { .. }
+    ));
+    env.advance(std::time::Duration::from_millis(1));
+    c.tick().await.unwrap();
+    let t2 = task(c.next_task(PublicKey::from(&w2)).await.unwrap());
+    assert_ne!(t2.task_id, t1.task_id);
+    assert_eq!(t2.deadline_ms, START + 120_001);
+    let round = c.round(Some(Round(1))).await.unwrap();
+    assert_eq!((round.expired, round.deadline_ms), (1, START + 120_000));
+    assert_eq!(round.phase, api::RoundPhase::Open);
+    // The round's deadline passes: it closes with nothing accepted, and the next opens.
+    env.advance(std::time::Duration::from_secs(60));
+    c.tick().await.unwrap();
+    let rounds = c.rounds().await.unwrap().rounds;
+    assert_eq!(rounds.len(), 2);
+    assert_eq!(
+        (rounds[0].phase, rounds[0].accepted),
+        (api::RoundPhase::Closed, 0)
+    );
+    assert_eq!(rounds[1].deadline_ms, START + 240_001);
+    // Round 1's beacon was the seed's first draw.
+    let mut first = [0u8; 32];
+    ManualEnv::new(0, [3; 32]).fill_random(&mut first).unwrap();
+    assert_eq!(rounds[0].beacon.unwrap().0, first);
 }

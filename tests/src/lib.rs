@@ -45,7 +45,7 @@ use lupus_api::types::{
 };
 use lupus_coordinator::audit::{AuditReport, reverify};
 use lupus_coordinator::client::Client;
-use lupus_coordinator::engine::{Config, Coordinator};
+use lupus_coordinator::engine::{Config, Coordinator, SystemEnv};
 use lupus_coordinator::server::Server;
 use lupus_ledger::checkpoint::open_checkpoint;
 use lupus_ledger::entry::{Entry, EntryBody, PublicKey, Role};
@@ -113,6 +113,7 @@ impl RunConfig {
             task_timeout: self.task_timeout,
             verify_timeout: self.verify_timeout,
             val_windows: 64,
+            env: SystemEnv::shared(),
         }
     }
 }

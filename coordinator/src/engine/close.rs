@@ -52,15 +52,10 @@ impl Coordinator {
     /// second verifier overdue, and, when the round is due to close, every task still
     /// waiting for a verdict).
     pub(super) async fn tick_locked(&self, inner: &mut Inner) -> Result<Vec<TaskId>, ApiError> {
-        let now = now_ms();
-        for (id, l) in inner.live.iter_mut() {
-            let opened = l.opening_blob.is_some();
-            if !l.expired && l.outcome.is_none() && !opened && now > l.deadline_ms {
-                l.expired = true;
-                self.metrics.tasks_expired.inc();
-                tracing::info!(task = %id, "task expired; its slot is handed out again");
-            }
-            l.claims.retain(|_, d| *d > now);
+        let now = self.now_ms();
+        for id in rules::expire(&mut inner.live, now) {
+            self.metrics.tasks_expired.inc();
+            tracing::info!(task = %id, "task expired; its slot is handed out again");
         }
         // Tasks that only the referee can settle (one verifier around, double check).
         let pending: Vec<TaskId> = inner
@@ -123,17 +118,13 @@ impl Coordinator {
     /// The open round, if it should close now: its target of accepted tasks is met
     /// or its deadline passed, and no close of it is running.
     pub(super) fn close_due(&self, inner: &Inner) -> Option<Round> {
-        if inner.closing.is_some() {
-            return None;
-        }
-        let round = inner.state.open_round()?;
-        let accepted = inner
-            .live
-            .values()
-            .filter(|l| l.outcome == Some(true))
-            .count();
-        let target_met = accepted >= self.config.tasks_per_round as usize;
-        (target_met || now_ms() >= round.deadline_ms).then_some(round.round)
+        rules::close_due(
+            &inner.state,
+            &inner.live,
+            inner.closing.is_some(),
+            self.config.tasks_per_round,
+            self.now_ms(),
+        )
     }
 
     /// The mean loss of `params` on `n` windows of the validation split.
@@ -330,13 +321,7 @@ impl Coordinator {
         let next = if self.config.max_rounds.is_some_and(|max| next > max) {
             None
         } else {
-            let mut beacon = [0u8; 32];
-            getrandom::fill(&mut beacon).map_err(internal)?;
-            self.store
-                .put_meta(&meta_key("beacon", next), &beacon)
-                .await
-                .map_err(store_error)?;
-            Some((Round(next), beacon))
+            Some((Round(next), self.new_beacon(next).await?))
         };
         Ok(CloseOutcome {
             new_params,
@@ -406,7 +391,7 @@ impl Coordinator {
                     base_model: c.new_model,
                     beacon_commitment: ledger_digest(&beacon_commitment(beacon)),
                     inner_steps: self.job.inner.steps,
-                    deadline_ms: now_ms() + self.config.round_timeout.as_millis() as u64,
+                    deadline_ms: self.now_ms() + self.config.round_timeout.as_millis() as u64,
                 })
                 .map_err(internal)?,
             );

@@ -20,17 +20,11 @@ impl Coordinator {
         key: PublicKey,
         req: api::JoinRequest,
     ) -> Result<api::JoinResponse, ApiError> {
-        if let Some(role) = inner.state.participants.get(&key)
-            && *role != req.role
-        {
-            return Err(ApiError::Conflict(format!(
-                "this key already joined as a {role:?}; use one key per role"
-            )));
-        }
+        let decision = rules::join(&inner.state, &key, req.role)?;
         let body = api::join_body(key, req.role, &req.name);
         let entry = Entry::with_signature(body, req.signature.0)
             .map_err(|e| ApiError::BadRequest(format!("join entry refused: {e}")))?;
-        if inner.state.participants.contains_key(&key) {
+        if decision == rules::Join::Again {
             return Ok(api::JoinResponse {
                 key,
                 role: req.role,
@@ -43,24 +37,6 @@ impl Coordinator {
             role: req.role,
             entry_index: index,
         })
-    }
-
-    pub(super) fn require_role(state: &State, key: &PublicKey, role: Role) -> Result<(), ApiError> {
-        if state.slashed.contains(key) {
-            return Err(ApiError::Forbidden(
-                "this key was slashed for fraud and may not take part any more".into(),
-            ));
-        }
-        match state.participants.get(key) {
-            Some(r) if *r == role => Ok(()),
-            Some(r) => Err(ApiError::Forbidden(format!(
-                "this key joined as a {r:?}, not a {role:?}"
-            ))),
-            None => Err(ApiError::Forbidden(format!(
-                "this key has not joined; POST {} first",
-                lupus_api::paths::JOIN
-            ))),
-        }
     }
 
     pub(super) fn describe(
@@ -108,41 +84,35 @@ impl Coordinator {
         inner: &mut Inner,
         worker: PublicKey,
     ) -> Result<TaskOffer, ApiError> {
-        Self::require_role(&inner.state, &worker, Role::Worker)?;
-        let Some(round) = inner.state.open_round().cloned() else {
-            return Ok(Self::wait("no round is open"));
+        rules::require_role(&inner.state, &worker, Role::Worker)?;
+        let (round, id) = match rules::dispatch(
+            &inner.state,
+            &inner.live,
+            inner.closing.is_some(),
+            self.config.tasks_per_round,
+            &worker,
+        ) {
+            rules::Dispatch::Wait(reason) => return Ok(Self::wait(reason)),
+            rules::Dispatch::Again(id) => {
+                let t = inner
+                    .state
+                    .tasks
+                    .get(&id)
+                    .ok_or_else(|| ApiError::Internal("task vanished".into()))?;
+                return Ok(TaskOffer::Task(self.describe(inner, t)?));
+            }
+            rules::Dispatch::Assign { round, task } => (round, task),
         };
-        if inner.closing.is_some() {
-            return Ok(Self::wait(
-                "the round is closing; the next one opens in a moment",
-            ));
-        }
-        // The worker's own outstanding task, again (a retry after a lost answer).
-        let own = round
-            .tasks
-            .iter()
-            .filter_map(|id| inner.state.tasks.get(id))
-            .find(|t| {
-                t.worker == worker
-                    && t.committed.is_none()
-                    && inner.live.get(&t.id).is_some_and(|l| !l.expired)
-            });
-        if let Some(t) = own {
-            return Ok(TaskOffer::Task(self.describe(inner, t)?));
-        }
-        let active = inner
-            .live
-            .values()
-            .filter(|l| !l.expired && l.outcome != Some(false))
-            .count();
-        if active >= self.config.tasks_per_round as usize {
-            return Ok(Self::wait("every task of this round is handed out"));
-        }
-        let id = inner.state.next_task_id();
-        let seed = derive_task_seed(id.0, &worker.0, &prover_digest(&round.beacon_commitment));
+        let beacon_commitment = inner
+            .state
+            .rounds
+            .get(&round)
+            .map(|r| r.beacon_commitment)
+            .ok_or_else(|| ApiError::Internal("dispatch to an unknown round".into()))?;
+        let seed = derive_task_seed(id.0, &worker.0, &prover_digest(&beacon_commitment));
         let body = EntryBody::TaskAssigned {
             task: id,
-            round: round.round,
+            round,
             worker,
             seed: Digest(seed),
             inner_steps: self.job.inner.steps,
@@ -152,7 +122,7 @@ impl Coordinator {
         inner.live.insert(
             id,
             Live {
-                deadline_ms: now_ms() + self.config.task_timeout.as_millis() as u64,
+                deadline_ms: self.now_ms() + self.config.task_timeout.as_millis() as u64,
                 needed: 1,
                 ..Live::default()
             },
@@ -163,31 +133,5 @@ impl Coordinator {
             .get(&id)
             .ok_or_else(|| ApiError::Internal("task vanished".into()))?;
         Ok(TaskOffer::Task(self.describe(inner, t)?))
-    }
-
-    pub(super) fn worker_task<'a>(
-        inner: &'a Inner,
-        worker: &PublicKey,
-        task: TaskId,
-    ) -> Result<(&'a TaskRecord, &'a Live), ApiError> {
-        let t = inner
-            .state
-            .tasks
-            .get(&task)
-            .ok_or_else(|| ApiError::NotFound(format!("no task {task}")))?;
-        if t.worker != *worker {
-            return Err(ApiError::Forbidden(format!(
-                "task {task} belongs to another worker"
-            )));
-        }
-        let live = inner.live.get(&task).ok_or_else(|| {
-            ApiError::Conflict(format!("task {task} belongs to a round that is closed"))
-        })?;
-        if live.expired {
-            return Err(ApiError::Conflict(format!(
-                "task {task} expired (its deadline passed) and was handed out again"
-            )));
-        }
-        Ok((t, live))
     }
 }

@@ -31,20 +31,27 @@
 //! for the group commit after it, rebuilding after a failed write), `dispatch` (joins
 //! and tasks), `submit` (commitments and openings), `verify` (claims, verdicts, the
 //! referee, slashes), `close` (expiry and the round close) and `queries` (reads).
+//! Their decisions are pure functions in `rules` (of the state, the live task table
+//! and the time, unit-tested without tokio or a database); the time and the beacons'
+//! randomness come from the injected [`Env`].
 
 mod close;
 mod dispatch;
 mod durability;
+mod env;
 mod queries;
+mod rules;
 mod startup;
 mod submit;
 mod verify;
+
+pub use env::{Env, ManualEnv, RandomError, SharedEnv, SystemEnv, now_ms};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use lupus_api::check::{check_opening, check_submission, check_verdict};
@@ -119,13 +126,6 @@ fn awaiting_outcome(inner: &Inner) -> impl Iterator<Item = (TaskId, &Live)> {
     })
 }
 
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// After the store failed, requests that would need it are refused at once for this
 /// long (see `Coordinator::lock_synced`).
 const STORE_RETRY_PAUSE: Duration = Duration::from_secs(1);
@@ -150,6 +150,8 @@ pub struct Config {
     pub verify_timeout: Duration,
     /// Validation windows for the per-round loss.
     pub val_windows: usize,
+    /// The clock and the random source ([`SystemEnv::shared`] but in tests).
+    pub env: SharedEnv,
 }
 
 /// A task's coordinator-side facts that are not ledger entries (rebuilt on restart from
@@ -336,6 +338,26 @@ pub struct Coordinator {
     store_failed_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// Counters and latencies for `/metrics`.
     pub metrics: Metrics,
+}
+
+impl Coordinator {
+    /// Unix time in milliseconds on the coordinator's clock ([`Config::env`]): what
+    /// deadlines and request timestamps are checked against.
+    pub fn now_ms(&self) -> u64 {
+        self.config.env.now_ms()
+    }
+
+    /// Draws round `round`'s secret beacon and makes it durable in the store's
+    /// metadata, before any entry commits to it.
+    async fn new_beacon(&self, round: u64) -> Result<[u8; 32], ApiError> {
+        let mut beacon = [0u8; 32];
+        self.config.env.fill_random(&mut beacon).map_err(internal)?;
+        self.store
+            .put_meta(&meta_key("beacon", round), &beacon)
+            .await
+            .map_err(store_error)?;
+        Ok(beacon)
+    }
 }
 
 /// Errors of starting a coordinator.

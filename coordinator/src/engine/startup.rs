@@ -166,7 +166,7 @@ impl Coordinator {
         inner: &mut Inner,
         round: Round,
     ) -> Result<(), ApiError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let beacon = inner.beacon.map(|b| b.1);
         let tasks: Vec<TaskRecord> = inner
             .state
@@ -202,7 +202,8 @@ impl Coordinator {
                     live.opening_blob = Some(Digest(m.as_slice().try_into().map_err(internal)?));
                 }
             }
-            live.outcome = self.ledger_outcome(&inner.state, &t, live.needed);
+            live.outcome =
+                rules::ledger_outcome(&inner.state, &t, live.needed, &self.referee_key());
             inner.live.insert(t.id, live);
         }
         // Settle verdicts that arrived before the crash but were not resolved.
@@ -230,7 +231,7 @@ impl Coordinator {
             dataset_root: ledger_digest(&dataset.root),
             log_key: PublicKey::from(verifier.public_key()),
             coordinator_note_key: self.note_key(),
-            created_ms: now_ms(),
+            created_ms: self.now_ms(),
         };
         self.append_body(inner, body).await?;
         let params = init_params(&self.job.model, self.job.hash().0).map_err(internal)?;
@@ -244,12 +245,7 @@ impl Coordinator {
         if self.config.max_rounds.is_some_and(|max| next > max) {
             return Ok(());
         }
-        let mut beacon = [0u8; 32];
-        getrandom::fill(&mut beacon).map_err(internal)?;
-        self.store
-            .put_meta(&meta_key("beacon", next), &beacon)
-            .await
-            .map_err(store_error)?;
+        let beacon = self.new_beacon(next).await?;
         let model_bytes = encode_model(&inner.model);
         let base_model = self.blobs.put(&model_bytes).map_err(blob_error)?;
         let body = EntryBody::RoundOpened {
@@ -257,7 +253,7 @@ impl Coordinator {
             base_model,
             beacon_commitment: ledger_digest(&beacon_commitment(&beacon)),
             inner_steps: self.job.inner.steps,
-            deadline_ms: now_ms() + self.config.round_timeout.as_millis() as u64,
+            deadline_ms: self.now_ms() + self.config.round_timeout.as_millis() as u64,
         };
         self.append_body(inner, body).await?;
         inner.beacon = Some((Round(next), beacon));

@@ -3,6 +3,17 @@
 
 use super::*;
 
+/// A checked submission, ready for the log: its `WorkCommitted` entry and what the
+/// live task keeps of it (the delta blob is durable already).
+pub(super) struct Commit {
+    worker: PublicKey,
+    task: TaskId,
+    entry: Entry,
+    class: DeviceClass,
+    delta_blob: Digest,
+    trace_root: Digest,
+}
+
 impl Coordinator {
     /// Checks that `worker` may submit `task`; returns the round's base model.
     pub(super) async fn check_submittable(
@@ -21,8 +32,8 @@ impl Coordinator {
         worker: &PublicKey,
         task: TaskId,
     ) -> Result<(), ApiError> {
-        Self::require_role(&inner.state, worker, Role::Worker)?;
-        let (t, _) = Self::worker_task(inner, worker, task)?;
+        rules::require_role(&inner.state, worker, Role::Worker)?;
+        let (t, _) = rules::worker_task(&inner.state, &inner.live, worker, task)?;
         if t.committed.is_some() {
             return Err(ApiError::Conflict(format!(
                 "task {task} already has committed work"
@@ -61,9 +72,15 @@ impl Coordinator {
             .await
             .map_err(store_error)?;
         let mut guard = self.lock_synced().await?;
-        let receipt = self
-            .submit_in(&mut guard, worker, task, entry, &sub, blob, trace_root)
-            .await?;
+        let commit = Commit {
+            worker,
+            task,
+            entry,
+            class: sub.device_class,
+            delta_blob: blob,
+            trace_root,
+        };
+        let receipt = self.submit_in(&mut guard, commit).await?;
         let receipt = self.release(guard, receipt).await?;
         failpoints::hit(failpoints::SUBMIT_AFTER_APPEND);
         self.metrics.submissions.inc();
@@ -71,17 +88,19 @@ impl Coordinator {
     }
 
     /// The locked part of a submission: the commitment into the log, the challenge.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn submit_in(
         &self,
         inner: &mut Inner,
-        worker: PublicKey,
-        task: TaskId,
-        entry: Entry,
-        sub: &api::Submission,
-        blob: Digest,
-        trace_root: Digest,
+        commit: Commit,
     ) -> Result<api::SubmissionReceipt, ApiError> {
+        let Commit {
+            worker,
+            task,
+            entry,
+            class,
+            delta_blob,
+            trace_root,
+        } = commit;
         self.check_submittable_in(inner, &worker, task)?;
         let index = self.append(inner, entry).await?;
         let beacon = inner
@@ -100,17 +119,17 @@ impl Coordinator {
             .ok_or_else(|| ApiError::Internal("live task vanished".into()))?;
         live.steps = Some(steps.clone());
         live.needed = needed;
-        live.class = Some(sub.device_class);
-        live.delta_blob = Some(blob);
+        live.class = Some(class);
+        live.delta_blob = Some(delta_blob);
         // The opening is due within a task timeout of the commitment.
-        live.deadline_ms = now_ms() + self.config.task_timeout.as_millis() as u64;
+        live.deadline_ms = self.now_ms() + self.config.task_timeout.as_millis() as u64;
         Ok(api::SubmissionReceipt {
             task_id: task,
             entry_index: index,
             challenge: Challenge {
                 task_id: task,
                 steps,
-                tolerant: sub.device_class == DeviceClass::Tolerant,
+                tolerant: class == DeviceClass::Tolerant,
             },
         })
     }
@@ -126,8 +145,8 @@ impl Coordinator {
         let steps = {
             let guard = self.lock_synced().await?;
             let inner = &*guard;
-            Self::require_role(&inner.state, &worker, Role::Worker)?;
-            let (t, live) = Self::worker_task(inner, &worker, task)?;
+            rules::require_role(&inner.state, &worker, Role::Worker)?;
+            let (t, live) = rules::worker_task(&inner.state, &inner.live, &worker, task)?;
             if t.committed.is_none() {
                 return Err(ApiError::Conflict(format!(
                     "task {task} has no committed work yet: submit first"
@@ -149,7 +168,7 @@ impl Coordinator {
             .await
             .map_err(store_error)?;
         let mut guard = self.lock_synced().await?;
-        Self::worker_task(&guard, &worker, task)?;
+        rules::worker_task(&guard.state, &guard.live, &worker, task)?;
         if let Some(l) = guard.live.get_mut(&task) {
             l.opening_blob = Some(blob);
         }
@@ -181,6 +200,16 @@ impl Coordinator {
             .await
             .map_err(internal)?
             .map_err(blob_error)
+    }
+
+    /// `GET /v1/blobs/<hash>`: a blob, read on a blocking thread; `None` if the store
+    /// has none under `hash`.
+    pub async fn blob(&self, hash: Digest) -> Result<Option<Vec<u8>>, ApiError> {
+        let blobs = self.blobs.clone();
+        tokio::task::spawn_blocking(move || blobs.get(&hash))
+            .await
+            .map_err(internal)?
+            .map_err(internal)
     }
 
     /// Reads a blob the state names (`what` says which, for the error) on a blocking

@@ -5,32 +5,6 @@
 use super::*;
 
 impl Coordinator {
-    /// A task's outcome as the ledger fixes it, if it does.
-    pub(super) fn ledger_outcome(
-        &self,
-        state: &State,
-        t: &TaskRecord,
-        needed: usize,
-    ) -> Option<bool> {
-        if t.worker_slashed {
-            return Some(false);
-        }
-        let referee = self.referee_key();
-        if let Some(v) = t.verdicts.iter().find(|v| v.verifier == referee) {
-            return Some(v.accepted);
-        }
-        let standing: Vec<_> = t
-            .verdicts
-            .iter()
-            .filter(|v| !state.slashed.contains(&v.verifier))
-            .collect();
-        let accepts = standing.iter().filter(|v| v.accepted).count();
-        if standing.iter().all(|v| v.accepted) && accepts >= needed {
-            return Some(true);
-        }
-        None
-    }
-
     pub(super) fn challenge_for(
         &self,
         beacon: &[u8; 32],
@@ -49,23 +23,9 @@ impl Coordinator {
     pub async fn next_verify(&self, verifier: PublicKey) -> Result<VerifyAnswer, ApiError> {
         let mut guard = self.lock_synced().await?;
         let inner = &mut *guard;
-        Self::require_role(&inner.state, &verifier, Role::Verifier)?;
-        let now = now_ms();
-        let pick = inner.live.iter().find_map(|(id, l)| {
-            let t = inner.state.tasks.get(id)?;
-            let claimed_by_me = l.claims.get(&verifier).is_some_and(|d| *d > now);
-            let done_by_me = t.verdicts.iter().any(|v| v.verifier == verifier);
-            if l.outcome.is_some() || l.opening_blob.is_none() || done_by_me || t.worker == verifier
-            {
-                return None;
-            }
-            if claimed_by_me {
-                return Some((*id, false));
-            }
-            let live_claims = l.claims.values().filter(|d| **d > now).count();
-            let verdicts = t.verdicts.len();
-            (verdicts + live_claims < l.needed).then_some((*id, true))
-        });
+        rules::require_role(&inner.state, &verifier, Role::Verifier)?;
+        let now = self.now_ms();
+        let pick = rules::pick_for_verifier(&inner.state, &inner.live, &verifier, now);
         let Some((id, fresh)) = pick else {
             let wait = VerifyAnswer::Wait(VerifyOffer::Wait {
                 retry_after_ms: 250,
@@ -156,7 +116,7 @@ impl Coordinator {
             && l.outcome.is_none()
             && l.waiting_since.is_none()
         {
-            l.waiting_since = Some(now_ms());
+            l.waiting_since = Some(self.now_ms());
         }
         let outcome = match inner.live.get(&task).and_then(|l| l.outcome) {
             _ if inner.state.slashed.contains(&verifier) => VerdictOutcome::Overruled,
@@ -185,30 +145,8 @@ impl Coordinator {
         task: TaskId,
         sub: api::VerdictSubmission,
     ) -> Result<(u64, bool), ApiError> {
-        Self::require_role(&inner.state, &verifier, Role::Verifier)?;
-        let t = inner
-            .state
-            .tasks
-            .get(&task)
-            .ok_or_else(|| ApiError::NotFound(format!("no task {task}")))?;
-        let Some((_, steps, _)) = t.challenges.iter().find(|c| c.0 == verifier).cloned() else {
-            return Err(ApiError::Forbidden(format!(
-                "task {task} was not challenged to this verifier"
-            )));
-        };
-        if t.verdicts.iter().any(|v| v.verifier == verifier) {
-            return Err(ApiError::Conflict(format!(
-                "this verifier already gave a verdict on task {task}"
-            )));
-        }
-        let live = inner.live.get(&task).ok_or_else(|| {
-            ApiError::Conflict(format!("task {task} belongs to a round that is closed"))
-        })?;
-        if live.outcome.is_some() {
-            return Err(ApiError::Conflict(format!(
-                "task {task} is already settled"
-            )));
-        }
+        rules::require_role(&inner.state, &verifier, Role::Verifier)?;
+        let steps = rules::verdict_admissible(&inner.state, &inner.live, &verifier, task)?;
         let entry = check_verdict(&sub, task, &verifier, &steps)?.entry;
         if let Some(p) = &sub.fraud_proof {
             self.blobs
@@ -263,30 +201,14 @@ impl Coordinator {
         if live.outcome.is_some() {
             return Ok(Settle::Done);
         }
-        if let Some(o) = self.ledger_outcome(&inner.state, &t, live.needed) {
+        if let Some(o) = rules::ledger_outcome(&inner.state, &t, live.needed, &self.referee_key()) {
             self.slash_contradicted(inner, task).await?;
             if let Some(l) = inner.live.get_mut(&task) {
                 l.outcome = Some(o);
             }
             return Ok(Settle::Done);
         }
-        let any_reject = t.verdicts.iter().any(|v| !v.accepted);
-        let other_verifiers = inner
-            .state
-            .participants
-            .iter()
-            .filter(|(k, r)| {
-                **r == Role::Verifier
-                    && **k != self.referee_key()
-                    && **k != t.worker
-                    && !inner.state.slashed.contains(k)
-                    && !t.verdicts.iter().any(|v| v.verifier == **k)
-            })
-            .count();
-        if (!any_reject && other_verifiers > 0) || t.verdicts.is_empty() {
-            return Ok(Settle::Wait); // for a (second) verifier
-        }
-        Ok(Settle::Referee)
+        Ok(rules::after_verdicts(&inner.state, &t, &self.referee_key()))
     }
 
     /// The coordinator replays the task (or checks the fraud proof) and signs its own
@@ -488,31 +410,9 @@ impl Coordinator {
         let Some(t) = inner.state.tasks.get(&task).cloned() else {
             return Ok(());
         };
-        let referee = self.referee_key();
-        let Some(ruling) = t.verdicts.iter().find(|v| v.verifier == referee).cloned() else {
-            return Ok(());
-        };
-        let mut to_slash: Vec<(PublicKey, String, Option<Digest>)> = Vec::new();
-        let others = t.verdicts.iter().filter(|v| v.verifier != referee);
-        if ruling.accepted {
-            for v in others.filter(|v| !v.accepted) {
-                to_slash.push((
-                    v.verifier,
-                    "rejected work that the referee's replay accepts".into(),
-                    None,
-                ));
-            }
-        } else {
-            to_slash.push((t.worker, ruling.reason.clone(), ruling.evidence));
-            for v in others.filter(|v| v.accepted) {
-                to_slash.push((
-                    v.verifier,
-                    "accepted work that the referee's replay rejects".into(),
-                    ruling.evidence,
-                ));
-            }
-        }
+        let to_slash = rules::contradicted(&inner.state, &t, &self.referee_key());
         for (key, reason, evidence) in to_slash {
+            // Appending a slash applies it: a key listed twice is slashed once.
             if inner.state.slashed.contains(&key) {
                 continue;
             }

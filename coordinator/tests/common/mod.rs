@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use lupus_coordinator::engine::{Config, Coordinator};
+use lupus_coordinator::engine::{Config, Coordinator, SystemEnv};
 use lupus_coordinator::server::Server;
 use lupus_prover::data::Corpus;
 pub use lupus_worker::native::Stats;
@@ -33,6 +33,7 @@ pub fn config(dir: &std::path::Path, rounds: u64, tasks: u32) -> Config {
         task_timeout: Duration::from_secs(60),
         verify_timeout: Duration::from_secs(60),
         val_windows: 128,
+        env: SystemEnv::shared(),
     }
 }
 

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use lupus_coordinator::engine::{Config, Coordinator};
+use lupus_coordinator::engine::{Config, Coordinator, SystemEnv};
 use lupus_coordinator::server::Server;
 use lupus_ledger::entry::{CreditKind, Entry, EntryBody, PublicKey, TaskId};
 use lupus_ledger::hash::LeafIndex;
@@ -407,6 +407,7 @@ fn phase_config(cfg: &ZooConfig, dir: &std::path::Path) -> Config {
         task_timeout: cfg.task_timeout,
         verify_timeout: cfg.task_timeout,
         val_windows: 256,
+        env: SystemEnv::shared(),
     }
 }
 

@@ -1,0 +1,757 @@
+//! The engine's decisions as pure functions of the protocol state (the fold of the
+//! log), the live task table and the time: no I/O, no lock, no clock or randomness of
+//! their own. The `impl Coordinator` files call them under the lock and turn what they
+//! decide into entries, blob writes and answers; the tests below check each decision
+//! without tokio or a database.
+
+use std::collections::BTreeMap;
+
+use lupus_ledger::entry::{Digest, PublicKey, Role, Round, TaskId};
+
+use super::{Live, Settle};
+use crate::error::ApiError;
+use crate::state::{State, TaskRecord};
+
+/// The live task table: what the coordinator knows of the open round's tasks beyond
+/// the log.
+pub(super) type LiveTable = BTreeMap<TaskId, Live>;
+
+/// Refuses a key that may not act as `role`: slashed, joined as another role, or not
+/// joined.
+pub(super) fn require_role(state: &State, key: &PublicKey, role: Role) -> Result<(), ApiError> {
+    if state.slashed.contains(key) {
+        return Err(ApiError::Forbidden(
+            "this key was slashed for fraud and may not take part any more".into(),
+        ));
+    }
+    match state.participants.get(key) {
+        Some(r) if *r == role => Ok(()),
+        Some(r) => Err(ApiError::Forbidden(format!(
+            "this key joined as a {r:?}, not a {role:?}"
+        ))),
+        None => Err(ApiError::Forbidden(format!(
+            "this key has not joined; POST {} first",
+            lupus_api::paths::JOIN
+        ))),
+    }
+}
+
+/// What a join asks of the log.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Join {
+    /// The key joined before, as this role: nothing to append.
+    Again,
+    /// A new participant: append its join.
+    New,
+}
+
+/// Decides a join: one key, one role, for good.
+pub(super) fn join(state: &State, key: &PublicKey, role: Role) -> Result<Join, ApiError> {
+    match state.participants.get(key) {
+        Some(r) if *r != role => Err(ApiError::Conflict(format!(
+            "this key already joined as a {r:?}; use one key per role"
+        ))),
+        Some(_) => Ok(Join::Again),
+        None => Ok(Join::New),
+    }
+}
+
+/// What a worker asking for a task gets.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Dispatch {
+    /// Nothing now, for this reason.
+    Wait(&'static str),
+    /// Its own outstanding task again (a retry after a lost answer).
+    Again(TaskId),
+    /// A new task of this round, with the next task id.
+    Assign { round: Round, task: TaskId },
+}
+
+/// Decides what `worker` (already known to be a worker) is handed: its own
+/// outstanding task, a new one while the round has free slots, or a reason to wait. A
+/// slot is free while fewer than `tasks_per_round` tasks are live, unexpired and not
+/// rejected.
+pub(super) fn dispatch(
+    state: &State,
+    live: &LiveTable,
+    closing: bool,
+    tasks_per_round: u32,
+    worker: &PublicKey,
+) -> Dispatch {
+    let Some(round) = state.open_round() else {
+        return Dispatch::Wait("no round is open");
+    };
+    if closing {
+        return Dispatch::Wait("the round is closing; the next one opens in a moment");
+    }
+    let own = round
+        .tasks
+        .iter()
+        .filter_map(|id| state.tasks.get(id))
+        .find(|t| {
+            t.worker == *worker
+                && t.committed.is_none()
+                && live.get(&t.id).is_some_and(|l| !l.expired)
+        });
+    if let Some(t) = own {
+        return Dispatch::Again(t.id);
+    }
+    let active = live
+        .values()
+        .filter(|l| !l.expired && l.outcome != Some(false))
+        .count();
+    if active >= tasks_per_round as usize {
+        return Dispatch::Wait("every task of this round is handed out");
+    }
+    Dispatch::Assign {
+        round: round.round,
+        task: state.next_task_id(),
+    }
+}
+
+/// The task `worker` acts on: it exists, is the worker's, belongs to the open round
+/// and has not expired.
+pub(super) fn worker_task<'a>(
+    state: &'a State,
+    live: &'a LiveTable,
+    worker: &PublicKey,
+    task: TaskId,
+) -> Result<(&'a TaskRecord, &'a Live), ApiError> {
+    let t = state
+        .tasks
+        .get(&task)
+        .ok_or_else(|| ApiError::NotFound(format!("no task {task}")))?;
+    if t.worker != *worker {
+        return Err(ApiError::Forbidden(format!(
+            "task {task} belongs to another worker"
+        )));
+    }
+    let l = live.get(&task).ok_or_else(|| {
+        ApiError::Conflict(format!("task {task} belongs to a round that is closed"))
+    })?;
+    if l.expired {
+        return Err(ApiError::Conflict(format!(
+            "task {task} expired (its deadline passed) and was handed out again"
+        )));
+    }
+    Ok((t, l))
+}
+
+/// Marks the tasks past their deadline that were neither opened nor settled as
+/// expired (their slots are handed out again) and drops verifier claims past theirs.
+/// Returns the tasks it expired.
+pub(super) fn expire(live: &mut LiveTable, now: u64) -> Vec<TaskId> {
+    let mut expired = Vec::new();
+    for (id, l) in live.iter_mut() {
+        let opened = l.opening_blob.is_some();
+        if !l.expired && l.outcome.is_none() && !opened && now > l.deadline_ms {
+            l.expired = true;
+            expired.push(*id);
+        }
+        l.claims.retain(|_, d| *d > now);
+    }
+    expired
+}
+
+/// The open round, if it should close now: its target of accepted tasks is met or its
+/// deadline passed, and no close of it is running.
+pub(super) fn close_due(
+    state: &State,
+    live: &LiveTable,
+    closing: bool,
+    tasks_per_round: u32,
+    now: u64,
+) -> Option<Round> {
+    if closing {
+        return None;
+    }
+    let round = state.open_round()?;
+    let accepted = live.values().filter(|l| l.outcome == Some(true)).count();
+    let target_met = accepted >= tasks_per_round as usize;
+    (target_met || now >= round.deadline_ms).then_some(round.round)
+}
+
+/// The task a verifier should work on, and whether it is a fresh claim (a
+/// `ChallengeIssued` to append) or its own claim again. A task wants a verifier while
+/// it is opened, unsettled, not the verifier's own work, not already judged by it, and
+/// its verdicts and live claims are fewer than it needs.
+pub(super) fn pick_for_verifier(
+    state: &State,
+    live: &LiveTable,
+    verifier: &PublicKey,
+    now: u64,
+) -> Option<(TaskId, bool)> {
+    live.iter().find_map(|(id, l)| {
+        let t = state.tasks.get(id)?;
+        let claimed_by_me = l.claims.get(verifier).is_some_and(|d| *d > now);
+        let done_by_me = t.verdicts.iter().any(|v| v.verifier == *verifier);
+        if l.outcome.is_some() || l.opening_blob.is_none() || done_by_me || t.worker == *verifier {
+            return None;
+        }
+        if claimed_by_me {
+            return Some((*id, false));
+        }
+        let live_claims = l.claims.values().filter(|d| **d > now).count();
+        (t.verdicts.len() + live_claims < l.needed).then_some((*id, true))
+    })
+}
+
+/// The steps a verdict by `verifier` on `task` must cover, if the verdict may be
+/// given: the task exists, was challenged to this verifier, has no verdict of its
+/// yet, and is live and unsettled.
+pub(super) fn verdict_admissible(
+    state: &State,
+    live: &LiveTable,
+    verifier: &PublicKey,
+    task: TaskId,
+) -> Result<Vec<u32>, ApiError> {
+    let t = state
+        .tasks
+        .get(&task)
+        .ok_or_else(|| ApiError::NotFound(format!("no task {task}")))?;
+    let Some((_, steps, _)) = t.challenges.iter().find(|c| c.0 == *verifier) else {
+        return Err(ApiError::Forbidden(format!(
+            "task {task} was not challenged to this verifier"
+        )));
+    };
+    if t.verdicts.iter().any(|v| v.verifier == *verifier) {
+        return Err(ApiError::Conflict(format!(
+            "this verifier already gave a verdict on task {task}"
+        )));
+    }
+    let l = live.get(&task).ok_or_else(|| {
+        ApiError::Conflict(format!("task {task} belongs to a round that is closed"))
+    })?;
+    if l.outcome.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "task {task} is already settled"
+        )));
+    }
+    Ok(steps.clone())
+}
+
+/// A task's outcome as the ledger fixes it, if it does: its worker slashed (rejected),
+/// the referee's verdict, or unanimous acceptance by `needed` verifiers who stand.
+pub(super) fn ledger_outcome(
+    state: &State,
+    t: &TaskRecord,
+    needed: usize,
+    referee: &PublicKey,
+) -> Option<bool> {
+    if t.worker_slashed {
+        return Some(false);
+    }
+    if let Some(v) = t.verdicts.iter().find(|v| v.verifier == *referee) {
+        return Some(v.accepted);
+    }
+    let standing: Vec<_> = t
+        .verdicts
+        .iter()
+        .filter(|v| !state.slashed.contains(&v.verifier))
+        .collect();
+    let accepts = standing.iter().filter(|v| v.accepted).count();
+    if standing.iter().all(|v| v.accepted) && accepts >= needed {
+        return Some(true);
+    }
+    None
+}
+
+/// How a live, unsettled task's verdicts leave it when the ledger does not fix its
+/// outcome: with no verdict, or only acceptances while another verifier could still
+/// judge it, it waits; any rejection, or acceptances short of `needed` with nobody
+/// left to judge, go to the referee.
+pub(super) fn after_verdicts(state: &State, t: &TaskRecord, referee: &PublicKey) -> Settle {
+    let any_reject = t.verdicts.iter().any(|v| !v.accepted);
+    let other_verifiers = state
+        .participants
+        .iter()
+        .filter(|(k, r)| {
+            **r == Role::Verifier
+                && *k != referee
+                && **k != t.worker
+                && !state.slashed.contains(k)
+                && !t.verdicts.iter().any(|v| v.verifier == **k)
+        })
+        .count();
+    if (!any_reject && other_verifiers > 0) || t.verdicts.is_empty() {
+        Settle::Wait
+    } else {
+        Settle::Referee
+    }
+}
+
+/// The keys the referee's verdict on `t` contradicts, not yet slashed, with the reason
+/// and evidence of each slash: for a rejection, the worker and every verifier who
+/// accepted; for an acceptance, every verifier who rejected. Empty without a referee
+/// verdict. A function of the ledger, so calling it again after a crash repairs
+/// slashes a crash cut off.
+pub(super) fn contradicted(
+    state: &State,
+    t: &TaskRecord,
+    referee: &PublicKey,
+) -> Vec<(PublicKey, String, Option<Digest>)> {
+    let Some(ruling) = t.verdicts.iter().find(|v| v.verifier == *referee) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(PublicKey, String, Option<Digest>)> = Vec::new();
+    let others = t.verdicts.iter().filter(|v| v.verifier != *referee);
+    if ruling.accepted {
+        for v in others.filter(|v| !v.accepted) {
+            out.push((
+                v.verifier,
+                "rejected work that the referee's replay accepts".into(),
+                None,
+            ));
+        }
+    } else {
+        out.push((t.worker, ruling.reason.clone(), ruling.evidence));
+        for v in others.filter(|v| v.accepted) {
+            out.push((
+                v.verifier,
+                "accepted work that the referee's replay rejects".into(),
+                ruling.evidence,
+            ));
+        }
+    }
+    out.retain(|(k, _, _)| !state.slashed.contains(k));
+    // One slash per key, whatever the verdicts repeat.
+    let mut seen = std::collections::BTreeSet::new();
+    out.retain(|(k, _, _)| seen.insert(*k));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Committed, RoundRecord, VerdictRecord};
+
+    const REFEREE: PublicKey = PublicKey([0xee; 32]);
+    const W1: PublicKey = PublicKey([1; 32]);
+    const W2: PublicKey = PublicKey([2; 32]);
+    const V1: PublicKey = PublicKey([11; 32]);
+    const V2: PublicKey = PublicKey([12; 32]);
+
+    /// Round 1 open until `deadline`, the referee, two workers and two verifiers.
+    fn state(deadline: u64) -> State {
+        let mut s = State::default();
+        for (k, r) in [
+            (REFEREE, Role::Verifier),
+            (W1, Role::Worker),
+            (W2, Role::Worker),
+            (V1, Role::Verifier),
+            (V2, Role::Verifier),
+        ] {
+            s.participants.insert(k, r);
+        }
+        s.rounds.insert(
+            Round(1),
+            RoundRecord {
+                round: Round(1),
+                base_model: Digest([0; 32]),
+                beacon_commitment: Digest([0; 32]),
+                inner_steps: 8,
+                deadline_ms: deadline,
+                closed: None,
+                epoch_written: false,
+                tasks: Vec::new(),
+            },
+        );
+        s
+    }
+
+    /// Assigns task `id` of round 1 to `worker`, live until `deadline`.
+    fn assign(s: &mut State, live: &mut LiveTable, id: u64, worker: PublicKey, deadline: u64) {
+        let id = TaskId(id);
+        s.tasks.insert(
+            id,
+            TaskRecord {
+                id,
+                round: Round(1),
+                worker,
+                seed: Digest([0; 32]),
+                inner_steps: 8,
+                batch_size: 4,
+                index: id.0,
+                committed: None,
+                challenges: Vec::new(),
+                verdicts: Vec::new(),
+                worker_slashed: false,
+                credited: Default::default(),
+            },
+        );
+        s.rounds.get_mut(&Round(1)).unwrap().tasks.push(id);
+        live.insert(
+            id,
+            Live {
+                deadline_ms: deadline,
+                needed: 1,
+                ..Live::default()
+            },
+        );
+    }
+
+    /// Commits and opens task `id`, challenged to `verifiers`.
+    fn open(s: &mut State, live: &mut LiveTable, id: u64, verifiers: &[PublicKey]) {
+        let t = s.tasks.get_mut(&TaskId(id)).unwrap();
+        t.committed = Some(Committed {
+            trace_root: Digest([9; 32]),
+            final_state: Digest([9; 32]),
+            delta: Digest([9; 32]),
+            index: 100 + id,
+        });
+        for v in verifiers {
+            t.challenges.push((*v, vec![1, 3], 200 + id));
+        }
+        let l = live.get_mut(&TaskId(id)).unwrap();
+        l.opening_blob = Some(Digest([7; 32]));
+        l.steps = Some(vec![1, 3]);
+    }
+
+    fn verdict(s: &mut State, id: u64, verifier: PublicKey, accepted: bool) {
+        s.tasks
+            .get_mut(&TaskId(id))
+            .unwrap()
+            .verdicts
+            .push(VerdictRecord {
+                verifier,
+                accepted,
+                reason: if accepted { "ok" } else { "step 3 differs" }.into(),
+                evidence: None,
+                index: 300,
+            });
+    }
+
+    #[test]
+    fn roles_are_checked_and_a_slashed_key_is_out() {
+        let mut s = state(1_000);
+        assert!(require_role(&s, &W1, Role::Worker).is_ok());
+        assert!(matches!(
+            require_role(&s, &W1, Role::Verifier),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert!(matches!(
+            require_role(&s, &PublicKey([99; 32]), Role::Worker),
+            Err(ApiError::Forbidden(m)) if m.contains("has not joined")
+        ));
+        s.slashed.insert(W1);
+        assert!(matches!(
+            require_role(&s, &W1, Role::Worker),
+            Err(ApiError::Forbidden(m)) if m.contains("slashed")
+        ));
+    }
+
+    #[test]
+    fn one_key_one_role() {
+        let s = state(1_000);
+        assert_eq!(join(&s, &W1, Role::Worker).unwrap(), Join::Again);
+        assert!(matches!(
+            join(&s, &W1, Role::Verifier),
+            Err(ApiError::Conflict(_))
+        ));
+        assert_eq!(
+            join(&s, &PublicKey([50; 32]), Role::Verifier).unwrap(),
+            Join::New
+        );
+    }
+
+    #[test]
+    fn dispatch_hands_out_slots_then_waits_and_repeats_a_workers_own_task() {
+        let mut s = state(1_000);
+        let mut live = LiveTable::new();
+        assert_eq!(
+            dispatch(&s, &live, false, 2, &W1),
+            Dispatch::Assign {
+                round: Round(1),
+                task: TaskId(1)
+            }
+        );
+        assign(&mut s, &mut live, 1, W1, 500);
+        // A lost answer: the same worker gets the same task, not a second slot.
+        assert_eq!(
+            dispatch(&s, &live, false, 2, &W1),
+            Dispatch::Again(TaskId(1))
+        );
+        assert_eq!(
+            dispatch(&s, &live, false, 2, &W2),
+            Dispatch::Assign {
+                round: Round(1),
+                task: TaskId(2)
+            }
+        );
+        assign(&mut s, &mut live, 2, W2, 500);
+        assert_eq!(
+            dispatch(&s, &live, false, 2, &PublicKey([3; 32])),
+            Dispatch::Wait("every task of this round is handed out")
+        );
+        // An expired task frees its slot and is not the worker's any more.
+        expire(&mut live, 501);
+        assert!(matches!(
+            dispatch(&s, &live, false, 2, &W1),
+            Dispatch::Assign {
+                task: TaskId(3),
+                ..
+            }
+        ));
+        // A rejected task frees its slot too; an accepted one keeps it.
+        assign(&mut s, &mut live, 3, W1, 900);
+        assign(&mut s, &mut live, 4, W2, 900);
+        live.get_mut(&TaskId(3)).unwrap().outcome = Some(false);
+        live.get_mut(&TaskId(4)).unwrap().outcome = Some(true);
+        assert!(matches!(
+            dispatch(&s, &live, false, 2, &PublicKey([3; 32])),
+            Dispatch::Assign {
+                task: TaskId(5),
+                ..
+            }
+        ));
+        assert!(matches!(
+            dispatch(&s, &live, true, 2, &W1),
+            Dispatch::Wait(r) if r.contains("closing")
+        ));
+        s.rounds.get_mut(&Round(1)).unwrap().closed = Some(crate::state::Closed {
+            beacon: Digest([0; 32]),
+            new_model: Digest([0; 32]),
+            val_loss: 1.0,
+            accepted: 1,
+        });
+        assert_eq!(
+            dispatch(&s, &live, false, 2, &W1),
+            Dispatch::Wait("no round is open")
+        );
+    }
+
+    #[test]
+    fn a_worker_acts_only_on_its_own_live_task() {
+        let mut s = state(1_000);
+        let mut live = LiveTable::new();
+        assign(&mut s, &mut live, 1, W1, 500);
+        assert!(worker_task(&s, &live, &W1, TaskId(1)).is_ok());
+        assert!(matches!(
+            worker_task(&s, &live, &W2, TaskId(1)),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert!(matches!(
+            worker_task(&s, &live, &W1, TaskId(9)),
+            Err(ApiError::NotFound(_))
+        ));
+        expire(&mut live, 501);
+        assert!(matches!(
+            worker_task(&s, &live, &W1, TaskId(1)),
+            Err(ApiError::Conflict(m)) if m.contains("expired")
+        ));
+        live.clear();
+        assert!(matches!(
+            worker_task(&s, &live, &W1, TaskId(1)),
+            Err(ApiError::Conflict(m)) if m.contains("closed")
+        ));
+    }
+
+    #[test]
+    fn expiry_spares_opened_and_settled_tasks_and_drops_stale_claims() {
+        let mut s = state(10_000);
+        let mut live = LiveTable::new();
+        assign(&mut s, &mut live, 1, W1, 500);
+        assign(&mut s, &mut live, 2, W2, 500);
+        assign(&mut s, &mut live, 3, W1, 500);
+        assign(&mut s, &mut live, 4, W2, 900);
+        open(&mut s, &mut live, 2, &[]);
+        live.get_mut(&TaskId(3)).unwrap().outcome = Some(true);
+        live.get_mut(&TaskId(2)).unwrap().claims.insert(V1, 600);
+        live.get_mut(&TaskId(2)).unwrap().claims.insert(V2, 700);
+        // At the deadline itself nothing expires.
+        assert!(expire(&mut live, 500).is_empty());
+        assert_eq!(expire(&mut live, 650), vec![TaskId(1)]);
+        let claims = &live[&TaskId(2)].claims;
+        assert_eq!(claims.keys().copied().collect::<Vec<_>>(), vec![V2]);
+        // Expiry happens once.
+        assert_eq!(expire(&mut live, 901), vec![TaskId(4)]);
+        assert!(live[&TaskId(1)].expired && !live[&TaskId(2)].expired);
+    }
+
+    #[test]
+    fn a_round_is_due_at_its_target_or_its_deadline_and_not_while_closing() {
+        let mut s = state(1_000);
+        let mut live = LiveTable::new();
+        assert_eq!(close_due(&s, &live, false, 2, 999), None);
+        assert_eq!(close_due(&s, &live, false, 2, 1_000), Some(Round(1)));
+        assert_eq!(close_due(&s, &live, true, 2, 1_000), None);
+        assign(&mut s, &mut live, 1, W1, 500);
+        assign(&mut s, &mut live, 2, W2, 500);
+        live.get_mut(&TaskId(1)).unwrap().outcome = Some(true);
+        assert_eq!(close_due(&s, &live, false, 2, 10), None);
+        live.get_mut(&TaskId(2)).unwrap().outcome = Some(true);
+        assert_eq!(close_due(&s, &live, false, 2, 10), Some(Round(1)));
+    }
+
+    #[test]
+    fn a_verifier_gets_opened_work_that_is_not_its_own_up_to_what_it_needs() {
+        let mut s = state(10_000);
+        let mut live = LiveTable::new();
+        assign(&mut s, &mut live, 1, W1, 500);
+        assert_eq!(pick_for_verifier(&s, &live, &V1, 0), None, "not opened");
+        open(&mut s, &mut live, 1, &[]);
+        assert_eq!(
+            pick_for_verifier(&s, &live, &V1, 0),
+            Some((TaskId(1), true))
+        );
+        // Its own claim comes back as such; a second verifier is not needed.
+        live.get_mut(&TaskId(1)).unwrap().claims.insert(V1, 100);
+        assert_eq!(
+            pick_for_verifier(&s, &live, &V1, 50),
+            Some((TaskId(1), false))
+        );
+        assert_eq!(pick_for_verifier(&s, &live, &V2, 50), None);
+        // Once the claim lapses the slot is free again.
+        assert_eq!(
+            pick_for_verifier(&s, &live, &V2, 100),
+            Some((TaskId(1), true))
+        );
+        // A double-checked task wants a second verifier, but not the first again.
+        live.get_mut(&TaskId(1)).unwrap().needed = 2;
+        verdict(&mut s, 1, V1, true);
+        live.get_mut(&TaskId(1)).unwrap().claims.clear();
+        assert_eq!(pick_for_verifier(&s, &live, &V1, 0), None);
+        assert_eq!(
+            pick_for_verifier(&s, &live, &V2, 0),
+            Some((TaskId(1), true))
+        );
+        // Nobody verifies their own work.
+        s.participants.insert(W1, Role::Verifier);
+        assert_eq!(pick_for_verifier(&s, &live, &W1, 0), None);
+        live.get_mut(&TaskId(1)).unwrap().outcome = Some(true);
+        assert_eq!(pick_for_verifier(&s, &live, &V2, 0), None, "settled");
+    }
+
+    #[test]
+    fn a_verdict_needs_a_challenge_and_an_unsettled_task() {
+        let mut s = state(10_000);
+        let mut live = LiveTable::new();
+        assign(&mut s, &mut live, 1, W1, 500);
+        open(&mut s, &mut live, 1, &[V1]);
+        assert!(matches!(
+            verdict_admissible(&s, &live, &V2, TaskId(1)),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert_eq!(
+            verdict_admissible(&s, &live, &V1, TaskId(1)).unwrap(),
+            vec![1, 3]
+        );
+        verdict(&mut s, 1, V1, true);
+        assert!(matches!(
+            verdict_admissible(&s, &live, &V1, TaskId(1)),
+            Err(ApiError::Conflict(m)) if m.contains("already gave")
+        ));
+        s.tasks
+            .get_mut(&TaskId(1))
+            .unwrap()
+            .challenges
+            .push((V2, vec![1, 3], 9));
+        live.get_mut(&TaskId(1)).unwrap().outcome = Some(true);
+        assert!(matches!(
+            verdict_admissible(&s, &live, &V2, TaskId(1)),
+            Err(ApiError::Conflict(m)) if m.contains("settled")
+        ));
+        assert!(matches!(
+            verdict_admissible(&s, &live, &V2, TaskId(2)),
+            Err(ApiError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn the_ledger_fixes_an_outcome_only_by_the_referee_a_slash_or_enough_standing_accepts() {
+        let mut s = state(10_000);
+        let mut live = LiveTable::new();
+        assign(&mut s, &mut live, 1, W1, 500);
+        open(&mut s, &mut live, 1, &[V1, V2]);
+        let t = |s: &State| s.tasks[&TaskId(1)].clone();
+        assert_eq!(ledger_outcome(&s, &t(&s), 1, &REFEREE), None);
+        verdict(&mut s, 1, V1, true);
+        assert_eq!(ledger_outcome(&s, &t(&s), 1, &REFEREE), Some(true));
+        assert_eq!(
+            ledger_outcome(&s, &t(&s), 2, &REFEREE),
+            None,
+            "double check"
+        );
+        // A rejection blocks acceptance until the referee speaks...
+        verdict(&mut s, 1, V2, false);
+        assert_eq!(ledger_outcome(&s, &t(&s), 1, &REFEREE), None);
+        // ...unless its verifier was slashed: its verdict no longer stands.
+        s.slashed.insert(V2);
+        assert_eq!(ledger_outcome(&s, &t(&s), 1, &REFEREE), Some(true));
+        s.slashed.clear();
+        verdict(&mut s, 1, REFEREE, false);
+        assert_eq!(ledger_outcome(&s, &t(&s), 1, &REFEREE), Some(false));
+        let mut slashed = t(&s);
+        slashed.verdicts.clear();
+        slashed.worker_slashed = true;
+        assert_eq!(ledger_outcome(&s, &slashed, 1, &REFEREE), Some(false));
+    }
+
+    #[test]
+    fn verdicts_wait_for_another_verifier_or_go_to_the_referee() {
+        let mut s = state(10_000);
+        let mut live = LiveTable::new();
+        assign(&mut s, &mut live, 1, W1, 500);
+        open(&mut s, &mut live, 1, &[V1, V2]);
+        let t = |s: &State| s.tasks[&TaskId(1)].clone();
+        assert_eq!(
+            after_verdicts(&s, &t(&s), &REFEREE),
+            Settle::Wait,
+            "no verdict"
+        );
+        verdict(&mut s, 1, V1, true);
+        // V2 could still judge it.
+        assert_eq!(after_verdicts(&s, &t(&s), &REFEREE), Settle::Wait);
+        // With V2 slashed nobody else can: the referee is the second verifier.
+        s.slashed.insert(V2);
+        assert_eq!(after_verdicts(&s, &t(&s), &REFEREE), Settle::Referee);
+        s.slashed.clear();
+        // Any rejection goes to the referee at once.
+        verdict(&mut s, 1, V2, false);
+        assert_eq!(after_verdicts(&s, &t(&s), &REFEREE), Settle::Referee);
+    }
+
+    #[test]
+    fn the_referee_slashes_whoever_it_contradicts_once() {
+        let mut s = state(10_000);
+        let mut live = LiveTable::new();
+        assign(&mut s, &mut live, 1, W1, 500);
+        open(&mut s, &mut live, 1, &[V1, V2]);
+        verdict(&mut s, 1, V1, true);
+        verdict(&mut s, 1, V2, false);
+        let t = |s: &State| s.tasks[&TaskId(1)].clone();
+        assert!(
+            contradicted(&s, &t(&s), &REFEREE).is_empty(),
+            "no ruling yet"
+        );
+        let mut rejected = s.tasks[&TaskId(1)].clone();
+        rejected.verdicts.push(VerdictRecord {
+            verifier: REFEREE,
+            accepted: false,
+            reason: "referee replay: step 3".into(),
+            evidence: Some(Digest([5; 32])),
+            index: 400,
+        });
+        let keys: Vec<_> = contradicted(&s, &rejected, &REFEREE)
+            .into_iter()
+            .map(|(k, _, e)| (k, e))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![(W1, Some(Digest([5; 32]))), (V1, Some(Digest([5; 32])))]
+        );
+        // Slashed already: not again (the repair after a crash appends what is missing).
+        s.slashed.insert(W1);
+        let keys: Vec<_> = contradicted(&s, &rejected, &REFEREE)
+            .into_iter()
+            .map(|(k, _, _)| k)
+            .collect();
+        assert_eq!(keys, vec![V1]);
+        verdict(&mut s, 1, REFEREE, true);
+        let keys: Vec<_> = contradicted(&s, &t(&s), &REFEREE)
+            .into_iter()
+            .map(|(k, _, _)| k)
+            .collect();
+        assert_eq!(keys, vec![V2]);
+    }
+}
