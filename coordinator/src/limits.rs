@@ -32,7 +32,7 @@ use crate::error::ApiError;
 pub struct Limits {
     /// Requests handled at once; one more is answered 503 with `Retry-After` at once
     /// (load shedding) instead of queueing. Default 2,048: above the thousand
-    /// participants of `lupus bench load`, each of which has one request out.
+    /// participants of `lupus-bench load`, each of which has one request out.
     pub max_in_flight: usize,
     /// Longest wait for a request's headers, on a new connection or between two
     /// requests of one: the connection is closed past it. Default 30 s.

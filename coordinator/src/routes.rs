@@ -240,12 +240,20 @@ async fn tile(State(c): State<Shared>, Path(path): Path<String>) -> ApiResult {
         TilePath::Entries(b) => c.log().entry_bundle(&b).await,
     }
     .map_err(|e| ApiError::NotFound(e.to_string()))?;
-    let mut resp = ([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response();
-    resp.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=31536000, immutable"),
-    );
-    Ok(resp)
+    Ok(immutable(data))
+}
+
+/// Content-addressed bytes (tiles, blobs): they never change, so anyone may cache
+/// them for a year.
+fn immutable(data: Vec<u8>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        ],
+        data,
+    )
+        .into_response()
 }
 
 #[utoipa::path(
@@ -661,16 +669,10 @@ async fn blob(State(c): State<Shared>, Path(hash): Path<String>) -> ApiResult {
         ApiError::BadRequest(format!("expected a blake3 hash as 64 hex digits: {e}"))
     })?;
     let data = c
-        .blobs()
-        .get(&hash)
-        .map_err(internal)?
+        .blob(hash)
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("no blob {hash}")))?;
-    let mut resp = ([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response();
-    resp.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=31536000, immutable"),
-    );
-    Ok(resp)
+    Ok(immutable(data))
 }
 
 #[utoipa::path(
