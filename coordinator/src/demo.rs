@@ -84,7 +84,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let c = open_coordinator(&cargs, &run_dir, workers as u32).await?;
     let job = c.job().clone();
     let initial = {
-        let model = c.model().await;
+        let model = c.model().await?;
         let corpus = Arc::clone(c.corpus());
         let j = job.clone();
         tokio::task::spawn_blocking(move || Coordinator::validation_loss(&j, &corpus, &model, 512))
@@ -238,7 +238,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         ),
         Err(e) => println!("re-verification: FAILED: {e}"),
     }
-    let model = c.model().await;
+    let model = c.model().await?;
     let text = sample::generate(&job.model, &model, "ROMEO:\n", 300, 1)
         .unwrap_or_else(|| "(text sampling supports the MLP model only)".into());
     println!("\nsample from the trained model:\n{text}\n");

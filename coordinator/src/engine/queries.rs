@@ -247,21 +247,29 @@ impl Coordinator {
         build_statement(&key, &tree, index, &entry, proof, head.note.clone()).map_err(internal)
     }
 
-    /// Current model parameters (the open round's base, or the final model).
-    pub async fn model(&self) -> Arc<Vec<Tensor>> {
-        Arc::clone(&self.inner.lock().await.model)
+    /// Current model parameters (the open round's base, or the final model), once
+    /// the entries that made it are durable.
+    pub async fn model(&self) -> Result<Arc<Vec<Tensor>>, ApiError> {
+        let inner = self.lock_for_read().await?;
+        let model = Arc::clone(&inner.model);
+        self.release(inner, model).await
     }
 
-    /// Whether every configured round is closed.
+    /// Whether every configured round is closed, and its close durable (a close that
+    /// is only sequenced may still fail: it does not count). `false` while the store
+    /// cannot be read.
     pub async fn finished(&self) -> bool {
-        let inner = self.inner.lock().await;
-        match self.config.max_rounds {
+        let Ok(inner) = self.lock_for_read().await else {
+            return false;
+        };
+        let done = match self.config.max_rounds {
             Some(max) => inner
                 .state
                 .rounds
                 .get(&Round(max))
                 .is_some_and(|r| r.closed.is_some() && r.epoch_written),
             None => false,
-        }
+        };
+        self.release(inner, done).await.unwrap_or(false)
     }
 }

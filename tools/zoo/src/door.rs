@@ -127,7 +127,7 @@ pub async fn door_cases(c: &Coordinator, url: &str) -> Result<Vec<DoorAttempt>, 
     // An honest run of the task, to tamper with.
     let job = c.job().clone();
     let corpus = std::sync::Arc::clone(c.corpus());
-    let base = c.model().await;
+    let base = c.model().await.map_err(zoo_err)?;
     let seed = task.seed.0;
     let run = tokio::task::spawn_blocking(move || {
         run_task(&job, &corpus, &base, seed, &mut |_, _| {}).map_err(zoo_err)
