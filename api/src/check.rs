@@ -12,7 +12,8 @@
 //!   decodes (its worker signature verifies) and names this task and worker; the int8
 //!   delta decodes strictly, has the model's shapes and hashes to the committed delta
 //!   hash; the final trace leaf opening proves that delta under the trace root.
-//! - [`check_opening`] (`POST /v1/tasks/<id>/opening`): the opening covers exactly the
+//! - [`decode_opening`] and [`check_opening`] (`POST /v1/tasks/<id>/opening`): the
+//!   body is an opening in its canonical binary encoding, and it covers exactly the
 //!   challenged steps.
 //! - [`check_verdict`] (`POST /v1/verify/<id>/verdict`): the `Verdict` entry decodes
 //!   (its verifier signature verifies), names this task, verifier and steps, and its
@@ -21,7 +22,7 @@
 use lupus_ledger::entry::{Digest, Entry, EntryBody, EntryError, EntryKind, PublicKey, TaskId};
 use lupus_prover::model::ModelError;
 use lupus_prover::quant::QuantDelta;
-use lupus_prover::task::Opening;
+use lupus_prover::task::{Opening, OpeningDecodeError};
 use lupus_prover::trace::Commitment;
 use lupus_prover::verify::{RejectReason, verify_submission};
 
@@ -67,6 +68,9 @@ pub enum BodyError {
     /// The final trace leaf opening does not prove the delta.
     #[error("final opening: {0}")]
     FinalOpening(RejectReason),
+    /// The body is not an opening in its canonical binary encoding.
+    #[error("opening: {0}")]
+    OpeningEncoding(OpeningDecodeError),
     /// The opening does not cover exactly the challenged steps.
     #[error("the opening covers steps {opened:?}, the challenge is {challenged:?}")]
     OpeningSteps {
@@ -90,7 +94,10 @@ impl BodyError {
     /// Whether the body is malformed (HTTP 400) rather than well-formed but wrong for
     /// this task (HTTP 422).
     pub fn is_malformed(&self) -> bool {
-        matches!(self, BodyError::Entry { .. })
+        matches!(
+            self,
+            BodyError::Entry { .. } | BodyError::OpeningEncoding(_)
+        )
     }
 }
 
@@ -161,6 +168,11 @@ pub fn check_submission(
         delta: q,
         commitment,
     })
+}
+
+/// Decodes an opening's body ([`Opening::from_bytes`]: the canonical encoding only).
+pub fn decode_opening(body: &[u8]) -> Result<Opening, BodyError> {
+    Opening::from_bytes(body).map_err(BodyError::OpeningEncoding)
 }
 
 /// Checks that an opening covers exactly the `challenged` steps, in order.

@@ -27,11 +27,12 @@
 //!    [`types::Submission`]: the signed `WorkCommitted` entry, the int8 delta and the
 //!    opening of the final trace leaf. The commitment is logged before the challenge
 //!    exists; the receipt ([`types::SubmissionReceipt`]) then names the challenged steps.
-//! 4. The worker answers with `POST /v1/tasks/<id>/opening` (a prover
-//!    [`lupus_prover::task::Opening`]).
+//! 4. The worker answers with `POST /v1/tasks/<id>/opening`: a prover
+//!    [`lupus_prover::task::Opening`] in its canonical binary encoding
+//!    (`Opening::to_bytes`, about 4 bytes a parameter), stored as a blob.
 //! 5. A verifier asks for work: `POST /v1/verify/next` returns a
-//!    [`types::VerifyOffer`] with the task, the commitment, the steps and the opening;
-//!    it replays and posts `POST /v1/verify/<id>/verdict` ([`types::VerdictSubmission`]:
+//!    [`types::VerifyOffer`] with the task, the commitment, the steps and the
+//!    opening's blob hash; it fetches the opening from `/v1/blobs/`, replays and posts `POST /v1/verify/<id>/verdict` ([`types::VerdictSubmission`]:
 //!    the signed `Verdict` entry and, when it rejects, the fraud proof).
 //! 6. Anyone reads the round's state (`GET /v1/rounds/current`), the log (C2SP
 //!    `tlog-tiles` under `/checkpoint` and `/tile/...`, decoded entries under

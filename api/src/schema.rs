@@ -372,34 +372,6 @@ pub struct FinalOpening {
     pub proof: MultiProof,
 }
 
-/// `lupus_prover::task::StepOpening`: one challenged step, opened.
-#[derive(ToSchema)]
-pub struct StepOpening {
-    pub step: u32,
-    /// `S_t`: params, then first moments, then second moments.
-    pub state: Vec<Tensor>,
-    /// The step's op-output commits, in tape order.
-    pub ops: Vec<OpOutputCommit>,
-    /// `S_{t+1}` in the same layout, for the tolerant class only.
-    #[schema(required = true)]
-    pub next_state: Option<Vec<Tensor>>,
-}
-
-/// `lupus_prover::task::Opening`: a worker's answer to its challenge.
-#[derive(ToSchema)]
-pub struct Opening {
-    /// `[position, leaf]` pairs, strictly increasing positions.
-    pub leaves: Vec<(u32, TraceLeaf)>,
-    /// One multiproof of all opened leaves against the trace root.
-    pub proof: MultiProof,
-    /// The challenged steps, in increasing order.
-    pub steps: Vec<StepOpening>,
-    /// `S_H`'s parameters, so the delta can be checked against the trace.
-    pub final_params: Vec<Tensor>,
-    /// A multiproof of `final_params` against `H(S_H)`.
-    pub final_params_proof: MultiProof,
-}
-
 /// `lupus_prover::graph::ValueRef`: where an operator input comes from.
 #[derive(ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -10,7 +10,7 @@ use lupus_ledger::entry::{
 };
 use lupus_prover::fraud::FraudProof;
 use lupus_prover::merkle::Digest as ProverDigest;
-use lupus_prover::task::{FinalOpening, Opening};
+use lupus_prover::task::FinalOpening;
 use lupus_prover::trace::Commitment;
 use lupus_prover::verify::DeviceClass;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -211,12 +211,15 @@ pub struct SubmissionReceipt {
     pub challenge: Challenge,
 }
 
-/// `POST /v1/tasks/<id>/opening` takes a prover [`Opening`]; this is the answer.
+/// `POST /v1/tasks/<id>/opening` takes a prover
+/// [`Opening`](lupus_prover::task::Opening) in its canonical binary encoding
+/// ([`Opening::to_bytes`](lupus_prover::task::Opening::to_bytes),
+/// `application/octet-stream`); this is the answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OpeningReceipt {
     #[schema(value_type = u64)]
     pub task_id: TaskId,
-    /// blake3 of the stored opening (JSON).
+    /// blake3 of the stored opening: the bytes that were posted.
     #[schema(value_type = crate::schema::Digest)]
     pub opening_blob: Digest,
 }
@@ -252,8 +255,10 @@ pub struct TaskStatus {
     /// The challenge, once the work is committed.
     pub challenge: Option<Challenge>,
     pub verdicts: Vec<VerdictSummary>,
-    /// blake3 of the worker's opening (JSON, under `/v1/blobs/`), once it answered the
-    /// challenge: what an auditor fetches to replay the challenged steps.
+    /// blake3 of the worker's opening (its binary encoding,
+    /// [`Opening::to_bytes`](lupus_prover::task::Opening::to_bytes), under
+    /// `/v1/blobs/`), once it answered the challenge: what a verifier or an
+    /// auditor fetches to replay the challenged steps.
     #[serde(default)]
     #[schema(value_type = Option<crate::schema::Digest>)]
     pub opening_blob: Option<Digest>,
@@ -269,8 +274,10 @@ pub struct VerdictSummary {
     pub entry_index: u64,
 }
 
-/// What a verifier receives: everything `verify_opening` needs but the job, the corpus
-/// and the base model (which it fetches once per round by hash).
+/// What a verifier receives: everything `verify_opening` needs but the job, the corpus,
+/// the base model (which it fetches once per round by hash) and the opening (which it
+/// fetches by hash from `/v1/blobs/`, and decodes with
+/// [`Opening::from_bytes`](lupus_prover::task::Opening::from_bytes)).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct VerifyJob {
     pub task: TaskDescription,
@@ -279,8 +286,9 @@ pub struct VerifyJob {
     pub steps: Vec<u32>,
     #[schema(value_type = crate::schema::DeviceClass)]
     pub device_class: DeviceClass,
-    #[schema(value_type = crate::schema::Opening)]
-    pub opening: Opening,
+    /// blake3 of the worker's opening, in its binary encoding.
+    #[schema(value_type = crate::schema::Digest)]
+    pub opening_blob: Digest,
     /// Log index of the `ChallengeIssued` entry naming this verifier.
     pub challenge_index: u64,
 }
@@ -288,7 +296,7 @@ pub struct VerifyJob {
 /// The answer to `POST /v1/verify/next`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
-#[allow(clippy::large_enum_variant)]
+#[allow(clippy::large_enum_variant)] // one per verifier request; boxing buys nothing
 pub enum VerifyOffer {
     Job(VerifyJob),
     Wait { retry_after_ms: u64, reason: String },

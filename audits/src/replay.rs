@@ -244,7 +244,11 @@ pub fn replay(
                 ),
             });
         };
-        let opening: Opening = json(&blob(source, &opening_hash)?, "an opening")?;
+        let opening =
+            Opening::from_bytes(&blob(source, &opening_hash)?).map_err(|e| AuditError::Replay {
+                index: None,
+                reason: format!("the opening of task {} does not decode: {e}", c.task),
+            })?;
         let class = if status.challenge.is_some_and(|ch| ch.tolerant) {
             DeviceClass::Tolerant
         } else {

@@ -50,7 +50,7 @@ fn world() -> World {
     let run = run_task(&spec, &corpus, &base, seed, &mut |_, _| {}).unwrap();
     let steps = vec![1, 3, 5, 7];
     let opening = run.open(&spec, &corpus, &steps, false).unwrap();
-    let opening_json = serde_json::to_vec(&opening).unwrap();
+    let opening_bytes = opening.to_bytes();
     let model = lupus_api::model::encode_model(&base);
     let other_model = lupus_api::model::encode_model(&init_params(&spec.model, [2; 32]).unwrap());
     let dataset_root = Digest(corpus.commitment(spec.dataset.chunk_size).unwrap().root.0);
@@ -58,7 +58,7 @@ fn world() -> World {
     let mut blobs = HashMap::new();
     for b in [
         corpus.bytes().to_vec(),
-        opening_json.clone(),
+        opening_bytes.clone(),
         model.clone(),
         other_model,
     ] {
@@ -84,7 +84,7 @@ fn world() -> World {
             tolerant: false,
         }),
         verdicts: vec![],
-        opening_blob: Some(Digest::of(&opening_json)),
+        opening_blob: Some(Digest::of(&opening_bytes)),
     };
     blobs.insert("v1/tasks/7".into(), serde_json::to_vec(&status).unwrap());
     World {

@@ -35,15 +35,17 @@ use utoipa::IntoParams;
 use crate::engine::Coordinator;
 use crate::error::{ApiError, internal};
 use crate::limits::{Bucket, Gate, Limits};
-use crate::signed::{Signed, SignedRoute};
+use crate::signed::{Signed, SignedBytes, SignedRoute};
 use crate::{metrics, openapi, page};
 
 /// Body limit of small JSON requests (join, next).
 pub const SMALL_BODY: usize = 64 << 10;
 /// Body limit of a submission (the int8 delta, base64) and of a verdict (a fraud proof).
 pub const SUBMIT_BODY: usize = 32 << 20;
-/// Body limit of an opening (three copies of the state per challenged step, as JSON).
-pub const OPENING_BODY: usize = 256 << 20;
+/// Body limit of an opening (its binary encoding: the state entering each challenged
+/// step, params and both moments, and for the tolerant class the state after it; the
+/// Shakespeare job's is about 10 MB).
+pub const OPENING_BODY: usize = 64 << 20;
 
 /// `POST /v1/join`: a small body, the join bucket.
 pub enum JoinRoute {}
@@ -378,7 +380,11 @@ async fn submit(
     params(
         ("id" = u64, Path, description = "The task id (decimal)")
     ),
-    request_body = schema::Opening,
+    request_body(
+        content = Vec<u8>,
+        content_type = "application/octet-stream",
+        description = "The opening in its canonical binary encoding (`lupus_prover::task::Opening::to_bytes`): the magic `lupusop1`, then the opening in postcard"
+    ),
     responses(
         (status = 200, description = "The opening is stored; its blob hash", body = api::OpeningReceipt),
         (status = 400, response = openapi::BadRequest),
@@ -396,7 +402,7 @@ async fn submit(
 async fn opening(
     State(c): State<Shared>,
     Path(id): Path<String>,
-    req: Signed<lupus_prover::task::Opening, OpeningRoute>,
+    req: SignedBytes<OpeningRoute>,
 ) -> ApiResult {
     json(&c.opening(req.key, task_id(&id)?, req.body).await?)
 }
@@ -423,8 +429,7 @@ async fn next_verify(
     State(c): State<Shared>,
     req: Signed<api::NextRequest, ClaimRoute>,
 ) -> ApiResult {
-    let answer = c.next_verify(req.key).await?.to_json().map_err(internal)?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], answer).into_response())
+    json(&c.next_verify(req.key).await?)
 }
 
 #[utoipa::path(

@@ -15,7 +15,8 @@
 //!    `Retry-After`. Before the nonce, so that a refused request may be sent again as
 //!    it is;
 //! 6. the nonce: 409 for a replay;
-//! 7. the JSON body: 400.
+//! 7. the JSON body: 400 ([`SignedBytes`] skips this step: its handler decodes the
+//!    body itself, the opening's binary encoding).
 //!
 //! A request refused before its body is read whole has the rest of its body read and
 //! thrown away for a moment in the background ([`linger`]), so that a client still
@@ -64,6 +65,14 @@ fn too_large(limit: usize) -> ApiError {
     ))
 }
 
+/// A verified signed request to a route `R` whose body is not JSON: the signer and
+/// the body's bytes, for the handler to decode.
+pub struct SignedBytes<R> {
+    pub key: PublicKey,
+    pub body: Vec<u8>,
+    route: PhantomData<R>,
+}
+
 impl<S, T, R> FromRequest<S> for Signed<T, R>
 where
     S: Send + Sync,
@@ -76,65 +85,94 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let (parts, mut body) = req.into_parts();
-        let signed = Self::extract(&parts, &mut body, state).await;
+        let signed = verified::<S, R>(&parts, &mut body, state).await;
         if signed.is_err() {
             linger(body);
         }
-        signed
-    }
-}
-
-impl<T: DeserializeOwned, R: SignedRoute> Signed<T, R> {
-    async fn extract<S>(parts: &Parts, body: &mut Body, state: &S) -> Result<Self, ApiError>
-    where
-        Arc<Coordinator>: FromRef<S>,
-        Gate: FromRef<S>,
-    {
-        let gate = Gate::from_ref(state);
-        let coordinator = Arc::<Coordinator>::from_ref(state);
-        let checked = check_headers(
-            |name| parts.headers.get(name).and_then(|v| v.to_str().ok()),
-            coordinator.now_ms(),
-        )
-        .map_err(unauthorized)?;
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > R::BODY_LIMIT as u64) {
-            return Err(too_large(R::BODY_LIMIT));
-        }
-        let deadline = gate.limits.body_read_timeout;
-        let (bytes, hash, held) = tokio::time::timeout(deadline, read(body, R::BODY_LIMIT, &gate))
-            .await
-            .map_err(|_| {
-                ApiError::Timeout(format!(
-                    "the request body did not arrive within {} s",
-                    deadline.as_secs_f64()
-                ))
-            })??;
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or(parts.uri.path(), |p| p.as_str());
-        let v = checked
-            .verify(parts.method.as_str(), path, &hash)
-            .map_err(unauthorized)?;
-        if let Some(bucket) = R::BUCKET {
-            gate.take(bucket, &v.key)?;
-        }
-        coordinator.check_nonce(v.key, v.nonce, coordinator.now_ms())?;
+        let (key, bytes, held) = signed?;
         let body = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
         // The bytes count against the budget until here; from now on they are the
         // signer's, who is known.
         drop(held);
         Ok(Signed {
-            key: v.key,
+            key,
             body,
             route: PhantomData,
         })
     }
+}
+
+impl<S, R> FromRequest<S> for SignedBytes<R>
+where
+    S: Send + Sync,
+    Arc<Coordinator>: FromRef<S>,
+    Gate: FromRef<S>,
+    R: SignedRoute,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let (parts, mut body) = req.into_parts();
+        let signed = verified::<S, R>(&parts, &mut body, state).await;
+        if signed.is_err() {
+            linger(body);
+        }
+        let (key, body, held) = signed?;
+        drop(held);
+        Ok(SignedBytes {
+            key,
+            body,
+            route: PhantomData,
+        })
+    }
+}
+
+/// Steps 1 to 6: the signer, the body's bytes and their hold on the gate's budget.
+async fn verified<S, R: SignedRoute>(
+    parts: &Parts,
+    body: &mut Body,
+    state: &S,
+) -> Result<(PublicKey, Vec<u8>, Held), ApiError>
+where
+    Arc<Coordinator>: FromRef<S>,
+    Gate: FromRef<S>,
+{
+    let gate = Gate::from_ref(state);
+    let coordinator = Arc::<Coordinator>::from_ref(state);
+    let checked = check_headers(
+        |name| parts.headers.get(name).and_then(|v| v.to_str().ok()),
+        coordinator.now_ms(),
+    )
+    .map_err(unauthorized)?;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > R::BODY_LIMIT as u64) {
+        return Err(too_large(R::BODY_LIMIT));
+    }
+    let deadline = gate.limits.body_read_timeout;
+    let (bytes, hash, held) = tokio::time::timeout(deadline, read(body, R::BODY_LIMIT, &gate))
+        .await
+        .map_err(|_| {
+            ApiError::Timeout(format!(
+                "the request body did not arrive within {} s",
+                deadline.as_secs_f64()
+            ))
+        })??;
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |p| p.as_str());
+    let v = checked
+        .verify(parts.method.as_str(), path, &hash)
+        .map_err(unauthorized)?;
+    if let Some(bucket) = R::BUCKET {
+        gate.take(bucket, &v.key)?;
+    }
+    coordinator.check_nonce(v.key, v.nonce, coordinator.now_ms())?;
+    Ok((v.key, bytes, held))
 }
 
 /// How long the rest of a refused body is read and thrown away.

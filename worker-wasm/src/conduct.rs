@@ -16,7 +16,7 @@ use lupus_ledger::entry::PublicKey;
 use lupus_prover::data::Corpus;
 use lupus_prover::fraud::FraudProof;
 use lupus_prover::spec::JobSpec;
-use lupus_prover::task::{TaskBuilder, TaskRun};
+use lupus_prover::task::{Opening, TaskBuilder, TaskRun};
 use lupus_prover::tensor::Tensor;
 use lupus_prover::verify::{Verdict, verify_opening};
 
@@ -41,8 +41,10 @@ pub struct VerifyContext<'a> {
     pub corpus: &'a Corpus,
     /// The base model the task trained from.
     pub base: &'a [Tensor],
-    /// The task, its commitment, its challenged steps and the worker's opening.
+    /// The task, its commitment and its challenged steps.
     pub work: &'a VerifyJob,
+    /// The worker's opening, fetched by its hash and decoded.
+    pub opening: &'a Opening,
 }
 
 /// A verdict before it is signed.
@@ -137,7 +139,7 @@ pub fn replay(ctx: &VerifyContext<'_>) -> Result<Judgement, WorkerError> {
         &w.task.seed.0,
         &w.commitment,
         &w.steps,
-        &w.opening,
+        ctx.opening,
         w.device_class,
     )
     .map_err(local)?;

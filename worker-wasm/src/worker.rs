@@ -32,6 +32,7 @@ use lupus_api::types::{
 use lupus_ledger::entry::{Digest, Entry, PublicKey, Role};
 use lupus_prover::data::Corpus;
 use lupus_prover::spec::JobSpec;
+use lupus_prover::task::Opening;
 use lupus_prover::tensor::Tensor;
 use lupus_prover::verify::DeviceClass;
 use serde::Serialize;
@@ -131,6 +132,10 @@ impl Backend {
         }
     }
 }
+
+const JSON: &str = "application/json";
+/// The opening's body: its binary encoding (`Opening::to_bytes`).
+const OCTET_STREAM: &str = "application/octet-stream";
 
 /// How many times a submission or an opening is sent again while the coordinator is
 /// unreachable or answers 5xx (it may be restarting), [`RETRY_PAUSE_MS`] apart: two
@@ -266,7 +271,7 @@ impl<T: Transport> Participant<T> {
         body: &B,
     ) -> Result<R, WorkerError> {
         let body = serde_json::to_vec(body).map_err(local)?;
-        self.post_bytes(path, body).await
+        self.post_bytes(path, body, JSON).await
     }
 
     /// [`Self::post`] sent again, freshly signed each time, while the coordinator is
@@ -278,9 +283,19 @@ impl<T: Transport> Participant<T> {
         body: &B,
     ) -> Result<R, WorkerError> {
         let body = serde_json::to_vec(body).map_err(local)?;
+        self.post_bytes_retrying(path, body, JSON).await
+    }
+
+    /// [`Self::post_retrying`] with a body already encoded as `content_type`.
+    async fn post_bytes_retrying<R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        content_type: &'static str,
+    ) -> Result<R, WorkerError> {
         let mut tries = 0;
         loop {
-            match self.post_bytes(path, body.clone()).await {
+            match self.post_bytes(path, body.clone(), content_type).await {
                 Err(e) if retry_worthy(&e) && tries < RETRIES && !self.is_cancelled() => {
                     tries += 1;
                     self.transport.sleep(RETRY_PAUSE_MS).await;
@@ -298,6 +313,7 @@ impl<T: Transport> Participant<T> {
         &self,
         path: &str,
         body: Vec<u8>,
+        content_type: &'static str,
     ) -> Result<R, WorkerError> {
         let h = sign_request(
             &self.key,
@@ -311,7 +327,7 @@ impl<T: Transport> Participant<T> {
             .pairs()
             .iter()
             .map(|(k, v)| (*k, (*v).to_owned()))
-            .chain([("content-type", "application/json".to_owned())])
+            .chain([("content-type", content_type.to_owned())])
             .collect();
         let resp = self
             .transport
@@ -415,9 +431,10 @@ impl<T: Transport> Participant<T> {
         }
         let opening = run
             .open(&self.job, &self.corpus, &ch.steps, ch.tolerant)
-            .map_err(local)?;
+            .map_err(local)?
+            .to_bytes();
         let _: OpeningReceipt = self
-            .post_retrying(&paths::opening(task.task_id.0), &opening)
+            .post_bytes_retrying(&paths::opening(task.task_id.0), opening, OCTET_STREAM)
             .await?;
         Ok(Turn::Done {
             task,
@@ -445,11 +462,16 @@ impl<T: Transport> Participant<T> {
             VerifyOffer::Job(j) => j,
         };
         let base = self.base_model(&vj.task.base_model).await?;
+        let bytes = blob(&self.transport, &vj.opening_blob).await?;
+        let opening = Opening::from_bytes(&bytes)
+            .map_err(|e| WorkerError::Decode(format!("opening {}: {e}", vj.opening_blob)))?;
+        drop(bytes);
         let ctx = VerifyContext {
             job: &self.job,
             corpus: &self.corpus,
             base: &base,
             work: &vj,
+            opening: &opening,
         };
         let Judgement {
             accepted,

@@ -177,7 +177,12 @@ impl Fake {
                 )
             }
             ("POST", p) if p.ends_with("/opening") => {
-                let opening: Opening = serde_json::from_slice(&req.body).unwrap();
+                assert!(
+                    req.headers
+                        .iter()
+                        .any(|(k, v)| *k == "content-type" && v == "application/octet-stream")
+                );
+                let opening = Opening::from_bytes(&req.body).expect("the canonical encoding");
                 let (c, steps) = self.commitment.borrow().clone().expect("submitted first");
                 let id: u64 = p.split('/').nth(3).unwrap().parse().unwrap();
                 let task = self.task(id);

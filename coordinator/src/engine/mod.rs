@@ -54,7 +54,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use lupus_api::check::{check_opening, check_submission, check_verdict};
+use lupus_api::check::{check_opening, check_submission, check_verdict, decode_opening};
 use lupus_api::model::{decode_model, encode_model};
 use lupus_api::types::{
     self as api, Challenge, JobInfo, RoundPhase, RoundStatus, StakeRow, StakeTable,
@@ -200,57 +200,6 @@ impl Inner {
             closing: None,
             generation: 0,
         }
-    }
-}
-
-/// The answer to `POST /v1/verify/next`, as [`VerifyOffer`] but with the opening
-/// kept as the JSON it is stored as ([`VerifyAnswer::to_json`] writes the same
-/// document `VerifyOffer` would).
-#[derive(Debug)]
-pub enum VerifyAnswer {
-    /// Nothing to verify now ([`VerifyOffer::Wait`]).
-    Wait(VerifyOffer),
-    /// A job: every field of [`api::VerifyJob`] but the opening, and the opening's JSON.
-    Job {
-        head: VerifyJobHead,
-        opening: Vec<u8>,
-    },
-}
-
-/// [`api::VerifyJob`] without its opening, tagged as `VerifyOffer::Job` is.
-#[derive(Debug, serde::Serialize)]
-pub struct VerifyJobHead {
-    status: &'static str,
-    pub task: TaskDescription,
-    pub commitment: Commitment,
-    pub steps: Vec<u32>,
-    pub device_class: DeviceClass,
-    pub challenge_index: u64,
-}
-
-impl VerifyAnswer {
-    /// The JSON document of the answer: for a job, the head's fields and then
-    /// `"opening"`, spliced in as stored (it was parsed as an [`Opening`] before it
-    /// was stored, under its content hash).
-    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
-        match self {
-            VerifyAnswer::Wait(w) => serde_json::to_vec(w),
-            VerifyAnswer::Job { head, opening } => {
-                let mut out = serde_json::to_vec(head)?;
-                // `{...}` from a struct with fields: drop the `}` and add one more.
-                out.pop();
-                out.reserve(opening.len() + 13);
-                out.extend_from_slice(b",\"opening\":");
-                out.extend_from_slice(opening);
-                out.push(b'}');
-                Ok(out)
-            }
-        }
-    }
-
-    /// The offer as [`VerifyOffer`] (parses the opening): for in-process callers.
-    pub fn into_offer(self) -> Result<VerifyOffer, serde_json::Error> {
-        serde_json::from_slice(&self.to_json()?)
     }
 }
 
@@ -489,60 +438,4 @@ async fn replay(log: &Log, size: u64) -> Result<State, StartError> {
         start = end;
     }
     Ok(state)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The spliced document is the one `VerifyOffer` writes: same fields, same
-    /// values, the opening's JSON in place.
-    #[test]
-    fn a_spliced_verify_answer_is_the_offer_document() {
-        let head = VerifyJobHead {
-            status: "job",
-            task: TaskDescription {
-                task_id: TaskId(7),
-                round: Round(2),
-                worker: PublicKey([3; 32]),
-                base_model: Digest([4; 32]),
-                seed: Digest([5; 32]),
-                inner_steps: 8,
-                batch_size: 4,
-                job_hash: Digest([6; 32]),
-                beacon_commitment: Digest([7; 32]),
-                deadline_ms: 99,
-                entry_index: 12,
-            },
-            commitment: Commitment {
-                trace_root: lupus_prover::merkle::Digest([1; 32]),
-                final_state_hash: lupus_prover::merkle::Digest([2; 32]),
-                delta_hash: lupus_prover::merkle::Digest([3; 32]),
-            },
-            steps: vec![1, 5],
-            device_class: DeviceClass::Tolerant,
-            challenge_index: 42,
-        };
-        let opening = br#"{"steps":[{"t":1,"x":[1.5,-0.0]}],"z":"a\"}"}"#.to_vec();
-        let answer = VerifyAnswer::Job {
-            head,
-            opening: opening.clone(),
-        };
-        let got: serde_json::Value = serde_json::from_slice(&answer.to_json().unwrap()).unwrap();
-        let mut want = serde_json::to_value(match &answer {
-            VerifyAnswer::Job { head, .. } => head,
-            VerifyAnswer::Wait(_) => unreachable!(),
-        })
-        .unwrap();
-        want["opening"] = serde_json::from_slice(&opening).unwrap();
-        assert_eq!(got, want);
-        assert_eq!(got["status"], "job");
-
-        let wait = VerifyOffer::Wait {
-            retry_after_ms: 250,
-            reason: "none".into(),
-        };
-        let json = VerifyAnswer::Wait(wait.clone()).to_json().unwrap();
-        assert_eq!(json, serde_json::to_vec(&wait).unwrap());
-    }
 }

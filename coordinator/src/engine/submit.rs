@@ -134,14 +134,18 @@ impl Coordinator {
         })
     }
 
-    /// `POST /v1/tasks/<id>/opening`.
+    /// `POST /v1/tasks/<id>/opening`, with the opening's canonical binary encoding
+    /// ([`Opening::to_bytes`]) as `body`.
     pub async fn opening(
         &self,
         worker: PublicKey,
         task: TaskId,
-        opening: Opening,
+        body: Vec<u8>,
     ) -> Result<api::OpeningReceipt, ApiError> {
-        // Checked under the lock; stored without it (a large blob and two fsyncs).
+        // The state is checked under the lock first, so only the task's own worker
+        // gets its bytes decoded; decoded on a blocking thread and stored without the
+        // lock (a large blob and two fsyncs). The bytes stored are the bytes posted:
+        // decoding accepts the canonical encoding only, so they name one opening.
         let steps = {
             let guard = self.lock_synced().await?;
             let inner = &*guard;
@@ -160,9 +164,14 @@ impl Coordinator {
             }
             live.steps.clone().unwrap_or_default()
         };
+        let (opening, body) = tokio::task::spawn_blocking(move || {
+            decode_opening(&body).map(|opening| (opening, body))
+        })
+        .await
+        .map_err(internal)??;
         check_opening(&opening, &steps)?;
-        let bytes = serde_json::to_vec(&opening).map_err(internal)?;
-        let blob = self.put_blob(bytes).await?;
+        drop(opening);
+        let blob = self.put_blob(body).await?;
         self.store
             .put_meta(&meta_key("opening", task.0), &blob.0)
             .await
@@ -189,7 +198,10 @@ impl Coordinator {
 
     pub(super) async fn load_opening(&self, blob: Digest) -> Result<Opening, ApiError> {
         let bytes = self.blob_bytes(blob, "opening").await?;
-        serde_json::from_slice(&bytes).map_err(internal)
+        tokio::task::spawn_blocking(move || Opening::from_bytes(&bytes))
+            .await
+            .map_err(internal)?
+            .map_err(internal)
     }
 
     /// Writes a blob (and fsyncs it) on a blocking thread: on the async threads an

@@ -20,17 +20,17 @@ impl Coordinator {
     }
 
     /// `POST /v1/verify/next`.
-    pub async fn next_verify(&self, verifier: PublicKey) -> Result<VerifyAnswer, ApiError> {
+    pub async fn next_verify(&self, verifier: PublicKey) -> Result<VerifyOffer, ApiError> {
         let mut guard = self.lock_synced().await?;
         let inner = &mut *guard;
         rules::require_role(&inner.state, &verifier, Role::Verifier)?;
         let now = self.now_ms();
         let pick = rules::pick_for_verifier(&inner.state, &inner.live, &verifier, now);
         let Some((id, fresh)) = pick else {
-            let wait = VerifyAnswer::Wait(VerifyOffer::Wait {
+            let wait = VerifyOffer::Wait {
                 retry_after_ms: 250,
                 reason: "no opened task waits for a verifier".into(),
-            });
+            };
             return self.release(guard, wait).await;
         };
         let steps = inner
@@ -73,24 +73,20 @@ impl Coordinator {
         let commitment = Self::commitment_of(t)
             .ok_or_else(|| ApiError::Internal("opened task without commitment".into()))?;
         let device_class = l.class.unwrap_or(DeviceClass::Exact);
-        let blob = l.opening_blob.unwrap_or_default();
-        // The opening (large, content addressed, immutable) is read without the lock,
-        // once the claim is durable.
-        let (task, commitment) = self.release(guard, (task, commitment)).await?;
-        // Its stored JSON goes out as it is: parsing and writing it again would cost
-        // more than the rest of the request together.
-        let opening = self.blob_bytes(blob, "opening").await?;
-        Ok(VerifyAnswer::Job {
-            head: VerifyJobHead {
-                status: "job",
-                task,
-                commitment,
-                steps,
-                device_class,
-                challenge_index,
-            },
-            opening,
-        })
+        let opening_blob = l
+            .opening_blob
+            .ok_or_else(|| ApiError::Internal("a verifier was given an unopened task".into()))?;
+        // The verifier fetches the opening (large, content addressed, immutable) from
+        // `/v1/blobs/` by its hash, once the claim is durable.
+        let job = api::VerifyJob {
+            task,
+            commitment,
+            steps,
+            device_class,
+            opening_blob,
+            challenge_index,
+        };
+        self.release(guard, VerifyOffer::Job(job)).await
     }
 
     /// `POST /v1/verify/<id>/verdict`.

@@ -398,7 +398,17 @@ fn protocol(args: &ProverArgs, report: &mut Report) -> Result<()> {
         verdict.is_accept(),
         "an honest task was rejected: {verdict:?}"
     );
-    let opening_bytes = serde_json::to_vec(&opening)?.len();
+    // The opening as it travels: its binary encoding now, against the JSON it was
+    // sent as before (parsed in the same run, so both are timed on this machine).
+    let json = serde_json::to_vec(&opening)?;
+    let t = Instant::now();
+    let _: lupus_prover::task::Opening = serde_json::from_slice(&json)?;
+    let json_parse = t.elapsed();
+    let binary = opening.to_bytes();
+    let t = Instant::now();
+    let decoded = lupus_prover::task::Opening::from_bytes(&binary)?;
+    let binary_parse = t.elapsed();
+    ensure!(decoded == opening, "the binary opening does not round-trip");
 
     // A lazy worker: computes step 0 only and commits its result as every later step's.
     let progress = bar(u64::from(args.lazy_tasks), "lazy workers");
@@ -459,8 +469,21 @@ fn protocol(args: &ProverArgs, report: &mut Report) -> Result<()> {
         pct(verifier)
     );
     println!(
-        "| opening size (JSON)                         | {:>7.1} MB |        - |",
-        opening_bytes as f64 / 1e6
+        "| opening size, binary (was JSON)             | {:>7.1} MB | {:>5.1} MB |",
+        binary.len() as f64 / 1e6,
+        json.len() as f64 / 1e6
+    );
+    println!(
+        "| opening decode, binary (was JSON)           | {:>7.0} ms | {:>5.0} ms |",
+        ms(binary_parse),
+        ms(json_parse)
+    );
+    println!(
+        "\nopening: binary {} bytes, JSON {} bytes: {:.2}x smaller; decodes {:.1}x faster",
+        binary.len(),
+        json.len(),
+        json.len() as f64 / binary.len() as f64,
+        json_parse.as_secs_f64() / binary_parse.as_secs_f64().max(1e-9)
     );
     println!(
         "\nlazy worker (fakes every step): caught {caught} of {} tasks, {:.0} ms per verdict",
@@ -473,6 +496,20 @@ fn protocol(args: &ProverArgs, report: &mut Report) -> Result<()> {
         "ms",
         "worker: train and commit",
         ms(worker),
+    );
+    report.against(
+        "bytes per opening (binary encoding)",
+        binary.len() as f64,
+        "bytes",
+        "the same opening as JSON",
+        json.len() as f64,
+    );
+    report.against(
+        "opening decode (binary encoding)",
+        ms(binary_parse),
+        "ms",
+        "the same opening from JSON",
+        ms(json_parse),
     );
     report.add("lazy workers caught", f64::from(caught), "tasks");
     ensure!(
