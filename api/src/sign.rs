@@ -13,13 +13,14 @@
 //! <nonce>\n                   32 lowercase hex digits (16 random bytes)
 //! ```
 //!
-//! signs it with Ed25519, and sends four headers:
+//! signs it with Ed25519, and sends five headers:
 //!
 //! | header | value |
 //! |---|---|
 //! | `Lupus-Key` | the public key, 64 lowercase hex digits |
 //! | `Lupus-Timestamp` | the timestamp above |
 //! | `Lupus-Nonce` | the nonce above |
+//! | `Lupus-Content-Hash` | the body's blake3 hash above |
 //! | `Lupus-Signature` | the signature, 128 lowercase hex digits |
 //!
 //! [`verify_request`] rebuilds the string from what arrived, checks the signature with
@@ -27,9 +28,11 @@
 //! timestamp more than [`MAX_SKEW_MS`] from the server's clock. A server that must not
 //! read a stranger's body does it in two steps: [`check_headers`] refuses everything
 //! the headers alone can show (a missing or malformed header, a key that is no Ed25519
-//! point, a stale timestamp) before a byte of the body is read, and
-//! [`CheckedHeaders::verify`] checks the signature once the body's hash is known (the
-//! server hashes the body as it streams in). The wire format is the same either way. The server keeps a cache
+//! point, a stale timestamp), [`CheckedHeaders::verify_signature`] checks the
+//! signature over the hash the headers declare, both before a byte of the body is
+//! read, and [`CheckedHeaders::check_body`] then checks that the body, hashed as it
+//! streams in, has that hash. So nobody gets a server to read a body without a valid
+//! signature by the key it names. The server keeps a cache
 //! of `(key, nonce)` pairs seen within the skew window and refuses a repeat: with the
 //! timestamp bound, that makes every signed request usable once. The cache lives in the
 //! server (this crate does no I/O and keeps no state).
@@ -47,6 +50,8 @@ pub const HEADER_KEY: &str = "lupus-key";
 pub const HEADER_TIMESTAMP: &str = "lupus-timestamp";
 /// Header carrying the nonce (32 hex digits).
 pub const HEADER_NONCE: &str = "lupus-nonce";
+/// Header carrying the body's blake3 hash (64 hex digits), the one the signature covers.
+pub const HEADER_CONTENT_HASH: &str = "lupus-content-hash";
 /// Header carrying the signature (128 hex digits).
 pub const HEADER_SIGNATURE: &str = "lupus-signature";
 
@@ -76,24 +81,28 @@ pub enum AuthError {
     Stale { timestamp: u64, now: u64 },
     #[error("this nonce was already used with this key: a signed request is accepted once")]
     Replayed,
+    #[error("the body does not hash to `lupus-content-hash`")]
+    BodyMismatch,
 }
 
-/// The four signature headers of one request.
+/// The five signature headers of one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedHeaders {
     pub key: String,
     pub timestamp: String,
     pub nonce: String,
+    pub content_hash: String,
     pub signature: String,
 }
 
 impl SignedHeaders {
     /// `(header name, value)` pairs, ready to add to a request.
-    pub fn pairs(&self) -> [(&'static str, &str); 4] {
+    pub fn pairs(&self) -> [(&'static str, &str); 5] {
         [
             (HEADER_KEY, &self.key),
             (HEADER_TIMESTAMP, &self.timestamp),
             (HEADER_NONCE, &self.nonce),
+            (HEADER_CONTENT_HASH, &self.content_hash),
             (HEADER_SIGNATURE, &self.signature),
         ]
     }
@@ -150,12 +159,14 @@ pub fn sign_request(
     timestamp_ms: u64,
     nonce: [u8; 16],
 ) -> SignedHeaders {
-    let text = canonical_string(method, path_and_query, body, timestamp_ms, &nonce);
+    let body_hash = blake3::hash(body);
+    let text = canonical_string_of_hash(method, path_and_query, &body_hash, timestamp_ms, &nonce);
     let sig = key.sign(text.as_bytes());
     SignedHeaders {
         key: hex::encode(key.verifying_key().to_bytes()),
         timestamp: timestamp_ms.to_string(),
         nonce: hex::encode(nonce),
+        content_hash: body_hash.to_hex().to_string(),
         signature: hex::encode(sig.to_bytes()),
     }
 }
@@ -177,14 +188,17 @@ fn decode_fixed<const N: usize>(header: &'static str, text: &str) -> Result<[u8;
 
 /// The signature headers of a request, checked as far as they can be without its
 /// body: the key is an Ed25519 point, the timestamp is within [`MAX_SKEW_MS`] of the
-/// server's clock, the nonce and the signature have their form. [`check_headers`]
-/// makes one; [`CheckedHeaders::verify`] finishes the check once the body is hashed.
+/// server's clock, the nonce, the content hash and the signature have their form.
+/// [`check_headers`] makes one; [`CheckedHeaders::verify_signature`] checks the
+/// signature before the body is read, [`CheckedHeaders::check_body`] the body's hash
+/// once it is.
 #[derive(Clone, Debug)]
 pub struct CheckedHeaders {
     key: PublicKey,
     verifying_key: ed25519_dalek::VerifyingKey,
     timestamp_ms: u64,
     nonce: [u8; 16],
+    content_hash: blake3::Hash,
     signature: Signature,
 }
 
@@ -212,6 +226,7 @@ pub fn check_headers<'a>(
         problem: "does not fit in 64 bits",
     })?;
     let nonce: [u8; 16] = decode_fixed(HEADER_NONCE, get(HEADER_NONCE)?)?;
+    let content_hash: [u8; 32] = decode_fixed(HEADER_CONTENT_HASH, get(HEADER_CONTENT_HASH)?)?;
     let sig: [u8; 64] = decode_fixed(HEADER_SIGNATURE, get(HEADER_SIGNATURE)?)?;
     let key = PublicKey(key_bytes);
     let verifying_key = key.verifying_key().ok_or(AuthError::BadKey)?;
@@ -226,6 +241,7 @@ pub fn check_headers<'a>(
         verifying_key,
         timestamp_ms,
         nonce,
+        content_hash: blake3::Hash::from_bytes(content_hash),
         signature: Signature::from_bytes(&sig),
     })
 }
@@ -236,17 +252,18 @@ impl CheckedHeaders {
         self.key
     }
 
-    /// Checks the signature over `method`, `path_and_query` and the body's blake3 hash.
-    pub fn verify(
+    /// Checks the signature over `method`, `path_and_query` and the body hash the
+    /// headers declare: before the body is read. The body must then pass
+    /// [`Self::check_body`].
+    pub fn verify_signature(
         &self,
         method: &str,
         path_and_query: &str,
-        body_hash: &blake3::Hash,
     ) -> Result<VerifiedRequest, AuthError> {
         let text = canonical_string_of_hash(
             method,
             path_and_query,
-            body_hash,
+            &self.content_hash,
             self.timestamp_ms,
             &self.nonce,
         );
@@ -258,6 +275,28 @@ impl CheckedHeaders {
             timestamp_ms: self.timestamp_ms,
             nonce: self.nonce,
         })
+    }
+
+    /// Checks that the body, hashed as it arrived, is the one the headers declare
+    /// (and so the one the signature covers).
+    pub fn check_body(&self, body_hash: &blake3::Hash) -> Result<(), AuthError> {
+        // `blake3::Hash` compares in constant time.
+        if *body_hash == self.content_hash {
+            Ok(())
+        } else {
+            Err(AuthError::BodyMismatch)
+        }
+    }
+
+    /// [`Self::check_body`], then [`Self::verify_signature`].
+    pub fn verify(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body_hash: &blake3::Hash,
+    ) -> Result<VerifiedRequest, AuthError> {
+        self.check_body(body_hash)?;
+        self.verify_signature(method, path_and_query)
     }
 }
 
@@ -283,6 +322,7 @@ mod tests {
             HEADER_KEY => Some(h.key.as_str()),
             HEADER_TIMESTAMP => Some(h.timestamp.as_str()),
             HEADER_NONCE => Some(h.nonce.as_str()),
+            HEADER_CONTENT_HASH => Some(h.content_hash.as_str()),
             HEADER_SIGNATURE => Some(h.signature.as_str()),
             _ => None,
         }
@@ -312,6 +352,20 @@ mod tests {
         );
         assert_eq!(
             bad("POST", "/v1/tasks/3/submit", b"{ }"),
+            Err(AuthError::BodyMismatch)
+        );
+        // A content hash rewritten to match another body: the signature no longer
+        // verifies.
+        let mut swapped = h.clone();
+        swapped.content_hash = blake3::hash(b"{ }").to_hex().to_string();
+        assert_eq!(
+            verify_request(
+                lookup(&swapped),
+                "POST",
+                "/v1/tasks/3/submit",
+                b"{ }",
+                1_000_000
+            ),
             Err(AuthError::BadSignature)
         );
         let stale = verify_request(
@@ -371,14 +425,24 @@ mod tests {
         let h = sign_request(&key, "POST", "/v1/join", body, 5_000_000, [3; 16]);
         let checked = check_headers(lookup(&h), 5_000_000).unwrap();
         assert_eq!(checked.key(), PublicKey::from(&key));
-        let v = checked
-            .verify("POST", "/v1/join", &blake3::hash(body))
-            .unwrap();
+        // The signature is checked before the body, over the declared hash.
+        let v = checked.verify_signature("POST", "/v1/join").unwrap();
         assert_eq!((v.timestamp_ms, v.nonce), (5_000_000, [3; 16]));
         assert_eq!(
-            checked.verify("POST", "/v1/join", &blake3::hash(b"{}")),
+            checked.verify_signature("POST", "/v1/jobs"),
             Err(AuthError::BadSignature)
         );
+        assert_eq!(checked.check_body(&blake3::hash(body)), Ok(()));
+        assert_eq!(
+            checked.check_body(&blake3::hash(b"{}")),
+            Err(AuthError::BodyMismatch)
+        );
+        let mut unhashed = h.clone();
+        unhashed.content_hash = String::new();
+        assert!(matches!(
+            check_headers(lookup(&unhashed), 5_000_000),
+            Err(AuthError::Malformed { .. })
+        ));
         // Stale, or not a point: known before the body.
         assert!(matches!(
             check_headers(lookup(&h), 5_000_000 + MAX_SKEW_MS + 1),

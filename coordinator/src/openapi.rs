@@ -15,7 +15,9 @@ use std::sync::LazyLock;
 
 use lupus_api::problem::{CONTENT_TYPE as PROBLEM, Problem};
 use lupus_api::schema;
-use lupus_api::sign::{HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, MAX_SKEW_MS};
+use lupus_api::sign::{
+    HEADER_CONTENT_HASH, HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, MAX_SKEW_MS,
+};
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityRequirement, SecurityScheme};
@@ -45,11 +47,14 @@ lupus request v1
 <nonce>               32 lowercase hex digits (16 random bytes)
 ```
 
-signs it, and sends four headers: `Lupus-Key` (the public key, 64 lowercase hex \
-digits), `Lupus-Timestamp`, `Lupus-Nonce` and `Lupus-Signature` (128 lowercase hex \
-digits). The server checks the signature strictly (no small-order keys, no malleable \
-signatures), refuses a timestamp more than 5 minutes from its clock (401) and a \
-`(key, nonce)` pair it has already seen (409): a signed request is accepted once.";
+signs it, and sends five headers: `Lupus-Key` (the public key, 64 lowercase hex \
+digits), `Lupus-Timestamp`, `Lupus-Nonce`, `Lupus-Content-Hash` (the body's blake3 \
+hash above) and `Lupus-Signature` (128 lowercase hex digits). The server checks the \
+signature strictly (no small-order keys, no malleable signatures) before it reads the \
+body, and the body against the declared hash after; it refuses a timestamp more than \
+5 minutes from its clock (401), a key that has not joined in the role the route needs \
+or was slashed (403, before the body is read) and a `(key, nonce)` pair it has \
+already seen (409): a signed request is accepted once.";
 
 // The description and the timestamp header's say "5 minutes".
 const _: () = assert!(MAX_SKEW_MS == 5 * 60 * 1000);
@@ -110,17 +115,18 @@ const _: () = assert!(MAX_SKEW_MS == 5 * 60 * 1000);
 )]
 pub struct ApiDoc;
 
-/// The names of the four security schemes a signed request needs together.
-pub const SIGNATURE_SCHEMES: [&str; 4] = [
+/// The names of the five security schemes a signed request needs together.
+pub const SIGNATURE_SCHEMES: [&str; 5] = [
     "lupus_key",
     "lupus_timestamp",
     "lupus_nonce",
+    "lupus_content_hash",
     "lupus_signature",
 ];
 
 /// Every `POST` is signed (each POST handler of [`crate::routes`] authenticates first):
-/// adds the four signature headers as `apiKey` security schemes, and to every `POST`
-/// one security requirement naming all four, so a client sends them together.
+/// adds the five signature headers as `apiKey` security schemes, and to every `POST`
+/// one security requirement naming all five, so a client sends them together.
 struct SignedRequests;
 
 impl Modify for SignedRequests {
@@ -140,6 +146,10 @@ impl Modify for SignedRequests {
                 "16 random bytes as 32 lowercase hex digits, used once per key.",
             ),
             (
+                HEADER_CONTENT_HASH,
+                "The body's blake3 hash, 64 lowercase hex digits (of the empty body if none): the one the signature covers.",
+            ),
+            (
                 HEADER_SIGNATURE,
                 "Ed25519 signature (128 lowercase hex digits) of the canonical string \
                  `lupus request v1\\n<METHOD>\\n<path with query>\\n<blake3(body) hex>\\n\
@@ -152,13 +162,13 @@ impl Modify for SignedRequests {
                 SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(header, what))),
             );
         }
-        let all_four = SIGNATURE_SCHEMES
+        let all_five = SIGNATURE_SCHEMES
             .into_iter()
             .fold(SecurityRequirement::default(), |r, scheme| {
                 r.add(scheme, Vec::<String>::new())
             });
         for post in doc.paths.paths.values_mut().filter_map(|i| i.post.as_mut()) {
-            post.security = Some(vec![all_four.clone()]);
+            post.security = Some(vec![all_five.clone()]);
         }
     }
 }

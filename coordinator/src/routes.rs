@@ -26,7 +26,7 @@ use axum::routing::{get, post};
 use lupus_api::problem::{CONTENT_TYPE as PROBLEM, Problem};
 use lupus_api::schema;
 use lupus_api::types as api;
-use lupus_ledger::entry::{Digest, Entry, PublicKey, Round, TaskId};
+use lupus_ledger::entry::{Digest, Entry, PublicKey, Role, Round, TaskId};
 use lupus_ledger::hash::{LeafIndex, TreeSize, leaf_hash};
 use lupus_ledger::tiles::{TilePath, parse_tile_path};
 use serde::Deserialize;
@@ -47,30 +47,48 @@ pub const SUBMIT_BODY: usize = 32 << 20;
 /// Shakespeare job's is about 10 MB).
 pub const OPENING_BODY: usize = 64 << 20;
 
-/// `POST /v1/join`: a small body, the join bucket.
+/// `POST /v1/join`: a small body, the join bucket, any key.
 pub enum JoinRoute {}
-/// `POST /v1/tasks/next` and `POST /v1/verify/next`: a small body, the claim bucket.
-pub enum ClaimRoute {}
-/// `POST /v1/tasks/{id}/submit` and `POST /v1/verify/{id}/verdict`.
-pub enum WorkRoute {}
-/// `POST /v1/tasks/{id}/opening`.
+/// `POST /v1/tasks/next`: a small body, the claim bucket, workers.
+pub enum TaskClaimRoute {}
+/// `POST /v1/verify/next`: a small body, the claim bucket, verifiers.
+pub enum VerifyClaimRoute {}
+/// `POST /v1/tasks/{id}/submit`: workers.
+pub enum SubmitRoute {}
+/// `POST /v1/verify/{id}/verdict`: verifiers.
+pub enum VerdictRoute {}
+/// `POST /v1/tasks/{id}/opening`: workers.
 pub enum OpeningRoute {}
 
 impl SignedRoute for JoinRoute {
     const BODY_LIMIT: usize = SMALL_BODY;
     const BUCKET: Option<Bucket> = Some(Bucket::Join);
+    const ROLE: Option<Role> = None;
 }
-impl SignedRoute for ClaimRoute {
+impl SignedRoute for TaskClaimRoute {
     const BODY_LIMIT: usize = SMALL_BODY;
     const BUCKET: Option<Bucket> = Some(Bucket::Claim);
+    const ROLE: Option<Role> = Some(Role::Worker);
 }
-impl SignedRoute for WorkRoute {
+impl SignedRoute for VerifyClaimRoute {
+    const BODY_LIMIT: usize = SMALL_BODY;
+    const BUCKET: Option<Bucket> = Some(Bucket::Claim);
+    const ROLE: Option<Role> = Some(Role::Verifier);
+}
+impl SignedRoute for SubmitRoute {
     const BODY_LIMIT: usize = SUBMIT_BODY;
     const BUCKET: Option<Bucket> = None;
+    const ROLE: Option<Role> = Some(Role::Worker);
+}
+impl SignedRoute for VerdictRoute {
+    const BODY_LIMIT: usize = SUBMIT_BODY;
+    const BUCKET: Option<Bucket> = None;
+    const ROLE: Option<Role> = Some(Role::Verifier);
 }
 impl SignedRoute for OpeningRoute {
     const BODY_LIMIT: usize = OPENING_BODY;
     const BUCKET: Option<Bucket> = None;
+    const ROLE: Option<Role> = Some(Role::Worker);
 }
 
 impl IntoResponse for ApiError {
@@ -313,7 +331,7 @@ async fn join(State(c): State<Shared>, req: Signed<api::JoinRequest, JoinRoute>)
 )]
 async fn next_task(
     State(c): State<Shared>,
-    req: Signed<api::NextRequest, ClaimRoute>,
+    req: Signed<api::NextRequest, TaskClaimRoute>,
 ) -> ApiResult {
     json(&c.next_task(req.key).await?)
 }
@@ -367,7 +385,7 @@ async fn task_status(State(c): State<Shared>, Path(id): Path<String>) -> ApiResu
 async fn submit(
     State(c): State<Shared>,
     Path(id): Path<String>,
-    req: Signed<api::Submission, WorkRoute>,
+    req: Signed<api::Submission, SubmitRoute>,
 ) -> ApiResult {
     json(&c.submit(req.key, task_id(&id)?, req.body).await?)
 }
@@ -427,7 +445,7 @@ async fn opening(
 )]
 async fn next_verify(
     State(c): State<Shared>,
-    req: Signed<api::NextRequest, ClaimRoute>,
+    req: Signed<api::NextRequest, VerifyClaimRoute>,
 ) -> ApiResult {
     json(&c.next_verify(req.key).await?)
 }
@@ -457,7 +475,7 @@ async fn next_verify(
 async fn verdict(
     State(c): State<Shared>,
     Path(id): Path<String>,
-    req: Signed<api::VerdictSubmission, WorkRoute>,
+    req: Signed<api::VerdictSubmission, VerdictRoute>,
 ) -> ApiResult {
     json(&c.verdict(req.key, task_id(&id)?, req.body).await?)
 }

@@ -1,27 +1,31 @@
 //! The signed-request extractor: what every signed `POST` handler used to repeat, done
 //! once and in the order that keeps a stranger's bytes out (THREATS.md, invariant 5).
 //!
-//! A [`Signed<T, R>`] is extracted in these steps; the first that fails answers:
+//! A [`Signed<T, R>`] is extracted in these steps; the first that fails answers. The
+//! first five run before a byte of the body is read:
 //!
 //! 1. the signature headers ([`lupus_api::sign::check_headers`]: key, timestamp skew,
-//!    nonce and signature form): 401 before a byte of the body is read;
-//! 2. `Content-Length` against the route's limit (`R::BODY_LIMIT`): 413 before a byte
-//!    of the body is read;
-//! 3. the body, streamed and hashed as it comes: cut off at the limit (413, for a body
-//!    without a length), past the body deadline (408), or when the bytes held
-//!    unverified over all requests pass the gate's budget (503, `Retry-After`);
-//! 4. the signature over method, path and the body's hash: 401;
+//!    nonce, declared body hash and signature form): 401;
+//! 2. `Content-Length` against the route's limit (`R::BODY_LIMIT`): 413;
+//! 3. the signature, over method, path and the body hash the headers declare: 401;
+//! 4. the key's standing on routes for one role (`R::ROLE`): joined in that role and
+//!    not slashed, as the engine's roster says ([`Coordinator::may_act`]): 403;
 //! 5. the key's token bucket, on routes that have one (`R::BUCKET`): 429 with
-//!    `Retry-After`. Before the nonce, so that a refused request may be sent again as
-//!    it is;
-//! 6. the nonce: 409 for a replay;
-//! 7. the JSON body: 400 ([`SignedBytes`] skips this step: its handler decodes the
+//!    `Retry-After`;
+//! 6. the body, streamed and hashed as it comes: cut off at the limit (413, for a body
+//!    without a length), past the body deadline (408), or when the bytes held
+//!    unverified over all requests pass the gate's budget (503, `Retry-After`); then
+//!    its hash against the declared one: 401;
+//! 7. the nonce: 409 for a replay. Last, so that a request refused for any other
+//!    reason may be sent again as it is;
+//! 8. the JSON body: 400 ([`SignedBytes`] skips this step: its handler decodes the
 //!    body itself, the opening's binary encoding).
 //!
-//! A request refused before its body is read whole has the rest of its body read and
+//! So the only bodies the coordinator reads are signed by a key that joined in the
+//! route's role (or, for a join, by the key joining), within that key's rate. A
+//! request refused before its body is read whole has the rest of its body read and
 //! thrown away for a moment in the background ([`linger`]), so that a client still
-//! sending it sees the refusal. Whether the key joined in the role the route needs is
-//! the engine's to say (it holds the participants); it answers 403 after these steps.
+//! sending it sees the refusal. The engine checks the role again under its lock.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -33,19 +37,21 @@ use axum::http::header;
 use axum::http::request::Parts;
 use http_body_util::BodyExt;
 use lupus_api::sign::check_headers;
-use lupus_ledger::entry::PublicKey;
+use lupus_ledger::entry::{PublicKey, Role};
 use serde::de::DeserializeOwned;
 
 use crate::engine::Coordinator;
 use crate::error::ApiError;
 use crate::limits::{Bucket, Gate, Held};
 
-/// What a signed route allows: its body limit and its token bucket.
+/// What a signed route allows: its body limit, its token bucket and who may use it.
 pub trait SignedRoute {
     /// Largest body, in bytes.
     const BODY_LIMIT: usize;
     /// The per-key token bucket a request takes from, if any.
     const BUCKET: Option<Bucket>;
+    /// The role a key must have joined in (`None`: any key, as for a join).
+    const ROLE: Option<Role>;
 }
 
 /// A verified signed request to a route `R`: the signer and the parsed body.
@@ -128,7 +134,7 @@ where
     }
 }
 
-/// Steps 1 to 6: the signer, the body's bytes and their hold on the gate's budget.
+/// Steps 1 to 7: the signer, the body's bytes and their hold on the gate's budget.
 async fn verified<S, R: SignedRoute>(
     parts: &Parts,
     body: &mut Body,
@@ -152,6 +158,19 @@ where
     if declared.is_some_and(|n| n > R::BODY_LIMIT as u64) {
         return Err(too_large(R::BODY_LIMIT));
     }
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |p| p.as_str());
+    let v = checked
+        .verify_signature(parts.method.as_str(), path)
+        .map_err(unauthorized)?;
+    if let Some(role) = R::ROLE {
+        coordinator.may_act(&v.key, role)?;
+    }
+    if let Some(bucket) = R::BUCKET {
+        gate.take(bucket, &v.key)?;
+    }
     let deadline = gate.limits.body_read_timeout;
     let (bytes, hash, held) = tokio::time::timeout(deadline, read(body, R::BODY_LIMIT, &gate))
         .await
@@ -161,16 +180,7 @@ where
                 deadline.as_secs_f64()
             ))
         })??;
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or(parts.uri.path(), |p| p.as_str());
-    let v = checked
-        .verify(parts.method.as_str(), path, &hash)
-        .map_err(unauthorized)?;
-    if let Some(bucket) = R::BUCKET {
-        gate.take(bucket, &v.key)?;
-    }
+    checked.check_body(&hash).map_err(unauthorized)?;
     coordinator.check_nonce(v.key, v.nonce, coordinator.now_ms())?;
     Ok((v.key, bytes, held))
 }

@@ -237,7 +237,7 @@ async fn bad_requests_are_problems_and_write_nothing() {
     )
     .await;
     h.refused(
-        req(&w, "/v1/tasks/next", &vec![b' '; 100 << 10]),
+        req(&key(42), "/v1/join", &vec![b' '; 100 << 10]),
         413,
         "oversized",
     )
@@ -574,7 +574,7 @@ async fn reads_answer_and_errors_are_problems() {
         }
         if method == "post" {
             let req = op["security"][0].as_object().unwrap();
-            assert_eq!(req.len(), 4, "{p}: {req:?}");
+            assert_eq!(req.len(), 5, "{p}: {req:?}");
             for scheme in lupus_coordinator::openapi::SIGNATURE_SCHEMES {
                 assert!(req.contains_key(scheme), "{p}: {scheme}");
                 assert!(

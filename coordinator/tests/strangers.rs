@@ -10,7 +10,11 @@
 //!   chunked one is cut off at the limit.
 //! - A slow body is cut off (408) by the body deadline, a stalled one by the idle
 //!   timeout; a connection whose headers trickle in, or never come, is closed.
-//! - Bad signature headers are refused (401) before a byte of the body is sent.
+//! - Bad signature headers, and a signature that does not verify over the declared
+//!   body hash, are refused (401) before a byte of the body is sent; a body that does
+//!   not hash to the declared hash is refused (401) once read.
+//! - A key that has not joined in the role a route needs is refused (403) before a
+//!   byte of the body is sent.
 //! - Claims past a key's token bucket are 429 with `Retry-After`, and the refused
 //!   request may be sent again as it is.
 
@@ -70,6 +74,27 @@ fn head(path: &str, headers: &[(&str, &str)], length: Option<u64>) -> Vec<u8> {
 
 fn pairs(h: &SignedHeaders) -> Vec<(&'static str, &str)> {
     h.pairs().to_vec()
+}
+
+/// Joins `key` as a worker through a raw connection.
+async fn join_worker(addr: std::net::SocketAddr, key: &SigningKey) {
+    use lupus_api::types::{JoinRequest, Sig, join_body};
+    use lupus_ledger::entry::{Entry, PublicKey, Role};
+    let e = Entry::signed(join_body(PublicKey::from(key), Role::Worker, "w"), key).unwrap();
+    let body = serde_json::to_vec(&JoinRequest {
+        role: Role::Worker,
+        name: "w".into(),
+        signature: Sig(*e.signature().unwrap()),
+    })
+    .unwrap();
+    let h = sign_request(key, "POST", "/v1/join", &body, now_ms(), fresh_nonce());
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&head("/v1/join", &pairs(&h), Some(body.len() as u64)))
+        .await
+        .unwrap();
+    s.write_all(&body).await.unwrap();
+    let (status, text) = answer(&mut s).await;
+    assert_eq!(status, 200, "{text}");
 }
 
 /// Reads an answer's status line and headers (the body is not needed).
@@ -432,6 +457,25 @@ async fn bad_signature_headers_are_refused_before_the_body_is_read() {
         with("lupus-timestamp", format!("0{}", good.timestamp)),
     ));
     cases.push((
+        "a signature over another path",
+        with(
+            "lupus-signature",
+            plausible(&k, "/v1/tasks/2/opening").signature,
+        ),
+    ));
+    cases.push((
+        "a body hash other than the one signed",
+        with(
+            "lupus-content-hash",
+            blake3::hash(b"another body").to_hex().to_string(),
+        ),
+    ));
+    cases.push(("no body hash", {
+        let mut h = with("lupus-key", good.key.clone());
+        h.retain(|(n, _)| *n != "lupus-content-hash");
+        h
+    }));
+    cases.push((
         "a stale timestamp",
         stale
             .pairs()
@@ -450,7 +494,8 @@ async fn bad_signature_headers_are_refused_before_the_body_is_read() {
         )
         .await;
     }
-    // Well-formed headers over another body: refused once the body is read.
+    // Headers signed over another body than the one sent: refused once the body is
+    // read and does not hash to the declared hash.
     let mut s = TcpStream::connect(server.addr).await.unwrap();
     s.write_all(&head(
         "/v1/join",
@@ -479,6 +524,7 @@ async fn claims_past_a_key_s_bucket_are_429_and_may_be_sent_again() {
     let path = "/v1/tasks/next";
     let body = b"{}";
     let addr = server.addr;
+    join_worker(addr, &k).await;
     let mut refused = None;
     for _ in 0..100 {
         let h = sign_request(&k, "POST", path, body, now_ms(), fresh_nonce());
@@ -491,8 +537,8 @@ async fn claims_past_a_key_s_bucket_are_429_and_may_be_sent_again() {
             refused = Some(h);
             break;
         }
-        // Not joined: the engine refuses, after the bucket.
-        assert_eq!(status, 403, "{text}");
+        // A task, or a reason to wait.
+        assert_eq!(status, 200, "{text}");
     }
     let h = refused.expect("the bucket ran out");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -500,5 +546,39 @@ async fn claims_past_a_key_s_bucket_are_429_and_may_be_sent_again() {
     s.write_all(&head(path, &pairs(&h), Some(2))).await.unwrap();
     s.write_all(body).await.unwrap();
     // The same signed request, sent again: its nonce was not spent.
-    assert_eq!(answer(&mut s).await.0, 403);
+    assert_eq!(answer(&mut s).await.0, 200);
+}
+
+/// The roster is checked before the body: a key that has not joined, or joined in
+/// another role, never gets the coordinator to read its body, however well signed.
+#[tokio::test]
+async fn a_key_without_the_route_s_role_is_refused_before_the_body_is_read() {
+    let (server, _dir) = serve(Limits::default()).await;
+    let stranger = key(12);
+    let worker = key(13);
+    join_worker(server.addr, &worker).await;
+    let cases = [
+        (&stranger, "/v1/tasks/1/opening", OPENING_BODY),
+        (&stranger, "/v1/tasks/1/submit", SUBMIT_BODY),
+        (&stranger, "/v1/tasks/next", SMALL_BODY),
+        (&worker, "/v1/verify/next", SMALL_BODY),
+        (&worker, "/v1/verify/1/verdict", SUBMIT_BODY),
+    ];
+    for (k, path, limit) in cases {
+        refused_before_body(
+            server.addr,
+            &head(path, &pairs(&plausible(k, path)), Some(limit as u64)),
+            403,
+            Duration::from_secs(5),
+        )
+        .await;
+    }
+    // The worker's own route reads the body (here: the wrong one, so 401 after it).
+    let path = "/v1/tasks/next";
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(&head(path, &pairs(&plausible(&worker, path)), Some(2)))
+        .await
+        .unwrap();
+    s.write_all(b"{}").await.unwrap();
+    assert_eq!(answer(&mut s).await.0, 401);
 }

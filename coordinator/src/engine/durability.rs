@@ -54,6 +54,7 @@ impl Coordinator {
                 return Err(disagree(e));
             }
         }
+        self.roster_after(&inner.state, entries);
         let bytes = entries.iter().map(Entry::encode).collect();
         let sequenced = self.log.sequence(bytes).await;
         match sequenced {
@@ -217,6 +218,7 @@ impl Coordinator {
         // A close computing outside the lock finds the new generation and starts over.
         fresh.closing = inner.closing;
         *inner = fresh;
+        self.publish_roster(&inner.state);
         self.resume_in(inner).await
     }
 
@@ -245,6 +247,7 @@ impl Coordinator {
                     "an append reported as failed had landed; applying it"
                 );
                 inner.state.apply(at, &e).map_err(disagree)?;
+                self.roster_after(&inner.state, std::slice::from_ref(&e));
             }
         }
         Ok(())

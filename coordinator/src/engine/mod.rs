@@ -40,6 +40,7 @@ mod dispatch;
 mod durability;
 mod env;
 mod queries;
+mod roster;
 mod rules;
 mod startup;
 mod submit;
@@ -276,6 +277,8 @@ pub struct Coordinator {
     config: Config,
     referee: SigningKey,
     inner: Mutex<Inner>,
+    /// The participants and slashes, readable without `inner`'s lock.
+    roster: std::sync::RwLock<roster::Roster>,
     nonces: std::sync::Mutex<HashMap<(PublicKey, [u8; 16]), u64>>,
     /// The latest verified cosignature of each configured witness (by its slot).
     cosignatures: std::sync::Mutex<BTreeMap<usize, crate::witness::Cosigned>>,

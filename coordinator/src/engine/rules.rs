@@ -19,12 +19,23 @@ pub(super) type LiveTable = BTreeMap<TaskId, Live>;
 /// Refuses a key that may not act as `role`: slashed, joined as another role, or not
 /// joined.
 pub(super) fn require_role(state: &State, key: &PublicKey, role: Role) -> Result<(), ApiError> {
-    if state.slashed.contains(key) {
+    standing(&state.participants, &state.slashed, key, role)
+}
+
+/// [`require_role`] over the participants and the slashed keys alone (the roster's
+/// copy of them, outside the lock).
+pub(super) fn standing(
+    participants: &BTreeMap<PublicKey, Role>,
+    slashed: &std::collections::BTreeSet<PublicKey>,
+    key: &PublicKey,
+    role: Role,
+) -> Result<(), ApiError> {
+    if slashed.contains(key) {
         return Err(ApiError::Forbidden(
             "this key was slashed for fraud and may not take part any more".into(),
         ));
     }
-    match state.participants.get(key) {
+    match participants.get(key) {
         Some(r) if *r == role => Ok(()),
         Some(r) => Err(ApiError::Forbidden(format!(
             "this key joined as a {r:?}, not a {role:?}"

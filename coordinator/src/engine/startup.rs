@@ -66,6 +66,7 @@ impl Coordinator {
             dataset_blob,
             config,
             referee,
+            roster: std::sync::RwLock::new(roster::Roster::of(&state)),
             inner: Mutex::new(Inner::new(state)),
             nonces: std::sync::Mutex::new(HashMap::new()),
             cosignatures: std::sync::Mutex::new(BTreeMap::new()),
