@@ -3,7 +3,8 @@
 //! participant client used by `lupus worker`, `lupus verify`, the demo and the tests.
 //!
 //! - [`engine`]: rounds, tasks, challenges, verdicts, merging; state as a fold of the
-//!   ledger ([`state`]).
+//!   ledger ([`state`]); what goes wrong is an [`error::Error`], which only
+//!   [`problem`] turns into HTTP.
 //! - [`routes`]: the HTTP API over the engine; [`signed`] checks its signed requests,
 //!   [`limits`] bounds every request, [`page`] serves the volunteer page; [`server`]
 //!   runs it with its ticker; [`openapi`] describes it, [`metrics`] counts it.
@@ -28,6 +29,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod page;
+pub mod problem;
 pub mod routes;
 pub mod sample;
 pub mod server;

@@ -24,7 +24,7 @@ use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
-use crate::error::ApiError;
+use crate::error::Error;
 
 /// How hard the coordinator holds strangers off. [`Limits::default`] is what
 /// `lupus up` uses unless told otherwise.
@@ -140,7 +140,7 @@ impl Gate {
     }
 
     /// Adds `n` more body bytes to `held`, or refuses with 503 when the budget is spent.
-    pub fn hold(&self, held: &mut Held, n: usize) -> Result<(), ApiError> {
+    pub fn hold(&self, held: &mut Held, n: usize) -> Result<(), Error> {
         let n = u32::try_from(n).map_err(|_| busy())?;
         let permit = Arc::clone(&self.budget)
             .try_acquire_many_owned(n)
@@ -153,7 +153,7 @@ impl Gate {
     }
 
     /// Takes a token of `key`'s bucket, or refuses with 429 and the wait.
-    pub fn take(&self, bucket: Bucket, key: &PublicKey) -> Result<(), ApiError> {
+    pub fn take(&self, bucket: Bucket, key: &PublicKey) -> Result<(), Error> {
         if self.takes.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
             self.forget_quiet_keys();
         }
@@ -164,7 +164,7 @@ impl Gate {
         limiter.check_key(key).map_err(|not_until| {
             use governor::clock::Clock;
             let wait = not_until.wait_time_from(limiter.clock().now());
-            ApiError::TooManyRequests {
+            Error::RateLimited {
                 detail: format!(
                     "this key sent too many of these requests; send it again in {} ms",
                     wait.as_millis()
@@ -184,8 +184,8 @@ impl Gate {
     }
 }
 
-fn busy() -> ApiError {
-    ApiError::Unavailable(
+fn busy() -> Error {
+    Error::Busy(
         "the coordinator is receiving too many uploads at once; nothing was read or \
          written, send the same request again"
             .into(),
@@ -211,16 +211,16 @@ impl Limits {
 /// The answer when a bound of [`Limits::apply`] cuts a request.
 async fn overloaded(e: tower::BoxError) -> Response {
     if e.is::<tower::timeout::error::Elapsed>() {
-        ApiError::Timeout("the request took longer than this coordinator allows".into())
+        Error::TooSlow("the request took longer than this coordinator allows".into())
             .into_response()
     } else if e.is::<tower::load_shed::error::Overloaded>() {
-        ApiError::Unavailable(
+        Error::Busy(
             "the coordinator is handling as many requests as it allows; send the same \
              request again"
                 .into(),
         )
         .into_response()
     } else {
-        ApiError::Internal(format!("unexpected middleware error: {e}")).into_response()
+        Error::Internal(format!("unexpected middleware error: {e}")).into_response()
     }
 }

@@ -209,7 +209,7 @@ macro_rules! problem_responses {
     )*};
 }
 
-// One per status of `crate::error::ApiError` that a route documents.
+// One per status of `crate::error::Error` that a route documents.
 problem_responses! {
     BadRequest = problem("Malformed request: bad JSON, base64, entry encoding or parameter");
     Unauthorized = problem("The request is unsigned, badly signed or stale");

@@ -26,7 +26,7 @@ use tower_http::services::ServeDir;
 use tower_http::services::fs::ServeFileSystemResponseBody;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::error::ApiError;
+use crate::error::Error;
 
 /// `Cache-Control` of the page's files.
 pub const PAGE_CACHE: &str = "no-cache";
@@ -34,7 +34,7 @@ pub const PAGE_CACHE: &str = "no-cache";
 pub const PKG_CACHE: &str = "public, max-age=3600, must-revalidate";
 
 fn not_found() -> Response {
-    ApiError::NotFound("no such endpoint; see /openapi.json".into()).into_response()
+    Error::NotFound("no such endpoint; see /openapi.json".into()).into_response()
 }
 
 /// Adds the page's routes to `router`: the files of `www` (`worker-wasm/www/`, with

@@ -19,11 +19,11 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{FromRef, MatchedPath, Path, Query, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use lupus_api::problem::{CONTENT_TYPE as PROBLEM, Problem};
+use lupus_api::problem::Problem;
 use lupus_api::schema;
 use lupus_api::types as api;
 use lupus_ledger::entry::{Digest, Entry, PublicKey, Role, Round, TaskId};
@@ -33,7 +33,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::engine::Coordinator;
-use crate::error::{ApiError, internal};
+use crate::error::{Error, internal};
 use crate::limits::{Bucket, Gate, Limits};
 use crate::signed::{Signed, SignedBytes, SignedRoute};
 use crate::{metrics, openapi, page};
@@ -91,47 +91,8 @@ impl SignedRoute for OpeningRoute {
     const ROLE: Option<Role> = Some(Role::Worker);
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let problem = match &self {
-            // What failed inside (a path, a store's message, an invariant) is the
-            // operator's to read, not a stranger's: the client gets a reference to it.
-            ApiError::Internal(detail) => {
-                let mut id = [0u8; 8];
-                let reference = match getrandom::fill(&mut id) {
-                    Ok(()) => hex::encode(id),
-                    Err(_) => "unavailable".to_owned(),
-                };
-                tracing::error!(%reference, %detail, "internal error, answered 500");
-                Problem::new(
-                    500,
-                    "internal",
-                    "Coordinator error",
-                    format!(
-                        "the coordinator failed on this request; its operator's log has the detail under reference {reference}"
-                    ),
-                )
-            }
-            _ => self.problem(),
-        };
-        let mut response = problem_response(&problem);
-        if let Some(s) = self.retry_after_s() {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        response
-    }
-}
-
-fn problem_response(p: &Problem) -> Response {
-    let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = serde_json::to_vec(p).unwrap_or_default();
-    (status, [(header::CONTENT_TYPE, PROBLEM)], body).into_response()
-}
-
 type Shared = Arc<Coordinator>;
-type ApiResult = Result<Response, ApiError>;
+type ApiResult = Result<Response, Error>;
 
 /// The router's state: the coordinator, and the bounds' shared state for [`Signed`].
 #[derive(Clone)]
@@ -188,10 +149,10 @@ pub fn router_with(c: Shared, page: Option<std::path::PathBuf>, limits: Limits) 
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .fallback(|| async {
-            ApiError::NotFound("no such endpoint; see /openapi.json".into()).into_response()
+            Error::NotFound("no such endpoint; see /openapi.json".into()).into_response()
         })
         .method_not_allowed_fallback(|| async {
-            problem_response(&Problem::new(
+            crate::problem::response(&Problem::new(
                 405,
                 "method-not-allowed",
                 "Method not allowed",
@@ -254,12 +215,12 @@ async fn checkpoint(State(c): State<Shared>) -> Response {
 )]
 async fn tile(State(c): State<Shared>, Path(path): Path<String>) -> ApiResult {
     let full = format!("tile/{path}");
-    let parsed = parse_tile_path(&full).map_err(|e| ApiError::NotFound(e.to_string()))?;
+    let parsed = parse_tile_path(&full).map_err(|e| Error::NotFound(e.to_string()))?;
     let data = match parsed {
         TilePath::Hashes(t) => c.log().tile(&t).await,
         TilePath::Entries(b) => c.log().entry_bundle(&b).await,
     }
-    .map_err(|e| ApiError::NotFound(e.to_string()))?;
+    .map_err(|e| Error::NotFound(e.to_string()))?;
     Ok(immutable(data))
 }
 
@@ -336,10 +297,10 @@ async fn next_task(
     json(&c.next_task(req.key).await?)
 }
 
-fn task_id(id: &str) -> Result<TaskId, ApiError> {
+fn task_id(id: &str) -> Result<TaskId, Error> {
     id.parse()
         .map(TaskId)
-        .map_err(|_| ApiError::NotFound(format!("no task {id:?}: task ids are decimal numbers")))
+        .map_err(|_| Error::NotFound(format!("no task {id:?}: task ids are decimal numbers")))
 }
 
 #[utoipa::path(
@@ -523,7 +484,7 @@ async fn round_current(State(c): State<Shared>) -> ApiResult {
 async fn round(State(c): State<Shared>, Path(n): Path<String>) -> ApiResult {
     let n: u64 = n
         .parse()
-        .map_err(|_| ApiError::NotFound(format!("no round {n:?}")))?;
+        .map_err(|_| Error::NotFound(format!("no round {n:?}")))?;
     json(&c.round(Some(Round(n))).await?)
 }
 
@@ -543,10 +504,10 @@ async fn round(State(c): State<Shared>, Path(n): Path<String>) -> ApiResult {
 async fn entry(State(c): State<Shared>, Path(index): Path<String>) -> ApiResult {
     let index: u64 = index
         .parse()
-        .map_err(|_| ApiError::NotFound(format!("no entry {index:?}")))?;
+        .map_err(|_| Error::NotFound(format!("no entry {index:?}")))?;
     let size = c.log().head().size.0;
     if index >= size {
-        return Err(ApiError::NotFound(format!(
+        return Err(Error::NotFound(format!(
             "entry {index} is past the log's size {size}"
         )));
     }
@@ -557,7 +518,7 @@ async fn entry(State(c): State<Shared>, Path(index): Path<String>) -> ApiResult 
         .map_err(internal)?;
     let raw = bytes
         .first()
-        .ok_or_else(|| ApiError::Internal("entry missing".into()))?;
+        .ok_or_else(|| Error::Internal("entry missing".into()))?;
     let e = Entry::decode(raw).map_err(internal)?;
     json(&api::EntryView {
         index,
@@ -593,13 +554,13 @@ async fn inclusion(
     State(c): State<Shared>,
     q: Result<Query<InclusionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
-    let Query(q) = q.map_err(|e| ApiError::BadRequest(format!("expected ?index=N&size=M: {e}")))?;
+    let Query(q) = q.map_err(|e| Error::Malformed(format!("expected ?index=N&size=M: {e}")))?;
     let size = q.size.unwrap_or(c.log().head().size.0);
     let p = c
         .log()
         .inclusion_proof(LeafIndex(q.index), TreeSize(size))
         .await
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        .map_err(|e| Error::Malformed(e.to_string()))?;
     json(&p)
 }
 
@@ -630,13 +591,13 @@ async fn consistency(
     State(c): State<Shared>,
     q: Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
-    let Query(q) = q.map_err(|e| ApiError::BadRequest(format!("expected ?old=N&new=M: {e}")))?;
+    let Query(q) = q.map_err(|e| Error::Malformed(format!("expected ?old=N&new=M: {e}")))?;
     let new = q.new.unwrap_or(c.log().head().size.0);
     let p = c
         .log()
         .consistency_proof(TreeSize(q.old), TreeSize(new))
         .await
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        .map_err(|e| Error::Malformed(e.to_string()))?;
     json(&p)
 }
 
@@ -669,7 +630,7 @@ async fn stake_table(State(c): State<Shared>) -> ApiResult {
 )]
 async fn stake(State(c): State<Shared>, Path(key): Path<String>) -> ApiResult {
     let key = PublicKey::from_hex(&key)
-        .map_err(|e| ApiError::BadRequest(format!("expected a key as 64 hex digits: {e}")))?;
+        .map_err(|e| Error::Malformed(format!("expected a key as 64 hex digits: {e}")))?;
     json(&c.stake_statement(key).await?)
 }
 
@@ -688,13 +649,12 @@ async fn stake(State(c): State<Shared>, Path(key): Path<String>) -> ApiResult {
     )
 )]
 async fn blob(State(c): State<Shared>, Path(hash): Path<String>) -> ApiResult {
-    let hash = Digest::from_hex(&hash).map_err(|e| {
-        ApiError::BadRequest(format!("expected a blake3 hash as 64 hex digits: {e}"))
-    })?;
+    let hash = Digest::from_hex(&hash)
+        .map_err(|e| Error::Malformed(format!("expected a blake3 hash as 64 hex digits: {e}")))?;
     let data = c
         .blob(hash)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no blob {hash}")))?;
+        .ok_or_else(|| Error::NotFound(format!("no blob {hash}")))?;
     Ok(immutable(data))
 }
 
@@ -727,32 +687,4 @@ async fn openapi() -> Response {
         crate::openapi::json(),
     )
         .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn an_internal_error_reaches_the_client_as_a_reference_only() {
-        let response =
-            ApiError::Internal("store at /srv/lupus/ledger.sqlite3: disk I/O error".into())
-                .into_response();
-        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
-            .await
-            .unwrap();
-        let problem: Problem = serde_json::from_slice(&body).unwrap();
-        assert!(!problem.detail.contains("/srv"), "{problem:?}");
-        assert!(!problem.detail.contains("disk I/O"), "{problem:?}");
-        assert!(problem.detail.contains("reference"), "{problem:?}");
-
-        // Other errors still say what was wrong: the client can act on them.
-        let response = ApiError::Conflict("task 7 is already settled".into()).into_response();
-        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
-            .await
-            .unwrap();
-        let problem: Problem = serde_json::from_slice(&body).unwrap();
-        assert_eq!(problem.detail, "task 7 is already settled");
-    }
 }

@@ -41,7 +41,7 @@ use lupus_ledger::entry::{PublicKey, Role};
 use serde::de::DeserializeOwned;
 
 use crate::engine::Coordinator;
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::limits::{Bucket, Gate, Held};
 
 /// What a signed route allows: its body limit, its token bucket and who may use it.
@@ -61,12 +61,12 @@ pub struct Signed<T, R> {
     route: PhantomData<R>,
 }
 
-fn unauthorized(e: lupus_api::sign::AuthError) -> ApiError {
-    ApiError::Unauthorized(e.to_string())
+fn unauthorized(e: lupus_api::sign::AuthError) -> Error {
+    Error::Unauthenticated(e.to_string())
 }
 
-fn too_large(limit: usize) -> ApiError {
-    ApiError::TooLarge(format!(
+fn too_large(limit: usize) -> Error {
+    Error::TooLarge(format!(
         "the request body is over this endpoint's limit of {limit} bytes"
     ))
 }
@@ -87,9 +87,9 @@ where
     T: DeserializeOwned,
     R: SignedRoute,
 {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
         let (parts, mut body) = req.into_parts();
         let signed = verified::<S, R>(&parts, &mut body, state).await;
         if signed.is_err() {
@@ -97,7 +97,7 @@ where
         }
         let (key, bytes, held) = signed?;
         let body = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+            .map_err(|e| Error::Malformed(format!("invalid JSON body: {e}")))?;
         // The bytes count against the budget until here; from now on they are the
         // signer's, who is known.
         drop(held);
@@ -116,9 +116,9 @@ where
     Gate: FromRef<S>,
     R: SignedRoute,
 {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
         let (parts, mut body) = req.into_parts();
         let signed = verified::<S, R>(&parts, &mut body, state).await;
         if signed.is_err() {
@@ -139,7 +139,7 @@ async fn verified<S, R: SignedRoute>(
     parts: &Parts,
     body: &mut Body,
     state: &S,
-) -> Result<(PublicKey, Vec<u8>, Held), ApiError>
+) -> Result<(PublicKey, Vec<u8>, Held), Error>
 where
     Arc<Coordinator>: FromRef<S>,
     Gate: FromRef<S>,
@@ -175,7 +175,7 @@ where
     let (bytes, hash, held) = tokio::time::timeout(deadline, read(body, R::BODY_LIMIT, &gate))
         .await
         .map_err(|_| {
-            ApiError::Timeout(format!(
+            Error::TooSlow(format!(
                 "the request body did not arrive within {} s",
                 deadline.as_secs_f64()
             ))
@@ -206,7 +206,7 @@ async fn read(
     body: &mut Body,
     limit: usize,
     gate: &Gate,
-) -> Result<(Vec<u8>, blake3::Hash, Held), ApiError> {
+) -> Result<(Vec<u8>, blake3::Hash, Held), Error> {
     let mut held = gate.hold_nothing();
     let mut hasher = blake3::Hasher::new();
     let mut pieces = Vec::new();
@@ -231,11 +231,11 @@ async fn read(
     Ok((whole, hasher.finalize(), held))
 }
 
-fn body_error(e: axum::Error) -> ApiError {
+fn body_error(e: axum::Error) -> Error {
     let e = e.into_inner();
     if e.is::<tower_http::timeout::TimeoutError>() {
-        ApiError::Timeout("the request body stopped arriving".into())
+        Error::TooSlow("the request body stopped arriving".into())
     } else {
-        ApiError::BadRequest(format!("cannot read the request body: {e}"))
+        Error::Malformed(format!("cannot read the request body: {e}"))
     }
 }

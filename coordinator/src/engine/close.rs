@@ -6,7 +6,7 @@ use super::*;
 impl Coordinator {
     /// Expires overdue tasks and claims and closes the round when it is done. Called
     /// by the server's ticker, and at once when [`Coordinator::close_wanted`] fires.
-    pub async fn tick(&self) -> Result<(), ApiError> {
+    pub async fn tick(&self) -> Result<(), Error> {
         // Under the lock: expiry, and what the verdicts settle by themselves.
         let for_referee = {
             let mut guard = self.lock_synced().await?;
@@ -51,7 +51,7 @@ impl Coordinator {
     /// verdicts settle, and lists the tasks the referee must judge (disputes, a
     /// second verifier overdue, and, when the round is due to close, every task still
     /// waiting for a verdict).
-    pub(super) async fn tick_locked(&self, inner: &mut Inner) -> Result<Vec<TaskId>, ApiError> {
+    pub(super) async fn tick_locked(&self, inner: &mut Inner) -> Result<Vec<TaskId>, Error> {
         let now = self.now_ms();
         for id in rules::expire(&mut inner.live, now) {
             self.metrics.tasks_expired.inc();
@@ -99,7 +99,7 @@ impl Coordinator {
 
     /// Before a close: a task waiting for its second verdict is settled by the referee
     /// now, so a verifier that passed a cheat does not escape because the round filled.
-    pub(super) async fn settle_waiting(&self, inner: &mut Inner) -> Result<(), ApiError> {
+    pub(super) async fn settle_waiting(&self, inner: &mut Inner) -> Result<(), Error> {
         let waiting: Vec<TaskId> = awaiting_outcome(inner)
             .filter(|(_, l)| l.opening_blob.is_some())
             .map(|(id, _)| id)
@@ -142,19 +142,14 @@ impl Coordinator {
 
     /// Starts a close when one is due: fixes what it merges and credits, and marks the
     /// round as closing (no task is handed out until the next round opens).
-    pub(super) fn close_snapshot(
-        &self,
-        inner: &mut Inner,
-    ) -> Result<Option<CloseSnapshot>, ApiError> {
+    pub(super) fn close_snapshot(&self, inner: &mut Inner) -> Result<Option<CloseSnapshot>, Error> {
         let Some(round) = self.close_due(inner) else {
             return Ok(None);
         };
         let beacon = match inner.beacon {
             Some((r, b)) if r == round => b,
             _ => {
-                return Err(ApiError::Internal(
-                    "closing a round without its beacon".into(),
-                ));
+                return Err(Error::Internal("closing a round without its beacon".into()));
             }
         };
         let mut deltas = Vec::new();
@@ -171,9 +166,8 @@ impl Coordinator {
                 continue;
             };
             deltas.push(
-                l.delta_blob.ok_or_else(|| {
-                    ApiError::Internal(format!("task {} has no delta blob", t.id))
-                })?,
+                l.delta_blob
+                    .ok_or_else(|| Error::Internal(format!("task {} has no delta blob", t.id)))?,
             );
             merged_workers.push(t.worker);
         }
@@ -225,7 +219,7 @@ impl Coordinator {
     /// Verdicts that arrived while the close computed are settled first (a lying
     /// verifier must not escape through that window); if that slashes a worker whose
     /// delta the close merged, the close is computed again without it.
-    pub(super) async fn close_round(&self, s: CloseSnapshot) -> Result<(), ApiError> {
+    pub(super) async fn close_round(&self, s: CloseSnapshot) -> Result<(), Error> {
         let computed = self.compute_close(&s).await;
         let mut guard = self.inner.lock().await;
         let inner = &mut *guard;
@@ -237,7 +231,7 @@ impl Coordinator {
             return Err(e);
         }
         let result = match computed {
-            Ok(_) if inner.generation != s.generation => Err(ApiError::Unavailable(format!(
+            Ok(_) if inner.generation != s.generation => Err(Error::Busy(format!(
                 "the state was rebuilt from the log while the close of round {} computed; closing again",
                 s.round.0
             ))),
@@ -247,7 +241,7 @@ impl Coordinator {
                         .iter()
                         .any(|w| inner.state.slashed.contains(w)) =>
                 {
-                    Err(ApiError::Unavailable(format!(
+                    Err(Error::Busy(format!(
                         "a worker merged by the close of round {} was slashed while it computed; closing again without it",
                         s.round.0
                     )))
@@ -271,7 +265,7 @@ impl Coordinator {
     /// (weighted mean, norm clip), takes the outer Nesterov step, evaluates the
     /// validation loss, and makes the new model, the momentum and the next round's
     /// beacon durable (blobs and metadata that no entry names yet).
-    pub(super) async fn compute_close(&self, s: &CloseSnapshot) -> Result<CloseOutcome, ApiError> {
+    pub(super) async fn compute_close(&self, s: &CloseSnapshot) -> Result<CloseOutcome, Error> {
         let job = Arc::clone(&self.job);
         let corpus = Arc::clone(&self.corpus);
         let blobs = self.blobs.clone();
@@ -305,7 +299,7 @@ impl Coordinator {
         })
         .await
         .map_err(internal)?
-        .map_err(ApiError::Internal)?;
+        .map_err(Error::Internal)?;
         failpoints::hit(failpoints::CLOSE_AFTER_MODEL_BLOB);
         if !momentum.is_empty() {
             let m = self
@@ -340,7 +334,7 @@ impl Coordinator {
         inner: &mut Inner,
         s: &CloseSnapshot,
         c: CloseOutcome,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let round = s.round;
         let mut entries = Vec::new();
         for (key, amount, task, kind) in &s.credits {
@@ -415,11 +409,7 @@ impl Coordinator {
         Ok(())
     }
 
-    pub(super) async fn write_epoch(
-        &self,
-        inner: &mut Inner,
-        round: Round,
-    ) -> Result<(), ApiError> {
+    pub(super) async fn write_epoch(&self, inner: &mut Inner, round: Round) -> Result<(), Error> {
         let body = inner
             .state
             .shares

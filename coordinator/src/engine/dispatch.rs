@@ -8,7 +8,7 @@ impl Coordinator {
         &self,
         key: PublicKey,
         req: api::JoinRequest,
-    ) -> Result<api::JoinResponse, ApiError> {
+    ) -> Result<api::JoinResponse, Error> {
         let mut guard = self.lock_synced().await?;
         let out = self.join_in(&mut guard, key, req).await?;
         self.release(guard, out).await
@@ -19,11 +19,11 @@ impl Coordinator {
         inner: &mut Inner,
         key: PublicKey,
         req: api::JoinRequest,
-    ) -> Result<api::JoinResponse, ApiError> {
+    ) -> Result<api::JoinResponse, Error> {
         let decision = rules::join(&inner.state, &key, req.role)?;
         let body = api::join_body(key, req.role, &req.name);
         let entry = Entry::with_signature(body, req.signature.0)
-            .map_err(|e| ApiError::BadRequest(format!("join entry refused: {e}")))?;
+            .map_err(|e| Error::Malformed(format!("join entry refused: {e}")))?;
         if decision == rules::Join::Again {
             return Ok(api::JoinResponse {
                 key,
@@ -39,16 +39,12 @@ impl Coordinator {
         })
     }
 
-    pub(super) fn describe(
-        &self,
-        inner: &Inner,
-        t: &TaskRecord,
-    ) -> Result<TaskDescription, ApiError> {
+    pub(super) fn describe(&self, inner: &Inner, t: &TaskRecord) -> Result<TaskDescription, Error> {
         let round = inner
             .state
             .rounds
             .get(&t.round)
-            .ok_or_else(|| ApiError::Internal("task of an unknown round".into()))?;
+            .ok_or_else(|| Error::Internal("task of an unknown round".into()))?;
         let live = inner.live.get(&t.id);
         Ok(TaskDescription {
             task_id: t.id,
@@ -73,7 +69,7 @@ impl Coordinator {
     }
 
     /// `POST /v1/tasks/next`.
-    pub async fn next_task(&self, worker: PublicKey) -> Result<TaskOffer, ApiError> {
+    pub async fn next_task(&self, worker: PublicKey) -> Result<TaskOffer, Error> {
         let mut guard = self.lock_synced().await?;
         let out = self.next_task_in(&mut guard, worker).await?;
         self.release(guard, out).await
@@ -83,7 +79,7 @@ impl Coordinator {
         &self,
         inner: &mut Inner,
         worker: PublicKey,
-    ) -> Result<TaskOffer, ApiError> {
+    ) -> Result<TaskOffer, Error> {
         rules::require_role(&inner.state, &worker, Role::Worker)?;
         let (round, id) = match rules::dispatch(
             &inner.state,
@@ -98,7 +94,7 @@ impl Coordinator {
                     .state
                     .tasks
                     .get(&id)
-                    .ok_or_else(|| ApiError::Internal("task vanished".into()))?;
+                    .ok_or_else(|| Error::Internal("task vanished".into()))?;
                 return Ok(TaskOffer::Task(self.describe(inner, t)?));
             }
             rules::Dispatch::Assign { round, task } => (round, task),
@@ -108,7 +104,7 @@ impl Coordinator {
             .rounds
             .get(&round)
             .map(|r| r.beacon_commitment)
-            .ok_or_else(|| ApiError::Internal("dispatch to an unknown round".into()))?;
+            .ok_or_else(|| Error::Internal("dispatch to an unknown round".into()))?;
         let seed = derive_task_seed(id.0, &worker.0, &prover_digest(&beacon_commitment));
         let body = EntryBody::TaskAssigned {
             task: id,
@@ -131,7 +127,7 @@ impl Coordinator {
             .state
             .tasks
             .get(&id)
-            .ok_or_else(|| ApiError::Internal("task vanished".into()))?;
+            .ok_or_else(|| Error::Internal("task vanished".into()))?;
         Ok(TaskOffer::Task(self.describe(inner, t)?))
     }
 }

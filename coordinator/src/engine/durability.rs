@@ -7,24 +7,24 @@ use super::*;
 
 impl Coordinator {
     /// Refuses a `(key, nonce)` pair seen before; forgets pairs older than twice the skew.
-    pub fn check_nonce(&self, key: PublicKey, nonce: [u8; 16], now: u64) -> Result<(), ApiError> {
+    pub fn check_nonce(&self, key: PublicKey, nonce: [u8; 16], now: u64) -> Result<(), Error> {
         let mut seen = self
             .nonces
             .lock()
-            .map_err(|_| ApiError::Internal("nonce cache poisoned".into()))?;
+            .map_err(|_| Error::Internal("nonce cache poisoned".into()))?;
         if seen.len() > 100_000 {
             let horizon = now.saturating_sub(2 * lupus_api::sign::MAX_SKEW_MS);
             seen.retain(|_, t| *t >= horizon);
         }
         if seen.insert((key, nonce), now).is_some() {
-            return Err(ApiError::Conflict(
+            return Err(Error::Conflict(
                 lupus_api::sign::AuthError::Replayed.to_string(),
             ));
         }
         Ok(())
     }
 
-    pub(super) async fn append(&self, inner: &mut Inner, entry: Entry) -> Result<u64, ApiError> {
+    pub(super) async fn append(&self, inner: &mut Inner, entry: Entry) -> Result<u64, Error> {
         self.sequence(inner, std::slice::from_ref(&entry)).await
     }
 
@@ -41,7 +41,7 @@ impl Coordinator {
         &self,
         inner: &mut Inner,
         entries: &[Entry],
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, Error> {
         let first = inner.state.size;
         // From the first apply until the log has numbered the entries, the state is
         // ahead of the log. A request cancelled in between (its client gone, its
@@ -65,7 +65,7 @@ impl Coordinator {
             }
             Ok(sequenced) => {
                 self.append_failed();
-                Err(ApiError::Internal(format!(
+                Err(Error::Internal(format!(
                     "the log numbered entry {first} as {}; the state is rebuilt from the log",
                     sequenced.first.0
                 )))
@@ -86,7 +86,7 @@ impl Coordinator {
         &self,
         guard: MutexGuard<'_, Inner>,
         out: R,
-    ) -> Result<R, ApiError> {
+    ) -> Result<R, Error> {
         let seen = guard.state.size;
         if self.log.head().size.0 >= seen {
             return Ok(out);
@@ -98,7 +98,7 @@ impl Coordinator {
     }
 
     /// Waits, holding the lock, until everything sequenced so far is durable.
-    pub(super) async fn durable_now(&self, inner: &Inner) -> Result<(), ApiError> {
+    pub(super) async fn durable_now(&self, inner: &Inner) -> Result<(), Error> {
         let seen = inner.state.size;
         self.check_durable(self.log.barrier().await, seen).await
     }
@@ -108,7 +108,7 @@ impl Coordinator {
         &self,
         barrier: Result<lupus_ledger::log::Barrier, lupus_ledger::log::LogError>,
         seen: u64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let durable = match barrier {
             Ok(b) => b.durable().await,
             Err(e) => Err(e),
@@ -117,7 +117,7 @@ impl Coordinator {
             Ok(size) if size.0 >= seen => Ok(()),
             Ok(size) => {
                 self.append_failed();
-                Err(ApiError::Unavailable(format!(
+                Err(Error::Busy(format!(
                     "a write to the ledger failed and entries {}..{seen} were lost; nothing of this request is acknowledged, try again",
                     size.0
                 )))
@@ -151,7 +151,7 @@ impl Coordinator {
     /// While the store is down, each attempt to reach it holds the lock for the pool's
     /// timeout; so within [`STORE_RETRY_PAUSE`] of a failure, requests are refused at
     /// once (503) instead of queueing behind each other's timeouts.
-    pub(super) async fn lock_synced(&self) -> Result<tokio::sync::MutexGuard<'_, Inner>, ApiError> {
+    pub(super) async fn lock_synced(&self) -> Result<tokio::sync::MutexGuard<'_, Inner>, Error> {
         let mut guard = self.inner.lock().await;
         if self.behind.load(Ordering::SeqCst) {
             let recent = self
@@ -161,7 +161,7 @@ impl Coordinator {
                 .and_then(|t| *t)
                 .is_some_and(|t| t.elapsed() < STORE_RETRY_PAUSE);
             if recent {
-                return Err(ApiError::Unavailable(
+                return Err(Error::Busy(
                     "the ledger database was unreachable a moment ago, nothing was written; try again"
                         .into(),
                 ));
@@ -177,7 +177,7 @@ impl Coordinator {
     /// The state lock for a read: caught up with the store if a write failed (so a
     /// read shows no entry the log lost), but not refused during the pause after a
     /// failure, since reads still work while the database refuses writes.
-    pub(super) async fn lock_for_read(&self) -> Result<MutexGuard<'_, Inner>, ApiError> {
+    pub(super) async fn lock_for_read(&self) -> Result<MutexGuard<'_, Inner>, Error> {
         let mut guard = self.inner.lock().await;
         if let Err(e) = self.catch_up_with_store(&mut guard).await {
             self.note_store_failure();
@@ -190,7 +190,7 @@ impl Coordinator {
     /// waits for every queued batch and numbers new entries from the store's size
     /// again), then rebuilds the state from the store if it holds entries the store
     /// does not, or applies what landed past it.
-    pub(super) async fn catch_up_with_store(&self, inner: &mut Inner) -> Result<(), ApiError> {
+    pub(super) async fn catch_up_with_store(&self, inner: &mut Inner) -> Result<(), Error> {
         if !self.behind.load(Ordering::SeqCst) {
             return Ok(());
         }
@@ -211,7 +211,7 @@ impl Coordinator {
 
     /// Replaces the state with the log's first `size` entries and rebuilds what the
     /// log does not hold, as a restart does.
-    pub(super) async fn rebuild(&self, inner: &mut Inner, size: u64) -> Result<(), ApiError> {
+    pub(super) async fn rebuild(&self, inner: &mut Inner, size: u64) -> Result<(), Error> {
         let state = replay(&self.log, size).await.map_err(internal)?;
         let mut fresh = Inner::new(state);
         fresh.generation = inner.generation + 1;
@@ -225,7 +225,7 @@ impl Coordinator {
     /// Applies to the state the durable entries from its size up to `end`: entries
     /// written around this coordinator's sequencing. The one place the state catches
     /// up with the store.
-    pub(super) async fn apply_landed(&self, inner: &mut Inner, end: u64) -> Result<(), ApiError> {
+    pub(super) async fn apply_landed(&self, inner: &mut Inner, end: u64) -> Result<(), Error> {
         while inner.state.size < end {
             let start = inner.state.size;
             let missed = self
@@ -234,7 +234,7 @@ impl Coordinator {
                 .await
                 .map_err(store_error)?;
             if missed.is_empty() {
-                return Err(ApiError::Internal(format!(
+                return Err(Error::Internal(format!(
                     "the store holds no entry {start} although its size is {end}"
                 )));
             }
@@ -257,7 +257,7 @@ impl Coordinator {
         &self,
         inner: &mut Inner,
         body: EntryBody,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, Error> {
         let entry = Entry::unsigned(body).map_err(internal)?;
         self.append(inner, entry).await
     }

@@ -85,7 +85,7 @@ use lupus_prover::verify::{DeviceClass, Verdict, verify_opening};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::blobs::BlobStore;
-use crate::error::{ApiError, blob_error, internal, log_error, store_error};
+use crate::error::{Error, blob_error, internal, log_error, store_error};
 use crate::metrics::Metrics;
 use crate::state::{CreditKindKey, State, TaskRecord};
 
@@ -110,8 +110,8 @@ pub mod failpoints {
 }
 
 /// The state refused an entry the log holds: they no longer agree.
-fn disagree(e: crate::state::StateError) -> ApiError {
-    ApiError::Internal(format!("the log and the state disagree: {e}"))
+fn disagree(e: crate::state::StateError) -> Error {
+    Error::Internal(format!("the log and the state disagree: {e}"))
 }
 
 /// The live tasks with at least one logged verdict and no outcome yet: waiting for a
@@ -301,7 +301,7 @@ impl Coordinator {
 
     /// Draws round `round`'s secret beacon and makes it durable in the store's
     /// metadata, before any entry commits to it.
-    async fn new_beacon(&self, round: u64) -> Result<[u8; 32], ApiError> {
+    async fn new_beacon(&self, round: u64) -> Result<[u8; 32], Error> {
         let mut beacon = [0u8; 32];
         self.config.env.fill_random(&mut beacon).map_err(internal)?;
         self.store
@@ -397,7 +397,7 @@ fn double_checked(beacon: &[u8; 32], trace_root: &Digest, fraction: f64) -> bool
 /// margin for rounding and int8 quantisation). Such a delta is a cheat whatever its
 /// trace says, and merging it unchecked would let one worker drag the model as far as
 /// the merge's norm clip allows (the zoo's huge-norm delta).
-fn check_delta_bound(job: &JobSpec, base: &[Tensor], q: &QuantDelta) -> Result<(), ApiError> {
+fn check_delta_bound(job: &JobSpec, base: &[Tensor], q: &QuantDelta) -> Result<(), Error> {
     let opt = job.inner.adamw();
     for (i, (qt, b)) in q.tensors.iter().zip(base).enumerate() {
         let start = b.data().iter().fold(0.0f32, |a, x| a.max(x.abs()));
@@ -411,7 +411,7 @@ fn check_delta_bound(job: &JobSpec, base: &[Tensor], q: &QuantDelta) -> Result<(
                     .unwrap_or(0),
             );
         if peak > limit {
-            return Err(ApiError::Unprocessable(format!(
+            return Err(Error::Invalid(format!(
                 "delta tensor {i} moves a parameter by {peak:e}, more than {} AdamW steps can ({limit:e}): no honest run gives this delta",
                 job.inner.steps
             )));

@@ -57,7 +57,7 @@ impl Coordinator {
     }
 
     /// `GET /v1/job`.
-    pub fn job_info(&self) -> Result<JobInfo, ApiError> {
+    pub fn job_info(&self) -> Result<JobInfo, Error> {
         let d = self
             .corpus
             .commitment(self.job.dataset.chunk_size)
@@ -107,7 +107,7 @@ impl Coordinator {
     }
 
     /// `GET /v1/rounds`.
-    pub async fn rounds(&self) -> Result<api::RoundList, ApiError> {
+    pub async fn rounds(&self) -> Result<api::RoundList, Error> {
         let inner = self.lock_for_read().await?;
         let list = api::RoundList {
             rounds: inner
@@ -122,25 +122,25 @@ impl Coordinator {
     }
 
     /// `GET /v1/rounds/<n>`; `None` is the latest.
-    pub async fn round(&self, round: Option<Round>) -> Result<RoundStatus, ApiError> {
+    pub async fn round(&self, round: Option<Round>) -> Result<RoundStatus, Error> {
         let inner = self.lock_for_read().await?;
         let r = match round {
             Some(n) => inner.state.rounds.get(&n),
             None => inner.state.latest_round(),
         }
-        .ok_or_else(|| ApiError::NotFound("no such round".into()))?;
+        .ok_or_else(|| Error::NotFound("no such round".into()))?;
         let status = self.round_status(&inner, r);
         self.release(inner, status).await
     }
 
     /// `GET /v1/tasks/<id>`.
-    pub async fn task_status(&self, task: TaskId) -> Result<api::TaskStatus, ApiError> {
+    pub async fn task_status(&self, task: TaskId) -> Result<api::TaskStatus, Error> {
         let inner = self.lock_for_read().await?;
         let t = inner
             .state
             .tasks
             .get(&task)
-            .ok_or_else(|| ApiError::NotFound(format!("no task {task}")))?;
+            .ok_or_else(|| Error::NotFound(format!("no task {task}")))?;
         let l = inner.live.get(&task);
         let closed = inner
             .state
@@ -190,7 +190,7 @@ impl Coordinator {
     }
 
     /// `GET /v1/stake`.
-    pub async fn stake_table(&self) -> Result<StakeTable, ApiError> {
+    pub async fn stake_table(&self) -> Result<StakeTable, Error> {
         let inner = self.lock_for_read().await?;
         let s = &inner.state.shares;
         let epoch = s.latest_epoch();
@@ -213,17 +213,17 @@ impl Coordinator {
     }
 
     /// `GET /v1/stake/<key>`: a statement against the latest epoch and checkpoint.
-    pub async fn stake_statement(&self, key: PublicKey) -> Result<StakeStatement, ApiError> {
+    pub async fn stake_statement(&self, key: PublicKey) -> Result<StakeStatement, Error> {
         let (tree, index) = {
             let inner = self.lock_for_read().await?;
             let e = inner.state.shares.latest_epoch().ok_or_else(|| {
-                ApiError::NotFound("no shares epoch yet: wait for a round to close".into())
+                Error::NotFound("no shares epoch yet: wait for a round to close".into())
             })?;
             let found = (e.tree.clone(), e.index);
             self.release(inner, found).await?
         };
         if tree.balance(&key).is_none() {
-            return Err(ApiError::NotFound(format!(
+            return Err(Error::NotFound(format!(
                 "{key} has no balance in the latest epoch"
             )));
         }
@@ -236,7 +236,7 @@ impl Coordinator {
         let entry = Entry::decode(
             bytes
                 .first()
-                .ok_or_else(|| ApiError::Internal("epoch entry missing".into()))?,
+                .ok_or_else(|| Error::Internal("epoch entry missing".into()))?,
         )
         .map_err(internal)?;
         let proof = self
@@ -249,7 +249,7 @@ impl Coordinator {
 
     /// Current model parameters (the open round's base, or the final model), once
     /// the entries that made it are durable.
-    pub async fn model(&self) -> Result<Arc<Vec<Tensor>>, ApiError> {
+    pub async fn model(&self) -> Result<Arc<Vec<Tensor>>, Error> {
         let inner = self.lock_for_read().await?;
         let model = Arc::clone(&inner.model);
         self.release(inner, model).await

@@ -27,11 +27,11 @@ impl Roster {
 impl Coordinator {
     /// Whether `key` may act as `role`, as far as the roster knows: the check the
     /// signed-request extractor makes before reading a body (403).
-    pub fn may_act(&self, key: &PublicKey, role: Role) -> Result<(), ApiError> {
+    pub fn may_act(&self, key: &PublicKey, role: Role) -> Result<(), Error> {
         let roster = self
             .roster
             .read()
-            .map_err(|_| ApiError::Internal("the roster's lock is poisoned".into()))?;
+            .map_err(|_| Error::Internal("the roster's lock is poisoned".into()))?;
         rules::standing(&roster.participants, &roster.slashed, key, role)
     }
 

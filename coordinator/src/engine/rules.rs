@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use lupus_ledger::entry::{Digest, PublicKey, Role, Round, TaskId};
 
 use super::{Live, Settle};
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::state::{State, TaskRecord};
 
 /// The live task table: what the coordinator knows of the open round's tasks beyond
@@ -18,7 +18,7 @@ pub(super) type LiveTable = BTreeMap<TaskId, Live>;
 
 /// Refuses a key that may not act as `role`: slashed, joined as another role, or not
 /// joined.
-pub(super) fn require_role(state: &State, key: &PublicKey, role: Role) -> Result<(), ApiError> {
+pub(super) fn require_role(state: &State, key: &PublicKey, role: Role) -> Result<(), Error> {
     standing(&state.participants, &state.slashed, key, role)
 }
 
@@ -29,18 +29,18 @@ pub(super) fn standing(
     slashed: &std::collections::BTreeSet<PublicKey>,
     key: &PublicKey,
     role: Role,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     if slashed.contains(key) {
-        return Err(ApiError::Forbidden(
+        return Err(Error::NotAllowed(
             "this key was slashed for fraud and may not take part any more".into(),
         ));
     }
     match participants.get(key) {
         Some(r) if *r == role => Ok(()),
-        Some(r) => Err(ApiError::Forbidden(format!(
+        Some(r) => Err(Error::NotAllowed(format!(
             "this key joined as a {r:?}, not a {role:?}"
         ))),
-        None => Err(ApiError::Forbidden(format!(
+        None => Err(Error::NotAllowed(format!(
             "this key has not joined; POST {} first",
             lupus_api::paths::JOIN
         ))),
@@ -57,9 +57,9 @@ pub(super) enum Join {
 }
 
 /// Decides a join: one key, one role, for good.
-pub(super) fn join(state: &State, key: &PublicKey, role: Role) -> Result<Join, ApiError> {
+pub(super) fn join(state: &State, key: &PublicKey, role: Role) -> Result<Join, Error> {
     match state.participants.get(key) {
-        Some(r) if *r != role => Err(ApiError::Conflict(format!(
+        Some(r) if *r != role => Err(Error::Conflict(format!(
             "this key already joined as a {r:?}; use one key per role"
         ))),
         Some(_) => Ok(Join::Again),
@@ -127,21 +127,21 @@ pub(super) fn worker_task<'a>(
     live: &'a LiveTable,
     worker: &PublicKey,
     task: TaskId,
-) -> Result<(&'a TaskRecord, &'a Live), ApiError> {
+) -> Result<(&'a TaskRecord, &'a Live), Error> {
     let t = state
         .tasks
         .get(&task)
-        .ok_or_else(|| ApiError::NotFound(format!("no task {task}")))?;
+        .ok_or_else(|| Error::NotFound(format!("no task {task}")))?;
     if t.worker != *worker {
-        return Err(ApiError::Forbidden(format!(
+        return Err(Error::NotAllowed(format!(
             "task {task} belongs to another worker"
         )));
     }
-    let l = live.get(&task).ok_or_else(|| {
-        ApiError::Conflict(format!("task {task} belongs to a round that is closed"))
-    })?;
+    let l = live
+        .get(&task)
+        .ok_or_else(|| Error::Conflict(format!("task {task} belongs to a round that is closed")))?;
     if l.expired {
-        return Err(ApiError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "task {task} expired (its deadline passed) and was handed out again"
         )));
     }
@@ -215,28 +215,26 @@ pub(super) fn verdict_admissible(
     live: &LiveTable,
     verifier: &PublicKey,
     task: TaskId,
-) -> Result<Vec<u32>, ApiError> {
+) -> Result<Vec<u32>, Error> {
     let t = state
         .tasks
         .get(&task)
-        .ok_or_else(|| ApiError::NotFound(format!("no task {task}")))?;
+        .ok_or_else(|| Error::NotFound(format!("no task {task}")))?;
     let Some((_, steps, _)) = t.challenges.iter().find(|c| c.0 == *verifier) else {
-        return Err(ApiError::Forbidden(format!(
+        return Err(Error::NotAllowed(format!(
             "task {task} was not challenged to this verifier"
         )));
     };
     if t.verdicts.iter().any(|v| v.verifier == *verifier) {
-        return Err(ApiError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "this verifier already gave a verdict on task {task}"
         )));
     }
-    let l = live.get(&task).ok_or_else(|| {
-        ApiError::Conflict(format!("task {task} belongs to a round that is closed"))
-    })?;
+    let l = live
+        .get(&task)
+        .ok_or_else(|| Error::Conflict(format!("task {task} belongs to a round that is closed")))?;
     if l.outcome.is_some() {
-        return Err(ApiError::Conflict(format!(
-            "task {task} is already settled"
-        )));
+        return Err(Error::Conflict(format!("task {task} is already settled")));
     }
     Ok(steps.clone())
 }
@@ -438,16 +436,16 @@ mod tests {
         assert!(require_role(&s, &W1, Role::Worker).is_ok());
         assert!(matches!(
             require_role(&s, &W1, Role::Verifier),
-            Err(ApiError::Forbidden(_))
+            Err(Error::NotAllowed(_))
         ));
         assert!(matches!(
             require_role(&s, &PublicKey([99; 32]), Role::Worker),
-            Err(ApiError::Forbidden(m)) if m.contains("has not joined")
+            Err(Error::NotAllowed(m)) if m.contains("has not joined")
         ));
         s.slashed.insert(W1);
         assert!(matches!(
             require_role(&s, &W1, Role::Worker),
-            Err(ApiError::Forbidden(m)) if m.contains("slashed")
+            Err(Error::NotAllowed(m)) if m.contains("slashed")
         ));
     }
 
@@ -457,7 +455,7 @@ mod tests {
         assert_eq!(join(&s, &W1, Role::Worker).unwrap(), Join::Again);
         assert!(matches!(
             join(&s, &W1, Role::Verifier),
-            Err(ApiError::Conflict(_))
+            Err(Error::Conflict(_))
         ));
         assert_eq!(
             join(&s, &PublicKey([50; 32]), Role::Verifier).unwrap(),
@@ -539,21 +537,21 @@ mod tests {
         assert!(worker_task(&s, &live, &W1, TaskId(1)).is_ok());
         assert!(matches!(
             worker_task(&s, &live, &W2, TaskId(1)),
-            Err(ApiError::Forbidden(_))
+            Err(Error::NotAllowed(_))
         ));
         assert!(matches!(
             worker_task(&s, &live, &W1, TaskId(9)),
-            Err(ApiError::NotFound(_))
+            Err(Error::NotFound(_))
         ));
         expire(&mut live, 501);
         assert!(matches!(
             worker_task(&s, &live, &W1, TaskId(1)),
-            Err(ApiError::Conflict(m)) if m.contains("expired")
+            Err(Error::Conflict(m)) if m.contains("expired")
         ));
         live.clear();
         assert!(matches!(
             worker_task(&s, &live, &W1, TaskId(1)),
-            Err(ApiError::Conflict(m)) if m.contains("closed")
+            Err(Error::Conflict(m)) if m.contains("closed")
         ));
     }
 
@@ -641,7 +639,7 @@ mod tests {
         open(&mut s, &mut live, 1, &[V1]);
         assert!(matches!(
             verdict_admissible(&s, &live, &V2, TaskId(1)),
-            Err(ApiError::Forbidden(_))
+            Err(Error::NotAllowed(_))
         ));
         assert_eq!(
             verdict_admissible(&s, &live, &V1, TaskId(1)).unwrap(),
@@ -650,7 +648,7 @@ mod tests {
         verdict(&mut s, 1, V1, true);
         assert!(matches!(
             verdict_admissible(&s, &live, &V1, TaskId(1)),
-            Err(ApiError::Conflict(m)) if m.contains("already gave")
+            Err(Error::Conflict(m)) if m.contains("already gave")
         ));
         s.tasks
             .get_mut(&TaskId(1))
@@ -660,11 +658,11 @@ mod tests {
         live.get_mut(&TaskId(1)).unwrap().outcome = Some(true);
         assert!(matches!(
             verdict_admissible(&s, &live, &V2, TaskId(1)),
-            Err(ApiError::Conflict(m)) if m.contains("settled")
+            Err(Error::Conflict(m)) if m.contains("settled")
         ));
         assert!(matches!(
             verdict_admissible(&s, &live, &V2, TaskId(2)),
-            Err(ApiError::NotFound(_))
+            Err(Error::NotFound(_))
         ));
     }
 

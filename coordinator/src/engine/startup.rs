@@ -82,12 +82,12 @@ impl Coordinator {
         Ok(coordinator)
     }
 
-    pub(super) fn load_model(&self, hash: &Digest) -> Result<Vec<Tensor>, ApiError> {
+    pub(super) fn load_model(&self, hash: &Digest) -> Result<Vec<Tensor>, Error> {
         let bytes = self
             .blobs
             .get(hash)
             .map_err(internal)?
-            .ok_or_else(|| ApiError::Internal(format!("model blob {hash} is missing")))?;
+            .ok_or_else(|| Error::Internal(format!("model blob {hash} is missing")))?;
         decode_model(&bytes, &self.job).map_err(internal)
     }
 
@@ -95,7 +95,7 @@ impl Coordinator {
         &self,
         kind: &str,
         task: TaskId,
-    ) -> Result<Option<Vec<u8>>, ApiError> {
+    ) -> Result<Option<Vec<u8>>, Error> {
         self.store
             .get_meta(&meta_key(kind, task.0))
             .await
@@ -103,13 +103,13 @@ impl Coordinator {
     }
 
     /// Rebuilds what the ledger does not hold and finishes an interrupted round close.
-    pub(super) async fn resume(&self) -> Result<(), ApiError> {
+    pub(super) async fn resume(&self) -> Result<(), Error> {
         let mut guard = self.inner.lock().await;
         self.resume_in(&mut guard).await?;
         self.release(guard, ()).await
     }
 
-    pub(super) async fn resume_in(&self, inner: &mut Inner) -> Result<(), ApiError> {
+    pub(super) async fn resume_in(&self, inner: &mut Inner) -> Result<(), Error> {
         if inner.state.genesis.is_none() {
             self.genesis(inner).await?;
         }
@@ -152,7 +152,7 @@ impl Coordinator {
                     .get_meta(&meta_key("beacon", round.round.0))
                     .await
                     .map_err(store_error)?
-                    .ok_or_else(|| ApiError::Internal("the open round's beacon is lost".into()))?;
+                    .ok_or_else(|| Error::Internal("the open round's beacon is lost".into()))?;
                 let beacon: [u8; 32] = beacon.as_slice().try_into().map_err(internal)?;
                 inner.beacon = Some((round.round, beacon));
                 inner.model = Arc::new(self.load_model(&round.base_model)?);
@@ -162,11 +162,7 @@ impl Coordinator {
         Ok(())
     }
 
-    pub(super) async fn rebuild_live(
-        &self,
-        inner: &mut Inner,
-        round: Round,
-    ) -> Result<(), ApiError> {
+    pub(super) async fn rebuild_live(&self, inner: &mut Inner, round: Round) -> Result<(), Error> {
         let now = self.now_ms();
         let beacon = inner.beacon.map(|b| b.1);
         let tasks: Vec<TaskRecord> = inner
@@ -220,7 +216,7 @@ impl Coordinator {
         Ok(())
     }
 
-    pub(super) async fn genesis(&self, inner: &mut Inner) -> Result<(), ApiError> {
+    pub(super) async fn genesis(&self, inner: &mut Inner) -> Result<(), Error> {
         let dataset = self
             .corpus
             .commitment(self.job.dataset.chunk_size)
@@ -241,7 +237,7 @@ impl Coordinator {
         Ok(())
     }
 
-    pub(super) async fn open_next_round(&self, inner: &mut Inner) -> Result<(), ApiError> {
+    pub(super) async fn open_next_round(&self, inner: &mut Inner) -> Result<(), Error> {
         let next = inner.state.latest_round().map_or(1, |r| r.round.0 + 1);
         if self.config.max_rounds.is_some_and(|max| next > max) {
             return Ok(());

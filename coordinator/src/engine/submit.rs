@@ -20,7 +20,7 @@ impl Coordinator {
         &self,
         worker: &PublicKey,
         task: TaskId,
-    ) -> Result<Arc<Vec<Tensor>>, ApiError> {
+    ) -> Result<Arc<Vec<Tensor>>, Error> {
         let guard = self.lock_synced().await?;
         self.check_submittable_in(&guard, worker, task)?;
         Ok(Arc::clone(&guard.model))
@@ -31,11 +31,11 @@ impl Coordinator {
         inner: &Inner,
         worker: &PublicKey,
         task: TaskId,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         rules::require_role(&inner.state, worker, Role::Worker)?;
         let (t, _) = rules::worker_task(&inner.state, &inner.live, worker, task)?;
         if t.committed.is_some() {
-            return Err(ApiError::Conflict(format!(
+            return Err(Error::Conflict(format!(
                 "task {task} already has committed work"
             )));
         }
@@ -48,7 +48,7 @@ impl Coordinator {
         worker: PublicKey,
         task: TaskId,
         sub: api::Submission,
-    ) -> Result<api::SubmissionReceipt, ApiError> {
+    ) -> Result<api::SubmissionReceipt, Error> {
         // The state checks run under the lock, the pure checks and the durable blob
         // writes without it (so submissions do not queue behind each other's fsyncs),
         // and the state is checked again under the lock before the append.
@@ -92,7 +92,7 @@ impl Coordinator {
         &self,
         inner: &mut Inner,
         commit: Commit,
-    ) -> Result<api::SubmissionReceipt, ApiError> {
+    ) -> Result<api::SubmissionReceipt, Error> {
         let Commit {
             worker,
             task,
@@ -106,7 +106,7 @@ impl Coordinator {
         let beacon = inner
             .beacon
             .map(|b| b.1)
-            .ok_or_else(|| ApiError::Internal("no beacon for the open round".into()))?;
+            .ok_or_else(|| Error::Internal("no beacon for the open round".into()))?;
         let steps = self.challenge_for(&beacon, &trace_root)?;
         let needed = 1 + usize::from(double_checked(
             &beacon,
@@ -116,7 +116,7 @@ impl Coordinator {
         let live = inner
             .live
             .get_mut(&task)
-            .ok_or_else(|| ApiError::Internal("live task vanished".into()))?;
+            .ok_or_else(|| Error::Internal("live task vanished".into()))?;
         live.steps = Some(steps.clone());
         live.needed = needed;
         live.class = Some(class);
@@ -141,7 +141,7 @@ impl Coordinator {
         worker: PublicKey,
         task: TaskId,
         body: Vec<u8>,
-    ) -> Result<api::OpeningReceipt, ApiError> {
+    ) -> Result<api::OpeningReceipt, Error> {
         // The state is checked under the lock first, so only the task's own worker
         // gets its bytes decoded; decoded on a blocking thread and stored without the
         // lock (a large blob and two fsyncs). The bytes stored are the bytes posted:
@@ -152,7 +152,7 @@ impl Coordinator {
             rules::require_role(&inner.state, &worker, Role::Worker)?;
             let (t, live) = rules::worker_task(&inner.state, &inner.live, &worker, task)?;
             if t.committed.is_none() {
-                return Err(ApiError::Conflict(format!(
+                return Err(Error::Conflict(format!(
                     "task {task} has no committed work yet: submit first"
                 )));
             }
@@ -196,7 +196,7 @@ impl Coordinator {
         })
     }
 
-    pub(super) async fn load_opening(&self, blob: Digest) -> Result<Opening, ApiError> {
+    pub(super) async fn load_opening(&self, blob: Digest) -> Result<Opening, Error> {
         let bytes = self.blob_bytes(blob, "opening").await?;
         tokio::task::spawn_blocking(move || Opening::from_bytes(&bytes))
             .await
@@ -206,7 +206,7 @@ impl Coordinator {
 
     /// Writes a blob (and fsyncs it) on a blocking thread: on the async threads an
     /// fsync would stall every request those threads serve.
-    pub(super) async fn put_blob(&self, bytes: Vec<u8>) -> Result<Digest, ApiError> {
+    pub(super) async fn put_blob(&self, bytes: Vec<u8>) -> Result<Digest, Error> {
         let blobs = self.blobs.clone();
         tokio::task::spawn_blocking(move || blobs.put(&bytes))
             .await
@@ -216,7 +216,7 @@ impl Coordinator {
 
     /// `GET /v1/blobs/<hash>`: a blob, read on a blocking thread; `None` if the store
     /// has none under `hash`.
-    pub async fn blob(&self, hash: Digest) -> Result<Option<Vec<u8>>, ApiError> {
+    pub async fn blob(&self, hash: Digest) -> Result<Option<Vec<u8>>, Error> {
         let blobs = self.blobs.clone();
         tokio::task::spawn_blocking(move || blobs.get(&hash))
             .await
@@ -226,12 +226,12 @@ impl Coordinator {
 
     /// Reads a blob the state names (`what` says which, for the error) on a blocking
     /// thread.
-    pub(super) async fn blob_bytes(&self, blob: Digest, what: &str) -> Result<Vec<u8>, ApiError> {
+    pub(super) async fn blob_bytes(&self, blob: Digest, what: &str) -> Result<Vec<u8>, Error> {
         let blobs = self.blobs.clone();
         tokio::task::spawn_blocking(move || blobs.get(&blob))
             .await
             .map_err(internal)?
             .map_err(internal)?
-            .ok_or_else(|| ApiError::Internal(format!("{what} blob {blob} is missing")))
+            .ok_or_else(|| Error::Internal(format!("{what} blob {blob} is missing")))
     }
 }

@@ -9,7 +9,7 @@ impl Coordinator {
         &self,
         beacon: &[u8; 32],
         trace_root: &Digest,
-    ) -> Result<Vec<u32>, ApiError> {
+    ) -> Result<Vec<u32>, Error> {
         challenge_steps(
             beacon,
             &prover_digest(trace_root),
@@ -20,7 +20,7 @@ impl Coordinator {
     }
 
     /// `POST /v1/verify/next`.
-    pub async fn next_verify(&self, verifier: PublicKey) -> Result<VerifyOffer, ApiError> {
+    pub async fn next_verify(&self, verifier: PublicKey) -> Result<VerifyOffer, Error> {
         let mut guard = self.lock_synced().await?;
         let inner = &mut *guard;
         rules::require_role(&inner.state, &verifier, Role::Verifier)?;
@@ -64,18 +64,18 @@ impl Coordinator {
             .state
             .tasks
             .get(&id)
-            .ok_or_else(|| ApiError::Internal("task vanished".into()))?;
+            .ok_or_else(|| Error::Internal("task vanished".into()))?;
         let l = inner
             .live
             .get(&id)
-            .ok_or_else(|| ApiError::Internal("live task vanished".into()))?;
+            .ok_or_else(|| Error::Internal("live task vanished".into()))?;
         let task = self.describe(inner, t)?;
         let commitment = Self::commitment_of(t)
-            .ok_or_else(|| ApiError::Internal("opened task without commitment".into()))?;
+            .ok_or_else(|| Error::Internal("opened task without commitment".into()))?;
         let device_class = l.class.unwrap_or(DeviceClass::Exact);
         let opening_blob = l
             .opening_blob
-            .ok_or_else(|| ApiError::Internal("a verifier was given an unopened task".into()))?;
+            .ok_or_else(|| Error::Internal("a verifier was given an unopened task".into()))?;
         // The verifier fetches the opening (large, content addressed, immutable) from
         // `/v1/blobs/` by its hash, once the claim is durable.
         let job = api::VerifyJob {
@@ -95,7 +95,7 @@ impl Coordinator {
         verifier: PublicKey,
         task: TaskId,
         sub: api::VerdictSubmission,
-    ) -> Result<api::VerdictReceipt, ApiError> {
+    ) -> Result<api::VerdictReceipt, Error> {
         let mut guard = self.lock_synced().await?;
         let (index, needs_referee) = self.verdict_in(&mut guard, verifier, task, sub).await?;
         if needs_referee {
@@ -140,7 +140,7 @@ impl Coordinator {
         verifier: PublicKey,
         task: TaskId,
         sub: api::VerdictSubmission,
-    ) -> Result<(u64, bool), ApiError> {
+    ) -> Result<(u64, bool), Error> {
         rules::require_role(&inner.state, &verifier, Role::Verifier)?;
         let steps = rules::verdict_admissible(&inner.state, &inner.live, &verifier, task)?;
         let entry = check_verdict(&sub, task, &verifier, &steps)?.entry;
@@ -171,7 +171,7 @@ impl Coordinator {
     /// accepts; any rejection, or too few verifiers, calls the referee.
     /// Used where the lock is held anyway (start-up, a close's last stragglers); the
     /// request and ticker paths use [`Self::settle`] and [`Self::referee_off_lock`].
-    pub(super) async fn resolve(&self, inner: &mut Inner, task: TaskId) -> Result<(), ApiError> {
+    pub(super) async fn resolve(&self, inner: &mut Inner, task: TaskId) -> Result<(), Error> {
         if self.settle(inner, task).await? != Settle::Referee {
             return Ok(());
         }
@@ -187,7 +187,7 @@ impl Coordinator {
     /// Settles a task from its verdicts where they decide it, without the referee:
     /// says whether the task is done, waits for another verifier, or needs the
     /// referee.
-    pub(super) async fn settle(&self, inner: &mut Inner, task: TaskId) -> Result<Settle, ApiError> {
+    pub(super) async fn settle(&self, inner: &mut Inner, task: TaskId) -> Result<Settle, Error> {
         let Some(t) = inner.state.tasks.get(&task).cloned() else {
             return Ok(Settle::Done);
         };
@@ -215,7 +215,7 @@ impl Coordinator {
         inner: &mut Inner,
         t: &TaskRecord,
         live: &Live,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let case = self.case(inner, t, live)?;
         let ruling = self.judge(case).await?;
         self.rule(inner, ruling).await
@@ -224,7 +224,7 @@ impl Coordinator {
     /// The referee on `tasks`, with the lock held only to take each case and to log
     /// each ruling: the replay (seconds on a real job) runs without it, so requests
     /// go on meanwhile. A task settled while its replay ran keeps its settlement.
-    pub(super) async fn referee_off_lock(&self, tasks: Vec<TaskId>) -> Result<(), ApiError> {
+    pub(super) async fn referee_off_lock(&self, tasks: Vec<TaskId>) -> Result<(), Error> {
         let cases = {
             let guard = self.lock_synced().await?;
             let mut cases = Vec::new();
@@ -255,13 +255,13 @@ impl Coordinator {
     }
 
     /// What the referee needs to judge a task, taken under the lock (no I/O).
-    fn case(&self, inner: &Inner, t: &TaskRecord, live: &Live) -> Result<Case, ApiError> {
+    fn case(&self, inner: &Inner, t: &TaskRecord, live: &Live) -> Result<Case, Error> {
         Ok(Case {
             task: t.id,
             steps: live.steps.clone().unwrap_or_default(),
             opening_blob: live.opening_blob.unwrap_or_default(),
             commitment: Self::commitment_of(t)
-                .ok_or_else(|| ApiError::Internal("verdict on uncommitted work".into()))?,
+                .ok_or_else(|| Error::Internal("verdict on uncommitted work".into()))?,
             base: Arc::clone(&inner.model),
             evidence: t.verdicts.iter().filter_map(|v| v.evidence).collect(),
             seed: t.seed.0,
@@ -271,7 +271,7 @@ impl Coordinator {
 
     /// Judges a case without the lock: the fraud proof a verifier attached, if it
     /// convicts, else a replay of the challenged steps (on a blocking thread).
-    async fn judge(&self, case: Case) -> Result<Ruling, ApiError> {
+    async fn judge(&self, case: Case) -> Result<Ruling, Error> {
         let opening = self.load_opening(case.opening_blob).await?;
         let mut proof: Option<FraudProof> = None;
         for e in &case.evidence {
@@ -328,7 +328,7 @@ impl Coordinator {
         })
         .await
         .map_err(internal)?
-        .map_err(ApiError::Internal)?;
+        .map_err(Error::Internal)?;
         let (verdict, by_proof) = verdict;
         Ok(Ruling {
             task,
@@ -341,7 +341,7 @@ impl Coordinator {
     /// Logs a ruling, under the lock: the referee's signed verdict (durable before
     /// anything else), then the slashes it calls for and the task's outcome. Nothing
     /// if the task was settled, or ruled on, while the case was judged.
-    async fn rule(&self, inner: &mut Inner, ruling: Ruling) -> Result<(), ApiError> {
+    async fn rule(&self, inner: &mut Inner, ruling: Ruling) -> Result<(), Error> {
         let Some(t) = inner.state.tasks.get(&ruling.task) else {
             return Ok(());
         };
@@ -402,7 +402,7 @@ impl Coordinator {
         &self,
         inner: &mut Inner,
         task: TaskId,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let Some(t) = inner.state.tasks.get(&task).cloned() else {
             return Ok(());
         };
