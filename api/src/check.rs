@@ -26,7 +26,7 @@ use lupus_prover::task::{Opening, OpeningDecodeError};
 use lupus_prover::trace::Commitment;
 use lupus_prover::verify::{RejectReason, verify_submission};
 
-use crate::types::{Submission, VerdictSubmission, evidence_digest, prover_digest};
+use crate::types::{Submission, VerdictSubmission, evidence_digest};
 
 /// Why a request body is refused before any state changes.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -152,9 +152,9 @@ pub fn check_submission(
         return Err(BodyError::DeltaHash);
     }
     let commitment = Commitment {
-        trace_root: prover_digest(trace_root),
-        final_state_hash: prover_digest(final_state),
-        delta_hash: prover_digest(delta),
+        trace_root: *trace_root,
+        final_state_hash: *final_state,
+        delta_hash: *delta,
     };
     verify_submission(
         inner_steps,
@@ -249,7 +249,7 @@ mod tests {
     use super::*;
     use crate::types::{B64, verdict_body, work_committed_body};
     use ed25519_dalek::SigningKey;
-    use lupus_prover::merkle::{Digest as ProverDigest, MultiProof};
+    use lupus_prover::merkle::MultiProof;
     use lupus_prover::quant::QTensor;
     use lupus_prover::task::{FinalOpening, StepOpening};
     use lupus_prover::trace::FinalLeaf;
@@ -275,9 +275,9 @@ mod tests {
     /// whose (empty) trace proof does not lead to the trace root.
     fn submission(task: TaskId, signer: &SigningKey) -> Submission {
         let c = Commitment {
-            trace_root: ProverDigest([1; 32]),
-            final_state_hash: ProverDigest([2; 32]),
-            delta_hash: ProverDigest(delta().hash()),
+            trace_root: Digest([1; 32]),
+            final_state_hash: Digest([2; 32]),
+            delta_hash: Digest(delta().hash()),
         };
         let entry = Entry::signed(
             work_committed_body(task, PublicKey::from(signer), &c),

@@ -53,7 +53,7 @@ string_schema!(
     HEX32
 );
 string_schema!(
-    /// `lupus_ledger::entry::Digest` and `lupus_prover::merkle::Digest`.
+    /// `lupus_types::Digest` (re-exported as `lupus_ledger::entry::Digest` and `lupus_prover::merkle::Digest`).
     Digest,
     "A blake3 digest (a model or blob hash, a trace root, a beacon, a Merkle root) as \
      64 hex digits (written lowercase, read in either case).",

@@ -9,7 +9,6 @@ use lupus_ledger::entry::{
     Amount, Digest, Entry, EntryBody, EntryError, PublicKey, Role, Round, TaskId,
 };
 use lupus_prover::fraud::FraudProof;
-use lupus_prover::merkle::Digest as ProverDigest;
 use lupus_prover::task::FinalOpening;
 use lupus_prover::trace::Commitment;
 use lupus_prover::verify::DeviceClass;
@@ -55,16 +54,6 @@ impl<'de> Deserialize<'de> for Sig {
         })?;
         Ok(Sig(out))
     }
-}
-
-/// The ledger's digest of a prover digest (both are 32 bytes of blake3 output).
-pub fn ledger_digest(d: &ProverDigest) -> Digest {
-    Digest(d.0)
-}
-
-/// The prover's digest of a ledger digest.
-pub fn prover_digest(d: &Digest) -> ProverDigest {
-    ProverDigest(d.0)
 }
 
 /// `GET /v1/job`: everything a participant needs before its first task.
@@ -184,9 +173,9 @@ pub fn work_committed_body(task: TaskId, worker: PublicKey, c: &Commitment) -> E
     EntryBody::WorkCommitted {
         task,
         worker,
-        trace_root: ledger_digest(&c.trace_root),
-        final_state: ledger_digest(&c.final_state_hash),
-        delta: ledger_digest(&c.delta_hash),
+        trace_root: c.trace_root,
+        final_state: c.final_state_hash,
+        delta: c.delta_hash,
     }
 }
 
@@ -475,9 +464,9 @@ mod tests {
     #[test]
     fn entry_bodies_carry_the_commitment() {
         let c = Commitment {
-            trace_root: ProverDigest([1; 32]),
-            final_state_hash: ProverDigest([2; 32]),
-            delta_hash: ProverDigest([3; 32]),
+            trace_root: Digest([1; 32]),
+            final_state_hash: Digest([2; 32]),
+            delta_hash: Digest([3; 32]),
         };
         let key = ed25519_dalek::SigningKey::from_bytes(&[4; 32]);
         let body = work_committed_body(TaskId(7), PublicKey::from(&key), &c);

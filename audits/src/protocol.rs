@@ -38,7 +38,6 @@ use lupus_ledger::entry::{
 use lupus_ledger::note::NoteVerifier;
 use lupus_ledger::shares::{FoldError, SharesFold};
 use lupus_prover::challenge::{beacon_matches, challenge_steps};
-use lupus_prover::merkle::Digest as ProverDigest;
 use lupus_prover::prf::derive_task_seed;
 use lupus_prover::spec::JobSpec;
 use serde::{Deserialize, Serialize};
@@ -260,7 +259,7 @@ impl ProtocolState {
                 }
                 let spec =
                     JobSpec::parse(job_spec).map_err(|e| Violation::JobSpec(e.to_string()))?;
-                let expected = Digest(spec.hash().0);
+                let expected = spec.hash();
                 if expected != *job_hash {
                     return Err(Violation::JobHash {
                         expected,
@@ -335,8 +334,7 @@ impl ProtocolState {
                         });
                     }
                 }
-                let expected_seed =
-                    derive_task_seed(task.0, &worker.0, &ProverDigest(r.commitment.0));
+                let expected_seed = derive_task_seed(task.0, &worker.0, &r.commitment);
                 if expected_seed != seed.0 {
                     return Err(Violation::TaskSeed(*task));
                 }
@@ -509,7 +507,7 @@ impl ProtocolState {
         if r.closed {
             return Err(Violation::RoundClosed(round));
         }
-        if !beacon_matches(&beacon.0, &ProverDigest(r.commitment.0)) {
+        if !beacon_matches(&beacon.0, &r.commitment) {
             return Err(Violation::BeaconMismatch {
                 round,
                 commitment: r.commitment,
@@ -521,13 +519,8 @@ impl ProtocolState {
                 continue;
             };
             if let Some(root) = &t.trace_root {
-                let expected = challenge_steps(
-                    &beacon.0,
-                    &ProverDigest(root.0),
-                    job.inner_steps,
-                    job.challenges,
-                )
-                .map_err(|e| Violation::JobSpec(e.to_string()))?;
+                let expected = challenge_steps(&beacon.0, root, job.inner_steps, job.challenges)
+                    .map_err(|e| Violation::JobSpec(e.to_string()))?;
                 if let Some(c) = t.challenges.iter().find(|c| c.steps != expected) {
                     // Reported at the challenge entry, which is the lie.
                     return Err(Violation::ChallengeNotDictated {

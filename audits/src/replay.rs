@@ -22,7 +22,6 @@ use lupus_api::types::{JobInfo, TaskStatus};
 use lupus_ledger::entry::{Digest, Entry, EntryBody, Round, TaskId};
 use lupus_ledger::hash::Hash;
 use lupus_prover::data::Corpus;
-use lupus_prover::merkle::Digest as ProverDigest;
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::Opening;
 use lupus_prover::trace::Commitment;
@@ -268,9 +267,9 @@ pub fn replay(
             }
         };
         let commitment = Commitment {
-            trace_root: ProverDigest(c.commitment.0.0),
-            final_state_hash: ProverDigest(c.commitment.1.0),
-            delta_hash: ProverDigest(c.commitment.2.0),
+            trace_root: c.commitment.0,
+            final_state_hash: c.commitment.1,
+            delta_hash: c.commitment.2,
         };
         let verdict = verify_opening(
             &spec,

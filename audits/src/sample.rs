@@ -21,7 +21,6 @@ use lupus_ledger::shares::SharesFold;
 use lupus_ledger::tiles::{EntryBundle, encode_entry_bundle, tile_data, tiles_for_size};
 use lupus_ledger::tree::MemoryTree;
 use lupus_prover::challenge::{beacon_commitment, challenge_steps};
-use lupus_prover::merkle::Digest as ProverDigest;
 use lupus_prover::prf::derive_task_seed;
 use lupus_prover::spec::JobSpec;
 
@@ -105,7 +104,7 @@ impl SampleJob {
             &mut out,
             Entry::unsigned(EntryBody::Genesis {
                 job_spec: SAMPLE_SPEC.to_owned(),
-                job_hash: Digest(self.spec.hash().0),
+                job_hash: self.spec.hash(),
                 dataset_root: Digest::of(b"sample dataset"),
                 log_key: PublicKey::from(self.signer.verifier().public_key()),
                 coordinator_note_key: self.vkey(),
@@ -143,7 +142,7 @@ impl SampleJob {
                 Entry::unsigned(EntryBody::RoundOpened {
                     round,
                     base_model: Digest::of(format!("model {r}").as_bytes()),
-                    beacon_commitment: Digest(commitment.0),
+                    beacon_commitment: commitment,
                     inner_steps: h,
                     deadline_ms: 1_780_000_000_000 + r * 60_000,
                 })?,
@@ -152,8 +151,7 @@ impl SampleJob {
                 let task = TaskId(r * nworkers + w as u64);
                 let worker = PublicKey::from(key);
                 let trace_root = Self::trace_root(task.0);
-                let steps =
-                    challenge_steps(&beacon, &ProverDigest(trace_root.0), h, m).map_err(other)?;
+                let steps = challenge_steps(&beacon, &trace_root, h, m).map_err(other)?;
                 let seed = derive_task_seed(task.0, &worker.0, &commitment);
                 push(
                     &mut out,

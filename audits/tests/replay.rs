@@ -32,10 +32,6 @@ impl LogSource for MemSource {
     }
 }
 
-fn d(x: &lupus_prover::merkle::Digest) -> Digest {
-    Digest(x.0)
-}
-
 struct World {
     source: MemSource,
     facts: JobFacts,
@@ -53,7 +49,7 @@ fn world() -> World {
     let opening_bytes = opening.to_bytes();
     let model = lupus_api::model::encode_model(&base);
     let other_model = lupus_api::model::encode_model(&init_params(&spec.model, [2; 32]).unwrap());
-    let dataset_root = Digest(corpus.commitment(spec.dataset.chunk_size).unwrap().root.0);
+    let dataset_root = corpus.commitment(spec.dataset.chunk_size).unwrap().root;
     let task = TaskId(7);
     let mut blobs = HashMap::new();
     for b in [
@@ -66,7 +62,7 @@ fn world() -> World {
     }
     let info = JobInfo {
         job_spec: SAMPLE_SPEC.into(),
-        job_hash: Digest(spec.hash().0),
+        job_hash: spec.hash(),
         dataset_root,
         dataset_blob: Digest::of(corpus.bytes()),
         dataset_len: corpus.bytes().len() as u64,
@@ -90,7 +86,7 @@ fn world() -> World {
     World {
         source: MemSource(blobs),
         facts: JobFacts {
-            job_hash: Digest(spec.hash().0),
+            job_hash: spec.hash(),
             dataset_root,
             inner_steps: spec.inner.steps,
             batch_size: spec.inner.batch_size,
@@ -102,9 +98,9 @@ fn world() -> World {
             base_model: Digest::of(&model),
             seed: Digest(seed),
             commitment: (
-                d(&run.commitment.trace_root),
-                d(&run.commitment.final_state_hash),
-                d(&run.commitment.delta_hash),
+                run.commitment.trace_root,
+                run.commitment.final_state_hash,
+                run.commitment.delta_hash,
             ),
             steps,
             verdict_index: 42,

@@ -306,10 +306,9 @@ bytes32_newtype!(
     /// with [`PublicKey::verifying_key`].
     PublicKey
 );
-bytes32_newtype!(
-    /// A blake3 commitment: a model hash, a trace root, a beacon, a sum-tree root.
-    Digest
-);
+/// A blake3 commitment: a model hash, a trace root, a beacon, a sum-tree root (the one
+/// digest type of every crate).
+pub use lupus_types::Digest;
 
 impl PublicKey {
     /// The Ed25519 key these bytes encode, or `None` if they are not a valid point.
@@ -327,13 +326,6 @@ impl From<&VerifyingKey> for PublicKey {
 impl From<&SigningKey> for PublicKey {
     fn from(key: &SigningKey) -> Self {
         PublicKey(key.verifying_key().to_bytes())
-    }
-}
-
-impl Digest {
-    /// The plain blake3 hash of `data`.
-    pub fn of(data: &[u8]) -> Digest {
-        Digest(*blake3::hash(data).as_bytes())
     }
 }
 

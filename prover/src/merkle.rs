@@ -28,75 +28,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::prf::domain_key;
 
-/// A 32-byte blake3 digest. Serialised as 64 lowercase hex characters.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Digest(pub [u8; 32]);
-
-impl Digest {
-    /// The raw bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// Lowercase hex.
-    pub fn to_hex(&self) -> String {
-        blake3::Hash::from_bytes(self.0).to_hex().to_string()
-    }
-
-    /// Parses 64 hex characters.
-    pub fn from_hex(s: &str) -> Result<Self, MerkleError> {
-        blake3::Hash::from_hex(s)
-            .map(|h| Digest(*h.as_bytes()))
-            .map_err(|_| MerkleError::BadHex)
-    }
-}
-
-impl From<[u8; 32]> for Digest {
-    fn from(b: [u8; 32]) -> Self {
-        Digest(b)
-    }
-}
-
-impl From<blake3::Hash> for Digest {
-    fn from(h: blake3::Hash) -> Self {
-        Digest(*h.as_bytes())
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Digest({})", self.to_hex())
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-/// Hex in human-readable formats (JSON), the 32 bytes in binary ones (the openings'
-/// encoding, [`crate::task::Opening::to_bytes`]).
-impl Serialize for Digest {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            s.serialize_str(&self.to_hex())
-        } else {
-            self.0.serialize(s)
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Digest {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        if d.is_human_readable() {
-            let s = String::deserialize(d)?;
-            Digest::from_hex(&s).map_err(serde::de::Error::custom)
-        } else {
-            <[u8; 32]>::deserialize(d).map(Digest)
-        }
-    }
-}
+/// A 32-byte blake3 digest (the one digest type of every crate): hex in JSON, its 32
+/// bytes in binary formats.
+pub use lupus_types::Digest;
 
 /// What can go wrong building or checking a tree.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

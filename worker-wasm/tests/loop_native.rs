@@ -11,7 +11,6 @@ use lupus_api::model::{encode_model, model_hash};
 use lupus_api::sign::verify_request;
 use lupus_api::types::{
     Challenge, JobInfo, OpeningReceipt, Submission, SubmissionReceipt, TaskDescription, TaskOffer,
-    prover_digest,
 };
 use lupus_ledger::entry::{Digest, Entry, EntryBody, PublicKey, Round, TaskId};
 use lupus_prover::challenge::{beacon_commitment, challenge_steps};
@@ -72,8 +71,8 @@ impl Fake {
             seed: Digest(derive_task_seed(id, &self.worker.0, &bc)),
             inner_steps: self.job.inner.steps,
             batch_size: self.job.inner.batch_size,
-            job_hash: Digest(self.job.hash().0),
-            beacon_commitment: Digest(bc.0),
+            job_hash: self.job.hash(),
+            beacon_commitment: bc,
             deadline_ms: u64::MAX,
             entry_index: 1,
         }
@@ -105,7 +104,7 @@ impl Fake {
                 200,
                 &JobInfo {
                     job_spec: TINY.to_owned(),
-                    job_hash: Digest(self.job.hash().0),
+                    job_hash: self.job.hash(),
                     dataset_root: Digest(
                         self.corpus
                             .dataset_root(self.job.dataset.chunk_size)
@@ -147,9 +146,9 @@ impl Fake {
                 };
                 assert_eq!(worker, self.worker);
                 let c = Commitment {
-                    trace_root: prover_digest(&trace_root),
-                    final_state_hash: prover_digest(&final_state),
-                    delta_hash: prover_digest(&delta),
+                    trace_root,
+                    final_state_hash: final_state,
+                    delta_hash: delta,
                 };
                 let q = QuantDelta::from_bytes(&s.delta.0).unwrap();
                 assert_eq!(q.hash(), c.delta_hash.0);

@@ -383,7 +383,7 @@ impl Coordinator {
                 Entry::unsigned(EntryBody::RoundOpened {
                     round: *next,
                     base_model: c.new_model,
-                    beacon_commitment: ledger_digest(&beacon_commitment(beacon)),
+                    beacon_commitment: beacon_commitment(beacon),
                     inner_steps: self.job.inner.steps,
                     deadline_ms: self.now_ms() + self.config.round_timeout.as_millis() as u64,
                 })

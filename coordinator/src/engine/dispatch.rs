@@ -54,7 +54,7 @@ impl Coordinator {
             seed: t.seed,
             inner_steps: t.inner_steps,
             batch_size: t.batch_size,
-            job_hash: ledger_digest(&self.job.hash()),
+            job_hash: self.job.hash(),
             beacon_commitment: round.beacon_commitment,
             deadline_ms: live.map_or(round.deadline_ms, |l| l.deadline_ms),
             entry_index: t.index,
@@ -105,7 +105,7 @@ impl Coordinator {
             .get(&round)
             .map(|r| r.beacon_commitment)
             .ok_or_else(|| Error::Internal("dispatch to an unknown round".into()))?;
-        let seed = derive_task_seed(id.0, &worker.0, &prover_digest(&beacon_commitment));
+        let seed = derive_task_seed(id.0, &worker.0, &beacon_commitment);
         let body = EntryBody::TaskAssigned {
             task: id,
             round,

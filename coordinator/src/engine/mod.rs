@@ -59,7 +59,7 @@ use lupus_api::check::{check_opening, check_submission, check_verdict, decode_op
 use lupus_api::model::{decode_model, encode_model};
 use lupus_api::types::{
     self as api, Challenge, JobInfo, RoundPhase, RoundStatus, StakeRow, StakeTable,
-    TaskDescription, TaskOffer, VerdictOutcome, VerifyOffer, ledger_digest, prover_digest,
+    TaskDescription, TaskOffer, VerdictOutcome, VerifyOffer,
 };
 use lupus_ledger::entry::{
     Amount, CreditKind, Digest, Entry, EntryBody, Epoch, PublicKey, Role, Round, TaskId,

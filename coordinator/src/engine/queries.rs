@@ -64,8 +64,8 @@ impl Coordinator {
             .map_err(internal)?;
         Ok(JobInfo {
             job_spec: self.config.job_spec.clone(),
-            job_hash: ledger_digest(&self.job.hash()),
-            dataset_root: ledger_digest(&d.root),
+            job_hash: self.job.hash(),
+            dataset_root: d.root,
             dataset_blob: self.dataset_blob,
             dataset_len: d.len,
             log_key: self.note_key(),

@@ -50,7 +50,7 @@ impl Coordinator {
 
         let state = replay(&log, log.head().size.0).await?;
         if let Some(g) = &state.genesis
-            && g.job_hash != ledger_digest(&job.hash())
+            && g.job_hash != job.hash()
         {
             return Err(StartError::OtherJob {
                 found: format!("job hash {}", g.job_hash),
@@ -224,8 +224,8 @@ impl Coordinator {
         let verifier = self.log.verifier();
         let body = EntryBody::Genesis {
             job_spec: self.config.job_spec.clone(),
-            job_hash: ledger_digest(&self.job.hash()),
-            dataset_root: ledger_digest(&dataset.root),
+            job_hash: self.job.hash(),
+            dataset_root: dataset.root,
             log_key: PublicKey::from(verifier.public_key()),
             coordinator_note_key: self.note_key(),
             created_ms: self.now_ms(),
@@ -248,7 +248,7 @@ impl Coordinator {
         let body = EntryBody::RoundOpened {
             round: Round(next),
             base_model,
-            beacon_commitment: ledger_digest(&beacon_commitment(&beacon)),
+            beacon_commitment: beacon_commitment(&beacon),
             inner_steps: self.job.inner.steps,
             deadline_ms: self.now_ms() + self.config.round_timeout.as_millis() as u64,
         };

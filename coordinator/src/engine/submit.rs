@@ -62,7 +62,7 @@ impl Coordinator {
             .collect();
         let checked = check_submission(&sub, task, &worker, &shapes, self.job.inner.steps)?;
         check_delta_bound(&self.job, &base, &checked.delta)?;
-        let trace_root = ledger_digest(&checked.commitment.trace_root);
+        let trace_root = checked.commitment.trace_root;
         let entry = checked.entry;
         let blob = self.put_blob(sub.delta.0.clone()).await?;
         let mut meta = blob.0.to_vec();
@@ -190,9 +190,9 @@ impl Coordinator {
 
     pub(super) fn commitment_of(t: &TaskRecord) -> Option<Commitment> {
         t.committed.map(|c| Commitment {
-            trace_root: prover_digest(&c.trace_root),
-            final_state_hash: prover_digest(&c.final_state),
-            delta_hash: prover_digest(&c.delta),
+            trace_root: c.trace_root,
+            final_state_hash: c.final_state,
+            delta_hash: c.delta,
         })
     }
 

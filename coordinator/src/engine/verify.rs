@@ -12,7 +12,7 @@ impl Coordinator {
     ) -> Result<Vec<u32>, Error> {
         challenge_steps(
             beacon,
-            &prover_digest(trace_root),
+            trace_root,
             self.job.inner.steps,
             self.job.verify.challenges,
         )
