@@ -152,49 +152,20 @@ impl Coordinator {
                 return Err(Error::Internal("closing a round without its beacon".into()));
             }
         };
-        let mut deltas = Vec::new();
-        let mut merged_workers = Vec::new();
-        // A key slashed for another task since this one was accepted is a proven cheat:
-        // its work is not merged (nor credited, in `commit_close`).
-        for t in inner
-            .state
-            .tasks
-            .values()
-            .filter(|t| t.round == round && !inner.state.slashed.contains(&t.worker))
-        {
-            let Some(l) = inner.live.get(&t.id).filter(|l| l.outcome == Some(true)) else {
-                continue;
-            };
-            deltas.push(
-                l.delta_blob
-                    .ok_or_else(|| Error::Internal(format!("task {} has no delta blob", t.id)))?,
-            );
-            merged_workers.push(t.worker);
-        }
         // Credits: the verified work, and the verifiers who judged it rightly.
         let per_step = u64::from(self.job.inner.batch_size) * self.job.model.flops_per_sample();
-        let referee = self.referee_key();
-        let mut credits: Vec<(PublicKey, u64, TaskId, CreditKind)> = Vec::new();
-        for t in inner.state.tasks.values().filter(|t| t.round == round) {
-            let Some(outcome) = inner.live.get(&t.id).and_then(|l| l.outcome) else {
-                continue;
-            };
-            if outcome {
-                credits.push((t.worker, self.job.task_flops(), t.id, CreditKind::Work));
-            }
-            for v in t
-                .verdicts
-                .iter()
-                .filter(|v| v.accepted == outcome && v.verifier != referee)
-            {
-                let steps = t
-                    .challenges
-                    .iter()
-                    .find(|c| c.0 == v.verifier)
-                    .map_or(0, |c| c.1.len() as u64);
-                credits.push((v.verifier, steps * per_step, t.id, CreditKind::Verification));
-            }
-        }
+        let rules::ClosePlan {
+            deltas,
+            merged_workers,
+            credits,
+        } = rules::close_plan(
+            &inner.state,
+            &inner.live,
+            round,
+            &self.referee_key(),
+            self.job.task_flops(),
+            per_step,
+        )?;
         inner.closing = Some(round);
         Ok(Some(CloseSnapshot {
             round,

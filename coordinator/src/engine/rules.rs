@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use lupus_ledger::entry::{Digest, PublicKey, Role, Round, TaskId};
+use lupus_ledger::entry::{CreditKind, Digest, PublicKey, Role, Round, TaskId};
 
 use super::{Live, Settle};
 use crate::error::Error;
@@ -327,6 +327,75 @@ pub(super) fn contradicted(
     let mut seen = std::collections::BTreeSet::new();
     out.retain(|(k, _, _)| seen.insert(*k));
     out
+}
+
+/// What a round's close merges and credits, fixed when the close starts.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct ClosePlan {
+    /// The delta blobs of the accepted tasks, in task order.
+    pub deltas: Vec<Digest>,
+    /// The workers of those tasks.
+    pub merged_workers: Vec<PublicKey>,
+    /// `(key, amount, task, kind)`: the accepted work, and the verifiers who judged a
+    /// task as it was settled (the referee earns nothing).
+    pub credits: Vec<(PublicKey, u64, TaskId, CreditKind)>,
+}
+
+/// Plans the close of `round`: every accepted task whose worker is not slashed (a key
+/// slashed for another task since is a proven cheat) is merged; every accepted task
+/// credits its worker `task_flops`; every verifier whose verdict agrees with the
+/// task's outcome is credited `step_flops` per challenged step it replayed.
+pub(super) fn close_plan(
+    state: &State,
+    live: &LiveTable,
+    round: Round,
+    referee: &PublicKey,
+    task_flops: u64,
+    step_flops: u64,
+) -> Result<ClosePlan, Error> {
+    let mut plan = ClosePlan::default();
+    let tasks = state
+        .rounds
+        .get(&round)
+        .map(|r| r.tasks.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|id| state.tasks.get(id));
+    for t in tasks {
+        let Some(outcome) = live.get(&t.id).and_then(|l| l.outcome) else {
+            continue;
+        };
+        if outcome && !state.slashed.contains(&t.worker) {
+            let delta = live
+                .get(&t.id)
+                .and_then(|l| l.delta_blob)
+                .ok_or_else(|| Error::Internal(format!("task {} has no delta blob", t.id)))?;
+            plan.deltas.push(delta);
+            plan.merged_workers.push(t.worker);
+        }
+        if outcome {
+            plan.credits
+                .push((t.worker, task_flops, t.id, CreditKind::Work));
+        }
+        for v in t
+            .verdicts
+            .iter()
+            .filter(|v| v.accepted == outcome && v.verifier != *referee)
+        {
+            let steps = t
+                .challenges
+                .iter()
+                .find(|c| c.0 == v.verifier)
+                .map_or(0, |c| c.1.len() as u64);
+            plan.credits.push((
+                v.verifier,
+                steps * step_flops,
+                t.id,
+                CreditKind::Verification,
+            ));
+        }
+    }
+    Ok(plan)
 }
 
 #[cfg(test)]
@@ -762,5 +831,59 @@ mod tests {
             .map(|(k, _, _)| k)
             .collect();
         assert_eq!(keys, vec![V2]);
+    }
+
+    #[test]
+    fn a_close_merges_accepted_work_and_credits_whoever_judged_rightly() {
+        let mut s = state(10_000);
+        let mut live = LiveTable::new();
+        for (id, w) in [(1, W1), (2, W2), (3, W1), (4, W2)] {
+            assign(&mut s, &mut live, id, w, 500);
+            open(&mut s, &mut live, id, &[V1, V2]);
+            live.get_mut(&TaskId(id)).unwrap().delta_blob = Some(Digest([id as u8; 32]));
+        }
+        // 1: accepted by V1 and V2. 2: rejected by the referee, V1 had accepted it,
+        // V2 rejected it. 3: accepted by V1, and the referee's own verdict earns
+        // nothing. 4: unsettled: neither merged nor credited.
+        verdict(&mut s, 1, V1, true);
+        verdict(&mut s, 1, V2, true);
+        verdict(&mut s, 2, V1, true);
+        verdict(&mut s, 2, V2, false);
+        verdict(&mut s, 2, REFEREE, false);
+        verdict(&mut s, 3, V1, true);
+        verdict(&mut s, 3, REFEREE, true);
+        live.get_mut(&TaskId(1)).unwrap().outcome = Some(true);
+        live.get_mut(&TaskId(2)).unwrap().outcome = Some(false);
+        live.get_mut(&TaskId(3)).unwrap().outcome = Some(true);
+        let plan = close_plan(&s, &live, Round(1), &REFEREE, 1_000, 10).unwrap();
+        assert_eq!(plan.deltas, vec![Digest([1; 32]), Digest([3; 32])]);
+        assert_eq!(plan.merged_workers, vec![W1, W1]);
+        let work = |k, t| (k, 1_000, TaskId(t), CreditKind::Work);
+        // Two challenged steps each, 10 FLOPs a step.
+        let judged = |k, t| (k, 20, TaskId(t), CreditKind::Verification);
+        assert_eq!(
+            plan.credits,
+            vec![
+                work(W1, 1),
+                judged(V1, 1),
+                judged(V2, 1),
+                judged(V2, 2),
+                work(W1, 3),
+                judged(V1, 3),
+            ]
+        );
+        // A worker slashed since (for another task) is not merged, though its
+        // accepted work is listed (the close leaves out the slashed when it credits).
+        s.slashed.insert(W1);
+        let plan = close_plan(&s, &live, Round(1), &REFEREE, 1_000, 10).unwrap();
+        assert!(plan.deltas.is_empty() && plan.merged_workers.is_empty());
+        assert_eq!(plan.credits.len(), 6);
+        // An accepted task without its delta is an internal error, not a silent skip.
+        s.slashed.clear();
+        live.get_mut(&TaskId(1)).unwrap().delta_blob = None;
+        assert!(matches!(
+            close_plan(&s, &live, Round(1), &REFEREE, 1_000, 10),
+            Err(Error::Internal(_))
+        ));
     }
 }
