@@ -90,12 +90,7 @@ where
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
-        let (parts, mut body) = req.into_parts();
-        let signed = verified::<S, R>(&parts, &mut body, state).await;
-        if signed.is_err() {
-            linger(body);
-        }
-        let (key, bytes, held) = signed?;
+        let (key, bytes, held) = extract::<S, R>(req, state).await?;
         let body = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Malformed(format!("invalid JSON body: {e}")))?;
         // The bytes count against the budget until here; from now on they are the
@@ -119,12 +114,7 @@ where
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
-        let (parts, mut body) = req.into_parts();
-        let signed = verified::<S, R>(&parts, &mut body, state).await;
-        if signed.is_err() {
-            linger(body);
-        }
-        let (key, body, held) = signed?;
+        let (key, body, held) = extract::<S, R>(req, state).await?;
         drop(held);
         Ok(SignedBytes {
             key,
@@ -132,6 +122,23 @@ where
             route: PhantomData,
         })
     }
+}
+
+/// Steps 1 to 7 on `req`; a refused request's unread body lingers.
+async fn extract<S, R: SignedRoute>(
+    req: Request,
+    state: &S,
+) -> Result<(PublicKey, Vec<u8>, Held), Error>
+where
+    Arc<Coordinator>: FromRef<S>,
+    Gate: FromRef<S>,
+{
+    let (parts, mut body) = req.into_parts();
+    let signed = verified::<S, R>(&parts, &mut body, state).await;
+    if signed.is_err() {
+        linger(body);
+    }
+    signed
 }
 
 /// Steps 1 to 7: the signer, the body's bytes and their hold on the gate's budget.

@@ -786,6 +786,23 @@ mod tests {
         format!("entry {i}").into_bytes()
     }
 
+    /// How many of the sizes `1..=n` have a checkpoint: one per batch written.
+    async fn checkpoints_up_to(log: &Log, n: u64) -> u64 {
+        let mut batches = 0;
+        for size in 1..=n {
+            if log
+                .store()
+                .checkpoint_at(TreeSize(size))
+                .await
+                .unwrap()
+                .is_some()
+            {
+                batches += 1;
+            }
+        }
+        batches
+    }
+
     #[tokio::test]
     async fn appends_are_numbered_proved_and_covered_by_the_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
@@ -852,18 +869,7 @@ mod tests {
             assert_eq!(&stored[expected], bytes);
         }
         // Fewer checkpoints than entries: batches held more than one entry.
-        let mut batches = 0;
-        for size in 1..=64 * 20 {
-            if log
-                .store()
-                .checkpoint_at(TreeSize(size))
-                .await
-                .unwrap()
-                .is_some()
-            {
-                batches += 1;
-            }
-        }
+        let batches = checkpoints_up_to(&log, 64 * 20).await;
         assert!(
             batches < 64 * 20,
             "no group commit happened: {batches} batches"
@@ -937,18 +943,7 @@ mod tests {
         for (i, e) in stored.iter().enumerate() {
             assert_eq!(e, &entry(i as u64));
         }
-        let mut batches = 0;
-        for size in 1..=202 {
-            if log
-                .store()
-                .checkpoint_at(TreeSize(size))
-                .await
-                .unwrap()
-                .is_some()
-            {
-                batches += 1;
-            }
-        }
+        let batches = checkpoints_up_to(&log, 202).await;
         assert!(
             batches < 202,
             "entries sequenced before anyone waited share batches ({batches} checkpoints)"

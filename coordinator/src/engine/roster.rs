@@ -22,46 +22,54 @@ impl Roster {
             slashed: state.slashed.clone(),
         }
     }
+
+    /// Copies from `state` the standing of the keys `entries` join or slash.
+    fn update(&mut self, state: &State, entries: &[Entry]) {
+        for e in entries {
+            let (EntryBody::ParticipantJoined { key, .. } | EntryBody::Slashed { key, .. }) =
+                e.body()
+            else {
+                continue;
+            };
+            match state.participants.get(key) {
+                Some(role) => self.participants.insert(*key, *role),
+                None => self.participants.remove(key),
+            };
+            if state.slashed.contains(key) {
+                self.slashed.insert(*key);
+            } else {
+                self.slashed.remove(key);
+            }
+        }
+    }
+
+    fn standing(&self, key: &PublicKey, role: Role) -> Result<(), Error> {
+        rules::standing(&self.participants, &self.slashed, key, role)
+    }
 }
 
 impl Coordinator {
     /// Whether `key` may act as `role`, as far as the roster knows: the check the
     /// signed-request extractor makes before reading a body (403).
     pub fn may_act(&self, key: &PublicKey, role: Role) -> Result<(), Error> {
-        let roster = self
-            .roster
+        self.roster
             .read()
-            .map_err(|_| Error::Internal("the roster's lock is poisoned".into()))?;
-        rules::standing(&roster.participants, &roster.slashed, key, role)
+            .map_err(|_| Error::Internal("the roster's lock is poisoned".into()))?
+            .standing(key, role)
     }
 
     /// Copies the state's participants and slashes after `entries` were applied.
     pub(super) fn roster_after(&self, state: &State, entries: &[Entry]) {
-        let keys: Vec<PublicKey> = entries
-            .iter()
-            .filter_map(|e| match e.body() {
-                EntryBody::ParticipantJoined { key, .. } | EntryBody::Slashed { key, .. } => {
-                    Some(*key)
-                }
-                _ => None,
-            })
-            .collect();
-        if keys.is_empty() {
-            return;
-        }
-        let Ok(mut roster) = self.roster.write() else {
-            return;
+        let touches = |e: &Entry| {
+            matches!(
+                e.body(),
+                EntryBody::ParticipantJoined { .. } | EntryBody::Slashed { .. }
+            )
         };
-        for key in keys {
-            match state.participants.get(&key) {
-                Some(role) => roster.participants.insert(key, *role),
-                None => roster.participants.remove(&key),
-            };
-            if state.slashed.contains(&key) {
-                roster.slashed.insert(key);
-            } else {
-                roster.slashed.remove(&key);
-            }
+        if entries.iter().any(touches)
+            && let Ok(mut roster) = self.roster.write()
+        {
+            roster.update(state, entries);
         }
     }
 
@@ -70,5 +78,55 @@ impl Coordinator {
         if let Ok(mut roster) = self.roster.write() {
             *roster = Roster::of(state);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+
+    /// The roster follows joins and slashes as they are applied: a key is turned away
+    /// before its body once a slash is sequenced, and a join lets it in at once; a
+    /// rebuild that lost a slash lifts it again.
+    #[test]
+    fn the_roster_follows_joins_and_slashes() {
+        let sk = SigningKey::from_bytes(&[5; 32]);
+        let key = PublicKey::from(&sk);
+        let mut state = State::default();
+        let mut roster = Roster::of(&state);
+        assert!(matches!(
+            roster.standing(&key, Role::Worker),
+            Err(Error::NotAllowed(_))
+        ));
+
+        let join = Entry::signed(api::join_body(key, Role::Worker, "w"), &sk).unwrap();
+        state.participants.insert(key, Role::Worker);
+        roster.update(&state, std::slice::from_ref(&join));
+        assert!(roster.standing(&key, Role::Worker).is_ok());
+        assert!(matches!(
+            roster.standing(&key, Role::Verifier),
+            Err(Error::NotAllowed(_))
+        ));
+
+        let slash = Entry::unsigned(EntryBody::Slashed {
+            key,
+            task: TaskId(1),
+            reason: "fraud".into(),
+            evidence: None,
+        })
+        .unwrap();
+        state.slashed.insert(key);
+        // Entries that touch no key leave the roster as it is.
+        roster.update(&state, &[]);
+        assert!(roster.standing(&key, Role::Worker).is_ok());
+        roster.update(&state, std::slice::from_ref(&slash));
+        assert!(matches!(
+            roster.standing(&key, Role::Worker),
+            Err(Error::NotAllowed(m)) if m.contains("slashed")
+        ));
+        state.slashed.clear();
+        roster.update(&state, std::slice::from_ref(&slash));
+        assert!(roster.standing(&key, Role::Worker).is_ok());
     }
 }
