@@ -48,7 +48,7 @@ use crate::proof::{
     ConsistencyProof, InclusionProof, ProofError, consistency_proof_indexes,
     inclusion_proof_indexes, prove_consistency, prove_inclusion, verify_consistency,
 };
-use crate::store::{LogStore, StoreError};
+use crate::store::{LogStore, Meta, StoreError};
 use crate::tiles::{
     EntryBundle, MAX_ENTRY_LEN, Tile, TileError, encode_entry_bundle, tile_data, tile_data_indexes,
     tile_in_tree,
@@ -204,6 +204,9 @@ struct Shared {
 #[derive(Debug)]
 struct Pending {
     entries: Vec<Vec<u8>>,
+    /// Metadata rows written in the same transaction as the batch that holds this
+    /// group (see [`Log::sequence_with_meta`]).
+    meta: Vec<Meta>,
     /// The index [`Log::sequence`] gave the first entry; the writer writes the entries
     /// there or nowhere.
     at: u64,
@@ -326,6 +329,24 @@ impl Log {
     /// ([`LogError::Broken`]) until [`Log::sync`]: the caller rebuilds what it derived
     /// from the sequenced entries from the store first.
     pub async fn sequence(&self, entries: Vec<Vec<u8>>) -> Result<Sequenced, LogError> {
+        self.sequence_with_meta(entries, Vec::new()).await
+    }
+
+    /// [`Log::sequence`], with metadata rows committed in the same transaction as the
+    /// entries: durable exactly when they are, in the same group commit. Metadata alone
+    /// (no entries) is written by the next batch, and [`Sequenced::durable`] answers
+    /// the tree size then. A coordinator's per-task facts that are not entries ride
+    /// along this way instead of paying a commit of their own.
+    pub async fn sequence_with_meta(
+        &self,
+        entries: Vec<Vec<u8>>,
+        meta: Vec<Meta>,
+    ) -> Result<Sequenced, LogError> {
+        if meta.iter().any(|(key, _)| key.is_empty()) {
+            return Err(LogError::Store(StoreError::Invalid(
+                "metadata keys are not empty".to_owned(),
+            )));
+        }
         if entries.len() > MAX_BATCH_ENTRIES {
             return Err(LogError::GroupTooLarge { len: entries.len() });
         }
@@ -340,7 +361,12 @@ impl Log {
         let len = entries.len() as u64;
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Pending { entries, at, reply })
+            .send(Pending {
+                entries,
+                meta,
+                at,
+                reply,
+            })
             .await
             .map_err(|_| LogError::WriterStopped)?;
         *next = at + len;
@@ -360,6 +386,7 @@ impl Log {
         self.queue
             .send(Pending {
                 entries: Vec::new(),
+                meta: Vec::new(),
                 at: *next,
                 reply,
             })
@@ -380,6 +407,7 @@ impl Log {
         self.queue
             .send(Pending {
                 entries: Vec::new(),
+                meta: Vec::new(),
                 at: *next,
                 reply,
             })
@@ -636,6 +664,7 @@ struct Writer {
 impl Writer {
     async fn run(mut self, mut queue: mpsc::Receiver<Pending>) {
         let mut entries: Vec<Vec<u8>> = Vec::new();
+        let mut meta: Vec<Meta> = Vec::new();
         let mut replies: Vec<(usize, oneshot::Sender<Result<LeafIndex, LogError>>)> = Vec::new();
         // A group taken from the queue that did not fit the batch it was read for:
         // it opens the next one.
@@ -681,6 +710,7 @@ impl Writer {
                     bytes += p.bytes();
                     replies.push((p.entries.len(), p.reply));
                     entries.extend(p.entries);
+                    meta.extend(p.meta);
                 }
                 if entries.len() >= MAX_BATCH_ENTRIES || bytes >= MAX_BATCH_BYTES {
                     break;
@@ -691,12 +721,13 @@ impl Writer {
                 continue;
             }
             // Only barriers queued: nothing to write.
-            let answer = if entries.is_empty() {
+            let answer = if entries.is_empty() && meta.is_empty() {
                 Ok(LeafIndex(size))
             } else {
-                self.commit(&entries).await
+                self.commit(&entries, &meta).await
             };
             entries.clear();
+            meta.clear();
             match answer {
                 Ok(first_index) => {
                     let mut index = first_index.0;
@@ -732,9 +763,23 @@ impl Writer {
 
     /// Writes one batch; returns the index of its first entry once it is durable and
     /// its checkpoint is published.
-    async fn commit(&mut self, entries: &[Vec<u8>]) -> Result<LeafIndex, LogError> {
+    async fn commit(&mut self, entries: &[Vec<u8>], meta: &[Meta]) -> Result<LeafIndex, LogError> {
         self.reload().await?;
         let first = LeafIndex(self.frontier.size().0);
+        if entries.is_empty() {
+            // Metadata alone: the tree and its checkpoint stay as they are.
+            if let Err(e) = self
+                .shared
+                .store
+                .append_batch_with_meta(first, &[], &[], None, meta)
+                .await
+            {
+                self.stale = true;
+                self.shared.broken.store(true, Ordering::SeqCst);
+                return Err(e.into());
+            }
+            return Ok(first);
+        }
         let mut next = self.frontier.clone();
         let mut hashes = Vec::with_capacity(entries.len() * 2);
         for entry in entries {
@@ -745,7 +790,7 @@ impl Writer {
         if let Err(e) = self
             .shared
             .store
-            .append_batch(first, entries, &hashes, Some(&note))
+            .append_batch_with_meta(first, entries, &hashes, Some(&note), meta)
             .await
         {
             self.stale = true;
@@ -873,6 +918,50 @@ mod tests {
         assert!(
             batches < 64 * 20,
             "no group commit happened: {batches} batches"
+        );
+    }
+
+    #[tokio::test]
+    async fn metadata_rides_in_its_entries_transaction_or_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Arc::new(FaultyStore::new(sqlite(&dir).await));
+        let log = Log::open(faulty.clone(), signer()).await.unwrap();
+        let meta = |k: &str, v: u8| vec![(k.to_owned(), vec![v])];
+
+        // With entries: durable together, one checkpoint for the batch.
+        let s = log
+            .sequence_with_meta(vec![entry(0)], meta("a", 1))
+            .await
+            .unwrap();
+        assert_eq!(s.durable().await.unwrap(), LeafIndex(0));
+        assert_eq!(faulty.get_meta("a").await.unwrap(), Some(vec![1]));
+
+        // A failed batch writes neither the entries nor the metadata.
+        faulty.fail_next_append(Fault::BeforeCommit);
+        let s = log
+            .sequence_with_meta(vec![entry(1)], meta("b", 2))
+            .await
+            .unwrap();
+        assert!(s.durable().await.is_err());
+        assert_eq!(faulty.get_meta("b").await.unwrap(), None);
+        log.sync().await.unwrap();
+
+        // Alone: written by the next batch; the tree and its head do not move.
+        let head = log.head();
+        let s = log
+            .sequence_with_meta(Vec::new(), meta("c", 3))
+            .await
+            .unwrap();
+        assert_eq!(s.durable().await.unwrap(), LeafIndex(1));
+        assert_eq!(faulty.get_meta("c").await.unwrap(), Some(vec![3]));
+        assert_eq!(log.head(), head);
+        assert_eq!(log.append(entry(2)).await.unwrap(), LeafIndex(1));
+
+        // An empty key is refused before anything is queued.
+        assert!(
+            log.sequence_with_meta(Vec::new(), meta("", 4))
+                .await
+                .is_err()
         );
     }
 

@@ -412,6 +412,33 @@ async fn meta_round_trip(f: &Fixture) {
     ));
 }
 
+async fn meta_rides_with_its_batch(f: &Fixture) {
+    let store = f.store().await;
+    let meta = vec![("task/1".to_owned(), vec![1, 2, 3])];
+    // A batch refused for its index writes none of its metadata.
+    assert!(matches!(
+        store
+            .append_batch_with_meta(LeafIndex(5), &[b"e".to_vec()], &[], None, &meta)
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(store.get_meta("task/1").await.unwrap(), None);
+    // Metadata alone: the tree does not move.
+    store
+        .append_batch_with_meta(LeafIndex(0), &[], &[], None, &meta)
+        .await
+        .unwrap();
+    assert_eq!(store.get_meta("task/1").await.unwrap(), Some(vec![1, 2, 3]));
+    assert_eq!(store.size().await.unwrap(), TreeSize(0));
+    // An empty key is refused, with nothing written.
+    assert!(matches!(
+        store
+            .append_batch_with_meta(LeafIndex(0), &[], &[], None, &[(String::new(), vec![])])
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
 async fn reopen_keeps_everything(f: &Fixture) {
     let mut model = Model::new();
     let written = {
@@ -602,6 +629,7 @@ conformance!(
     large_batches,
     checkpoints_round_trip,
     meta_round_trip,
+    meta_rides_with_its_batch,
     reopen_keeps_everything,
     corrupt_rows_are_typed_errors,
     bad_urls_are_typed_errors,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{LogStore, StoreError, StoredCheckpoint};
+use super::{LogStore, Meta, StoreError, StoredCheckpoint};
 use crate::hash::{Hash, LeafIndex, TreeSize};
 use crate::tree::StoredHashIndex;
 
@@ -124,24 +124,25 @@ impl LogStore for FaultyStore {
         self.inner.size().await
     }
 
-    async fn append_batch(
+    async fn append_batch_with_meta(
         &self,
         first_index: LeafIndex,
         entries: &[Vec<u8>],
         hashes: &[(StoredHashIndex, Hash)],
         checkpoint: Option<&str>,
+        meta: &[Meta],
     ) -> Result<(), StoreError> {
         match self.take_fault(entries) {
             Some(Fault::BeforeCommit) => Err(self.injected("before commit")),
             Some(Fault::AfterCommit) => {
                 self.inner
-                    .append_batch(first_index, entries, hashes, checkpoint)
+                    .append_batch_with_meta(first_index, entries, hashes, checkpoint, meta)
                     .await?;
                 Err(self.injected("after commit"))
             }
             None => {
                 self.inner
-                    .append_batch(first_index, entries, hashes, checkpoint)
+                    .append_batch_with_meta(first_index, entries, hashes, checkpoint, meta)
                     .await
             }
         }

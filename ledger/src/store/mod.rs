@@ -62,6 +62,22 @@ pub trait LogStore: Send + Sync + fmt::Debug {
         entries: &[Vec<u8>],
         hashes: &[(StoredHashIndex, Hash)],
         checkpoint: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.append_batch_with_meta(first_index, entries, hashes, checkpoint, &[])
+            .await
+    }
+
+    /// [`append_batch`](Self::append_batch), also writing `meta` (inserted or replaced,
+    /// as [`put_meta`](Self::put_meta) would) in the SAME transaction: metadata that
+    /// explains an entry is durable exactly when the entry is, and costs the writers
+    /// no commit of its own. Empty `entries` and no checkpoint write only `meta`.
+    async fn append_batch_with_meta(
+        &self,
+        first_index: LeafIndex,
+        entries: &[Vec<u8>],
+        hashes: &[(StoredHashIndex, Hash)],
+        checkpoint: Option<&str>,
+        meta: &[Meta],
     ) -> Result<(), StoreError>;
 
     /// Reads the stored hashes at `indexes`, in the order asked (repeats allowed).
@@ -91,6 +107,9 @@ pub trait LogStore: Send + Sync + fmt::Debug {
     /// Writes (inserts or replaces) a value of the metadata table, durably.
     async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
 }
+
+/// A metadata row: its key (not empty) and value.
+pub type Meta = (String, Vec<u8>);
 
 /// A signed checkpoint note as stored, with the tree size it was stored for.
 #[derive(Clone, Debug, PartialEq, Eq)]

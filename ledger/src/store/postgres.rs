@@ -17,9 +17,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, PgPool};
 
 use super::rows::{
-    check_batch, contiguous_entries, from_sql_int, hash_from_row, order_hashes, to_sql_int,
+    check_batch, check_meta, contiguous_entries, from_sql_int, hash_from_row, order_hashes,
+    to_sql_int,
 };
-use super::{BoxError, Corruption, LogStore, StoreError, StoredCheckpoint, redact_url};
+use super::{BoxError, Corruption, LogStore, Meta, StoreError, StoredCheckpoint, redact_url};
 use crate::hash::{Hash, LeafIndex, TreeSize};
 use crate::tree::StoredHashIndex;
 
@@ -223,14 +224,16 @@ impl LogStore for PostgresStore {
         Ok(TreeSize(from_sql_int(size, "log_size", 0)?))
     }
 
-    async fn append_batch(
+    async fn append_batch_with_meta(
         &self,
         first_index: LeafIndex,
         entries: &[Vec<u8>],
         hashes: &[(StoredHashIndex, Hash)],
         checkpoint: Option<&str>,
+        meta: &[Meta],
     ) -> Result<(), StoreError> {
         let (first, new_size) = check_batch(first_index, entries, hashes)?;
+        check_meta(meta)?;
         let mut tx = self.pool.begin().await.map_err(|e| self.backend(e))?;
         let moved = sqlx::query(AssertSqlSafe(self.sql.move_size.clone()))
             .bind(new_size)
@@ -280,6 +283,14 @@ impl LogStore for PostgresStore {
             sqlx::query(AssertSqlSafe(self.sql.upsert_checkpoint.clone()))
                 .bind(new_size)
                 .bind(note)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.backend(e))?;
+        }
+        for (key, value) in meta {
+            sqlx::query(AssertSqlSafe(self.sql.put_meta.clone()))
+                .bind(key.as_str())
+                .bind(value.as_slice())
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| self.backend(e))?;
@@ -370,11 +381,7 @@ impl LogStore for PostgresStore {
     }
 
     async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        if key.is_empty() {
-            return Err(StoreError::Invalid(
-                "metadata keys are not empty".to_owned(),
-            ));
-        }
+        check_meta(&[(key.to_owned(), Vec::new())])?;
         sqlx::query(AssertSqlSafe(self.sql.put_meta.clone()))
             .bind(key)
             .bind(value)

@@ -112,6 +112,16 @@ pub(super) fn check_batch(
     ))
 }
 
+/// Refuses a metadata row with an empty key, before anything is written.
+pub(super) fn check_meta(meta: &[super::Meta]) -> Result<(), StoreError> {
+    if meta.iter().any(|(key, _)| key.is_empty()) {
+        return Err(StoreError::Invalid(
+            "metadata keys are not empty".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

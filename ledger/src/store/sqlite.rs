@@ -21,9 +21,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{AssertSqlSafe, SqlitePool};
 
 use super::rows::{
-    check_batch, contiguous_entries, from_sql_int, hash_from_row, order_hashes, to_sql_int,
+    check_batch, check_meta, contiguous_entries, from_sql_int, hash_from_row, order_hashes,
+    to_sql_int,
 };
-use super::{BoxError, Corruption, LogStore, StoreError, StoredCheckpoint};
+use super::{BoxError, Corruption, LogStore, Meta, StoreError, StoredCheckpoint};
 use crate::hash::{Hash, LeafIndex, TreeSize};
 use crate::tree::StoredHashIndex;
 
@@ -231,14 +232,16 @@ impl LogStore for SqliteStore {
         Ok(TreeSize(from_sql_int(size, "log_size", 0)?))
     }
 
-    async fn append_batch(
+    async fn append_batch_with_meta(
         &self,
         first_index: LeafIndex,
         entries: &[Vec<u8>],
         hashes: &[(StoredHashIndex, Hash)],
         checkpoint: Option<&str>,
+        meta: &[Meta],
     ) -> Result<(), StoreError> {
         let (first, new_size) = check_batch(first_index, entries, hashes)?;
+        check_meta(meta)?;
         let mut tx = self
             .writer
             .begin_with("BEGIN IMMEDIATE")
@@ -297,6 +300,14 @@ impl LogStore for SqliteStore {
             sqlx::query("INSERT OR REPLACE INTO checkpoints (size, note) VALUES (?, ?)")
                 .bind(new_size)
                 .bind(note)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.backend(e))?;
+        }
+        for (key, value) in meta {
+            sqlx::query("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)")
+                .bind(key.as_str())
+                .bind(value.as_slice())
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| self.backend(e))?;
@@ -399,11 +410,7 @@ impl LogStore for SqliteStore {
     }
 
     async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        if key.is_empty() {
-            return Err(StoreError::Invalid(
-                "metadata keys are not empty".to_owned(),
-            ));
-        }
+        check_meta(&[(key.to_owned(), Vec::new())])?;
         sqlx::query("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)")
             .bind(key)
             .bind(value)
