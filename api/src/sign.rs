@@ -32,9 +32,10 @@
 //! signature over the hash the headers declare, both before a byte of the body is
 //! read, and [`CheckedHeaders::check_body`] then checks that the body, hashed as it
 //! streams in, has that hash. So nobody gets a server to read a body without a valid
-//! signature by the key it names. The server keeps a cache
-//! of `(key, nonce)` pairs seen within the skew window and refuses a repeat: with the
-//! timestamp bound, that makes every signed request usable once. The cache lives in the
+//! signature by the key it names. The server remembers
+//! each key's recent `(timestamp, nonce)` pairs and refuses a repeat, and a request
+//! much older than the key's newest: with the timestamp bound, that makes every signed
+//! request usable once (the coordinator's `engine::replay`). The cache lives in the
 //! server (this crate does no I/O and keeps no state).
 //!
 //! The body hash binds the body; the path binds the endpoint and the task; the method

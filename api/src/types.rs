@@ -251,6 +251,11 @@ pub struct TaskStatus {
     #[serde(default)]
     #[schema(value_type = Option<crate::schema::Digest>)]
     pub opening_blob: Option<Digest>,
+    /// The task's round closed long enough ago that the coordinator keeps only its
+    /// worker and outcome: `verdicts` is empty here, and its entries in the log say
+    /// the rest (`lupus-audit` reads them).
+    #[serde(default)]
+    pub retired: bool,
 }
 
 /// One verifier's verdict on a task.

@@ -81,6 +81,7 @@ fn world() -> World {
         }),
         verdicts: vec![],
         opening_blob: Some(Digest::of(&opening_bytes)),
+        retired: false,
     };
     blobs.insert("v1/tasks/7".into(), serde_json::to_vec(&status).unwrap());
     World {

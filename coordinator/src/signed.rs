@@ -188,7 +188,7 @@ where
             ))
         })??;
     checked.check_body(&hash).map_err(unauthorized)?;
-    coordinator.check_nonce(v.key, v.nonce, coordinator.now_ms())?;
+    coordinator.check_nonce(v.key, v.timestamp_ms, v.nonce, coordinator.now_ms())?;
     Ok((v.key, bytes, held))
 }
 

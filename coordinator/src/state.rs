@@ -51,8 +51,54 @@ pub struct RoundRecord {
     /// Whether the `SharesEpoch` after the close is written.
     pub epoch_written: bool,
     /// The round's tasks in the order they were assigned: the round's queries and
-    /// the dispatch read these, never every task ever assigned.
+    /// the dispatch read these, never every task ever assigned. Empty once retired.
     pub tasks: Vec<TaskId>,
+    /// What is kept of the round's tasks once they are retired (see
+    /// [`State::RETAINED_ROUNDS`]).
+    pub retired: Option<Retired>,
+}
+
+/// What a retired round keeps of its tasks: enough to answer for each of them and to
+/// count them. The rest of their record is in the log.
+#[derive(Clone, Debug, Default)]
+pub struct Retired {
+    /// By task id.
+    pub tasks: Vec<RetiredTask>,
+    pub committed: u32,
+    pub rejected: u32,
+}
+
+/// A task of a retired round: 48 bytes where its [`TaskRecord`] took about a
+/// kilobyte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetiredTask {
+    pub id: TaskId,
+    pub worker: PublicKey,
+    pub outcome: Outcome,
+}
+
+/// How a task of a closed round ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its work was credited.
+    Accepted,
+    /// Its worker was slashed for it.
+    Rejected,
+    /// Neither before its round closed.
+    Expired,
+}
+
+impl Outcome {
+    /// The outcome of `t`, whose round is closed.
+    pub fn of(t: &TaskRecord) -> Outcome {
+        if t.worker_slashed {
+            Outcome::Rejected
+        } else if t.credited.iter().any(|(_, k)| *k == CreditKindKey::Work) {
+            Outcome::Accepted
+        } else {
+            Outcome::Expired
+        }
+    }
 }
 
 /// A closed round's outcome.
@@ -125,7 +171,13 @@ pub struct State {
     pub genesis: Option<Genesis>,
     pub participants: BTreeMap<PublicKey, Role>,
     pub rounds: BTreeMap<Round, RoundRecord>,
+    /// The tasks of the rounds not yet retired.
     pub tasks: BTreeMap<TaskId, TaskRecord>,
+    /// The first task id of each retired round that had tasks, to find a retired
+    /// task's round.
+    pub retired_from: BTreeMap<TaskId, Round>,
+    /// The id the next task gets: ids increase from 1 in the order of assignment.
+    pub next_task: u64,
     pub shares: SharesFold,
     pub slashed: BTreeSet<PublicKey>,
     pub epochs: u64,
@@ -149,9 +201,62 @@ impl State {
         self.rounds.values().next_back()
     }
 
+    /// How many closed rounds before the open one keep their tasks' whole records;
+    /// older rounds keep a [`Retired`] summary. Nothing refers to a task of a round
+    /// closed this long ago: its verdicts, referee and credits all happen before or
+    /// at its round's close, and its live table is dropped then. The coordinator's
+    /// memory then follows the rounds, not every task ever assigned.
+    pub const RETAINED_ROUNDS: u64 = 2;
+
     /// The next task id.
     pub fn next_task_id(&self) -> TaskId {
-        TaskId(self.tasks.keys().next_back().map_or(1, |t| t.0 + 1))
+        TaskId(self.next_task.max(1))
+    }
+
+    /// A retired task, if `task` belongs to a retired round.
+    pub fn retired_task(&self, task: TaskId) -> Option<(Round, RetiredTask)> {
+        let (_, round) = self.retired_from.range(..=task).next_back()?;
+        let tasks = &self.rounds.get(round)?.retired.as_ref()?.tasks;
+        let at = tasks.binary_search_by_key(&task, |t| t.id).ok()?;
+        Some((*round, tasks[at]))
+    }
+
+    /// Retires the closed rounds more than [`Self::RETAINED_ROUNDS`] before `open`.
+    fn retire_before(&mut self, open: Round) {
+        let Some(last) = open.0.checked_sub(Self::RETAINED_ROUNDS + 1) else {
+            return;
+        };
+        let due: Vec<Round> = self
+            .rounds
+            .range(..=Round(last))
+            .rev()
+            .take_while(|(_, r)| r.retired.is_none())
+            .filter(|(_, r)| r.closed.is_some())
+            .map(|(n, _)| *n)
+            .collect();
+        for n in due {
+            let Some(r) = self.rounds.get_mut(&n) else {
+                continue;
+            };
+            let mut retired = Retired::default();
+            for id in std::mem::take(&mut r.tasks) {
+                let Some(t) = self.tasks.remove(&id) else {
+                    continue;
+                };
+                retired.committed += u32::from(t.committed.is_some());
+                retired.rejected += u32::from(t.worker_slashed);
+                retired.tasks.push(RetiredTask {
+                    id,
+                    worker: t.worker,
+                    outcome: Outcome::of(&t),
+                });
+            }
+            retired.tasks.sort_by_key(|t| t.id);
+            if let Some(first) = retired.tasks.first() {
+                self.retired_from.insert(first.id, n);
+            }
+            r.retired = Some(retired);
+        }
     }
 
     /// Applies entry `index` (which must be the next one).
@@ -190,6 +295,7 @@ impl State {
                 inner_steps,
                 deadline_ms,
             } => {
+                self.retire_before(*round);
                 self.rounds.insert(
                     *round,
                     RoundRecord {
@@ -201,6 +307,7 @@ impl State {
                         closed: None,
                         epoch_written: false,
                         tasks: Vec::new(),
+                        retired: None,
                     },
                 );
             }
@@ -212,8 +319,11 @@ impl State {
                 inner_steps,
                 batch_size,
             } => {
-                if self.tasks.contains_key(task) {
-                    return Err(bad(format!("task {task} assigned twice")));
+                if task.0 < self.next_task || self.tasks.contains_key(task) {
+                    return Err(bad(format!(
+                        "task {task} assigned twice or out of order (the next id is {})",
+                        self.next_task
+                    )));
                 }
                 let Some(r) = self.rounds.get_mut(round) else {
                     return Err(bad(format!(
@@ -221,6 +331,7 @@ impl State {
                     )));
                 };
                 r.tasks.push(*task);
+                self.next_task = task.0 + 1;
                 self.tasks.insert(
                     *task,
                     TaskRecord {
@@ -332,5 +443,124 @@ impl State {
         }
         self.size += 1;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lupus_ledger::entry::Amount;
+
+    const W: PublicKey = PublicKey([7; 32]);
+
+    fn open(s: &mut State, round: u64) {
+        push(
+            s,
+            EntryBody::RoundOpened {
+                round: Round(round),
+                base_model: Digest([0; 32]),
+                beacon_commitment: Digest([0; 32]),
+                inner_steps: 4,
+                deadline_ms: 0,
+            },
+        );
+    }
+
+    fn assign(s: &mut State, round: u64, task: u64) {
+        push(
+            s,
+            EntryBody::TaskAssigned {
+                task: TaskId(task),
+                round: Round(round),
+                worker: W,
+                seed: Digest([0; 32]),
+                inner_steps: 4,
+                batch_size: 2,
+            },
+        );
+    }
+
+    fn close(s: &mut State, round: u64) {
+        push(
+            s,
+            EntryBody::RoundClosed {
+                round: Round(round),
+                beacon: Digest([0; 32]),
+                new_model: Digest([0; 32]),
+                val_loss_bits: 0,
+                accepted_tasks: 1,
+            },
+        );
+    }
+
+    fn push(s: &mut State, body: EntryBody) {
+        let index = s.size;
+        s.apply(index, &Entry::unsigned(body).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn rounds_older_than_the_retained_ones_keep_a_summary_of_their_tasks() {
+        let mut s = State::default();
+        push(
+            &mut s,
+            EntryBody::Genesis {
+                job_spec: String::new(),
+                job_hash: Digest([0; 32]),
+                dataset_root: Digest([0; 32]),
+                log_key: PublicKey([1; 32]),
+                coordinator_note_key: String::new(),
+                created_ms: 0,
+            },
+        );
+        open(&mut s, 1);
+        assign(&mut s, 1, 1);
+        assign(&mut s, 1, 2);
+        push(
+            &mut s,
+            EntryBody::Credit {
+                round: Round(1),
+                key: W,
+                amount: Amount(10),
+                task: TaskId(1),
+                kind: CreditKind::Work,
+            },
+        );
+        close(&mut s, 1);
+        for round in 2..=3 {
+            open(&mut s, round);
+            assign(&mut s, round, round + 1);
+            close(&mut s, round);
+        }
+        assert!(s.tasks.contains_key(&TaskId(1)), "round 1 is retained");
+        open(&mut s, 4);
+        // Round 1 is retired: its records are gone, its summary answers.
+        assert!(!s.tasks.contains_key(&TaskId(1)));
+        assert!(!s.tasks.contains_key(&TaskId(2)));
+        let (round, t) = s.retired_task(TaskId(1)).unwrap();
+        assert_eq!(
+            (round, t.worker, t.outcome),
+            (Round(1), W, Outcome::Accepted)
+        );
+        assert_eq!(
+            s.retired_task(TaskId(2)).unwrap().1.outcome,
+            Outcome::Expired
+        );
+        let r = s.rounds[&Round(1)].retired.as_ref().unwrap();
+        assert_eq!((r.tasks.len(), r.committed, r.rejected), (2, 0, 0));
+        // The retained rounds keep their records.
+        assert!(s.tasks.contains_key(&TaskId(3)) && s.tasks.contains_key(&TaskId(4)));
+        assert!(s.retired_task(TaskId(3)).is_none());
+        assert_eq!(s.next_task_id(), TaskId(5));
+        // A retired id cannot be assigned again.
+        let again = Entry::unsigned(EntryBody::TaskAssigned {
+            task: TaskId(1),
+            round: Round(4),
+            worker: W,
+            seed: Digest([0; 32]),
+            inner_steps: 4,
+            batch_size: 2,
+        })
+        .unwrap();
+        assert!(s.apply(s.size, &again).is_err());
     }
 }

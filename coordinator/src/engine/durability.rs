@@ -6,22 +6,19 @@
 use super::*;
 
 impl Coordinator {
-    /// Refuses a `(key, nonce)` pair seen before; forgets pairs older than twice the skew.
-    pub fn check_nonce(&self, key: PublicKey, nonce: [u8; 16], now: u64) -> Result<(), Error> {
-        let mut seen = self
-            .nonces
+    /// Accepts a signed request's `(key, timestamp, nonce)` once (see
+    /// [`replay`](super::replay)); `now` is the coordinator's clock.
+    pub fn check_nonce(
+        &self,
+        key: PublicKey,
+        timestamp: u64,
+        nonce: [u8; 16],
+        now: u64,
+    ) -> Result<(), Error> {
+        self.nonces
             .lock()
-            .map_err(|_| Error::Internal("nonce cache poisoned".into()))?;
-        if seen.len() > 100_000 {
-            let horizon = now.saturating_sub(2 * lupus_api::sign::MAX_SKEW_MS);
-            seen.retain(|_, t| *t >= horizon);
-        }
-        if seen.insert((key, nonce), now).is_some() {
-            return Err(Error::Conflict(
-                lupus_api::sign::AuthError::Replayed.to_string(),
-            ));
-        }
-        Ok(())
+            .map_err(|_| Error::Internal("replay windows poisoned".into()))?
+            .check(key, timestamp, nonce, now)
     }
 
     pub(super) async fn append(&self, inner: &mut Inner, entry: Entry) -> Result<u64, Error> {
@@ -42,6 +39,17 @@ impl Coordinator {
         inner: &mut Inner,
         entries: &[Entry],
     ) -> Result<u64, Error> {
+        self.sequence_with_meta(inner, entries, Vec::new()).await
+    }
+
+    /// [`Self::sequence`], with metadata rows committed in the same transaction as
+    /// the entries (see [`Log::sequence_with_meta`]).
+    pub(super) async fn sequence_with_meta(
+        &self,
+        inner: &mut Inner,
+        entries: &[Entry],
+        meta: Vec<Meta>,
+    ) -> Result<u64, Error> {
         let first = inner.state.size;
         // From the first apply until the log has numbered the entries, the state is
         // ahead of the log. A request cancelled in between (its client gone, its
@@ -56,7 +64,7 @@ impl Coordinator {
         }
         self.roster_after(&inner.state, entries);
         let bytes = entries.iter().map(Entry::encode).collect();
-        let sequenced = self.log.sequence(bytes).await;
+        let sequenced = self.log.sequence_with_meta(bytes, meta).await;
         match sequenced {
             // Its durability is awaited by the request's barrier, in `release`.
             Ok(sequenced) if sequenced.first.0 == first => {

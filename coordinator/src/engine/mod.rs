@@ -40,6 +40,7 @@ mod dispatch;
 mod durability;
 mod env;
 mod queries;
+pub mod replay;
 mod roster;
 mod rules;
 mod startup;
@@ -48,7 +49,7 @@ mod verify;
 
 pub use env::{Env, ManualEnv, RandomError, SharedEnv, SystemEnv, now_ms};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -68,7 +69,7 @@ use lupus_ledger::hash::{LeafIndex, TreeSize};
 use lupus_ledger::log::Log;
 use lupus_ledger::note::{NoteSigner, add_signature, parse_note};
 use lupus_ledger::stake::{StakeStatement, build_statement};
-use lupus_ledger::store::{LogStore, open_store, postgres::PostgresStore};
+use lupus_ledger::store::{LogStore, Meta, open_store, postgres::PostgresStore};
 use lupus_prover::challenge::{beacon_commitment, challenge_steps};
 use lupus_prover::data::Corpus;
 use lupus_prover::fraud::{FraudContext, FraudProof, FraudVerdict};
@@ -87,7 +88,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use crate::blobs::BlobStore;
 use crate::error::{Error, blob_error, internal, log_error, store_error};
 use crate::metrics::Metrics;
-use crate::state::{CreditKindKey, State, TaskRecord};
+use crate::state::{CreditKindKey, Outcome, State, TaskRecord};
 
 /// The coordinator's crash points for the fault tests, armed with
 /// `LUPUS_FAILPOINT=<name>[@<n>]` (see [`lupus_ledger::store::failpoint`], which also
@@ -279,7 +280,7 @@ pub struct Coordinator {
     inner: Mutex<Inner>,
     /// The participants and slashes, readable without `inner`'s lock.
     roster: std::sync::RwLock<roster::Roster>,
-    nonces: std::sync::Mutex<HashMap<(PublicKey, [u8; 16]), u64>>,
+    nonces: std::sync::Mutex<replay::ReplayWindows>,
     /// The latest verified cosignature of each configured witness (by its slot).
     cosignatures: std::sync::Mutex<BTreeMap<usize, crate::witness::Cosigned>>,
     /// Wakes the server's ticker when a request finds the open round due to close.

@@ -81,6 +81,14 @@ impl Coordinator {
         let open = r.closed.is_none();
         let live = |t: &TaskRecord| inner.live.get(&t.id).filter(|_| open);
         let count = |f: &dyn Fn(&TaskRecord) -> bool| tasks.iter().filter(|t| f(t)).count() as u32;
+        let (assigned, committed, rejected) = match &r.retired {
+            Some(x) => (x.tasks.len() as u32, x.committed, x.rejected),
+            None => (
+                tasks.len() as u32,
+                count(&|t| t.committed.is_some()),
+                count(&|t| t.worker_slashed),
+            ),
+        };
         RoundStatus {
             round: r.round,
             phase: if open {
@@ -92,13 +100,13 @@ impl Coordinator {
             beacon_commitment: r.beacon_commitment,
             deadline_ms: r.deadline_ms,
             target_tasks: self.config.tasks_per_round,
-            assigned: tasks.len() as u32,
-            committed: count(&|t| t.committed.is_some()),
+            assigned,
+            committed,
             accepted: match r.closed {
                 Some(c) => c.accepted,
                 None => count(&|t| live(t).is_some_and(|l| l.outcome == Some(true))),
             },
-            rejected: count(&|t| t.worker_slashed),
+            rejected,
             expired: count(&|t| live(t).is_some_and(|l| l.expired)),
             beacon: r.closed.map(|c| c.beacon),
             new_model: r.closed.map(|c| c.new_model),
@@ -136,11 +144,27 @@ impl Coordinator {
     /// `GET /v1/tasks/<id>`.
     pub async fn task_status(&self, task: TaskId) -> Result<api::TaskStatus, Error> {
         let inner = self.lock_for_read().await?;
-        let t = inner
-            .state
-            .tasks
-            .get(&task)
-            .ok_or_else(|| Error::NotFound(format!("no task {task}")))?;
+        let Some(t) = inner.state.tasks.get(&task) else {
+            let (round, r) = inner
+                .state
+                .retired_task(task)
+                .ok_or_else(|| Error::NotFound(format!("no task {task}")))?;
+            let status = api::TaskStatus {
+                task_id: task,
+                round,
+                worker: r.worker,
+                state: match r.outcome {
+                    Outcome::Accepted => api::TaskState::Accepted,
+                    Outcome::Rejected => api::TaskState::Rejected,
+                    Outcome::Expired => api::TaskState::Expired,
+                },
+                challenge: None,
+                verdicts: Vec::new(),
+                opening_blob: None,
+                retired: true,
+            };
+            return self.release(inner, status).await;
+        };
         let l = inner.live.get(&task);
         let closed = inner
             .state
@@ -185,6 +209,7 @@ impl Coordinator {
                 })
                 .collect(),
             opening_blob: l.and_then(|l| l.opening_blob),
+            retired: false,
         };
         self.release(inner, status).await
     }

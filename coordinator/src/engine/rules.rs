@@ -432,6 +432,7 @@ mod tests {
                 closed: None,
                 epoch_written: false,
                 tasks: Vec::new(),
+                retired: None,
             },
         );
         s
@@ -458,6 +459,7 @@ mod tests {
             },
         );
         s.rounds.get_mut(&Round(1)).unwrap().tasks.push(id);
+        s.next_task = s.next_task.max(id.0 + 1);
         live.insert(
             id,
             Live {

@@ -68,7 +68,7 @@ impl Coordinator {
             referee,
             roster: std::sync::RwLock::new(roster::Roster::of(&state)),
             inner: Mutex::new(Inner::new(state)),
-            nonces: std::sync::Mutex::new(HashMap::new()),
+            nonces: std::sync::Mutex::new(replay::ReplayWindows::default()),
             cosignatures: std::sync::Mutex::new(BTreeMap::new()),
             close_wanted: tokio::sync::Notify::new(),
             behind: std::sync::atomic::AtomicBool::new(false),
@@ -167,9 +167,12 @@ impl Coordinator {
         let beacon = inner.beacon.map(|b| b.1);
         let tasks: Vec<TaskRecord> = inner
             .state
-            .tasks
-            .values()
-            .filter(|t| t.round == round)
+            .rounds
+            .get(&round)
+            .map(|r| r.tasks.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|id| inner.state.tasks.get(id))
             .cloned()
             .collect();
         for t in tasks {

@@ -14,6 +14,14 @@ pub(super) struct Commit {
     trace_root: Digest,
 }
 
+/// The metadata row that records a task's delta blob and device class for a restart:
+/// written in the same transaction as the task's `WorkCommitted`.
+fn delta_meta(task: TaskId, blob: Digest, class: DeviceClass) -> Meta {
+    let mut value = blob.0.to_vec();
+    value.push(class_byte(class));
+    (meta_key("delta", task.0), value)
+}
+
 impl Coordinator {
     /// Checks that `worker` may submit `task`; returns the round's base model.
     pub(super) async fn check_submittable(
@@ -65,12 +73,6 @@ impl Coordinator {
         let trace_root = checked.commitment.trace_root;
         let entry = checked.entry;
         let blob = self.put_blob(sub.delta.0.clone()).await?;
-        let mut meta = blob.0.to_vec();
-        meta.push(class_byte(sub.device_class));
-        self.store
-            .put_meta(&meta_key("delta", task.0), &meta)
-            .await
-            .map_err(store_error)?;
         let mut guard = self.lock_synced().await?;
         let commit = Commit {
             worker,
@@ -102,7 +104,8 @@ impl Coordinator {
             trace_root,
         } = commit;
         self.check_submittable_in(inner, &worker, task)?;
-        let index = self.append(inner, entry).await?;
+        let meta = vec![delta_meta(task, delta_blob, class)];
+        let index = self.sequence_with_meta(inner, &[entry], meta).await?;
         let beacon = inner
             .beacon
             .map(|b| b.1)
@@ -172,10 +175,17 @@ impl Coordinator {
         check_opening(&opening, &steps)?;
         drop(opening);
         let blob = self.put_blob(body).await?;
-        self.store
-            .put_meta(&meta_key("opening", task.0), &blob.0)
+        // Durable in the next group commit, with whatever entries it holds.
+        self.log
+            .sequence_with_meta(
+                Vec::new(),
+                vec![(meta_key("opening", task.0), blob.0.to_vec())],
+            )
             .await
-            .map_err(store_error)?;
+            .map_err(log_error)?
+            .durable()
+            .await
+            .map_err(log_error)?;
         let mut guard = self.lock_synced().await?;
         rules::worker_task(&guard.state, &guard.live, &worker, task)?;
         if let Some(l) = guard.live.get_mut(&task) {
