@@ -71,9 +71,24 @@ pub struct RequestLog {
     pub server_errors: AtomicU64,
     /// Requests that got no answer (refused or dropped connection, timeout).
     pub connection_errors: AtomicU64,
+    /// The runtime the exchanges run on, if not the participant's own (see
+    /// [`RequestLog::exchanging_on`]).
+    io: Option<tokio::runtime::Handle>,
 }
 
 impl RequestLog {
+    /// A log whose participants make every HTTP exchange on `io`, a runtime that runs
+    /// nothing else, and time it there. Many participants share a thread in the load
+    /// benchmark, and one that trains or replays holds that thread for milliseconds:
+    /// an answer that arrived meanwhile would wait unread and count as the
+    /// coordinator's latency. A volunteer's browser serves one participant.
+    pub fn exchanging_on(io: tokio::runtime::Handle) -> RequestLog {
+        RequestLog {
+            io: Some(io),
+            ..RequestLog::default()
+        }
+    }
+
     /// The latencies recorded since the last call (microseconds), leaving none.
     pub fn take_latencies(&self) -> Vec<u32> {
         self.latencies
@@ -139,6 +154,23 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, WorkerError> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
+/// One request and its whole answer.
+async fn exchange(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    r: hyper::Request<Full<Bytes>>,
+) -> Result<Response, String> {
+    let resp = client.request(r).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes()
+        .to_vec();
+    Ok(Response { status, body })
+}
+
 /// HTTP/1.1 to the coordinator.
 pub struct HttpTransport {
     base: String,
@@ -179,27 +211,23 @@ impl Transport for HttpTransport {
         let r = b
             .body(Full::new(Bytes::from(req.body)))
             .map_err(|e| e.to_string())?;
-        let started = std::time::Instant::now();
-        let exchange = async {
-            let resp = self.client.request(r).await.map_err(|e| e.to_string())?;
-            let status = resp.status().as_u16();
-            let body = resp
-                .into_body()
-                .collect()
+        let client = self.client.clone();
+        let log = self.requests.clone();
+        let timed = async move {
+            let started = std::time::Instant::now();
+            let answer = tokio::time::timeout(REQUEST_TIMEOUT, exchange(&client, r))
                 .await
-                .map_err(|e| e.to_string())?
-                .to_bytes()
-                .to_vec();
-            Ok::<_, String>(Response { status, body })
+                .map_err(|_| format!("no answer in {} s", REQUEST_TIMEOUT.as_secs()))
+                .and_then(|r| r);
+            if let Some(log) = &log {
+                log.record(started, &answer);
+            }
+            answer
         };
-        let answer = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .map_err(|_| format!("no answer in {} s", REQUEST_TIMEOUT.as_secs()))
-            .and_then(|r| r);
-        if let Some(log) = &self.requests {
-            log.record(started, &answer);
+        match self.requests.as_ref().and_then(|l| l.io.clone()) {
+            Some(io) => io.spawn(timed).await.map_err(|e| e.to_string())?,
+            None => timed.await,
         }
-        answer
     }
 
     fn now_ms(&self) -> u64 {

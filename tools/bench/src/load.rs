@@ -473,7 +473,10 @@ async fn measure(args: &LoadArgs, bin: &Path) -> Result<Report> {
     let idle = memory_of(pid)?;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let requests = Arc::new(RequestLog::default());
+    // The exchanges run (and are timed) on this runtime, which runs nothing else: a
+    // participant training on a shared thread delays its next request, not the
+    // reading of an answer (see `RequestLog::exchanging_on`).
+    let requests = Arc::new(RequestLog::exchanging_on(tokio::runtime::Handle::current()));
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()) * 2)
