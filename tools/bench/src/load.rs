@@ -9,7 +9,8 @@
 //! at every request as volunteers' browsers would.
 //!
 //! Every `--every` seconds a row: requests answered per second, client-side latency
-//! percentiles, the coordinator's own mean handling time (from `/metrics`), errors
+//! percentiles (each exchange made and timed on the bench's own runtime, so a
+//! participant training on a shared thread never delays the reading of an answer), the coordinator's own mean handling time (from `/metrics`), errors
 //! split 4xx / 5xx / no answer, tasks done, and the coordinator's RSS. At the end the
 //! coordinator is killed with SIGKILL and its ledger is opened: every submission a
 //! worker got a receipt for must be there, at the index the receipt gave (lost
