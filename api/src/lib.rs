@@ -45,6 +45,8 @@
 #![forbid(unsafe_code)]
 
 pub mod check;
+#[cfg(feature = "client")]
+pub mod http;
 pub mod model;
 pub mod paths;
 pub mod problem;

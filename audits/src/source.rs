@@ -8,7 +8,10 @@
 //! the source fetches the full tile and keeps its first `W` hashes or entries.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use lupus_api::http::{Http, HttpError};
 
 use lupus_ledger::tiles::{EntryBundle, Tile, decode_entry_bundle, encode_entry_bundle};
 
@@ -151,20 +154,34 @@ impl LogSource for DirSource {
 /// A `tlog-tiles` log served over plain HTTP (a coordinator, a mirror, a CDN).
 pub struct HttpSource {
     base: String,
-    agent: ureq::Agent,
+    http: Http,
+}
+
+/// The runtime the auditor's requests run on. The auditor's checks are plain
+/// functions over a [`LogSource`]; each fetch is sent through the one native client
+/// (`lupus_api::http`) on this runtime and waited for, so a caller may be async or
+/// not. Never dropped.
+fn io_runtime() -> Result<&'static tokio::runtime::Runtime, String> {
+    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("lupus-audit-http")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 impl HttpSource {
     /// The log whose `checkpoint` is at `<base>/checkpoint`.
     pub fn new(base: &str) -> HttpSource {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(30)))
-            .http_status_as_error(false)
-            .build()
-            .new_agent();
         HttpSource {
             base: base.trim_end_matches('/').to_owned(),
-            agent,
+            http: Http::new().with_timeout(Duration::from_secs(30)),
         }
     }
 
@@ -176,33 +193,34 @@ impl HttpSource {
             source_name: self.base.clone(),
             reason,
         };
-        let mut resp = self
-            .agent
-            .get(&url)
-            .call()
-            .map_err(|e| unreachable(e.to_string()))?;
-        match resp.status().as_u16() {
-            200 => {}
-            404 => {
-                return Err(SourceError::NotFound {
-                    what: path.to_owned(),
-                    source_name: self.base.clone(),
-                });
-            }
-            s => return Err(unreachable(format!("HTTP status {s}"))),
-        }
-        resp.body_mut()
-            .with_config()
-            .limit(max)
-            .read_to_vec()
+        let limit = usize::try_from(max).unwrap_or(usize::MAX);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let http = self.http.clone();
+        let target = url.clone();
+        io_runtime()
+            .map_err(|e| unreachable(format!("no runtime for HTTP: {e}")))?
+            .spawn(async move {
+                let _ = tx.send(http.get(&target, Some(limit)).await);
+            });
+        let answer = rx
+            .recv()
+            .map_err(|_| unreachable("the HTTP runtime stopped".into()))?
             .map_err(|e| match e {
-                ureq::Error::BodyExceedsLimit(_) => SourceError::TooLarge {
+                HttpError::TooLarge(_) => SourceError::TooLarge {
                     what: path.to_owned(),
                     source_name: self.base.clone(),
                     max,
                 },
                 e => unreachable(e.to_string()),
-            })
+            })?;
+        match answer.status {
+            200 => Ok(answer.body.to_vec()),
+            404 => Err(SourceError::NotFound {
+                what: path.to_owned(),
+                source_name: self.base.clone(),
+            }),
+            s => Err(unreachable(format!("HTTP status {s}"))),
+        }
     }
 }
 

@@ -6,15 +6,10 @@
 //! demo run `lupus_worker::native`, the same loop the browser runs.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use ed25519_dalek::SigningKey;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use lupus_api::http::{Http, HttpError};
 use lupus_api::paths;
 use lupus_api::problem::Problem;
 use lupus_api::sign::sign_request;
@@ -45,7 +40,7 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct Client {
     base: String,
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    http: Http,
     key: Arc<SigningKey>,
     latencies: Option<Arc<std::sync::Mutex<Vec<u32>>>>,
 }
@@ -53,10 +48,9 @@ pub struct Client {
 impl Client {
     /// A client of the coordinator at `base` (`http://host:port`) with `key`.
     pub fn new(base: &str, key: SigningKey) -> Client {
-        let http = HyperClient::builder(TokioExecutor::new()).build_http();
         Client {
             base: base.trim_end_matches('/').to_owned(),
-            http,
+            http: Http::new(),
             key: Arc::new(key),
             latencies: None,
         }
@@ -105,32 +99,23 @@ impl Client {
         body: Vec<u8>,
     ) -> Result<(u16, Bytes), ClientError> {
         let url = format!("{}{path}", self.base);
-        let mut req = Request::builder().method(method).uri(&url);
-        for (name, value) in headers {
-            req = req.header(name, value);
-        }
+        let mut headers = headers.to_vec();
         if method == "POST" {
-            req = req.header("content-type", "application/json");
+            headers.push(("content-type".into(), "application/json".into()));
         }
-        let req = req
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| ClientError::Local(e.to_string()))?;
-        let connect = |detail: String| ClientError::Connect {
-            url: url.clone(),
-            detail,
-        };
         let started = std::time::Instant::now();
-        let resp = tokio::time::timeout(Duration::from_secs(600), self.http.request(req))
+        let answer = self
+            .http
+            .send(method, &url, &headers, body, None)
             .await
-            .map_err(|_| connect("timed out".into()))?
-            .map_err(|e| connect(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| connect(e.to_string()))?
-            .to_bytes();
+            .map_err(|e| match e {
+                HttpError::Request(e) => ClientError::Local(e),
+                e => ClientError::Connect {
+                    url: url.clone(),
+                    detail: e.to_string(),
+                },
+            })?;
+        let (status, bytes) = (answer.status, answer.body);
         if let Some(log) = &self.latencies
             && let Ok(mut l) = log.lock()
         {

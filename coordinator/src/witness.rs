@@ -11,13 +11,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use base64::Engine as _;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use lupus_api::http::{Http, HttpError};
 use lupus_ledger::hash::TreeSize;
 use lupus_ledger::log::LogHead;
 use lupus_ledger::note::{CosignatureVerifier, NoteSignature, parse_note};
@@ -137,8 +132,7 @@ enum Attempt {
 }
 
 async fn follow(c: Arc<Coordinator>, slot: usize, w: WitnessConfig) {
-    let http: HyperClient<HttpConnector, Full<Bytes>> =
-        HyperClient::builder(TokioExecutor::new()).build_http();
+    let http = Http::new().with_timeout(REQUEST_TIMEOUT);
     let mut heads = c.log().subscribe();
     // The size this witness last cosigned for this log, as far as we know.
     let mut known = 0u64;
@@ -187,7 +181,7 @@ async fn follow(c: Arc<Coordinator>, slot: usize, w: WitnessConfig) {
 
 async fn attempt(
     c: &Coordinator,
-    http: &HyperClient<HttpConnector, Full<Bytes>>,
+    http: &Http,
     w: &WitnessConfig,
     known: u64,
     head: &LogHead,
@@ -210,24 +204,18 @@ async fn attempt(
     }
     body.push('\n');
     body.push_str(&head.note);
-    let req = match Request::post(format!("{}/add-checkpoint", w.url))
-        .header("content-type", "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from(body)))
-    {
-        Ok(r) => r,
-        Err(e) => return Attempt::Refused(e.to_string()),
-    };
-    let resp = match tokio::time::timeout(REQUEST_TIMEOUT, http.request(req)).await {
-        Err(_) => return Attempt::Retry("timed out".into()),
-        Ok(Err(e)) => return Attempt::Retry(e.to_string()),
-        Ok(Ok(r)) => r,
-    };
-    let status = resp.status().as_u16();
-    let bytes = match http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
+    let answer = http
+        .send(
+            "POST",
+            &format!("{}/add-checkpoint", w.url),
+            &[("content-type", "text/plain; charset=utf-8")],
+            body,
+            Some(MAX_RESPONSE),
+        )
+        .await;
+    let (status, bytes) = match answer {
+        Ok(a) => (a.status, a.body),
+        Err(e @ HttpError::Request(_)) => return Attempt::Refused(e.to_string()),
         Err(e) => return Attempt::Retry(e.to_string()),
     };
     let text = String::from_utf8_lossy(&bytes);

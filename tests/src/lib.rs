@@ -32,12 +32,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use ed25519_dalek::SigningKey;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use lupus_api::http::Http;
 use lupus_api::paths;
 use lupus_api::types::{
     self as api, B64, JobInfo, RoundList, RoundPhase, TaskDescription, TaskOffer, VerifyJob,
@@ -377,7 +374,7 @@ impl Drop for Crowd {
 #[derive(Debug)]
 pub struct Raw {
     pub status: u16,
-    pub headers: hyper::HeaderMap,
+    pub headers: http::HeaderMap,
     pub body: Bytes,
 }
 
@@ -416,7 +413,7 @@ impl Raw {
 pub struct Probe {
     base: String,
     key: SigningKey,
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    http: Http,
     client: Client,
 }
 
@@ -425,7 +422,7 @@ impl Probe {
         Probe {
             base: url.to_owned(),
             key: key(seed),
-            http: HyperClient::builder(TokioExecutor::new()).build_http(),
+            http: Http::new().with_timeout(Duration::from_secs(60)),
             client: Client::new(url, key(seed)),
         }
     }
@@ -440,24 +437,23 @@ impl Probe {
         getrandom::fill(&mut nonce).expect("randomness");
         let now = lupus_coordinator::engine::now_ms();
         let h = lupus_api::sign::sign_request(&self.key, "POST", path, &body, now, nonce);
-        let mut req = hyper::Request::builder()
-            .method("POST")
-            .uri(format!("{}{path}", self.base))
-            .header("content-type", "application/json");
-        for (name, value) in h.pairs() {
-            req = req.header(name, value);
-        }
-        let req = req.body(Full::new(Bytes::from(body))).expect("a request");
-        let resp = tokio::time::timeout(Duration::from_secs(60), self.http.request(req))
+        let mut headers = vec![("content-type", "application/json")];
+        headers.extend(h.pairs());
+        let a = self
+            .http
+            .send(
+                "POST",
+                &format!("{}{path}", self.base),
+                &headers,
+                body,
+                None,
+            )
             .await
-            .expect("the coordinator answers within a minute")
-            .expect("the coordinator is reachable");
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("a body").to_bytes();
+            .expect("the coordinator answers within a minute");
         Raw {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body,
+            status: a.status,
+            headers: a.headers,
+            body: a.body,
         }
     }
 

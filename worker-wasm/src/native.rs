@@ -14,11 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use lupus_api::http::Http;
 use lupus_api::types::TaskDescription;
 use lupus_ledger::entry::Role;
 
@@ -154,40 +150,21 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, WorkerError> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
-/// One request and its whole answer.
-async fn exchange(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    r: hyper::Request<Full<Bytes>>,
-) -> Result<Response, String> {
-    let resp = client.request(r).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes()
-        .to_vec();
-    Ok(Response { status, body })
-}
-
 /// HTTP/1.1 to the coordinator.
 pub struct HttpTransport {
     base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// Its deadline is `lupus_api::http::DEFAULT_TIMEOUT` (an opening of a large job
+    /// is tens of megabytes; a coordinator that hangs must not hang the worker).
+    client: Http,
     requests: Option<Arc<RequestLog>>,
 }
-
-/// How long one request may take before it counts as unreachable (an opening of a
-/// large job is tens of megabytes; a coordinator that hangs must not hang the worker).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl HttpTransport {
     /// A transport to `base` (`http://host:port`).
     pub fn new(base: &str) -> HttpTransport {
         HttpTransport {
             base: base.trim_end_matches('/').to_owned(),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Http::new(),
             requests: None,
         }
     }
@@ -202,23 +179,19 @@ impl HttpTransport {
 #[async_trait::async_trait(?Send)]
 impl Transport for HttpTransport {
     async fn send(&self, req: Request) -> Result<Response, String> {
-        let mut b = hyper::Request::builder()
-            .method(req.method)
-            .uri(format!("{}{}", self.base, req.path));
-        for (k, v) in &req.headers {
-            b = b.header(*k, v);
-        }
-        let r = b
-            .body(Full::new(Bytes::from(req.body)))
-            .map_err(|e| e.to_string())?;
+        let url = format!("{}{}", self.base, req.path);
         let client = self.client.clone();
         let log = self.requests.clone();
         let timed = async move {
             let started = std::time::Instant::now();
-            let answer = tokio::time::timeout(REQUEST_TIMEOUT, exchange(&client, r))
+            let answer = client
+                .send(req.method, &url, &req.headers, req.body, None)
                 .await
-                .map_err(|_| format!("no answer in {} s", REQUEST_TIMEOUT.as_secs()))
-                .and_then(|r| r);
+                .map(|a| Response {
+                    status: a.status,
+                    body: a.body.to_vec(),
+                })
+                .map_err(|e| e.to_string());
             if let Some(log) = &log {
                 log.record(started, &answer);
             }
