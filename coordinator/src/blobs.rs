@@ -60,6 +60,69 @@ impl BlobError {
 /// The name prefix of a blob being written.
 const TMP_PREFIX: &str = ".tmp-";
 
+/// A blob arriving in pieces (see [`BlobStore::upload`]): written to its temporary
+/// file and hashed as it comes.
+#[derive(Debug)]
+pub struct Upload {
+    file: tokio::fs::File,
+    path: tempfile::TempPath,
+    hasher: blake3::Hasher,
+    len: u64,
+}
+
+impl Upload {
+    /// Appends `data`.
+    pub async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt as _;
+        self.hasher.update(data);
+        self.len += data.len() as u64;
+        self.file.write_all(data).await
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Flushes and syncs the file; the upload is whole.
+    pub async fn finish(mut self) -> std::io::Result<Uploaded> {
+        use tokio::io::AsyncWriteExt as _;
+        self.file.flush().await?;
+        self.file.sync_all().await?;
+        Ok(Uploaded {
+            path: self.path,
+            hash: Digest(*self.hasher.finalize().as_bytes()),
+            len: self.len,
+        })
+    }
+}
+
+/// A whole upload, synced, not yet a blob: its file is removed when dropped unless
+/// [`BlobStore::adopt`] makes it the blob of [`Uploaded::hash`].
+#[derive(Debug)]
+pub struct Uploaded {
+    path: tempfile::TempPath,
+    hash: Digest,
+    len: u64,
+}
+
+impl Uploaded {
+    /// blake3 of the bytes.
+    pub fn hash(&self) -> Digest {
+        self.hash
+    }
+
+    /// The bytes, read back whole (blocking): for the one decode that checks them.
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        std::fs::read(&self.path)
+    }
+}
+
 /// A directory of blobs named by their blake3 hex.
 #[derive(Clone, Debug)]
 pub struct BlobStore {
@@ -186,6 +249,46 @@ impl BlobStore {
             let _ = std::fs::remove_file(&tmp);
         }
         result.map(|()| hash)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A temporary file in the store's directory to receive a blob as it streams in
+    /// (an opening's upload): removed when dropped, unless [`Self::adopt`]ed.
+    pub fn upload(&self) -> Result<Upload, BlobError> {
+        let named = tempfile::Builder::new()
+            .prefix(TMP_PREFIX)
+            .tempfile_in(&self.dir)
+            .map_err(io(&self.dir))?;
+        let (file, path) = named.into_parts();
+        Ok(Upload {
+            file: tokio::fs::File::from_std(file),
+            path,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+        })
+    }
+
+    /// Makes a complete upload the blob of its hash: within the quota, renamed into
+    /// place, the directory synced (the file was synced by [`Upload::finish`]).
+    /// Blocking. If the store holds the blob already, the upload is dropped.
+    pub fn adopt(&self, upload: Uploaded) -> Result<Digest, BlobError> {
+        let target = self.path(&upload.hash);
+        if target.exists() {
+            return Ok(upload.hash);
+        }
+        self.reserve(upload.len)?;
+        upload.path.persist(&target).map_err(|e| BlobError::Io {
+            path: target.clone(),
+            source: e.error,
+        })?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))?;
+        Ok(upload.hash)
     }
 
     /// Reads a blob, or `None` if the store does not have it.

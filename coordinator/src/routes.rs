@@ -35,7 +35,7 @@ use utoipa::IntoParams;
 use crate::engine::Coordinator;
 use crate::error::{Error, internal};
 use crate::limits::{Bucket, Gate, Limits};
-use crate::signed::{Signed, SignedBytes, SignedRoute};
+use crate::signed::{Signed, SignedRoute, SignedUpload};
 use crate::{metrics, openapi, page};
 
 /// Body limit of small JSON requests (join, next).
@@ -381,7 +381,7 @@ async fn submit(
 async fn opening(
     State(c): State<Shared>,
     Path(id): Path<String>,
-    req: SignedBytes<OpeningRoute>,
+    req: SignedUpload<OpeningRoute>,
 ) -> ApiResult {
     json(&c.opening(req.key, task_id(&id)?, req.body).await?)
 }

@@ -18,7 +18,7 @@
 //!    its hash against the declared one: 401;
 //! 7. the nonce: 409 for a replay. Last, so that a request refused for any other
 //!    reason may be sent again as it is;
-//! 8. the JSON body: 400 ([`SignedBytes`] skips this step: its handler decodes the
+//! 8. the JSON body: 400 ([`SignedUpload`] skips this step: its handler decodes the
 //!    body itself, the opening's binary encoding).
 //!
 //! So the only bodies the coordinator reads are signed by a key that joined in the
@@ -31,7 +31,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRef, FromRequest, Request};
 use axum::http::header;
 use axum::http::request::Parts;
@@ -40,6 +40,7 @@ use lupus_api::sign::check_headers;
 use lupus_ledger::entry::{PublicKey, Role};
 use serde::de::DeserializeOwned;
 
+use crate::blobs::{BlobError, Upload, Uploaded};
 use crate::engine::Coordinator;
 use crate::error::Error;
 use crate::limits::{Bucket, Gate, Held};
@@ -71,11 +72,13 @@ fn too_large(limit: usize) -> Error {
     ))
 }
 
-/// A verified signed request to a route `R` whose body is not JSON: the signer and
-/// the body's bytes, for the handler to decode.
-pub struct SignedBytes<R> {
+/// A verified signed request to a route `R` whose body is a blob (an opening): the
+/// signer and the body, streamed to a temporary file of the blob store and hashed as
+/// it arrived, for the handler to check and adopt. A slow upload holds a file, not
+/// memory.
+pub struct SignedUpload<R> {
     pub key: PublicKey,
-    pub body: Vec<u8>,
+    pub body: Uploaded,
     route: PhantomData<R>,
 }
 
@@ -104,7 +107,7 @@ where
     }
 }
 
-impl<S, R> FromRequest<S> for SignedBytes<R>
+impl<S, R> FromRequest<S> for SignedUpload<R>
 where
     S: Send + Sync,
     Arc<Coordinator>: FromRef<S>,
@@ -114,9 +117,16 @@ where
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
-        let (key, body, held) = extract::<S, R>(req, state).await?;
+        let upload = Arc::<Coordinator>::from_ref(state)
+            .blobs()
+            .upload()
+            .map_err(crate::error::blob_error)?;
+        let (key, body, held) = extract_into::<S, R>(req, state, Sink::File(upload)).await?;
         drop(held);
-        Ok(SignedBytes {
+        let Received::File(body) = body else {
+            return Err(Error::Internal("a file sink gave memory".into()));
+        };
+        Ok(SignedUpload {
             key,
             body,
             route: PhantomData,
@@ -124,7 +134,8 @@ where
     }
 }
 
-/// Steps 1 to 7 on `req`; a refused request's unread body lingers.
+/// Steps 1 to 7 on `req`, the body read into memory; a refused request's unread body
+/// lingers.
 async fn extract<S, R: SignedRoute>(
     req: Request,
     state: &S,
@@ -133,20 +144,53 @@ where
     Arc<Coordinator>: FromRef<S>,
     Gate: FromRef<S>,
 {
+    match extract_into::<S, R>(req, state, Sink::Memory(Vec::new())).await? {
+        (key, Received::Memory(bytes), held) => Ok((key, bytes, held)),
+        (_, Received::File(_), _) => Err(Error::Internal("a memory sink gave a file".into())),
+    }
+}
+
+/// Steps 1 to 7 on `req`, the body into `sink`; a refused request's unread body
+/// lingers.
+async fn extract_into<S, R: SignedRoute>(
+    req: Request,
+    state: &S,
+    sink: Sink,
+) -> Result<(PublicKey, Received, Held), Error>
+where
+    Arc<Coordinator>: FromRef<S>,
+    Gate: FromRef<S>,
+{
     let (parts, mut body) = req.into_parts();
-    let signed = verified::<S, R>(&parts, &mut body, state).await;
+    let signed = verified::<S, R>(&parts, &mut body, state, sink).await;
     if signed.is_err() {
         linger(body);
     }
     signed
 }
 
-/// Steps 1 to 7: the signer, the body's bytes and their hold on the gate's budget.
+/// Where a body's bytes go as they arrive.
+enum Sink {
+    /// Kept as they arrived (no growing buffer whose old copies would stay
+    /// allocated), joined once the body is complete.
+    Memory(Vec<Bytes>),
+    /// Written to a temporary file of the blob store.
+    File(Upload),
+}
+
+/// A whole body, from its [`Sink`].
+enum Received {
+    Memory(Vec<u8>),
+    File(Uploaded),
+}
+
+/// Steps 1 to 7: the signer, the body and its hold on the gate's budget.
 async fn verified<S, R: SignedRoute>(
     parts: &Parts,
     body: &mut Body,
     state: &S,
-) -> Result<(PublicKey, Vec<u8>, Held), Error>
+    sink: Sink,
+) -> Result<(PublicKey, Received, Held), Error>
 where
     Arc<Coordinator>: FromRef<S>,
     Gate: FromRef<S>,
@@ -179,14 +223,15 @@ where
         gate.take(bucket, &v.key)?;
     }
     let deadline = gate.limits.body_read_timeout;
-    let (bytes, hash, held) = tokio::time::timeout(deadline, read(body, R::BODY_LIMIT, &gate))
-        .await
-        .map_err(|_| {
-            Error::TooSlow(format!(
-                "the request body did not arrive within {} s",
-                deadline.as_secs_f64()
-            ))
-        })??;
+    let (bytes, hash, held) =
+        tokio::time::timeout(deadline, read(body, R::BODY_LIMIT, &gate, sink))
+            .await
+            .map_err(|_| {
+                Error::TooSlow(format!(
+                    "the request body did not arrive within {} s",
+                    deadline.as_secs_f64()
+                ))
+            })??;
     checked.check_body(&hash).map_err(unauthorized)?;
     coordinator.check_nonce(v.key, v.timestamp_ms, v.nonce, coordinator.now_ms())?;
     Ok((v.key, bytes, held))
@@ -206,17 +251,17 @@ fn linger(mut body: Body) {
     });
 }
 
-/// Reads `body` up to `limit` bytes, hashing it and holding each piece against the
-/// gate's budget. The pieces are kept as they arrived (no growing buffer whose old
-/// copies would stay allocated) and joined once the body is complete.
+/// Reads `body` up to `limit` bytes into `sink`, hashing it and holding each piece
+/// against the gate's budget (a file's bytes too: the budget bounds what strangers
+/// make the coordinator keep, in memory or on disk).
 async fn read(
     body: &mut Body,
     limit: usize,
     gate: &Gate,
-) -> Result<(Vec<u8>, blake3::Hash, Held), Error> {
+    mut sink: Sink,
+) -> Result<(Received, blake3::Hash, Held), Error> {
     let mut held = gate.hold_nothing();
     let mut hasher = blake3::Hasher::new();
-    let mut pieces = Vec::new();
     let mut len = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(body_error)?;
@@ -229,13 +274,29 @@ async fn read(
         gate.hold(&mut held, data.len())?;
         hasher.update(&data);
         len += data.len();
-        pieces.push(data);
+        match &mut sink {
+            Sink::Memory(pieces) => pieces.push(data),
+            Sink::File(upload) => upload.write(&data).await.map_err(upload_error)?,
+        }
     }
-    let mut whole = Vec::with_capacity(len);
-    for p in pieces {
-        whole.extend_from_slice(&p);
-    }
-    Ok((whole, hasher.finalize(), held))
+    let received = match sink {
+        Sink::Memory(pieces) => {
+            let mut whole = Vec::with_capacity(len);
+            for p in pieces {
+                whole.extend_from_slice(&p);
+            }
+            Received::Memory(whole)
+        }
+        Sink::File(upload) => Received::File(upload.finish().await.map_err(upload_error)?),
+    };
+    Ok((received, hasher.finalize(), held))
+}
+
+fn upload_error(e: std::io::Error) -> Error {
+    crate::error::blob_error(BlobError::Io {
+        path: "an upload's temporary file".into(),
+        source: e,
+    })
 }
 
 fn body_error(e: axum::Error) -> Error {

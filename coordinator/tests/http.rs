@@ -452,6 +452,14 @@ async fn bad_requests_are_problems_and_write_nothing() {
         "opening of steps that were not challenged",
     )
     .await;
+    // Each refused upload was streamed to a temporary file of the blob store, and
+    // none is left behind.
+    let left: Vec<_> = std::fs::read_dir(h.c.blobs().dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
 
     // A verifier's bad verdicts.
     let v = key(3);

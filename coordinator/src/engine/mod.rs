@@ -85,7 +85,7 @@ use lupus_prover::trace::{Commitment, base_state_hash};
 use lupus_prover::verify::{DeviceClass, Verdict, verify_opening};
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::blobs::BlobStore;
+use crate::blobs::{BlobStore, Uploaded};
 use crate::error::{Error, blob_error, internal, log_error, store_error};
 use crate::metrics::Metrics;
 use crate::state::{CreditKindKey, Outcome, State, TaskRecord};

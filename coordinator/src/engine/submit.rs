@@ -138,17 +138,19 @@ impl Coordinator {
     }
 
     /// `POST /v1/tasks/<id>/opening`, with the opening's canonical binary encoding
-    /// ([`Opening::to_bytes`]) as `body`.
+    /// ([`Opening::to_bytes`]) as `body`, streamed to a temporary file of the blob
+    /// store ([`crate::signed::SignedUpload`]).
     pub async fn opening(
         &self,
         worker: PublicKey,
         task: TaskId,
-        body: Vec<u8>,
+        body: Uploaded,
     ) -> Result<api::OpeningReceipt, Error> {
         // The state is checked under the lock first, so only the task's own worker
-        // gets its bytes decoded; decoded on a blocking thread and stored without the
-        // lock (a large blob and two fsyncs). The bytes stored are the bytes posted:
-        // decoding accepts the canonical encoding only, so they name one opening.
+        // gets its bytes decoded; read back and decoded once on a blocking thread, and
+        // the file renamed into the store without the lock. The bytes stored are the
+        // bytes posted: decoding accepts the canonical encoding only, so they name one
+        // opening.
         let steps = {
             let guard = self.lock_synced().await?;
             let inner = &*guard;
@@ -167,14 +169,18 @@ impl Coordinator {
             }
             live.steps.clone().unwrap_or_default()
         };
-        let (opening, body) = tokio::task::spawn_blocking(move || {
-            decode_opening(&body).map(|opening| (opening, body))
+        let blobs = self.blobs.clone();
+        let blob = tokio::task::spawn_blocking(move || {
+            let bytes = body
+                .read()
+                .map_err(|e| internal(format!("reading an upload back: {e}")))?;
+            let opening = decode_opening(&bytes)?;
+            check_opening(&opening, &steps)?;
+            drop((opening, bytes));
+            blobs.adopt(body).map_err(blob_error)
         })
         .await
         .map_err(internal)??;
-        check_opening(&opening, &steps)?;
-        drop(opening);
-        let blob = self.put_blob(body).await?;
         // Durable in the next group commit, with whatever entries it holds.
         self.log
             .sequence_with_meta(
