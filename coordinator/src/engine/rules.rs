@@ -120,6 +120,19 @@ pub(super) fn dispatch(
     }
 }
 
+/// Whether `t`'s round is closed. The last round's live facts outlive its close (for
+/// `GET /v1/tasks/<id>`), so the live table alone does not say it.
+fn in_closed_round(state: &State, t: &TaskRecord) -> bool {
+    state
+        .rounds
+        .get(&t.round)
+        .is_none_or(|r| r.closed.is_some())
+}
+
+fn closed_round(task: TaskId) -> Error {
+    Error::Conflict(format!("task {task} belongs to a round that is closed"))
+}
+
 /// The task `worker` acts on: it exists, is the worker's, belongs to the open round
 /// and has not expired.
 pub(super) fn worker_task<'a>(
@@ -139,7 +152,8 @@ pub(super) fn worker_task<'a>(
     }
     let l = live
         .get(&task)
-        .ok_or_else(|| Error::Conflict(format!("task {task} belongs to a round that is closed")))?;
+        .filter(|_| !in_closed_round(state, t))
+        .ok_or_else(|| closed_round(task))?;
     if l.expired {
         return Err(Error::Conflict(format!(
             "task {task} expired (its deadline passed) and was handed out again"
@@ -193,7 +207,7 @@ pub(super) fn pick_for_verifier(
     now: u64,
 ) -> Option<(TaskId, bool)> {
     live.iter().find_map(|(id, l)| {
-        let t = state.tasks.get(id)?;
+        let t = state.tasks.get(id).filter(|t| !in_closed_round(state, t))?;
         let claimed_by_me = l.claims.get(verifier).is_some_and(|d| *d > now);
         let done_by_me = t.verdicts.iter().any(|v| v.verifier == *verifier);
         if l.outcome.is_some() || l.opening_blob.is_none() || done_by_me || t.worker == *verifier {
@@ -232,7 +246,8 @@ pub(super) fn verdict_admissible(
     }
     let l = live
         .get(&task)
-        .ok_or_else(|| Error::Conflict(format!("task {task} belongs to a round that is closed")))?;
+        .filter(|_| !in_closed_round(state, t))
+        .ok_or_else(|| closed_round(task))?;
     if l.outcome.is_some() {
         return Err(Error::Conflict(format!("task {task} is already settled")));
     }

@@ -607,7 +607,12 @@ impl Phase {
                             continue;
                         }
                         tasks += 1;
-                        detected += u64::from(t.slashed.contains(v));
+                        // Caught if its key is slashed, for this task or another: a
+                        // key is slashed once, and a liar that gave a second wrong
+                        // verdict before the referee settled its first is slashed
+                        // for the first only, forfeiting every credit all the same.
+                        detected +=
+                            u64::from(t.slashed.contains(v) || self.ledger.slashed.contains(v));
                         merged += u64::from(t.credited && cheat);
                     }
                 }

@@ -487,3 +487,34 @@ fn a_close_merges_accepted_work_and_credits_whoever_judged_rightly() {
         Err(Error::Internal(_))
     ));
 }
+
+/// The last round's live facts outlive its close (for `GET /v1/tasks/<id>`); a
+/// verifier must not be able to act on them then: a verdict logged after the last
+/// close is never refereed, so a liar that passes a cheat there would escape.
+#[test]
+fn nothing_is_handed_out_or_judged_in_a_closed_round() {
+    let mut s = state(10_000);
+    let mut live = LiveTable::new();
+    assign(&mut s, &mut live, 1, W1, 5_000);
+    open(&mut s, &mut live, 1, &[V1]);
+    assert_eq!(
+        pick_for_verifier(&s, &live, &V2, 10),
+        Some((TaskId(1), true))
+    );
+    assert!(verdict_admissible(&s, &live, &V1, TaskId(1)).is_ok());
+    s.rounds.get_mut(&Round(1)).unwrap().closed = Some(crate::state::Closed {
+        beacon: Digest([0; 32]),
+        new_model: Digest([0; 32]),
+        val_loss: 1.0,
+        accepted: 0,
+    });
+    assert_eq!(pick_for_verifier(&s, &live, &V2, 10), None);
+    assert!(matches!(
+        verdict_admissible(&s, &live, &V1, TaskId(1)),
+        Err(Error::Conflict(m)) if m.contains("closed")
+    ));
+    assert!(matches!(
+        worker_task(&s, &live, &W1, TaskId(1)),
+        Err(Error::Conflict(m)) if m.contains("closed")
+    ));
+}
