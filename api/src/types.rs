@@ -61,13 +61,10 @@ impl<'de> Deserialize<'de> for Sig {
 pub struct JobInfo {
     /// The job spec (TOML) exactly as the genesis entry holds it.
     pub job_spec: String,
-    #[schema(value_type = crate::schema::Digest)]
     pub job_hash: Digest,
     /// Merkle root of the normalised dataset (prover `Corpus::commitment`).
-    #[schema(value_type = crate::schema::Digest)]
     pub dataset_root: Digest,
     /// blake3 of the normalised dataset bytes: fetch it from `/v1/blobs/<hash>`.
-    #[schema(value_type = crate::schema::Digest)]
     pub dataset_blob: Digest,
     pub dataset_len: u64,
     /// The log's checkpoint verifier key, `<name>+<hexid>+<base64>`.
@@ -78,7 +75,6 @@ pub struct JobInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
-    #[schema(value_type = crate::schema::Role)]
     pub role: Role,
     pub name: String,
     /// Signature over the canonical `ParticipantJoined` body ([`join_body`]) by the
@@ -98,9 +94,7 @@ pub fn join_body(key: PublicKey, role: Role, name: &str) -> EntryBody {
 /// The answer to a join (also to a repeated join of the same key and role).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JoinResponse {
-    #[schema(value_type = crate::schema::PublicKey)]
     pub key: PublicKey,
-    #[schema(value_type = crate::schema::Role)]
     pub role: Role,
     /// Log index of the `ParticipantJoined` entry.
     pub entry_index: u64,
@@ -119,19 +113,14 @@ pub struct TaskDescription {
     pub task_id: TaskId,
     #[schema(value_type = u64)]
     pub round: Round,
-    #[schema(value_type = crate::schema::PublicKey)]
     pub worker: PublicKey,
     /// blake3 of the base model blob (fetch `/v1/blobs/<hash>`).
-    #[schema(value_type = crate::schema::Digest)]
     pub base_model: Digest,
     /// The task's data seed (`derive_task_seed(task, worker, beacon_commitment)`).
-    #[schema(value_type = crate::schema::Digest)]
     pub seed: Digest,
     pub inner_steps: u32,
     pub batch_size: u32,
-    #[schema(value_type = crate::schema::Digest)]
     pub job_hash: Digest,
-    #[schema(value_type = crate::schema::Digest)]
     pub beacon_commitment: Digest,
     /// Submit before this time (unix ms) or the task is reassigned.
     pub deadline_ms: u64,
@@ -161,10 +150,8 @@ pub struct Submission {
     /// The int8 delta (`QuantDelta::to_bytes`).
     pub delta: B64,
     /// The opening of the final trace leaf, proving the delta is the trace's.
-    #[schema(value_type = crate::schema::FinalOpening)]
     pub final_opening: FinalOpening,
     /// The worker's device class from its known-answer suite.
-    #[schema(value_type = crate::schema::DeviceClass)]
     pub device_class: DeviceClass,
 }
 
@@ -209,7 +196,6 @@ pub struct OpeningReceipt {
     #[schema(value_type = u64)]
     pub task_id: TaskId,
     /// blake3 of the stored opening: the bytes that were posted.
-    #[schema(value_type = crate::schema::Digest)]
     pub opening_blob: Digest,
 }
 
@@ -238,7 +224,6 @@ pub struct TaskStatus {
     pub task_id: TaskId,
     #[schema(value_type = u64)]
     pub round: Round,
-    #[schema(value_type = crate::schema::PublicKey)]
     pub worker: PublicKey,
     pub state: TaskState,
     /// The challenge, once the work is committed.
@@ -249,7 +234,6 @@ pub struct TaskStatus {
     /// `/v1/blobs/`), once it answered the challenge: what a verifier or an
     /// auditor fetches to replay the challenged steps.
     #[serde(default)]
-    #[schema(value_type = Option<crate::schema::Digest>)]
     pub opening_blob: Option<Digest>,
     /// The task's round closed long enough ago that the coordinator keeps only its
     /// worker and outcome: `verdicts` is empty here, and its entries in the log say
@@ -261,7 +245,6 @@ pub struct TaskStatus {
 /// One verifier's verdict on a task.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VerdictSummary {
-    #[schema(value_type = crate::schema::PublicKey)]
     pub verifier: PublicKey,
     pub accepted: bool,
     pub reason: String,
@@ -275,13 +258,10 @@ pub struct VerdictSummary {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct VerifyJob {
     pub task: TaskDescription,
-    #[schema(value_type = crate::schema::Commitment)]
     pub commitment: Commitment,
     pub steps: Vec<u32>,
-    #[schema(value_type = crate::schema::DeviceClass)]
     pub device_class: DeviceClass,
     /// blake3 of the worker's opening, in its binary encoding.
-    #[schema(value_type = crate::schema::Digest)]
     pub opening_blob: Digest,
     /// Log index of the `ChallengeIssued` entry naming this verifier.
     pub challenge_index: u64,
@@ -305,7 +285,6 @@ pub struct VerdictSubmission {
     pub verdict: B64,
     /// The fraud proof when the verdict rejects with one; its [`evidence_digest`] is the
     /// entry's `evidence`.
-    #[schema(value_type = Option<crate::schema::FraudProof>)]
     pub fraud_proof: Option<FraudProof>,
 }
 
@@ -375,9 +354,7 @@ pub struct RoundStatus {
     #[schema(value_type = u64)]
     pub round: Round,
     pub phase: RoundPhase,
-    #[schema(value_type = crate::schema::Digest)]
     pub base_model: Digest,
-    #[schema(value_type = crate::schema::Digest)]
     pub beacon_commitment: Digest,
     pub deadline_ms: u64,
     /// Accepted tasks the round waits for before it closes.
@@ -388,9 +365,7 @@ pub struct RoundStatus {
     pub rejected: u32,
     pub expired: u32,
     /// Set once closed.
-    #[schema(value_type = Option<crate::schema::Digest>)]
     pub beacon: Option<Digest>,
-    #[schema(value_type = Option<crate::schema::Digest>)]
     pub new_model: Option<Digest>,
     pub val_loss: Option<f32>,
 }
@@ -406,9 +381,7 @@ pub struct RoundList {
 /// One row of the stake table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StakeRow {
-    #[schema(value_type = crate::schema::PublicKey)]
     pub key: PublicKey,
-    #[schema(value_type = crate::schema::Amount)]
     pub balance: Amount,
 }
 
@@ -419,11 +392,9 @@ pub struct StakeTable {
     #[schema(value_type = Option<u64>)]
     pub round: Option<Round>,
     pub entry_index: Option<u64>,
-    #[schema(value_type = crate::schema::Amount)]
     pub total: Amount,
     pub accounts: Vec<StakeRow>,
     /// Keys slashed for fraud.
-    #[schema(value_type = Vec<crate::schema::PublicKey>)]
     pub slashed: Vec<PublicKey>,
 }
 
@@ -432,9 +403,8 @@ pub struct StakeTable {
 pub struct EntryView {
     pub index: u64,
     /// RFC 9162 leaf hash, hex.
-    #[schema(value_type = crate::schema::Hash)]
+    #[schema(value_type = lupus_ledger::hash::Hash)]
     pub leaf_hash: String,
-    #[schema(value_type = crate::schema::Entry)]
     pub entry: Entry,
 }
 

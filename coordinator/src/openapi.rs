@@ -2,8 +2,8 @@
 //!
 //! Each handler of [`crate::routes`] carries a `#[utoipa::path]` (method, path,
 //! parameters, request body, responses); the body types are `lupus-api`'s, which derive
-//! `utoipa::ToSchema` (the ledger and prover types inside them are described by
-//! `lupus_api::schema`, so those crates stay free of HTTP concerns). [`ApiDoc`] gathers
+//! `utoipa::ToSchema` (the ledger and prover types inside them describe themselves,
+//! behind those crates' `openapi` feature, which `lupus-api` turns on). [`ApiDoc`] gathers
 //! the paths, utoipa collects every schema they reference into `components.schemas`;
 //! the problem answers are reusable `components.responses` ([`NotFound`], ...),
 //! `SignedRequests` adds the request-signing headers as security schemes, and
@@ -11,10 +11,10 @@
 //! `tests/http.rs` checks that every route of the router is here and answers, that no
 //! `$ref` dangles, and that the bodies of a whole round match their schemas.
 
+use lupus_prover::trace::{FinalLeaf, StepLeaf, TraceLeaf};
 use std::sync::LazyLock;
 
 use lupus_api::problem::{CONTENT_TYPE as PROBLEM, Problem};
-use lupus_api::schema;
 use lupus_api::sign::{
     HEADER_CONTENT_HASH, HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, MAX_SKEW_MS,
 };
@@ -90,7 +90,7 @@ const _: () = assert!(MAX_SKEW_MS == 5 * 60 * 1000);
     // utoipa inlines the items of a tuple (`[position, leaf]` in openings and fraud
     // proofs) without collecting the schemas they name: listed here.
     components(
-        schemas(Problem, schema::TraceLeaf, schema::StepLeaf, schema::FinalLeaf),
+        schemas(Problem, TraceLeaf, StepLeaf, FinalLeaf),
         responses(
             BadRequest,
             Unauthorized,

@@ -24,7 +24,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use lupus_api::problem::Problem;
-use lupus_api::schema;
 use lupus_api::types as api;
 use lupus_ledger::entry::{Digest, Entry, PublicKey, Role, Round, TaskId};
 use lupus_ledger::hash::{LeafIndex, TreeSize, leaf_hash};
@@ -546,7 +545,7 @@ struct InclusionQuery {
         InclusionQuery
     ),
     responses(
-        (status = 200, description = "The audit path of leaf `index` in the tree of `size`", body = schema::InclusionProof),
+        (status = 200, description = "The audit path of leaf `index` in the tree of `size`", body = lupus_ledger::proof::InclusionProof),
         (status = 400, response = openapi::BadRequest)
     )
 )]
@@ -583,7 +582,7 @@ struct ConsistencyQuery {
         ConsistencyQuery
     ),
     responses(
-        (status = 200, description = "Proof that the tree of `old` is a prefix of the tree of `new`", body = schema::ConsistencyProof),
+        (status = 200, description = "Proof that the tree of `old` is a prefix of the tree of `new`", body = lupus_ledger::proof::ConsistencyProof),
         (status = 400, response = openapi::BadRequest)
     )
 )]
@@ -623,7 +622,7 @@ async fn stake_table(State(c): State<Shared>) -> ApiResult {
         ("key" = String, Path, description = "The account's Ed25519 public key, 64 hex digits")
     ),
     responses(
-        (status = 200, description = "A statement verifiable offline with the log's key (`lupus-audit stake`)", body = schema::StakeStatement),
+        (status = 200, description = "A statement verifiable offline with the log's key (`lupus-audit stake`)", body = lupus_ledger::stake::StakeStatement),
         (status = 400, response = openapi::BadRequest),
         (status = 404, response = openapi::NotFound)
     )

@@ -121,7 +121,8 @@ where
             .blobs()
             .upload()
             .map_err(crate::error::blob_error)?;
-        let (key, body, held) = extract_into::<S, R>(req, state, Sink::File(upload)).await?;
+        let (key, body, held) =
+            extract_into::<S, R>(req, state, Sink::File(Box::new(upload))).await?;
         drop(held);
         let Received::File(body) = body else {
             return Err(Error::Internal("a file sink gave memory".into()));
@@ -175,7 +176,7 @@ enum Sink {
     /// allocated), joined once the body is complete.
     Memory(Vec<Bytes>),
     /// Written to a temporary file of the blob store.
-    File(Upload),
+    File(Box<Upload>),
 }
 
 /// A whole body, from its [`Sink`].
@@ -287,7 +288,7 @@ async fn read(
             }
             Received::Memory(whole)
         }
-        Sink::File(upload) => Received::File(upload.finish().await.map_err(upload_error)?),
+        Sink::File(upload) => Received::File((*upload).finish().await.map_err(upload_error)?),
     };
     Ok((received, hasher.finalize(), held))
 }

@@ -1260,7 +1260,7 @@ fn declared<'d>(doc: &'d Value, schema: &'d Value) -> Option<std::collections::B
     names
 }
 
-/// The patterns `lupus_api::schema` writes; any other is a test to extend.
+/// The patterns the schemas use (`lupus_api::schema`); any other is a test to extend.
 fn matches_pattern(pattern: &str, text: &str) -> bool {
     use lupus_api::schema::{DECIMAL, HEX32, HEX64};
     let hex = |n: usize| text.len() == n && text.bytes().all(|b| b.is_ascii_hexdigit());

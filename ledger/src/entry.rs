@@ -169,6 +169,7 @@ macro_rules! u64_newtype {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(transparent)]
         pub struct $name(pub u64);
 
@@ -310,6 +311,35 @@ bytes32_newtype!(
 /// digest type of every crate).
 pub use lupus_types::Digest;
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for PublicKey {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        lupus_types::openapi::string(
+            "An Ed25519 public key: its 32-byte compressed encoding as 64 hex digits \
+             (written lowercase, read in either case).",
+            lupus_types::openapi::HEX32,
+        )
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for PublicKey {}
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Amount {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        lupus_types::openapi::string(
+            "An amount of credit in verified training FLOPs, as a decimal string \
+             (JavaScript numbers lose integers above 2^53): digits only, no sign, no \
+             leading zero.",
+            lupus_types::openapi::DECIMAL,
+        )
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Amount {}
+
 impl PublicKey {
     /// The Ed25519 key these bytes encode, or `None` if they are not a valid point.
     pub fn verifying_key(&self) -> Option<VerifyingKey> {
@@ -331,6 +361,7 @@ impl From<&SigningKey> for PublicKey {
 
 /// What a participant does in a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Trains tasks.
@@ -341,6 +372,7 @@ pub enum Role {
 
 /// What a credit pays for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CreditKind {
     /// Verified training FLOPs of an accepted task.
@@ -412,6 +444,7 @@ impl fmt::Display for EntryKind {
 /// What an entry says. Field meanings follow DESIGN.md "The loop"; the byte layout is
 /// the table in the module docs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum EntryBody {
@@ -475,6 +508,7 @@ pub enum EntryBody {
         steps: Vec<u32>,
         reason: String,
         /// blake3 of the fraud-proof blob, when the verdict rejects with one.
+        #[cfg_attr(feature = "openapi", schema(required = true))]
         evidence: Option<Digest>,
     },
     /// A round ends: the beacon `r` revealed, the merged model, its validation loss.
@@ -499,6 +533,7 @@ pub enum EntryBody {
         key: PublicKey,
         task: TaskId,
         reason: String,
+        #[cfg_attr(feature = "openapi", schema(required = true))]
         evidence: Option<Digest>,
     },
     /// The Merkle-sum tree of final balances after `round` closed.
@@ -773,10 +808,18 @@ fn put_opt_digest(w: &mut Vec<u8>, d: &Option<Digest>) {
 /// Every `Entry` value is valid: its fields are within their limits, its encoding
 /// fits [`MAX_ENTRY_LEN`], and its signature (if its kind has one) verifies. The
 /// constructors and [`Entry::decode`] are the only ways to make one.
+///
+/// In JSON, `signature` is the participant's signature (128 hex digits) for the kinds
+/// a participant signs (`participant_joined`, `work_committed`, `verdict`), else null.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Entry {
     body: EntryBody,
     #[serde(serialize_with = "ser_sig")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, pattern = "^[0-9a-fA-F]{128}$", required = true)
+    )]
     signature: Option<[u8; 64]>,
     /// The canonical encoding, computed once at construction.
     #[serde(skip)]

@@ -23,6 +23,19 @@ pub const MAX_TREE_SIZE: u64 = 1 << 63;
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Hash(pub [u8; 32]);
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Hash {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        lupus_types::openapi::string(
+            "An RFC 9162 SHA-256 tree hash as 64 hex digits.",
+            lupus_types::openapi::HEX32,
+        )
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Hash {}
+
 /// Why a string is not a hash.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -97,11 +110,13 @@ impl<'de> Deserialize<'de> for Hash {
 
 /// The 0-based position of a leaf in the log.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct LeafIndex(pub u64);
 
 /// The number of leaves in a tree.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct TreeSize(pub u64);
 

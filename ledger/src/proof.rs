@@ -31,6 +31,7 @@ use crate::tree::{
 
 /// RFC 9162 §2.1.3: the audit path of one leaf to the root of a tree of `size`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InclusionProof {
     /// The leaf's index.
     pub index: LeafIndex,
@@ -43,6 +44,7 @@ pub struct InclusionProof {
 /// RFC 9162 §2.1.4: proof that the tree of `old_size` is a prefix of the tree of
 /// `new_size`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConsistencyProof {
     /// Size of the older tree.
     pub old_size: TreeSize,

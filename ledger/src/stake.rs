@@ -53,6 +53,7 @@ pub const STATEMENT_VERSION: u32 = 1;
 
 /// A self-contained proof of one account's stake at one shares epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StakeStatement {
     /// Format version; [`STATEMENT_VERSION`].
@@ -71,6 +72,10 @@ pub struct StakeStatement {
     pub entry_index: u64,
     /// The `SharesEpoch` entry's canonical bytes.
     #[serde(with = "base64_bytes")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = String, format = Byte, content_encoding = "base64")
+    )]
     pub entry: Vec<u8>,
     /// Includes the entry under the checkpoint's root.
     pub inclusion: InclusionProof,

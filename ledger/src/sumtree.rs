@@ -70,6 +70,7 @@ pub enum SumTreeError {
 
 /// One node of the tree: its hash and the sum of the balances below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SumNode {
     pub hash: Digest,
     pub sum: Amount,
@@ -199,6 +200,7 @@ impl SumTree {
 
 /// A proof that one account holds a balance under a sum-tree root and total.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SumProof {
     /// The account's leaf index (its rank in key order).
     pub index: u64,

@@ -86,6 +86,7 @@ pub enum FraudVerdict {
 
 /// Trace leaves with one multiproof against the trace root.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TraceLeaves {
     pub leaves: Vec<(u32, TraceLeaf)>,
     pub proof: MultiProof,
@@ -120,6 +121,7 @@ impl TraceLeaves {
 
 /// Op-output commits with one multiproof against a step's op root.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OpLeaves {
     /// `(position, commit)`, strictly increasing positions.
     pub leaves: Vec<(u32, OpOutputCommit)>,
@@ -150,6 +152,7 @@ impl OpLeaves {
 
 /// A disputed operator.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OpFraud {
     pub step: u32,
     /// Leaf `step`, and leaf `step - 1` when a state tensor is an input and `step > 0`.
@@ -165,13 +168,16 @@ pub struct OpFraud {
     /// Number of parameter tensors `P` (the state tree has `3P + 1` items).
     pub param_count: u32,
     /// Proof of the state inputs against `H(S_t)`, when there are any.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub state_proof: Option<MultiProof>,
     /// `(T(inputs), T(targets))` of the batch, when a batch tensor is an input.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub batch_parts: Option<(Digest, Digest)>,
 }
 
 /// A leaf whose loss bits are not the committed loss output.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LossFraud {
     pub step: u32,
     pub trace: TraceLeaves,
@@ -185,6 +191,7 @@ pub struct LossFraud {
 
 /// A proof that a worker committed a value no honest computation gives.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "proof", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum FraudProof {

@@ -20,6 +20,7 @@ use crate::tensor::Tensor;
 
 /// Where an operator input comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ValueRef {
     /// Parameter tensor `i` of the state entering the step.

@@ -177,6 +177,7 @@ fn check_indices(indices: &[usize], total: usize) -> Result<(), MerkleError> {
 /// the same hashes can place an item elsewhere (as an RFC 9162 proof does not bind
 /// the tree size). Pass a trusted count, or prove items that name their own position.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MultiProof {
     pub hashes: Vec<Digest>,
 }

@@ -21,6 +21,7 @@ use crate::tensor::{MAX_ELEMENTS, Tensor};
 /// Every operator of the forward pass, the backward pass and the optimizer update,
 /// with its static attributes. Inputs and outputs are listed per variant.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "op", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum OpKind {

@@ -244,6 +244,7 @@ struct WireOpening {
 
 /// The submission's proof that the delta is the one the trace commits.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FinalOpening {
     pub leaf: FinalLeaf,
     /// Proof of `leaf` at position `H` of the `H + 1` trace leaves.

@@ -51,6 +51,7 @@ const HASH_BLOCK_ELEMS: usize = 16 * 1024;
 
 /// A dense row-major tensor of finite, non-subnormal `f32` values.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(try_from = "TensorRepr", into = "TensorRepr")]
 pub struct Tensor {
     shape: Vec<usize>,

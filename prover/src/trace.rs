@@ -144,6 +144,7 @@ pub fn op_desc(kind: &OpKind, inputs: &[ValueRef]) -> Digest {
 
 /// One committed op output: the preimage of its item.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OpOutputCommit {
     /// Index of the op in the step's tape.
     pub op: u32,
@@ -269,6 +270,7 @@ pub fn commit_step(
 
 /// The leaf of step `t`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StepLeaf {
     pub step: u32,
     pub batch: Digest,
@@ -299,6 +301,7 @@ impl StepLeaf {
 
 /// The final leaf: binds the final state and the delta.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FinalLeaf {
     /// `H`, the number of steps.
     pub steps: u32,
@@ -321,6 +324,7 @@ impl FinalLeaf {
 
 /// A leaf of the trace tree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TraceLeaf {
     Step(StepLeaf),
@@ -339,6 +343,7 @@ impl TraceLeaf {
 
 /// What a worker submits and the log records: `{trace_root, final_state_hash, delta_hash}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Commitment {
     pub trace_root: Digest,
     pub final_state_hash: Digest,

@@ -46,6 +46,7 @@ use crate::trace::{
 
 /// Which replay rule applies to a worker's device (from its known-answer suite).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum DeviceClass {
     /// Same bits as the CPU reference: verdicts compare hashes.
     Exact,

@@ -97,6 +97,43 @@ impl<'de> Deserialize<'de> for Digest {
     }
 }
 
+/// OpenAPI schemas of the shared types, and the helpers the crates above use for their
+/// own string-shaped types (feature `openapi`): each type describes its own JSON shape,
+/// so the coordinator's document cannot drift from what serde writes.
+#[cfg(feature = "openapi")]
+pub mod openapi {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+
+    /// 32 bytes as 64 hex digits.
+    pub const HEX32: &str = "^[0-9a-fA-F]{64}$";
+    /// 64 bytes as 128 hex digits.
+    pub const HEX64: &str = "^[0-9a-fA-F]{128}$";
+    /// A canonical decimal `u64`: digits only, no leading zero.
+    pub const DECIMAL: &str = "^(0|[1-9][0-9]*)$";
+
+    /// A string schema with a description and a pattern.
+    pub fn string(description: &str, pattern: &str) -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(description))
+            .pattern(Some(pattern))
+            .into()
+    }
+
+    impl utoipa::PartialSchema for super::Digest {
+        fn schema() -> RefOr<Schema> {
+            string(
+                "A blake3 digest (a model or blob hash, a trace root, a beacon, a Merkle \
+                 root) as 64 hex digits (written lowercase, read in either case).",
+                HEX32,
+            )
+        }
+    }
+
+    impl utoipa::ToSchema for super::Digest {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
