@@ -244,39 +244,45 @@ impl Coordinator {
         let mut momentum = s.momentum.clone();
         let delta_blobs = s.deltas.clone();
         let val_windows = self.config.val_windows;
-        let (new_params, momentum, val_loss, new_model) = tokio::task::spawn_blocking(move || {
-            let mut deltas = Vec::with_capacity(delta_blobs.len());
-            for blob in &delta_blobs {
-                let bytes = blobs
-                    .get(blob)
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("delta blob {blob} is missing"))?;
-                let q = QuantDelta::from_bytes(&bytes).map_err(|e| e.to_string())?;
-                deltas.push((q.dequantise().map_err(|e| e.to_string())?, 1.0f32));
-            }
-            let new_params = if deltas.is_empty() {
-                params.to_vec()
-            } else {
-                let mean = merge_deltas(&deltas, job.outer.clip_norm).map_err(|e| e.to_string())?;
-                outer_step(&params, &mut momentum, &mean, &job.outer.nesterov())
-                    .map_err(|e| e.to_string())?
-            };
-            let loss = Self::validation_loss(&job, &corpus, &new_params, val_windows)?;
-            failpoints::hit(failpoints::CLOSE_AFTER_MERGE);
-            let new_model = blobs
-                .put(&encode_model(&new_params))
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((new_params, momentum, loss, new_model))
-        })
-        .await
-        .map_err(internal)?
-        .map_err(Error::Internal)?;
-        failpoints::hit(failpoints::CLOSE_AFTER_MODEL_BLOB);
-        if !momentum.is_empty() {
-            let m = self
-                .blobs
-                .put(&encode_model(&momentum))
-                .map_err(blob_error)?;
+        let (new_params, momentum, val_loss, new_model, momentum_blob) =
+            background::run("lupus-close", move || {
+                let mut deltas = Vec::with_capacity(delta_blobs.len());
+                for blob in &delta_blobs {
+                    let bytes = blobs
+                        .get(blob)
+                        .map_err(|e| e.to_string())?
+                        .ok_or_else(|| format!("delta blob {blob} is missing"))?;
+                    let q = QuantDelta::from_bytes(&bytes).map_err(|e| e.to_string())?;
+                    deltas.push((q.dequantise().map_err(|e| e.to_string())?, 1.0f32));
+                }
+                let new_params = if deltas.is_empty() {
+                    params.to_vec()
+                } else {
+                    let mean =
+                        merge_deltas(&deltas, job.outer.clip_norm).map_err(|e| e.to_string())?;
+                    outer_step(&params, &mut momentum, &mean, &job.outer.nesterov())
+                        .map_err(|e| e.to_string())?
+                };
+                let loss = Self::validation_loss(&job, &corpus, &new_params, val_windows)?;
+                failpoints::hit(failpoints::CLOSE_AFTER_MERGE);
+                let new_model = blobs
+                    .put(&encode_model(&new_params))
+                    .map_err(|e| e.to_string())?;
+                failpoints::hit(failpoints::CLOSE_AFTER_MODEL_BLOB);
+                let momentum_blob = if momentum.is_empty() {
+                    None
+                } else {
+                    Some(
+                        blobs
+                            .put(&encode_model(&momentum))
+                            .map_err(|e| e.to_string())?,
+                    )
+                };
+                Ok::<_, String>((new_params, momentum, loss, new_model, momentum_blob))
+            })
+            .await?
+            .map_err(Error::Internal)?;
+        if let Some(m) = momentum_blob {
             self.store
                 .put_meta(&meta_key("momentum", s.round.0), &m.0)
                 .await

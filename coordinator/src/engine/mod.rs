@@ -35,6 +35,7 @@
 //! and the time, unit-tested without tokio or a database); the time and the beacons'
 //! randomness come from the injected [`Env`].
 
+mod background;
 mod close;
 mod dispatch;
 mod durability;

@@ -291,43 +291,45 @@ impl Coordinator {
             ..
         } = case;
         let replay_steps = steps.clone();
-        let verdict = tokio::task::spawn_blocking(move || -> Result<(Verdict, bool), String> {
-            if let Some(p) = &proof {
-                let ctx = FraudContext {
-                    trace_root: commitment.trace_root,
-                    steps: job.inner.steps,
-                    base_state_hash: base_state_hash(&base),
-                };
-                if let Ok(FraudVerdict::Guilty { step, reason, .. }) = p.check(&ctx) {
-                    return Ok((
-                        Verdict::Reject {
-                            step: Some(step),
-                            reason: lupus_prover::verify::RejectReason::OpMismatch {
-                                op: p.op(),
-                                output: 0,
-                                kind: reason,
+        let verdict = background::run(
+            "lupus-referee",
+            move || -> Result<(Verdict, bool), String> {
+                if let Some(p) = &proof {
+                    let ctx = FraudContext {
+                        trace_root: commitment.trace_root,
+                        steps: job.inner.steps,
+                        base_state_hash: base_state_hash(&base),
+                    };
+                    if let Ok(FraudVerdict::Guilty { step, reason, .. }) = p.check(&ctx) {
+                        return Ok((
+                            Verdict::Reject {
+                                step: Some(step),
+                                reason: lupus_prover::verify::RejectReason::OpMismatch {
+                                    op: p.op(),
+                                    output: 0,
+                                    kind: reason,
+                                },
+                                fraud_proof: Some(Box::new(p.clone())),
                             },
-                            fraud_proof: Some(Box::new(p.clone())),
-                        },
-                        true,
-                    ));
+                            true,
+                        ));
+                    }
                 }
-            }
-            verify_opening(
-                &job,
-                &corpus,
-                &base,
-                &seed,
-                &commitment,
-                &replay_steps,
-                &opening,
-                class,
-            )
-            .map(|v| (v, false))
-            .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(internal)?
+                verify_opening(
+                    &job,
+                    &corpus,
+                    &base,
+                    &seed,
+                    &commitment,
+                    &replay_steps,
+                    &opening,
+                    class,
+                )
+                .map(|v| (v, false))
+                .map_err(|e| e.to_string())
+            },
+        )
+        .await?
         .map_err(Error::Internal)?;
         let (verdict, by_proof) = verdict;
         Ok(Ruling {
