@@ -17,6 +17,9 @@
 //!   the challenged steps (the signature itself is checked when the entry decodes).
 //!   The verifier need not be the one the challenge names: the coordinator's referee
 //!   (a verifier that joins at genesis) settles disputes on the same steps.
+//! - **The model chain**: a round opens from the model the previous close named:
+//!   `RoundOpened.base_model` is the last `RoundClosed.new_model` (the first round's
+//!   base, the job's initial model, is not checked here).
 //! - **Beacons**: `RoundClosed.beacon` must open `RoundOpened.beacon_commitment`
 //!   ([`beacon_matches`]), and then every challenge of the round must be exactly
 //!   [`challenge_steps`]`(beacon, trace_root, H, m)`. The beacon is secret until the
@@ -65,6 +68,14 @@ pub enum Violation {
     UnknownRound(Round),
     #[error("round {0} is already closed")]
     RoundClosed(Round),
+    #[error(
+        "round {round} opens from model {found}, but the previous close named {expected} as the new model"
+    )]
+    ModelChain {
+        round: Round,
+        expected: Digest,
+        found: Digest,
+    },
     #[error("task {0} was already assigned")]
     TaskExists(TaskId),
     #[error("task {0} was never assigned (or its round has closed)")]
@@ -199,6 +210,8 @@ pub struct ProtocolState {
     rounds: BTreeMap<Round, RoundFacts>,
     tasks: BTreeMap<TaskId, TaskFacts>,
     fold: SharesFold,
+    /// The `new_model` of the latest `RoundClosed`: the next round's base.
+    model_chain: Option<Digest>,
 }
 
 impl ProtocolState {
@@ -294,9 +307,19 @@ impl ProtocolState {
             }
             EntryBody::RoundOpened {
                 round,
+                base_model,
                 beacon_commitment,
                 ..
             } => {
+                if let Some(expected) = self.model_chain
+                    && expected != *base_model
+                {
+                    return Err(Violation::ModelChain {
+                        round: *round,
+                        expected,
+                        found: *base_model,
+                    });
+                }
                 // Reopening is the fold's error; record only a new round.
                 self.rounds.entry(*round).or_insert(RoundFacts {
                     commitment: *beacon_commitment,
@@ -489,9 +512,13 @@ impl ProtocolState {
             EntryBody::RoundClosed {
                 round,
                 beacon,
+                new_model,
                 accepted_tasks,
                 ..
-            } => self.close(*round, beacon, *accepted_tasks)?,
+            } => {
+                self.close(*round, beacon, *accepted_tasks)?;
+                self.model_chain = Some(*new_model);
+            }
             // Slashing and epochs are the fold's to check.
             _ => {}
         }

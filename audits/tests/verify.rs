@@ -274,6 +274,50 @@ fn resigned_a_wrong_beacon_reveal_is_refused() {
     }
 }
 
+/// A dishonest operator opens a round from another model than the one its last close
+/// named (the log contradicting itself): refused at the `RoundOpened`.
+#[test]
+fn resigned_a_round_opened_from_another_model_than_the_close_named_is_refused() {
+    let job = job();
+    let mut entries = honest(&job);
+    let i = find(&entries, 3, |b| b.kind() == EntryKind::RoundOpened);
+    let EntryBody::RoundOpened {
+        round,
+        beacon_commitment,
+        inner_steps,
+        deadline_ms,
+        ..
+    } = entries[i].body().clone()
+    else {
+        unreachable!()
+    };
+    entries[i] = resign(
+        &job,
+        EntryBody::RoundOpened {
+            round,
+            base_model: Digest([7; 32]),
+            beacon_commitment,
+            inner_steps,
+            deadline_ms,
+        },
+    );
+    let (tiles, state) = dirs();
+    export(&job, &encode(&entries), tiles.path());
+    let err = verify(&job, tiles.path(), state.path()).unwrap_err();
+    match &err {
+        AuditError::Protocol {
+            index,
+            violation: Violation::ModelChain {
+                round: r, found, ..
+            },
+        } => {
+            assert_eq!(*index, i as u64);
+            assert_eq!((*r, *found), (round, Digest([7; 32])));
+        }
+        other => panic!("{other}"),
+    }
+}
+
 #[test]
 fn resigned_a_challenge_the_beacon_did_not_dictate_is_named() {
     let job = job();
