@@ -40,7 +40,7 @@ use lupus_api::sign::check_headers;
 use lupus_ledger::entry::{PublicKey, Role};
 use serde::de::DeserializeOwned;
 
-use crate::blobs::{BlobError, Upload, Uploaded};
+use crate::blobs::{BlobError, BlobStore, Uploaded};
 use crate::engine::Coordinator;
 use crate::error::Error;
 use crate::limits::{Bucket, Gate, Held};
@@ -117,12 +117,8 @@ where
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
-        let upload = Arc::<Coordinator>::from_ref(state)
-            .blobs()
-            .upload()
-            .map_err(crate::error::blob_error)?;
-        let (key, body, held) =
-            extract_into::<S, R>(req, state, Sink::File(Box::new(upload))).await?;
+        let blobs = Arc::<Coordinator>::from_ref(state).blobs().clone();
+        let (key, body, held) = extract_into::<S, R>(req, state, Sink::Blobs(blobs)).await?;
         drop(held);
         let Received::File(body) = body else {
             return Err(Error::Internal("a file sink gave memory".into()));
@@ -175,8 +171,10 @@ enum Sink {
     /// Kept as they arrived (no growing buffer whose old copies would stay
     /// allocated), joined once the body is complete.
     Memory(Vec<Bytes>),
-    /// Written to a temporary file of the blob store.
-    File(Box<Upload>),
+    /// Written to a temporary file of this blob store, opened only once the headers,
+    /// the signature, the role and the rate have passed: a stranger's refused request
+    /// costs no file.
+    Blobs(BlobStore),
 }
 
 /// A whole body, from its [`Sink`].
@@ -259,8 +257,15 @@ async fn read(
     body: &mut Body,
     limit: usize,
     gate: &Gate,
-    mut sink: Sink,
+    sink: Sink,
 ) -> Result<(Received, blake3::Hash, Held), Error> {
+    let (mut pieces, mut upload) = match sink {
+        Sink::Memory(pieces) => (pieces, None),
+        Sink::Blobs(store) => (
+            Vec::new(),
+            Some(store.upload().map_err(crate::error::blob_error)?),
+        ),
+    };
     let mut held = gate.hold_nothing();
     let mut hasher = blake3::Hasher::new();
     let mut len = 0;
@@ -275,20 +280,20 @@ async fn read(
         gate.hold(&mut held, data.len())?;
         hasher.update(&data);
         len += data.len();
-        match &mut sink {
-            Sink::Memory(pieces) => pieces.push(data),
-            Sink::File(upload) => upload.write(&data).await.map_err(upload_error)?,
+        match &mut upload {
+            Some(upload) => upload.write(&data).await.map_err(upload_error)?,
+            None => pieces.push(data),
         }
     }
-    let received = match sink {
-        Sink::Memory(pieces) => {
+    let received = match upload {
+        Some(upload) => Received::File(upload.finish().await.map_err(upload_error)?),
+        None => {
             let mut whole = Vec::with_capacity(len);
             for p in pieces {
                 whole.extend_from_slice(&p);
             }
             Received::Memory(whole)
         }
-        Sink::File(upload) => Received::File((*upload).finish().await.map_err(upload_error)?),
     };
     Ok((received, hasher.finalize(), held))
 }
