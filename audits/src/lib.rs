@@ -8,8 +8,8 @@
 //! - [`state`]: the auditor's local, atomically written store (pinned key, verified
 //!   checkpoint, every checkpoint seen, the protocol state to resume from).
 //! - [`verify`]: incremental verification of the whole log.
-//! - [`protocol`]: the per-entry protocol rules (beacons, challenges, credits) on top
-//!   of the ledger's shares fold.
+//! - the per-entry protocol rules and the shares fold are `lupus_protocol`'s: the
+//!   same fold the coordinator applies before it writes an entry.
 //! - [`replay`]: re-runs a sample of challenges from the coordinator's stored openings.
 //! - [`statement`]: offline checks of stake statements and C2SP `tlog-proof` files.
 //! - [`witness`]: a C2SP `tlog-witness` that cosigns consistent checkpoints.
@@ -21,7 +21,6 @@
 
 pub mod bench;
 pub mod monitor;
-pub mod protocol;
 pub mod replay;
 pub mod sample;
 pub mod source;

@@ -27,9 +27,9 @@ use lupus_prover::task::Opening;
 use lupus_prover::trace::Commitment;
 use lupus_prover::verify::{DeviceClass, Verdict, verify_opening};
 
-use crate::protocol::JobFacts;
 use crate::source::{LogSource, SourceError};
 use crate::verify::AuditError;
+use lupus_protocol::JobFacts;
 
 /// Largest blob fetched for a replay (a model, an opening, the dataset).
 const MAX_BLOB: u64 = 512 << 20;

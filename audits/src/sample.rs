@@ -1,10 +1,11 @@
 //! A synthetic job log that follows every protocol rule, for tests and the benchmark.
 //!
 //! [`SampleJob::entries`] writes what an honest coordinator would: a genesis entry with
-//! the tiny test job spec and the log's key, workers and a verifier joining, then per
+//! the tiny test job spec and the log's key, the referee, workers and a verifier joining, then per
 //! round a `RoundOpened` with a beacon commitment, for each worker a task (seed from
 //! `derive_task_seed`), a signed commitment, a challenge of the steps
-//! `challenge_steps(beacon, trace_root, H, m)`, a signed accepting verdict, a work
+//! `challenge_steps(beacon, trace_root, H, m)`, a signed accepting verdict (and the
+//! referee's, where the beacon marks the task for a double check), a work
 //! credit and a verification credit, then the close revealing the beacon and the
 //! `SharesEpoch` the fold expects. Keys are fixed, so two runs write the same log.
 //! [`write_static`] writes any list of entries as a static `tlog-tiles` tree.
@@ -17,9 +18,9 @@ use lupus_ledger::entry::{
     Amount, CreditKind, Digest, Entry, EntryBody, EntryError, Epoch, PublicKey, Role, Round, TaskId,
 };
 use lupus_ledger::note::NoteSigner;
-use lupus_ledger::shares::SharesFold;
 use lupus_ledger::tiles::{EntryBundle, encode_entry_bundle, tile_data, tiles_for_size};
 use lupus_ledger::tree::MemoryTree;
+use lupus_protocol::{SharesFold, double_checked};
 use lupus_prover::challenge::{beacon_commitment, challenge_steps};
 use lupus_prover::prf::derive_task_seed;
 use lupus_prover::spec::JobSpec;
@@ -51,6 +52,9 @@ pub struct SampleJob {
     pub workers: Vec<SigningKey>,
     /// The verifier's key.
     pub verifier: SigningKey,
+    /// The referee's key: the first verifier to join, as a coordinator's referee
+    /// does; it settles the tasks the beacon marks for a double check.
+    pub referee: SigningKey,
     spec: JobSpec,
 }
 
@@ -67,6 +71,7 @@ impl SampleJob {
                 })
                 .collect(),
             verifier: SigningKey::from_bytes(&[0xee; 32]),
+            referee: SigningKey::from_bytes(&[0xef; 32]),
             spec: JobSpec::parse(SAMPLE_SPEC).map_err(other)?,
         })
     }
@@ -111,6 +116,12 @@ impl SampleJob {
                 created_ms: 1_780_000_000_000,
             })?,
         )?;
+        let body = EntryBody::ParticipantJoined {
+            key: PublicKey::from(&self.referee),
+            role: Role::Verifier,
+            name: "coordinator-referee".into(),
+        };
+        push(&mut out, Entry::signed(body, &self.referee)?)?;
         for (i, key) in self.workers.iter().enumerate() {
             let body = EntryBody::ParticipantJoined {
                 key: PublicKey::from(key),
@@ -189,6 +200,19 @@ impl SampleJob {
                     evidence: None,
                 };
                 push(&mut out, Entry::signed(body, &self.verifier)?)?;
+                // A task the beacon marks for a second look, with no second verifier
+                // in the job, goes to the referee (as the coordinator sends it).
+                if double_checked(&beacon, &trace_root, self.spec.verify.double_check_fraction) {
+                    let body = EntryBody::Verdict {
+                        task,
+                        verifier: PublicKey::from(&self.referee),
+                        accepted: true,
+                        steps: steps.clone(),
+                        reason: "referee replay: every challenged step matches".into(),
+                        evidence: None,
+                    };
+                    push(&mut out, Entry::signed(body, &self.referee)?)?;
+                }
                 push(
                     &mut out,
                     Entry::unsigned(EntryBody::Credit {

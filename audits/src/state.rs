@@ -4,7 +4,7 @@
 //! key, the last verified checkpoint (size, root, signed note), the tree's right edge
 //! (so new entries extend it without re-reading old ones), every distinct checkpoint
 //! ever seen (the evidence a split view is reported with), and the protocol and
-//! shares fold state ([`crate::protocol::ProtocolState`]) so a second run resumes
+//! shares fold state ([`lupus_protocol::ProtocolState`]) so a second run resumes
 //! where the first stopped.
 //!
 //! Writes are atomic: the new file is written to a temporary name, `fsync`ed, renamed
@@ -20,7 +20,7 @@ use lupus_ledger::hash::{Hash, TreeSize};
 use lupus_ledger::tree::{Frontier, PrefetchedHashes, tree_hash_indexes};
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::ProtocolState;
+use lupus_protocol::ProtocolState;
 
 /// The state file format this code writes and reads.
 pub const STATE_VERSION: u32 = 1;

@@ -11,7 +11,7 @@
 //!    the end compares the root with the checkpoint's. Extending the frontier of the
 //!    last verified tree proves, by construction, that the new tree extends it;
 //! 3. decodes every entry ([`Entry::decode`] checks participant signatures), runs the
-//!    protocol checks and the shares fold ([`crate::protocol`]), in log order;
+//!    protocol checks and the shares fold ([`lupus_protocol`]), in log order;
 //! 4. proves consistency (RFC 9162 §2.1.4) between the new checkpoint and every
 //!    checkpoint seen but not yet known to be extended, from hash tiles checked
 //!    against the new root ([`VerifiedTiles`]);
@@ -39,10 +39,10 @@ use lupus_ledger::tiles::{
 use lupus_ledger::tree::{HashReader, StoredHashIndex, stored_hash_index};
 use serde::Serialize;
 
-use crate::protocol::Violation;
 use crate::replay::{Sampler, replay};
 use crate::source::{LogSource, SourceError};
 use crate::state::{AuditState, StateDir, StateError, VerifiedHead};
+use lupus_protocol::Violation;
 
 /// Exit status of a run: everything verified.
 pub const EXIT_OK: i32 = 0;

@@ -6,12 +6,12 @@
 use std::collections::HashMap;
 
 use lupus_api::types::{Challenge, JobInfo, TaskState, TaskStatus};
-use lupus_audit::protocol::JobFacts;
 use lupus_audit::replay::{Candidate, replay};
 use lupus_audit::sample::SAMPLE_SPEC;
 use lupus_audit::source::{LogSource, SourceError};
 use lupus_audit::verify::AuditError;
 use lupus_ledger::entry::{Digest, PublicKey, Round, TaskId};
+use lupus_protocol::JobFacts;
 use lupus_prover::data::Corpus;
 use lupus_prover::model::init_params;
 use lupus_prover::spec::JobSpec;
@@ -93,6 +93,7 @@ fn world() -> World {
             batch_size: spec.inner.batch_size,
             challenges: spec.verify.challenges,
             flops_per_sample: spec.model.flops_per_sample(),
+            double_check_fraction: spec.verify.double_check_fraction,
         },
         honest: Candidate {
             task,

@@ -11,9 +11,9 @@ use lupus_ledger::checkpoint::{Checkpoint, sign_checkpoint};
 use lupus_ledger::entry::{Amount, EntryKind, PublicKey};
 use lupus_ledger::hash::LeafIndex;
 use lupus_ledger::proof::{TlogProof, prove_inclusion};
-use lupus_ledger::shares::SharesFold;
 use lupus_ledger::stake::build_statement;
 use lupus_ledger::tree::MemoryTree;
+use lupus_protocol::SharesFold;
 
 fn signed_tree(job: &lupus_audit::sample::SampleJob, entries: &[Vec<u8>]) -> (MemoryTree, String) {
     let mut t = MemoryTree::new();

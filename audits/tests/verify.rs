@@ -7,10 +7,10 @@
 mod common;
 
 use common::*;
-use lupus_audit::protocol::Violation;
 use lupus_audit::verify::AuditError;
 use lupus_ledger::entry::{Amount, Digest, EntryBody, EntryError, EntryKind};
 use lupus_ledger::tiles::{decode_entry_bundle, encode_entry_bundle};
+use lupus_protocol::Violation;
 
 fn dirs() -> (tempfile::TempDir, tempfile::TempDir) {
     (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap())
@@ -670,7 +670,7 @@ fn resigned_each_protocol_rule_is_enforced_at_the_entry_that_breaks_it() {
         Case {
             name: "a participant joins twice",
             kind: EntryKind::ParticipantJoined,
-            n: 1,
+            n: 2,
             edit: |job, _| EntryBody::ParticipantJoined {
                 key: PublicKey::from(&job.workers[0]),
                 role: Role::Worker,

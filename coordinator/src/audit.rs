@@ -6,9 +6,11 @@
 //!    (`VerifiedTiles`), and the entry bundles rebuild the same root;
 //! 3. every entry decodes under the strict encoding and every participant signature
 //!    verifies;
-//! 4. the shares fold replays the entries without error (every epoch commits the
-//!    balances the fold computes), and every `Work` credit names a task whose work was
-//!    committed and accepted by at least one verdict, by a worker never slashed.
+//! 4. the protocol fold (`lupus_protocol`, the one the auditor runs and the
+//!    coordinator applies before writing) accepts every entry: the genesis job spec
+//!    and key, challenges dictated by the revealed beacons, slashes that cite a
+//!    conviction, credits that follow final acceptance, the model chain, and the
+//!    shares fold with every epoch's root.
 //!
 //! The full auditor (`lupus-audit`) does more (re-running challenges, witnesses); this
 //! is the check `lupus demo` prints and the end-to-end tests assert.
@@ -16,14 +18,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use lupus_ledger::checkpoint::open_checkpoint;
-use lupus_ledger::entry::{CreditKind, Entry, EntryBody, PublicKey, TaskId};
+use lupus_ledger::entry::{Entry, EntryBody, PublicKey};
 use lupus_ledger::hash::TreeSize;
 use lupus_ledger::note::NoteVerifier;
-use lupus_ledger::shares::SharesFold;
 use lupus_ledger::tiles::{
     VerifiedTiles, decode_entry_bundle, entry_bundles_for_growth, tiles_for_size,
 };
 use lupus_ledger::tree::MemoryTree;
+use lupus_protocol::{ProtocolState, SharesFold};
 
 use crate::client::{Client, ClientError};
 
@@ -58,12 +60,8 @@ pub async fn reverify(client: &Client, log_key: &str) -> Result<AuditReport, Cli
     VerifiedTiles::new(size, &cp.root, tiles).map_err(fail)?;
 
     let mut tree = MemoryTree::new();
-    let mut fold = SharesFold::new();
+    let mut protocol = ProtocolState::default();
     let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
-    let mut committed: BTreeSet<TaskId> = BTreeSet::new();
-    let mut accepted: BTreeSet<TaskId> = BTreeSet::new();
-    let mut workers: BTreeMap<TaskId, PublicKey> = BTreeMap::new();
-    let mut work_credits: Vec<(PublicKey, TaskId)> = Vec::new();
     let mut slashed: BTreeSet<PublicKey> = BTreeSet::new();
     for bundle in entry_bundles_for_growth(TreeSize(0), size) {
         let data = client.get_bytes(&format!("/{}", bundle.path())).await?;
@@ -71,33 +69,12 @@ pub async fn reverify(client: &Client, log_key: &str) -> Result<AuditReport, Cli
             let index = tree.size().0;
             tree.append_entry(&raw);
             let entry = Entry::decode(&raw).map_err(|e| fail(format!("entry {index}: {e}")))?;
-            fold.apply(index, &entry)
+            protocol
+                .apply(index, &entry, log_key)
                 .map_err(|e| fail(format!("entry {index}: {e}")))?;
             *kinds.entry(entry.kind().name().to_owned()).or_default() += 1;
-            match entry.body() {
-                EntryBody::TaskAssigned { task, worker, .. } => {
-                    workers.insert(*task, *worker);
-                }
-                EntryBody::WorkCommitted { task, .. } => {
-                    committed.insert(*task);
-                }
-                EntryBody::Verdict {
-                    task,
-                    accepted: true,
-                    ..
-                } => {
-                    accepted.insert(*task);
-                }
-                EntryBody::Credit {
-                    key,
-                    task,
-                    kind: CreditKind::Work,
-                    ..
-                } => work_credits.push((*key, *task)),
-                EntryBody::Slashed { key, .. } => {
-                    slashed.insert(*key);
-                }
-                _ => {}
+            if let EntryBody::Slashed { key, .. } = entry.body() {
+                slashed.insert(*key);
             }
         }
     }
@@ -106,16 +83,7 @@ pub async fn reverify(client: &Client, log_key: &str) -> Result<AuditReport, Cli
             "the entry bundles do not rebuild the checkpoint's root",
         ));
     }
-    for (key, task) in &work_credits {
-        if workers.get(task) != Some(key) || !committed.contains(task) || !accepted.contains(task) {
-            return Err(fail(format!(
-                "the work credit of task {task} to {key} is not backed by committed, accepted work"
-            )));
-        }
-        if slashed.contains(key) {
-            return Err(fail(format!("slashed key {key} keeps a credit")));
-        }
-    }
+    let fold = protocol.fold().clone();
     Ok(AuditReport {
         size: size.0,
         root_hex: cp.root.to_hex(),

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use lupus_ledger::entry::{CreditKind, Digest, Entry, EntryBody, PublicKey, Role, Round, TaskId};
-use lupus_ledger::shares::{FoldError, SharesFold};
+use lupus_protocol::{ProtocolState, SharesFold, Violation};
 
 /// A contradiction between the log and the coordinator's rules (a log this coordinator
 /// did not write, or a bug): the coordinator refuses to start on it.
@@ -21,12 +21,10 @@ use lupus_ledger::shares::{FoldError, SharesFold};
 pub enum StateError {
     #[error("entry {index}: {problem}")]
     Invalid { index: u64, problem: String },
-    #[error("entry {index}: shares fold: {source}")]
-    Fold {
-        index: u64,
-        #[source]
-        source: FoldError,
-    },
+    /// The entry breaks a protocol rule (`lupus_protocol`): the auditor would
+    /// reject the log with it.
+    #[error("entry {index}: {violation}")]
+    Protocol { index: u64, violation: Violation },
 }
 
 /// The genesis facts.
@@ -178,7 +176,9 @@ pub struct State {
     pub retired_from: BTreeMap<TaskId, Round>,
     /// The id the next task gets: ids increase from 1 in the order of assignment.
     pub next_task: u64,
-    pub shares: SharesFold,
+    /// The protocol fold every auditor runs (with the shares fold inside): an entry
+    /// it refuses is never sequenced.
+    pub protocol: ProtocolState,
     pub slashed: BTreeSet<PublicKey>,
     pub epochs: u64,
     /// Entries applied: the index the next entry must have.
@@ -188,6 +188,11 @@ pub struct State {
 }
 
 impl State {
+    /// The shares fold after the entries applied so far.
+    pub fn shares(&self) -> &SharesFold {
+        self.protocol.fold()
+    }
+
     /// The open round, if any.
     pub fn open_round(&self) -> Option<&RoundRecord> {
         self.rounds
@@ -265,9 +270,18 @@ impl State {
         if index != self.size {
             return Err(bad(format!("expected entry {}", self.size)));
         }
-        self.shares
-            .apply(index, entry)
-            .map_err(|source| StateError::Fold { index, source })?;
+        // The genesis names the coordinator's own checkpoint key; the coordinator
+        // checks it against its signing key when it starts.
+        let pinned = match entry.body() {
+            EntryBody::Genesis {
+                coordinator_note_key,
+                ..
+            } => coordinator_note_key.as_str(),
+            _ => "",
+        };
+        self.protocol
+            .apply(index, entry, pinned)
+            .map_err(|violation| StateError::Protocol { index, violation })?;
         match entry.body() {
             EntryBody::Genesis {
                 job_spec,
@@ -449,118 +463,190 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ed25519_dalek::SigningKey;
     use lupus_ledger::entry::Amount;
+    use lupus_ledger::note::NoteSigner;
+    use lupus_prover::challenge::{beacon_commitment, challenge_steps};
+    use lupus_prover::prf::derive_task_seed;
+    use lupus_prover::spec::JobSpec;
 
-    const W: PublicKey = PublicKey([7; 32]);
+    const SPEC: &str = include_str!("../../jobs/tiny-test.toml");
 
-    fn open(s: &mut State, round: u64) {
-        push(
-            s,
-            EntryBody::RoundOpened {
-                round: Round(round),
-                base_model: Digest([0; 32]),
-                beacon_commitment: Digest([0; 32]),
-                inner_steps: 4,
-                deadline_ms: 0,
-            },
-        );
+    /// A protocol-correct log, written entry by entry (the state refuses anything
+    /// the auditor would).
+    struct Log {
+        s: State,
+        spec: JobSpec,
+        worker: SigningKey,
+        verifier: SigningKey,
     }
 
-    fn assign(s: &mut State, round: u64, task: u64) {
-        push(
-            s,
+    impl Log {
+        fn new() -> Log {
+            let spec = JobSpec::parse(SPEC).unwrap();
+            let signer = NoteSigner::from_secret("lupus.test/state", [1; 32]).unwrap();
+            let mut log = Log {
+                s: State::default(),
+                worker: SigningKey::from_bytes(&[7; 32]),
+                verifier: SigningKey::from_bytes(&[8; 32]),
+                spec,
+            };
+            log.push(EntryBody::Genesis {
+                job_spec: SPEC.into(),
+                job_hash: log.spec.hash(),
+                dataset_root: Digest([0; 32]),
+                log_key: PublicKey::from(signer.verifier().public_key()),
+                coordinator_note_key: signer.verifier_key(),
+                created_ms: 0,
+            });
+            let keys = [
+                (log.worker.clone(), Role::Worker),
+                (log.verifier.clone(), Role::Verifier),
+            ];
+            for (key, role) in keys {
+                let body = EntryBody::ParticipantJoined {
+                    key: PublicKey::from(&key),
+                    role,
+                    name: String::new(),
+                };
+                log.sign(body, &key);
+            }
+            log
+        }
+
+        fn w(&self) -> PublicKey {
+            PublicKey::from(&self.worker)
+        }
+
+        fn push(&mut self, body: EntryBody) {
+            let index = self.s.size;
+            self.s
+                .apply(index, &Entry::unsigned(body).unwrap())
+                .unwrap();
+        }
+
+        fn sign(&mut self, body: EntryBody, key: &SigningKey) {
+            let index = self.s.size;
+            self.s
+                .apply(index, &Entry::signed(body, key).unwrap())
+                .unwrap();
+        }
+
+        fn beacon(round: u64) -> [u8; 32] {
+            [round as u8; 32]
+        }
+
+        fn open(&mut self, round: u64) {
+            self.push(EntryBody::RoundOpened {
+                round: Round(round),
+                base_model: Digest([0; 32]),
+                beacon_commitment: beacon_commitment(&Self::beacon(round)),
+                inner_steps: self.spec.inner.steps,
+                deadline_ms: 0,
+            });
+        }
+
+        fn assign_body(&self, round: u64, task: u64) -> EntryBody {
+            let commitment = beacon_commitment(&Self::beacon(round));
             EntryBody::TaskAssigned {
                 task: TaskId(task),
                 round: Round(round),
-                worker: W,
-                seed: Digest([0; 32]),
-                inner_steps: 4,
-                batch_size: 2,
-            },
-        );
-    }
+                worker: self.w(),
+                seed: Digest(derive_task_seed(task, &self.w().0, &commitment)),
+                inner_steps: self.spec.inner.steps,
+                batch_size: self.spec.inner.batch_size,
+            }
+        }
 
-    fn close(s: &mut State, round: u64) {
-        push(
-            s,
-            EntryBody::RoundClosed {
+        fn assign(&mut self, round: u64, task: u64) {
+            self.push(self.assign_body(round, task));
+        }
+
+        /// Commits, challenges, accepts and credits `task`.
+        fn accept(&mut self, round: u64, task: u64) {
+            let root = Digest([task as u8; 32]);
+            let body = EntryBody::WorkCommitted {
+                task: TaskId(task),
+                worker: self.w(),
+                trace_root: root,
+                final_state: root,
+                delta: root,
+            };
+            self.sign(body, &self.worker.clone());
+            let (h, m) = (self.spec.inner.steps, self.spec.verify.challenges);
+            let steps = challenge_steps(&Self::beacon(round), &root, h, m).unwrap();
+            let v = PublicKey::from(&self.verifier);
+            self.push(EntryBody::ChallengeIssued {
+                task: TaskId(task),
+                verifier: v,
+                steps: steps.clone(),
+            });
+            let verdict = EntryBody::Verdict {
+                task: TaskId(task),
+                verifier: v,
+                accepted: true,
+                steps,
+                reason: String::new(),
+                evidence: None,
+            };
+            self.sign(verdict, &self.verifier.clone());
+            self.push(EntryBody::Credit {
                 round: Round(round),
-                beacon: Digest([0; 32]),
+                key: self.w(),
+                amount: Amount(self.spec.task_flops()),
+                task: TaskId(task),
+                kind: CreditKind::Work,
+            });
+        }
+
+        fn close(&mut self, round: u64, accepted: u32) {
+            self.push(EntryBody::RoundClosed {
+                round: Round(round),
+                beacon: Digest(Self::beacon(round)),
                 new_model: Digest([0; 32]),
                 val_loss_bits: 0,
-                accepted_tasks: 1,
-            },
-        );
-    }
-
-    fn push(s: &mut State, body: EntryBody) {
-        let index = s.size;
-        s.apply(index, &Entry::unsigned(body).unwrap()).unwrap();
+                accepted_tasks: accepted,
+            });
+        }
     }
 
     #[test]
     fn rounds_older_than_the_retained_ones_keep_a_summary_of_their_tasks() {
-        let mut s = State::default();
-        push(
-            &mut s,
-            EntryBody::Genesis {
-                job_spec: String::new(),
-                job_hash: Digest([0; 32]),
-                dataset_root: Digest([0; 32]),
-                log_key: PublicKey([1; 32]),
-                coordinator_note_key: String::new(),
-                created_ms: 0,
-            },
-        );
-        open(&mut s, 1);
-        assign(&mut s, 1, 1);
-        assign(&mut s, 1, 2);
-        push(
-            &mut s,
-            EntryBody::Credit {
-                round: Round(1),
-                key: W,
-                amount: Amount(10),
-                task: TaskId(1),
-                kind: CreditKind::Work,
-            },
-        );
-        close(&mut s, 1);
+        let mut log = Log::new();
+        log.open(1);
+        log.assign(1, 1);
+        log.assign(1, 2);
+        log.accept(1, 1);
+        log.close(1, 1);
         for round in 2..=3 {
-            open(&mut s, round);
-            assign(&mut s, round, round + 1);
-            close(&mut s, round);
+            log.open(round);
+            log.assign(round, round + 1);
+            log.close(round, 0);
         }
-        assert!(s.tasks.contains_key(&TaskId(1)), "round 1 is retained");
-        open(&mut s, 4);
+        let w = log.w();
+        assert!(log.s.tasks.contains_key(&TaskId(1)), "round 1 is retained");
+        log.open(4);
+        let s = &mut log.s;
         // Round 1 is retired: its records are gone, its summary answers.
         assert!(!s.tasks.contains_key(&TaskId(1)));
         assert!(!s.tasks.contains_key(&TaskId(2)));
         let (round, t) = s.retired_task(TaskId(1)).unwrap();
         assert_eq!(
             (round, t.worker, t.outcome),
-            (Round(1), W, Outcome::Accepted)
+            (Round(1), w, Outcome::Accepted)
         );
         assert_eq!(
             s.retired_task(TaskId(2)).unwrap().1.outcome,
             Outcome::Expired
         );
         let r = s.rounds[&Round(1)].retired.as_ref().unwrap();
-        assert_eq!((r.tasks.len(), r.committed, r.rejected), (2, 0, 0));
+        assert_eq!((r.tasks.len(), r.committed, r.rejected), (2, 1, 0));
         // The retained rounds keep their records.
         assert!(s.tasks.contains_key(&TaskId(3)) && s.tasks.contains_key(&TaskId(4)));
         assert!(s.retired_task(TaskId(3)).is_none());
         assert_eq!(s.next_task_id(), TaskId(5));
         // A retired id cannot be assigned again.
-        let again = Entry::unsigned(EntryBody::TaskAssigned {
-            task: TaskId(1),
-            round: Round(4),
-            worker: W,
-            seed: Digest([0; 32]),
-            inner_steps: 4,
-            batch_size: 2,
-        })
-        .unwrap();
-        assert!(s.apply(s.size, &again).is_err());
+        let again = Entry::unsigned(log.assign_body(4, 1)).unwrap();
+        assert!(log.s.apply(log.s.size, &again).is_err());
     }
 }

@@ -15,9 +15,9 @@ use lupus_coordinator::engine::Coordinator;
 use lupus_coordinator::server::Server;
 use lupus_ledger::entry::{Entry, EntryBody};
 use lupus_ledger::hash::LeafIndex;
-use lupus_ledger::shares::SharesFold;
 use lupus_ledger::store::fault::{Fault, FaultyStore};
 use lupus_ledger::store::open_store;
+use lupus_protocol::SharesFold;
 
 fn holds_a_close(entries: &[Vec<u8>]) -> bool {
     entries

@@ -19,7 +19,6 @@ pub mod entry;
 pub mod hash;
 pub mod note;
 pub mod proof;
-pub mod shares;
 pub mod stake;
 pub mod sumtree;
 pub mod tiles;

@@ -13,7 +13,7 @@
 //!    ([`crate::sumtree`]); the sum proof puts `(pubkey, balance)` under that root and
 //!    total.
 //!
-//! An auditor who replays the log with [`crate::shares::SharesFold`] checks that the
+//! An auditor who replays the log with `lupus_protocol::SharesFold` checks that the
 //! epoch commits the right balances; the statement proves what the log says.
 //!
 //! # JSON (version 1)
@@ -178,7 +178,7 @@ pub enum StakeError {
 }
 
 /// Assembles a statement for `pubkey` from the epoch's sum tree (from
-/// [`crate::shares::SharesFold::latest_epoch`]), the epoch entry, its log index, its
+/// `lupus_protocol::SharesFold::latest_epoch`), the epoch entry, its log index, its
 /// inclusion proof and a signed checkpoint covering it (from the store).
 ///
 /// Checks what it can without the log's key: that `pubkey` is an account, that the

@@ -40,7 +40,7 @@ pub fn resign(job: &SampleJob, body: EntryBody) -> Entry {
     let key = job
         .workers
         .iter()
-        .chain(std::iter::once(&job.verifier))
+        .chain([&job.verifier, &job.referee])
         .find(|k| PublicKey::from(*k) == who)
         .expect("a sample key");
     Entry::signed(body, key).unwrap()

@@ -321,7 +321,7 @@ impl Coordinator {
                 .get(task)
                 .is_some_and(|t| t.credited.contains(&(*key, CreditKindKey::from(*kind))));
             // A key slashed while the close computed earns nothing.
-            if done || inner.state.shares.is_slashed(key) || *amount == 0 {
+            if done || inner.state.shares().is_slashed(key) || *amount == 0 {
                 continue;
             }
             entries.push(
@@ -347,7 +347,7 @@ impl Coordinator {
         );
         // The epoch commits the balances after this close: fold the group so far into
         // a copy of the shares to compute it before anything is written.
-        let mut shares = inner.state.shares.clone();
+        let mut shares = inner.state.shares().clone();
         for (i, e) in (inner.state.size..).zip(&entries) {
             shares.apply(i, e).map_err(internal)?;
         }
@@ -389,7 +389,7 @@ impl Coordinator {
     pub(super) async fn write_epoch(&self, inner: &mut Inner, round: Round) -> Result<(), Error> {
         let body = inner
             .state
-            .shares
+            .shares()
             .expected_epoch(Epoch(inner.state.epochs + 1), round)
             .map_err(internal)?;
         self.append_body(inner, body).await?;

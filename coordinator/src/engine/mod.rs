@@ -71,13 +71,14 @@ use lupus_ledger::log::Log;
 use lupus_ledger::note::{NoteSigner, add_signature, parse_note};
 use lupus_ledger::stake::{StakeStatement, build_statement};
 use lupus_ledger::store::{LogStore, Meta, open_store, postgres::PostgresStore};
+use lupus_protocol::double_checked;
 use lupus_prover::challenge::{beacon_commitment, challenge_steps};
 use lupus_prover::data::Corpus;
 use lupus_prover::fraud::{FraudContext, FraudProof, FraudVerdict};
 use lupus_prover::graph::eval_loss;
 use lupus_prover::model::{init_params, make_batch};
 use lupus_prover::optim::{merge_deltas, outer_step};
-use lupus_prover::prf::{derive_task_seed, prf};
+use lupus_prover::prf::derive_task_seed;
 use lupus_prover::quant::QuantDelta;
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::{Opening, job_sampler};
@@ -384,14 +385,6 @@ fn class_byte(c: DeviceClass) -> u8 {
         DeviceClass::Exact => 0,
         DeviceClass::Tolerant => 1,
     }
-}
-
-/// Whether a task is double-checked: `PRF(r, "lupus double check v1", trace_root)` as a
-/// fraction below the job's `double_check_fraction`.
-fn double_checked(beacon: &[u8; 32], trace_root: &Digest, fraction: f64) -> bool {
-    let x = prf(beacon, "lupus double check v1", &trace_root.0);
-    let u = u64::from_le_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]);
-    (u as f64) / (u64::MAX as f64) < fraction
 }
 
 /// Refuses a delta that no honest run could have produced: some tensor moved further

@@ -217,7 +217,7 @@ impl Coordinator {
     /// `GET /v1/stake`.
     pub async fn stake_table(&self) -> Result<StakeTable, Error> {
         let inner = self.lock_for_read().await?;
-        let s = &inner.state.shares;
+        let s = inner.state.shares();
         let epoch = s.latest_epoch();
         let table = StakeTable {
             epoch: epoch.map(|e| e.epoch.0),
@@ -241,7 +241,7 @@ impl Coordinator {
     pub async fn stake_statement(&self, key: PublicKey) -> Result<StakeStatement, Error> {
         let (tree, index) = {
             let inner = self.lock_for_read().await?;
-            let e = inner.state.shares.latest_epoch().ok_or_else(|| {
+            let e = inner.state.shares().latest_epoch().ok_or_else(|| {
                 Error::NotFound("no shares epoch yet: wait for a round to close".into())
             })?;
             let found = (e.tree.clone(), e.index);

@@ -317,31 +317,34 @@ pub(super) fn contradicted(
     let Some(ruling) = t.verdicts.iter().find(|v| v.verifier == *referee) else {
         return Vec::new();
     };
-    let mut out: Vec<(PublicKey, String, Option<Digest>)> = Vec::new();
-    let others = t.verdicts.iter().filter(|v| v.verifier != *referee);
-    if ruling.accepted {
-        for v in others.filter(|v| !v.accepted) {
-            out.push((
-                v.verifier,
-                "rejected work that the referee's replay accepts".into(),
-                None,
-            ));
-        }
-    } else {
-        out.push((t.worker, ruling.reason.clone(), ruling.evidence));
-        for v in others.filter(|v| v.accepted) {
-            out.push((
-                v.verifier,
-                "accepted work that the referee's replay rejects".into(),
-                ruling.evidence,
-            ));
-        }
-    }
-    out.retain(|(k, _, _)| !state.slashed.contains(k));
-    // One slash per key, whatever the verdicts repeat.
-    let mut seen = std::collections::BTreeSet::new();
-    out.retain(|(k, _, _)| seen.insert(*k));
-    out
+    // Who is convicted is the protocol's rule, the one the auditor checks each
+    // `Slashed` against; the reasons are the coordinator's.
+    let verdicts: Vec<(PublicKey, bool)> = t
+        .verdicts
+        .iter()
+        .map(|v| (v.verifier, v.accepted))
+        .collect();
+    lupus_protocol::convicts(&t.worker, &verdicts, referee)
+        .into_iter()
+        .filter(|k| !state.slashed.contains(k))
+        .map(|k| {
+            if ruling.accepted {
+                (
+                    k,
+                    "rejected work that the referee's replay accepts".to_string(),
+                    None,
+                )
+            } else if k == t.worker {
+                (k, ruling.reason.clone(), ruling.evidence)
+            } else {
+                (
+                    k,
+                    "accepted work that the referee's replay rejects".to_string(),
+                    ruling.evidence,
+                )
+            }
+        })
+        .collect()
 }
 
 /// What a round's close merges and credits, fixed when the close starts.

@@ -56,6 +56,15 @@ impl Coordinator {
                 found: format!("job hash {}", g.job_hash),
             });
         }
+        // The protocol fold took the genesis' checkpoint key on trust; it must be
+        // the key this coordinator signs checkpoints with.
+        if let Some(g) = &state.genesis
+            && g.note_key != log.verifier().to_string()
+        {
+            return Err(StartError::OtherJob {
+                found: format!("checkpoint key {}", g.note_key),
+            });
+        }
 
         let coordinator = Arc::new(Coordinator {
             log,

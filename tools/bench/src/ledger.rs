@@ -28,12 +28,12 @@ use lupus_ledger::hash::{LeafIndex, TreeSize, leaf_hash};
 use lupus_ledger::log::Log;
 use lupus_ledger::note::{NoteSigner, NoteVerifier};
 use lupus_ledger::proof::{prove_consistency, prove_inclusion};
-use lupus_ledger::shares::SharesFold;
 use lupus_ledger::stake::{build_statement, verify_statement};
 use lupus_ledger::store::LogStore;
 use lupus_ledger::store::postgres::PostgresStore;
 use lupus_ledger::store::sqlite::SqliteStore;
 use lupus_ledger::tree::{Frontier, MemoryTree};
+use lupus_protocol::SharesFold;
 
 use super::report::{Report, bar, spinner, time_per_call};
 

@@ -1,37 +1,51 @@
-//! The protocol rules an auditor checks entry by entry, on top of the shares fold.
+//! The protocol's rules, entry by entry, on top of the shares fold.
 //!
-//! DESIGN.md, "The loop" and "Ledger": every share must be earned by verified work.
-//! The ledger's [`SharesFold`] checks the share arithmetic (rounds, pending credits,
-//! slashing, every `SharesEpoch` root); its docs leave to the auditor what needs the
-//! job spec and the prover. [`ProtocolState::apply`] checks, naming the entry index:
+//! DESIGN.md, "The loop" and "Ledger": every share must be earned by verified work,
+//! and every slash by proven fraud. [`SharesFold`] checks the share arithmetic
+//! (rounds, pending credits, slashing, every `SharesEpoch` root); [`ProtocolState::apply`]
+//! checks the rest, naming the entry index. The coordinator applies every entry here
+//! *before* it sequences it, so it cannot write a log its auditor rejects; the auditor
+//! applies the same function to what the log serves.
 //!
 //! - **Genesis**: the job spec parses ([`JobSpec::parse`]), `job_hash` is its
 //!   [`JobSpec::hash`], and the checkpoint key the genesis names is the one the auditor
 //!   pinned (and `log_key` is that key's Ed25519 key).
 //! - **Participants** join once; a task goes to a joined worker, a challenge and a
-//!   verdict come from a joined verifier.
+//!   verdict come from a joined verifier. **The referee is the first key to join as a
+//!   verifier** (the coordinator joins its referee right after the genesis, before it
+//!   admits anyone); its verdict on a task is final.
 //! - **Tasks**: assigned in an open round, with `H` and the batch size of the job spec
 //!   and the seed `derive_task_seed(task, worker, beacon_commitment)`; committed once,
 //!   by the assigned worker; challenged only after the commitment, with `m` steps.
 //! - **Verdicts**: by a joined verifier, on a task that was challenged, over exactly
-//!   the challenged steps (the signature itself is checked when the entry decodes).
-//!   The verifier need not be the one the challenge names: the coordinator's referee
-//!   (a verifier that joins at genesis) settles disputes on the same steps.
+//!   the challenged steps (the signature itself is checked when the entry decodes),
+//!   one per verifier. The verifier need not be the one the challenge names: the
+//!   referee settles disputes on the same steps.
+//! - **Slashes cite a conviction.** A `Slashed { key, task }` cites the referee's
+//!   verdict on `task`: it is admissible only if that verdict exists and contradicts
+//!   `key` ([`ProtocolState::convicted`]): the worker and every verifier that accepted,
+//!   when the referee rejects; every verifier that rejected, when it accepts. A slash
+//!   of anyone else, or with no ruling, is [`Violation::SlashWithoutConviction`]. A
+//!   slash naming evidence names the ruling's evidence.
+//! - **Credits follow final acceptance** ([`ProtocolState::finally_accepted`]): a
+//!   `Work` credit goes to the task's worker, once, only if the referee accepted the
+//!   task, or, with no ruling, if every verdict of a verifier not slashed accepts (at
+//!   least one), for `H x batch x FLOPs per sample` ([`JobSpec::task_flops`]). A
+//!   `Verification` credit goes to a verifier (never the referee) that judged the task
+//!   as it was settled, once, for `challenged steps x batch x FLOPs per sample`.
 //! - **The model chain**: a round opens from the model the previous close named:
 //!   `RoundOpened.base_model` is the last `RoundClosed.new_model` (the first round's
 //!   base, the job's initial model, is not checked here).
 //! - **Beacons**: `RoundClosed.beacon` must open `RoundOpened.beacon_commitment`
 //!   ([`beacon_matches`]), and then every challenge of the round must be exactly
-//!   [`challenge_steps`]`(beacon, trace_root, H, m)`. The beacon is secret until the
-//!   close, so these checks run when the round closes.
-//! - **Credits**: a `Work` credit goes to the task's worker, once, only after an
-//!   accepted verdict, for `H x batch x FLOPs per sample` ([`JobSpec::task_flops`]);
-//!   a `Verification` credit goes to a verifier that judged the task, once, for
-//!   `challenged steps x batch x FLOPs per sample`. A round may not claim more
-//!   accepted tasks than it has accepted verdicts.
+//!   [`challenge_steps`]`(beacon, trace_root, H, m)`, and every task credited without a
+//!   ruling that the beacon marks for a double check ([`double_checked`]) must have two
+//!   accepting verdicts. The beacon is secret until the close, so these checks run
+//!   when the round closes. A round may not claim more accepted tasks than it has
+//!   finally accepted ones.
 //!
-//! Tasks of a closed round are retired from the state (credits for them are refused
-//! by the fold anyway), so the state stays the size of the open round.
+//! Tasks of a closed round are retired from the state (credits and slashes for them
+//! are refused), so the state stays the size of the open round.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,14 +53,16 @@ use lupus_ledger::entry::{
     Amount, CreditKind, Digest, Entry, EntryBody, PublicKey, Role, Round, TaskId,
 };
 use lupus_ledger::note::NoteVerifier;
-use lupus_ledger::shares::{FoldError, SharesFold};
 use lupus_prover::challenge::{beacon_matches, challenge_steps};
-use lupus_prover::prf::derive_task_seed;
+use lupus_prover::prf::{derive_task_seed, prf};
 use lupus_prover::spec::JobSpec;
 use serde::{Deserialize, Serialize};
 
+use crate::shares::{FoldError, SharesFold};
+
 /// Why an entry breaks the protocol. The entry's index travels with it in
-/// [`crate::verify::AuditError::Protocol`].
+/// the auditor's error (`lupus_audit::verify::AuditError::Protocol`) and in the
+/// coordinator's refusal to sequence it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Violation {
@@ -136,8 +152,37 @@ pub enum Violation {
         claimed: u32,
         verified: u32,
     },
-    #[error("task {task}: a work credit without an accepted verdict")]
+    #[error(
+        "task {task}: a work credit without a final accept (the referee's, or with no ruling every standing verdict's)"
+    )]
     CreditWithoutVerdict { task: TaskId },
+    #[error("task {task}: a credit after the referee rejected the work")]
+    CreditAfterRejection { task: TaskId },
+    #[error("task {task}: {key} is credited for a verdict the referee contradicted")]
+    CreditContradicted { task: TaskId, key: PublicKey },
+    #[error("task {task}: the referee {key} is credited for its own ruling")]
+    CreditToReferee { task: TaskId, key: PublicKey },
+    #[error(
+        "task {task}: {key} is slashed, but no verdict of the referee on this task convicts it ({why})"
+    )]
+    SlashWithoutConviction {
+        task: TaskId,
+        key: PublicKey,
+        why: &'static str,
+    },
+    #[error(
+        "task {task}: the slash of {key} names evidence {found}, but the referee's ruling names {expected:?}"
+    )]
+    SlashEvidence {
+        task: TaskId,
+        key: PublicKey,
+        expected: Option<Digest>,
+        found: Digest,
+    },
+    #[error(
+        "task {task}: the revealed beacon marks it for a double check, but it was credited on {accepts} accepting verdict(s) and no ruling"
+    )]
+    SkippedDoubleCheck { task: TaskId, accepts: usize },
     #[error(
         "task {task}: {key} is credited for work it did not do (or for a verdict it did not give)"
     )]
@@ -161,7 +206,7 @@ pub enum Violation {
 }
 
 /// What the job spec fixes, kept so the spec is parsed once.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobFacts {
     /// The genesis `job_hash`.
     pub job_hash: Digest,
@@ -175,6 +220,9 @@ pub struct JobFacts {
     pub challenges: u32,
     /// Forward+backward FLOPs of one sample.
     pub flops_per_sample: u64,
+    /// The share of tasks a second verifier re-checks ([`double_checked`]).
+    #[serde(default)]
+    pub double_check_fraction: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -199,7 +247,42 @@ struct TaskFacts {
     challenges: Vec<Challenge>,
     /// `(verifier, accepted)` of each verdict.
     verdicts: Vec<(PublicKey, bool)>,
+    /// The referee's verdict: whether it accepts, and the evidence it names.
+    ruling: Option<(bool, Option<Digest>)>,
     credited: BTreeSet<(PublicKey, bool)>,
+}
+
+/// The keys the referee's verdict among a task's `verdicts` (`(verifier, accepted)`,
+/// in log order) convicts: when it rejects, the `worker` and every verifier that
+/// accepted; when it accepts, every verifier that rejected. Empty when the referee has
+/// not ruled. Each key once, the worker first.
+pub fn convicts(
+    worker: &PublicKey,
+    verdicts: &[(PublicKey, bool)],
+    referee: &PublicKey,
+) -> Vec<PublicKey> {
+    let Some((_, ruling)) = verdicts.iter().find(|(v, _)| v == referee) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if !ruling {
+        out.push(*worker);
+    }
+    for (v, accepted) in verdicts {
+        if v != referee && accepted != ruling && !out.contains(v) {
+            out.push(*v);
+        }
+    }
+    out
+}
+
+/// Whether the beacon marks the task with `trace_root` for a second verifier: a
+/// uniform draw from `PRF(beacon, trace_root)` below `fraction`. Nobody can know it
+/// before the close reveals the beacon, and everybody can check it after.
+pub fn double_checked(beacon: &[u8; 32], trace_root: &Digest, fraction: f64) -> bool {
+    let x = prf(beacon, "lupus double check v1", &trace_root.0);
+    let u = u64::from_le_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]);
+    (u as f64) / (u64::MAX as f64) < fraction
 }
 
 /// The protocol checker's state, with the shares fold. Serialisable so a run resumes.
@@ -212,6 +295,9 @@ pub struct ProtocolState {
     fold: SharesFold,
     /// The `new_model` of the latest `RoundClosed`: the next round's base.
     model_chain: Option<Digest>,
+    /// The first key to join as a verifier.
+    #[serde(default)]
+    referee: Option<PublicKey>,
 }
 
 impl ProtocolState {
@@ -223,6 +309,40 @@ impl ProtocolState {
     /// The job facts from genesis, once it has been applied.
     pub fn job(&self) -> Option<&JobFacts> {
         self.job.as_ref()
+    }
+
+    /// The referee: the first key that joined as a verifier.
+    pub fn referee(&self) -> Option<&PublicKey> {
+        self.referee.as_ref()
+    }
+
+    /// Whether `task` (of a round not closed) is finally accepted: the referee
+    /// accepted it, or with no ruling every verdict by a verifier not slashed accepts,
+    /// and there is at least one. `None` for an unknown task.
+    pub fn finally_accepted(&self, task: TaskId) -> Option<bool> {
+        self.tasks.get(&task).map(|t| self.final_accept(t))
+    }
+
+    fn final_accept(&self, t: &TaskFacts) -> bool {
+        if let Some((accepted, _)) = t.ruling {
+            return accepted;
+        }
+        let mut standing = t
+            .verdicts
+            .iter()
+            .filter(|(v, _)| !self.fold.is_slashed(v))
+            .peekable();
+        standing.peek().is_some() && standing.all(|(_, accepted)| *accepted)
+    }
+
+    /// The keys the referee's verdict on `task` convicts ([`convicts`]). Empty with
+    /// no ruling or for an unknown task (or one of a closed round). These are the
+    /// only keys a `Slashed` naming `task` may name.
+    pub fn convicted(&self, task: TaskId) -> Vec<PublicKey> {
+        match (self.tasks.get(&task), &self.referee) {
+            (Some(t), Some(referee)) => convicts(&t.worker, &t.verdicts, referee),
+            _ => Vec::new(),
+        }
     }
 
     /// Applies entry `index` (decoded, so its signature already verified).
@@ -297,12 +417,16 @@ impl ProtocolState {
                     batch_size: spec.inner.batch_size,
                     challenges: spec.verify.challenges,
                     flops_per_sample: spec.model.flops_per_sample(),
+                    double_check_fraction: spec.verify.double_check_fraction,
                 });
             }
             EntryBody::ParticipantJoined { key, role, .. } => {
                 let previous = self.participants.insert(*key, *role);
                 if previous.is_some() {
                     return Err(Violation::AlreadyJoined(*key));
+                }
+                if *role == Role::Verifier && self.referee.is_none() {
+                    self.referee = Some(*key);
                 }
             }
             EntryBody::RoundOpened {
@@ -373,6 +497,7 @@ impl ProtocolState {
                         trace_root: None,
                         challenges: Vec::new(),
                         verdicts: Vec::new(),
+                        ruling: None,
                         credited: BTreeSet::new(),
                     },
                 );
@@ -425,9 +550,11 @@ impl ProtocolState {
                 verifier,
                 accepted,
                 steps,
+                evidence,
                 ..
             } => {
                 self.role(verifier, Role::Verifier)?;
+                let is_referee = self.referee == Some(*verifier);
                 let t = self.task(*task)?;
                 // Every challenge of a task asks the same steps (they are a function
                 // of the beacon and the trace root); a verifier judges those steps.
@@ -451,6 +578,48 @@ impl ProtocolState {
                     });
                 }
                 t.verdicts.push((*verifier, *accepted));
+                if is_referee {
+                    t.ruling = Some((*accepted, *evidence));
+                }
+            }
+            EntryBody::Slashed {
+                key,
+                task,
+                evidence,
+                ..
+            } => {
+                let t = self
+                    .tasks
+                    .get(task)
+                    .ok_or(Violation::SlashWithoutConviction {
+                        task: *task,
+                        key: *key,
+                        why: "no such task in a round still open",
+                    })?;
+                let Some((_, ruling_evidence)) = t.ruling else {
+                    return Err(Violation::SlashWithoutConviction {
+                        task: *task,
+                        key: *key,
+                        why: "the referee has not ruled on it",
+                    });
+                };
+                if !self.convicted(*task).contains(key) {
+                    return Err(Violation::SlashWithoutConviction {
+                        task: *task,
+                        key: *key,
+                        why: "the ruling does not contradict this key",
+                    });
+                }
+                if let Some(found) = evidence
+                    && Some(*found) != ruling_evidence
+                {
+                    return Err(Violation::SlashEvidence {
+                        task: *task,
+                        key: *key,
+                        expected: ruling_evidence,
+                        found: *found,
+                    });
+                }
             }
             EntryBody::Credit {
                 round,
@@ -461,6 +630,11 @@ impl ProtocolState {
             } => {
                 let job = self.job_facts()?.clone();
                 let slashed = self.fold.is_slashed(key);
+                let referee = self.referee;
+                let final_accept = match self.tasks.get(task) {
+                    Some(t) => self.final_accept(t),
+                    None => false,
+                };
                 let t = self.task(*task)?;
                 if t.round != *round {
                     return Err(Violation::CreditWrongRound {
@@ -478,12 +652,30 @@ impl ProtocolState {
                             key: *key,
                         });
                     }
-                    if slashed || !t.verdicts.iter().any(|(_, accepted)| *accepted) {
+                    if matches!(t.ruling, Some((false, _))) {
+                        return Err(Violation::CreditAfterRejection { task: *task });
+                    }
+                    if slashed || !final_accept {
                         return Err(Violation::CreditWithoutVerdict { task: *task });
                     }
                     u64::from(job.inner_steps).saturating_mul(per_step)
                 } else {
-                    let judged = t.verdicts.iter().any(|(v, _)| v == key);
+                    if referee == Some(*key) {
+                        return Err(Violation::CreditToReferee {
+                            task: *task,
+                            key: *key,
+                        });
+                    }
+                    let verdict = t.verdicts.iter().find(|(v, _)| v == key);
+                    if let Some((_, accepted)) = verdict
+                        && *accepted != final_accept
+                    {
+                        return Err(Violation::CreditContradicted {
+                            task: *task,
+                            key: *key,
+                        });
+                    }
+                    let judged = verdict.is_some();
                     let challenge = t.challenges.iter().find(|c| c.verifier == *key);
                     match challenge {
                         Some(c) if judged => (c.steps.len() as u64).saturating_mul(per_step),
@@ -519,7 +711,7 @@ impl ProtocolState {
                 self.close(*round, beacon, *accepted_tasks)?;
                 self.model_chain = Some(*new_model);
             }
-            // Slashing and epochs are the fold's to check.
+            // Epochs are the fold's to check.
             _ => {}
         }
         Ok(())
@@ -529,7 +721,7 @@ impl ProtocolState {
         let job = self.job_facts()?.clone();
         let r = self
             .rounds
-            .get_mut(&round)
+            .get(&round)
             .ok_or(Violation::UnknownRound(round))?;
         if r.closed {
             return Err(Violation::RoundClosed(round));
@@ -557,8 +749,18 @@ impl ProtocolState {
                         found: c.steps.clone(),
                     });
                 }
+                let credited = t.credited.iter().any(|(_, work)| *work);
+                if credited
+                    && t.ruling.is_none()
+                    && double_checked(&beacon.0, root, job.double_check_fraction)
+                {
+                    let accepts = t.verdicts.iter().filter(|(_, a)| *a).count();
+                    if accepts < 2 {
+                        return Err(Violation::SkippedDoubleCheck { task: *id, accepts });
+                    }
+                }
             }
-            if t.verdicts.iter().any(|(_, a)| *a) && !self.fold.is_slashed(&t.worker) {
+            if self.final_accept(t) && !self.fold.is_slashed(&t.worker) {
                 verified += 1;
             }
         }
@@ -569,6 +771,9 @@ impl ProtocolState {
                 verified,
             });
         }
+        let Some(r) = self.rounds.get_mut(&round) else {
+            return Err(Violation::UnknownRound(round));
+        };
         r.closed = true;
         for id in std::mem::take(&mut r.tasks) {
             self.tasks.remove(&id);

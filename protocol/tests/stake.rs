@@ -13,10 +13,10 @@ use lupus_ledger::entry::{
 use lupus_ledger::hash::{Hash, LeafIndex, TreeSize};
 use lupus_ledger::note::NoteSigner;
 use lupus_ledger::proof::prove_inclusion;
-use lupus_ledger::shares::{FoldError, SharesFold};
 use lupus_ledger::stake::{StakeError, StakeStatement, build_statement, verify_statement};
 use lupus_ledger::sumtree::{SumTree, SumTreeError};
 use lupus_ledger::tree::MemoryTree;
+use lupus_protocol::{FoldError, SharesFold};
 
 const ORIGIN: &str = "lupus.test/shakespeare";
 const H: u32 = 20;

@@ -41,8 +41,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::entry::{Amount, Entry, EntryBody, Epoch, PublicKey, Round};
-use crate::sumtree::{SumTree, SumTreeError};
+use lupus_ledger::entry::{Amount, Entry, EntryBody, Epoch, PublicKey, Round};
+use lupus_ledger::sumtree::{SumTree, SumTreeError};
 
 /// Why an entry cannot be folded. Each names the entry's log index.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,10 +89,10 @@ pub enum FoldError {
     )]
     EpochMismatch {
         index: u64,
-        expected_root: crate::entry::Digest,
+        expected_root: lupus_ledger::entry::Digest,
         expected_total: Amount,
         expected_accounts: u64,
-        found_root: crate::entry::Digest,
+        found_root: lupus_ledger::entry::Digest,
         found_total: Amount,
         found_accounts: u64,
     },
@@ -289,7 +289,7 @@ impl SharesFold {
         index: u64,
         epoch: Epoch,
         round: Round,
-        root: &crate::entry::Digest,
+        root: &lupus_ledger::entry::Digest,
         total: Amount,
         accounts: u64,
     ) -> Result<(), FoldError> {
@@ -383,7 +383,7 @@ impl SharesFold {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entry::{CreditKind, Digest, TaskId};
+    use lupus_ledger::entry::{CreditKind, Digest, TaskId};
 
     fn pk(b: u8) -> PublicKey {
         PublicKey([b; 32])

@@ -1,0 +1,243 @@
+//! The dishonest operator: it holds the log key and the referee key, so it can write,
+//! order, drop and sign whatever it likes (but not a participant's signature). Each
+//! test takes an honest log, commits one of the operator's cheats, signs the result
+//! with the real keys and asserts that `lupus-audit verify` names the entry and the
+//! rule it breaks (THREATS.md, the dishonest operator; issue "operator
+//! accountability").
+//!
+//! The same rules run in the coordinator before it sequences an entry
+//! (`lupus_protocol::ProtocolState::apply`), so an honest coordinator cannot write
+//! any of these logs by mistake.
+
+mod common;
+
+use common::*;
+use lupus_audit::verify::AuditError;
+use lupus_ledger::entry::{CreditKind, Digest, Entry, EntryBody, EntryKind, PublicKey, TaskId};
+use lupus_protocol::Violation;
+
+/// Exports `entries` and runs the auditor over them; the violation and its index.
+fn audit(job: &lupus_audit::sample::SampleJob, entries: &[Entry]) -> (u64, Violation) {
+    let (tiles, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    export(job, &encode(entries), tiles.path());
+    match verify(job, tiles.path(), state.path()) {
+        Err(AuditError::Protocol { index, violation }) => (index, violation),
+        other => panic!("expected a protocol violation, got {other:?}"),
+    }
+}
+
+fn referee(job: &lupus_audit::sample::SampleJob) -> PublicKey {
+    PublicKey::from(&job.referee)
+}
+
+/// The referee's verdict on the task of the `Credit` at `i`, over its challenge.
+fn ruling(
+    job: &lupus_audit::sample::SampleJob,
+    entries: &[Entry],
+    task: TaskId,
+    accepted: bool,
+) -> Entry {
+    let steps = entries
+        .iter()
+        .find_map(|e| match e.body() {
+            EntryBody::ChallengeIssued { task: t, steps, .. } if *t == task => Some(steps.clone()),
+            _ => None,
+        })
+        .expect("the task was challenged");
+    resign(
+        job,
+        EntryBody::Verdict {
+            task,
+            verifier: referee(job),
+            accepted,
+            steps,
+            reason: "the operator says so".into(),
+            evidence: None,
+        },
+    )
+}
+
+/// The `n`-th work credit: its index, task and worker.
+fn work_credit(entries: &[Entry], n: usize) -> (usize, TaskId, PublicKey) {
+    let i = find(entries, n, |b| {
+        matches!(
+            b,
+            EntryBody::Credit {
+                kind: CreditKind::Work,
+                ..
+            }
+        )
+    });
+    match entries[i].body() {
+        EntryBody::Credit { task, key, .. } => (i, *task, *key),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn a_slash_without_a_verdict_is_refused() {
+    let job = job();
+    let mut entries = honest(&job);
+    let (i, task, worker) = work_credit(&entries, 5);
+    // The victim's work was accepted; the operator slashes it anyway, with a reason.
+    let slash = Entry::unsigned(EntryBody::Slashed {
+        key: worker,
+        task,
+        reason: "fraud (trust us)".into(),
+        evidence: None,
+    })
+    .unwrap();
+    entries.insert(i + 1, slash);
+    let (index, v) = audit(&job, &entries);
+    assert_eq!(index, i as u64 + 1);
+    assert!(
+        matches!(v, Violation::SlashWithoutConviction { why, .. } if why.contains("not ruled")),
+        "{v}"
+    );
+
+    // Naming a task that does not exist does not help.
+    let mut entries = honest(&job);
+    let slash = Entry::unsigned(EntryBody::Slashed {
+        key: worker,
+        task: TaskId(999_999),
+        reason: String::new(),
+        evidence: None,
+    })
+    .unwrap();
+    entries.insert(i + 1, slash);
+    let (index, v) = audit(&job, &entries);
+    assert_eq!(index, i as u64 + 1);
+    assert!(matches!(v, Violation::SlashWithoutConviction { .. }), "{v}");
+}
+
+#[test]
+fn a_slash_the_ruling_does_not_call_for_is_refused() {
+    let job = job();
+    let mut entries = honest(&job);
+    let (i, task, worker) = work_credit(&entries, 6);
+    // The referee accepts the work, and the operator slashes its worker.
+    entries.insert(i, ruling(&job, &entries, task, true));
+    let slash = Entry::unsigned(EntryBody::Slashed {
+        key: worker,
+        task,
+        reason: "fraud".into(),
+        evidence: None,
+    })
+    .unwrap();
+    entries.insert(i + 1, slash);
+    let (index, v) = audit(&job, &entries);
+    assert_eq!(index, i as u64 + 1);
+    assert!(
+        matches!(v, Violation::SlashWithoutConviction { why, .. } if why.contains("does not contradict")),
+        "{v}"
+    );
+
+    // A rejection convicts the worker, but not with evidence the ruling never named.
+    let mut entries = honest(&job);
+    entries.truncate(i);
+    entries.push(ruling(&job, &entries, task, false));
+    entries.push(
+        Entry::unsigned(EntryBody::Slashed {
+            key: worker,
+            task,
+            reason: "fraud".into(),
+            evidence: Some(Digest([9; 32])),
+        })
+        .unwrap(),
+    );
+    let (index, v) = audit(&job, &entries);
+    assert_eq!(index, i as u64 + 1);
+    assert!(matches!(v, Violation::SlashEvidence { .. }), "{v}");
+}
+
+#[test]
+fn a_credit_after_the_referee_rejected_is_refused() {
+    let job = job();
+    let mut entries = honest(&job);
+    let (i, task, _) = work_credit(&entries, 2);
+    entries.insert(i, ruling(&job, &entries, task, false));
+    let (index, v) = audit(&job, &entries);
+    assert_eq!(index, i as u64 + 1, "the credit after the ruling");
+    assert!(matches!(v, Violation::CreditAfterRejection { .. }), "{v}");
+}
+
+#[test]
+fn a_skipped_double_check_is_named_at_the_close() {
+    let job = job();
+    let mut entries = honest(&job);
+    // The sample's double checks are the referee's verdicts; drop one.
+    let r = referee(&job);
+    let i = find(
+        &entries,
+        0,
+        |b| matches!(b, EntryBody::Verdict { verifier, .. } if *verifier == r),
+    );
+    let dropped = entries.remove(i);
+    let EntryBody::Verdict { task, .. } = dropped.body() else {
+        unreachable!()
+    };
+    let close = (i..entries.len())
+        .find(|&j| entries[j].kind() == EntryKind::RoundClosed)
+        .unwrap();
+    let (index, v) = audit(&job, &entries);
+    assert_eq!(index, close as u64);
+    assert!(
+        matches!(v, Violation::SkippedDoubleCheck { task: t, accepts: 1 } if t == *task),
+        "{v}"
+    );
+}
+
+#[test]
+fn the_referee_earns_nothing_for_its_own_rulings() {
+    let job = job();
+    let mut entries = honest(&job);
+    let r = referee(&job);
+    let i = find(
+        &entries,
+        0,
+        |b| matches!(b, EntryBody::Verdict { verifier, .. } if *verifier == r),
+    );
+    let EntryBody::Verdict { task, .. } = entries[i].body().clone() else {
+        unreachable!()
+    };
+    // Pay the referee what the verifier of that task is paid.
+    let paid = (i..entries.len())
+        .find(|&j| {
+            matches!(entries[j].body(), EntryBody::Credit { task: t, kind: CreditKind::Verification, .. } if *t == task)
+        })
+        .unwrap();
+    let EntryBody::Credit {
+        round,
+        amount,
+        kind,
+        ..
+    } = entries[paid].body().clone()
+    else {
+        unreachable!()
+    };
+    let body = EntryBody::Credit {
+        round,
+        key: r,
+        amount,
+        task,
+        kind,
+    };
+    entries[paid] = Entry::unsigned(body).unwrap();
+    let (index, v) = audit(&job, &entries);
+    assert_eq!(index, paid as u64);
+    assert!(matches!(v, Violation::CreditToReferee { .. }), "{v}");
+}
+
+#[test]
+fn a_verifier_the_referee_contradicted_is_not_paid() {
+    let job = job();
+    let mut entries = honest(&job);
+    let (i, task, _) = work_credit(&entries, 3);
+    // The referee rejects the work (the operator may: it is the referee) and then,
+    // skipping the worker's credit, pays the verifier who accepted it.
+    entries.insert(i, ruling(&job, &entries, task, false));
+    entries.remove(i + 1);
+    let (index, v) = audit(&job, &entries);
+    assert_eq!(index, i as u64 + 1, "the verification credit");
+    assert!(matches!(v, Violation::CreditContradicted { .. }), "{v}");
+}
