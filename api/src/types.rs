@@ -235,6 +235,11 @@ pub struct TaskStatus {
     /// auditor fetches to replay the challenged steps.
     #[serde(default)]
     pub opening_blob: Option<Digest>,
+    /// Whether the worker's commitment declared the tolerant device class (a replay
+    /// then compares within the job's tolerance): what an auditor's replay of a task
+    /// of any round needs besides the opening.
+    #[serde(default)]
+    pub tolerant: bool,
     /// The task's round closed long enough ago that the coordinator keeps only its
     /// worker and outcome: `verdicts` is empty here, and its entries in the log say
     /// the rest (`lupus-audit` reads them).

@@ -187,6 +187,7 @@ pub fn run_bench(
         &Options {
             threads: options.threads,
             replay: 0,
+            seed: None,
         },
         &mut |done, total| progress(Phase::Verify, done, total),
     )?;
@@ -199,6 +200,7 @@ pub fn run_bench(
         &Options {
             threads: options.threads,
             replay: 0,
+            seed: None,
         },
         &mut |_, _| {},
     )?;

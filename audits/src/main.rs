@@ -60,10 +60,15 @@ enum Command {
         /// Threads that check entry signatures (0: one per CPU).
         #[arg(long, default_value_t = 0)]
         threads: usize,
-        /// Replay the challenges of K accepted tasks of this run from the
-        /// coordinator's stored openings (needs the coordinator's URL).
+        /// Replay the challenges of K judged tasks of this run (acceptances and
+        /// the referee's rejections alike) from the coordinator's stored openings
+        /// (needs the coordinator's URL). The sample is drawn from this auditor's
+        /// own randomness, so the operator cannot steer it; the run prints its seed.
         #[arg(long, default_value_t = 0)]
         replay: usize,
+        /// Fix the replay sample's seed (64 hex digits) to reproduce an earlier run.
+        #[arg(long, value_name = "HEX", value_parser = parse_seed)]
+        seed: Option<[u8; 32]>,
     },
     /// Verify a stake statement (JSON) or a C2SP tlog-proof file offline.
     #[command(after_help = EXIT_CODES)]
@@ -196,7 +201,17 @@ fn print_outcome(json: bool, o: &Outcome) {
             o.consistency_proofs,
             o.replayed,
         );
+        if let Some(seed) = &o.replay_seed {
+            println!("replay sample seed: {seed} (pass --seed {seed} to replay the same tasks)");
+        }
     }
+}
+
+fn parse_seed(s: &str) -> Result<[u8; 32], String> {
+    let bytes = hex::decode(s.trim()).map_err(|e| format!("not hex: {e}"))?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("{} bytes; a seed is 32 (64 hex digits)", b.len()))
 }
 
 fn progress_bar(hidden: bool) -> indicatif::ProgressBar {
@@ -221,6 +236,7 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
             state,
             threads,
             replay,
+            seed,
         } => {
             let key = key.as_deref().map(key_arg).transpose()?;
             let src = open_source(source);
@@ -232,6 +248,7 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
                 &Options {
                     threads: *threads,
                     replay: *replay,
+                    seed: *seed,
                 },
                 &mut |done, total| {
                     bar.set_length(total);

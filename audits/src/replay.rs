@@ -1,11 +1,16 @@
-//! Replaying a sample of challenges: the auditor re-runs the verifier's work for K
-//! accepted tasks, from the openings the coordinator stores, with the prover.
+//! Replaying a sample of judgements: the auditor re-runs the verifier's work for K
+//! judged tasks, from the openings the coordinator stores, with the prover.
 //!
 //! DESIGN.md, "The loop" step 4 and "Crates" (`audits/` "re-runs sampled
-//! challenges"). The sample is the K accepted tasks of a run whose
-//! `blake3(checkpoint root || task id)` is smallest: fixed by the checkpoint, so the
-//! coordinator cannot know it before it signs, and every auditor of that checkpoint
-//! replays the same tasks. For each, from the coordinator's API:
+//! challenges"). **The sample is the auditor's**: the K judged tasks of a run whose
+//! `blake3(seed || task id)` is smallest, where the seed is the auditor's own
+//! randomness (`--seed` fixes it to reproduce a run). A sample keyed by anything in
+//! the log (the checkpoint root, say) could be steered by the operator, who writes
+//! the log: filler entries change the root until the sample misses a bad task.
+//!
+//! Both outcomes are sampled: a task's *claim* is the referee's verdict when it ruled
+//! (the verdict every slash of that task cites), else its first accepting verdict.
+//! For each sampled task, from the coordinator's API:
 //!
 //! 1. `GET /v1/job`: the job spec and dataset, checked against the genesis entry's
 //!    `job_hash` and `dataset_root` (so the API cannot substitute another job);
@@ -13,14 +18,13 @@
 //! 3. `GET /v1/blobs/<hash>` for the opening and the round's base model (each checked
 //!    against its blake3 name; the base model's name is the `RoundOpened` entry's);
 //! 4. [`verify_opening`] with the logged seed, commitment and challenged steps. A
-//!    rejection contradicts the accepted verdict in the log: a failure naming the
-//!    verdict's index.
+//!    replay that rejects an accepted task, or accepts a rejected one (a slash without
+//!    fraud), contradicts the log: a failure naming the claiming verdict's index.
 
 use std::collections::BTreeMap;
 
 use lupus_api::types::{JobInfo, TaskStatus};
-use lupus_ledger::entry::{Digest, Entry, EntryBody, Round, TaskId};
-use lupus_ledger::hash::Hash;
+use lupus_ledger::entry::{Digest, Entry, EntryBody, PublicKey, Role, Round, TaskId};
 use lupus_prover::data::Corpus;
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::Opening;
@@ -34,7 +38,7 @@ use lupus_protocol::JobFacts;
 /// Largest blob fetched for a replay (a model, an opening, the dataset).
 const MAX_BLOB: u64 = 512 << 20;
 
-/// An accepted task picked for replay.
+/// A judged task picked for replay.
 #[derive(Clone, Debug)]
 pub struct Candidate {
     pub task: TaskId,
@@ -42,8 +46,10 @@ pub struct Candidate {
     pub seed: Digest,
     pub commitment: (Digest, Digest, Digest),
     pub steps: Vec<u32>,
-    /// Log index of the accepting verdict.
+    /// Log index of the claiming verdict: the referee's, else the first accept.
     pub verdict_index: u64,
+    /// Whether that verdict accepts.
+    pub accepted: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -52,33 +58,78 @@ struct Pending {
     seed: Digest,
     commitment: Option<(Digest, Digest, Digest)>,
     steps: Option<Vec<u32>>,
+    /// The first accepting verdict's index.
+    accept: Option<u64>,
+    /// The referee's verdict: index and whether it accepts.
+    ruling: Option<(u64, bool)>,
 }
 
 /// Picks the sample while the entries of a run go by.
 #[derive(Debug)]
 pub struct Sampler {
     k: usize,
-    root: Hash,
+    seed: [u8; 32],
+    referee: Option<PublicKey>,
     rounds: BTreeMap<Round, Digest>,
     tasks: BTreeMap<TaskId, Pending>,
     chosen: BTreeMap<[u8; 32], Candidate>,
 }
 
 impl Sampler {
-    /// A sampler of `k` tasks keyed by the checkpoint's `root`.
-    pub fn new(k: usize, root: Hash) -> Sampler {
+    /// A sampler of `k` tasks keyed by the auditor's `seed`. `referee` is the log's
+    /// referee if the entries before this run named it.
+    pub fn new(k: usize, seed: [u8; 32], referee: Option<PublicKey>) -> Sampler {
         Sampler {
             k,
-            root,
+            seed,
+            referee,
             rounds: BTreeMap::new(),
             tasks: BTreeMap::new(),
             chosen: BTreeMap::new(),
         }
     }
 
+    fn consider(&mut self, task: TaskId, p: Pending) {
+        let claim = match (p.ruling, p.accept) {
+            (Some((index, accepted)), _) => (index, accepted),
+            (None, Some(index)) => (index, true),
+            (None, None) => return,
+        };
+        let (Some(commitment), Some(steps), Some(base_model)) =
+            (p.commitment, p.steps, self.rounds.get(&p.round).copied())
+        else {
+            return;
+        };
+        let mut h = blake3::Hasher::new();
+        h.update(&self.seed);
+        h.update(&task.0.to_le_bytes());
+        self.chosen.insert(
+            *h.finalize().as_bytes(),
+            Candidate {
+                task,
+                base_model,
+                seed: p.seed,
+                commitment,
+                steps,
+                verdict_index: claim.0,
+                accepted: claim.1,
+            },
+        );
+        if self.chosen.len() > self.k {
+            self.chosen.pop_last();
+        }
+    }
+
     /// Sees entry `index` (already verified).
     pub fn observe(&mut self, index: u64, entry: &Entry) {
         match entry.body() {
+            EntryBody::ParticipantJoined {
+                key,
+                role: Role::Verifier,
+                ..
+            } if self.referee.is_none() => {
+                self.referee = Some(*key);
+            }
             EntryBody::RoundOpened {
                 round, base_model, ..
             } => {
@@ -94,6 +145,8 @@ impl Sampler {
                         seed: *seed,
                         commitment: None,
                         steps: None,
+                        accept: None,
+                        ruling: None,
                     },
                 );
             }
@@ -115,45 +168,42 @@ impl Sampler {
             }
             EntryBody::Verdict {
                 task,
-                accepted: true,
+                verifier,
+                accepted,
                 ..
             } => {
-                let Some(p) = self.tasks.remove(task) else {
-                    return;
-                };
-                let (Some(commitment), Some(steps), Some(base_model)) =
-                    (p.commitment, p.steps, self.rounds.get(&p.round).copied())
-                else {
-                    return;
-                };
-                let mut h = blake3::Hasher::new();
-                h.update(&self.root.0);
-                h.update(&task.0.to_le_bytes());
-                self.chosen.insert(
-                    *h.finalize().as_bytes(),
-                    Candidate {
-                        task: *task,
-                        base_model,
-                        seed: p.seed,
-                        commitment,
-                        steps,
-                        verdict_index: index,
-                    },
-                );
-                if self.chosen.len() > self.k {
-                    self.chosen.pop_last();
+                let is_referee = self.referee == Some(*verifier);
+                if let Some(p) = self.tasks.get_mut(task) {
+                    if is_referee {
+                        p.ruling = Some((index, *accepted));
+                    } else if *accepted {
+                        p.accept.get_or_insert(index);
+                    }
                 }
             }
             EntryBody::RoundClosed { round, .. } => {
-                self.tasks.retain(|_, p| p.round != *round);
+                let done: Vec<TaskId> = self
+                    .tasks
+                    .iter()
+                    .filter(|(_, p)| p.round == *round)
+                    .map(|(t, _)| *t)
+                    .collect();
+                for t in done {
+                    if let Some(p) = self.tasks.remove(&t) {
+                        self.consider(t, p);
+                    }
+                }
                 self.rounds.remove(round);
             }
             _ => {}
         }
     }
 
-    /// The sample, in task order.
-    pub fn into_sample(self) -> Vec<Candidate> {
+    /// The sample, in task order (tasks of the open round included).
+    pub fn into_sample(mut self) -> Vec<Candidate> {
+        for (t, p) in std::mem::take(&mut self.tasks) {
+            self.consider(t, p);
+        }
         let mut out: Vec<Candidate> = self.chosen.into_values().collect();
         out.sort_by_key(|c| c.task);
         out
@@ -230,73 +280,21 @@ pub fn replay(
     }
     let mut models = BTreeMap::new();
     for c in sample {
-        let status: TaskStatus = json(
-            &fetch(source, &format!("v1/tasks/{}", c.task))?,
-            "a task status",
-        )?;
-        let Some(opening_hash) = status.opening_blob else {
-            return Err(AuditError::Replay {
-                index: Some(c.verdict_index),
-                reason: format!(
-                    "task {} was accepted, but the coordinator has no opening for it",
-                    c.task
-                ),
-            });
-        };
-        let opening =
-            Opening::from_bytes(&blob(source, &opening_hash)?).map_err(|e| AuditError::Replay {
-                index: None,
-                reason: format!("the opening of task {} does not decode: {e}", c.task),
-            })?;
-        let class = if status.challenge.is_some_and(|ch| ch.tolerant) {
-            DeviceClass::Tolerant
-        } else {
-            DeviceClass::Exact
-        };
-        let base = match models.entry(c.base_model) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                let bytes = blob(source, &c.base_model)?;
-                let params = lupus_api::model::decode_model(&bytes, &spec).map_err(|err| {
-                    AuditError::Replay {
-                        index: Some(c.verdict_index),
-                        reason: format!("base model {} does not decode: {err}", c.base_model),
-                    }
-                })?;
-                e.insert(params)
-            }
-        };
-        let commitment = Commitment {
-            trace_root: c.commitment.0,
-            final_state_hash: c.commitment.1,
-            delta_hash: c.commitment.2,
-        };
-        let verdict = verify_opening(
-            &spec,
-            &corpus,
-            base.as_slice(),
-            &c.seed.0,
-            &commitment,
-            &c.steps,
-            &opening,
-            class,
-        );
-        match verdict {
-            Ok(Verdict::Accept) => {}
-            Ok(Verdict::Reject { step, reason, .. }) => {
+        let outcome = replay_one(source, &spec, &corpus, &mut models, c)?;
+        let what = if c.accepted { "accepted" } else { "rejected" };
+        match (c.accepted, outcome) {
+            (true, Replayed::Accept) | (false, Replayed::Reject(_)) => {}
+            (true, Replayed::Reject(why)) => {
                 return Err(AuditError::Replay {
                     index: Some(c.verdict_index),
-                    reason: format!(
-                        "task {} was accepted, but replaying step {step:?} fails: {reason}",
-                        c.task
-                    ),
+                    reason: format!("task {} was {what}, but {why}", c.task),
                 });
             }
-            Err(e) => {
+            (false, Replayed::Accept) => {
                 return Err(AuditError::Replay {
                     index: Some(c.verdict_index),
                     reason: format!(
-                        "task {} was accepted, but its opening cannot be replayed: {e}",
+                        "task {} was rejected (its worker's slash cites this ruling), but replaying every challenged step matches",
                         c.task
                     ),
                 });
@@ -304,4 +302,77 @@ pub fn replay(
         }
     }
     Ok(sample.len())
+}
+
+/// What a replay of one task found.
+enum Replayed {
+    Accept,
+    /// Why the opening does not stand: a step that does not replay, or an opening
+    /// missing or undecodable (which convicts as surely: the worker had to open).
+    Reject(String),
+}
+
+fn replay_one(
+    source: &dyn LogSource,
+    spec: &JobSpec,
+    corpus: &Corpus,
+    models: &mut BTreeMap<Digest, Vec<lupus_prover::tensor::Tensor>>,
+    c: &Candidate,
+) -> Result<Replayed, AuditError> {
+    let status: TaskStatus = json(
+        &fetch(source, &format!("v1/tasks/{}", c.task))?,
+        "a task status",
+    )?;
+    let Some(opening_hash) = status.opening_blob else {
+        return Ok(Replayed::Reject(
+            "the coordinator has no opening for it".into(),
+        ));
+    };
+    let opening = match Opening::from_bytes(&blob(source, &opening_hash)?) {
+        Ok(o) => o,
+        Err(e) => {
+            return Ok(Replayed::Reject(format!(
+                "its opening does not decode: {e}"
+            )));
+        }
+    };
+    let class = if status.tolerant || status.challenge.is_some_and(|ch| ch.tolerant) {
+        DeviceClass::Tolerant
+    } else {
+        DeviceClass::Exact
+    };
+    let base = match models.entry(c.base_model) {
+        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::btree_map::Entry::Vacant(e) => {
+            let bytes = blob(source, &c.base_model)?;
+            let params =
+                lupus_api::model::decode_model(&bytes, spec).map_err(|err| AuditError::Replay {
+                    index: Some(c.verdict_index),
+                    reason: format!("base model {} does not decode: {err}", c.base_model),
+                })?;
+            e.insert(params)
+        }
+    };
+    let commitment = Commitment {
+        trace_root: c.commitment.0,
+        final_state_hash: c.commitment.1,
+        delta_hash: c.commitment.2,
+    };
+    let verdict = verify_opening(
+        spec,
+        corpus,
+        base.as_slice(),
+        &c.seed.0,
+        &commitment,
+        &c.steps,
+        &opening,
+        class,
+    );
+    Ok(match verdict {
+        Ok(Verdict::Accept) => Replayed::Accept,
+        Ok(Verdict::Reject { step, reason, .. }) => {
+            Replayed::Reject(format!("replaying step {step:?} fails: {reason}"))
+        }
+        Err(e) => Replayed::Reject(format!("its opening cannot be replayed: {e}")),
+    })
 }

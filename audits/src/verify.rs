@@ -224,8 +224,10 @@ pub struct Outcome {
     pub accounts: usize,
     /// Earlier checkpoints proven consistent with this one during the run.
     pub consistency_proofs: usize,
-    /// Accepted tasks whose challenges were replayed (`--replay`).
+    /// Judged tasks whose challenges were replayed (`--replay`).
     pub replayed: usize,
+    /// The seed the replay sample was drawn with (hex), to reproduce it with `--seed`.
+    pub replay_seed: Option<String>,
 }
 
 /// Options of a run.
@@ -233,9 +235,12 @@ pub struct Outcome {
 pub struct Options {
     /// Threads that decode entries (signature checks); 0 means one per CPU.
     pub threads: usize,
-    /// Accepted tasks of this run whose challenges to replay from the coordinator's
+    /// Judged tasks of this run whose challenges to replay from the coordinator's
     /// stored openings ([`crate::replay`]); 0 replays none.
     pub replay: usize,
+    /// The seed of the replay sample; `None` draws one from the OS (the sample is
+    /// then the auditor's alone; the outcome reports the seed used).
+    pub seed: Option<[u8; 32]>,
 }
 
 /// Verifies what is new in the log at `source`, extending the state in `dir`.
@@ -324,7 +329,18 @@ fn run(
         })
     })?;
     let mut protocol = state.protocol.clone();
-    let mut sampler = (options.replay > 0).then(|| Sampler::new(options.replay, root));
+    let replay_seed = match (options.replay, options.seed) {
+        (0, _) => None,
+        (_, Some(seed)) => Some(seed),
+        (_, None) => {
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed)
+                .map_err(|e| AuditError::Usage(format!("no OS randomness for --replay: {e}")))?;
+            Some(seed)
+        }
+    };
+    let mut sampler =
+        replay_seed.map(|seed| Sampler::new(options.replay, seed, protocol.referee().copied()));
     let mut leaves: Vec<Hash> = Vec::with_capacity(size.saturating_sub(from) as usize);
     let ctx = Ctx {
         source,
@@ -480,6 +496,7 @@ fn run(
         accounts: fold.balances().len(),
         consistency_proofs: pending.len(),
         replayed,
+        replay_seed: replay_seed.map(hex::encode),
     })
 }
 

@@ -48,7 +48,11 @@ async fn audit(url: &str, key: &str, state: &std::path::Path, replay: usize) -> 
             src.as_ref(),
             &StateDir::new(&state),
             Some(&key),
-            &Options { threads: 0, replay },
+            &Options {
+                threads: 0,
+                replay,
+                seed: None,
+            },
             &mut |_, _| {},
         )
     })
@@ -57,7 +61,15 @@ async fn audit(url: &str, key: &str, state: &std::path::Path, replay: usize) -> 
     .unwrap_or_else(|e| panic!("the real run's log does not verify: {e}"))
 }
 
-async fn run(workers: &[(u8, Behaviour)], rounds: u64) -> (Outcome, Outcome) {
+/// What the runs audited: while the job ran, after it (resuming), and a fresh audit
+/// of the whole log that replays every judged task of every round.
+struct Audits {
+    during: Outcome,
+    after: Outcome,
+    whole: Outcome,
+}
+
+async fn run(workers: &[(u8, Behaviour)], rounds: u64) -> Audits {
     let dir = tempfile::tempdir().unwrap();
     let c = Coordinator::open(
         config(dir.path(), rounds, workers.len() as u32),
@@ -103,11 +115,19 @@ async fn run(workers: &[(u8, Behaviour)], rounds: u64) -> (Outcome, Outcome) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let after = audit(&url, &log_key, state.path(), 2).await;
+    // Tasks of rounds closed long ago replay too: the coordinator answers their
+    // openings from its store after the live table has forgotten them.
+    let fresh = tempfile::tempdir().unwrap();
+    let whole = audit(&url, &log_key, fresh.path(), usize::MAX).await;
     witness_the_run(&url, &log_key, &first).await;
     // The participants' threads see the flag within a step and end.
     stop.store(true, Ordering::Relaxed);
     drop(handles);
-    (during, after)
+    Audits {
+        during,
+        after,
+        whole,
+    }
 }
 
 async fn fetch(url: &str, path: &str) -> String {
@@ -166,7 +186,11 @@ async fn witness_the_run(url: &str, log_key: &str, first: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_real_honest_run_verifies_while_it_grows_and_after() {
-    let (during, after) = run(&[(1, Behaviour::Honest), (2, Behaviour::Honest)], 2).await;
+    let Audits {
+        during,
+        after,
+        whole,
+    } = run(&[(1, Behaviour::Honest), (2, Behaviour::Honest)], 3).await;
     assert_eq!(after.from_size, during.size);
     assert!(after.size > during.size);
     // Two workers and the verifier earned.
@@ -174,11 +198,14 @@ async fn a_real_honest_run_verifies_while_it_grows_and_after() {
     // Two accepted tasks of the second run were replayed from their openings.
     assert_eq!(after.replayed, 2, "{after:?}");
     assert!(after.total_shares > 0);
+    // Every judged task of the three rounds: at least one per worker and round.
+    assert!(whole.replayed >= 6, "{whole:?}");
+    assert_eq!(whole.total_shares, after.total_shares);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_real_run_with_a_slashed_cheater_verifies() {
-    let (_, after) = run(
+    let Audits { after, whole, .. } = run(
         &[
             (1, Behaviour::Honest),
             (2, Behaviour::Honest),
@@ -191,4 +218,6 @@ async fn a_real_run_with_a_slashed_cheater_verifies() {
     // accepted (honest) tasks sampled replay.
     assert_eq!(after.accounts, 3, "{after:?}");
     assert!(after.replayed >= 1, "{after:?}");
+    // The referee's rejection of the cheater replays as a rejection.
+    assert!(whole.replayed >= 4, "{whole:?}");
 }

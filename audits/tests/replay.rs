@@ -70,6 +70,7 @@ fn world() -> World {
     };
     blobs.insert("v1/job".into(), serde_json::to_vec(&info).unwrap());
     let status = TaskStatus {
+        tolerant: false,
         task_id: task,
         round: Round(1),
         worker: PublicKey([9; 32]),
@@ -106,6 +107,7 @@ fn world() -> World {
             ),
             steps,
             verdict_index: 42,
+            accepted: true,
         },
     }
 }
@@ -159,6 +161,26 @@ fn an_honest_opening_replays_and_a_contradicted_verdict_is_named() {
         ),
         "{err}"
     );
+}
+
+/// The operator's referee rejects honest work and slashes its worker: the ruling is in
+/// the log and convicts by the protocol's rules, but a replay of the opening says the
+/// work was right. The replay names the ruling.
+#[test]
+fn a_rejection_that_the_replay_does_not_bear_out_is_named() {
+    let w = world();
+    let mut ruled = w.honest.clone();
+    ruled.accepted = false;
+    let err = replay(&w.source, &w.facts, &[ruled]).unwrap_err();
+    assert!(
+        matches!(&err, AuditError::Replay { index: Some(42), reason } if reason.contains("slash cites")),
+        "{err}"
+    );
+    // A rejection of work that does not replay stands.
+    let mut bad = w.honest.clone();
+    bad.accepted = false;
+    bad.commitment.2 = Digest([3; 32]);
+    assert_eq!(replay(&w.source, &w.facts, &[bad]).unwrap(), 1);
 }
 
 #[test]

@@ -796,6 +796,7 @@ fn replay_needs_the_coordinators_api_and_a_static_mirror_is_a_usage_error() {
         &lupus_audit::verify::Options {
             threads: 1,
             replay: 3,
+            seed: None,
         },
         &mut |_, _| {},
     )

@@ -96,6 +96,7 @@ pub fn verify(job: &SampleJob, tiles: &Path, state: &Path) -> Result<Outcome, Au
         &Options {
             threads: 2,
             replay: 0,
+            seed: None,
         },
         &mut |_, _| {},
     )

@@ -141,8 +141,27 @@ impl Coordinator {
         self.release(inner, status).await
     }
 
-    /// `GET /v1/tasks/<id>`.
+    /// `GET /v1/tasks/<id>`. The opening and the device class of a task whose round
+    /// is over (the live table forgets them when the next round opens) are read from
+    /// the store's metadata, after the lock is let go: an auditor replays tasks of
+    /// every round from them (openings are kept for good; DESIGN.md, "Evidence").
     pub async fn task_status(&self, task: TaskId) -> Result<api::TaskStatus, Error> {
+        let mut status = self.task_status_locked(task).await?;
+        if status.opening_blob.is_none()
+            && let Some(m) = self.task_meta_blob("opening", task).await?
+            && let Ok(hash) = <[u8; 32]>::try_from(m.as_slice())
+        {
+            status.opening_blob = Some(Digest(hash));
+        }
+        if !status.tolerant
+            && let Some(m) = self.task_meta_blob("delta", task).await?
+        {
+            status.tolerant = m.len() == 33 && m[32] == 1;
+        }
+        Ok(status)
+    }
+
+    async fn task_status_locked(&self, task: TaskId) -> Result<api::TaskStatus, Error> {
         let inner = self.lock_for_read().await?;
         let Some(t) = inner.state.tasks.get(&task) else {
             let (round, r) = inner
@@ -161,6 +180,7 @@ impl Coordinator {
                 challenge: None,
                 verdicts: Vec::new(),
                 opening_blob: None,
+                tolerant: false,
                 retired: true,
             };
             return self.release(inner, status).await;
@@ -209,6 +229,7 @@ impl Coordinator {
                 })
                 .collect(),
             opening_blob: l.and_then(|l| l.opening_blob),
+            tolerant: l.is_some_and(|l| l.class == Some(DeviceClass::Tolerant)),
             retired: false,
         };
         self.release(inner, status).await
