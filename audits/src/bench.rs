@@ -188,6 +188,7 @@ pub fn run_bench(
             threads: options.threads,
             replay: 0,
             seed: None,
+            tiles: crate::verify::TileCheck::default(),
         },
         &mut |done, total| progress(Phase::Verify, done, total),
     )?;
@@ -201,6 +202,7 @@ pub fn run_bench(
             threads: options.threads,
             replay: 0,
             seed: None,
+            tiles: crate::verify::TileCheck::default(),
         },
         &mut |_, _| {},
     )?;

@@ -13,7 +13,8 @@ use lupus_audit::monitor::{Alert, MonitorOptions, monitor};
 use lupus_audit::source::open_source;
 use lupus_audit::state::StateDir;
 use lupus_audit::verify::{
-    AuditError, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, Options, Outcome, verify_log,
+    AuditError, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, Options, Outcome, TileCheck,
+    verify_log,
 };
 use lupus_audit::{statement, witness};
 use lupus_ledger::note::NoteSigner;
@@ -66,9 +67,14 @@ enum Command {
         /// own randomness, so the operator cannot steer it; the run prints its seed.
         #[arg(long, default_value_t = 0)]
         replay: usize,
-        /// Fix the replay sample's seed (64 hex digits) to reproduce an earlier run.
+        /// Fix the seed of the samples (replayed tasks, checked tiles; 64 hex
+        /// digits) to reproduce an earlier run.
         #[arg(long, value_name = "HEX", value_parser = parse_seed)]
         seed: Option<[u8; 32]>,
+        /// Hash tiles the log serves for this run's entries to check against the
+        /// verified tree: `all`, or how many to sample (0: none).
+        #[arg(long, value_name = "all|N", default_value = "16", value_parser = parse_tiles)]
+        tiles: TileCheck,
     },
     /// Verify a stake statement (JSON) or a C2SP tlog-proof file offline.
     #[command(after_help = EXIT_CODES)]
@@ -201,9 +207,20 @@ fn print_outcome(json: bool, o: &Outcome) {
             o.consistency_proofs,
             o.replayed,
         );
-        if let Some(seed) = &o.replay_seed {
-            println!("replay sample seed: {seed} (pass --seed {seed} to replay the same tasks)");
-        }
+        println!(
+            "{} hash tiles checked; samples drawn with --seed {}",
+            o.tiles_checked, o.seed
+        );
+    }
+}
+
+fn parse_tiles(s: &str) -> Result<TileCheck, String> {
+    match s {
+        "all" => Ok(TileCheck::All),
+        n => n
+            .parse()
+            .map(TileCheck::Sample)
+            .map_err(|_| format!("{n:?}: `all` or a number of tiles")),
     }
 }
 
@@ -237,6 +254,7 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
             threads,
             replay,
             seed,
+            tiles,
         } => {
             let key = key.as_deref().map(key_arg).transpose()?;
             let src = open_source(source);
@@ -249,6 +267,7 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
                     threads: *threads,
                     replay: *replay,
                     seed: *seed,
+                    tiles: *tiles,
                 },
                 &mut |done, total| {
                     bar.set_length(total);

@@ -34,7 +34,8 @@ use lupus_ledger::hash::{Hash, TreeSize, leaf_hash};
 use lupus_ledger::note::NoteVerifier;
 use lupus_ledger::proof::{consistency_proof_indexes, prove_consistency, verify_consistency};
 use lupus_ledger::tiles::{
-    EntryBundle, TILE_WIDTH, Tile, VerifiedTiles, decode_entry_bundle, tiles_needed,
+    EntryBundle, TILE_WIDTH, Tile, VerifiedTiles, decode_entry_bundle, tile_data_indexes,
+    tiles_for_growth, tiles_needed,
 };
 use lupus_ledger::tree::{HashReader, StoredHashIndex, stored_hash_index};
 use serde::Serialize;
@@ -226,8 +227,10 @@ pub struct Outcome {
     pub consistency_proofs: usize,
     /// Judged tasks whose challenges were replayed (`--replay`).
     pub replayed: usize,
-    /// The seed the replay sample was drawn with (hex), to reproduce it with `--seed`.
-    pub replay_seed: Option<String>,
+    /// Hash tiles checked against the verified tree.
+    pub tiles_checked: usize,
+    /// The seed the samples were drawn with (hex), to reproduce them with `--seed`.
+    pub seed: String,
 }
 
 /// Options of a run.
@@ -238,9 +241,30 @@ pub struct Options {
     /// Judged tasks of this run whose challenges to replay from the coordinator's
     /// stored openings ([`crate::replay`]); 0 replays none.
     pub replay: usize,
-    /// The seed of the replay sample; `None` draws one from the OS (the sample is
-    /// then the auditor's alone; the outcome reports the seed used).
+    /// The seed of the samples (replayed tasks, checked tiles); `None` draws one
+    /// from the OS (the samples are then the auditor's alone; the outcome reports the
+    /// seed used).
     pub seed: Option<[u8; 32]>,
+    /// Which of the hash tiles the log serves for this run's growth to check
+    /// against the verified tree.
+    pub tiles: TileCheck,
+}
+
+/// Which hash tiles a run checks. A normal run reads entry bundles, not hash tiles,
+/// so a log could serve wrong hash tiles (to a client proving inclusion with them)
+/// and pass; this checks what it serves against the tree the entries build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TileCheck {
+    /// Every tile of the run's growth.
+    All,
+    /// This many tiles of the growth, drawn with the run's seed (0: none).
+    Sample(usize),
+}
+
+impl Default for TileCheck {
+    fn default() -> Self {
+        TileCheck::Sample(16)
+    }
 }
 
 /// Verifies what is new in the log at `source`, extending the state in `dir`.
@@ -329,18 +353,17 @@ fn run(
         })
     })?;
     let mut protocol = state.protocol.clone();
-    let replay_seed = match (options.replay, options.seed) {
-        (0, _) => None,
-        (_, Some(seed)) => Some(seed),
-        (_, None) => {
+    let seed = match options.seed {
+        Some(seed) => seed,
+        None => {
             let mut seed = [0u8; 32];
             getrandom::fill(&mut seed)
-                .map_err(|e| AuditError::Usage(format!("no OS randomness for --replay: {e}")))?;
-            Some(seed)
+                .map_err(|e| AuditError::Usage(format!("no OS randomness to sample with: {e}")))?;
+            seed
         }
     };
-    let mut sampler =
-        replay_seed.map(|seed| Sampler::new(options.replay, seed, protocol.referee().copied()));
+    let mut sampler = (options.replay > 0)
+        .then(|| Sampler::new(options.replay, seed, protocol.referee().copied()));
     let mut leaves: Vec<Hash> = Vec::with_capacity(size.saturating_sub(from) as usize);
     let ctx = Ctx {
         source,
@@ -464,6 +487,7 @@ fn run(
             }
         }
     }
+    let tiles_checked = ctx.check_tiles(options.tiles, &seed)?;
     // Replays run on a log already verified: a failure here is about the work.
     let replayed = match (sampler, protocol.job()) {
         (Some(s), Some(job)) => replay(source, job, &s.into_sample())?,
@@ -496,7 +520,8 @@ fn run(
         accounts: fold.balances().len(),
         consistency_proofs: pending.len(),
         replayed,
-        replay_seed: replay_seed.map(hex::encode),
+        tiles_checked,
+        seed: hex::encode(seed),
     })
 }
 
@@ -544,6 +569,39 @@ impl Ctx<'_> {
         }
         VerifiedTiles::new(TreeSize(self.size), &self.root, fetched)
             .map_err(|e| AuditError::BadTiles(e.to_string()))
+    }
+
+    /// Checks the hash tiles `which` picks among those of the growth from the last
+    /// verified size to this one; returns how many. A tile that does not agree with
+    /// the verified root is named.
+    fn check_tiles(&self, which: TileCheck, seed: &[u8; 32]) -> Result<usize, AuditError> {
+        let mut grown = tiles_for_growth(TreeSize(self.from), TreeSize(self.size));
+        if let TileCheck::Sample(n) = which {
+            let key = |t: &Tile| {
+                let mut h = blake3::Hasher::new_derive_key("lupus-audit tile sample v1");
+                h.update(seed);
+                h.update(t.path().as_bytes());
+                *h.finalize().as_bytes()
+            };
+            grown.sort_by_cached_key(key);
+            grown.truncate(n);
+        }
+        let indexes: Vec<StoredHashIndex> = grown.iter().flat_map(tile_data_indexes).collect();
+        if indexes.is_empty() || self.verified_tiles(&indexes).is_ok() {
+            return Ok(grown.len());
+        }
+        // Name the first tile that does not agree (with what checks it).
+        for t in &grown {
+            if let Err(e) = self.verified_tiles(&tile_data_indexes(t)) {
+                return Err(match e {
+                    AuditError::BadTiles(reason) => {
+                        AuditError::BadTiles(format!("hash tile {}: {reason}", t.path()))
+                    }
+                    e => e,
+                });
+            }
+        }
+        self.verified_tiles(&indexes).map(|_| grown.len())
     }
 
     /// Finds the most basic cause of `fallback`, a failure seen while reading new

@@ -241,3 +241,35 @@ fn a_verifier_the_referee_contradicted_is_not_paid() {
     assert_eq!(index, i as u64 + 1, "the verification credit");
     assert!(matches!(v, Violation::CreditContradicted { .. }), "{v}");
 }
+
+/// The log serves a hash tile that does not agree with its entries (what a client
+/// proving inclusion would read). Entry bundles alone would never show it.
+#[test]
+fn a_wrong_hash_tile_served_is_named() {
+    let job = job();
+    let entries = honest(&job);
+    let (tiles, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    export(&job, &encode(&entries), tiles.path());
+    let path = tiles.path().join("tile/0/000");
+    let mut data = std::fs::read(&path).unwrap();
+    data[32 * 7 + 3] ^= 1;
+    std::fs::write(&path, &data).unwrap();
+    let err = verify(&job, tiles.path(), state.path()).unwrap_err();
+    match &err {
+        AuditError::BadTiles(reason) => assert!(reason.contains("tile/0/000"), "{reason}"),
+        other => panic!("{other}"),
+    }
+    // Not checking tiles, the same log passes: the check is what catches it.
+    let state = tempfile::tempdir().unwrap();
+    let r = lupus_audit::verify::verify_log(
+        &lupus_audit::source::DirSource::new(tiles.path()),
+        &lupus_audit::state::StateDir::new(state.path()),
+        Some(&job.vkey()),
+        &lupus_audit::verify::Options {
+            tiles: lupus_audit::verify::TileCheck::Sample(0),
+            ..Default::default()
+        },
+        &mut |_, _| {},
+    );
+    assert!(r.is_ok(), "{r:?}");
+}

@@ -52,6 +52,7 @@ async fn audit(url: &str, key: &str, state: &std::path::Path, replay: usize) -> 
                 threads: 0,
                 replay,
                 seed: None,
+                tiles: lupus_audit::verify::TileCheck::All,
             },
             &mut |_, _| {},
         )

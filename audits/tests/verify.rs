@@ -797,6 +797,7 @@ fn replay_needs_the_coordinators_api_and_a_static_mirror_is_a_usage_error() {
             threads: 1,
             replay: 3,
             seed: None,
+            tiles: lupus_audit::verify::TileCheck::All,
         },
         &mut |_, _| {},
     )

@@ -97,6 +97,7 @@ pub fn verify(job: &SampleJob, tiles: &Path, state: &Path) -> Result<Outcome, Au
             threads: 2,
             replay: 0,
             seed: None,
+            tiles: lupus_audit::verify::TileCheck::All,
         },
         &mut |_, _| {},
     )
