@@ -4,7 +4,7 @@
 //! the tiny test job spec and the log's key, the referee, workers and a verifier joining, then per
 //! round a `RoundOpened` with a beacon commitment, for each worker a task (seed from
 //! `derive_task_seed`), a signed commitment, a challenge of the steps
-//! `challenge_steps(beacon, trace_root, H, m)`, a signed accepting verdict (and the
+//! `challenge_steps(beacon, trace_root, H, m)`, the opening, a signed accepting verdict (and the
 //! referee's, where the beacon marks the task for a double check), a work
 //! credit and a verification credit, then the close revealing the beacon and the
 //! `SharesEpoch` the fold expects. Keys are fixed, so two runs write the same log.
@@ -189,6 +189,14 @@ impl SampleJob {
                         task,
                         verifier,
                         steps: steps.clone(),
+                    })?,
+                )?;
+                push(
+                    &mut out,
+                    Entry::unsigned(EntryBody::TaskOpened {
+                        task,
+                        worker,
+                        opening: Digest::of(format!("opening {}", task.0).as_bytes()),
                     })?,
                 )?;
                 let body = EntryBody::Verdict {

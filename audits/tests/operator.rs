@@ -273,3 +273,41 @@ fn a_wrong_hash_tile_served_is_named() {
     );
     assert!(r.is_ok(), "{r:?}");
 }
+
+/// The operator drops an opened task at the close: no credit, no conviction, no word.
+/// (Its worker opened, so the task was owed a judgement.)
+#[test]
+fn an_opened_task_dropped_silently_is_named_at_the_close() {
+    let job = job();
+    let mut entries = honest(&job);
+    let (i, task, _) = work_credit(&entries, 4);
+    // Drop every credit of the task (work and verification).
+    entries.retain(|e| !matches!(e.body(), EntryBody::Credit { task: t, .. } if *t == task));
+    let close = (i..entries.len())
+        .find(|&j| entries[j].kind() == EntryKind::RoundClosed)
+        .unwrap();
+    let (index, v) = audit(&job, &entries);
+    assert_eq!(index, close as u64);
+    assert!(
+        matches!(v, Violation::TaskVanished { task: t, .. } if t == task),
+        "{v}"
+    );
+
+    // Saying it ended is not enough: the reason must hold.
+    let mut lied = entries.clone();
+    let ended = |reason| Entry::unsigned(EntryBody::TaskEnded { task, reason }).unwrap();
+    lied.insert(close, ended(lupus_ledger::entry::EndReason::NotOpened));
+    let (index, v) = audit(&job, &lied);
+    assert_eq!(index, close as u64);
+    assert!(
+        matches!(v, Violation::EndReason { why, .. } if why.contains("opened")),
+        "{v}"
+    );
+    // The true reason passes the close (the epoch after it then disagrees with the
+    // balances, since the sample's epoch counted the dropped credits).
+    let mut honest_end = entries;
+    honest_end.insert(close, ended(lupus_ledger::entry::EndReason::NotJudged));
+    let (index, v) = audit(&job, &honest_end);
+    assert!(index > close as u64 + 1, "{index}: {v}");
+    assert!(matches!(v, Violation::Fold(_)), "{v}");
+}

@@ -352,11 +352,11 @@ fn resigned_a_challenge_the_beacon_did_not_dictate_is_named() {
         reason,
         evidence,
         ..
-    } = entries[i + 1].body().clone()
+    } = entries[i + 2].body().clone()
     else {
         unreachable!()
     };
-    entries[i + 1] = resign(
+    entries[i + 2] = resign(
         &job,
         EntryBody::Verdict {
             task,

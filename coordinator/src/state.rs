@@ -11,7 +11,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lupus_ledger::entry::{CreditKind, Digest, Entry, EntryBody, PublicKey, Role, Round, TaskId};
+use lupus_ledger::entry::{
+    CreditKind, Digest, EndReason, Entry, EntryBody, PublicKey, Role, Round, TaskId,
+};
 use lupus_protocol::{ProtocolState, SharesFold, Violation};
 
 /// A contradiction between the log and the coordinator's rules (a log this coordinator
@@ -143,6 +145,10 @@ pub struct TaskRecord {
     pub verdicts: Vec<VerdictRecord>,
     /// A `Slashed` entry names this task and its worker.
     pub worker_slashed: bool,
+    /// The opening's blob hash, once `TaskOpened`.
+    pub opened: Option<Digest>,
+    /// How it ended without a credit or a conviction (`TaskEnded`), if it did.
+    pub ended: Option<EndReason>,
     /// Keys credited for this task, and for what.
     pub credited: BTreeSet<(PublicKey, CreditKindKey)>,
 }
@@ -360,6 +366,8 @@ impl State {
                         challenges: Vec::new(),
                         verdicts: Vec::new(),
                         worker_slashed: false,
+                        opened: None,
+                        ended: None,
                         credited: BTreeSet::new(),
                     },
                 );
@@ -444,6 +452,16 @@ impl State {
                     && t.worker == *key
                 {
                     t.worker_slashed = true;
+                }
+            }
+            EntryBody::TaskOpened { task, opening, .. } => {
+                if let Some(t) = self.tasks.get_mut(task) {
+                    t.opened = Some(*opening);
+                }
+            }
+            EntryBody::TaskEnded { task, reason } => {
+                if let Some(t) = self.tasks.get_mut(task) {
+                    t.ended = Some(*reason);
                 }
             }
             EntryBody::SharesEpoch { epoch, round, .. } => {
@@ -580,6 +598,11 @@ mod tests {
                 task: TaskId(task),
                 verifier: v,
                 steps: steps.clone(),
+            });
+            self.push(EntryBody::TaskOpened {
+                task: TaskId(task),
+                worker: self.w(),
+                opening: root,
             });
             let verdict = EntryBody::Verdict {
                 task: TaskId(task),

@@ -11,7 +11,8 @@
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use lupus_api::lupus_ledger::entry::{
-    Amount, CreditKind, Digest, Entry, EntryBody, Epoch, PublicKey, Role, Round, TaskId,
+    Amount, CreditKind, Digest, EndReason, Entry, EntryBody, Epoch, PublicKey, Role, Round,
+    TaskId,
 };
 use lupus_fuzz::{public, worker_key};
 
@@ -75,7 +76,7 @@ fn body(u: &mut Unstructured) -> Result<EntryBody> {
     // The signed kinds normally name the fixed key; sometimes another one, which
     // `Entry::signed` must refuse.
     let own = !u.ratio(1, 16)?;
-    Ok(match u.int_in_range(1u8..=11)? {
+    Ok(match u.int_in_range(1u8..=13)? {
         1 => EntryBody::Genesis {
             job_spec: u.arbitrary()?,
             job_hash: digest(u)?,
@@ -158,6 +159,19 @@ fn body(u: &mut Unstructured) -> Result<EntryBody> {
                 Some(digest(u)?)
             } else {
                 None
+            },
+        },
+        12 => EntryBody::TaskOpened {
+            task: TaskId(u.arbitrary()?),
+            worker: PublicKey(u.arbitrary()?),
+            opening: digest(u)?,
+        },
+        13 => EntryBody::TaskEnded {
+            task: TaskId(u.arbitrary()?),
+            reason: match u.int_in_range(0u8..=2)? {
+                0 => EndReason::NotOpened,
+                1 => EndReason::NotJudged,
+                _ => EndReason::WorkerSlashed,
             },
         },
         _ => EntryBody::SharesEpoch {

@@ -32,6 +32,7 @@
 //! | `Option<Digest>` | `0x00`, or `0x01` followed by 32 bytes |
 //! | [`Role`] | 1 byte: `0x00` worker, `0x01` verifier |
 //! | [`CreditKind`] | 1 byte: `0x00` work, `0x01` verification |
+//! | [`EndReason`] | 1 byte: `0x00` not opened, `0x01` not judged, `0x02` worker slashed |
 //!
 //! Kinds and their fields, in encoding order (`*` marks kinds signed by a participant):
 //!
@@ -48,6 +49,8 @@
 //! | `Credit` | 9 | `round: u64`, `key: PublicKey`, `amount: u64`, `task: u64`, `kind: CreditKind` |
 //! | `Slashed` | 10 | `key: PublicKey`, `task: u64`, `reason: String` (≤ [`MAX_REASON`]), `evidence: Option<Digest>` |
 //! | `SharesEpoch` | 11 | `epoch: u64`, `round: u64`, `root: Digest`, `total: u64`, `accounts: u64` |
+//! | `TaskOpened` | 12 | `task: u64`, `worker: PublicKey`, `opening: Digest` |
+//! | `TaskEnded` | 13 | `task: u64`, `reason: EndReason` |
 //!
 //! The whole encoded entry must be at most [`MAX_ENTRY_LEN`] (65,535) bytes, because
 //! `tlog-tiles` entry bundles prefix each entry with a `u16` length.
@@ -118,7 +121,7 @@ pub enum EntryError {
     #[error("unknown entry version {0}: this code reads version {ENTRY_VERSION} only")]
     UnknownVersion(u8),
     /// The kind byte names no entry kind.
-    #[error("unknown entry kind byte {0}: expected 1..=11")]
+    #[error("unknown entry kind byte {0}: expected 1..=13")]
     UnknownKind(u8),
     /// Bytes remained after the entry was complete.
     #[error("{count} trailing bytes after the entry: one encoding has no padding")]
@@ -381,6 +384,20 @@ pub enum CreditKind {
     Verification,
 }
 
+/// Why a committed task ended without a work credit or a conviction of its worker
+/// (`TaskEnded`): every committed task ends in the log, so none just disappears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The worker did not open its challenged steps before the round closed.
+    NotOpened,
+    /// Opened, but no final verdict before the round closed.
+    NotJudged,
+    /// Accepted, but its worker was slashed (for this task or another) first.
+    WorkerSlashed,
+}
+
 /// The kind of an entry, as its encoding's kind byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -397,6 +414,8 @@ pub enum EntryKind {
     Credit = 9,
     Slashed = 10,
     SharesEpoch = 11,
+    TaskOpened = 12,
+    TaskEnded = 13,
 }
 
 impl EntryKind {
@@ -413,6 +432,8 @@ impl EntryKind {
             9 => EntryKind::Credit,
             10 => EntryKind::Slashed,
             11 => EntryKind::SharesEpoch,
+            12 => EntryKind::TaskOpened,
+            13 => EntryKind::TaskEnded,
             _ => return None,
         })
     }
@@ -431,6 +452,8 @@ impl EntryKind {
             EntryKind::Credit => "credit",
             EntryKind::Slashed => "slashed",
             EntryKind::SharesEpoch => "shares_epoch",
+            EntryKind::TaskOpened => "task_opened",
+            EntryKind::TaskEnded => "task_ended",
         }
     }
 }
@@ -544,6 +567,17 @@ pub enum EntryBody {
         total: Amount,
         accounts: u64,
     },
+    /// The worker answered its challenge: `opening` is the blake3 of the opening blob
+    /// (its canonical bytes, served at `/v1/blobs/<hash>`) the coordinator took from
+    /// the worker's signed upload. Verdicts judge this opening.
+    TaskOpened {
+        task: TaskId,
+        worker: PublicKey,
+        opening: Digest,
+    },
+    /// A committed task ends without a work credit or its worker's conviction, and
+    /// says why: written at its round's close.
+    TaskEnded { task: TaskId, reason: EndReason },
 }
 
 impl EntryBody {
@@ -561,6 +595,8 @@ impl EntryBody {
             EntryBody::Credit { .. } => EntryKind::Credit,
             EntryBody::Slashed { .. } => EntryKind::Slashed,
             EntryBody::SharesEpoch { .. } => EntryKind::SharesEpoch,
+            EntryBody::TaskOpened { .. } => EntryKind::TaskOpened,
+            EntryBody::TaskEnded { .. } => EntryKind::TaskEnded,
         }
     }
 
@@ -725,6 +761,23 @@ impl EntryBody {
                 w.extend_from_slice(&root.0);
                 w.extend_from_slice(&total.0.to_be_bytes());
                 w.extend_from_slice(&accounts.to_be_bytes());
+            }
+            EntryBody::TaskOpened {
+                task,
+                worker,
+                opening,
+            } => {
+                w.extend_from_slice(&task.0.to_be_bytes());
+                w.extend_from_slice(&worker.0);
+                w.extend_from_slice(&opening.0);
+            }
+            EntryBody::TaskEnded { task, reason } => {
+                w.extend_from_slice(&task.0.to_be_bytes());
+                w.push(match reason {
+                    EndReason::NotOpened => 0,
+                    EndReason::NotJudged => 1,
+                    EndReason::WorkerSlashed => 2,
+                });
             }
         }
         // The signature block adds at most 65 bytes; check the whole entry's bound.
@@ -1024,6 +1077,25 @@ impl Entry {
                 total: Amount(r.u64("total")?),
                 accounts: r.u64("accounts")?,
             },
+            EntryKind::TaskOpened => EntryBody::TaskOpened {
+                task: TaskId(r.u64("task")?),
+                worker: PublicKey(r.array("worker")?),
+                opening: Digest(r.array("opening")?),
+            },
+            EntryKind::TaskEnded => EntryBody::TaskEnded {
+                task: TaskId(r.u64("task")?),
+                reason: match r.u8("end reason")? {
+                    0 => EndReason::NotOpened,
+                    1 => EndReason::NotJudged,
+                    2 => EndReason::WorkerSlashed,
+                    value => {
+                        return Err(EntryError::InvalidTag {
+                            field: "end reason",
+                            value,
+                        });
+                    }
+                },
+            },
         };
         let body_len = r.pos;
         let signature = match r.u8("signature flag")? {
@@ -1254,6 +1326,15 @@ mod tests {
                 total: Amount(500),
                 accounts: 2,
             },
+            EntryBody::TaskOpened {
+                task: TaskId(9),
+                worker: pk,
+                opening: d(13),
+            },
+            EntryBody::TaskEnded {
+                task: TaskId(9),
+                reason: EndReason::NotJudged,
+            },
         ]
     }
 
@@ -1405,8 +1486,8 @@ mod tests {
         v[0] = 2;
         assert_eq!(Entry::decode(&v), Err(EntryError::UnknownVersion(2)));
         let mut v = good.clone();
-        v[1] = 12;
-        assert_eq!(Entry::decode(&v), Err(EntryError::UnknownKind(12)));
+        v[1] = 14;
+        assert_eq!(Entry::decode(&v), Err(EntryError::UnknownKind(14)));
         let mut v = good.clone();
         v.push(0);
         assert_eq!(
@@ -1689,7 +1770,7 @@ mod tests {
                     }
                 }),
             (
-                any_pk,
+                any_pk.clone(),
                 any::<u64>(),
                 ".{0,30}",
                 proptest::option::of(arb_digest())
@@ -1714,6 +1795,21 @@ mod tests {
                     total: Amount(total),
                     accounts
                 }),
+            (any::<u64>(), any_pk, arb_digest()).prop_map(|(t, worker, opening)| {
+                EntryBody::TaskOpened {
+                    task: TaskId(t),
+                    worker,
+                    opening,
+                }
+            }),
+            (any::<u64>(), 0u8..3).prop_map(|(t, r)| EntryBody::TaskEnded {
+                task: TaskId(t),
+                reason: [
+                    EndReason::NotOpened,
+                    EndReason::NotJudged,
+                    EndReason::WorkerSlashed
+                ][usize::from(r)],
+            }),
         ]
     }
 

@@ -33,6 +33,13 @@
 //!   least one), for `H x batch x FLOPs per sample` ([`JobSpec::task_flops`]). A
 //!   `Verification` credit goes to a verifier (never the referee) that judged the task
 //!   as it was settled, once, for `challenged steps x batch x FLOPs per sample`.
+//! - **Every committed task ends in the log.** `TaskOpened` (by the task's worker's
+//!   opening, once, after the commitment) comes before any verdict. By its round's
+//!   close a committed task has a work credit, a rejecting ruling (its worker's
+//!   conviction), or a `TaskEnded` whose reason holds (`not_opened`: no
+//!   `TaskOpened`; `not_judged`: opened, no ruling; `worker_slashed`: the worker is
+//!   slashed); otherwise the close is [`Violation::TaskVanished`]. An ended task is
+//!   not credited.
 //! - **The model chain**: a round opens from the model the previous close named:
 //!   `RoundOpened.base_model` is the last `RoundClosed.new_model` (the first round's
 //!   base, the job's initial model, is not checked here).
@@ -50,7 +57,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use lupus_ledger::entry::{
-    Amount, CreditKind, Digest, Entry, EntryBody, PublicKey, Role, Round, TaskId,
+    Amount, CreditKind, Digest, EndReason, Entry, EntryBody, PublicKey, Role, Round, TaskId,
 };
 use lupus_ledger::note::NoteVerifier;
 use lupus_prover::challenge::{beacon_matches, challenge_steps};
@@ -201,6 +208,22 @@ pub enum Violation {
     },
     #[error("task {task}: {key} is credited twice for the same work")]
     DuplicateCredit { task: TaskId, key: PublicKey },
+    #[error("task {0} was already opened")]
+    AlreadyOpened(TaskId),
+    #[error("task {0} is judged before its worker opened it")]
+    NotOpened(TaskId),
+    #[error("task {0} already ended")]
+    AlreadyEnded(TaskId),
+    #[error("task {task} ended as {reason:?}, but {why}")]
+    EndReason {
+        task: TaskId,
+        reason: EndReason,
+        why: &'static str,
+    },
+    #[error(
+        "task {task} was committed in round {round}, which closes without its credit, its worker's conviction or an entry saying why it ended"
+    )]
+    TaskVanished { task: TaskId, round: Round },
     #[error("shares fold: {0}")]
     Fold(Box<FoldError>),
 }
@@ -249,6 +272,12 @@ struct TaskFacts {
     verdicts: Vec<(PublicKey, bool)>,
     /// The referee's verdict: whether it accepts, and the evidence it names.
     ruling: Option<(bool, Option<Digest>)>,
+    /// The opening's blob hash, once `TaskOpened`.
+    #[serde(default)]
+    opened: Option<Digest>,
+    /// How it ended, if a `TaskEnded` says so.
+    #[serde(default)]
+    ended: Option<EndReason>,
     credited: BTreeSet<(PublicKey, bool)>,
 }
 
@@ -498,6 +527,8 @@ impl ProtocolState {
                         challenges: Vec::new(),
                         verdicts: Vec::new(),
                         ruling: None,
+                        opened: None,
+                        ended: None,
                         credited: BTreeSet::new(),
                     },
                 );
@@ -564,6 +595,9 @@ impl ProtocolState {
                     task: *task,
                     verifier: *verifier,
                 })?;
+                if t.opened.is_none() {
+                    return Err(Violation::NotOpened(*task));
+                }
                 if challenge.steps != *steps {
                     return Err(Violation::VerdictSteps {
                         task: *task,
@@ -581,6 +615,70 @@ impl ProtocolState {
                 if is_referee {
                     t.ruling = Some((*accepted, *evidence));
                 }
+            }
+            EntryBody::TaskOpened {
+                task,
+                worker,
+                opening,
+            } => {
+                let t = self.task(*task)?;
+                if t.worker != *worker {
+                    return Err(Violation::WrongWorker {
+                        task: *task,
+                        assigned: t.worker,
+                        found: *worker,
+                    });
+                }
+                if t.trace_root.is_none() {
+                    return Err(Violation::NotCommitted(*task));
+                }
+                if t.ended.is_some() {
+                    return Err(Violation::AlreadyEnded(*task));
+                }
+                if t.opened.is_some() {
+                    return Err(Violation::AlreadyOpened(*task));
+                }
+                t.opened = Some(*opening);
+            }
+            EntryBody::TaskEnded { task, reason } => {
+                let worker_slashed = self
+                    .tasks
+                    .get(task)
+                    .is_some_and(|t| self.fold.is_slashed(&t.worker));
+                let t = self.task(*task)?;
+                if t.trace_root.is_none() {
+                    return Err(Violation::NotCommitted(*task));
+                }
+                if t.ended.is_some() {
+                    return Err(Violation::AlreadyEnded(*task));
+                }
+                let bad = |why| Violation::EndReason {
+                    task: *task,
+                    reason: *reason,
+                    why,
+                };
+                if t.credited.iter().any(|(_, work)| *work) {
+                    return Err(bad("its work was credited"));
+                }
+                if matches!(t.ruling, Some((false, _))) {
+                    return Err(bad("the referee rejected it: its worker's slash ends it"));
+                }
+                match reason {
+                    EndReason::NotOpened if t.opened.is_some() => {
+                        return Err(bad("it was opened"));
+                    }
+                    EndReason::NotJudged if t.opened.is_none() => {
+                        return Err(bad("it was never opened"));
+                    }
+                    EndReason::NotJudged if t.ruling.is_some() => {
+                        return Err(bad("the referee ruled on it"));
+                    }
+                    EndReason::WorkerSlashed if !worker_slashed => {
+                        return Err(bad("its worker is not slashed"));
+                    }
+                    _ => {}
+                }
+                t.ended = Some(*reason);
             }
             EntryBody::Slashed {
                 key,
@@ -654,6 +752,9 @@ impl ProtocolState {
                     }
                     if matches!(t.ruling, Some((false, _))) {
                         return Err(Violation::CreditAfterRejection { task: *task });
+                    }
+                    if t.ended.is_some() {
+                        return Err(Violation::AlreadyEnded(*task));
                     }
                     if slashed || !final_accept {
                         return Err(Violation::CreditWithoutVerdict { task: *task });
@@ -758,6 +859,13 @@ impl ProtocolState {
                     if accepts < 2 {
                         return Err(Violation::SkippedDoubleCheck { task: *id, accepts });
                     }
+                }
+            }
+            if t.trace_root.is_some() {
+                let credited = t.credited.iter().any(|(_, work)| *work);
+                let convicted = matches!(t.ruling, Some((false, _)));
+                if !credited && !convicted && t.ended.is_none() {
+                    return Err(Violation::TaskVanished { task: *id, round });
                 }
             }
             if self.final_accept(t) && !self.fold.is_slashed(&t.worker) {

@@ -335,6 +335,22 @@ impl Coordinator {
                 .map_err(internal)?,
             );
         }
+        // Every committed task not credited and not convicted ends in the log, with
+        // why (the protocol refuses a close that drops one silently).
+        let credited_now: std::collections::BTreeSet<TaskId> = entries
+            .iter()
+            .filter_map(|e| match e.body() {
+                EntryBody::Credit {
+                    task,
+                    kind: CreditKind::Work,
+                    ..
+                } => Some(*task),
+                _ => None,
+            })
+            .collect();
+        for body in rules::endings(&inner.state, round, &credited_now) {
+            entries.push(Entry::unsigned(body).map_err(internal)?);
+        }
         entries.push(
             Entry::unsigned(EntryBody::RoundClosed {
                 round,

@@ -6,11 +6,13 @@
 
 use std::collections::BTreeMap;
 
-use lupus_ledger::entry::{CreditKind, Digest, PublicKey, Role, Round, TaskId};
+use lupus_ledger::entry::{
+    CreditKind, Digest, EndReason, EntryBody, PublicKey, Role, Round, TaskId,
+};
 
 use super::{Live, Settle};
 use crate::error::Error;
-use crate::state::{State, TaskRecord};
+use crate::state::{CreditKindKey, State, TaskRecord};
 
 /// The live task table: what the coordinator knows of the open round's tasks beyond
 /// the log.
@@ -345,6 +347,46 @@ pub(super) fn contradicted(
             }
         })
         .collect()
+}
+
+/// The `TaskEnded` entries a close of `round` writes: one for every committed task
+/// that has neither a work credit (in the log, or in `credited_now`, the close's own)
+/// nor a rejecting ruling, nor an ending already. The reason follows the protocol's
+/// rule: not opened, else its worker slashed, else not judged.
+pub(super) fn endings(
+    state: &State,
+    round: Round,
+    credited_now: &std::collections::BTreeSet<TaskId>,
+) -> Vec<EntryBody> {
+    let referee = state.protocol.referee().copied();
+    let tasks = state
+        .rounds
+        .get(&round)
+        .map(|r| r.tasks.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|id| state.tasks.get(id));
+    let mut out = Vec::new();
+    for t in tasks {
+        let credited = credited_now.contains(&t.id)
+            || t.credited.iter().any(|(_, k)| *k == CreditKindKey::Work);
+        let rejected = t
+            .verdicts
+            .iter()
+            .any(|v| Some(v.verifier) == referee && !v.accepted);
+        if t.committed.is_none() || credited || rejected || t.ended.is_some() {
+            continue;
+        }
+        let reason = if t.opened.is_none() {
+            EndReason::NotOpened
+        } else if state.slashed.contains(&t.worker) {
+            EndReason::WorkerSlashed
+        } else {
+            EndReason::NotJudged
+        };
+        out.push(EntryBody::TaskEnded { task: t.id, reason });
+    }
+    out
 }
 
 /// What a round's close merges and credits, fixed when the close starts.

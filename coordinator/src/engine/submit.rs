@@ -181,19 +181,30 @@ impl Coordinator {
         })
         .await
         .map_err(internal)??;
-        // Durable in the next group commit, with whatever entries it holds.
-        self.log
-            .sequence_with_meta(
-                Vec::new(),
-                vec![(meta_key("opening", task.0), blob.0.to_vec())],
-            )
-            .await
-            .map_err(log_error)?
-            .durable()
-            .await
-            .map_err(log_error)?;
+        // Logged as `TaskOpened`, with the blob's metadata row in the same group
+        // commit; the receipt waits for it to be durable (in `release`).
         let mut guard = self.lock_synced().await?;
-        rules::worker_task(&guard.state, &guard.live, &worker, task)?;
+        let (_, live) = rules::worker_task(&guard.state, &guard.live, &worker, task)?;
+        if let Some(b) = live.opening_blob {
+            // A concurrent upload of the same task got there first.
+            let receipt = api::OpeningReceipt {
+                task_id: task,
+                opening_blob: b,
+            };
+            return self.release(guard, receipt).await;
+        }
+        let entry = Entry::unsigned(EntryBody::TaskOpened {
+            task,
+            worker,
+            opening: blob,
+        })
+        .map_err(internal)?;
+        self.sequence_with_meta(
+            &mut guard,
+            &[entry],
+            vec![(meta_key("opening", task.0), blob.0.to_vec())],
+        )
+        .await?;
         if let Some(l) = guard.live.get_mut(&task) {
             l.opening_blob = Some(blob);
         }

@@ -54,6 +54,8 @@ fn assign(s: &mut State, live: &mut LiveTable, id: u64, worker: PublicKey, deadl
             challenges: Vec::new(),
             verdicts: Vec::new(),
             worker_slashed: false,
+            opened: None,
+            ended: None,
             credited: Default::default(),
         },
     );
