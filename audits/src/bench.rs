@@ -189,6 +189,7 @@ pub fn run_bench(
             replay: 0,
             seed: None,
             tiles: crate::verify::TileCheck::default(),
+            replay_merge: false,
         },
         &mut |done, total| progress(Phase::Verify, done, total),
     )?;
@@ -203,6 +204,7 @@ pub fn run_bench(
             replay: 0,
             seed: None,
             tiles: crate::verify::TileCheck::default(),
+            replay_merge: false,
         },
         &mut |_, _| {},
     )?;

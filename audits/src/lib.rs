@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod merge;
 pub mod monitor;
 pub mod replay;
 pub mod sample;

@@ -75,6 +75,12 @@ enum Command {
         /// verified tree: `all`, or how many to sample (0: none).
         #[arg(long, value_name = "all|N", default_value = "16", value_parser = parse_tiles)]
         tiles: TileCheck,
+        /// Recompute every round closed in this run from the coordinator's blobs:
+        /// the merged deltas against the commitments, the merge and outer step, the
+        /// new model and momentum hashes and the validation loss, bit for bit (needs
+        /// the coordinator's URL).
+        #[arg(long)]
+        replay_merge: bool,
     },
     /// Verify a stake statement (JSON) or a C2SP tlog-proof file offline.
     #[command(after_help = EXIT_CODES)]
@@ -208,8 +214,8 @@ fn print_outcome(json: bool, o: &Outcome) {
             o.replayed,
         );
         println!(
-            "{} hash tiles checked; samples drawn with --seed {}",
-            o.tiles_checked, o.seed
+            "{} hash tiles checked; {} rounds recomputed; samples drawn with --seed {}",
+            o.tiles_checked, o.rounds_recomputed, o.seed
         );
     }
 }
@@ -255,6 +261,7 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
             replay,
             seed,
             tiles,
+            replay_merge,
         } => {
             let key = key.as_deref().map(key_arg).transpose()?;
             let src = open_source(source);
@@ -268,6 +275,7 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
                     replay: *replay,
                     seed: *seed,
                     tiles: *tiles,
+                    replay_merge: *replay_merge,
                 },
                 &mut |done, total| {
                     bar.set_length(total);

@@ -220,7 +220,7 @@ fn fetch(source: &dyn LogSource, path: &str) -> Result<Vec<u8>, AuditError> {
     })
 }
 
-fn blob(source: &dyn LogSource, hash: &Digest) -> Result<Vec<u8>, AuditError> {
+pub(crate) fn blob(source: &dyn LogSource, hash: &Digest) -> Result<Vec<u8>, AuditError> {
     let bytes = fetch(source, &format!("v1/blobs/{hash}"))?;
     if Digest::of(&bytes) != *hash {
         return Err(AuditError::Replay {
@@ -238,15 +238,12 @@ fn json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, A
     })
 }
 
-/// Replays `sample` against the coordinator at `source`; returns how many replayed.
-pub fn replay(
+/// The job spec and the dataset from the coordinator's API (`/v1/job` and the
+/// dataset blob), each checked against what the genesis entry commits.
+pub(crate) fn job_and_corpus(
     source: &dyn LogSource,
     job: &JobFacts,
-    sample: &[Candidate],
-) -> Result<usize, AuditError> {
-    if sample.is_empty() {
-        return Ok(0);
-    }
+) -> Result<(JobSpec, Corpus), AuditError> {
     let info: JobInfo = json(&fetch(source, "v1/job")?, "the job")?;
     let spec = JobSpec::parse(&info.job_spec).map_err(|e| AuditError::Replay {
         index: Some(0),
@@ -278,6 +275,19 @@ pub fn replay(
             reason: "the coordinator's dataset is not the one the genesis entry commits".into(),
         });
     }
+    Ok((spec, corpus))
+}
+
+/// Replays `sample` against the coordinator at `source`; returns how many replayed.
+pub fn replay(
+    source: &dyn LogSource,
+    job: &JobFacts,
+    sample: &[Candidate],
+) -> Result<usize, AuditError> {
+    if sample.is_empty() {
+        return Ok(0);
+    }
+    let (spec, corpus) = job_and_corpus(source, job)?;
     let mut models = BTreeMap::new();
     for c in sample {
         let outcome = replay_one(source, &spec, &corpus, &mut models, c)?;

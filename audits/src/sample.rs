@@ -91,6 +91,11 @@ impl SampleJob {
         *blake3::hash(format!("sample beacon {round}").as_bytes()).as_bytes()
     }
 
+    /// The blob hash of the delta a sample worker's `task` merged.
+    pub fn delta_blob(task: u64) -> Digest {
+        Digest::of(format!("sample delta blob {task}").as_bytes())
+    }
+
     /// The trace root a sample worker commits for `task`.
     pub fn trace_root(task: u64) -> Digest {
         Digest::of(format!("sample trace {task}").as_bytes())
@@ -250,6 +255,11 @@ impl SampleJob {
                     new_model: Digest::of(format!("model {}", r + 1).as_bytes()),
                     val_loss_bits: 2.5f32.to_bits(),
                     accepted_tasks: nworkers as u32,
+                    val_windows: 16,
+                    momentum: None,
+                    merged: (0..nworkers)
+                        .map(|w| Self::delta_blob(r * nworkers + w))
+                        .collect(),
                 })?,
             )?;
             // The epoch commits the balances of every entry so far.

@@ -40,6 +40,7 @@ use lupus_ledger::tiles::{
 use lupus_ledger::tree::{HashReader, StoredHashIndex, stored_hash_index};
 use serde::Serialize;
 
+use crate::merge::{MergeCollector, replay_merge};
 use crate::replay::{Sampler, replay};
 use crate::source::{LogSource, SourceError};
 use crate::state::{AuditState, StateDir, StateError, VerifiedHead};
@@ -229,6 +230,8 @@ pub struct Outcome {
     pub replayed: usize,
     /// Hash tiles checked against the verified tree.
     pub tiles_checked: usize,
+    /// Rounds whose merge was recomputed (`--replay-merge`).
+    pub rounds_recomputed: usize,
     /// The seed the samples were drawn with (hex), to reproduce them with `--seed`.
     pub seed: String,
 }
@@ -248,6 +251,9 @@ pub struct Options {
     /// Which of the hash tiles the log serves for this run's growth to check
     /// against the verified tree.
     pub tiles: TileCheck,
+    /// Recompute every round closed in this run (merge, outer step, validation
+    /// loss) from the coordinator's blobs ([`crate::merge`]).
+    pub replay_merge: bool,
 }
 
 /// Which hash tiles a run checks. A normal run reads entry bundles, not hash tiles,
@@ -362,6 +368,9 @@ fn run(
             seed
         }
     };
+    let mut merges = options
+        .replay_merge
+        .then(|| MergeCollector::new(protocol.last_momentum()));
     let mut sampler = (options.replay > 0)
         .then(|| Sampler::new(options.replay, seed, protocol.referee().copied()));
     let mut leaves: Vec<Hash> = Vec::with_capacity(size.saturating_sub(from) as usize);
@@ -442,6 +451,9 @@ fn run(
             if let Some(s) = sampler.as_mut() {
                 s.observe(index, &entry);
             }
+            if let Some(m) = merges.as_mut() {
+                m.observe(index, &entry);
+            }
             frontier.append(leaves[(index - from) as usize]);
         }
         progress(next - from, total);
@@ -493,6 +505,10 @@ fn run(
         (Some(s), Some(job)) => replay(source, job, &s.into_sample())?,
         _ => 0,
     };
+    let rounds_recomputed = match (merges, protocol.job()) {
+        (Some(m), Some(job)) => replay_merge(source, job, &m.into_rounds())?,
+        _ => 0,
+    };
     for s in state.seen.iter_mut().filter(|s| s.size <= size) {
         s.consistent = true;
     }
@@ -521,6 +537,7 @@ fn run(
         consistency_proofs: pending.len(),
         replayed,
         tiles_checked,
+        rounds_recomputed,
         seed: hex::encode(seed),
     })
 }

@@ -53,6 +53,7 @@ async fn audit(url: &str, key: &str, state: &std::path::Path, replay: usize) -> 
                 replay,
                 seed: None,
                 tiles: lupus_audit::verify::TileCheck::All,
+                replay_merge: true,
             },
             &mut |_, _| {},
         )
@@ -201,6 +202,8 @@ async fn a_real_honest_run_verifies_while_it_grows_and_after() {
     assert!(after.total_shares > 0);
     // Every judged task of the three rounds: at least one per worker and round.
     assert!(whole.replayed >= 6, "{whole:?}");
+    // Every round's merge, outer step, model hash and validation loss recompute.
+    assert_eq!(whole.rounds_recomputed, 3, "{whole:?}");
     assert_eq!(whole.total_shares, after.total_shares);
 }
 
@@ -221,4 +224,5 @@ async fn a_real_run_with_a_slashed_cheater_verifies() {
     assert!(after.replayed >= 1, "{after:?}");
     // The referee's rejection of the cheater replays as a rejection.
     assert!(whole.replayed >= 4, "{whole:?}");
+    assert_eq!(whole.rounds_recomputed, 2, "{whole:?}");
 }

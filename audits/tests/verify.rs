@@ -260,6 +260,9 @@ fn resigned_a_wrong_beacon_reveal_is_refused() {
             new_model,
             val_loss_bits,
             accepted_tasks,
+            val_windows: 0,
+            momentum: None,
+            merged: Vec::new(),
         },
     );
     let (tiles, state) = dirs();
@@ -739,6 +742,9 @@ fn resigned_each_protocol_rule_is_enforced_at_the_entry_that_breaks_it() {
                     new_model,
                     val_loss_bits,
                     accepted_tasks: 99,
+                    val_windows: 0,
+                    momentum: None,
+                    merged: Vec::new(),
                 },
                 b => b,
             },
@@ -798,6 +804,7 @@ fn replay_needs_the_coordinators_api_and_a_static_mirror_is_a_usage_error() {
             replay: 3,
             seed: None,
             tiles: lupus_audit::verify::TileCheck::All,
+            replay_merge: false,
         },
         &mut |_, _| {},
     )

@@ -238,6 +238,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         ),
         Err(e) => println!("re-verification: FAILED: {e}"),
     }
+    println!(
+        "log key (what `lupus-audit verify --key` pins): {}",
+        info.log_key
+    );
     let model = c.model().await?;
     let text = sample::generate(&job.model, &model, "ROMEO:\n", 300, 1)
         .unwrap_or_else(|| "(text sampling supports the MLP model only)".into());

@@ -427,6 +427,7 @@ impl State {
                 new_model,
                 val_loss_bits,
                 accepted_tasks,
+                ..
             } => {
                 let r = self
                     .rounds
@@ -629,6 +630,9 @@ mod tests {
                 new_model: Digest([0; 32]),
                 val_loss_bits: 0,
                 accepted_tasks: accepted,
+                val_windows: 0,
+                momentum: None,
+                merged: (0..accepted).map(|i| Digest([i as u8; 32])).collect(),
             });
         }
     }

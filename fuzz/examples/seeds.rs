@@ -137,6 +137,9 @@ fn entries() -> Res<Vec<(&'static str, Entry)>> {
                 new_model: d(12),
                 val_loss_bits: 1.5f32.to_bits(),
                 accepted_tasks: 1,
+                val_windows: 0,
+                momentum: None,
+                merged: Vec::new(),
             })?,
         ),
         (

@@ -139,6 +139,9 @@ fn body(u: &mut Unstructured) -> Result<EntryBody> {
             new_model: digest(u)?,
             val_loss_bits: u.arbitrary()?,
             accepted_tasks: u.arbitrary()?,
+            val_windows: 0,
+            momentum: None,
+            merged: Vec::new(),
         },
         9 => EntryBody::Credit {
             round: Round(u.arbitrary()?),

@@ -329,6 +329,9 @@ impl People {
                     new_model: digest("model", round.0 + 1),
                     val_loss_bits: 2.5f32.to_bits(),
                     accepted_tasks: WORKERS as u32,
+                    val_windows: 0,
+                    momentum: None,
+                    merged: Vec::new(),
                 })?
             } else {
                 Entry::unsigned(EntryBody::SharesEpoch {

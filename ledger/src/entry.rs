@@ -8,7 +8,7 @@
 //! `tlog-tiles` entry bundle stores, so they must never change meaning: a new layout
 //! gets a new version byte.
 //!
-//! # Encoding (version 1)
+//! # Encoding (version 2)
 //!
 //! An encoded entry is the *body* followed by the *signature block*:
 //!
@@ -30,6 +30,7 @@
 //! | `String` | `u32` byte length, then that many bytes of UTF-8; length at most the field's maximum |
 //! | `Vec<u32>` (step lists) | `u32` count, then each `u32`; strictly ascending; count at most [`MAX_STEPS`] |
 //! | `Option<Digest>` | `0x00`, or `0x01` followed by 32 bytes |
+//! | `Vec<Digest>` | `u32` count, then each 32 bytes; count at most the field's maximum |
 //! | [`Role`] | 1 byte: `0x00` worker, `0x01` verifier |
 //! | [`CreditKind`] | 1 byte: `0x00` work, `0x01` verification |
 //! | [`EndReason`] | 1 byte: `0x00` not opened, `0x01` not judged, `0x02` worker slashed |
@@ -45,7 +46,7 @@
 //! | `WorkCommitted`* | 5 | `task: u64`, `worker: PublicKey`, `trace_root: Digest`, `final_state: Digest`, `delta: Digest` |
 //! | `ChallengeIssued` | 6 | `task: u64`, `verifier: PublicKey`, `steps: Vec<u32>` |
 //! | `Verdict`* | 7 | `task: u64`, `verifier: PublicKey`, `accepted: bool`, `steps: Vec<u32>`, `reason: String` (≤ [`MAX_REASON`]), `evidence: Option<Digest>` |
-//! | `RoundClosed` | 8 | `round: u64`, `beacon: Digest`, `new_model: Digest`, `val_loss_bits: u32`, `accepted_tasks: u32` |
+//! | `RoundClosed` | 8 | `round: u64`, `beacon: Digest`, `new_model: Digest`, `val_loss_bits: u32`, `accepted_tasks: u32`, `val_windows: u32`, `momentum: Option<Digest>`, `merged: Vec<Digest>` (≤ [`MAX_MERGED`]) |
 //! | `Credit` | 9 | `round: u64`, `key: PublicKey`, `amount: u64`, `task: u64`, `kind: CreditKind` |
 //! | `Slashed` | 10 | `key: PublicKey`, `task: u64`, `reason: String` (≤ [`MAX_REASON`]), `evidence: Option<Digest>` |
 //! | `SharesEpoch` | 11 | `epoch: u64`, `round: u64`, `root: Digest`, `total: u64`, `accounts: u64` |
@@ -93,7 +94,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The only encoding version this code writes and reads.
-pub const ENTRY_VERSION: u8 = 1;
+pub const ENTRY_VERSION: u8 = 2;
 /// Largest encoded entry: `tlog-tiles` entry bundles use a `u16` length prefix.
 pub const MAX_ENTRY_LEN: usize = u16::MAX as usize;
 /// Largest job spec (TOML) in a genesis entry, in bytes.
@@ -106,6 +107,8 @@ pub const MAX_NAME: usize = 128;
 pub const MAX_REASON: usize = 1024;
 /// Most challenged steps in one challenge or verdict.
 pub const MAX_STEPS: usize = 4096;
+/// Most merged deltas one `RoundClosed` names (so it fits an entry: 32 bytes each).
+pub const MAX_MERGED: usize = 1024;
 
 /// Domain separator prepended to the body before a participant signs it.
 const SIGNING_CONTEXT: &[u8] = b"lupus entry v1\n";
@@ -534,7 +537,11 @@ pub enum EntryBody {
         #[cfg_attr(feature = "openapi", schema(required = true))]
         evidence: Option<Digest>,
     },
-    /// A round ends: the beacon `r` revealed, the merged model, its validation loss.
+    /// A round ends: the beacon `r` revealed, the merged model, its validation loss,
+    /// and everything needed to recompute both from blobs: anyone who fetches the
+    /// round's base model, the previous close's momentum and the `merged` deltas
+    /// redoes the merge (weight 1 each, the job spec's clip) and the outer step bit for
+    /// bit, and the loss on `val_windows` validation windows.
     RoundClosed {
         round: Round,
         beacon: Digest,
@@ -542,6 +549,14 @@ pub enum EntryBody {
         /// `f32::to_bits` of the validation loss.
         val_loss_bits: u32,
         accepted_tasks: u32,
+        /// Validation windows the loss is the mean over.
+        val_windows: u32,
+        /// blake3 of the outer momentum after this round (the model encoding of the
+        /// buffer); `None` while nothing has been merged yet (a zero buffer).
+        #[cfg_attr(feature = "openapi", schema(required = true))]
+        momentum: Option<Digest>,
+        /// blake3 of each merged delta blob, in task order: the work-credited tasks'.
+        merged: Vec<Digest>,
     },
     /// Credit to `key` for `task` in `round`; pending until that round closes.
     Credit {
@@ -715,12 +730,21 @@ impl EntryBody {
                 new_model,
                 val_loss_bits,
                 accepted_tasks,
+                val_windows,
+                momentum,
+                merged,
             } => {
                 w.extend_from_slice(&round.0.to_be_bytes());
                 w.extend_from_slice(&beacon.0);
                 w.extend_from_slice(&new_model.0);
                 w.extend_from_slice(&val_loss_bits.to_be_bytes());
                 w.extend_from_slice(&accepted_tasks.to_be_bytes());
+                w.extend_from_slice(&val_windows.to_be_bytes());
+                put_opt_digest(&mut w, momentum);
+                w.extend_from_slice(&(merged.len() as u32).to_be_bytes());
+                for d in merged {
+                    w.extend_from_slice(&d.0);
+                }
             }
             EntryBody::Credit {
                 round,
@@ -811,6 +835,7 @@ impl EntryBody {
                 check_len("reason", reason.len(), MAX_REASON)
             }
             EntryBody::Slashed { reason, .. } => check_len("reason", reason.len(), MAX_REASON),
+            EntryBody::RoundClosed { merged, .. } => check_len("merged", merged.len(), MAX_MERGED),
             _ => Ok(()),
         }
     }
@@ -1047,6 +1072,16 @@ impl Entry {
                 new_model: Digest(r.array("new_model")?),
                 val_loss_bits: r.u32("val_loss_bits")?,
                 accepted_tasks: r.u32("accepted_tasks")?,
+                val_windows: r.u32("val_windows")?,
+                momentum: r.opt_digest("momentum")?,
+                merged: {
+                    let count = r.len("merged", MAX_MERGED)?;
+                    let mut out = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        out.push(Digest(r.array("merged")?));
+                    }
+                    out
+                },
             },
             EntryKind::Credit => EntryBody::Credit {
                 round: Round(r.u64("round")?),
@@ -1304,7 +1339,10 @@ mod tests {
                 beacon: d(10),
                 new_model: d(11),
                 val_loss_bits: 2.5f32.to_bits(),
-                accepted_tasks: 4,
+                accepted_tasks: 2,
+                val_windows: 128,
+                momentum: Some(d(14)),
+                merged: vec![d(15), d(16)],
             },
             EntryBody::Credit {
                 round: Round(3),
@@ -1483,8 +1521,8 @@ mod tests {
     fn strict_decoding_refuses_non_canonical_bytes() {
         let good = make(samples().swap_remove(6)).encode();
         let mut v = good.clone();
-        v[0] = 2;
-        assert_eq!(Entry::decode(&v), Err(EntryError::UnknownVersion(2)));
+        v[0] = 1;
+        assert_eq!(Entry::decode(&v), Err(EntryError::UnknownVersion(1)));
         let mut v = good.clone();
         v[1] = 14;
         assert_eq!(Entry::decode(&v), Err(EntryError::UnknownKind(14)));
@@ -1736,21 +1774,31 @@ mod tests {
                     }
                 }),
             (
-                any::<u64>(),
-                arb_digest(),
-                arb_digest(),
-                any::<u32>(),
-                any::<u32>()
+                (any::<u64>(), arb_digest(), arb_digest(), any::<u32>()),
+                (
+                    any::<u32>(),
+                    any::<u32>(),
+                    proptest::option::of(arb_digest()),
+                    proptest::collection::vec(arb_digest(), 0..4)
+                )
             )
-                .prop_map(|(r, beacon, new_model, val_loss_bits, accepted_tasks)| {
-                    EntryBody::RoundClosed {
-                        round: Round(r),
-                        beacon,
-                        new_model,
-                        val_loss_bits,
-                        accepted_tasks,
+                .prop_map(
+                    |(
+                        (r, beacon, new_model, val_loss_bits),
+                        (accepted_tasks, val_windows, momentum, merged),
+                    )| {
+                        EntryBody::RoundClosed {
+                            round: Round(r),
+                            beacon,
+                            new_model,
+                            val_loss_bits,
+                            accepted_tasks,
+                            val_windows,
+                            momentum,
+                            merged,
+                        }
                     }
-                }),
+                ),
             (
                 any::<u64>(),
                 any_pk.clone(),

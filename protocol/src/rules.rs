@@ -49,7 +49,8 @@
 //!   ruling that the beacon marks for a double check ([`double_checked`]) must have two
 //!   accepting verdicts. The beacon is secret until the close, so these checks run
 //!   when the round closes. A round may not claim more accepted tasks than it has
-//!   finally accepted ones.
+//!   finally accepted ones, and it merges exactly one delta per work-credited task
+//!   (`merged` names them; `lupus-audit --replay-merge` recomputes the merge).
 //!
 //! Tasks of a closed round are retired from the state (credits and slashes for them
 //! are refused), so the state stays the size of the open round.
@@ -224,6 +225,15 @@ pub enum Violation {
         "task {task} was committed in round {round}, which closes without its credit, its worker's conviction or an entry saying why it ended"
     )]
     TaskVanished { task: TaskId, round: Round },
+    #[error(
+        "round {round} closes claiming {accepted} accepted tasks and naming {merged} merged deltas, but {credited} tasks were credited for their work"
+    )]
+    MergedCount {
+        round: Round,
+        accepted: u32,
+        merged: usize,
+        credited: usize,
+    },
     #[error("shares fold: {0}")]
     Fold(Box<FoldError>),
 }
@@ -327,6 +337,9 @@ pub struct ProtocolState {
     /// The first key to join as a verifier.
     #[serde(default)]
     referee: Option<PublicKey>,
+    /// The `momentum` of the latest `RoundClosed`.
+    #[serde(default)]
+    momentum_chain: Option<Digest>,
 }
 
 impl ProtocolState {
@@ -338,6 +351,11 @@ impl ProtocolState {
     /// The job facts from genesis, once it has been applied.
     pub fn job(&self) -> Option<&JobFacts> {
         self.job.as_ref()
+    }
+
+    /// The momentum blob the latest close named (`None`: none yet, a zero buffer).
+    pub fn last_momentum(&self) -> Option<Digest> {
+        self.momentum_chain
     }
 
     /// The referee: the first key that joined as a verifier.
@@ -807,9 +825,12 @@ impl ProtocolState {
                 beacon,
                 new_model,
                 accepted_tasks,
+                merged,
+                momentum,
                 ..
             } => {
-                self.close(*round, beacon, *accepted_tasks)?;
+                self.close(*round, beacon, *accepted_tasks, merged.len())?;
+                self.momentum_chain = *momentum;
                 self.model_chain = Some(*new_model);
             }
             // Epochs are the fold's to check.
@@ -818,7 +839,13 @@ impl ProtocolState {
         Ok(())
     }
 
-    fn close(&mut self, round: Round, beacon: &Digest, accepted: u32) -> Result<(), Violation> {
+    fn close(
+        &mut self,
+        round: Round,
+        beacon: &Digest,
+        accepted: u32,
+        merged: usize,
+    ) -> Result<(), Violation> {
         let job = self.job_facts()?.clone();
         let r = self
             .rounds
@@ -834,6 +861,7 @@ impl ProtocolState {
             });
         }
         let mut verified = 0u32;
+        let mut credited_work = 0usize;
         for id in &r.tasks {
             let Some(t) = self.tasks.get(id) else {
                 continue;
@@ -861,6 +889,7 @@ impl ProtocolState {
                     }
                 }
             }
+            credited_work += usize::from(t.credited.iter().any(|(_, work)| *work));
             if t.trace_root.is_some() {
                 let credited = t.credited.iter().any(|(_, work)| *work);
                 let convicted = matches!(t.ruling, Some((false, _)));
@@ -877,6 +906,14 @@ impl ProtocolState {
                 round,
                 claimed: accepted,
                 verified,
+            });
+        }
+        if accepted as usize != merged || merged != credited_work {
+            return Err(Violation::MergedCount {
+                round,
+                accepted,
+                merged,
+                credited: credited_work,
             });
         }
         let Some(r) = self.rounds.get_mut(&round) else {

@@ -419,6 +419,9 @@ mod tests {
             new_model: Digest([6; 32]),
             val_loss_bits: 0,
             accepted_tasks: 1,
+            val_windows: 0,
+            momentum: None,
+            merged: Vec::new(),
         })
         .unwrap()
     }

@@ -265,6 +265,9 @@ fn plausible_run() -> Run {
                 new_model: d("model", round + 1),
                 val_loss_bits: (3.0f32 - round as f32 * 0.1).to_bits(),
                 accepted_tasks: accepted,
+                val_windows: 0,
+                momentum: None,
+                merged: Vec::new(),
             })
             .unwrap(),
         );

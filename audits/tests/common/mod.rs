@@ -98,6 +98,7 @@ pub fn verify(job: &SampleJob, tiles: &Path, state: &Path) -> Result<Outcome, Au
             replay: 0,
             seed: None,
             tiles: lupus_audit::verify::TileCheck::All,
+            replay_merge: false,
         },
         &mut |_, _| {},
     )

@@ -299,6 +299,7 @@ impl Coordinator {
             momentum,
             val_loss,
             new_model,
+            momentum_blob,
             next,
         })
     }
@@ -358,6 +359,9 @@ impl Coordinator {
                 new_model: c.new_model,
                 val_loss_bits: c.val_loss.to_bits(),
                 accepted_tasks: s.deltas.len() as u32,
+                val_windows: self.config.val_windows as u32,
+                momentum: c.momentum_blob,
+                merged: s.deltas.clone(),
             })
             .map_err(internal)?,
         );

@@ -264,6 +264,8 @@ struct CloseOutcome {
     momentum: Vec<Tensor>,
     val_loss: f32,
     new_model: Digest,
+    /// The momentum buffer's blob, once anything was merged.
+    momentum_blob: Option<Digest>,
     /// The next round and its secret beacon (already in the metadata); `None` after
     /// the last round.
     next: Option<(Round, [u8; 32])>,

@@ -490,6 +490,9 @@ fn stake_fixture(accounts: u64) -> Result<StakeFixture> {
             new_model: Digest::of(b"model2"),
             val_loss_bits: 0,
             accepted_tasks: u32::try_from(accounts)?,
+            val_windows: 0,
+            momentum: None,
+            merged: Vec::new(),
         },
     )?;
     let body = fold.expected_epoch(Epoch(1), Round(1))?;
