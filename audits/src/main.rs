@@ -17,7 +17,7 @@ use lupus_audit::verify::{
     verify_log,
 };
 use lupus_audit::{statement, witness};
-use lupus_ledger::note::NoteSigner;
+use lupus_ledger::note::{CosignatureVerifier, NoteSigner};
 use serde_json::json;
 
 const EXIT_CODES: &str = "\
@@ -93,6 +93,14 @@ enum Command {
         /// For a tlog-proof: the entry's canonical bytes.
         #[arg(long)]
         entry: Option<PathBuf>,
+        /// A witness whose tlog-cosignature the checkpoint must carry (its
+        /// `<name>+<id>+<key>`, or a file holding it); repeatable.
+        #[arg(long = "witness", value_name = "KEY")]
+        witnesses: Vec<String>,
+        /// Refuse a checkpoint whose newest required cosignature is older than
+        /// this (`90s`, `10m`, `2h`, `1d`); needs --witness.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        max_age: Option<std::time::Duration>,
     },
     /// Run a C2SP tlog-witness (POST /add-checkpoint).
     #[command(after_help = EXIT_CODES)]
@@ -291,38 +299,64 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
                 Err(e) => report_audit_error(cli.json, &e),
             })
         }
-        Command::Stake { file, key, entry } => {
+        Command::Stake {
+            file,
+            key,
+            entry,
+            witnesses,
+            max_age,
+        } => {
             let key = key_arg(key)?;
+            let fresh = statement::Freshness {
+                witnesses: witnesses
+                    .iter()
+                    .map(|w| {
+                        let w = key_arg(w)?;
+                        CosignatureVerifier::parse(w.trim())
+                            .with_context(|| format!("--witness {w}: not a witness key"))
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+                max_age_s: max_age.map(|d| d.as_secs()),
+                now_s: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            };
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("read {}", file.display()))?;
             let entry = entry
                 .as_ref()
                 .map(|p| std::fs::read(p).with_context(|| format!("read {}", p.display())))
                 .transpose()?;
-            Ok(match statement::check(&text, &key, entry.as_deref()) {
-                Ok(proven) => {
-                    if cli.json {
-                        println!("{}", json!({"ok": true, "proven": proven}));
-                    } else {
-                        println!("ok: {}", serde_json::to_string_pretty(&proven)?);
+            Ok(
+                match statement::check_fresh(&text, &key, entry.as_deref(), &fresh) {
+                    Ok(proven) => {
+                        if cli.json {
+                            println!("{}", json!({"ok": true, "proven": proven}));
+                        } else {
+                            println!("ok: {}", serde_json::to_string_pretty(&proven)?);
+                        }
+                        EXIT_OK
                     }
-                    EXIT_OK
-                }
-                Err(e) => {
-                    let kind = match e {
-                        statement::StatementError::Format(_)
-                        | statement::StatementError::Key(_)
-                        | statement::StatementError::NoEntry => "usage",
-                        _ => "bad_statement",
-                    };
-                    report_error(cli.json, kind, &e.to_string(), None, &[]);
-                    if kind == "usage" {
-                        EXIT_USAGE
-                    } else {
-                        EXIT_FAILED
+                    Err(e) => {
+                        let kind = match e {
+                            statement::StatementError::Format(_)
+                            | statement::StatementError::Key(_)
+                            | statement::StatementError::NoEntry
+                            | statement::StatementError::AgeWithoutWitness => "usage",
+                            statement::StatementError::NotCosigned { .. }
+                            | statement::StatementError::Stale { .. }
+                            | statement::StatementError::FromTheFuture { .. } => "not_fresh",
+                            _ => "bad_statement",
+                        };
+                        report_error(cli.json, kind, &e.to_string(), None, &[]);
+                        if kind == "usage" {
+                            EXIT_USAGE
+                        } else {
+                            EXIT_FAILED
+                        }
                     }
-                }
-            })
+                },
+            )
         }
         Command::Witness {
             key_file,

@@ -239,3 +239,137 @@ async fn a_log_served_over_http_verifies_and_a_dead_url_is_unreachable() {
     .unwrap_err();
     assert_eq!(err.exit_code(), 3, "{err}");
 }
+
+/// A checkpoint carries no time: only a witness's timestamped cosignature dates a
+/// statement. Each freshness rule, against a statement cosigned at a known time.
+#[test]
+fn a_statement_is_fresh_only_by_a_required_witness_recent_cosignature() {
+    use ed25519_dalek::SigningKey;
+    use lupus_audit::statement::{Freshness, check_fresh};
+    use lupus_ledger::note::{CosignatureVerifier, add_signature, cosign, parse_note};
+
+    let job = job();
+    let entries = honest(&job);
+    let encoded = encode(&entries);
+    let mut fold = SharesFold::new();
+    for (i, e) in entries.iter().enumerate() {
+        fold.apply(i as u64, e).unwrap();
+    }
+    let epoch = fold.latest_epoch().unwrap();
+    let (t, note) = signed_tree(&job, &encoded);
+    let witness = SigningKey::from_bytes(&[8; 32]);
+    let wkey = CosignatureVerifier::from_key("w.example", witness.verifying_key()).unwrap();
+    let stranger = SigningKey::from_bytes(&[9; 32]);
+    let skey = CosignatureVerifier::from_key("s.example", stranger.verifying_key()).unwrap();
+    const T: u64 = 1_800_000_000;
+    let text = parse_note(note.as_bytes()).unwrap().text;
+    let cosigned = add_signature(&note, &cosign("w.example", &witness, &text, T)).unwrap();
+    let statement = |note: &str| {
+        let inclusion = prove_inclusion(t.size(), LeafIndex(epoch.index), &t).unwrap();
+        let s = build_statement(
+            &PublicKey::from(&job.workers[0]),
+            &epoch.tree,
+            epoch.index,
+            &entries[epoch.index as usize],
+            inclusion,
+            note.to_owned(),
+        )
+        .unwrap();
+        serde_json::to_string(&s).unwrap()
+    };
+    let json = statement(&cosigned);
+    let fresh = |witnesses: Vec<CosignatureVerifier>, max_age_s, now_s| Freshness {
+        witnesses,
+        max_age_s,
+        now_s,
+    };
+
+    // No requirement: the statement verifies as before.
+    assert!(check_fresh(&json, &job.vkey(), None, &Freshness::default()).is_ok());
+    // The witness cosigned at T; a minute later, ten minutes is fresh enough.
+    let ok = check_fresh(
+        &json,
+        &job.vkey(),
+        None,
+        &fresh(vec![wkey.clone()], Some(600), T + 60),
+    );
+    assert!(
+        matches!(
+            ok,
+            Ok(Proven::Stake {
+                cosigned_at: Some(T),
+                ..
+            })
+        ),
+        "{ok:?}"
+    );
+    // An hour later it is stale.
+    let stale = check_fresh(
+        &json,
+        &job.vkey(),
+        None,
+        &fresh(vec![wkey.clone()], Some(600), T + 3600),
+    );
+    assert!(
+        matches!(
+            stale,
+            Err(StatementError::Stale {
+                age_s: 3600,
+                max_s: 600,
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    // A witness that did not cosign, or an uncosigned statement, is refused.
+    let missing = check_fresh(
+        &json,
+        &job.vkey(),
+        None,
+        &fresh(vec![wkey.clone(), skey], None, T),
+    );
+    assert!(
+        matches!(missing, Err(StatementError::NotCosigned { .. })),
+        "{missing:?}"
+    );
+    let bare = statement(&note);
+    let missing = check_fresh(
+        &bare,
+        &job.vkey(),
+        None,
+        &fresh(vec![wkey.clone()], None, T),
+    );
+    assert!(
+        matches!(missing, Err(StatementError::NotCosigned { .. })),
+        "{missing:?}"
+    );
+    // A cosignature over another checkpoint text does not count.
+    let moved = add_signature(
+        &note,
+        &cosign("w.example", &witness, &text.replace('\n', "\n\n"), T),
+    );
+    if let Ok(moved) = moved {
+        let r = check_fresh(
+            &statement(&moved),
+            &job.vkey(),
+            None,
+            &fresh(vec![wkey.clone()], None, T),
+        );
+        assert!(
+            matches!(r, Err(StatementError::NotCosigned { .. })),
+            "{r:?}"
+        );
+    }
+    // A cosignature dated an hour ahead of this clock is refused.
+    let future = check_fresh(&json, &job.vkey(), None, &fresh(vec![wkey], None, T - 3600));
+    assert!(
+        matches!(future, Err(StatementError::FromTheFuture { .. })),
+        "{future:?}"
+    );
+    // --max-age alone cannot be honoured.
+    let alone = check_fresh(&json, &job.vkey(), None, &fresh(Vec::new(), Some(600), T));
+    assert!(
+        matches!(alone, Err(StatementError::AgeWithoutWitness)),
+        "{alone:?}"
+    );
+}

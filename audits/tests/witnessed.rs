@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
+use lupus_audit::statement::{Freshness, Proven, StatementError, check_fresh};
 use lupus_audit::witness::{Witness, router, verify_cosignature};
 use lupus_coordinator::engine::{Config, Coordinator, SystemEnv};
 use lupus_coordinator::server::Server;
@@ -145,6 +146,41 @@ async fn the_checkpoint_carries_the_configured_witness_cosignature() {
     // The witness's own state agrees: it last cosigned this size.
     let origin = log.name().to_owned();
     assert!(witness.latest(&origin).unwrap().size >= final_size);
+
+    // A worker's stake statement is made against the cosigned checkpoint, so it is
+    // fresh by the witness's clock; another witness's word is not there.
+    let worker = lupus_ledger::entry::PublicKey::from(&SigningKey::from_bytes(&[1; 32]));
+    let statement = fetch(&url, &format!("v1/stake/{worker}")).await;
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let wkey = lupus_ledger::note::CosignatureVerifier::parse(&witness.verifier_key()).unwrap();
+    let fresh = Freshness {
+        witnesses: vec![wkey],
+        max_age_s: Some(600),
+        now_s,
+    };
+    let proven = check_fresh(&statement, &log_key, None, &fresh).unwrap();
+    assert!(
+        matches!(proven, Proven::Stake { cosigned_at: Some(t), .. } if t <= now_s + 1 && t + 600 >= now_s),
+        "{proven:?}"
+    );
+    let other = NoteSigner::from_secret("other-witness.example", [4; 32]).unwrap();
+    let other_key = lupus_ledger::note::CosignatureVerifier::from_key(
+        "other-witness.example",
+        other.verifier().public_key().to_owned(),
+    )
+    .unwrap();
+    let fresh = Freshness {
+        witnesses: vec![other_key],
+        max_age_s: None,
+        now_s,
+    };
+    assert!(matches!(
+        check_fresh(&statement, &log_key, None, &fresh),
+        Err(StatementError::NotCosigned { .. })
+    ));
     server.stop();
     witness_server.abort();
 }

@@ -104,6 +104,10 @@ impl FromStr for WitnessConfig {
 pub struct Cosigned {
     /// The checkpoint text (the note's body) the cosignature signs.
     pub text: String,
+    /// The log's signed note of that checkpoint (without cosignatures).
+    pub note: String,
+    /// Its tree size.
+    pub size: u64,
     /// The cosignature line, parsed.
     pub signature: NoteSignature,
 }
@@ -243,11 +247,21 @@ fn cosignature(note: &str, lines: &str, key: &WitnessKey) -> Attempt {
         .find(|s| key.verifies(s, &parsed.text))
     {
         Some(signature) => Attempt::Cosigned(Cosigned {
+            size: checkpoint_size(&parsed.text),
             text: parsed.text,
+            note: note.to_owned(),
             signature,
         }),
         None => Attempt::Refused("no line of the answer verifies with the witness's key".into()),
     }
+}
+
+/// The tree size of a checkpoint text (its second line), 0 if it has none.
+fn checkpoint_size(text: &str) -> u64 {
+    text.lines()
+        .nth(1)
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -1405,7 +1405,7 @@ mod tests {
             total: Amount(0x0102),
             accounts: 3,
         });
-        let mut expected = vec![1u8, 11];
+        let mut expected = vec![ENTRY_VERSION, 11];
         expected.extend_from_slice(&1u64.to_be_bytes());
         expected.extend_from_slice(&2u64.to_be_bytes());
         expected.extend_from_slice(&[0xab; 32]);
@@ -1420,11 +1420,36 @@ mod tests {
             name: "ab".into(),
         });
         let bytes = joined.encode();
-        assert_eq!(&bytes[..2], &[1, 2]);
+        assert_eq!(&bytes[..2], &[ENTRY_VERSION, 2]);
         assert_eq!(&bytes[2..34], PublicKey::from(&key(1)).as_bytes());
         assert_eq!(&bytes[34..41], &[0, 0, 0, 0, 2, b'a', b'b']);
         assert_eq!(bytes[41], 1);
         assert_eq!(bytes.len(), 42 + 64);
+
+        let closed = make(EntryBody::RoundClosed {
+            round: Round(2),
+            beacon: d(1),
+            new_model: d(2),
+            val_loss_bits: 7,
+            accepted_tasks: 2,
+            val_windows: 16,
+            momentum: Some(d(3)),
+            merged: vec![d(4), d(5)],
+        });
+        let mut expected = vec![ENTRY_VERSION, 8];
+        expected.extend_from_slice(&2u64.to_be_bytes());
+        expected.extend_from_slice(&[1; 32]);
+        expected.extend_from_slice(&[2; 32]);
+        expected.extend_from_slice(&7u32.to_be_bytes());
+        expected.extend_from_slice(&2u32.to_be_bytes());
+        expected.extend_from_slice(&16u32.to_be_bytes());
+        expected.push(1);
+        expected.extend_from_slice(&[3; 32]);
+        expected.extend_from_slice(&2u32.to_be_bytes());
+        expected.extend_from_slice(&[4; 32]);
+        expected.extend_from_slice(&[5; 32]);
+        expected.push(0);
+        assert_eq!(closed.encode(), expected);
     }
 
     #[test]
@@ -1574,7 +1599,7 @@ mod tests {
             })
         );
         // A length prefix over the maximum is refused before allocation.
-        let mut v = vec![1u8, 10];
+        let mut v = vec![ENTRY_VERSION, 10];
         v.extend_from_slice(&[1; 32]);
         v.extend_from_slice(&1u64.to_be_bytes());
         v.extend_from_slice(&u32::MAX.to_be_bytes());
@@ -1595,7 +1620,7 @@ mod tests {
             Entry::unsigned(challenge),
             Err(EntryError::StepsNotAscending { field: "steps" })
         );
-        let mut v = vec![1u8, 6];
+        let mut v = vec![ENTRY_VERSION, 6];
         v.extend_from_slice(&1u64.to_be_bytes());
         v.extend_from_slice(&[1; 32]);
         v.extend_from_slice(&2u32.to_be_bytes());
@@ -1607,7 +1632,7 @@ mod tests {
             Err(EntryError::StepsNotAscending { field: "steps" })
         );
         // Invalid UTF-8.
-        let mut v = vec![1u8, 10];
+        let mut v = vec![ENTRY_VERSION, 10];
         v.extend_from_slice(&[1; 32]);
         v.extend_from_slice(&1u64.to_be_bytes());
         v.extend_from_slice(&1u32.to_be_bytes());

@@ -63,10 +63,11 @@ use lupus_api::types::{
     self as api, Challenge, JobInfo, RoundPhase, RoundStatus, StakeRow, StakeTable,
     TaskDescription, TaskOffer, VerdictOutcome, VerifyOffer,
 };
+use lupus_ledger::checkpoint::open_checkpoint;
 use lupus_ledger::entry::{
     Amount, CreditKind, Digest, Entry, EntryBody, Epoch, PublicKey, Role, Round, TaskId,
 };
-use lupus_ledger::hash::{LeafIndex, TreeSize};
+use lupus_ledger::hash::LeafIndex;
 use lupus_ledger::log::Log;
 use lupus_ledger::note::{NoteSigner, add_signature, parse_note};
 use lupus_ledger::stake::{StakeStatement, build_statement};

@@ -56,6 +56,34 @@ impl Coordinator {
             .fold(note, |n, c| add_signature(&n, &c.signature).unwrap_or(n))
     }
 
+    /// The checkpoint a stake statement for entry `index` is made against: the
+    /// latest one if a witness cosigned it, else the newest one a witness cosigned
+    /// that holds the entry (with every cosignature over it), else the latest. A
+    /// statement then carries the witnesses' timestamps that date it
+    /// (`lupus-audit stake --witness --max-age`).
+    fn statement_checkpoint(&self, index: u64) -> String {
+        let latest = self.cosigned_checkpoint();
+        let cosigned = parse_note(latest.as_bytes()).is_ok_and(|p| p.signatures.len() > 1);
+        if cosigned {
+            return latest;
+        }
+        let Ok(map) = self.cosignatures.lock() else {
+            return latest;
+        };
+        let Some(best) = map
+            .values()
+            .filter(|c| c.size > index)
+            .max_by_key(|c| c.size)
+        else {
+            return latest;
+        };
+        map.values()
+            .filter(|c| c.text == best.text)
+            .fold(best.note.clone(), |n, c| {
+                add_signature(&n, &c.signature).unwrap_or(n)
+            })
+    }
+
     /// `GET /v1/job`.
     pub fn job_info(&self) -> Result<JobInfo, Error> {
         let d = self
@@ -273,7 +301,11 @@ impl Coordinator {
                 "{key} has no balance in the latest epoch"
             )));
         }
-        let head = self.log.head();
+        let note = self.statement_checkpoint(index);
+        let size = open_checkpoint(&note, self.log.verifier())
+            .map_err(internal)?
+            .checkpoint
+            .size;
         let bytes = self
             .log
             .entries(LeafIndex(index), LeafIndex(index + 1))
@@ -287,10 +319,10 @@ impl Coordinator {
         .map_err(internal)?;
         let proof = self
             .log
-            .inclusion_proof(LeafIndex(index), TreeSize(head.size.0))
+            .inclusion_proof(LeafIndex(index), size)
             .await
             .map_err(internal)?;
-        build_statement(&key, &tree, index, &entry, proof, head.note.clone()).map_err(internal)
+        build_statement(&key, &tree, index, &entry, proof, note).map_err(internal)
     }
 
     /// Current model parameters (the open round's base, or the final model), once
