@@ -185,6 +185,10 @@ pub struct SubmissionReceipt {
     /// Log index of the `WorkCommitted` entry.
     pub entry_index: u64,
     pub challenge: Challenge,
+    /// The log's signed receipt for the entry (`lupus_ledger::receipt`): keep it, it
+    /// proves the coordinator took the work at `entry_index`.
+    #[serde(default)]
+    pub receipt: String,
 }
 
 /// `POST /v1/tasks/<id>/opening` takes a prover
@@ -197,6 +201,14 @@ pub struct OpeningReceipt {
     pub task_id: TaskId,
     /// blake3 of the stored opening: the bytes that were posted.
     pub opening_blob: Digest,
+    /// Log index of the `TaskOpened` entry (absent when the task was already
+    /// opened by an earlier upload, whose answer carried it).
+    #[serde(default)]
+    pub entry_index: Option<u64>,
+    /// The log's signed receipt for that entry (`lupus_ledger::receipt`); empty
+    /// with no `entry_index`.
+    #[serde(default)]
+    pub receipt: String,
 }
 
 /// Where a task stands.
@@ -343,6 +355,9 @@ pub struct VerdictReceipt {
     /// Log index of the `Verdict` entry.
     pub entry_index: u64,
     pub outcome: VerdictOutcome,
+    /// The log's signed receipt for the entry (`lupus_ledger::receipt`).
+    #[serde(default)]
+    pub receipt: String,
 }
 
 /// Where a round stands.

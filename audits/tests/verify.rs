@@ -805,6 +805,7 @@ fn replay_needs_the_coordinators_api_and_a_static_mirror_is_a_usage_error() {
             seed: None,
             tiles: lupus_audit::verify::TileCheck::All,
             replay_merge: false,
+            strict_signatures: false,
         },
         &mut |_, _| {},
     )

@@ -18,6 +18,7 @@ use lupus_api::types::{self as api, B64, Sig, TaskOffer, work_committed_body};
 use lupus_coordinator::engine::{Coordinator, Env, ManualEnv, now_ms};
 use lupus_coordinator::routes::router;
 use lupus_ledger::entry::{Entry, PublicKey, Role, Round, TaskId};
+use lupus_ledger::hash::LeafIndex;
 use lupus_prover::model::init_params;
 use lupus_prover::quant::{QTensor, QuantDelta};
 use lupus_prover::spec::JobSpec;
@@ -902,9 +903,16 @@ async fn a_round_s_real_bodies_match_the_document() {
         .await;
     assert_eq!(s, StatusCode::OK);
     let receipt: api::SubmissionReceipt = serde_json::from_value(receipt).unwrap();
+    // The log's signed receipt names the commitment at its index: evidence the worker
+    // keeps that the coordinator took its work.
+    let log = lupus_ledger::note::NoteVerifier::parse(&h.c.note_key()).unwrap();
+    assert_eq!(
+        lupus_ledger::receipt::verify_receipt(&receipt.receipt, &log, entry.as_bytes()).unwrap(),
+        receipt.entry_index
+    );
     let c = receipt.challenge;
     let opening = run.open(&job, &corpus(), &c.steps, c.tolerant).unwrap();
-    let (s, _) = h
+    let (s, opened) = h
         .exchange(
             &doc,
             "/v1/tasks/{id}/opening",
@@ -913,6 +921,21 @@ async fn a_round_s_real_bodies_match_the_document() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
+    let opened: api::OpeningReceipt = serde_json::from_value(opened).unwrap();
+    let index = opened.entry_index.expect("the TaskOpened entry's index");
+    let logged =
+        h.c.log()
+            .entries(LeafIndex(index), LeafIndex(index + 1))
+            .await
+            .unwrap();
+    assert_eq!(
+        lupus_ledger::receipt::verify_receipt(&opened.receipt, &log, &logged[0]).unwrap(),
+        index
+    );
+    assert!(matches!(
+        Entry::decode(&logged[0]).unwrap().body(),
+        lupus_ledger::entry::EntryBody::TaskOpened { opening, .. } if *opening == opened.opening_blob
+    ));
     // Real fraud proofs (not sent: this work is honest), one per op of a challenged
     // step, in a verdict body: every operator kind the job's model uses.
     let verdict_schema = &doc["paths"]["/v1/verify/{id}/verdict"]["post"]["requestBody"]["content"]

@@ -19,6 +19,7 @@ pub mod entry;
 pub mod hash;
 pub mod note;
 pub mod proof;
+pub mod receipt;
 pub mod stake;
 pub mod sumtree;
 pub mod tiles;

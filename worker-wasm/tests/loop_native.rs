@@ -167,6 +167,7 @@ impl Fake {
                     &SubmissionReceipt {
                         task_id: task,
                         entry_index: 2,
+                        receipt: String::new(),
                         challenge: Challenge {
                             task_id: task,
                             steps,
@@ -204,6 +205,8 @@ impl Fake {
                     &OpeningReceipt {
                         task_id: TaskId(id),
                         opening_blob: Digest([0; 32]),
+                        entry_index: None,
+                        receipt: String::new(),
                     },
                 )
             }

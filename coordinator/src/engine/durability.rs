@@ -21,6 +21,13 @@ impl Coordinator {
             .check(key, timestamp, nonce, now)
     }
 
+    /// The log's signed receipt for `entry`, sequenced at `index`
+    /// (`lupus_ledger::receipt`). Handed out only once the entry is durable (the
+    /// request's answer waits in [`Self::release`]).
+    pub(super) fn receipt(&self, index: u64, entry: &Entry) -> Result<String, Error> {
+        lupus_ledger::receipt::sign_receipt(&self.signer, index, entry.as_bytes()).map_err(internal)
+    }
+
     pub(super) async fn append(&self, inner: &mut Inner, entry: Entry) -> Result<u64, Error> {
         self.sequence(inner, std::slice::from_ref(&entry)).await
     }

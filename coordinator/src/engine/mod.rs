@@ -275,6 +275,8 @@ struct CloseOutcome {
 /// The coordinator. Cheap to share behind an `Arc`.
 pub struct Coordinator {
     log: Log,
+    /// The log's checkpoint key, which also signs receipts.
+    signer: NoteSigner,
     store: Arc<dyn LogStore>,
     blobs: BlobStore,
     job: Arc<JobSpec>,

@@ -44,7 +44,7 @@ impl Coordinator {
         let referee = SigningKey::from_bytes(&load_or_create_secret(
             &config.data_dir.join("referee.key"),
         )?);
-        let log = Log::open(Arc::clone(&store), signer)
+        let log = Log::open(Arc::clone(&store), signer.clone())
             .await
             .map_err(|e| StartError::Store(e.to_string()))?;
 
@@ -68,6 +68,7 @@ impl Coordinator {
 
         let coordinator = Arc::new(Coordinator {
             log,
+            signer,
             store,
             blobs,
             job: Arc::new(job),

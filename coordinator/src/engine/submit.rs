@@ -105,7 +105,10 @@ impl Coordinator {
         } = commit;
         self.check_submittable_in(inner, &worker, task)?;
         let meta = vec![delta_meta(task, delta_blob, class)];
-        let index = self.sequence_with_meta(inner, &[entry], meta).await?;
+        let index = self
+            .sequence_with_meta(inner, std::slice::from_ref(&entry), meta)
+            .await?;
+        let receipt = self.receipt(index, &entry)?;
         let beacon = inner
             .beacon
             .map(|b| b.1)
@@ -129,6 +132,7 @@ impl Coordinator {
         Ok(api::SubmissionReceipt {
             task_id: task,
             entry_index: index,
+            receipt,
             challenge: Challenge {
                 task_id: task,
                 steps,
@@ -165,6 +169,8 @@ impl Coordinator {
                 return Ok(api::OpeningReceipt {
                     task_id: task,
                     opening_blob: b,
+                    entry_index: None,
+                    receipt: String::new(),
                 });
             }
             live.steps.clone().unwrap_or_default()
@@ -190,6 +196,8 @@ impl Coordinator {
             let receipt = api::OpeningReceipt {
                 task_id: task,
                 opening_blob: b,
+                entry_index: None,
+                receipt: String::new(),
             };
             return self.release(guard, receipt).await;
         }
@@ -199,18 +207,22 @@ impl Coordinator {
             opening: blob,
         })
         .map_err(internal)?;
-        self.sequence_with_meta(
-            &mut guard,
-            &[entry],
-            vec![(meta_key("opening", task.0), blob.0.to_vec())],
-        )
-        .await?;
+        let index = self
+            .sequence_with_meta(
+                &mut guard,
+                std::slice::from_ref(&entry),
+                vec![(meta_key("opening", task.0), blob.0.to_vec())],
+            )
+            .await?;
+        let receipt = self.receipt(index, &entry)?;
         if let Some(l) = guard.live.get_mut(&task) {
             l.opening_blob = Some(blob);
         }
         let receipt = api::OpeningReceipt {
             task_id: task,
             opening_blob: blob,
+            entry_index: Some(index),
+            receipt,
         };
         self.release(guard, receipt).await
     }

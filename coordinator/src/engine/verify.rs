@@ -97,7 +97,8 @@ impl Coordinator {
         sub: api::VerdictSubmission,
     ) -> Result<api::VerdictReceipt, Error> {
         let mut guard = self.lock_synced().await?;
-        let (index, needs_referee) = self.verdict_in(&mut guard, verifier, task, sub).await?;
+        let (index, receipt, needs_referee) =
+            self.verdict_in(&mut guard, verifier, task, sub).await?;
         if needs_referee {
             // The verdict is durable before the referee's replay, which runs without
             // the lock; the receipt then says what the referee decided.
@@ -127,20 +128,21 @@ impl Coordinator {
             task_id: task,
             entry_index: index,
             outcome,
+            receipt,
         };
         self.release(guard, receipt).await
     }
 
     /// The locked part of a verdict: checks and appends it, settles the task if its
     /// verdicts settle it; returns the verdict's index and whether the referee must
-    /// judge the task.
+    /// judge the task, with the log's signed receipt for the entry.
     pub(super) async fn verdict_in(
         &self,
         inner: &mut Inner,
         verifier: PublicKey,
         task: TaskId,
         sub: api::VerdictSubmission,
-    ) -> Result<(u64, bool), Error> {
+    ) -> Result<(u64, String, bool), Error> {
         rules::require_role(&inner.state, &verifier, Role::Verifier)?;
         let steps = rules::verdict_admissible(&inner.state, &inner.live, &verifier, task)?;
         let entry = check_verdict(&sub, task, &verifier, &steps)?.entry;
@@ -149,7 +151,9 @@ impl Coordinator {
                 .put(&serde_json::to_vec(p).map_err(internal)?)
                 .map_err(blob_error)?;
         }
+        let receipt = entry.clone();
         let index = self.append(inner, entry).await?;
+        let receipt = self.receipt(index, &receipt)?;
         self.metrics.verdicts.inc();
         if let Some(l) = inner.live.get_mut(&task) {
             l.claims.remove(&verifier);
@@ -164,7 +168,7 @@ impl Coordinator {
                 false
             }
         };
-        Ok((index, needs_referee))
+        Ok((index, receipt, needs_referee))
     }
 
     /// Settles a task from its verdicts: unanimous acceptance by enough verifiers
