@@ -30,12 +30,29 @@ fn referee(job: &lupus_audit::sample::SampleJob) -> PublicKey {
     PublicKey::from(&job.referee)
 }
 
-/// The referee's verdict on the task of the `Credit` at `i`, over its challenge.
+/// The referee's verdict on `task`, over its challenge; a rejection names the opening
+/// it replayed as its evidence, as the coordinator's referee does.
 fn ruling(
     job: &lupus_audit::sample::SampleJob,
     entries: &[Entry],
     task: TaskId,
     accepted: bool,
+) -> Entry {
+    let opening = entries.iter().find_map(|e| match e.body() {
+        EntryBody::TaskOpened {
+            task: t, opening, ..
+        } if *t == task => Some(*opening),
+        _ => None,
+    });
+    ruling_with(job, entries, task, accepted, opening.filter(|_| !accepted))
+}
+
+fn ruling_with(
+    job: &lupus_audit::sample::SampleJob,
+    entries: &[Entry],
+    task: TaskId,
+    accepted: bool,
+    evidence: Option<Digest>,
 ) -> Entry {
     let steps = entries
         .iter()
@@ -52,7 +69,7 @@ fn ruling(
             accepted,
             steps,
             reason: "the operator says so".into(),
-            evidence: None,
+            evidence,
         },
     )
 }
@@ -148,6 +165,20 @@ fn a_slash_the_ruling_does_not_call_for_is_refused() {
     let (index, v) = audit(&job, &entries);
     assert_eq!(index, i as u64 + 1);
     assert!(matches!(v, Violation::SlashEvidence { .. }), "{v}");
+}
+
+#[test]
+fn a_rejecting_ruling_without_evidence_is_refused() {
+    let job = job();
+    let mut entries = honest(&job);
+    let (i, task, _) = work_credit(&entries, 2);
+    entries.insert(i, ruling_with(&job, &entries, task, false, None));
+    let (index, v) = audit(&job, &entries);
+    assert_eq!(index, i as u64);
+    assert!(
+        matches!(v, Violation::RulingWithoutEvidence(t) if t == task),
+        "{v}"
+    );
 }
 
 #[test]

@@ -533,7 +533,8 @@ pub enum EntryBody {
         accepted: bool,
         steps: Vec<u32>,
         reason: String,
-        /// blake3 of the fraud-proof blob, when the verdict rejects with one.
+        /// blake3 of the evidence blob of a rejection: the fraud proof, or (for the
+        /// referee's replay) the opening it replayed.
         #[cfg_attr(feature = "openapi", schema(required = true))]
         evidence: Option<Digest>,
     },

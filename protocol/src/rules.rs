@@ -26,7 +26,9 @@
 //!   `key` ([`ProtocolState::convicted`]): the worker and every verifier that accepted,
 //!   when the referee rejects; every verifier that rejected, when it accepts. A slash
 //!   of anyone else, or with no ruling, is [`Violation::SlashWithoutConviction`]. A
-//!   slash naming evidence names the ruling's evidence.
+//!   slash naming evidence names the ruling's evidence, and a rejecting ruling names
+//!   its evidence: the fraud proof, or the opening it replayed (its steps are the
+//!   verdict's), so `lupus-audit --replay` can re-check it.
 //! - **Credits follow final acceptance** ([`ProtocolState::finally_accepted`]): a
 //!   `Work` credit goes to the task's worker, once, only if the referee accepted the
 //!   task, or, with no ruling, if every verdict of a verifier not slashed accepts (at
@@ -209,6 +211,10 @@ pub enum Violation {
     },
     #[error("task {task}: {key} is credited twice for the same work")]
     DuplicateCredit { task: TaskId, key: PublicKey },
+    #[error(
+        "task {0}: the referee rejects it naming no evidence (a fraud proof, or the opening it replayed)"
+    )]
+    RulingWithoutEvidence(TaskId),
     #[error("task {0} was already opened")]
     AlreadyOpened(TaskId),
     #[error("task {0} is judged before its worker opened it")]
@@ -628,6 +634,9 @@ impl ProtocolState {
                         task: *task,
                         verifier: *verifier,
                     });
+                }
+                if is_referee && !*accepted && evidence.is_none() {
+                    return Err(Violation::RulingWithoutEvidence(*task));
                 }
                 t.verdicts.push((*verifier, *accepted));
                 if is_referee {

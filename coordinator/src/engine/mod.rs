@@ -239,6 +239,8 @@ struct Ruling {
     verdict: Verdict,
     /// Whether a verifier's fraud proof decided it (no replay was needed).
     by_proof: bool,
+    /// The opening the referee judged: the evidence a replay's rejection names.
+    opening: Digest,
 }
 
 /// What a round close computes from, taken under the state lock in one go. The tasks

@@ -276,6 +276,7 @@ impl Coordinator {
     /// Judges a case without the lock: the fraud proof a verifier attached, if it
     /// convicts, else a replay of the challenged steps (on a blocking thread).
     async fn judge(&self, case: Case) -> Result<Ruling, Error> {
+        let opening_blob = case.opening_blob;
         let opening = self.load_opening(case.opening_blob).await?;
         let mut proof: Option<FraudProof> = None;
         for e in &case.evidence {
@@ -341,6 +342,7 @@ impl Coordinator {
             steps,
             verdict,
             by_proof,
+            opening: opening_blob,
         })
     }
 
@@ -363,6 +365,7 @@ impl Coordinator {
             steps,
             verdict,
             by_proof,
+            opening,
         } = ruling;
         let accepted = verdict.is_accept();
         let reason = match &verdict {
@@ -383,7 +386,10 @@ impl Coordinator {
                     .map_err(blob_error)?;
                 Some(d)
             }
-            _ => None,
+            // A replay that rejects without a fraud proof names what it replayed:
+            // the opening (its challenged steps are the verdict's).
+            Verdict::Reject { .. } => Some(opening),
+            Verdict::Accept => None,
         };
         let body = api::verdict_body(task, self.referee_key(), accepted, steps, &reason, evidence);
         let entry = Entry::signed(body, &self.referee).map_err(internal)?;
