@@ -15,7 +15,7 @@ use ed25519_dalek::Signer;
 use lupus_api::check::{check_opening, check_submission, check_verdict};
 use lupus_api::lupus_ledger::checkpoint::{Checkpoint, sign_checkpoint};
 use lupus_api::lupus_ledger::entry::{
-    Amount, CreditKind, Digest, Entry, EntryBody, Epoch, PublicKey, Role, Round,
+    Amount, CreditKind, Digest, EndReason, Entry, EntryBody, Epoch, PublicKey, Role, Round,
 };
 use lupus_api::lupus_ledger::hash::leaf_hash;
 use lupus_api::lupus_ledger::hash::{LeafIndex, TreeSize};
@@ -137,9 +137,9 @@ fn entries() -> Res<Vec<(&'static str, Entry)>> {
                 new_model: d(12),
                 val_loss_bits: 1.5f32.to_bits(),
                 accepted_tasks: 1,
-                val_windows: 0,
-                momentum: None,
-                merged: Vec::new(),
+                val_windows: 512,
+                momentum: Some(d(15)),
+                merged: vec![d(16)],
             })?,
         ),
         (
@@ -159,6 +159,21 @@ fn entries() -> Res<Vec<(&'static str, Entry)>> {
                 task: TASK,
                 reason: "fraud".into(),
                 evidence: Some(d(13)),
+            })?,
+        ),
+        (
+            "task-opened",
+            Entry::unsigned(EntryBody::TaskOpened {
+                task: TASK,
+                worker: public(&worker),
+                opening: d(14),
+            })?,
+        ),
+        (
+            "task-ended",
+            Entry::unsigned(EntryBody::TaskEnded {
+                task: TASK,
+                reason: EndReason::NotJudged,
             })?,
         ),
     ])

@@ -15,7 +15,7 @@ use libfuzzer_sys::fuzz_target;
 use lupus_api::check::check_submission;
 use lupus_api::lupus_ledger::entry::{Digest, Entry};
 use lupus_api::lupus_prover::spec::JobSpec;
-use lupus_api::types::{Submission};
+use lupus_api::types::Submission;
 use lupus_fuzz::{TASK, job, param_shapes, public, worker_key};
 
 fn fixtures() -> &'static (JobSpec, Vec<Vec<usize>>) {
@@ -47,9 +47,6 @@ fuzz_target!(|data: &[u8]| {
         Ok(&checked.entry)
     );
     assert_eq!(checked.delta.to_bytes(), sub.delta.0);
-    assert_eq!(
-        Digest(checked.delta.hash()),
-        checked.commitment.delta_hash
-    );
+    assert_eq!(Digest(checked.delta.hash()), checked.commitment.delta_hash);
     assert_eq!(checked.delta.tensors.len(), shapes.len());
 });

@@ -11,8 +11,7 @@
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use lupus_api::lupus_ledger::entry::{
-    Amount, CreditKind, Digest, EndReason, Entry, EntryBody, Epoch, PublicKey, Role, Round,
-    TaskId,
+    Amount, CreditKind, Digest, EndReason, Entry, EntryBody, Epoch, PublicKey, Role, Round, TaskId,
 };
 use lupus_fuzz::{public, worker_key};
 
