@@ -69,6 +69,10 @@ pub struct JobInfo {
     pub dataset_len: u64,
     /// The log's checkpoint verifier key, `<name>+<hexid>+<base64>`.
     pub log_key: String,
+    /// Rounds an unruled task's opening is kept after its round closes (`None`:
+    /// every opening is kept). Openings a referee's ruling judged are kept for good.
+    #[serde(default)]
+    pub keep_openings: Option<u64>,
 }
 
 /// `POST /v1/join`.

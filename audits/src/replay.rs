@@ -50,6 +50,10 @@ pub struct Candidate {
     pub verdict_index: u64,
     /// Whether that verdict accepts.
     pub accepted: bool,
+    /// The task's round.
+    pub round: Round,
+    /// Whether the claim is the referee's ruling (its opening is kept for good).
+    pub ruled: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -68,6 +72,8 @@ struct Pending {
 #[derive(Debug)]
 pub struct Sampler {
     k: usize,
+    /// The coordinator's `keep_openings` (`None`: it keeps every opening).
+    keep: Option<u64>,
     seed: [u8; 32],
     referee: Option<PublicKey>,
     rounds: BTreeMap<Round, Digest>,
@@ -77,10 +83,13 @@ pub struct Sampler {
 
 impl Sampler {
     /// A sampler of `k` tasks keyed by the auditor's `seed`. `referee` is the log's
-    /// referee if the entries before this run named it.
-    pub fn new(k: usize, seed: [u8; 32], referee: Option<PublicKey>) -> Sampler {
+    /// referee if the entries before this run named it; `keep` is the coordinator's
+    /// opening retention in rounds (`GET /v1/job`): a task whose opening it may have
+    /// deleted (unruled, of a round `keep` or more closes back) is not sampled.
+    pub fn new(k: usize, seed: [u8; 32], referee: Option<PublicKey>, keep: Option<u64>) -> Sampler {
         Sampler {
             k,
+            keep,
             seed,
             referee,
             rounds: BTreeMap::new(),
@@ -90,9 +99,9 @@ impl Sampler {
     }
 
     fn consider(&mut self, task: TaskId, p: Pending) {
-        let claim = match (p.ruling, p.accept) {
-            (Some((index, accepted)), _) => (index, accepted),
-            (None, Some(index)) => (index, true),
+        let (claim, ruled) = match (p.ruling, p.accept) {
+            (Some((index, accepted)), _) => ((index, accepted), true),
+            (None, Some(index)) => ((index, true), false),
             (None, None) => return,
         };
         let (Some(commitment), Some(steps), Some(base_model)) =
@@ -113,9 +122,13 @@ impl Sampler {
                 steps,
                 verdict_index: claim.0,
                 accepted: claim.1,
+                round: p.round,
+                ruled,
             },
         );
-        if self.chosen.len() > self.k {
+        // With a retention, a kept candidate may age out of it later, so nothing is
+        // trimmed until the end; the candidates stay those of the retained rounds.
+        if self.keep.is_none() && self.chosen.len() > self.k {
             self.chosen.pop_last();
         }
     }
@@ -194,6 +207,12 @@ impl Sampler {
                     }
                 }
                 self.rounds.remove(round);
+                if let Some(keep) = self.keep {
+                    // Once round C closes, the coordinator may delete the unruled
+                    // openings of rounds C - keep and before.
+                    self.chosen
+                        .retain(|_, c| c.ruled || c.round.0.saturating_add(keep) > round.0);
+                }
             }
             _ => {}
         }
@@ -204,7 +223,7 @@ impl Sampler {
         for (t, p) in std::mem::take(&mut self.tasks) {
             self.consider(t, p);
         }
-        let mut out: Vec<Candidate> = self.chosen.into_values().collect();
+        let mut out: Vec<Candidate> = self.chosen.into_values().take(self.k).collect();
         out.sort_by_key(|c| c.task);
         out
     }
@@ -236,6 +255,13 @@ fn json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, A
         index: None,
         reason: format!("{what} from the coordinator does not parse: {e}"),
     })
+}
+
+/// The coordinator's opening retention (`GET /v1/job`'s `keep_openings`), which the
+/// replay sample must respect.
+pub fn retention(source: &dyn LogSource) -> Result<Option<u64>, AuditError> {
+    let info: JobInfo = json(&fetch(source, "v1/job")?, "the job")?;
+    Ok(info.keep_openings)
 }
 
 /// The job spec and the dataset from the coordinator's API (`/v1/job` and the

@@ -376,8 +376,15 @@ fn run(
     let mut merges = options
         .replay_merge
         .then(|| MergeCollector::new(protocol.last_momentum()));
-    let mut sampler = (options.replay > 0)
-        .then(|| Sampler::new(options.replay, seed, protocol.referee().copied()));
+    let mut sampler = match options.replay {
+        0 => None,
+        k => Some(Sampler::new(
+            k,
+            seed,
+            protocol.referee().copied(),
+            crate::replay::retention(source)?,
+        )),
+    };
     let mut leaves: Vec<Hash> = Vec::with_capacity(size.saturating_sub(from) as usize);
     let ctx = Ctx {
         source,

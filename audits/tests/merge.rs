@@ -76,6 +76,7 @@ fn world() -> (MemSource, JobFacts, RoundInputs) {
         dataset_blob,
         dataset_len: corpus.bytes().len() as u64,
         log_key: String::new(),
+        keep_openings: None,
     };
     blobs.insert("v1/job".into(), serde_json::to_vec(&info).unwrap());
     let facts = JobFacts {

@@ -20,7 +20,7 @@ use lupus_zoo::Behaviour;
 
 const TINY: &str = include_str!("../../jobs/tiny-test.toml");
 
-fn config(dir: &std::path::Path, rounds: u64, tasks: u32) -> Config {
+fn config(dir: &std::path::Path, rounds: u64, tasks: u32, keep: Option<u64>) -> Config {
     Config {
         data_dir: dir.to_owned(),
         database_url: None,
@@ -32,6 +32,7 @@ fn config(dir: &std::path::Path, rounds: u64, tasks: u32) -> Config {
         task_timeout: Duration::from_secs(60),
         verify_timeout: Duration::from_secs(60),
         val_windows: 128,
+        keep_openings: keep,
         env: SystemEnv::shared(),
     }
 }
@@ -70,12 +71,14 @@ struct Audits {
     during: Outcome,
     after: Outcome,
     whole: Outcome,
+    /// What `/v1/blobs/<the opening of task 1>` answered after the run.
+    first_opening: (u16, String),
 }
 
-async fn run(workers: &[(u8, Behaviour)], rounds: u64) -> Audits {
+async fn run(workers: &[(u8, Behaviour)], rounds: u64, keep: Option<u64>) -> Audits {
     let dir = tempfile::tempdir().unwrap();
     let c = Coordinator::open(
-        config(dir.path(), rounds, workers.len() as u32),
+        config(dir.path(), rounds, workers.len() as u32, keep),
         Corpus::generated(7, 24_000),
     )
     .await
@@ -122,6 +125,19 @@ async fn run(workers: &[(u8, Behaviour)], rounds: u64) -> Audits {
     // openings from its store after the live table has forgotten them.
     let fresh = tempfile::tempdir().unwrap();
     let whole = audit(&url, &log_key, fresh.path(), usize::MAX).await;
+    let status: lupus_api::types::TaskStatus =
+        serde_json::from_str(&fetch(&url, "v1/tasks/1").await).unwrap();
+    let opening = status.opening_blob.expect("task 1 was opened");
+    let first_opening = {
+        let http = lupus_api::http::Http::new();
+        let none: &[(&str, &str)] = &[];
+        let url = format!("{url}/v1/blobs/{opening}");
+        let r = http
+            .send("GET", &url, none, Vec::new(), None)
+            .await
+            .unwrap();
+        (r.status, String::from_utf8_lossy(&r.body).into_owned())
+    };
     witness_the_run(&url, &log_key, &first).await;
     // The participants' threads see the flag within a step and end.
     stop.store(true, Ordering::Relaxed);
@@ -130,6 +146,7 @@ async fn run(workers: &[(u8, Behaviour)], rounds: u64) -> Audits {
         during,
         after,
         whole,
+        first_opening,
     }
 }
 
@@ -193,7 +210,9 @@ async fn a_real_honest_run_verifies_while_it_grows_and_after() {
         during,
         after,
         whole,
-    } = run(&[(1, Behaviour::Honest), (2, Behaviour::Honest)], 3).await;
+        first_opening,
+    } = run(&[(1, Behaviour::Honest), (2, Behaviour::Honest)], 3, None).await;
+    assert_eq!(first_opening.0, 200, "every opening is kept by default");
     assert_eq!(after.from_size, during.size);
     assert!(after.size > during.size);
     // Two workers and the verifier earned.
@@ -217,6 +236,7 @@ async fn a_real_run_with_a_slashed_cheater_verifies() {
             (3, Behaviour::InflatedDelta),
         ],
         2,
+        None,
     )
     .await;
     // The cheater earns nothing; the honest workers and the verifier do; the
@@ -226,4 +246,31 @@ async fn a_real_run_with_a_slashed_cheater_verifies() {
     // The referee's rejection of the cheater replays as a rejection.
     assert!(whole.replayed >= 4, "{whole:?}");
     assert_eq!(whole.rounds_recomputed, 2, "{whole:?}");
+}
+
+/// With `keep_openings = 1`, the openings of unruled tasks of every round but the last
+/// are deleted as the rounds close: their blobs answer 404 with a problem naming the
+/// retention, and a whole audit replays only what is kept (the last round's tasks and
+/// whatever the referee ruled on) and passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn openings_past_the_retention_are_deleted_and_the_audit_replays_what_is_kept() {
+    let Audits {
+        whole,
+        first_opening,
+        ..
+    } = run(
+        &[(1, Behaviour::Honest), (2, Behaviour::Honest)],
+        3,
+        Some(1),
+    )
+    .await;
+    assert_eq!(first_opening.0, 404, "{first_opening:?}");
+    assert!(
+        first_opening.1.contains("--keep-openings"),
+        "{first_opening:?}"
+    );
+    // Round 3's tasks are kept (at least one per worker); rounds 1 and 2 are not
+    // sampled unless a ruling judged them.
+    assert!(whole.replayed >= 2, "{whole:?}");
+    assert_eq!(whole.rounds_recomputed, 3, "{whole:?}");
 }

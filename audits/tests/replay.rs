@@ -67,6 +67,7 @@ fn world() -> World {
         dataset_blob: Digest::of(corpus.bytes()),
         dataset_len: corpus.bytes().len() as u64,
         log_key: String::new(),
+        keep_openings: None,
     };
     blobs.insert("v1/job".into(), serde_json::to_vec(&info).unwrap());
     let status = TaskStatus {
@@ -108,6 +109,8 @@ fn world() -> World {
             steps,
             verdict_index: 42,
             accepted: true,
+            round: Round(1),
+            ruled: false,
         },
     }
 }

@@ -46,6 +46,7 @@ async fn the_checkpoint_carries_the_configured_witness_cosignature() {
         task_timeout: Duration::from_secs(60),
         verify_timeout: Duration::from_secs(60),
         val_windows: 128,
+        keep_openings: None,
         env: SystemEnv::shared(),
     };
     let c = Coordinator::open(config, Corpus::generated(7, 24_000))
@@ -199,6 +200,7 @@ async fn a_witness_that_comes_up_late_is_retried_until_it_cosigns() {
         task_timeout: Duration::from_secs(60),
         verify_timeout: Duration::from_secs(60),
         val_windows: 128,
+        keep_openings: None,
         env: SystemEnv::shared(),
     };
     let c = Coordinator::open(config, Corpus::generated(7, 24_000))

@@ -291,6 +291,17 @@ impl BlobStore {
         Ok(upload.hash)
     }
 
+    /// Removes a blob; whether it was there. The space counts as free the next time a
+    /// `put` meets the quota.
+    pub fn remove(&self, hash: &Digest) -> Result<bool, BlobError> {
+        let path = self.path(hash);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
     /// Reads a blob, or `None` if the store does not have it.
     pub fn get(&self, hash: &Digest) -> Result<Option<Vec<u8>>, BlobError> {
         let path = self.path(hash);

@@ -73,6 +73,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         job: args.job.clone(),
         tasks_per_round: Some(workers as u32),
         rounds: Some(args.rounds),
+        keep_openings: None,
         round_timeout: 900,
         task_timeout: 600,
         web: args.web.clone(),

@@ -54,6 +54,11 @@ pub struct CoordinatorArgs {
     /// Rounds to run (default: until stopped).
     #[arg(long)]
     pub rounds: Option<u64>,
+    /// Delete the opening of a task this many rounds after its round closed, unless a
+    /// ruling of the referee judged it (evidence of rejections and slashes is kept
+    /// for good); auditors replay only what is kept. Default: keep every opening.
+    #[arg(long, value_name = "ROUNDS")]
+    pub keep_openings: Option<u64>,
     /// Seconds a round may last before it closes with the work it has.
     #[arg(long, default_value_t = 600)]
     pub round_timeout: u64,
@@ -225,6 +230,7 @@ pub async fn open_coordinator(
         task_timeout: Duration::from_secs(args.task_timeout),
         verify_timeout: Duration::from_secs(args.task_timeout),
         val_windows: 512,
+        keep_openings: args.keep_openings,
         env: SystemEnv::shared(),
     };
     Ok(Coordinator::open(config, corpus).await?)

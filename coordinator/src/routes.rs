@@ -650,10 +650,12 @@ async fn stake(State(c): State<Shared>, Path(key): Path<String>) -> ApiResult {
 async fn blob(State(c): State<Shared>, Path(hash): Path<String>) -> ApiResult {
     let hash = Digest::from_hex(&hash)
         .map_err(|e| Error::Malformed(format!("expected a blake3 hash as 64 hex digits: {e}")))?;
-    let data = c
-        .blob(hash)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("no blob {hash}")))?;
+    let Some(data) = c.blob(hash).await? else {
+        let why = c.pruned_blob(hash).await;
+        return Err(Error::NotFound(
+            why.unwrap_or_else(|| format!("no blob {hash}")),
+        ));
+    };
     Ok(immutable(data))
 }
 

@@ -75,6 +75,8 @@ pub struct RetiredTask {
     pub id: TaskId,
     pub worker: PublicKey,
     pub outcome: Outcome,
+    /// Whether the referee ruled on it: its opening is evidence, kept for good.
+    pub ruled: bool,
 }
 
 /// How a task of a closed round ended.
@@ -224,6 +226,30 @@ impl State {
         TaskId(self.next_task.max(1))
     }
 
+    /// The tasks of `round` whose openings the retention may delete: those no ruling
+    /// of the referee judged (the rest are evidence, kept for good). Reads the
+    /// round's records, or its retired summary.
+    pub fn prunable_tasks(&self, round: Round) -> Vec<TaskId> {
+        let Some(r) = self.rounds.get(&round) else {
+            return Vec::new();
+        };
+        if let Some(retired) = &r.retired {
+            return retired
+                .tasks
+                .iter()
+                .filter(|t| !t.ruled)
+                .map(|t| t.id)
+                .collect();
+        }
+        let referee = self.protocol.referee().copied();
+        r.tasks
+            .iter()
+            .filter_map(|id| self.tasks.get(id))
+            .filter(|t| !referee.is_some_and(|r| t.verdicts.iter().any(|v| v.verifier == r)))
+            .map(|t| t.id)
+            .collect()
+    }
+
     /// A retired task, if `task` belongs to a retired round.
     pub fn retired_task(&self, task: TaskId) -> Option<(Round, RetiredTask)> {
         let (_, round) = self.retired_from.range(..=task).next_back()?;
@@ -234,6 +260,7 @@ impl State {
 
     /// Retires the closed rounds more than [`Self::RETAINED_ROUNDS`] before `open`.
     fn retire_before(&mut self, open: Round) {
+        let referee = self.protocol.referee().copied();
         let Some(last) = open.0.checked_sub(Self::RETAINED_ROUNDS + 1) else {
             return;
         };
@@ -260,6 +287,7 @@ impl State {
                     id,
                     worker: t.worker,
                     outcome: Outcome::of(&t),
+                    ruled: referee.is_some_and(|r| t.verdicts.iter().any(|v| v.verifier == r)),
                 });
             }
             retired.tasks.sort_by_key(|t| t.id);

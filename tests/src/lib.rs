@@ -110,6 +110,7 @@ impl RunConfig {
             task_timeout: self.task_timeout,
             verify_timeout: self.verify_timeout,
             val_windows: 64,
+            keep_openings: None,
             env: SystemEnv::shared(),
         }
     }

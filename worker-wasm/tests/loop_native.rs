@@ -114,6 +114,7 @@ impl Fake {
                     dataset_blob: data_hash,
                     dataset_len: self.corpus.len() as u64,
                     log_key: String::new(),
+                    keep_openings: None,
                 },
             ),
             ("GET", p) if p == format!("/v1/blobs/{data_hash}") => Response {

@@ -127,6 +127,68 @@ impl Coordinator {
         )
     }
 
+    /// Deletes the openings the retention lets go once round `closed` has closed:
+    /// those of round `closed - keep` that no ruling judged (`--keep-openings`). The
+    /// deletions are noted in the store's metadata (`pruned/<hash>`), so
+    /// `/v1/blobs/<hash>` says why the blob is gone. A failure is logged: the next
+    /// close does not retry it, and the opening merely stays.
+    pub(super) async fn prune_openings(&self, closed: Round) {
+        let Some(keep) = self.config.keep_openings else {
+            return;
+        };
+        let Some(round) = closed.0.checked_sub(keep).filter(|r| *r > 0).map(Round) else {
+            return;
+        };
+        let tasks = match self.lock_for_read().await {
+            Ok(inner) => inner.state.prunable_tasks(round),
+            Err(_) => return,
+        };
+        let mut pruned = 0usize;
+        for task in tasks {
+            let Ok(Some(m)) = self.task_meta_blob("opening", task).await else {
+                continue;
+            };
+            let Ok(hash) = <[u8; 32]>::try_from(m.as_slice()).map(Digest) else {
+                continue;
+            };
+            let note = self
+                .store
+                .put_meta(&format!("pruned/{hash}"), &round.0.to_be_bytes())
+                .await;
+            let blobs = self.blobs.clone();
+            let removed = tokio::task::spawn_blocking(move || blobs.remove(&hash)).await;
+            match (note, removed) {
+                (Ok(()), Ok(Ok(true))) => pruned += 1,
+                (Ok(()), Ok(Ok(false))) => {}
+                (note, removed) => {
+                    tracing::warn!(task = %task, ?note, ?removed, "pruning an opening failed; it stays");
+                }
+            }
+        }
+        if pruned > 0 {
+            tracing::info!(
+                round = round.0,
+                pruned,
+                keep,
+                "openings past their retention deleted"
+            );
+        }
+    }
+
+    /// Why a blob is not served, if the retention deleted it.
+    pub async fn pruned_blob(&self, hash: Digest) -> Option<String> {
+        let m = self
+            .store
+            .get_meta(&format!("pruned/{hash}"))
+            .await
+            .ok()??;
+        let round = u64::from_be_bytes(m.as_slice().try_into().ok()?);
+        Some(format!(
+            "blob {hash} was the opening of an unruled task of round {round}, deleted by this coordinator's retention: it keeps openings for {} rounds after their round closes (--keep-openings), and the evidence of every rejection and slash for good",
+            self.config.keep_openings.unwrap_or(0)
+        ))
+    }
+
     /// The mean loss of `params` on `n` windows of the validation split.
     pub fn validation_loss(
         job: &JobSpec,
@@ -228,6 +290,8 @@ impl Coordinator {
         let result = self.release(guard, ()).await.and(result);
         if result.is_ok() {
             failpoints::hit(failpoints::CLOSE_AFTER_CREDITS);
+            // The close is durable: what the retention lets go can go, off the lock.
+            self.prune_openings(s.round).await;
         }
         result
     }

@@ -155,6 +155,10 @@ pub struct Config {
     pub verify_timeout: Duration,
     /// Validation windows for the per-round loss.
     pub val_windows: usize,
+    /// Rounds the opening of a task is kept after its round closes, unless a ruling
+    /// of the referee judged it (the evidence of every rejection and slash is kept
+    /// for good); `None` keeps every opening.
+    pub keep_openings: Option<u64>,
     /// The clock and the random source ([`SystemEnv::shared`] but in tests).
     pub env: SharedEnv,
 }

@@ -97,6 +97,7 @@ impl Coordinator {
             dataset_blob: self.dataset_blob,
             dataset_len: d.len,
             log_key: self.note_key(),
+            keep_openings: self.config.keep_openings,
         })
     }
 

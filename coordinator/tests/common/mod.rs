@@ -33,6 +33,7 @@ pub fn config(dir: &std::path::Path, rounds: u64, tasks: u32) -> Config {
         task_timeout: Duration::from_secs(60),
         verify_timeout: Duration::from_secs(60),
         val_windows: 128,
+        keep_openings: None,
         env: SystemEnv::shared(),
     }
 }

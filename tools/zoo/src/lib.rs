@@ -407,6 +407,7 @@ fn phase_config(cfg: &ZooConfig, dir: &std::path::Path) -> Config {
         task_timeout: cfg.task_timeout,
         verify_timeout: cfg.task_timeout,
         val_windows: 256,
+        keep_openings: None,
         env: SystemEnv::shared(),
     }
 }
