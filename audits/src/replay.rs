@@ -26,9 +26,10 @@ use std::collections::BTreeMap;
 use lupus_api::types::{JobInfo, TaskStatus};
 use lupus_ledger::entry::{Digest, Entry, EntryBody, PublicKey, Role, Round, TaskId};
 use lupus_prover::data::Corpus;
+use lupus_prover::fraud::{FraudContext, FraudProof, FraudVerdict};
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::Opening;
-use lupus_prover::trace::Commitment;
+use lupus_prover::trace::{Commitment, base_state_hash};
 use lupus_prover::verify::{DeviceClass, Verdict, verify_opening};
 
 use crate::source::{LogSource, SourceError};
@@ -54,6 +55,8 @@ pub struct Candidate {
     pub round: Round,
     /// Whether the claim is the referee's ruling (its opening is kept for good).
     pub ruled: bool,
+    /// The evidence the ruling names: its fraud proof, or the opening it replayed.
+    pub evidence: Option<Digest>,
 }
 
 #[derive(Clone, Debug)]
@@ -64,8 +67,8 @@ struct Pending {
     steps: Option<Vec<u32>>,
     /// The first accepting verdict's index.
     accept: Option<u64>,
-    /// The referee's verdict: index and whether it accepts.
-    ruling: Option<(u64, bool)>,
+    /// The referee's verdict: index, whether it accepts, the evidence it names.
+    ruling: Option<(u64, bool, Option<Digest>)>,
 }
 
 /// Picks the sample while the entries of a run go by.
@@ -99,9 +102,9 @@ impl Sampler {
     }
 
     fn consider(&mut self, task: TaskId, p: Pending) {
-        let (claim, ruled) = match (p.ruling, p.accept) {
-            (Some((index, accepted)), _) => ((index, accepted), true),
-            (None, Some(index)) => ((index, true), false),
+        let (claim, ruled, evidence) = match (p.ruling, p.accept) {
+            (Some((index, accepted, evidence)), _) => ((index, accepted), true, evidence),
+            (None, Some(index)) => ((index, true), false, None),
             (None, None) => return,
         };
         let (Some(commitment), Some(steps), Some(base_model)) =
@@ -124,6 +127,7 @@ impl Sampler {
                 accepted: claim.1,
                 round: p.round,
                 ruled,
+                evidence,
             },
         );
         // With a retention, a kept candidate may age out of it later, so nothing is
@@ -183,12 +187,13 @@ impl Sampler {
                 task,
                 verifier,
                 accepted,
+                evidence,
                 ..
             } => {
                 let is_referee = self.referee == Some(*verifier);
                 if let Some(p) = self.tasks.get_mut(task) {
                     if is_referee {
-                        p.ruling = Some((index, *accepted));
+                        p.ruling = Some((index, *accepted, *evidence));
                     } else if *accepted {
                         p.accept.get_or_insert(index);
                     }
@@ -359,6 +364,25 @@ fn replay_one(
         &fetch(source, &format!("v1/tasks/{}", c.task))?,
         "a task status",
     )?;
+    // A rejection that names a fraud proof (not the opening it replayed) stands if
+    // the proof convicts, as it did for the referee; else the replay decides.
+    if let Some(e) = c
+        .evidence
+        .filter(|e| !c.accepted && Some(*e) != status.opening_blob)
+    {
+        let base = base_model(source, spec, models, c)?;
+        let proof: Option<FraudProof> = serde_json::from_slice(&blob(source, &e)?).ok();
+        let ctx = FraudContext {
+            trace_root: c.commitment.0,
+            steps: spec.inner.steps,
+            base_state_hash: base_state_hash(base),
+        };
+        if let Some(Ok(FraudVerdict::Guilty { step, reason, .. })) = proof.map(|p| p.check(&ctx)) {
+            return Ok(Replayed::Reject(format!(
+                "its fraud proof convicts step {step}: {reason}"
+            )));
+        }
+    }
     let Some(opening_hash) = status.opening_blob else {
         return Ok(Replayed::Reject(
             "the coordinator has no opening for it".into(),
@@ -377,18 +401,7 @@ fn replay_one(
     } else {
         DeviceClass::Exact
     };
-    let base = match models.entry(c.base_model) {
-        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-        std::collections::btree_map::Entry::Vacant(e) => {
-            let bytes = blob(source, &c.base_model)?;
-            let params =
-                lupus_api::model::decode_model(&bytes, spec).map_err(|err| AuditError::Replay {
-                    index: Some(c.verdict_index),
-                    reason: format!("base model {} does not decode: {err}", c.base_model),
-                })?;
-            e.insert(params)
-        }
-    };
+    let base = base_model(source, spec, models, c)?;
     let commitment = Commitment {
         trace_root: c.commitment.0,
         final_state_hash: c.commitment.1,
@@ -410,5 +423,26 @@ fn replay_one(
             Replayed::Reject(format!("replaying step {step:?} fails: {reason}"))
         }
         Err(e) => Replayed::Reject(format!("its opening cannot be replayed: {e}")),
+    })
+}
+
+/// The round's base model, fetched once per run.
+fn base_model<'m>(
+    source: &dyn LogSource,
+    spec: &JobSpec,
+    models: &'m mut BTreeMap<Digest, Vec<lupus_prover::tensor::Tensor>>,
+    c: &Candidate,
+) -> Result<&'m Vec<lupus_prover::tensor::Tensor>, AuditError> {
+    Ok(match models.entry(c.base_model) {
+        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::btree_map::Entry::Vacant(e) => {
+            let bytes = blob(source, &c.base_model)?;
+            let params =
+                lupus_api::model::decode_model(&bytes, spec).map_err(|err| AuditError::Replay {
+                    index: Some(c.verdict_index),
+                    reason: format!("base model {} does not decode: {err}", c.base_model),
+                })?;
+            e.insert(params)
+        }
     })
 }

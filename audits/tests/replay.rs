@@ -36,6 +36,8 @@ struct World {
     source: MemSource,
     facts: JobFacts,
     honest: Candidate,
+    /// A fraud proof against the honest task that does not convict.
+    not_guilty: Digest,
 }
 
 fn world() -> World {
@@ -51,8 +53,23 @@ fn world() -> World {
     let other_model = lupus_api::model::encode_model(&init_params(&spec.model, [2; 32]).unwrap());
     let dataset_root = corpus.commitment(spec.dataset.chunk_size).unwrap().root;
     let task = TaskId(7);
+    let proof = lupus_prover::verify::dispute_op(&spec, &corpus, &base, &seed, &opening, 1, 0)
+        .expect("a dispute of step 1's first op");
+    // Well formed and checked: the honest op is not guilty.
+    let ctx = lupus_prover::fraud::FraudContext {
+        trace_root: run.commitment.trace_root,
+        steps: spec.inner.steps,
+        base_state_hash: lupus_prover::trace::base_state_hash(&base),
+    };
+    assert_eq!(
+        proof.check(&ctx).unwrap(),
+        lupus_prover::fraud::FraudVerdict::NotGuilty
+    );
+    let proof_bytes = serde_json::to_vec(&proof).unwrap();
+    let not_guilty = Digest::of(&proof_bytes);
     let mut blobs = HashMap::new();
     for b in [
+        proof_bytes,
         corpus.bytes().to_vec(),
         opening_bytes.clone(),
         model.clone(),
@@ -87,6 +104,7 @@ fn world() -> World {
     };
     blobs.insert("v1/tasks/7".into(), serde_json::to_vec(&status).unwrap());
     World {
+        not_guilty,
         source: MemSource(blobs),
         facts: JobFacts {
             job_hash: spec.hash(),
@@ -111,6 +129,7 @@ fn world() -> World {
             accepted: true,
             round: Round(1),
             ruled: false,
+            evidence: None,
         },
     }
 }
@@ -179,6 +198,13 @@ fn a_rejection_that_the_replay_does_not_bear_out_is_named() {
         matches!(&err, AuditError::Replay { index: Some(42), reason } if reason.contains("slash cites")),
         "{err}"
     );
+    // A fraud proof named as the ruling's evidence that does not convict (here a
+    // dispute of honest work: not guilty) does not save it: the replay decides.
+    let mut proven = w.honest.clone();
+    proven.accepted = false;
+    proven.evidence = Some(w.not_guilty);
+    let err = replay(&w.source, &w.facts, &[proven]).unwrap_err();
+    assert!(err.to_string().contains("slash cites"), "{err}");
     // A rejection of work that does not replay stands.
     let mut bad = w.honest.clone();
     bad.accepted = false;
