@@ -184,6 +184,10 @@ pub struct State {
     pub retired_from: BTreeMap<TaskId, Round>,
     /// The id the next task gets: ids increase from 1 in the order of assignment.
     pub next_task: u64,
+    /// Each worker's latest task: the only one a dispatch may hand it again (an
+    /// earlier task of the worker was committed or expired before this one was
+    /// assigned), so a poll finds it without scanning the round.
+    pub last_task: std::collections::HashMap<PublicKey, TaskId>,
     /// The protocol fold every auditor runs (with the shares fold inside): an entry
     /// it refuses is never sequenced.
     pub protocol: ProtocolState,
@@ -380,6 +384,7 @@ impl State {
                 };
                 r.tasks.push(*task);
                 self.next_task = task.0 + 1;
+                self.last_task.insert(*worker, *task);
                 self.tasks.insert(
                     *task,
                     TaskRecord {

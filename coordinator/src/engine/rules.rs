@@ -97,12 +97,14 @@ pub(super) fn dispatch(
     if closing {
         return Dispatch::Wait("the round is closing; the next one opens in a moment");
     }
-    let own = round
-        .tasks
-        .iter()
-        .filter_map(|id| state.tasks.get(id))
-        .find(|t| {
-            t.worker == *worker
+    // O(1) per poll: waiting workers poll every 250 ms, so a scan of the round's
+    // tasks here ran thousands of times a second under the lock.
+    let own = state
+        .last_task
+        .get(worker)
+        .and_then(|id| state.tasks.get(id))
+        .filter(|t| {
+            t.round == round.round
                 && t.committed.is_none()
                 && live.get(&t.id).is_some_and(|l| !l.expired)
         });

@@ -61,6 +61,7 @@ fn assign(s: &mut State, live: &mut LiveTable, id: u64, worker: PublicKey, deadl
     );
     s.rounds.get_mut(&Round(1)).unwrap().tasks.push(id);
     s.next_task = s.next_task.max(id.0 + 1);
+    s.last_task.insert(worker, id);
     live.insert(
         id,
         Live {
