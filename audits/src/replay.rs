@@ -371,7 +371,12 @@ fn replay_one(
         .filter(|e| !c.accepted && Some(*e) != status.opening_blob)
     {
         let base = base_model(source, spec, models, c)?;
-        let proof: Option<FraudProof> = serde_json::from_slice(&blob(source, &e)?).ok();
+        // Evidence the coordinator cannot serve, or that is not a fraud proof,
+        // convicts nobody: the replay decides (an operator naming a made-up blob
+        // gains nothing by it).
+        let proof: Option<FraudProof> = blob(source, &e)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
         let ctx = FraudContext {
             trace_root: c.commitment.0,
             steps: spec.inner.steps,

@@ -5,13 +5,15 @@
 //! "wrong new-model hash" and "wrong validation loss"; a real coordinator's rounds
 //! recompute in `tests/real_run.rs`).
 
+mod common;
+
+use common::MemSource;
 use std::collections::HashMap;
 
 use lupus_api::model::encode_model;
 use lupus_api::types::JobInfo;
 use lupus_audit::merge::{RoundInputs, replay_merge};
 use lupus_audit::sample::SAMPLE_SPEC;
-use lupus_audit::source::{LogSource, SourceError};
 use lupus_audit::verify::AuditError;
 use lupus_ledger::entry::{Digest, Round, TaskId};
 use lupus_protocol::JobFacts;
@@ -21,21 +23,6 @@ use lupus_prover::model::{init_params, make_batch};
 use lupus_prover::optim::{merge_deltas, outer_step};
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::{job_sampler, run_task};
-
-struct MemSource(HashMap<String, Vec<u8>>);
-
-impl LogSource for MemSource {
-    fn name(&self) -> String {
-        "memory".into()
-    }
-
-    fn get(&self, path: &str, _max: u64) -> Result<Vec<u8>, SourceError> {
-        self.0.get(path).cloned().ok_or(SourceError::NotFound {
-            what: path.into(),
-            source_name: self.name(),
-        })
-    }
-}
 
 fn put(blobs: &mut HashMap<String, Vec<u8>>, bytes: Vec<u8>) -> Digest {
     let d = Digest::of(&bytes);

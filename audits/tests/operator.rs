@@ -334,18 +334,80 @@ fn an_opened_task_dropped_silently_is_named_at_the_close() {
         matches!(v, Violation::EndReason { why, .. } if why.contains("opened")),
         "{v}"
     );
-    // The true reason ends the task, but the close still names its delta among the
-    // merged ones: a merge of work nobody was credited for.
-    let mut honest_end = entries;
-    honest_end.insert(close, ended(lupus_ledger::entry::EndReason::NotJudged));
-    let (index, v) = audit(&job, &honest_end);
+    // "Not judged" is a lie while its verdicts accept it: the worker is owed its credit.
+    let mut unpaid = entries.clone();
+    unpaid.insert(close, ended(lupus_ledger::entry::EndReason::NotJudged));
+    let (index, v) = audit(&job, &unpaid);
+    assert_eq!(index, close as u64);
+    assert!(
+        matches!(v, Violation::EndReason { why, .. } if why.contains("owed")),
+        "{v}"
+    );
+    // Truly unjudged (its verdicts dropped too), the task ends, but the close still
+    // claims it among the accepted.
+    let mut unjudged = entries.clone();
+    unjudged.retain(|e| !matches!(e.body(), EntryBody::Verdict { task: t, .. } if *t == task));
+    let close = (0..unjudged.len())
+        .filter(|&j| unjudged[j].kind() == EntryKind::RoundClosed)
+        .find(|&j| {
+            unjudged[..j]
+                .iter()
+                .any(|e| matches!(e.body(), EntryBody::TaskOpened { task: t, .. } if *t == task))
+        })
+        .unwrap();
+    unjudged.insert(close, ended(lupus_ledger::entry::EndReason::NotJudged));
+    let (index, v) = audit(&job, &unjudged);
     assert_eq!(index, close as u64 + 1, "{v}");
     assert!(
         matches!(
             v,
+            Violation::TooManyAccepted {
+                claimed: 4,
+                verified: 3,
+                ..
+            }
+        ),
+        "{v}"
+    );
+    // And a close that names one delta more than the tasks it credited.
+    let mut honest = honest(&job);
+    let close = honest
+        .iter()
+        .position(|e| e.kind() == EntryKind::RoundClosed)
+        .unwrap();
+    let EntryBody::RoundClosed {
+        round,
+        beacon,
+        new_model,
+        val_loss_bits,
+        accepted_tasks,
+        val_windows,
+        momentum,
+        mut merged,
+    } = honest[close].body().clone()
+    else {
+        unreachable!()
+    };
+    merged.push(Digest([7; 32]));
+    honest[close] = Entry::unsigned(EntryBody::RoundClosed {
+        round,
+        beacon,
+        new_model,
+        val_loss_bits,
+        accepted_tasks,
+        val_windows,
+        momentum,
+        merged,
+    })
+    .unwrap();
+    let (index, v) = audit(&job, &honest);
+    assert_eq!(index, close as u64);
+    assert!(
+        matches!(
+            v,
             Violation::MergedCount {
-                merged: 4,
-                credited: 3,
+                merged: 5,
+                credited: 4,
                 ..
             }
         ),

@@ -3,12 +3,14 @@
 //! the round did not name, contradicts the accepted verdict and is reported at the
 //! verdict's index; a blob that is not what its name says is refused.
 
+mod common;
+
+use common::MemSource;
 use std::collections::HashMap;
 
 use lupus_api::types::{Challenge, JobInfo, TaskState, TaskStatus};
 use lupus_audit::replay::{Candidate, replay};
 use lupus_audit::sample::SAMPLE_SPEC;
-use lupus_audit::source::{LogSource, SourceError};
 use lupus_audit::verify::AuditError;
 use lupus_ledger::entry::{Digest, PublicKey, Round, TaskId};
 use lupus_protocol::JobFacts;
@@ -16,21 +18,6 @@ use lupus_prover::data::Corpus;
 use lupus_prover::model::init_params;
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::run_task;
-
-struct MemSource(HashMap<String, Vec<u8>>);
-
-impl LogSource for MemSource {
-    fn name(&self) -> String {
-        "memory".into()
-    }
-
-    fn get(&self, path: &str, _max: u64) -> Result<Vec<u8>, SourceError> {
-        self.0.get(path).cloned().ok_or(SourceError::NotFound {
-            what: path.into(),
-            source_name: self.name(),
-        })
-    }
-}
 
 struct World {
     source: MemSource,
@@ -203,6 +190,10 @@ fn a_rejection_that_the_replay_does_not_bear_out_is_named() {
     let mut proven = w.honest.clone();
     proven.accepted = false;
     proven.evidence = Some(w.not_guilty);
+    let err = replay(&w.source, &w.facts, &[proven.clone()]).unwrap_err();
+    assert!(err.to_string().contains("slash cites"), "{err}");
+    // Nor does evidence the coordinator cannot serve.
+    proven.evidence = Some(Digest([0xee; 32]));
     let err = replay(&w.source, &w.facts, &[proven]).unwrap_err();
     assert!(err.to_string().contains("slash cites"), "{err}");
     // A rejection of work that does not replay stands.

@@ -29,7 +29,7 @@
 //!   slash naming evidence names the ruling's evidence, and a rejecting ruling names
 //!   its evidence: the fraud proof, or the opening it replayed (its steps are the
 //!   verdict's), so `lupus-audit --replay` can re-check it.
-//! - **Credits follow final acceptance** ([`ProtocolState::finally_accepted`]): a
+//! - **Credits follow final acceptance**: a
 //!   `Work` credit goes to the task's worker, once, only if the referee accepted the
 //!   task, or, with no ruling, if every verdict of a verifier not slashed accepts (at
 //!   least one), for `H x batch x FLOPs per sample` ([`JobSpec::task_flops`]). A
@@ -39,7 +39,7 @@
 //!   opening, once, after the commitment) comes before any verdict. By its round's
 //!   close a committed task has a work credit, a rejecting ruling (its worker's
 //!   conviction), or a `TaskEnded` whose reason holds (`not_opened`: no
-//!   `TaskOpened`; `not_judged`: opened, no ruling; `worker_slashed`: the worker is
+//!   `TaskOpened`; `not_judged`: opened, no ruling, not finally accepted; `worker_slashed`: the worker is
 //!   slashed); otherwise the close is [`Violation::TaskVanished`]. An ended task is
 //!   not credited.
 //! - **The model chain**: a round opens from the model the previous close named:
@@ -369,13 +369,8 @@ impl ProtocolState {
         self.referee.as_ref()
     }
 
-    /// Whether `task` (of a round not closed) is finally accepted: the referee
-    /// accepted it, or with no ruling every verdict by a verifier not slashed accepts,
-    /// and there is at least one. `None` for an unknown task.
-    pub fn finally_accepted(&self, task: TaskId) -> Option<bool> {
-        self.tasks.get(&task).map(|t| self.final_accept(t))
-    }
-
+    /// Whether a task is finally accepted: the referee accepted it, or with no ruling
+    /// every verdict by a verifier not slashed accepts, and there is at least one.
     fn final_accept(&self, t: &TaskFacts) -> bool {
         if let Some((accepted, _)) = t.ruling {
             return accepted;
@@ -422,6 +417,23 @@ impl ProtocolState {
             Some(r) if *r == role => Ok(()),
             _ => Err(Violation::NotA { key: *key, role }),
         }
+    }
+
+    /// `task`, which must be `worker`'s.
+    fn worker_task(
+        &mut self,
+        task: TaskId,
+        worker: &PublicKey,
+    ) -> Result<&mut TaskFacts, Violation> {
+        let t = self.task(task)?;
+        if t.worker != *worker {
+            return Err(Violation::WrongWorker {
+                task,
+                assigned: t.worker,
+                found: *worker,
+            });
+        }
+        Ok(t)
     }
 
     fn task(&mut self, task: TaskId) -> Result<&mut TaskFacts, Violation> {
@@ -563,14 +575,7 @@ impl ProtocolState {
                 trace_root,
                 ..
             } => {
-                let t = self.task(*task)?;
-                if t.worker != *worker {
-                    return Err(Violation::WrongWorker {
-                        task: *task,
-                        assigned: t.worker,
-                        found: *worker,
-                    });
-                }
+                let t = self.worker_task(*task, worker)?;
                 if t.trace_root.is_some() {
                     return Err(Violation::AlreadyCommitted(*task));
                 }
@@ -648,14 +653,7 @@ impl ProtocolState {
                 worker,
                 opening,
             } => {
-                let t = self.task(*task)?;
-                if t.worker != *worker {
-                    return Err(Violation::WrongWorker {
-                        task: *task,
-                        assigned: t.worker,
-                        found: *worker,
-                    });
-                }
+                let t = self.worker_task(*task, worker)?;
                 if t.trace_root.is_none() {
                     return Err(Violation::NotCommitted(*task));
                 }
@@ -672,6 +670,7 @@ impl ProtocolState {
                     .tasks
                     .get(task)
                     .is_some_and(|t| self.fold.is_slashed(&t.worker));
+                let accepted = self.tasks.get(task).is_some_and(|t| self.final_accept(t));
                 let t = self.task(*task)?;
                 if t.trace_root.is_none() {
                     return Err(Violation::NotCommitted(*task));
@@ -699,6 +698,9 @@ impl ProtocolState {
                     }
                     EndReason::NotJudged if t.ruling.is_some() => {
                         return Err(bad("the referee ruled on it"));
+                    }
+                    EndReason::NotJudged if accepted => {
+                        return Err(bad("its verdicts accept it: it is owed its credit"));
                     }
                     EndReason::WorkerSlashed if !worker_slashed => {
                         return Err(bad("its worker is not slashed"));

@@ -115,3 +115,23 @@ pub fn find(entries: &[Entry], n: usize, pred: impl Fn(&EntryBody) -> bool) -> u
         .map(|(i, _)| i)
         .expect("such an entry")
 }
+
+/// A coordinator API held in memory: paths (`v1/job`, `v1/blobs/<hash>`, ...) to
+/// bodies.
+pub struct MemSource(pub std::collections::HashMap<String, Vec<u8>>);
+
+impl lupus_audit::source::LogSource for MemSource {
+    fn name(&self) -> String {
+        "memory".into()
+    }
+
+    fn get(&self, path: &str, _max: u64) -> Result<Vec<u8>, lupus_audit::source::SourceError> {
+        self.0
+            .get(path)
+            .cloned()
+            .ok_or(lupus_audit::source::SourceError::NotFound {
+                what: path.into(),
+                source_name: self.name(),
+            })
+    }
+}

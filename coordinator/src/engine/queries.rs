@@ -175,22 +175,27 @@ impl Coordinator {
     /// the store's metadata, after the lock is let go: an auditor replays tasks of
     /// every round from them (openings are kept for good; DESIGN.md, "Evidence").
     pub async fn task_status(&self, task: TaskId) -> Result<api::TaskStatus, Error> {
-        let mut status = self.task_status_locked(task).await?;
+        let (mut status, live) = self.task_status_locked(task).await?;
+        // A live task's facts are in the live table; only a past one's are read
+        // from the store (the page polls its live tasks).
+        if live {
+            return Ok(status);
+        }
         if status.opening_blob.is_none()
             && let Some(m) = self.task_meta_blob("opening", task).await?
             && let Ok(hash) = <[u8; 32]>::try_from(m.as_slice())
         {
             status.opening_blob = Some(Digest(hash));
         }
-        if !status.tolerant
-            && let Some(m) = self.task_meta_blob("delta", task).await?
-        {
+        if let Some(m) = self.task_meta_blob("delta", task).await? {
             status.tolerant = m.len() == 33 && m[32] == 1;
         }
         Ok(status)
     }
 
-    async fn task_status_locked(&self, task: TaskId) -> Result<api::TaskStatus, Error> {
+    /// The status as the state and the live table tell it, and whether the task is
+    /// in the live table.
+    async fn task_status_locked(&self, task: TaskId) -> Result<(api::TaskStatus, bool), Error> {
         let inner = self.lock_for_read().await?;
         let Some(t) = inner.state.tasks.get(&task) else {
             let (round, r) = inner
@@ -212,7 +217,7 @@ impl Coordinator {
                 tolerant: false,
                 retired: true,
             };
-            return self.release(inner, status).await;
+            return self.release(inner, (status, false)).await;
         };
         let l = inner.live.get(&task);
         let closed = inner
@@ -257,11 +262,13 @@ impl Coordinator {
                     entry_index: v.index,
                 })
                 .collect(),
-            opening_blob: l.and_then(|l| l.opening_blob),
+            // The `TaskOpened` entry names it even once the live table is gone.
+            opening_blob: l.and_then(|l| l.opening_blob).or(t.opened),
             tolerant: l.is_some_and(|l| l.class == Some(DeviceClass::Tolerant)),
             retired: false,
         };
-        self.release(inner, status).await
+        let live = l.is_some();
+        self.release(inner, (status, live)).await
     }
 
     /// `GET /v1/stake`.
