@@ -74,6 +74,7 @@ fn world() -> (MemSource, JobFacts, RoundInputs) {
         challenges: spec.verify.challenges,
         flops_per_sample: spec.model.flops_per_sample(),
         double_check_fraction: spec.verify.double_check_fraction,
+        probation_tasks: spec.verify.probation_tasks,
     };
     let round = RoundInputs {
         round: Round(1),

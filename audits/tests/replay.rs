@@ -101,6 +101,7 @@ fn world() -> World {
             challenges: spec.verify.challenges,
             flops_per_sample: spec.model.flops_per_sample(),
             double_check_fraction: spec.verify.double_check_fraction,
+            probation_tasks: spec.verify.probation_tasks,
         },
         honest: Candidate {
             task,

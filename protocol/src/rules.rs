@@ -240,6 +240,18 @@ pub enum Violation {
         merged: usize,
         credited: usize,
     },
+    #[error(
+        "task {task}: its worker was on probation when it committed ({record} of {needed} tasks accepted), so only the referee's acceptance credits it"
+    )]
+    ProbationUnrefereed {
+        task: TaskId,
+        record: u32,
+        needed: u32,
+    },
+    #[error(
+        "task {task}: {key} is paid for rejecting it, but its worker had nothing at stake when it committed (on probation, no vested credit): a conviction of a throwaway key earns nothing"
+    )]
+    CheapConviction { task: TaskId, key: PublicKey },
     #[error("shares fold: {0}")]
     Fold(Box<FoldError>),
 }
@@ -262,6 +274,10 @@ pub struct JobFacts {
     /// The share of tasks a second verifier re-checks ([`double_checked`]).
     #[serde(default)]
     pub double_check_fraction: f64,
+    /// Accepted tasks a worker key needs before its work is credited without the
+    /// referee's replay ([`ProtocolState::on_probation`]).
+    #[serde(default)]
+    pub probation_tasks: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -295,6 +311,13 @@ struct TaskFacts {
     #[serde(default)]
     ended: Option<EndReason>,
     credited: BTreeSet<(PublicKey, bool)>,
+    /// Whether its worker was on probation when it committed.
+    #[serde(default)]
+    probation: bool,
+    /// Whether its worker had something to lose when it committed: out of probation,
+    /// or a vested balance.
+    #[serde(default)]
+    at_stake: bool,
 }
 
 /// The keys the referee's verdict among a task's `verdicts` (`(verifier, accepted)`,
@@ -346,9 +369,49 @@ pub struct ProtocolState {
     /// The `momentum` of the latest `RoundClosed`.
     #[serde(default)]
     momentum_chain: Option<Digest>,
+    /// Each worker key's record: tasks credited for their work since its last
+    /// failure (a task it committed and did not open). Absent: zero.
+    #[serde(default)]
+    records: BTreeMap<PublicKey, u32>,
 }
 
 impl ProtocolState {
+    /// `key`'s record: tasks credited for their work since its last failure.
+    pub fn record(&self, key: &PublicKey) -> u32 {
+        self.records.get(key).copied().unwrap_or(0)
+    }
+
+    /// Whether work `key` commits now is on probation: its record is short of the
+    /// job's `verify.probation_tasks`, so only the referee's acceptance credits it.
+    pub fn on_probation(&self, key: &PublicKey) -> bool {
+        let needed = self.job.as_ref().map_or(0, |j| j.probation_tasks);
+        self.record(key) < needed
+    }
+
+    /// Whether `key` has something to lose if convicted now: it is out of
+    /// probation, or holds a vested balance.
+    pub fn at_stake(&self, key: &PublicKey) -> bool {
+        !self.on_probation(key) || self.fold.balances().contains_key(key)
+    }
+
+    /// Whether the task's worker was on probation when it committed (`None`: no
+    /// such task in an open round, or not committed).
+    pub fn task_on_probation(&self, task: TaskId) -> Option<bool> {
+        self.tasks
+            .get(&task)
+            .filter(|t| t.trace_root.is_some())
+            .map(|t| t.probation)
+    }
+
+    /// Whether a rejection of the task may be paid: its worker had something at
+    /// stake when it committed ([`Self::at_stake`]). `None`: unknown or uncommitted.
+    pub fn task_at_stake(&self, task: TaskId) -> Option<bool> {
+        self.tasks
+            .get(&task)
+            .filter(|t| t.trace_root.is_some())
+            .map(|t| t.at_stake)
+    }
+
     /// The shares fold after the entries applied so far.
     pub fn fold(&self) -> &SharesFold {
         &self.fold
@@ -483,6 +546,7 @@ impl ProtocolState {
                     challenges: spec.verify.challenges,
                     flops_per_sample: spec.model.flops_per_sample(),
                     double_check_fraction: spec.verify.double_check_fraction,
+                    probation_tasks: spec.verify.probation_tasks,
                 });
             }
             EntryBody::ParticipantJoined { key, role, .. } => {
@@ -566,6 +630,8 @@ impl ProtocolState {
                         opened: None,
                         ended: None,
                         credited: BTreeSet::new(),
+                        probation: false,
+                        at_stake: false,
                     },
                 );
             }
@@ -575,11 +641,15 @@ impl ProtocolState {
                 trace_root,
                 ..
             } => {
+                let probation = self.on_probation(worker);
+                let at_stake = self.at_stake(worker);
                 let t = self.worker_task(*task, worker)?;
                 if t.trace_root.is_some() {
                     return Err(Violation::AlreadyCommitted(*task));
                 }
                 t.trace_root = Some(*trace_root);
+                t.probation = probation;
+                t.at_stake = at_stake;
             }
             EntryBody::ChallengeIssued {
                 task,
@@ -699,7 +769,8 @@ impl ProtocolState {
                     EndReason::NotJudged if t.ruling.is_some() => {
                         return Err(bad("the referee ruled on it"));
                     }
-                    EndReason::NotJudged if accepted => {
+                    // A probation task is owed nothing until the referee accepts it.
+                    EndReason::NotJudged if accepted && !t.probation => {
                         return Err(bad("its verdicts accept it: it is owed its credit"));
                     }
                     EndReason::WorkerSlashed if !worker_slashed => {
@@ -708,6 +779,11 @@ impl ProtocolState {
                     _ => {}
                 }
                 t.ended = Some(*reason);
+                if *reason == EndReason::NotOpened {
+                    // Not opening is failing: the record starts again.
+                    let worker = t.worker;
+                    self.records.remove(&worker);
+                }
             }
             EntryBody::Slashed {
                 key,
@@ -788,6 +864,13 @@ impl ProtocolState {
                     if slashed || !final_accept {
                         return Err(Violation::CreditWithoutVerdict { task: *task });
                     }
+                    if t.probation && t.ruling.is_none() {
+                        return Err(Violation::ProbationUnrefereed {
+                            task: *task,
+                            record: self.records.get(key).copied().unwrap_or(0),
+                            needed: job.probation_tasks,
+                        });
+                    }
                     u64::from(job.inner_steps).saturating_mul(per_step)
                 } else {
                     if referee == Some(*key) {
@@ -801,6 +884,12 @@ impl ProtocolState {
                         && *accepted != final_accept
                     {
                         return Err(Violation::CreditContradicted {
+                            task: *task,
+                            key: *key,
+                        });
+                    }
+                    if verdict.is_some_and(|(_, accepted)| !accepted) && !t.at_stake {
+                        return Err(Violation::CheapConviction {
                             task: *task,
                             key: *key,
                         });
@@ -829,6 +918,10 @@ impl ProtocolState {
                         task: *task,
                         key: *key,
                     });
+                }
+                if is_work {
+                    let record = self.records.entry(*key).or_insert(0);
+                    *record = record.saturating_add(1);
                 }
             }
             EntryBody::RoundClosed {

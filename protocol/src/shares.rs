@@ -31,6 +31,12 @@
 //!    otherwise [`FoldError::EpochMismatch`]. [`SharesFold::expected_epoch`] gives the
 //!    body a coordinator writes.
 //! 7. **Arithmetic is checked.** Any sum passing `u64::MAX` is [`FoldError::Overflow`].
+//! 8. **Not opening forfeits unvested credit.** A `TaskEnded { reason: not_opened }`
+//!    removes every pending credit of the task's worker (named by its `TaskAssigned`),
+//!    as a slash does, but keeps its final balance and does not mark it: a worker that
+//!    commits work and then declines to open it (having seen its challenges) loses
+//!    whatever it earned in the rounds still open. Credits vest when their round
+//!    closes.
 //!
 //! The fold does not cross-check credits against verdicts (that a `Work` credit
 //! follows an accepted `Verdict` for its task, and that its amount matches the job
@@ -41,7 +47,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use lupus_ledger::entry::{Amount, Entry, EntryBody, Epoch, PublicKey, Round};
+use lupus_ledger::entry::{Amount, EndReason, Entry, EntryBody, Epoch, PublicKey, Round, TaskId};
 use lupus_ledger::sumtree::{SumTree, SumTreeError};
 
 /// Why an entry cannot be folded. Each names the entry's log index.
@@ -133,6 +139,9 @@ pub struct SharesFold {
     total: Amount,
     slashed: BTreeSet<PublicKey>,
     latest_epoch: Option<EpochState>,
+    /// The worker of each task of an open round (for rule 8).
+    #[serde(default)]
+    task_workers: BTreeMap<TaskId, (Round, PublicKey)>,
 }
 
 impl SharesFold {
@@ -171,6 +180,22 @@ impl SharesFold {
             } => self.credit(index, *round, *key, *amount)?,
             EntryBody::RoundClosed { round, .. } => self.close(index, *round)?,
             EntryBody::Slashed { key, .. } => self.slash(index, *key)?,
+            EntryBody::TaskAssigned {
+                task,
+                round,
+                worker,
+                ..
+            } if self.open.contains(round) => {
+                self.task_workers.insert(*task, (*round, *worker));
+            }
+            EntryBody::TaskEnded {
+                task,
+                reason: EndReason::NotOpened,
+            } => {
+                if let Some((_, worker)) = self.task_workers.get(task).copied() {
+                    self.forfeit_pending(&worker);
+                }
+            }
             EntryBody::SharesEpoch {
                 epoch,
                 round,
@@ -262,9 +287,19 @@ impl SharesFold {
         }
         self.total = total;
         self.pending_by_round.remove(&round);
+        self.task_workers.retain(|_, (r, _)| *r != round);
         self.open.remove(&round);
         self.closed.insert(round);
         Ok(())
+    }
+
+    /// Drops every pending credit of `key` (rule 8): what it earned in rounds still
+    /// open never becomes a balance.
+    fn forfeit_pending(&mut self, key: &PublicKey) {
+        self.pending.remove(key);
+        for credits in self.pending_by_round.values_mut() {
+            credits.remove(key);
+        }
     }
 
     fn slash(&mut self, index: u64, key: PublicKey) -> Result<(), FoldError> {
@@ -276,10 +311,7 @@ impl SharesFold {
                 .ok_or(FoldError::Overflow { index })?;
             self.balances.remove(&key);
         }
-        self.pending.remove(&key);
-        for credits in self.pending_by_round.values_mut() {
-            credits.remove(&key);
-        }
+        self.forfeit_pending(&key);
         self.slashed.insert(key);
         Ok(())
     }

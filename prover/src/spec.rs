@@ -141,6 +141,17 @@ pub struct VerifySection {
     pub tolerance: f32,
     /// Share of accepted tasks whose challenges a second verifier re-checks, in [0, 1].
     pub double_check_fraction: f64,
+    /// Trust is earned: a worker key's work is credited only on the referee's own
+    /// replay until it has this many tasks credited since its last failure (a task
+    /// it committed and did not open). 0 (the default) trusts every key from its
+    /// first task. At most 1000. Left out of the canonical TOML when 0, so the hash
+    /// of a spec that does not use it is what it was before the field existed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub probation_tasks: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A validated job spec.
@@ -277,6 +288,9 @@ impl JobSpec {
         let dc = v.double_check_fraction;
         if !(dc.is_finite() && (0.0..=1.0).contains(&dc)) {
             return Err(invalid("verify.double_check_fraction", "must be in [0, 1]"));
+        }
+        if v.probation_tasks > 1000 {
+            return Err(invalid("verify.probation_tasks", "must be at most 1000"));
         }
         Ok(())
     }
