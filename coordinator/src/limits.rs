@@ -17,7 +17,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::response::{IntoResponse, Response};
-use governor::{DefaultKeyedRateLimiter, Quota};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use lupus_ledger::entry::PublicKey;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceBuilder;
@@ -54,6 +54,10 @@ pub struct Limits {
     pub body_budget: usize,
     /// Joins (`POST /v1/join`) per key.
     pub joins: Rate,
+    /// Joins of all keys together. Keys cost nothing to make, so a per-key bound
+    /// alone does not slow a Sybil flood; this one does (and probation makes each
+    /// new worker key earn its trust).
+    pub joins_total: Rate,
     /// Claims (`POST /v1/tasks/next`, `POST /v1/verify/next`) per key.
     pub claims: Rate,
 }
@@ -79,6 +83,12 @@ impl Default for Limits {
                 burst: 5,
                 every: Duration::from_secs(10),
             },
+            // 100 joins a second, after a burst that lets a fleet of 2,000 volunteers
+            // (the load bench's 1,000 workers and their verifiers) in at once.
+            joins_total: Rate {
+                burst: 2_000,
+                every: Duration::from_millis(10),
+            },
             // An idle worker asks again after the 250 ms the answer says; a busy
             // verifier of the tiny test job claims about 9 tasks a second (the load
             // bench: 1 per 100 ms refused it hundreds of times a minute).
@@ -103,6 +113,7 @@ pub struct Gate {
     pub limits: Limits,
     budget: Arc<Semaphore>,
     joins: Arc<DefaultKeyedRateLimiter<PublicKey>>,
+    joins_total: Arc<DefaultDirectRateLimiter>,
     claims: Arc<DefaultKeyedRateLimiter<PublicKey>>,
     /// Tokens taken so far: every [`FORGET_EVERY`]th take forgets quiet keys.
     takes: Arc<AtomicU64>,
@@ -128,6 +139,7 @@ impl Gate {
                 limits.body_budget.min(Semaphore::MAX_PERMITS),
             )),
             joins: Arc::new(DefaultKeyedRateLimiter::keyed(quota(limits.joins))),
+            joins_total: Arc::new(DefaultDirectRateLimiter::direct(quota(limits.joins_total))),
             claims: Arc::new(DefaultKeyedRateLimiter::keyed(quota(limits.claims))),
             takes: Arc::new(AtomicU64::new(0)),
             limits,
@@ -164,14 +176,16 @@ impl Gate {
         limiter.check_key(key).map_err(|not_until| {
             use governor::clock::Clock;
             let wait = not_until.wait_time_from(limiter.clock().now());
-            Error::RateLimited {
-                detail: format!(
-                    "this key sent too many of these requests; send it again in {} ms",
-                    wait.as_millis()
-                ),
-                retry_after_s: u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX),
-            }
-        })
+            limited("this key sent too many of these requests", wait)
+        })?;
+        if bucket == Bucket::Join {
+            self.joins_total.check().map_err(|not_until| {
+                use governor::clock::Clock;
+                let wait = not_until.wait_time_from(self.joins_total.clock().now());
+                limited("too many keys are joining at once", wait)
+            })?;
+        }
+        Ok(())
     }
 
     /// Forgets the buckets of keys that have been quiet long enough to be full again,
@@ -181,6 +195,13 @@ impl Gate {
             l.retain_recent();
             l.shrink_to_fit();
         }
+    }
+}
+
+fn limited(what: &str, wait: std::time::Duration) -> Error {
+    Error::RateLimited {
+        detail: format!("{what}; send it again in {} ms", wait.as_millis()),
+        retry_after_s: u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX),
     }
 }
 

@@ -92,6 +92,10 @@ struct LimitArgs {
     /// uploads past it are answered 503 with Retry-After.
     #[arg(long, value_name = "MIB", default_value_t = Limits::default().body_budget >> 20)]
     body_budget: usize,
+    /// Joins a second over all keys together, after a burst of 2,000 (keys cost
+    /// nothing to make: this is what slows a flood of them). Past it, 429.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    joins_per_second: u32,
 }
 
 impl LimitArgs {
@@ -103,6 +107,10 @@ impl LimitArgs {
             body_read_timeout: Duration::from_secs(self.body_timeout),
             body_idle_timeout: Duration::from_secs(self.body_idle_timeout),
             body_budget: self.body_budget << 20,
+            joins_total: lupus_coordinator::limits::Rate {
+                burst: Limits::default().joins_total.burst,
+                every: Duration::from_secs(1) / self.joins_per_second.max(1),
+            },
             ..Limits::default()
         }
     }

@@ -171,3 +171,64 @@ async fn a_verifier_that_rejects_honest_work_is_overruled_and_slashed() {
     assert_eq!(rounds[0].accepted, 1, "the honest task is merged");
     drop(crowd);
 }
+
+/// Issue 13, trust is earned: with `probation_tasks = 2` every worker key's first two
+/// tasks are credited only after the referee's own replay accepted them; later tasks
+/// on one verifier's acceptance. The run finishes and the auditor's fold agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn probation_tasks_are_refereed_then_trust_is_earned() {
+    use lupus_ledger::entry::{CreditKind, EntryBody, PublicKey};
+    use lupus_ledger::hash::LeafIndex;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 3, 2);
+    cfg.job_spec = cfg.job_spec.replace(
+        "double_check_fraction = 0.05",
+        "double_check_fraction = 0.0\nprobation_tasks = 2",
+    );
+    assert!(cfg.job_spec.contains("probation_tasks = 2"));
+    let server = start(cfg).await;
+    let url = server.url();
+    let mut crowd = Crowd::new();
+    crowd.worker(&url, 1, Behaviour::Honest);
+    crowd.verifier(&url, 10);
+    wait_finished(&server.coordinator, Duration::from_secs(180)).await;
+
+    let reader = Client::new(&url, key(99));
+    let job: JobInfo = reader.get("/v1/job").await.unwrap();
+    let report = reverify(&reader, &job.log_key).await.unwrap();
+    assert!(report.slashed.is_empty());
+    let log = server.coordinator.log();
+    let size = log.head().size.0;
+    let entries: Vec<lupus_ledger::entry::Entry> = log
+        .entries(LeafIndex(0), LeafIndex(size))
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| lupus_ledger::entry::Entry::decode(b).unwrap())
+        .collect();
+    let referee = server.coordinator.referee_key();
+    let worker = PublicKey::from(&key(1));
+    // The worker's credited tasks in log order, each with whether the referee ruled.
+    let mut credited = Vec::new();
+    for e in &entries {
+        if let EntryBody::Credit {
+            key,
+            task,
+            kind: CreditKind::Work,
+            ..
+        } = e.body()
+            && *key == worker
+        {
+            let refereed = entries.iter().any(|v| {
+                matches!(v.body(), EntryBody::Verdict { task: t, verifier, accepted: true, .. }
+                    if t == task && *verifier == referee)
+            });
+            credited.push(refereed);
+        }
+    }
+    assert_eq!(credited.len(), 6, "{credited:?}");
+    assert!(credited[..2].iter().all(|r| *r), "probation: {credited:?}");
+    assert!(credited[2..].iter().all(|r| !*r), "trusted: {credited:?}");
+    drop(crowd);
+}

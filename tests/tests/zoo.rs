@@ -151,3 +151,31 @@ async fn lying_verifiers_are_caught_by_double_assignment_and_the_referee() {
     );
     assert_eq!(pass.shares_kept_after_slash, 0, "{pass:?}");
 }
+
+/// Issue 13: trust is earned. With no double checks at all, a verifier that passes
+/// everything used to be caught only by luck; and a Sybil's fresh worker key had its
+/// junk credited whenever its partner verifier took the task. Under probation a new
+/// key's work is credited only on the referee's replay, so every cheat of a throwaway
+/// key is caught, and so is every liar that passed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn probation_catches_throwaway_keys_and_the_liars_that_pass_them() {
+    let job = TINY.replace(
+        "double_check_fraction = 0.05",
+        "double_check_fraction = 0.0\nprobation_tasks = 2",
+    );
+    assert_ne!(job, TINY);
+    let r = zoo::run(&config(
+        &job,
+        vec![Behaviour::FakeSteps { permille: 1000 }],
+        vec![VerifierBehaviour::AlwaysAccept],
+    ))
+    .await
+    .unwrap();
+    eprintln!("{}", zoo::table(&r));
+    always_caught(&r, "fake steps f=1");
+    let pass = row(&r, "verifier: always pass");
+    assert!(pass.tasks > 0, "the liar never judged a cheat: {pass:?}");
+    assert_eq!(pass.detected, pass.tasks, "{pass:?}");
+    assert_eq!(pass.merged, 0, "{pass:?}");
+    assert_eq!(pass.shares_kept_after_slash, 0, "{pass:?}");
+}

@@ -50,7 +50,7 @@ mod verify;
 
 pub use env::{Env, ManualEnv, RandomError, SharedEnv, SystemEnv, now_ms};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -181,6 +181,13 @@ struct Live {
     /// When the first verdict left the task waiting for a second verifier; past the
     /// verify timeout the referee is the second.
     waiting_since: Option<u64>,
+    /// The verifier the task is drawn to now, and until when
+    /// ([`rules::pick_for_verifier`]).
+    drawn: Option<(PublicKey, u64)>,
+    /// Draws of the task so far (the PRF input of the next).
+    draws: u32,
+    /// Verifiers that let a draw or a claim of the task lapse: not drawn again.
+    declined: BTreeSet<PublicKey>,
 }
 
 struct Inner {
@@ -193,6 +200,8 @@ struct Inner {
     live: BTreeMap<TaskId, Live>,
     /// The round whose close is computing outside the lock (see [`CloseSnapshot`]).
     closing: Option<Round>,
+    /// Verifiers waiting for work ([`rules::pick_for_verifier`]).
+    pool: rules::Pool,
     /// Counts rebuilds of the state from the store (after a failed write): a close
     /// computed from an older generation's snapshot is dropped and taken again.
     generation: u64,
@@ -207,6 +216,7 @@ impl Inner {
             momentum: Vec::new(),
             live: BTreeMap::new(),
             closing: None,
+            pool: rules::Pool::new(),
             generation: 0,
         }
     }

@@ -177,7 +177,17 @@ pub(super) fn expire(live: &mut LiveTable, now: u64) -> Vec<TaskId> {
             l.expired = true;
             expired.push(*id);
         }
-        l.claims.retain(|_, d| *d > now);
+        let lapsed: Vec<PublicKey> = l
+            .claims
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in lapsed {
+            // A verifier that let its claim lapse is not drawn for the task again.
+            l.claims.remove(&k);
+            l.declined.insert(k);
+        }
     }
     expired
 }
@@ -200,29 +210,118 @@ pub(super) fn close_due(
     (target_met || now >= round.deadline_ms).then_some(round.round)
 }
 
+/// How long a verifier counts as waiting after its last `POST /v1/verify/next`
+/// (a waiting verifier asks again every 250 ms).
+pub(super) const POOL_WINDOW_MS: u64 = 2_000;
+/// How long a drawn verifier has to take the task it was drawn for before the task
+/// is drawn again without it.
+pub(super) const DRAW_TTL_MS: u64 = 2_000;
+
+/// The verifiers waiting for work: each key with the time it last asked.
+pub(super) type Pool = BTreeMap<PublicKey, u64>;
+
 /// The task a verifier should work on, and whether it is a fresh claim (a
-/// `ChallengeIssued` to append) or its own claim again. A task wants a verifier while
-/// it is opened, unsettled, not the verifier's own work, not already judged by it, and
-/// its verdicts and live claims are fewer than it needs.
+/// `ChallengeIssued` to append) or its own claim again.
+///
+/// **Nobody chooses whom they verify.** A task that wants a verifier (opened,
+/// unsettled, fewer verdicts than it needs and no claim outstanding: a second
+/// verifier is drawn only after the first has judged, so the first cannot see in the
+/// log that a second is coming) is drawn to one verifier of `pool`, those that asked
+/// within [`POOL_WINDOW_MS`], by `PRF(secret, task, draw number)`: the round's beacon,
+/// committed in the log and secret until the close. The task's worker, the referee,
+/// slashed keys, those that judged it and those that let a draw of it lapse are left
+/// out. Only the drawn verifier is offered the task, for [`DRAW_TTL_MS`]; then it is
+/// drawn again. A coalition of `s` keys among `n` waiting verifiers gets a given task
+/// with probability `s / n`, whatever it does with its timing.
 pub(super) fn pick_for_verifier(
     state: &State,
-    live: &LiveTable,
+    live: &mut LiveTable,
+    pool: &mut Pool,
+    secret: &[u8; 32],
     verifier: &PublicKey,
     now: u64,
 ) -> Option<(TaskId, bool)> {
-    live.iter().find_map(|(id, l)| {
-        let t = state.tasks.get(id).filter(|t| !in_closed_round(state, t))?;
-        let claimed_by_me = l.claims.get(verifier).is_some_and(|d| *d > now);
+    pool.insert(*verifier, now);
+    let referee = state.protocol.referee().copied();
+    let mut swept = false;
+    for (id, l) in live.iter_mut() {
+        let Some(t) = state.tasks.get(id).filter(|t| !in_closed_round(state, t)) else {
+            continue;
+        };
         let done_by_me = t.verdicts.iter().any(|v| v.verifier == *verifier);
         if l.outcome.is_some() || l.opening_blob.is_none() || done_by_me || t.worker == *verifier {
-            return None;
+            continue;
         }
-        if claimed_by_me {
+        if l.claims.get(verifier).is_some_and(|d| *d > now) {
             return Some((*id, false));
         }
         let live_claims = l.claims.values().filter(|d| **d > now).count();
-        (t.verdicts.len() + live_claims < l.needed).then_some((*id, true))
-    })
+        if live_claims > 0 || t.verdicts.len() >= l.needed {
+            continue;
+        }
+        match l.drawn {
+            Some((k, until)) if until > now => {
+                if k == *verifier {
+                    l.drawn = None;
+                    pool.remove(verifier);
+                    return Some((*id, true));
+                }
+                continue;
+            }
+            Some((k, _)) => {
+                l.declined.insert(k);
+            }
+            None => {}
+        }
+        if !swept {
+            pool.retain(|_, seen| seen.saturating_add(POOL_WINDOW_MS) >= now);
+            swept = true;
+        }
+        let candidates: Vec<PublicKey> = pool
+            .keys()
+            .filter(|k| {
+                **k != t.worker
+                    && Some(**k) != referee
+                    && !state.slashed.contains(*k)
+                    && !l.declined.contains(*k)
+                    && !t.verdicts.iter().any(|v| v.verifier == **k)
+            })
+            .copied()
+            .collect();
+        let Some(drawn) = draw(secret, *id, l.draws, &candidates) else {
+            continue;
+        };
+        l.draws = l.draws.saturating_add(1);
+        if drawn == *verifier {
+            // Busy with this task now: out of the pool until it asks again.
+            pool.remove(verifier);
+            return Some((*id, true));
+        }
+        l.drawn = Some((drawn, now.saturating_add(DRAW_TTL_MS)));
+    }
+    None
+}
+
+/// Draw number `n` of `task` among `candidates` (in key order):
+/// `PRF(secret, "lupus verifier draw v1", task || n)` reduced to an index. `None` for
+/// no candidate. The modulo bias is below `len / 2^64`.
+pub(super) fn draw(
+    secret: &[u8; 32],
+    task: TaskId,
+    n: u32,
+    candidates: &[PublicKey],
+) -> Option<PublicKey> {
+    if candidates.is_empty() {
+        return None;
+    }
+    let mut input = [0u8; 12];
+    input[..8].copy_from_slice(&task.0.to_le_bytes());
+    input[8..].copy_from_slice(&n.to_le_bytes());
+    let x = lupus_prover::prf::prf(secret, "lupus verifier draw v1", &input);
+    let u = u64::from_le_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]);
+    candidates
+        .get((u % candidates.len() as u64) as usize)
+        .copied()
 }
 
 /// The steps a verdict by `verifier` on `task` must cover, if the verdict may be
@@ -272,6 +371,10 @@ pub(super) fn ledger_outcome(
     if let Some(v) = t.verdicts.iter().find(|v| v.verifier == *referee) {
         return Some(v.accepted);
     }
+    if on_probation(state, t) {
+        // Trust is earned: only the referee's replay settles a probation task.
+        return None;
+    }
     let standing: Vec<_> = t
         .verdicts
         .iter()
@@ -284,10 +387,17 @@ pub(super) fn ledger_outcome(
     None
 }
 
+/// Whether `t`'s worker was on probation when it committed
+/// ([`lupus_protocol::ProtocolState::on_probation`]): its work is credited only on the
+/// referee's replay.
+pub(super) fn on_probation(state: &State, t: &TaskRecord) -> bool {
+    state.protocol.task_on_probation(t.id) == Some(true)
+}
+
 /// How a live, unsettled task's verdicts leave it when the ledger does not fix its
 /// outcome: with no verdict, or only acceptances while another verifier could still
-/// judge it, it waits; any rejection, or acceptances short of `needed` with nobody
-/// left to judge, go to the referee.
+/// judge it, it waits; any rejection, acceptances short of `needed` with nobody
+/// left to judge, or any verdict on a probation task, go to the referee.
 pub(super) fn after_verdicts(state: &State, t: &TaskRecord, referee: &PublicKey) -> Settle {
     let any_reject = t.verdicts.iter().any(|v| !v.accepted);
     let other_verifiers = state
@@ -301,7 +411,7 @@ pub(super) fn after_verdicts(state: &State, t: &TaskRecord, referee: &PublicKey)
                 && !t.verdicts.iter().any(|v| v.verifier == **k)
         })
         .count();
-    if (!any_reject && other_verifiers > 0) || t.verdicts.is_empty() {
+    if t.verdicts.is_empty() || (!any_reject && other_verifiers > 0 && !on_probation(state, t)) {
         Settle::Wait
     } else {
         Settle::Referee
@@ -406,7 +516,8 @@ pub(super) struct ClosePlan {
 /// Plans the close of `round`: every accepted task whose worker is not slashed (a key
 /// slashed for another task since is a proven cheat) is merged; every accepted task
 /// credits its worker `task_flops`; every verifier whose verdict agrees with the
-/// task's outcome is credited `step_flops` per challenged step it replayed.
+/// task's outcome is credited `step_flops` per challenged step it replayed, except
+/// for a rejection of a worker that had nothing at stake.
 pub(super) fn close_plan(
     state: &State,
     live: &LiveTable,
@@ -439,10 +550,13 @@ pub(super) fn close_plan(
             plan.credits
                 .push((t.worker, task_flops, t.id, CreditKind::Work));
         }
+        // A rejection is paid only when the worker had something to lose: convicting
+        // a throwaway key of its own junk must not pay a Sybil partner.
+        let paid = outcome || state.protocol.task_at_stake(t.id) != Some(false);
         for v in t
             .verdicts
             .iter()
-            .filter(|v| v.accepted == outcome && v.verifier != *referee)
+            .filter(|v| paid && v.accepted == outcome && v.verifier != *referee)
         {
             let steps = t
                 .challenges

@@ -25,7 +25,17 @@ impl Coordinator {
         let inner = &mut *guard;
         rules::require_role(&inner.state, &verifier, Role::Verifier)?;
         let now = self.now_ms();
-        let pick = rules::pick_for_verifier(&inner.state, &inner.live, &verifier, now);
+        // The open round's secret beacon keys the draw; between rounds nothing is
+        // live anyway.
+        let secret = inner.beacon.map(|(_, b)| b).unwrap_or_default();
+        let pick = rules::pick_for_verifier(
+            &inner.state,
+            &mut inner.live,
+            &mut inner.pool,
+            &secret,
+            &verifier,
+            now,
+        );
         let Some((id, fresh)) = pick else {
             let wait = VerifyOffer::Wait {
                 retry_after_ms: 250,
@@ -299,7 +309,10 @@ impl Coordinator {
         let verdict = background::run(
             "lupus-referee",
             move || -> Result<(Verdict, bool), String> {
-                if let Some(p) = &proof {
+                // An exact-class fraud proof convicts bits; a tolerant-class worker
+                // is allowed bits that differ within the job's tolerance, so only the
+                // tolerant replay judges its work.
+                if let Some(p) = proof.as_ref().filter(|_| class == DeviceClass::Exact) {
                     let ctx = FraudContext {
                         trace_root: commitment.trace_root,
                         steps: job.inner.steps,

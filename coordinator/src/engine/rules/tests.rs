@@ -265,43 +265,120 @@ fn a_round_is_due_at_its_target_or_its_deadline_and_not_while_closing() {
     assert_eq!(close_due(&s, &live, false, 2, 10), Some(Round(1)));
 }
 
+/// [`pick_for_verifier`] with a fresh pool and a fixed secret.
+fn pick(
+    s: &State,
+    live: &mut LiveTable,
+    pool: &mut Pool,
+    v: &PublicKey,
+    now: u64,
+) -> Option<(TaskId, bool)> {
+    pick_for_verifier(s, live, pool, &[5; 32], v, now)
+}
+
 #[test]
 fn a_verifier_gets_opened_work_that_is_not_its_own_up_to_what_it_needs() {
     let mut s = state(10_000);
     let mut live = LiveTable::new();
+    let mut pool = Pool::new();
     assign(&mut s, &mut live, 1, W1, 500);
-    assert_eq!(pick_for_verifier(&s, &live, &V1, 0), None, "not opened");
+    assert_eq!(pick(&s, &mut live, &mut pool, &V1, 0), None, "not opened");
     open(&mut s, &mut live, 1, &[]);
+    // V1 is the only verifier waiting: the draw can only name it.
     assert_eq!(
-        pick_for_verifier(&s, &live, &V1, 0),
+        pick(&s, &mut live, &mut pool, &V1, 0),
         Some((TaskId(1), true))
     );
     // Its own claim comes back as such; a second verifier is not needed.
     live.get_mut(&TaskId(1)).unwrap().claims.insert(V1, 100);
     assert_eq!(
-        pick_for_verifier(&s, &live, &V1, 50),
+        pick(&s, &mut live, &mut pool, &V1, 50),
         Some((TaskId(1), false))
     );
-    assert_eq!(pick_for_verifier(&s, &live, &V2, 50), None);
-    // Once the claim lapses the slot is free again.
+    assert_eq!(pick(&s, &mut live, &mut pool, &V2, 50), None);
+    // Once the claim lapses the task is drawn again, without the verifier that let
+    // it lapse.
+    assert_eq!(expire(&mut live, 100), Vec::<TaskId>::new());
+    assert_eq!(pick(&s, &mut live, &mut pool, &V1, 100), None, "declined");
     assert_eq!(
-        pick_for_verifier(&s, &live, &V2, 100),
+        pick(&s, &mut live, &mut pool, &V2, 100),
         Some((TaskId(1), true))
     );
     // A double-checked task wants a second verifier, but not the first again.
-    live.get_mut(&TaskId(1)).unwrap().needed = 2;
+    let l = live.get_mut(&TaskId(1)).unwrap();
+    l.needed = 2;
+    l.declined.clear();
     verdict(&mut s, 1, V1, true);
-    live.get_mut(&TaskId(1)).unwrap().claims.clear();
-    assert_eq!(pick_for_verifier(&s, &live, &V1, 0), None);
+    assert_eq!(pick(&s, &mut live, &mut pool, &V1, 200), None);
     assert_eq!(
-        pick_for_verifier(&s, &live, &V2, 0),
+        pick(&s, &mut live, &mut pool, &V2, 200),
         Some((TaskId(1), true))
     );
     // Nobody verifies their own work.
     s.participants.insert(W1, Role::Verifier);
-    assert_eq!(pick_for_verifier(&s, &live, &W1, 0), None);
+    assert_eq!(pick(&s, &mut live, &mut pool, &W1, 200), None);
     live.get_mut(&TaskId(1)).unwrap().outcome = Some(true);
-    assert_eq!(pick_for_verifier(&s, &live, &V2, 0), None, "settled");
+    assert_eq!(pick(&s, &mut live, &mut pool, &V2, 200), None, "settled");
+}
+
+/// The Sybil pair of issue 13: a verifier key that asks first, or asks again and
+/// again, used to take its partner's task every time (first come, first served).
+/// Now the task goes to a verifier drawn among those waiting: one key among eleven
+/// gets about one task in eleven, however it times its requests.
+#[test]
+fn a_coalition_cannot_choose_the_tasks_it_verifies() {
+    let honest: Vec<PublicKey> = (0..10u8).map(|i| PublicKey([100 + i; 32])).collect();
+    let sybil = PublicKey([200; 32]);
+    let tasks = 2_200u64;
+    let mut s = state(10_000_000);
+    s.participants.insert(sybil, Role::Verifier);
+    for k in &honest {
+        s.participants.insert(*k, Role::Verifier);
+    }
+    let mut live = LiveTable::new();
+    let mut pool = Pool::new();
+    let mut got = 0u64;
+    for id in 1..=tasks {
+        assign(&mut s, &mut live, id, W1, 10_000_000);
+        open(&mut s, &mut live, id, &[]);
+        let now = id * 10;
+        // The honest verifiers wait (they asked within the pool window) ...
+        for k in &honest {
+            pool.insert(*k, now);
+        }
+        // ... and the Sybil asks first, then five more times.
+        for _ in 0..6 {
+            if pick(&s, &mut live, &mut pool, &sybil, now) == Some((TaskId(id), true)) {
+                got += 1;
+                break;
+            }
+        }
+        live.get_mut(&TaskId(id)).unwrap().outcome = Some(true);
+    }
+    let rate = got as f64 / tasks as f64;
+    // Binomial(2200, 1/11): mean 200, sd 13.5; 99.99 % of runs fall within 4.3 sd.
+    assert!(
+        (140..=260).contains(&got),
+        "the Sybil got {got} of {tasks} tasks ({rate:.3}), not about 1/11"
+    );
+}
+
+#[test]
+fn the_draw_is_a_function_of_the_secret_the_task_and_the_draw_number() {
+    let keys: Vec<PublicKey> = (0..7u8).map(|i| PublicKey([i; 32])).collect();
+    assert_eq!(draw(&[1; 32], TaskId(3), 0, &[]), None);
+    let a = draw(&[1; 32], TaskId(3), 0, &keys);
+    assert_eq!(a, draw(&[1; 32], TaskId(3), 0, &keys), "deterministic");
+    // Each of the seven keys is drawn for some task: nobody is left out for good.
+    let drawn: std::collections::BTreeSet<_> = (0..200)
+        .filter_map(|t| draw(&[1; 32], TaskId(t), 0, &keys))
+        .collect();
+    assert_eq!(drawn.len(), keys.len());
+    // Another secret (the next round's beacon) gives other draws.
+    let other = (0..50)
+        .filter(|t| draw(&[1; 32], TaskId(*t), 0, &keys) != draw(&[2; 32], TaskId(*t), 0, &keys))
+        .count();
+    assert!(other > 30, "{other} of 50 draws changed with the secret");
 }
 
 #[test]
@@ -500,8 +577,9 @@ fn nothing_is_handed_out_or_judged_in_a_closed_round() {
     let mut live = LiveTable::new();
     assign(&mut s, &mut live, 1, W1, 5_000);
     open(&mut s, &mut live, 1, &[V1]);
+    let mut pool = Pool::new();
     assert_eq!(
-        pick_for_verifier(&s, &live, &V2, 10),
+        pick(&s, &mut live, &mut pool, &V2, 10),
         Some((TaskId(1), true))
     );
     assert!(verdict_admissible(&s, &live, &V1, TaskId(1)).is_ok());
@@ -511,7 +589,8 @@ fn nothing_is_handed_out_or_judged_in_a_closed_round() {
         val_loss: 1.0,
         accepted: 0,
     });
-    assert_eq!(pick_for_verifier(&s, &live, &V2, 10), None);
+    live.get_mut(&TaskId(1)).unwrap().claims.clear();
+    assert_eq!(pick(&s, &mut live, &mut pool, &V2, 10), None);
     assert!(matches!(
         verdict_admissible(&s, &live, &V1, TaskId(1)),
         Err(Error::Conflict(m)) if m.contains("closed")
