@@ -446,6 +446,13 @@ impl ProtocolState {
         standing.peek().is_some() && standing.all(|(_, accepted)| *accepted)
     }
 
+    /// Whether `task` (of an open round) is finally accepted now: the rule a work
+    /// credit must meet. An acceptance stops counting once its verifier is slashed
+    /// for another task, so a task settled on a liar's word alone is not.
+    pub fn finally_accepted(&self, task: TaskId) -> bool {
+        self.tasks.get(&task).is_some_and(|t| self.final_accept(t))
+    }
+
     /// The keys the referee's verdict on `task` convicts ([`convicts`]). Empty with
     /// no ruling or for an unknown task (or one of a closed round). These are the
     /// only keys a `Slashed` naming `task` may name.

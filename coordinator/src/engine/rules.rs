@@ -256,7 +256,13 @@ pub(super) fn pick_for_verifier(
             return Some((*id, false));
         }
         let live_claims = l.claims.values().filter(|d| **d > now).count();
-        if live_claims > 0 || t.verdicts.len() >= l.needed {
+        // A slashed verifier's verdict no longer counts: its task wants another.
+        let standing = t
+            .verdicts
+            .iter()
+            .filter(|v| !state.slashed.contains(&v.verifier))
+            .count();
+        if live_claims > 0 || standing >= l.needed {
             continue;
         }
         match l.drawn {
@@ -400,6 +406,10 @@ pub(super) fn on_probation(state: &State, t: &TaskRecord) -> bool {
 /// left to judge, or any verdict on a probation task, go to the referee.
 pub(super) fn after_verdicts(state: &State, t: &TaskRecord, referee: &PublicKey) -> Settle {
     let any_reject = t.verdicts.iter().any(|v| !v.accepted);
+    let standing = t
+        .verdicts
+        .iter()
+        .any(|v| !state.slashed.contains(&v.verifier));
     let other_verifiers = state
         .participants
         .iter()
@@ -411,7 +421,7 @@ pub(super) fn after_verdicts(state: &State, t: &TaskRecord, referee: &PublicKey)
                 && !t.verdicts.iter().any(|v| v.verifier == **k)
         })
         .count();
-    if t.verdicts.is_empty() || (!any_reject && other_verifiers > 0 && !on_probation(state, t)) {
+    if !standing || (!any_reject && other_verifiers > 0 && !on_probation(state, t)) {
         Settle::Wait
     } else {
         Settle::Referee
@@ -513,8 +523,9 @@ pub(super) struct ClosePlan {
     pub credits: Vec<(PublicKey, u64, TaskId, CreditKind)>,
 }
 
-/// Plans the close of `round`: every accepted task whose worker is not slashed (a key
-/// slashed for another task since is a proven cheat) is merged; every accepted task
+/// Plans the close of `round`: every accepted task (still finally accepted by the
+/// protocol) whose worker is not slashed (a key slashed for another task since is a
+/// proven cheat) is merged; every accepted task
 /// credits its worker `task_flops`; every verifier whose verdict agrees with the
 /// task's outcome is credited `step_flops` per challenged step it replayed, except
 /// for a rejection of a worker that had nothing at stake.
@@ -538,6 +549,11 @@ pub(super) fn close_plan(
         let Some(outcome) = live.get(&t.id).and_then(|l| l.outcome) else {
             continue;
         };
+        // Credited only as the protocol will have it: an acceptance whose verifier
+        // was slashed since is no acceptance (the task ends `not_judged` instead).
+        if outcome && !state.protocol.finally_accepted(t.id) && state.protocol.job().is_some() {
+            continue;
+        }
         if outcome && !state.slashed.contains(&t.worker) {
             let delta = live
                 .get(&t.id)

@@ -447,6 +447,26 @@ impl Coordinator {
             self.metrics.slashes.inc();
             tracing::warn!(key = %key, task = %t.id, %reason, "slashed");
         }
+        // A task settled on a verifier's acceptance that no longer stands (it was
+        // slashed just now) is open again: another verifier is drawn for it.
+        let reopened: Vec<TaskId> = inner
+            .live
+            .iter()
+            .filter(|(id, l)| {
+                let p = &inner.state.protocol;
+                // Only tasks the protocol still holds: those of the open round.
+                l.outcome == Some(true)
+                    && p.task_at_stake(**id).is_some()
+                    && !p.finally_accepted(**id)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in reopened {
+            if let Some(l) = inner.live.get_mut(&id) {
+                l.outcome = None;
+                l.waiting_since = None;
+            }
+        }
         Ok(())
     }
 }

@@ -321,6 +321,32 @@ fn a_verifier_gets_opened_work_that_is_not_its_own_up_to_what_it_needs() {
     assert_eq!(pick(&s, &mut live, &mut pool, &V2, 200), None, "settled");
 }
 
+/// A task settled on one verifier's acceptance, whose verifier is then slashed for
+/// another task, wants a verifier again: the liar's word no longer counts.
+#[test]
+fn a_slashed_verifiers_verdict_no_longer_counts() {
+    let mut s = state(10_000);
+    let mut live = LiveTable::new();
+    let mut pool = Pool::new();
+    assign(&mut s, &mut live, 1, W1, 5_000);
+    open(&mut s, &mut live, 1, &[V1]);
+    verdict(&mut s, 1, V1, true);
+    assert_eq!(
+        pick(&s, &mut live, &mut pool, &V2, 10),
+        None,
+        "judged enough"
+    );
+    s.slashed.insert(V1);
+    assert_eq!(
+        pick(&s, &mut live, &mut pool, &V2, 20),
+        Some((TaskId(1), true))
+    );
+    assert_eq!(
+        after_verdicts(&s, s.tasks.get(&TaskId(1)).unwrap(), &REFEREE),
+        Settle::Wait
+    );
+}
+
 /// The Sybil pair of issue 13: a verifier key that asks first, or asks again and
 /// again, used to take its partner's task every time (first come, first served).
 /// Now the task goes to a verifier drawn among those waiting: one key among eleven
