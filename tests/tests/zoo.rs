@@ -179,3 +179,35 @@ async fn probation_catches_throwaway_keys_and_the_liars_that_pass_them() {
     assert_eq!(pass.merged, 0, "{pass:?}");
     assert_eq!(pass.shares_kept_after_slash, 0, "{pass:?}");
 }
+
+/// Issue 13's rational zoo, the strategies whose failure is certain under probation
+/// (the statistics, and the strategies that still pay, are `lupus-bench incentives`):
+/// a Sybil pair's fresh worker never keeps a share and every fake its partner passed
+/// earned nothing; a self-accusation farm's partner is never paid for convicting its
+/// own throwaway key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sybil_pair_and_a_self_accusation_farm_earn_nothing_from_their_cheats() {
+    use lupus_zoo::rational::{self, Strategy};
+    let job = TINY.replace(
+        "double_check_fraction = 0.05",
+        "double_check_fraction = 0.05\nprobation_tasks = 3",
+    );
+    let cfg = ZooConfig {
+        honest_workers: 2,
+        honest_verifiers: 1,
+        ..config(&job, Vec::new(), Vec::new())
+    };
+    let r = rational::run(&cfg, &[Strategy::SybilPair, Strategy::SelfAccusationFarm])
+        .await
+        .unwrap();
+    eprintln!("{}", rational::table(&r));
+    for row in &r.rows {
+        assert!(
+            row.acts > 0,
+            "{}: no cheating act settled: {row:?}",
+            row.name
+        );
+        assert_eq!(row.caught, row.acts, "{}: a cheat paid: {row:?}", row.name);
+        assert!(row.honest_credit > 0, "{row:?}");
+    }
+}

@@ -72,8 +72,9 @@ pub trait Conduct: fmt::Debug {
         train_honestly(ctx, backend, control).await
     }
 
-    /// Whether to answer the challenge of a submitted task with an opening.
-    fn opens(&self, _task: &TaskDescription) -> bool {
+    /// Whether to answer the challenge of a submitted task, which asks `steps`, with
+    /// an opening.
+    fn opens(&self, _task: &TaskDescription, _steps: &[u32]) -> bool {
         true
     }
 

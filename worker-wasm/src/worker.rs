@@ -421,7 +421,7 @@ impl<T: Transport> Participant<T> {
             }
             Err(e) => return Err(e),
         };
-        if !self.conduct.opens(&task) {
+        if !self.conduct.opens(&task, &ch.steps) {
             return Ok(Turn::Done {
                 task,
                 final_loss: run.final_loss,

@@ -81,6 +81,27 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// The rational zoo (issue 13): strategies that a rational adversary with as many
+    /// keys as it likes would try, each against honest workers and verifiers; credit
+    /// per CPU-second against the honest participants of the same run, detection with
+    /// its 99% interval, and the final validation loss against honest-only runs.
+    Incentives {
+        /// Rounds per run (more rounds, more acts per strategy, tighter intervals).
+        #[arg(long, default_value_t = 6)]
+        rounds: u64,
+        #[arg(long, default_value_t = 8)]
+        tasks_per_round: u32,
+        /// Probation tasks of a new worker key (replaces the job's; 3 is the
+        /// Shakespeare job's).
+        #[arg(long, default_value_t = 3)]
+        probation: u32,
+        /// The job (default: jobs/tiny-test.toml, embedded, on a generated corpus).
+        #[arg(long)]
+        job: Option<PathBuf>,
+        /// Also write the figures as JSON here (the bench report format).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     All(AllArgs),
 }
 
@@ -128,6 +149,15 @@ async fn main() -> Result<()> {
             job,
             json,
         } => adversaries(rounds, tasks_per_round, double_check, job, json).await,
+        BenchCommand::Incentives {
+            rounds,
+            tasks_per_round,
+            probation,
+            job,
+            json,
+        } => incentives(rounds, tasks_per_round, probation, job, json)
+            .await
+            .map(drop),
         BenchCommand::All(args) => all(&args).await,
     }
 }
@@ -172,6 +202,91 @@ async fn adversaries(
         println!("report written to {}", path.display());
     }
     Ok(())
+}
+
+/// The rational zoo: `lupus-bench incentives`.
+async fn incentives(
+    rounds: u64,
+    tasks_per_round: u32,
+    probation: u32,
+    job: Option<PathBuf>,
+    json: Option<PathBuf>,
+) -> Result<Report> {
+    use lupus_coordinator::dataset;
+    use lupus_prover::data::Corpus;
+    use lupus_prover::spec::JobSpec;
+    use lupus_zoo as zoo;
+    let text = match &job {
+        Some(p) => std::fs::read_to_string(p)?,
+        None => include_str!("../../../jobs/tiny-test.toml").to_owned(),
+    };
+    let mut spec: toml::Table = text.parse()?;
+    if let Some(v) = spec.get_mut("verify").and_then(|v| v.as_table_mut()) {
+        v.insert(
+            "probation_tasks".into(),
+            toml::Value::Integer(i64::from(probation)),
+        );
+    }
+    let text = toml::to_string(&spec)?;
+    let parsed = JobSpec::parse(&text)?;
+    let corpus = match &job {
+        Some(_) => dataset::load_or_fetch(std::path::Path::new("lupus-data"), &parsed)?,
+        None => Corpus::generated(7, 24_000),
+    };
+    let cfg = zoo::ZooConfig {
+        honest_workers: 3,
+        honest_verifiers: 2,
+        task_timeout: std::time::Duration::from_secs(2),
+        ..zoo::ZooConfig::full(&text, corpus, rounds, tasks_per_round)
+    };
+    let strategies = zoo::rational::Strategy::ALL;
+    let spinner = report::spinner(&format!(
+        "{} runs, one per strategy, then two honest-only runs",
+        strategies.len()
+    ));
+    let r = zoo::rational::run(&cfg, &strategies).await?;
+    spinner.finish_and_clear();
+    print!("{}", zoo::rational::table(&r));
+    let mut out = Report::new("incentives");
+    for row in &r.rows {
+        out.against(
+            format!("{}: credit per CPU-second", row.name),
+            row.rate(),
+            "FLOP/cpu-s",
+            "honest participants, same run",
+            row.honest_rate(),
+        );
+        if row.acts > 0 {
+            let (lo, hi) = row.interval().unwrap_or((0.0, 1.0));
+            out.add(
+                format!("{}: cheating acts that earned nothing", row.name),
+                row.caught as f64 / row.acts as f64,
+                "fraction",
+            );
+            out.add(format!("{}: 99% interval, low", row.name), lo, "fraction");
+            out.add(format!("{}: 99% interval, high", row.name), hi, "fraction");
+        }
+        if let (Some(l), Some(h)) = (row.val_loss, r.honest_loss) {
+            out.against(
+                format!("{}: final validation loss", row.name),
+                f64::from(l),
+                "nats",
+                "honest-only run",
+                f64::from(h),
+            );
+        }
+    }
+    if let (Some(a), Some(h)) = (r.honest_again_loss, r.honest_loss) {
+        out.against(
+            "honest-only run again: final validation loss",
+            f64::from(a),
+            "nats",
+            "honest-only run",
+            f64::from(h),
+        );
+    }
+    out.write_json(json.as_deref())?;
+    Ok(out)
 }
 
 /// Every bench with small settings, then the summary.

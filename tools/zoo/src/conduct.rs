@@ -67,6 +67,14 @@ pub enum Behaviour {
     HugeLastStep,
     /// Trains, commits and submits honestly, then never opens its challenged steps.
     NeverOpen,
+    /// Selective opening (issue 13): trains honestly, pushes every parameter by
+    /// `lr / 2` at its last step (a poison within the delta bound, consistent with
+    /// its trace everywhere but at step `H-1`), and opens only when step `H-1` was not
+    /// challenged.
+    PoisonLastUnlessChallenged,
+    /// Claim squatting: takes a task and never trains or commits it, holding the slot
+    /// until the task expires, again and again.
+    Squat,
 }
 
 /// How a verifier departs from the protocol (see [`Behaviour`]).
@@ -80,6 +88,10 @@ pub enum VerifierBehaviour {
     AlwaysAccept,
     /// Signs "rejected" without replaying anything (and without a fraud proof).
     AlwaysReject,
+    /// A Sybil partner (issue 13): on a task of its coalition's workers it signs
+    /// `accept` without replaying; on anyone else's it replays honestly. Run through
+    /// [`crate::rational::Partner`], which knows the coalition.
+    Partner { accept: bool },
 }
 
 /// What must become of a cheat's task, and how often.
@@ -114,7 +126,9 @@ impl Behaviour {
             // One faked step of H, challenged by m distinct steps: m/H exactly.
             Behaviour::WrongBase => Expected::Slashed(m / h),
             Behaviour::HugeLastStep => Expected::Refused,
-            Behaviour::NeverOpen => Expected::Expired,
+            Behaviour::NeverOpen | Behaviour::Squat => Expected::Expired,
+            // Declined when step H-1 is challenged (m/H), merged otherwise.
+            Behaviour::PoisonLastUnlessChallenged => Expected::Expired,
         })
     }
 
@@ -133,6 +147,8 @@ impl Behaviour {
             Behaviour::WrongBase => "wrong base model".into(),
             Behaviour::HugeLastStep => "huge-norm delta".into(),
             Behaviour::NeverOpen => "never opens".into(),
+            Behaviour::PoisonLastUnlessChallenged => "selective opening, last-step poison".into(),
+            Behaviour::Squat => "claim squatting".into(),
         }
     }
 }
@@ -150,6 +166,10 @@ impl Conduct for Behaviour {
         if *self == Behaviour::Honest {
             return train_honestly(ctx, backend, control).await;
         }
+        if *self == Behaviour::Squat {
+            // Hold the task without working on it; the loop asks again later.
+            return Ok(None);
+        }
         let seed = task_seed(*self, ctx.transport, ctx.task, &ctx.me).await?;
         train(
             *self, ctx.job, ctx.corpus, ctx.base, seed, ctx.task, control,
@@ -157,8 +177,14 @@ impl Conduct for Behaviour {
         .await
     }
 
-    fn opens(&self, _task: &TaskDescription) -> bool {
-        *self != Behaviour::NeverOpen
+    fn opens(&self, task: &TaskDescription, steps: &[u32]) -> bool {
+        match self {
+            Behaviour::NeverOpen => false,
+            Behaviour::PoisonLastUnlessChallenged => {
+                !steps.contains(&task.inner_steps.saturating_sub(1))
+            }
+            _ => true,
+        }
     }
 }
 
@@ -167,7 +193,8 @@ impl Conduct for Behaviour {
 impl Conduct for VerifierBehaviour {
     async fn judge(&self, ctx: &VerifyContext<'_>) -> Result<Judgement, WorkerError> {
         let (accepted, reason) = match self {
-            VerifierBehaviour::Honest => return replay(ctx),
+            // A partner without its coalition (never so in the zoo) replays.
+            VerifierBehaviour::Honest | VerifierBehaviour::Partner { .. } => return replay(ctx),
             VerifierBehaviour::AlwaysAccept => (true, "accepted without replaying"),
             VerifierBehaviour::AlwaysReject => (false, "rejected without replaying"),
         };
@@ -306,6 +333,13 @@ pub async fn train(
                     && let Some(p) = before.into_iter().next()
                 {
                     rewrite_param(&mut out, 0, p);
+                }
+            }
+            Behaviour::PoisonLastUnlessChallenged if step + 1 == steps => {
+                let push = job.inner.lr * 0.5;
+                for i in 0..out.state.params.len() {
+                    let fake = map(&out.state.params[i], |x| x + push)?;
+                    rewrite_param(&mut out, i, fake);
                 }
             }
             Behaviour::HugeLastStep if step + 1 == steps => {

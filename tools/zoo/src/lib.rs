@@ -25,6 +25,7 @@
 
 pub mod conduct;
 pub mod door;
+pub mod rational;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -237,18 +238,37 @@ type Registry = Arc<Mutex<HashMap<PublicKey, usize>>>;
 /// How many submissions of each slot were refused at the door.
 type Refusals = Arc<Mutex<HashMap<usize, u64>>>;
 
-/// Runs `slot` (number `index`) until `stop`, re-keying after each refusal it cannot
-/// get past (a slash).
-fn spawn_slot(
+/// CPU seconds each slot's thread used (user and system).
+type CpuTimes = Arc<Mutex<HashMap<usize, f64>>>;
+
+/// What every slot of a phase shares.
+#[derive(Clone)]
+struct SlotShared {
     url: String,
-    slot: Slot,
-    index: usize,
     salt: [u8; 32],
     registry: Registry,
     refusals: Refusals,
+    /// The worker slots of the Sybil coalition ([`rational::Partner`] reads it).
+    coalition: Arc<HashSet<usize>>,
+    cpu: CpuTimes,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<()> {
+}
+
+/// Runs `slot` (number `index`) until `stop`, re-keying after each refusal it cannot
+/// get past (a slash). Each slot has a thread of its own (the worker loop is
+/// single-threaded and computes on it), so the thread's CPU time is the slot's.
+fn spawn_slot(slot: Slot, index: usize, shared: SlotShared) -> std::thread::JoinHandle<()> {
+    let SlotShared {
+        url,
+        salt,
+        registry,
+        refusals,
+        coalition,
+        cpu,
+        stop,
+    } = shared;
     std::thread::spawn(move || {
+        let _measure = rational::ThreadCpu::new(index, cpu);
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -275,8 +295,17 @@ fn spawn_slot(
                         run_worker(cfg, Arc::clone(&stop), stats).await
                     }
                     Slot::Verifier(b) => {
+                        let conduct: Arc<dyn lupus_worker::conduct::Conduct + Send + Sync> = match b
+                        {
+                            VerifierBehaviour::Partner { accept } => Arc::new(rational::Partner {
+                                accept,
+                                registry: Arc::clone(&registry),
+                                coalition: Arc::clone(&coalition),
+                            }),
+                            _ => Arc::new(b),
+                        };
                         let cfg = NativeConfig {
-                            conduct: Arc::new(b),
+                            conduct,
                             ..NativeConfig::new(&url, key, &name)
                         };
                         run_verifier(cfg, Arc::clone(&stop), stats).await
@@ -316,6 +345,8 @@ struct TaskFacts {
     referee_rejected: bool,
     /// Keys slashed for this task.
     slashed: HashSet<PublicKey>,
+    /// Verifiers credited for judging it.
+    verification_credited: HashSet<PublicKey>,
 }
 
 /// Everything the zoo reads back from a finished coordinator.
@@ -373,6 +404,13 @@ async fn read_ledger(c: &Coordinator) -> Result<Ledger, ZooError> {
                 } => {
                     tasks.entry(*task).or_default().credited = true;
                 }
+                EntryBody::Credit { task, key, .. } => {
+                    tasks
+                        .entry(*task)
+                        .or_default()
+                        .verification_credited
+                        .insert(*key);
+                }
                 EntryBody::RoundClosed { val_loss_bits, .. } => {
                     final_loss = Some(f32::from_bits(*val_loss_bits));
                 }
@@ -420,6 +458,8 @@ struct Phase {
     /// Submissions refused at the door, by slot.
     refused: HashMap<usize, u64>,
     door: Vec<door::DoorAttempt>,
+    /// CPU seconds of each slot's thread.
+    cpu: HashMap<usize, f64>,
 }
 
 async fn run_phase(cfg: &ZooConfig, slots: Vec<Slot>, with_door: bool) -> Result<Phase, ZooError> {
@@ -438,23 +478,29 @@ async fn run_phase(cfg: &ZooConfig, slots: Vec<Slot>, with_door: bool) -> Result
     };
     let registry: Registry = Arc::new(Mutex::new(HashMap::new()));
     let refusals: Refusals = Arc::new(Mutex::new(HashMap::new()));
+    let cpu: CpuTimes = Arc::new(Mutex::new(HashMap::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut salt = [0u8; 32];
     getrandom::fill(&mut salt).map_err(zoo_err)?;
+    let coalition: HashSet<usize> = slots
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| matches!(s, Slot::Worker(b) if *b != Behaviour::Honest))
+        .map(|(i, _)| i)
+        .collect();
+    let shared = SlotShared {
+        url: url.clone(),
+        salt,
+        registry: Arc::clone(&registry),
+        refusals: Arc::clone(&refusals),
+        coalition: Arc::new(coalition),
+        cpu: Arc::clone(&cpu),
+        stop: Arc::clone(&stop),
+    };
     let handles: Vec<_> = slots
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            spawn_slot(
-                url.clone(),
-                *s,
-                i,
-                salt,
-                Arc::clone(&registry),
-                Arc::clone(&refusals),
-                Arc::clone(&stop),
-            )
-        })
+        .map(|(i, s)| spawn_slot(*s, i, shared.clone()))
         .collect();
     // Rounds close on their target or their deadline, so this ends.
     let limit = Duration::from_secs(120) * u32::try_from(cfg.rounds).unwrap_or(u32::MAX);
@@ -476,12 +522,14 @@ async fn run_phase(cfg: &ZooConfig, slots: Vec<Slot>, with_door: bool) -> Result
     server.stop();
     let keys = registry.lock().map_err(zoo_err)?.clone();
     let refused = refusals.lock().map_err(zoo_err)?.clone();
+    let cpu = cpu.lock().map_err(zoo_err)?.clone();
     Ok(Phase {
         ledger,
         slots,
         keys,
         refused,
         door,
+        cpu,
     })
 }
 
