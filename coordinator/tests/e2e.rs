@@ -232,3 +232,48 @@ async fn probation_tasks_are_refereed_then_trust_is_earned() {
     assert!(credited[2..].iter().all(|r| !*r), "trusted: {credited:?}");
     drop(crowd);
 }
+
+/// Issue 13, classes: an honest tolerant-class worker's bits differ from the CPU
+/// reference by what its class allows. A verifier that sends an exact-class fraud
+/// proof against its task used to convict it (the referee checked the proof before
+/// the class) and be paid for it; now the referee judges a tolerant task by the
+/// tolerant replay alone, so the worker is credited and the accuser slashed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exact_proof_does_not_convict_a_tolerant_task() {
+    use lupus_ledger::entry::PublicKey;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config(dir.path(), 2, 2)).await;
+    let url = server.url();
+    let mut crowd = Crowd::new();
+    crowd.worker(&url, 1, Behaviour::TolerantDevice);
+    // Alone at first, the accuser is drawn for the tolerant worker's first task.
+    crowd.verifier_as(&url, 20, VerifierBehaviour::ExactProofs);
+    let accuser = PublicKey::from(&key(20));
+    let reader = Client::new(&url, key(99));
+    let start = std::time::Instant::now();
+    loop {
+        let table: StakeTable = reader.get("/v1/stake").await.unwrap();
+        if table.slashed.contains(&accuser) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the accuser was never overruled: {table:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // An honest verifier lets the run finish.
+    crowd.verifier(&url, 10);
+    wait_finished(&server.coordinator, Duration::from_secs(120)).await;
+    let table: StakeTable = reader.get("/v1/stake").await.unwrap();
+    let worker = PublicKey::from(&key(1));
+    assert!(!table.slashed.contains(&worker), "{table:?}");
+    assert!(
+        table.accounts.iter().any(|r| r.key == worker),
+        "the tolerant worker earned nothing: {table:?}"
+    );
+    let job: JobInfo = reader.get("/v1/job").await.unwrap();
+    reverify(&reader, &job.log_key).await.unwrap();
+    drop(crowd);
+}

@@ -18,7 +18,7 @@ use lupus_prover::fraud::FraudProof;
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::{Opening, TaskBuilder, TaskRun};
 use lupus_prover::tensor::Tensor;
-use lupus_prover::verify::{Verdict, verify_opening};
+use lupus_prover::verify::{DeviceClass, Verdict, verify_opening};
 
 use crate::worker::{Backend, Control, Transport, WorkerError};
 
@@ -70,6 +70,12 @@ pub trait Conduct: fmt::Debug {
         control: &mut dyn Control,
     ) -> Result<Option<TaskRun>, WorkerError> {
         train_honestly(ctx, backend, control).await
+    }
+
+    /// The device class the submission reports, given the one the known-answer suite
+    /// gave this device.
+    fn device_class(&self, measured: DeviceClass) -> DeviceClass {
+        measured
     }
 
     /// Whether to answer the challenge of a submitted task, which asks `steps`, with

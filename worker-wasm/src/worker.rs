@@ -396,7 +396,7 @@ impl<T: Transport> Participant<T> {
             work_committed: B64(entry.encode()),
             delta: B64(run.delta.to_bytes()),
             final_opening: run.final_opening().map_err(local)?,
-            device_class: backend.class(),
+            device_class: self.conduct.device_class(backend.class()),
         };
         let submitted: Result<SubmissionReceipt, _> = self
             .post_retrying(&paths::submit(task.task_id.0), &submission)

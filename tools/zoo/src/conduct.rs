@@ -25,6 +25,7 @@ use lupus_prover::quant::{QTensor, QuantDelta, quantise_delta};
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::{TaskBuilder, TaskRun};
 use lupus_prover::tensor::Tensor;
+use lupus_prover::verify::{DeviceClass, Verdict, verify_opening};
 use lupus_worker::conduct::{
     Conduct, Judgement, TaskContext, VerifyContext, replay, train_honestly,
 };
@@ -75,6 +76,11 @@ pub enum Behaviour {
     /// Claim squatting: takes a task and never trains or commits it, holding the slot
     /// until the task expires, again and again.
     Squat,
+    /// An honest worker on a tolerant-class device: every step's update of the first
+    /// parameter tensor comes out `1e-5` (relative) off the CPU reference, as a GPU's
+    /// might, committed consistently, and the submission says `Tolerant`. Well within
+    /// the job's tolerance: its work must be accepted.
+    TolerantDevice,
 }
 
 /// How a verifier departs from the protocol (see [`Behaviour`]).
@@ -88,6 +94,10 @@ pub enum VerifierBehaviour {
     AlwaysAccept,
     /// Signs "rejected" without replaying anything (and without a fraud proof).
     AlwaysReject,
+    /// Sends an exact-class fraud proof whenever the exact replay gives one, whatever
+    /// class the task is (issue 13: an honest tolerant-class worker's bits differ from
+    /// the CPU reference by what its class allows); otherwise replays honestly.
+    ExactProofs,
     /// A Sybil partner (issue 13): on a task of its coalition's workers it signs
     /// `accept` without replaying; on anyone else's it replays honestly. Run through
     /// [`crate::rational::Partner`], which knows the coalition.
@@ -127,6 +137,7 @@ impl Behaviour {
             Behaviour::WrongBase => Expected::Slashed(m / h),
             Behaviour::HugeLastStep => Expected::Refused,
             Behaviour::NeverOpen | Behaviour::Squat => Expected::Expired,
+            Behaviour::TolerantDevice => return None,
             // Declined when step H-1 is challenged (m/H), merged otherwise.
             Behaviour::PoisonLastUnlessChallenged => Expected::Expired,
         })
@@ -149,6 +160,7 @@ impl Behaviour {
             Behaviour::NeverOpen => "never opens".into(),
             Behaviour::PoisonLastUnlessChallenged => "selective opening, last-step poison".into(),
             Behaviour::Squat => "claim squatting".into(),
+            Behaviour::TolerantDevice => "honest tolerant-class device".into(),
         }
     }
 }
@@ -177,6 +189,13 @@ impl Conduct for Behaviour {
         .await
     }
 
+    fn device_class(&self, measured: DeviceClass) -> DeviceClass {
+        match self {
+            Behaviour::TolerantDevice => DeviceClass::Tolerant,
+            _ => measured,
+        }
+    }
+
     fn opens(&self, task: &TaskDescription, steps: &[u32]) -> bool {
         match self {
             Behaviour::NeverOpen => false,
@@ -195,6 +214,7 @@ impl Conduct for VerifierBehaviour {
         let (accepted, reason) = match self {
             // A partner without its coalition (never so in the zoo) replays.
             VerifierBehaviour::Honest | VerifierBehaviour::Partner { .. } => return replay(ctx),
+            VerifierBehaviour::ExactProofs => return exact_proofs(ctx),
             VerifierBehaviour::AlwaysAccept => (true, "accepted without replaying"),
             VerifierBehaviour::AlwaysReject => (false, "rejected without replaying"),
         };
@@ -203,6 +223,35 @@ impl Conduct for VerifierBehaviour {
             reason: reason.to_owned(),
             fraud_proof: None,
         })
+    }
+}
+
+/// [`VerifierBehaviour::ExactProofs`]: the exact replay's fraud proof if it has one,
+/// else the honest verdict.
+fn exact_proofs(ctx: &VerifyContext<'_>) -> Result<Judgement, WorkerError> {
+    let w = ctx.work;
+    let exact = verify_opening(
+        ctx.job,
+        ctx.corpus,
+        ctx.base,
+        &w.task.seed.0,
+        &w.commitment,
+        &w.steps,
+        ctx.opening,
+        DeviceClass::Exact,
+    )
+    .map_err(local)?;
+    match exact {
+        Verdict::Reject {
+            step,
+            reason,
+            fraud_proof: Some(p),
+        } => Ok(Judgement {
+            accepted: false,
+            reason: format!("step {step:?}: {reason} (an exact-class proof)"),
+            fraud_proof: Some(*p),
+        }),
+        _ => replay(ctx),
     }
 }
 
@@ -334,6 +383,10 @@ pub async fn train(
                 {
                     rewrite_param(&mut out, 0, p);
                 }
+            }
+            Behaviour::TolerantDevice => {
+                let off = map(&out.state.params[0], |x| x * (1.0 + 1e-5))?;
+                rewrite_param(&mut out, 0, off);
             }
             Behaviour::PoisonLastUnlessChallenged if step + 1 == steps => {
                 let push = job.inner.lr * 0.5;
