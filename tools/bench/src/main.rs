@@ -266,6 +266,15 @@ async fn incentives(
             out.add(format!("{}: 99% interval, low", row.name), lo, "fraction");
             out.add(format!("{}: 99% interval, high", row.name), hi, "fraction");
         }
+        if let (Some(d), Some(h)) = (row.drift, r.honest_drift) {
+            out.against(
+                format!("{}: drift along the all-ones direction", row.name),
+                d,
+                "parameter units",
+                "honest-only run",
+                h,
+            );
+        }
         if let (Some(l), Some(h)) = (row.val_loss, r.honest_loss) {
             out.against(
                 format!("{}: final validation loss", row.name),
@@ -275,6 +284,15 @@ async fn incentives(
                 f64::from(h),
             );
         }
+    }
+    if let (Some(a), Some(h)) = (r.honest_again_drift, r.honest_drift) {
+        out.against(
+            "honest-only run again: drift along the all-ones direction",
+            a,
+            "parameter units",
+            "honest-only run",
+            h,
+        );
     }
     if let (Some(a), Some(h)) = (r.honest_again_loss, r.honest_loss) {
         out.against(

@@ -81,6 +81,11 @@ pub enum Behaviour {
     /// might, committed consistently, and the submission says `Tolerant`. Well within
     /// the job's tolerance: its work must be accepted.
     TolerantDevice,
+    /// Tolerant-class nudges (issue 13): claims the tolerant class and, at every step,
+    /// moves every parameter tensor along the all-ones direction by 0.9 of the job's
+    /// tolerance (relative L2), committed consistently: each step passes the tolerant
+    /// check, and the pushes add up.
+    TolerantNudge,
 }
 
 /// How a verifier departs from the protocol (see [`Behaviour`]).
@@ -138,6 +143,8 @@ impl Behaviour {
             Behaviour::HugeLastStep => Expected::Refused,
             Behaviour::NeverOpen | Behaviour::Squat => Expected::Expired,
             Behaviour::TolerantDevice => return None,
+            // Within the per-step bound every step: never caught.
+            Behaviour::TolerantNudge => Expected::Slashed(0.0),
             // Declined when step H-1 is challenged (m/H), merged otherwise.
             Behaviour::PoisonLastUnlessChallenged => Expected::Expired,
         })
@@ -161,6 +168,7 @@ impl Behaviour {
             Behaviour::PoisonLastUnlessChallenged => "selective opening, last-step poison".into(),
             Behaviour::Squat => "claim squatting".into(),
             Behaviour::TolerantDevice => "honest tolerant-class device".into(),
+            Behaviour::TolerantNudge => "tolerant-class nudges".into(),
         }
     }
 }
@@ -191,7 +199,7 @@ impl Conduct for Behaviour {
 
     fn device_class(&self, measured: DeviceClass) -> DeviceClass {
         match self {
-            Behaviour::TolerantDevice => DeviceClass::Tolerant,
+            Behaviour::TolerantDevice | Behaviour::TolerantNudge => DeviceClass::Tolerant,
             _ => measured,
         }
     }
@@ -388,6 +396,21 @@ pub async fn train(
                 let off = map(&out.state.params[0], |x| x * (1.0 + 1e-5))?;
                 rewrite_param(&mut out, 0, off);
             }
+            Behaviour::TolerantNudge => {
+                for i in 0..out.state.params.len() {
+                    let p = &out.state.params[i];
+                    let norm = p
+                        .data()
+                        .iter()
+                        .map(|x| f64::from(*x) * f64::from(*x))
+                        .sum::<f64>()
+                        .sqrt();
+                    let n = p.data().len().max(1) as f64;
+                    let push = (0.9 * f64::from(job.verify.tolerance) * norm / n.sqrt()) as f32;
+                    let nudged = map(p, |x| x + push)?;
+                    rewrite_param(&mut out, i, nudged);
+                }
+            }
             Behaviour::PoisonLastUnlessChallenged if step + 1 == steps => {
                 let push = job.inner.lr * 0.5;
                 for i in 0..out.state.params.len() {
@@ -536,6 +559,41 @@ mod tests {
             )
             .unwrap();
             assert_eq!(v.is_accept(), b == Behaviour::Honest, "{b:?}: {v:?}");
+        }
+    }
+
+    /// Issue 13's tolerant-class attack, as it stands: the honest tolerant device and
+    /// the nudging worker both pass the tolerant check at every step (the nudge is
+    /// 0.9 of the per-step bound), and both fail the exact one. What tells them apart
+    /// is not a per-step check: the bench measures the nudge's drift instead.
+    #[test]
+    fn tolerant_nudges_pass_every_per_step_check_of_their_class() {
+        let job = JobSpec::parse(include_str!("../../../jobs/tiny-test.toml")).unwrap();
+        let corpus = Corpus::generated(7, 20_000);
+        let base = init_params(&job.model, [3; 32]).unwrap();
+        let all: Vec<u32> = (0..job.inner.steps).collect();
+        for b in [Behaviour::TolerantDevice, Behaviour::TolerantNudge] {
+            let seed = [9; 32];
+            let run =
+                futures_lite_block_on(train(b, &job, &corpus, &base, seed, &task(seed), &mut Go))
+                    .unwrap()
+                    .unwrap();
+            for (class, accepted) in [(DeviceClass::Tolerant, true), (DeviceClass::Exact, false)] {
+                let tolerant = class == DeviceClass::Tolerant;
+                let opening = run.open(&job, &corpus, &all, tolerant).unwrap();
+                let v = verify_opening(
+                    &job,
+                    &corpus,
+                    &base,
+                    &seed,
+                    &run.commitment,
+                    &all,
+                    &opening,
+                    class,
+                )
+                .unwrap();
+                assert_eq!(v.is_accept(), accepted, "{b:?} judged {class:?}: {v:?}");
+            }
         }
     }
 

@@ -355,6 +355,9 @@ struct Ledger {
     balances: HashMap<PublicKey, u64>,
     slashed: HashSet<PublicKey>,
     final_loss: Option<f32>,
+    /// How far the run moved the model along the all-ones direction: the projection
+    /// of `final - initial` (every parameter) on the unit vector of that direction.
+    drift: Option<f64>,
 }
 
 async fn read_ledger(c: &Coordinator) -> Result<Ledger, ZooError> {
@@ -362,6 +365,7 @@ async fn read_ledger(c: &Coordinator) -> Result<Ledger, ZooError> {
     let size = c.log().head().size.0;
     let mut tasks: BTreeMap<TaskId, TaskFacts> = BTreeMap::new();
     let mut final_loss = None;
+    let mut initial_model = None;
     let mut start = 0;
     while start < size {
         let end = (start + 1024).min(size);
@@ -414,13 +418,21 @@ async fn read_ledger(c: &Coordinator) -> Result<Ledger, ZooError> {
                 EntryBody::RoundClosed { val_loss_bits, .. } => {
                     final_loss = Some(f32::from_bits(*val_loss_bits));
                 }
+                EntryBody::RoundOpened { base_model, .. } if initial_model.is_none() => {
+                    initial_model = Some(*base_model);
+                }
                 _ => {}
             }
         }
         start = end;
     }
     let table = c.stake_table().await.map_err(zoo_err)?;
+    let drift = match initial_model {
+        Some(d) => drift_along_ones(c, d).await,
+        None => None,
+    };
     Ok(Ledger {
+        drift,
         tasks,
         balances: table
             .accounts
@@ -430,6 +442,23 @@ async fn read_ledger(c: &Coordinator) -> Result<Ledger, ZooError> {
         slashed: table.slashed.into_iter().collect(),
         final_loss,
     })
+}
+
+/// `(final - initial) . u` for the unit all-ones vector `u` over every parameter of
+/// the model: how far a run pushed the model in the direction a nudging attacker
+/// chose. `None` if a model cannot be read.
+async fn drift_along_ones(c: &Coordinator, initial: lupus_ledger::entry::Digest) -> Option<f64> {
+    let bytes = c.blobs().get(&initial).ok().flatten()?;
+    let first = lupus_api::model::decode_model(&bytes, c.job()).ok()?;
+    let last = c.model().await.ok()?;
+    let (mut sum, mut n) = (0f64, 0usize);
+    for (a, b) in first.iter().zip(last.iter()) {
+        for (x, y) in a.data().iter().zip(b.data()) {
+            sum += f64::from(*y) - f64::from(*x);
+            n += 1;
+        }
+    }
+    (n > 0).then(|| sum / (n as f64).sqrt())
 }
 
 /// The coordinator config of one phase.

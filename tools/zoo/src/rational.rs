@@ -126,17 +126,21 @@ pub enum Strategy {
     SelectiveOpening,
     /// A worker that takes tasks and never commits them.
     ClaimSquatting,
+    /// A worker that claims the tolerant class and nudges every step toward a fixed
+    /// direction within the per-step bound.
+    TolerantNudges,
 }
 
 impl Strategy {
     /// Every strategy, in report order.
-    pub const ALL: [Strategy; 6] = [
+    pub const ALL: [Strategy; 7] = [
         Strategy::SybilPair,
         Strategy::SybilPairTwoVerifiers,
         Strategy::AlwaysAccept,
         Strategy::SelfAccusationFarm,
         Strategy::SelectiveOpening,
         Strategy::ClaimSquatting,
+        Strategy::TolerantNudges,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -147,6 +151,7 @@ impl Strategy {
             Strategy::SelfAccusationFarm => "self-accusation farm",
             Strategy::SelectiveOpening => "selective opening, last-step poison",
             Strategy::ClaimSquatting => "claim squatting",
+            Strategy::TolerantNudges => "tolerant-class nudges",
         }
     }
 
@@ -166,6 +171,7 @@ impl Strategy {
                 vec![Slot::Worker(Behaviour::PoisonLastUnlessChallenged)]
             }
             Strategy::ClaimSquatting => vec![Slot::Worker(Behaviour::Squat)],
+            Strategy::TolerantNudges => vec![Slot::Worker(Behaviour::TolerantNudge)],
         }
     }
 }
@@ -186,6 +192,9 @@ pub struct StrategyRow {
     pub caught: u64,
     /// Final validation loss of the run.
     pub val_loss: Option<f32>,
+    /// How far the run moved the model along the nudging attacker's direction (the
+    /// all-ones vector), in parameter units.
+    pub drift: Option<f64>,
     /// Keys the adversary used, and how many were slashed.
     pub keys: u64,
     pub keys_slashed: u64,
@@ -221,6 +230,9 @@ pub struct RationalReport {
     /// one: the noise between two honest runs.
     pub honest_loss: Option<f32>,
     pub honest_again_loss: Option<f32>,
+    /// The same runs' drift along the all-ones direction.
+    pub honest_drift: Option<f64>,
+    pub honest_again_drift: Option<f64>,
     pub steps: u32,
     pub challenges: u32,
     pub double_check_fraction: f64,
@@ -258,6 +270,8 @@ pub async fn run(cfg: &ZooConfig, strategies: &[Strategy]) -> Result<RationalRep
         rows,
         honest_loss: honest.ledger.final_loss,
         honest_again_loss: again.ledger.final_loss,
+        honest_drift: honest.ledger.drift,
+        honest_again_drift: again.ledger.drift,
         steps: job.inner.steps,
         challenges: job.verify.challenges,
         double_check_fraction: job.verify.double_check_fraction,
@@ -320,6 +334,7 @@ fn row(strategy: Strategy, p: &Phase, first_adversary: usize) -> StrategyRow {
         acts,
         caught,
         val_loss: p.ledger.final_loss,
+        drift: p.ledger.drift,
         keys: adv_keys.len() as u64,
         keys_slashed: adv_keys
             .iter()
@@ -345,7 +360,7 @@ pub fn table(r: &RationalReport) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<40} {:>12} {:>8} {:>12} {:>7} {:>5} {:>6} {:>14} {:>9} {:>10}",
+        "{:<40} {:>12} {:>8} {:>12} {:>7} {:>5} {:>6} {:>14} {:>9} {:>10} {:>9}",
         "strategy",
         "credit/cpu-s",
         "cpu s",
@@ -355,7 +370,8 @@ pub fn table(r: &RationalReport) -> String {
         "caught",
         "99% interval",
         "val loss",
-        "vs honest"
+        "vs honest",
+        "drift"
     );
     for row in &r.rows {
         let ci = row
@@ -373,7 +389,7 @@ pub fn table(r: &RationalReport) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<40} {:>12.3e} {:>8.2} {:>12.3e} {:>7.3} {:>5} {:>6} {:>14} {:>9} {:>10}",
+            "{:<40} {:>12.3e} {:>8.2} {:>12.3e} {:>7.3} {:>5} {:>6} {:>14} {:>9} {:>10} {:>9}",
             row.name,
             row.rate(),
             row.cpu_seconds,
@@ -383,19 +399,23 @@ pub fn table(r: &RationalReport) -> String {
             caught,
             ci,
             loss,
-            effect
+            effect,
+            row.drift.map_or("-".into(), |d| format!("{d:+.3}"))
         );
     }
     let f = |x: Option<f32>| x.map_or("-".into(), |v| format!("{v:.4}"));
+    let d = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:+.3}"));
     let _ = writeln!(
         s,
-        "honest only: val loss {}; again: {} (the noise between two honest runs)",
+        "honest only: val loss {}, drift {}; again: {}, drift {} (the noise between two honest runs)",
         f(r.honest_loss),
-        f(r.honest_again_loss)
+        d(r.honest_drift),
+        f(r.honest_again_loss),
+        d(r.honest_again_drift)
     );
     let _ = writeln!(
         s,
-        "(credit in FLOPs of final shares; ratio: the adversary's credit per CPU-second over the honest participants' in the same run; caught: cheating acts that earned nothing)"
+        "(credit in FLOPs of final shares; ratio: the adversary's credit per CPU-second over the honest participants' in the same run; caught: cheating acts that earned nothing; drift: the model's move along the all-ones direction, final minus initial)"
     );
     s
 }
