@@ -78,6 +78,12 @@ fn pairs(h: &SignedHeaders) -> Vec<(&'static str, &str)> {
 
 /// Joins `key` as a worker through a raw connection.
 async fn join_worker(addr: std::net::SocketAddr, key: &SigningKey) {
+    let (status, text) = join_status(addr, key).await;
+    assert_eq!(status, 200, "{text}");
+}
+
+/// Joins `key` as a worker; the answer's status and headers.
+async fn join_status(addr: std::net::SocketAddr, key: &SigningKey) -> (u16, String) {
     use lupus_api::types::{JoinRequest, Sig, join_body};
     use lupus_ledger::entry::{Entry, PublicKey, Role};
     let e = Entry::signed(join_body(PublicKey::from(key), Role::Worker, "w"), key).unwrap();
@@ -93,8 +99,7 @@ async fn join_worker(addr: std::net::SocketAddr, key: &SigningKey) {
         .await
         .unwrap();
     s.write_all(&body).await.unwrap();
-    let (status, text) = answer(&mut s).await;
-    assert_eq!(status, 200, "{text}");
+    answer(&mut s).await
 }
 
 /// Reads an answer's status line and headers (the body is not needed).
@@ -581,4 +586,43 @@ async fn a_key_without_the_route_s_role_is_refused_before_the_body_is_read() {
         .unwrap();
     s.write_all(b"{}").await.unwrap();
     assert_eq!(answer(&mut s).await.0, 401);
+}
+
+/// Issue 13's join flood: keys cost nothing, so a bound per key does not slow a flood
+/// of fresh ones. The bound over all keys does: past it a join is 429 and nothing is
+/// written.
+#[tokio::test]
+async fn a_flood_of_fresh_keys_meets_the_bound_over_all_joins() {
+    let limits = Limits {
+        joins_total: Rate {
+            burst: 3,
+            every: Duration::from_secs(3600),
+        },
+        ..Limits::default()
+    };
+    let (server, _dir) = serve(limits).await;
+    let before = server.coordinator.log().head().size.0;
+    for i in 0..3u8 {
+        join_worker(server.addr, &key(40 + i)).await;
+    }
+    let (status, text) = join_status(server.addr, &key(50)).await;
+    assert_eq!(status, 429, "{text}");
+    assert!(text.contains("retry-after"), "{text}");
+    // Three joins written, the refused one not.
+    let after = wait_for_size(&server, before + 3).await;
+    assert_eq!(after, before + 3);
+}
+
+/// The log's size once it reaches `at_least` (appends are durable before the answer,
+/// so this does not wait in practice), or what it is after 5 s.
+async fn wait_for_size(server: &Server, at_least: u64) -> u64 {
+    let start = Instant::now();
+    loop {
+        let size = server.coordinator.log().head().size.0;
+        if size >= at_least || start.elapsed() > Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return server.coordinator.log().head().size.0;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -222,6 +222,10 @@ pub struct Report {
 enum Slot {
     Worker(Behaviour),
     Verifier(VerifierBehaviour),
+    /// Joins fresh keys as fast as the coordinator lets it, and does nothing else
+    /// (issue 13's join flood): every key it got in is one of its keys, every join
+    /// refused with 429 one of its refusals.
+    JoinFlood,
 }
 
 impl Slot {
@@ -285,8 +289,47 @@ fn spawn_slot(slot: Slot, index: usize, shared: SlotShared) -> std::thread::Join
                     r.insert(PublicKey::from(&key), index);
                 }
                 let name = format!("zoo-{index}-{generation}");
+                if slot == Slot::JoinFlood {
+                    // The slot's own key never joins; 16 fresh ones at a time do.
+                    if let Ok(mut r) = registry.lock() {
+                        r.remove(&PublicKey::from(&key));
+                    }
+                    let mut flood = tokio::task::JoinSet::new();
+                    for j in 0..16u64 {
+                        let mut input = (index as u64).to_le_bytes().to_vec();
+                        input.extend((generation * 16 + j).to_le_bytes());
+                        let key = SigningKey::from_bytes(&prf(&salt, "lupus zoo flood", &input));
+                        let client = lupus_coordinator::client::Client::new(&url, key.clone());
+                        flood.spawn(async move {
+                            let joined = client
+                                .join(lupus_ledger::entry::Role::Worker, "flood")
+                                .await;
+                            (key, joined)
+                        });
+                    }
+                    while let Some(Ok((key, joined))) = flood.join_next().await {
+                        match joined {
+                            Ok(_) => {
+                                if let Ok(mut r) = registry.lock() {
+                                    r.insert(PublicKey::from(&key), index);
+                                }
+                            }
+                            Err(lupus_coordinator::client::ClientError::Problem(p))
+                                if p.status == 429 =>
+                            {
+                                if let Ok(mut r) = refusals.lock() {
+                                    *r.entry(index).or_default() += 1;
+                                }
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                    generation += 1;
+                    continue;
+                }
                 let stats = Arc::new(Stats::default());
                 let ended = match slot {
+                    Slot::JoinFlood => Ok(0),
                     Slot::Worker(b) => {
                         let cfg = NativeConfig {
                             conduct: Arc::new(b),
@@ -355,6 +398,8 @@ struct Ledger {
     balances: HashMap<PublicKey, u64>,
     slashed: HashSet<PublicKey>,
     final_loss: Option<f32>,
+    /// Entries in the log when it was read.
+    entries: u64,
     /// How far the run moved the model along the all-ones direction: the projection
     /// of `final - initial` (every parameter) on the unit vector of that direction.
     drift: Option<f64>,
@@ -432,6 +477,7 @@ async fn read_ledger(c: &Coordinator) -> Result<Ledger, ZooError> {
         None => None,
     };
     Ok(Ledger {
+        entries: size,
         drift,
         tasks,
         balances: table
@@ -630,7 +676,8 @@ impl Phase {
 
     fn row(&self, i: usize, h: u32, m: u32, d: f64, phase: &'static str) -> Option<Row> {
         let slot = *self.slots.get(i)?;
-        if slot.honest() {
+        // The join flood is the rational zoo's (`rational::row`), not a row here.
+        if slot.honest() || slot == Slot::JoinFlood {
             return None;
         }
         let keys = self.keys_of(i);
@@ -676,6 +723,7 @@ impl Phase {
                 };
                 (b.name(), expected, theory)
             }
+            Slot::JoinFlood => return None,
             Slot::Verifier(b) => {
                 // Its wrong verdicts: accepting a cheat, rejecting honest work.
                 for t in self.ledger.tasks.values() {

@@ -129,11 +129,13 @@ pub enum Strategy {
     /// A worker that claims the tolerant class and nudges every step toward a fixed
     /// direction within the per-step bound.
     TolerantNudges,
+    /// Fresh keys joined as fast as the coordinator allows.
+    JoinFlood,
 }
 
 impl Strategy {
     /// Every strategy, in report order.
-    pub const ALL: [Strategy; 7] = [
+    pub const ALL: [Strategy; 8] = [
         Strategy::SybilPair,
         Strategy::SybilPairTwoVerifiers,
         Strategy::AlwaysAccept,
@@ -141,6 +143,7 @@ impl Strategy {
         Strategy::SelectiveOpening,
         Strategy::ClaimSquatting,
         Strategy::TolerantNudges,
+        Strategy::JoinFlood,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -152,6 +155,7 @@ impl Strategy {
             Strategy::SelectiveOpening => "selective opening, last-step poison",
             Strategy::ClaimSquatting => "claim squatting",
             Strategy::TolerantNudges => "tolerant-class nudges",
+            Strategy::JoinFlood => "join flood",
         }
     }
 
@@ -172,6 +176,7 @@ impl Strategy {
             }
             Strategy::ClaimSquatting => vec![Slot::Worker(Behaviour::Squat)],
             Strategy::TolerantNudges => vec![Slot::Worker(Behaviour::TolerantNudge)],
+            Strategy::JoinFlood => vec![Slot::JoinFlood],
         }
     }
 }
@@ -198,6 +203,10 @@ pub struct StrategyRow {
     /// Keys the adversary used, and how many were slashed.
     pub keys: u64,
     pub keys_slashed: u64,
+    /// Requests of the adversary refused with 429 (the join flood's).
+    pub rate_limited: u64,
+    /// Entries in the log at the end of the run.
+    pub log_entries: u64,
 }
 
 impl StrategyRow {
@@ -340,6 +349,12 @@ fn row(strategy: Strategy, p: &Phase, first_adversary: usize) -> StrategyRow {
             .iter()
             .filter(|k| p.ledger.slashed.contains(k))
             .count() as u64,
+        rate_limited: adversary
+            .iter()
+            .filter(|i| matches!(p.slots[**i], Slot::JoinFlood))
+            .filter_map(|i| p.refused.get(i))
+            .sum(),
+        log_entries: p.ledger.entries,
     }
 }
 
@@ -404,6 +419,13 @@ pub fn table(r: &RationalReport) -> String {
         );
     }
     let f = |x: Option<f32>| x.map_or("-".into(), |v| format!("{v:.4}"));
+    for row in r.rows.iter().filter(|r| r.strategy == Strategy::JoinFlood) {
+        let _ = writeln!(
+            s,
+            "join flood: {} keys joined, {} joins refused (429), {} entries in the log at the end",
+            row.keys, row.rate_limited, row.log_entries
+        );
+    }
     let d = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:+.3}"));
     let _ = writeln!(
         s,
