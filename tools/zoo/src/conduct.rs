@@ -81,6 +81,10 @@ pub enum Behaviour {
     /// might, committed consistently, and the submission says `Tolerant`. Well within
     /// the job's tolerance: its work must be accepted.
     TolerantDevice,
+    /// The patient Sybil worker (issue 13): trains honestly for its key's first
+    /// `honest` tasks (to leave probation), then fakes every step. Run through
+    /// [`Patient`], which counts a key's tasks.
+    PatientFake { honest: u16 },
     /// Tolerant-class nudges (issue 13): claims the tolerant class and, at every step,
     /// moves every parameter tensor along the all-ones direction by 0.9 of the job's
     /// tolerance (relative L2), committed consistently: each step passes the tolerant
@@ -143,6 +147,8 @@ impl Behaviour {
             Behaviour::HugeLastStep => Expected::Refused,
             Behaviour::NeverOpen | Behaviour::Squat => Expected::Expired,
             Behaviour::TolerantDevice => return None,
+            // Caught whenever an honest verifier or the referee judges a fake.
+            Behaviour::PatientFake { .. } => Expected::Slashed(1.0),
             // Within the per-step bound every step: never caught.
             Behaviour::TolerantNudge => Expected::Slashed(0.0),
             // Declined when step H-1 is challenged (m/H), merged otherwise.
@@ -169,6 +175,9 @@ impl Behaviour {
             Behaviour::Squat => "claim squatting".into(),
             Behaviour::TolerantDevice => "honest tolerant-class device".into(),
             Behaviour::TolerantNudge => "tolerant-class nudges".into(),
+            Behaviour::PatientFake { honest } => {
+                format!("honest for {honest} tasks, then fakes")
+            }
         }
     }
 }
@@ -212,6 +221,41 @@ impl Conduct for Behaviour {
             }
             _ => true,
         }
+    }
+}
+
+/// [`Behaviour::PatientFake`] for one key: honest for its first `honest` tasks, then
+/// every step faked.
+#[derive(Debug)]
+pub struct Patient {
+    pub honest: u16,
+    pub trained: std::sync::atomic::AtomicU16,
+}
+
+#[async_trait::async_trait(?Send)]
+impl Conduct for Patient {
+    async fn train(
+        &self,
+        ctx: &TaskContext<'_>,
+        backend: &Backend,
+        control: &mut dyn Control,
+    ) -> Result<Option<TaskRun>, WorkerError> {
+        use std::sync::atomic::Ordering;
+        let n = self.trained.fetch_add(1, Ordering::Relaxed);
+        if n < self.honest {
+            return train_honestly(ctx, backend, control).await;
+        }
+        let fake = Behaviour::FakeSteps { permille: 1000 };
+        train(
+            fake,
+            ctx.job,
+            ctx.corpus,
+            ctx.base,
+            ctx.task.seed.0,
+            ctx.task,
+            control,
+        )
+        .await
     }
 }
 

@@ -331,8 +331,16 @@ fn spawn_slot(slot: Slot, index: usize, shared: SlotShared) -> std::thread::Join
                 let ended = match slot {
                     Slot::JoinFlood => Ok(0),
                     Slot::Worker(b) => {
+                        let conduct: Arc<dyn lupus_worker::conduct::Conduct + Send + Sync> = match b
+                        {
+                            Behaviour::PatientFake { honest } => Arc::new(conduct::Patient {
+                                honest,
+                                trained: Default::default(),
+                            }),
+                            _ => Arc::new(b),
+                        };
                         let cfg = NativeConfig {
-                            conduct: Arc::new(b),
+                            conduct,
                             ..NativeConfig::new(&url, key, &name)
                         };
                         run_worker(cfg, Arc::clone(&stop), stats).await

@@ -115,6 +115,9 @@ pub enum Strategy {
     SybilPair,
     /// The pair and a second partner verifier (for the double-checked tasks).
     SybilPairTwoVerifiers,
+    /// The patient pair: its worker key trains honestly until it leaves probation,
+    /// then fakes every step, and its partner verifier accepts its tasks unreplayed.
+    PatientPair,
     /// A verifier that accepts everything without replaying, while every worker is
     /// honest.
     AlwaysAccept,
@@ -135,9 +138,10 @@ pub enum Strategy {
 
 impl Strategy {
     /// Every strategy, in report order.
-    pub const ALL: [Strategy; 8] = [
+    pub const ALL: [Strategy; 9] = [
         Strategy::SybilPair,
         Strategy::SybilPairTwoVerifiers,
+        Strategy::PatientPair,
         Strategy::AlwaysAccept,
         Strategy::SelfAccusationFarm,
         Strategy::SelectiveOpening,
@@ -150,6 +154,7 @@ impl Strategy {
         match self {
             Strategy::SybilPair => "Sybil worker + verifier pair",
             Strategy::SybilPairTwoVerifiers => "pair + a second Sybil verifier",
+            Strategy::PatientPair => "patient pair (fakes after probation)",
             Strategy::AlwaysAccept => "always-accept verifier, honest workers",
             Strategy::SelfAccusationFarm => "self-accusation farm",
             Strategy::SelectiveOpening => "selective opening, last-step poison",
@@ -166,6 +171,12 @@ impl Strategy {
         match self {
             Strategy::SybilPair => vec![junk, accepting],
             Strategy::SybilPairTwoVerifiers => vec![junk, accepting, accepting],
+            // Honest for twice the bench's default probation of 3 (its record counts
+            // credits, which come at a round's close), then fakes.
+            Strategy::PatientPair => vec![
+                Slot::Worker(Behaviour::PatientFake { honest: 6 }),
+                accepting,
+            ],
             Strategy::AlwaysAccept => vec![Slot::Verifier(VerifierBehaviour::AlwaysAccept)],
             Strategy::SelfAccusationFarm => vec![
                 junk,
@@ -307,12 +318,25 @@ fn row(strategy: Strategy, p: &Phase, first_adversary: usize) -> StrategyRow {
             .get(k)
             .is_some_and(|i| *i >= first_adversary && matches!(p.slots[*i], Slot::Worker(_)))
     };
+    // A patient worker's first tasks under each key are honest, not acts of cheating.
+    let honest_first = |k: &PublicKey| match slot_of.get(k).map(|i| p.slots[*i]) {
+        Some(Slot::Worker(Behaviour::PatientFake { honest })) => u64::from(honest),
+        _ => 0,
+    };
+    let mut seen: HashMap<PublicKey, u64> = HashMap::new();
     let (mut acts, mut caught) = (0u64, 0u64);
+    // Tasks in id order, so "first" means first committed under the key.
     for t in p.ledger.tasks.values() {
         let worker = t.worker.unwrap_or(PublicKey([0; 32]));
         if cheating_worker(&worker) && t.committed {
-            acts += 1;
-            caught += u64::from(!t.credited);
+            let n = seen.entry(worker).or_default();
+            *n += 1;
+            if *n > honest_first(&worker) {
+                acts += 1;
+                // A fake credited and then forfeited by its key's slash earned
+                // nothing either.
+                caught += u64::from(!t.credited || p.ledger.slashed.contains(&worker));
+            }
         }
         for (v, _) in &t.verdicts {
             if !mine.contains(v) || cheating_worker(v) {
