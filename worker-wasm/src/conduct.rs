@@ -138,6 +138,11 @@ pub async fn train_honestly(
 
 /// Replays the challenged steps from the worker's opening and judges by what it finds.
 pub fn replay(ctx: &VerifyContext<'_>) -> Result<Judgement, WorkerError> {
+    replay_as(ctx, ctx.work.device_class)
+}
+
+/// [`replay`] under the rule of `class`, whatever class the task reported.
+pub fn replay_as(ctx: &VerifyContext<'_>, class: DeviceClass) -> Result<Judgement, WorkerError> {
     let w = ctx.work;
     let verdict = verify_opening(
         ctx.job,
@@ -147,7 +152,7 @@ pub fn replay(ctx: &VerifyContext<'_>) -> Result<Judgement, WorkerError> {
         &w.commitment,
         &w.steps,
         ctx.opening,
-        w.device_class,
+        class,
     )
     .map_err(local)?;
     Ok(match verdict {

@@ -169,31 +169,16 @@ async fn adversaries(
     job: Option<PathBuf>,
     json: Option<PathBuf>,
 ) -> Result<()> {
-    use lupus_coordinator::dataset;
-    use lupus_prover::data::Corpus;
-    use lupus_prover::spec::JobSpec;
     use lupus_zoo as zoo;
     anyhow::ensure!(
         (0.0..=1.0).contains(&double_check),
         "--double-check is a fraction in [0, 1]"
     );
-    let text = match &job {
-        Some(p) => std::fs::read_to_string(p)?,
-        None => include_str!("../../../jobs/tiny-test.toml").to_owned(),
-    };
-    let mut spec: toml::Table = text.parse()?;
-    if let Some(v) = spec.get_mut("verify").and_then(|v| v.as_table_mut()) {
-        v.insert(
-            "double_check_fraction".into(),
-            toml::Value::Float(double_check),
-        );
-    }
-    let text = toml::to_string(&spec)?;
-    let parsed = JobSpec::parse(&text)?;
-    let corpus = match &job {
-        Some(_) => dataset::load_or_fetch(std::path::Path::new("lupus-data"), &parsed)?,
-        None => Corpus::generated(7, 24_000),
-    };
+    let (text, corpus) = zoo_job(
+        job.as_deref(),
+        "double_check_fraction",
+        toml::Value::Float(double_check),
+    )?;
     let cfg = zoo::ZooConfig::full(&text, corpus, rounds, tasks_per_round);
     let report = zoo::run(&cfg).await?;
     print!("{}", zoo::table(&report));
@@ -204,6 +189,33 @@ async fn adversaries(
     Ok(())
 }
 
+/// The job a zoo bench runs (`job`, or the embedded tiny test job on a generated
+/// corpus) with `verify.<field>` set to `value`, and its corpus.
+fn zoo_job(
+    job: Option<&std::path::Path>,
+    field: &str,
+    value: toml::Value,
+) -> Result<(String, lupus_prover::data::Corpus)> {
+    use lupus_coordinator::dataset;
+    use lupus_prover::data::Corpus;
+    use lupus_prover::spec::JobSpec;
+    let text = match job {
+        Some(p) => std::fs::read_to_string(p)?,
+        None => include_str!("../../../jobs/tiny-test.toml").to_owned(),
+    };
+    let mut spec: toml::Table = text.parse()?;
+    if let Some(v) = spec.get_mut("verify").and_then(|v| v.as_table_mut()) {
+        v.insert(field.into(), value);
+    }
+    let text = toml::to_string(&spec)?;
+    let parsed = JobSpec::parse(&text)?;
+    let corpus = match job {
+        Some(_) => dataset::load_or_fetch(std::path::Path::new("lupus-data"), &parsed)?,
+        None => Corpus::generated(7, 24_000),
+    };
+    Ok((text, corpus))
+}
+
 /// The rational zoo: `lupus-bench incentives`.
 async fn incentives(
     rounds: u64,
@@ -212,27 +224,12 @@ async fn incentives(
     job: Option<PathBuf>,
     json: Option<PathBuf>,
 ) -> Result<Report> {
-    use lupus_coordinator::dataset;
-    use lupus_prover::data::Corpus;
-    use lupus_prover::spec::JobSpec;
     use lupus_zoo as zoo;
-    let text = match &job {
-        Some(p) => std::fs::read_to_string(p)?,
-        None => include_str!("../../../jobs/tiny-test.toml").to_owned(),
-    };
-    let mut spec: toml::Table = text.parse()?;
-    if let Some(v) = spec.get_mut("verify").and_then(|v| v.as_table_mut()) {
-        v.insert(
-            "probation_tasks".into(),
-            toml::Value::Integer(i64::from(probation)),
-        );
-    }
-    let text = toml::to_string(&spec)?;
-    let parsed = JobSpec::parse(&text)?;
-    let corpus = match &job {
-        Some(_) => dataset::load_or_fetch(std::path::Path::new("lupus-data"), &parsed)?,
-        None => Corpus::generated(7, 24_000),
-    };
+    let (text, corpus) = zoo_job(
+        job.as_deref(),
+        "probation_tasks",
+        toml::Value::Integer(i64::from(probation)),
+    )?;
     let cfg = zoo::ZooConfig {
         honest_workers: 3,
         honest_verifiers: 2,

@@ -25,9 +25,9 @@ use lupus_prover::quant::{QTensor, QuantDelta, quantise_delta};
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::{TaskBuilder, TaskRun};
 use lupus_prover::tensor::Tensor;
-use lupus_prover::verify::{DeviceClass, Verdict, verify_opening};
+use lupus_prover::verify::DeviceClass;
 use lupus_worker::conduct::{
-    Conduct, Judgement, TaskContext, VerifyContext, replay, train_honestly,
+    Conduct, Judgement, TaskContext, VerifyContext, replay, replay_as, train_honestly,
 };
 use lupus_worker::worker::{Backend, Control, Transport, WorkerError, get_json};
 
@@ -281,28 +281,11 @@ impl Conduct for VerifierBehaviour {
 /// [`VerifierBehaviour::ExactProofs`]: the exact replay's fraud proof if it has one,
 /// else the honest verdict.
 fn exact_proofs(ctx: &VerifyContext<'_>) -> Result<Judgement, WorkerError> {
-    let w = ctx.work;
-    let exact = verify_opening(
-        ctx.job,
-        ctx.corpus,
-        ctx.base,
-        &w.task.seed.0,
-        &w.commitment,
-        &w.steps,
-        ctx.opening,
-        DeviceClass::Exact,
-    )
-    .map_err(local)?;
-    match exact {
-        Verdict::Reject {
-            step,
-            reason,
-            fraud_proof: Some(p),
-        } => Ok(Judgement {
-            accepted: false,
-            reason: format!("step {step:?}: {reason} (an exact-class proof)"),
-            fraud_proof: Some(*p),
-        }),
+    match replay_as(ctx, DeviceClass::Exact)? {
+        j @ Judgement {
+            fraud_proof: Some(_),
+            ..
+        } => Ok(j),
         _ => replay(ctx),
     }
 }
