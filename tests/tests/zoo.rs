@@ -172,11 +172,17 @@ async fn probation_catches_throwaway_keys_and_the_liars_that_pass_them() {
         "double_check_fraction = 0.0\nprobation_tasks = 2",
     );
     assert_ne!(job, TINY);
-    let r = zoo::run(&config(
-        &job,
-        vec![Behaviour::FakeSteps { permille: 1000 }],
-        vec![VerifierBehaviour::AlwaysAccept],
-    ))
+    // Four rounds of eight tasks: the liar is drawn among the waiting verifiers, and in
+    // two rounds of four it was once never drawn for the lazy worker's junk.
+    let r = zoo::run(&ZooConfig {
+        rounds: 4,
+        tasks_per_round: 8,
+        ..config(
+            &job,
+            vec![Behaviour::FakeSteps { permille: 1000 }],
+            vec![VerifierBehaviour::AlwaysAccept],
+        )
+    })
     .await
     .unwrap();
     eprintln!("{}", zoo::table(&r));
