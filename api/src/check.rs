@@ -16,8 +16,9 @@
 //!   body is an opening in its canonical binary encoding, and it covers exactly the
 //!   challenged steps.
 //! - [`check_verdict`] (`POST /v1/verify/<id>/verdict`): the `Verdict` entry decodes
-//!   (its verifier signature verifies), names this task, verifier and steps, and its
-//!   evidence is the digest of the fraud proof sent with it, if and only if one is.
+//!   (its verifier signature verifies), names this task, verifier and steps, and a
+//!   rejection's evidence is the digest of the fraud proof sent with it, if and only
+//!   if one is (an acceptance's evidence is its replay digest).
 
 use lupus_ledger::entry::{Digest, Entry, EntryBody, EntryError, EntryKind, PublicKey, TaskId};
 use lupus_prover::model::ModelError;
@@ -237,7 +238,9 @@ pub fn check_verdict(
         (Some(p), false) if *evidence != Some(evidence_digest(p)) => {
             return Err(BodyError::EvidenceMismatch);
         }
-        (None, _) if evidence.is_some() => return Err(BodyError::EvidenceWithoutProof),
+        // An acceptance's evidence is the verifier's replay digest (proof of replay,
+        // `lupus_prover::verify::ReplayDigest`), which only the referee can check.
+        (None, false) if evidence.is_some() => return Err(BodyError::EvidenceWithoutProof),
         _ => {}
     }
     let accepted = *accepted;

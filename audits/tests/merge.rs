@@ -75,6 +75,7 @@ fn world() -> (MemSource, JobFacts, RoundInputs) {
         flops_per_sample: spec.model.flops_per_sample(),
         double_check_fraction: spec.verify.double_check_fraction,
         probation_tasks: spec.verify.probation_tasks,
+        replay_checks: spec.verify.replay_checks,
     };
     let round = RoundInputs {
         round: Round(1),

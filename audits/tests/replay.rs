@@ -102,6 +102,7 @@ fn world() -> World {
             flops_per_sample: spec.model.flops_per_sample(),
             double_check_fraction: spec.verify.double_check_fraction,
             probation_tasks: spec.verify.probation_tasks,
+            replay_checks: spec.verify.replay_checks,
         },
         honest: Candidate {
             task,

@@ -277,3 +277,58 @@ async fn an_exact_proof_does_not_convict_a_tolerant_task() {
     reverify(&reader, &job.log_key).await.unwrap();
     drop(crowd);
 }
+
+/// Issue 13, lazy verifiers: with replay checks on, an acceptance carries a keyed
+/// digest of the verifier's replay, and a key's first acceptance is always replayed
+/// by the referee. A verifier that accepts without replaying (every worker honest, so
+/// no cheat it passes could ever expose it) is slashed at its first acceptance, keeps
+/// nothing, and the honest worker's task it accepted is judged again; an honest
+/// verifier's digests pass every check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_verifier_that_accepts_without_replaying_is_slashed_while_workers_are_honest() {
+    use lupus_ledger::entry::PublicKey;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2, 2);
+    cfg.job_spec = cfg.job_spec.replace(
+        "double_check_fraction = 0.05",
+        "double_check_fraction = 0.0\nreplay_checks = 0.5",
+    );
+    assert!(cfg.job_spec.contains("replay_checks = 0.5"));
+    let server = start(cfg).await;
+    let url = server.url();
+    let mut crowd = Crowd::new();
+    crowd.worker(&url, 1, Behaviour::Honest);
+    // Alone at first, the lazy verifier is drawn for the first task.
+    crowd.verifier_as(&url, 20, VerifierBehaviour::AlwaysAccept);
+    let lazy = PublicKey::from(&key(20));
+    let reader = Client::new(&url, key(99));
+    let start = std::time::Instant::now();
+    loop {
+        let table: StakeTable = reader.get("/v1/stake").await.unwrap();
+        if table.slashed.contains(&lazy) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the lazy verifier was never caught: {table:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    crowd.verifier(&url, 10);
+    wait_finished(&server.coordinator, Duration::from_secs(180)).await;
+    let table: StakeTable = reader.get("/v1/stake").await.unwrap();
+    let (worker, honest) = (PublicKey::from(&key(1)), PublicKey::from(&key(10)));
+    assert_eq!(table.slashed, vec![lazy], "{table:?}");
+    assert!(!table.accounts.iter().any(|r| r.key == lazy), "{table:?}");
+    assert!(table.accounts.iter().any(|r| r.key == honest), "{table:?}");
+    let rounds = server.coordinator.rounds().await.unwrap().rounds;
+    assert!(
+        rounds.iter().all(|r| r.accepted == 2),
+        "every honest task is credited in the end: {rounds:?}"
+    );
+    assert!(table.accounts.iter().any(|r| r.key == worker));
+    let job: JobInfo = reader.get("/v1/job").await.unwrap();
+    reverify(&reader, &job.log_key).await.unwrap();
+    drop(crowd);
+}

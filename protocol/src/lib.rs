@@ -20,5 +20,5 @@
 pub mod rules;
 pub mod shares;
 
-pub use rules::{JobFacts, ProtocolState, Violation, convicts, double_checked};
+pub use rules::{JobFacts, ProtocolState, Violation, convicts, double_checked, replay_checked};
 pub use shares::{EpochState, FoldError, SharesFold};

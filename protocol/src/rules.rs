@@ -252,6 +252,18 @@ pub enum Violation {
         "task {task}: {key} is paid for rejecting it, but its worker had nothing at stake when it committed (on probation, no vested credit): a conviction of a throwaway key earns nothing"
     )]
     CheapConviction { task: TaskId, key: PublicKey },
+    #[error(
+        "task {task}: {verifier} accepts it without the digest of its replay, which the job's replay checks require"
+    )]
+    AcceptWithoutReplay { task: TaskId, verifier: PublicKey },
+    #[error(
+        "task {task}: the revealed beacon marks {verifier}'s acceptance (its number {ordinal}) for the referee's replay check, but the task was credited with no ruling"
+    )]
+    SkippedReplayCheck {
+        task: TaskId,
+        verifier: PublicKey,
+        ordinal: u32,
+    },
     #[error("shares fold: {0}")]
     Fold(Box<FoldError>),
 }
@@ -278,6 +290,10 @@ pub struct JobFacts {
     /// referee's replay ([`ProtocolState::on_probation`]).
     #[serde(default)]
     pub probation_tasks: u32,
+    /// The floor of the referee's replay checks of acceptances ([`replay_checked`]);
+    /// 0: no checks, and acceptances need no replay digest.
+    #[serde(default)]
+    pub replay_checks: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -318,6 +334,10 @@ struct TaskFacts {
     /// or a vested balance.
     #[serde(default)]
     at_stake: bool,
+    /// `(verifier, ordinal)` of each acceptance by a verifier other than the referee:
+    /// the ordinal counts that key's acceptances, this one included.
+    #[serde(default)]
+    accept_ordinals: Vec<(PublicKey, u32)>,
 }
 
 /// The keys the referee's verdict among a task's `verdicts` (`(verifier, accepted)`,
@@ -353,6 +373,40 @@ pub fn double_checked(beacon: &[u8; 32], trace_root: &Digest, fraction: f64) -> 
     (u as f64) / (u64::MAX as f64) < fraction
 }
 
+/// Whether the referee must replay `verifier`'s acceptance of `task`, its
+/// `ordinal`-th acceptance (from 1), to check the acceptance's replay digest: a
+/// uniform draw from `PRF(beacon, task || verifier)` below
+/// `max(2 / (ordinal + 1), floor)`. So a key's first acceptance is always checked,
+/// its second with odds 2/3, and so on down to `floor`; `floor` 0 turns checks off.
+///
+/// Why `2 / (j + 1)`: a verifier that replays its first `n - k` acceptances and
+/// skips the last `k` (the skips least likely to be checked) is paid, if never
+/// caught, for `n` verdicts at the CPU of `n - k`, and escapes with probability
+/// `prod_{j = n-k+1..n} (j - 1) / (j + 1) = (n - k)(n - k + 1) / (n (n + 1))`; its
+/// expected credit per CPU against honest work is `(n - k + 1) / (n + 1) < 1`.
+/// With odds `1 / j` it would be exactly 1. A slash also takes everything the key
+/// earned before. The beacon is secret until the close, so nobody knows which
+/// acceptances are checked, and everybody can check after that the referee ruled
+/// on each one a credited task had.
+pub fn replay_checked(
+    beacon: &[u8; 32],
+    task: TaskId,
+    verifier: &PublicKey,
+    ordinal: u32,
+    floor: f64,
+) -> bool {
+    if floor <= 0.0 {
+        return false;
+    }
+    let mut input = [0u8; 40];
+    input[..8].copy_from_slice(&task.0.to_be_bytes());
+    input[8..].copy_from_slice(&verifier.0);
+    let x = prf(beacon, "lupus replay check v1", &input);
+    let u = u64::from_le_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]);
+    let odds = (2.0 / (f64::from(ordinal) + 1.0)).max(floor);
+    (u as f64) / (u64::MAX as f64) < odds
+}
+
 /// The protocol checker's state, with the shares fold. Serialisable so a run resumes.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ProtocolState {
@@ -373,6 +427,9 @@ pub struct ProtocolState {
     /// failure (a task it committed and did not open). Absent: zero.
     #[serde(default)]
     records: BTreeMap<PublicKey, u32>,
+    /// Each verifier key's acceptances so far (the referee's aside).
+    #[serde(default)]
+    accepts: BTreeMap<PublicKey, u32>,
 }
 
 impl ProtocolState {
@@ -456,6 +513,33 @@ impl ProtocolState {
     /// The keys the referee's verdict on `task` convicts ([`convicts`]). Empty with
     /// no ruling or for an unknown task (or one of a closed round). These are the
     /// only keys a `Slashed` naming `task` may name.
+    /// The job's replay-check floor ([`replay_checked`]); 0 without a genesis.
+    pub fn replay_checks(&self) -> f64 {
+        self.job.as_ref().map_or(0.0, |j| j.replay_checks)
+    }
+
+    /// `(verifier, ordinal)` of each acceptance of `task` by a verifier other than the
+    /// referee, in log order; empty for a task no longer held.
+    pub fn accept_ordinals(&self, task: TaskId) -> Vec<(PublicKey, u32)> {
+        self.tasks
+            .get(&task)
+            .map(|t| t.accept_ordinals.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether a `Slashed` of `key` for `task` stands on a wrong replay digest: the
+    /// referee ruled the task good naming the opening it replayed, and `key` accepted
+    /// it. The fold cannot replay; `lupus-audit --replay` recomputes `key`'s digest
+    /// and checks that it is not the one `key` signed.
+    fn lazy_conviction(&self, task: TaskId, key: &PublicKey) -> bool {
+        let Some(t) = self.tasks.get(&task) else {
+            return false;
+        };
+        self.replay_checks() > 0.0
+            && matches!(t.ruling, Some((true, Some(_))))
+            && t.accept_ordinals.iter().any(|(v, _)| v == key)
+    }
+
     pub fn convicted(&self, task: TaskId) -> Vec<PublicKey> {
         match (self.tasks.get(&task), &self.referee) {
             (Some(t), Some(referee)) => convicts(&t.worker, &t.verdicts, referee),
@@ -554,6 +638,7 @@ impl ProtocolState {
                     flops_per_sample: spec.model.flops_per_sample(),
                     double_check_fraction: spec.verify.double_check_fraction,
                     probation_tasks: spec.verify.probation_tasks,
+                    replay_checks: spec.verify.replay_checks,
                 });
             }
             EntryBody::ParticipantJoined { key, role, .. } => {
@@ -639,6 +724,7 @@ impl ProtocolState {
                         credited: BTreeSet::new(),
                         probation: false,
                         at_stake: false,
+                        accept_ordinals: Vec::new(),
                     },
                 );
             }
@@ -720,6 +806,20 @@ impl ProtocolState {
                 if is_referee && !*accepted && evidence.is_none() {
                     return Err(Violation::RulingWithoutEvidence(*task));
                 }
+                let checks = self.job.as_ref().map_or(0.0, |j| j.replay_checks);
+                if checks > 0.0 && *accepted && !is_referee && evidence.is_none() {
+                    return Err(Violation::AcceptWithoutReplay {
+                        task: *task,
+                        verifier: *verifier,
+                    });
+                }
+                if *accepted && !is_referee {
+                    let n = self.accepts.entry(*verifier).or_insert(0);
+                    *n = n.saturating_add(1);
+                    let ordinal = *n;
+                    self.task(*task)?.accept_ordinals.push((*verifier, ordinal));
+                }
+                let t = self.task(*task)?;
                 t.verdicts.push((*verifier, *accepted));
                 if is_referee {
                     t.ruling = Some((*accepted, *evidence));
@@ -813,7 +913,8 @@ impl ProtocolState {
                         why: "the referee has not ruled on it",
                     });
                 };
-                if !self.convicted(*task).contains(key) {
+                let lazy = self.lazy_conviction(*task, key) && evidence.is_some();
+                if !self.convicted(*task).contains(key) && !lazy {
                     return Err(Violation::SlashWithoutConviction {
                         task: *task,
                         key: *key,
@@ -997,6 +1098,19 @@ impl ProtocolState {
                     let accepts = t.verdicts.iter().filter(|(_, a)| *a).count();
                     if accepts < 2 {
                         return Err(Violation::SkippedDoubleCheck { task: *id, accepts });
+                    }
+                }
+                if credited && t.ruling.is_none() {
+                    let checked = t
+                        .accept_ordinals
+                        .iter()
+                        .find(|(v, n)| replay_checked(&beacon.0, *id, v, *n, job.replay_checks));
+                    if let Some((verifier, ordinal)) = checked {
+                        return Err(Violation::SkippedReplayCheck {
+                            task: *id,
+                            verifier: *verifier,
+                            ordinal: *ordinal,
+                        });
                     }
                 }
             }

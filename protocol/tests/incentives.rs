@@ -50,7 +50,18 @@ fn pk(k: &SigningKey) -> PublicKey {
 
 impl Log {
     fn new(probation: u32) -> Log {
-        let text = spec_text(probation);
+        Log::with_spec(spec_text(probation))
+    }
+
+    /// No probation, and replay checks with the given floor.
+    fn with_replay_checks(floor: f64) -> Log {
+        Log::with_spec(spec_text(0).replace(
+            "double_check_fraction = 0.0",
+            &format!("double_check_fraction = 0.0\nreplay_checks = {floor}"),
+        ))
+    }
+
+    fn with_spec(text: String) -> Log {
         let spec = JobSpec::parse(&text).unwrap();
         let signer = NoteSigner::from_secret("incentives.test", [7; 32]).unwrap();
         let mut log = Log {
@@ -161,7 +172,30 @@ impl Log {
     }
 
     fn verdict(&mut self, by: &SigningKey, task: TaskId, steps: &[u32], accepted: bool) {
-        let evidence = (!accepted).then(|| opening(task));
+        let checks = self.spec.verify.replay_checks > 0.0;
+        let evidence = if accepted {
+            // The referee's acceptance names the opening it replayed; a verifier's, its
+            // replay digest.
+            checks.then(|| Digest::of(format!("replay {}", task.0).as_bytes()))
+        } else {
+            Some(opening(task))
+        };
+        let evidence = if accepted && *by == self.referee && checks {
+            Some(opening(task))
+        } else {
+            evidence
+        };
+        self.ok(self.verdict_entry(by, task, steps, accepted, evidence));
+    }
+
+    fn verdict_entry(
+        &self,
+        by: &SigningKey,
+        task: TaskId,
+        steps: &[u32],
+        accepted: bool,
+        evidence: Option<Digest>,
+    ) -> Entry {
         let body = EntryBody::Verdict {
             task,
             verifier: pk(by),
@@ -170,7 +204,7 @@ impl Log {
             reason: String::new(),
             evidence,
         };
-        self.ok(Entry::signed(body, by).unwrap());
+        Entry::signed(body, by).unwrap()
     }
 
     fn credit(&mut self, key: PublicKey, task: TaskId, kind: CreditKind) -> Result<(), Violation> {
@@ -358,4 +392,132 @@ fn an_unrefereed_probation_task_ends_not_judged() {
     }));
     log.close();
     assert_eq!(log.balance(&log.worker), 0);
+}
+
+/// The lazy verifier: with replay checks on, an acceptance without the verifier's
+/// replay digest is refused outright (it could not be checked).
+#[test]
+fn an_acceptance_without_its_replay_digest_is_refused() {
+    let mut log = Log::with_replay_checks(0.05);
+    log.open_round(0);
+    let (task, steps) = log.task(true);
+    let bare = log.verdict_entry(&log.verifier.clone(), task, &steps, true, None);
+    let refused = log.apply(bare);
+    assert!(
+        matches!(refused, Err(Violation::AcceptWithoutReplay { .. })),
+        "{refused:?}"
+    );
+    log.verdict(&log.verifier.clone(), task, &steps, true);
+}
+
+/// A key's first acceptance is always marked for the referee's replay check, so a
+/// coordinator that credits it on that acceptance alone, without the check, closes
+/// a round its auditor refuses; with the referee's ruling it closes.
+#[test]
+fn a_first_acceptance_is_credited_only_after_the_referees_check() {
+    let mut log = Log::with_replay_checks(0.05);
+    log.open_round(0);
+    log.accepted_task(false);
+    let (round, beacon) = log.round.take().unwrap();
+    let skipped = log.apply(u(EntryBody::RoundClosed {
+        round,
+        beacon: Digest(beacon),
+        new_model: Digest::of(b"model 1"),
+        val_loss_bits: 1f32.to_bits(),
+        accepted_tasks: 1,
+        val_windows: 1,
+        momentum: None,
+        merged: log.merged.clone(),
+    }));
+    assert!(
+        matches!(
+            skipped,
+            Err(Violation::SkippedReplayCheck { ordinal: 1, .. })
+        ),
+        "{skipped:?}"
+    );
+
+    let mut log = Log::with_replay_checks(0.05);
+    log.open_round(0);
+    log.accepted_task(true);
+    log.close();
+}
+
+/// A slash for a wrong replay digest stands only on the referee's acceptance of the
+/// task, naming the opening it replayed (which `lupus-audit --replay` re-checks), and
+/// only against a verifier that accepted it.
+#[test]
+fn a_wrong_digest_slash_cites_an_accepting_ruling() {
+    let mut log = Log::with_replay_checks(0.05);
+    log.open_round(0);
+    let (task, steps) = log.task(true);
+    log.verdict(&log.verifier.clone(), task, &steps, true);
+    let verifier = pk(&log.verifier);
+    let slash = |evidence| {
+        u(EntryBody::Slashed {
+            key: verifier,
+            task,
+            reason: "accepted without its replay".into(),
+            evidence,
+        })
+    };
+    // Before any ruling: no ground.
+    let early = log.apply(slash(Some(opening(task))));
+    assert!(
+        matches!(early, Err(Violation::SlashWithoutConviction { .. })),
+        "{early:?}"
+    );
+    log.verdict(&log.referee.clone(), task, &steps, true);
+    // Not the worker, whom an acceptance does not convict.
+    let worker = log.apply(u(EntryBody::Slashed {
+        key: pk(&log.worker),
+        task,
+        reason: String::new(),
+        evidence: Some(opening(task)),
+    }));
+    assert!(
+        matches!(worker, Err(Violation::SlashWithoutConviction { .. })),
+        "{worker:?}"
+    );
+    // Not without the evidence to replay, nor with other evidence.
+    let bare = log.apply(slash(None));
+    assert!(
+        matches!(bare, Err(Violation::SlashWithoutConviction { .. })),
+        "{bare:?}"
+    );
+    let other = log.apply(slash(Some(Digest::of(b"other"))));
+    assert!(
+        matches!(other, Err(Violation::SlashEvidence { .. })),
+        "{other:?}"
+    );
+    log.ok(slash(Some(opening(task))));
+    assert!(log.state.fold().is_slashed(&pk(&log.verifier)));
+}
+
+/// Without replay checks the same slash has no ground: an acceptance the referee
+/// agrees with convicts nobody.
+#[test]
+fn without_replay_checks_an_agreeing_acceptance_convicts_nobody() {
+    let mut log = Log::new(0);
+    log.open_round(0);
+    let (task, steps) = log.task(true);
+    log.verdict(&log.verifier.clone(), task, &steps, true);
+    let ruling = log.verdict_entry(
+        &log.referee.clone(),
+        task,
+        &steps,
+        true,
+        Some(opening(task)),
+    );
+    log.ok(ruling);
+    let refused = log.apply(u(EntryBody::Slashed {
+        key: pk(&log.verifier),
+        task,
+        reason: String::new(),
+        evidence: Some(opening(task)),
+    }));
+    assert!(
+        matches!(refused, Err(Violation::SlashWithoutConviction { .. })),
+        "{refused:?}"
+    );
 }

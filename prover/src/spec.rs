@@ -148,10 +148,22 @@ pub struct VerifySection {
     /// of a spec that does not use it is what it was before the field existed.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub probation_tasks: u32,
+    /// Proof of replay (issue 13): when above 0, a verifier's acceptance carries a
+    /// keyed digest of its own replay ([`crate::verify::replay_digest`]), and the
+    /// referee re-replays a verifier key's `j`-th acceptance with probability
+    /// `max(2 / (j + 1), replay_checks)`: always its first, and at least this share
+    /// of the rest. A digest that is not the replay's slashes the verifier. In [0, 1];
+    /// 0 (the default) turns it off and is left out of the canonical TOML.
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub replay_checks: f64,
 }
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_zero_f64(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// A validated job spec.
@@ -291,6 +303,10 @@ impl JobSpec {
         }
         if v.probation_tasks > 1000 {
             return Err(invalid("verify.probation_tasks", "must be at most 1000"));
+        }
+        let rc = v.replay_checks;
+        if !(rc.is_finite() && (0.0..=1.0).contains(&rc)) {
+            return Err(invalid("verify.replay_checks", "must be in [0, 1]"));
         }
         Ok(())
     }

@@ -180,6 +180,63 @@ fn state_from(tensors: &[Tensor], base: &[Tensor], step: u64) -> Option<TrainSta
     Some(s)
 }
 
+/// Proof of replay: a keyed digest of what replaying the challenged steps computes,
+/// which only a replay (or whoever ran the step) can give.
+///
+/// The key is `derive_key("lupus replay digest v1", verifier || task)`, so one
+/// verifier's digest, once logged, says nothing of another's. The digest covers,
+/// for each replayed step in order, the step number (`u32` big-endian), the bits of
+/// every op output of the replay in tape order and of the replayed `S_{t+1}`
+/// (each `f32` little-endian). An opening reveals op outputs only as hashes and,
+/// for the exact class, `S_{t+1}` only as a hash, so a verifier that accepts without
+/// replaying cannot compute it; the referee, replaying the same opening on the same
+/// CPU rules, computes the same bits. It is defined for an opening every step of
+/// which replays ([`Verdict::Accept`]).
+#[derive(Clone)]
+pub struct ReplayDigest {
+    hasher: blake3::Hasher,
+}
+
+impl ReplayDigest {
+    /// A digest for `verifier`'s (its Ed25519 public key) replay of `task`.
+    pub fn new(verifier: &[u8; 32], task: u64) -> ReplayDigest {
+        let mut key_material = [0u8; 40];
+        key_material[..32].copy_from_slice(verifier);
+        key_material[32..].copy_from_slice(&task.to_be_bytes());
+        let key = blake3::derive_key("lupus replay digest v1", &key_material);
+        ReplayDigest {
+            hasher: blake3::Hasher::new_keyed(&key),
+        }
+    }
+
+    fn tensor(&mut self, t: &Tensor) {
+        let mut buf = Vec::with_capacity(t.data().len() * 4);
+        for x in t.data() {
+            buf.extend_from_slice(&x.to_le_bytes());
+        }
+        self.hasher.update(&buf);
+    }
+
+    /// Adds step `t`'s replay.
+    pub fn step(&mut self, t: u32, replay: &StepOutput) {
+        self.hasher.update(&t.to_be_bytes());
+        for op in &replay.ops {
+            for out in &op.outputs {
+                self.tensor(out);
+            }
+        }
+        let s = &replay.state;
+        for x in s.params.iter().chain(&s.m).chain(&s.v) {
+            self.tensor(x);
+        }
+    }
+
+    /// The digest.
+    pub fn finish(&self) -> Digest {
+        Digest(*self.hasher.finalize().as_bytes())
+    }
+}
+
 /// Verifies an opening of `steps` (the challenged steps, strictly increasing).
 #[allow(clippy::too_many_arguments)]
 pub fn verify_opening(
@@ -191,6 +248,34 @@ pub fn verify_opening(
     steps: &[u32],
     opening: &Opening,
     class: DeviceClass,
+) -> Result<Verdict, ProtocolError> {
+    verify_opening_digests(
+        job,
+        corpus,
+        base_params,
+        seed,
+        commitment,
+        steps,
+        opening,
+        class,
+        &mut [],
+    )
+}
+
+/// [`verify_opening`], adding every replayed step to each of `digests` (the
+/// verifier's own, or, for the referee, one per verifier it checks): on
+/// [`Verdict::Accept`] each holds the [`ReplayDigest`] of the whole opening.
+#[allow(clippy::too_many_arguments)]
+pub fn verify_opening_digests(
+    job: &JobSpec,
+    corpus: &Corpus,
+    base_params: &[Tensor],
+    seed: &[u8; 32],
+    commitment: &Commitment,
+    steps: &[u32],
+    opening: &Opening,
+    class: DeviceClass,
+    digests: &mut [ReplayDigest],
 ) -> Result<Verdict, ProtocolError> {
     job.validate()?;
     check_base(job, base_params)?;
@@ -313,6 +398,9 @@ pub fn verify_opening(
             Ok(r) => r,
             Err(e) => return Ok(reject(Some(t), RejectReason::ReplayFailed(e.to_string()))),
         };
+        for d in digests.iter_mut() {
+            d.step(t, &replay);
+        }
         let verdict = match class {
             DeviceClass::Exact => check_exact(so, &leaf, &state, &batch, &replay, opening),
             DeviceClass::Tolerant => check_tolerant(job, so, &leaf, base_params, &replay),

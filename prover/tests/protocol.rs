@@ -515,3 +515,38 @@ fn hostile_bytes_are_typed_errors() {
         }
     }
 }
+
+/// Proof of replay (issue 13): two replays of one opening give one digest per
+/// verifier key, different keys give different digests, and the digest of no replay
+/// (what a verifier that skipped the work has) is not it.
+#[test]
+fn replay_digests_are_the_replays_and_keyed_by_verifier() {
+    use lupus_prover::verify::{ReplayDigest, verify_opening_digests};
+    let (job, corpus, base) = setup();
+    let run = run_task(&job, &corpus, &base, SEED, &mut |_, _| {}).unwrap();
+    let steps = challenge_steps(&[9; 32], &run.commitment.trace_root, job.inner.steps, 2).unwrap();
+    let opening = run.open(&job, &corpus, &steps, false).unwrap();
+    let digests = |keys: &[[u8; 32]]| {
+        let mut ds: Vec<ReplayDigest> = keys.iter().map(|k| ReplayDigest::new(k, 5)).collect();
+        let v = verify_opening_digests(
+            &job,
+            &corpus,
+            &base,
+            &SEED,
+            &run.commitment,
+            &steps,
+            &opening,
+            DeviceClass::Exact,
+            &mut ds,
+        )
+        .unwrap();
+        assert_eq!(v, Verdict::Accept);
+        ds.iter().map(ReplayDigest::finish).collect::<Vec<_>>()
+    };
+    let a = digests(&[[1; 32], [2; 32]]);
+    let b = digests(&[[1; 32]]);
+    assert_eq!(a[0], b[0], "the same replay, the same digest");
+    assert_ne!(a[0], a[1], "keyed by the verifier");
+    assert_ne!(a[0], ReplayDigest::new(&[1; 32], 5).finish());
+    assert_ne!(a[0], ReplayDigest::new(&[1; 32], 6).finish());
+}

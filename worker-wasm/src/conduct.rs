@@ -12,13 +12,13 @@
 use std::fmt;
 
 use lupus_api::types::{TaskDescription, VerifyJob};
-use lupus_ledger::entry::PublicKey;
+use lupus_ledger::entry::{Digest, PublicKey};
 use lupus_prover::data::Corpus;
 use lupus_prover::fraud::FraudProof;
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::{Opening, TaskBuilder, TaskRun};
 use lupus_prover::tensor::Tensor;
-use lupus_prover::verify::{DeviceClass, Verdict, verify_opening};
+use lupus_prover::verify::{DeviceClass, ReplayDigest, Verdict, verify_opening_digests};
 
 use crate::worker::{Backend, Control, Transport, WorkerError};
 
@@ -45,6 +45,8 @@ pub struct VerifyContext<'a> {
     pub work: &'a VerifyJob,
     /// The worker's opening, fetched by its hash and decoded.
     pub opening: &'a Opening,
+    /// The verifier's own public key: its replay digest is keyed by it.
+    pub verifier: &'a PublicKey,
 }
 
 /// A verdict before it is signed.
@@ -55,6 +57,10 @@ pub struct Judgement {
     pub reason: String,
     /// The proof that backs a rejection, where the replay produced one.
     pub fraud_proof: Option<FraudProof>,
+    /// An acceptance's proof of replay: the keyed digest of what the replay computed
+    /// (`lupus_prover::verify::ReplayDigest`), signed into the verdict as its
+    /// evidence, which the referee re-checks on a draw.
+    pub replay: Option<Digest>,
 }
 
 /// A participant's choices at the protocol's decision points. Every method has the
@@ -144,7 +150,8 @@ pub fn replay(ctx: &VerifyContext<'_>) -> Result<Judgement, WorkerError> {
 /// [`replay`] under the rule of `class`, whatever class the task reported.
 pub fn replay_as(ctx: &VerifyContext<'_>, class: DeviceClass) -> Result<Judgement, WorkerError> {
     let w = ctx.work;
-    let verdict = verify_opening(
+    let mut digest = [ReplayDigest::new(&ctx.verifier.0, w.task.task_id.0)];
+    let verdict = verify_opening_digests(
         ctx.job,
         ctx.corpus,
         ctx.base,
@@ -153,6 +160,7 @@ pub fn replay_as(ctx: &VerifyContext<'_>, class: DeviceClass) -> Result<Judgemen
         &w.steps,
         ctx.opening,
         class,
+        &mut digest,
     )
     .map_err(local)?;
     Ok(match verdict {
@@ -160,6 +168,7 @@ pub fn replay_as(ctx: &VerifyContext<'_>, class: DeviceClass) -> Result<Judgemen
             accepted: true,
             reason: "every challenged step replays to the committed values".to_owned(),
             fraud_proof: None,
+            replay: Some(Digest(digest[0].finish().0)),
         },
         Verdict::Reject {
             step,
@@ -169,6 +178,7 @@ pub fn replay_as(ctx: &VerifyContext<'_>, class: DeviceClass) -> Result<Judgemen
             accepted: false,
             reason: format!("step {step:?}: {reason}"),
             fraud_proof: fraud_proof.map(|p| *p),
+            replay: None,
         },
     })
 }

@@ -466,19 +466,26 @@ impl<T: Transport> Participant<T> {
         let opening = Opening::from_bytes(&bytes)
             .map_err(|e| WorkerError::Decode(format!("opening {}: {e}", vj.opening_blob)))?;
         drop(bytes);
+        let me = self.public_key();
         let ctx = VerifyContext {
             job: &self.job,
             corpus: &self.corpus,
             base: &base,
             work: &vj,
             opening: &opening,
+            verifier: &me,
         };
         let Judgement {
             accepted,
             reason,
             fraud_proof: proof,
+            replay,
         } = self.conduct.judge(&ctx).await?;
-        let evidence = proof.as_ref().map(evidence_digest);
+        let evidence = match (accepted, &proof) {
+            (false, Some(p)) => Some(evidence_digest(p)),
+            (false, None) => None,
+            (true, _) => replay,
+        };
         let entry = Entry::signed(
             verdict_body(
                 vj.task.task_id,

@@ -85,7 +85,7 @@ use lupus_prover::spec::JobSpec;
 use lupus_prover::task::{Opening, job_sampler};
 use lupus_prover::tensor::Tensor;
 use lupus_prover::trace::{Commitment, base_state_hash};
-use lupus_prover::verify::{DeviceClass, Verdict, verify_opening};
+use lupus_prover::verify::{DeviceClass, ReplayDigest, Verdict, verify_opening_digests};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::blobs::{BlobStore, Uploaded};
@@ -240,8 +240,10 @@ struct Case {
     opening_blob: Digest,
     commitment: Commitment,
     base: Arc<Vec<Tensor>>,
-    /// The fraud proofs the verifiers attached.
+    /// The fraud proofs the rejecting verifiers attached.
     evidence: Vec<Digest>,
+    /// Each accepting verifier (not the referee) and the replay digest it signed.
+    replays: Vec<(PublicKey, Option<Digest>)>,
     seed: [u8; 32],
     class: DeviceClass,
 }
@@ -255,6 +257,8 @@ struct Ruling {
     by_proof: bool,
     /// The opening the referee judged: the evidence a replay's rejection names.
     opening: Digest,
+    /// Accepting verifiers whose replay digest is not the replay's.
+    lazy: Vec<PublicKey>,
 }
 
 /// What a round close computes from, taken under the state lock in one go. The tasks

@@ -393,6 +393,26 @@ pub(super) fn ledger_outcome(
     None
 }
 
+/// Whether the referee must replay `t` before it settles, to check an acceptance's
+/// replay digest: the round's secret `beacon` marks an acceptance by a verifier not
+/// slashed ([`lupus_protocol::replay_checked`]), the worker is not slashed, and the
+/// referee has not ruled. The close's auditor checks that every credited task so
+/// marked has a ruling.
+pub(super) fn replay_check_due(
+    state: &State,
+    t: &TaskRecord,
+    beacon: &[u8; 32],
+    referee: &PublicKey,
+) -> bool {
+    if t.worker_slashed || t.verdicts.iter().any(|v| v.verifier == *referee) {
+        return false;
+    }
+    let floor = state.protocol.replay_checks();
+    state.protocol.accept_ordinals(t.id).iter().any(|(v, n)| {
+        !state.slashed.contains(v) && lupus_protocol::replay_checked(beacon, t.id, v, *n, floor)
+    })
+}
+
 /// Whether `t`'s worker was on probation when it committed
 /// ([`lupus_protocol::ProtocolState::on_probation`]): its work is credited only on the
 /// referee's replay.

@@ -211,6 +211,11 @@ impl Coordinator {
         if live.outcome.is_some() {
             return Ok(Settle::Done);
         }
+        if let Some((_, beacon)) = inner.beacon
+            && rules::replay_check_due(&inner.state, &t, &beacon, &self.referee_key())
+        {
+            return Ok(Settle::Referee);
+        }
         if let Some(o) = rules::ledger_outcome(&inner.state, &t, live.needed, &self.referee_key()) {
             self.slash_contradicted(inner, task).await?;
             if let Some(l) = inner.live.get_mut(&task) {
@@ -277,7 +282,18 @@ impl Coordinator {
             commitment: Self::commitment_of(t)
                 .ok_or_else(|| Error::Internal("verdict on uncommitted work".into()))?,
             base: Arc::clone(&inner.model),
-            evidence: t.verdicts.iter().filter_map(|v| v.evidence).collect(),
+            evidence: t
+                .verdicts
+                .iter()
+                .filter(|v| !v.accepted)
+                .filter_map(|v| v.evidence)
+                .collect(),
+            replays: t
+                .verdicts
+                .iter()
+                .filter(|v| v.accepted && v.verifier != self.referee_key())
+                .map(|v| (v.verifier, v.evidence))
+                .collect(),
             seed: t.seed.0,
             class: live.class.unwrap_or(DeviceClass::Exact),
         })
@@ -303,12 +319,13 @@ impl Coordinator {
             base,
             seed,
             class,
+            replays,
             ..
         } = case;
         let replay_steps = steps.clone();
         let verdict = background::run(
             "lupus-referee",
-            move || -> Result<(Verdict, bool), String> {
+            move || -> Result<(Verdict, bool, Vec<PublicKey>), String> {
                 // An exact-class fraud proof convicts bits; a tolerant-class worker
                 // is allowed bits that differ within the job's tolerance, so only the
                 // tolerant replay judges its work.
@@ -330,10 +347,17 @@ impl Coordinator {
                                 fraud_proof: Some(Box::new(p.clone())),
                             },
                             true,
+                            Vec::new(),
                         ));
                     }
                 }
-                verify_opening(
+                // One replay, and the digest each accepting verifier should have got
+                // from it (proof of replay).
+                let mut digests: Vec<ReplayDigest> = replays
+                    .iter()
+                    .map(|(v, _)| ReplayDigest::new(&v.0, task.0))
+                    .collect();
+                let verdict = verify_opening_digests(
                     &job,
                     &corpus,
                     &base,
@@ -342,20 +366,32 @@ impl Coordinator {
                     &replay_steps,
                     &opening,
                     class,
+                    &mut digests,
                 )
-                .map(|v| (v, false))
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+                let lazy = if verdict.is_accept() && job.verify.replay_checks > 0.0 {
+                    replays
+                        .iter()
+                        .zip(&digests)
+                        .filter(|((_, said), d)| *said != Some(Digest(d.finish().0)))
+                        .map(|((v, _), _)| *v)
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                Ok((verdict, false, lazy))
             },
         )
         .await?
         .map_err(Error::Internal)?;
-        let (verdict, by_proof) = verdict;
+        let (verdict, by_proof, lazy) = verdict;
         Ok(Ruling {
             task,
             steps,
             verdict,
             by_proof,
             opening: opening_blob,
+            lazy,
         })
     }
 
@@ -379,6 +415,7 @@ impl Coordinator {
             verdict,
             by_proof,
             opening,
+            lazy,
         } = ruling;
         let accepted = verdict.is_accept();
         let reason = match &verdict {
@@ -402,6 +439,9 @@ impl Coordinator {
             // A replay that rejects without a fraud proof names what it replayed:
             // the opening (its challenged steps are the verdict's).
             Verdict::Reject { .. } => Some(opening),
+            // With replay checks on, an acceptance names the opening too: a slash
+            // for a wrong replay digest cites it, and an auditor replays it.
+            Verdict::Accept if self.job.verify.replay_checks > 0.0 => Some(opening),
             Verdict::Accept => None,
         };
         let body = api::verdict_body(task, self.referee_key(), accepted, steps, &reason, evidence);
@@ -411,6 +451,26 @@ impl Coordinator {
         // verdict a slash follows is durable before the slash is sequenced.
         self.durable_now(inner).await?;
         failpoints::hit(failpoints::REFEREE_AFTER_VERDICT);
+        // Proof of replay: a verifier that accepted with a digest that is not the
+        // replay's did not replay (or lied about what it got). Only the referee's
+        // replay knows this, so a crash between its verdict and these slashes lets
+        // this one check go; the key's later acceptances are checked as before.
+        for key in lazy {
+            if inner.state.slashed.contains(&key) {
+                continue;
+            }
+            let body = EntryBody::Slashed {
+                key,
+                task,
+                reason:
+                    "accepted without its replay: the replay digest it signed is not the replay's"
+                        .to_string(),
+                evidence,
+            };
+            self.append_body(inner, body).await?;
+            self.metrics.slashes.inc();
+            tracing::warn!(key = %key, task = %task, "slashed: wrong replay digest");
+        }
         self.slash_contradicted(inner, task).await?;
         if let Some(l) = inner.live.get_mut(&task) {
             l.outcome = Some(accepted);

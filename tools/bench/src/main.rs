@@ -95,6 +95,10 @@ enum BenchCommand {
         /// Shakespeare job's).
         #[arg(long, default_value_t = 3)]
         probation: u32,
+        /// The floor of the referee's replay checks of acceptances (replaces the
+        /// job's; 0.05 is the Shakespeare job's, 0 turns proof of replay off).
+        #[arg(long, default_value_t = 0.05)]
+        replay_checks: f64,
         /// The job (default: jobs/tiny-test.toml, embedded, on a generated corpus).
         #[arg(long)]
         job: Option<PathBuf>,
@@ -153,9 +157,10 @@ async fn main() -> Result<()> {
             rounds,
             tasks_per_round,
             probation,
+            replay_checks,
             job,
             json,
-        } => incentives(rounds, tasks_per_round, probation, job, json)
+        } => incentives(rounds, tasks_per_round, probation, replay_checks, job, json)
             .await
             .map(drop),
         BenchCommand::All(args) => all(&args).await,
@@ -176,8 +181,7 @@ async fn adversaries(
     );
     let (text, corpus) = zoo_job(
         job.as_deref(),
-        "double_check_fraction",
-        toml::Value::Float(double_check),
+        &[("double_check_fraction", toml::Value::Float(double_check))],
     )?;
     let cfg = zoo::ZooConfig::full(&text, corpus, rounds, tasks_per_round);
     let report = zoo::run(&cfg).await?;
@@ -193,8 +197,7 @@ async fn adversaries(
 /// corpus) with `verify.<field>` set to `value`, and its corpus.
 fn zoo_job(
     job: Option<&std::path::Path>,
-    field: &str,
-    value: toml::Value,
+    fields: &[(&str, toml::Value)],
 ) -> Result<(String, lupus_prover::data::Corpus)> {
     use lupus_coordinator::dataset;
     use lupus_prover::data::Corpus;
@@ -205,7 +208,9 @@ fn zoo_job(
     };
     let mut spec: toml::Table = text.parse()?;
     if let Some(v) = spec.get_mut("verify").and_then(|v| v.as_table_mut()) {
-        v.insert(field.into(), value);
+        for (field, value) in fields {
+            v.insert((*field).into(), value.clone());
+        }
     }
     let text = toml::to_string(&spec)?;
     let parsed = JobSpec::parse(&text)?;
@@ -221,14 +226,20 @@ async fn incentives(
     rounds: u64,
     tasks_per_round: u32,
     probation: u32,
+    replay_checks: f64,
     job: Option<PathBuf>,
     json: Option<PathBuf>,
 ) -> Result<Report> {
     use lupus_zoo as zoo;
     let (text, corpus) = zoo_job(
         job.as_deref(),
-        "probation_tasks",
-        toml::Value::Integer(i64::from(probation)),
+        &[
+            (
+                "probation_tasks",
+                toml::Value::Integer(i64::from(probation)),
+            ),
+            ("replay_checks", toml::Value::Float(replay_checks)),
+        ],
     )?;
     let cfg = zoo::ZooConfig {
         honest_workers: 3,

@@ -274,8 +274,16 @@ impl Conduct for VerifierBehaviour {
             accepted,
             reason: reason.to_owned(),
             fraud_proof: None,
+            replay: accepted.then(|| unreplayed_digest(ctx)),
         })
     }
+}
+
+/// The replay digest a verifier that did not replay signs: the keyed digest of no
+/// steps, the best it has (it does not know the replay's op outputs).
+pub(crate) fn unreplayed_digest(ctx: &VerifyContext<'_>) -> lupus_ledger::entry::Digest {
+    let d = lupus_prover::verify::ReplayDigest::new(&ctx.verifier.0, ctx.work.task.task_id.0);
+    lupus_ledger::entry::Digest(d.finish().0)
 }
 
 /// [`VerifierBehaviour::ExactProofs`]: the exact replay's fraud proof if it has one,

@@ -102,6 +102,7 @@ impl Conduct for Partner {
                 "rejected without replaying".into()
             },
             fraud_proof: None,
+            replay: self.accept.then(|| crate::conduct::unreplayed_digest(ctx)),
         })
     }
 }
@@ -257,6 +258,7 @@ pub struct RationalReport {
     pub challenges: u32,
     pub double_check_fraction: f64,
     pub probation_tasks: u32,
+    pub replay_checks: f64,
     pub rounds: u64,
     pub tasks_per_round: u32,
     pub seconds: f64,
@@ -296,6 +298,7 @@ pub async fn run(cfg: &ZooConfig, strategies: &[Strategy]) -> Result<RationalRep
         challenges: job.verify.challenges,
         double_check_fraction: job.verify.double_check_fraction,
         probation_tasks: job.verify.probation_tasks,
+        replay_checks: job.verify.replay_checks,
         rounds: cfg.rounds,
         tasks_per_round: cfg.tasks_per_round,
         seconds: started.elapsed().as_secs_f64(),
@@ -388,11 +391,12 @@ pub fn table(r: &RationalReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "rational zoo: H = {}, m = {}, double-checked {}, probation {} tasks; {} rounds of {} tasks per run ({:.0} s)",
+        "rational zoo: H = {}, m = {}, double-checked {}, probation {} tasks, replay checks floor {}; {} rounds of {} tasks per run ({:.0} s)",
         r.steps,
         r.challenges,
         r.double_check_fraction,
         r.probation_tasks,
+        r.replay_checks,
         r.rounds,
         r.tasks_per_round,
         r.seconds
