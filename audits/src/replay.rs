@@ -20,6 +20,10 @@
 //! 4. [`verify_opening`] with the logged seed, commitment and challenged steps. A
 //!    replay that rejects an accepted task, or accepts a rejected one (a slash without
 //!    fraud), contradicts the log: a failure naming the claiming verdict's index.
+//! 5. Proof of replay: the same replay gives each accepting verifier's replay digest
+//!    (`lupus_prover::verify::ReplayDigest`); a verifier slashed on the referee's
+//!    acceptance whose signed digest *is* the replay's was slashed for nothing: a
+//!    failure naming the slash.
 
 use std::collections::BTreeMap;
 
@@ -30,7 +34,7 @@ use lupus_prover::fraud::{FraudContext, FraudProof, FraudVerdict};
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::Opening;
 use lupus_prover::trace::{Commitment, base_state_hash};
-use lupus_prover::verify::{DeviceClass, Verdict, verify_opening};
+use lupus_prover::verify::{DeviceClass, ReplayDigest, Verdict, verify_opening_digests};
 
 use crate::source::{LogSource, SourceError};
 use crate::verify::AuditError;
@@ -57,6 +61,11 @@ pub struct Candidate {
     pub ruled: bool,
     /// The evidence the ruling names: its fraud proof, or the opening it replayed.
     pub evidence: Option<Digest>,
+    /// Each acceptance by a verifier other than the referee, with the replay digest
+    /// it signed (proof of replay).
+    pub accepts: Vec<(PublicKey, Option<Digest>)>,
+    /// `(key, index)` of each `Slashed` naming this task.
+    pub slashes: Vec<(PublicKey, u64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -69,6 +78,8 @@ struct Pending {
     accept: Option<u64>,
     /// The referee's verdict: index, whether it accepts, the evidence it names.
     ruling: Option<(u64, bool, Option<Digest>)>,
+    accepts: Vec<(PublicKey, Option<Digest>)>,
+    slashes: Vec<(PublicKey, u64)>,
 }
 
 /// Picks the sample while the entries of a run go by.
@@ -128,6 +139,8 @@ impl Sampler {
                 round: p.round,
                 ruled,
                 evidence,
+                accepts: p.accepts,
+                slashes: p.slashes,
             },
         );
         // With a retention, a kept candidate may age out of it later, so nothing is
@@ -164,6 +177,8 @@ impl Sampler {
                         steps: None,
                         accept: None,
                         ruling: None,
+                        accepts: Vec::new(),
+                        slashes: Vec::new(),
                     },
                 );
             }
@@ -196,7 +211,13 @@ impl Sampler {
                         p.ruling = Some((index, *accepted, *evidence));
                     } else if *accepted {
                         p.accept.get_or_insert(index);
+                        p.accepts.push((*verifier, *evidence));
                     }
+                }
+            }
+            EntryBody::Slashed { key, task, .. } => {
+                if let Some(p) = self.tasks.get_mut(task) {
+                    p.slashes.push((*key, index));
                 }
             }
             EntryBody::RoundClosed { round, .. } => {
@@ -324,14 +345,32 @@ pub fn replay(
         let outcome = replay_one(source, &spec, &corpus, &mut models, c)?;
         let what = if c.accepted { "accepted" } else { "rejected" };
         match (c.accepted, outcome) {
-            (true, Replayed::Accept) | (false, Replayed::Reject(_)) => {}
+            (true, Replayed::Accept(digests)) => {
+                // Proof of replay: a verifier slashed on an accepting ruling must have
+                // signed a digest that is not the replay's.
+                for ((key, said), right) in c.accepts.iter().zip(&digests) {
+                    let slash = c.slashes.iter().find(|(k, _)| k == key);
+                    if let Some((_, index)) = slash
+                        && *said == Some(*right)
+                    {
+                        return Err(AuditError::Replay {
+                            index: Some(*index),
+                            reason: format!(
+                                "task {}: {key} is slashed though the referee accepts the task, and the replay digest it signed is the replay's",
+                                c.task
+                            ),
+                        });
+                    }
+                }
+            }
+            (false, Replayed::Reject(_)) => {}
             (true, Replayed::Reject(why)) => {
                 return Err(AuditError::Replay {
                     index: Some(c.verdict_index),
                     reason: format!("task {} was {what}, but {why}", c.task),
                 });
             }
-            (false, Replayed::Accept) => {
+            (false, Replayed::Accept(_)) => {
                 return Err(AuditError::Replay {
                     index: Some(c.verdict_index),
                     reason: format!(
@@ -347,7 +386,9 @@ pub fn replay(
 
 /// What a replay of one task found.
 enum Replayed {
-    Accept,
+    /// Every step replays; the replay digest for each of the candidate's accepting
+    /// verifiers, in its order.
+    Accept(Vec<Digest>),
     /// Why the opening does not stand: a step that does not replay, or an opening
     /// missing or undecodable (which convicts as surely: the worker had to open).
     Reject(String),
@@ -412,7 +453,12 @@ fn replay_one(
         final_state_hash: c.commitment.1,
         delta_hash: c.commitment.2,
     };
-    let verdict = verify_opening(
+    let mut digests: Vec<ReplayDigest> = c
+        .accepts
+        .iter()
+        .map(|(v, _)| ReplayDigest::new(&v.0, c.task.0))
+        .collect();
+    let verdict = verify_opening_digests(
         spec,
         corpus,
         base.as_slice(),
@@ -421,9 +467,12 @@ fn replay_one(
         &c.steps,
         &opening,
         class,
+        &mut digests,
     );
     Ok(match verdict {
-        Ok(Verdict::Accept) => Replayed::Accept,
+        Ok(Verdict::Accept) => {
+            Replayed::Accept(digests.iter().map(|d| Digest(d.finish().0)).collect())
+        }
         Ok(Verdict::Reject { step, reason, .. }) => {
             Replayed::Reject(format!("replaying step {step:?} fails: {reason}"))
         }

@@ -119,8 +119,52 @@ fn world() -> World {
             round: Round(1),
             ruled: false,
             evidence: None,
+            accepts: Vec::new(),
+            slashes: Vec::new(),
         },
     }
+}
+
+/// Proof of replay: the operator's referee accepts honest work and slashes the
+/// honest verifier that accepted it "for a wrong replay digest". The replay
+/// recomputes the verifier's digest, finds it is the one the verifier signed, and
+/// names the slash; a lazy verifier's slash (a digest that is not the replay's)
+/// stands.
+#[test]
+fn a_wrong_digest_slash_of_a_verifier_that_replayed_is_named() {
+    use lupus_prover::verify::{DeviceClass, ReplayDigest, verify_opening_digests};
+    let w = world();
+    let spec = JobSpec::parse(SAMPLE_SPEC).unwrap();
+    let corpus = Corpus::generated(7, 24_000);
+    let base = init_params(&spec.model, [1; 32]).unwrap();
+    let run = run_task(&spec, &corpus, &base, [5u8; 32], &mut |_, _| {}).unwrap();
+    let opening = run.open(&spec, &corpus, &w.honest.steps, false).unwrap();
+    let (honest, lazy) = (PublicKey([0x11; 32]), PublicKey([0x22; 32]));
+    let mut ds = [ReplayDigest::new(&honest.0, w.honest.task.0)];
+    verify_opening_digests(
+        &spec,
+        &corpus,
+        &base,
+        &[5u8; 32],
+        &run.commitment,
+        &w.honest.steps,
+        &opening,
+        DeviceClass::Exact,
+        &mut ds,
+    )
+    .unwrap();
+    let right = Digest(ds[0].finish().0);
+    let mut ruled = w.honest.clone();
+    ruled.ruled = true;
+    ruled.accepts = vec![(honest, Some(right)), (lazy, Some(Digest([0x33; 32])))];
+    ruled.slashes = vec![(lazy, 50)];
+    assert_eq!(replay(&w.source, &w.facts, &[ruled.clone()]).unwrap(), 1);
+    ruled.slashes.push((honest, 51));
+    let err = replay(&w.source, &w.facts, &[ruled]).unwrap_err();
+    assert!(
+        matches!(&err, AuditError::Replay { index: Some(51), reason } if reason.contains("is the replay's")),
+        "{err}"
+    );
 }
 
 #[test]
