@@ -15,7 +15,9 @@
 //!    then the first differing op output yields a [`FraudProof::Op`], then differing loss
 //!    bits a [`FraudProof::Loss`], then a differing `H(S_{t+1})` a rejection. Tolerant
 //!    class: the opened `S_{t+1}` must hash to the leaf's `H(S_{t+1})` and each of its
-//!    tensors lie within `verify.tolerance` (relative L2) of the replay, and the loss too.
+//!    tensors lie within `verify.tolerance` (relative L2) of the replay, and the loss too;
+//!    and, over the opened steps, the parameter differences from the replay must not
+//!    share a direction ([`DRIFT_COSINE`], above [`DRIFT_FLOOR`]): a nudge does.
 //!
 //! Cost: the verifier hashes each opened `S_t` and `S_H`'s parameters and replays `m`
 //! traced steps; `lupus-bench prover` measures it against the worker.
@@ -90,7 +92,30 @@ pub enum RejectReason {
     WrongNextState,
     #[error("the replay differs by {distance} (relative L2), beyond the job's tolerance")]
     ToleranceExceeded { distance: f32 },
+    #[error(
+        "the differences from the replay at steps {first} and {second} share a direction (cosine {cosine}): rounding does not drift, a nudge does"
+    )]
+    SharedDirection {
+        first: u32,
+        second: u32,
+        cosine: f32,
+    },
 }
+
+/// Tolerant class: the largest cosine allowed between the parameter differences from
+/// the replay (`S_{t+1}` opened minus replayed) of two opened steps. Rounding noise
+/// mostly points anywhere (`lupus-bench tolerance` measures its largest cosine
+/// between steps at 0.05 on the Shakespeare model and 0.13 on the tiny one, where
+/// AdamW's normalisation puts much of it on the same few coordinates); a nudge toward
+/// a chosen direction keeps pointing there (cosine near 1). A nudge that hides its
+/// direction in noise keeps at most `sqrt(0.5)` of each step's budget for it.
+pub const DRIFT_COSINE: f64 = 0.5;
+
+/// Tolerant class: differences whose L2 norm is below this share of the tolerance
+/// (relative to the replayed parameters) are not checked for a shared direction.
+/// `lupus-bench tolerance` measures honest devices' spread at about this size, and
+/// a flush of subnormals (SwiftShader) at zero.
+pub const DRIFT_FLOOR: f64 = 0.125;
 
 /// A verifier's verdict on one opening.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -368,6 +393,7 @@ pub fn verify_opening_digests(
 
     // 3-6. Each challenged step.
     let sampler = job_sampler(job, corpus)?;
+    let mut residuals: Vec<(u32, Vec<f32>)> = Vec::new();
     let base_hash = base_state_hash(base_params);
     for so in &opening.steps {
         let t = so.step;
@@ -403,29 +429,68 @@ pub fn verify_opening_digests(
         }
         let verdict = match class {
             DeviceClass::Exact => check_exact(so, &leaf, &state, &batch, &replay, opening),
-            DeviceClass::Tolerant => check_tolerant(job, so, &leaf, base_params, &replay),
+            DeviceClass::Tolerant => match check_tolerant(job, so, &leaf, base_params, &replay) {
+                Ok(r) => {
+                    residuals.extend(r.map(|r| (t, r)));
+                    None
+                }
+                Err(v) => Some(v),
+            },
         };
         if let Some(v) = verdict {
             return Ok(v);
         }
     }
+    if let Some(v) = shared_direction(&residuals) {
+        return Ok(v);
+    }
     Ok(Verdict::Accept)
 }
 
+/// The first pair of opened steps whose parameter differences from the replay share
+/// a direction beyond [`DRIFT_COSINE`], as a rejection of the later step.
+fn shared_direction(residuals: &[(u32, Vec<f32>)]) -> Option<Verdict> {
+    let norm = |r: &[f32]| r.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    for (i, (a, ra)) in residuals.iter().enumerate() {
+        for (b, rb) in residuals.iter().skip(i + 1) {
+            let dot: f64 = ra
+                .iter()
+                .zip(rb)
+                .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                .sum();
+            let cosine = dot / (norm(ra) * norm(rb)).max(1e-300);
+            if cosine > DRIFT_COSINE {
+                return Some(reject(
+                    Some(*b),
+                    RejectReason::SharedDirection {
+                        first: *a,
+                        second: *b,
+                        cosine: cosine as f32,
+                    },
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// The tolerant check of one step: a rejection, or the step's parameter difference
+/// from the replay (concatenated) when it is large enough for the direction check
+/// ([`DRIFT_FLOOR`]).
 fn check_tolerant(
     job: &JobSpec,
     so: &StepOpening,
     leaf: &StepLeaf,
     base: &[Tensor],
     replay: &StepOutput,
-) -> Option<Verdict> {
+) -> Result<Option<Vec<f32>>, Verdict> {
     let t = so.step;
     let next = so
         .next_state
         .as_ref()
         .and_then(|n| state_from(n, base, u64::from(t) + 1));
     let Some(next) = next.filter(|n| state_hash(n) == leaf.next_state) else {
-        return Some(reject(Some(t), RejectReason::WrongNextState));
+        return Err(reject(Some(t), RejectReason::WrongNextState));
     };
     let tol = job.verify.tolerance;
     let pairs = next
@@ -444,7 +509,24 @@ fn check_tolerant(
     } else {
         loss_err
     });
-    (worst > tol).then(|| reject(Some(t), RejectReason::ToleranceExceeded { distance: worst }))
+    if worst > tol {
+        return Err(reject(
+            Some(t),
+            RejectReason::ToleranceExceeded { distance: worst },
+        ));
+    }
+    let mut residual = Vec::new();
+    let (mut diff, mut size) = (0f64, 0f64);
+    for (a, b) in next.params.iter().zip(&replay.state.params) {
+        for (x, y) in a.data().iter().zip(b.data()) {
+            let d = x - y;
+            residual.push(d);
+            diff += f64::from(d).powi(2);
+            size += f64::from(*y).powi(2);
+        }
+    }
+    let relative = diff.sqrt() / size.sqrt().max(1e-30);
+    Ok((relative >= DRIFT_FLOOR * f64::from(tol)).then_some(residual))
 }
 
 #[allow(clippy::too_many_arguments)]

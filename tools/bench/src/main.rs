@@ -16,6 +16,8 @@
 //! - `adversaries`: the adversary zoo (`lupus_zoo`): per cheat, tasks,
 //!   detections, rate against the theory, shares kept, and the validation loss
 //!   against an honest-only run.
+//! - `tolerance` ([`tolerance`]): the spread between honest devices, emulated,
+//!   against the tolerant class's bound.
 //! - `all`: each of them with small settings, then one summary table.
 
 mod audit;
@@ -24,6 +26,7 @@ mod ledger;
 mod load;
 mod prover;
 mod report;
+mod tolerance;
 mod worker;
 
 use std::path::PathBuf;
@@ -63,6 +66,9 @@ enum BenchCommand {
     /// Simulated workers against one coordinator (a child `lupus up`) on loopback:
     /// throughput, latency, errors and the coordinator's memory over time.
     Load(load::LoadArgs),
+    /// The spread between honest devices (subnormals flushed, an ulp or a few per
+    /// op output), emulated on the CPU, against each job's tolerant-class bound.
+    Tolerance(tolerance::ToleranceArgs),
     /// The adversary zoo: every cheat against a coordinator, detection rates against
     /// the theory, shares kept and the effect on validation loss.
     Adversaries {
@@ -146,6 +152,7 @@ async fn main() -> Result<()> {
         BenchCommand::Audit(args) => audit::run(&args).await.map(drop),
         BenchCommand::Diloco(args) => diloco::run(&args).await.map(drop),
         BenchCommand::Load(args) => load::run(args).await,
+        BenchCommand::Tolerance(args) => tolerance::run(&args).map(drop),
         BenchCommand::Adversaries {
             rounds,
             tasks_per_round,

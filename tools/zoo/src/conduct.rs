@@ -76,10 +76,11 @@ pub enum Behaviour {
     /// Claim squatting: takes a task and never trains or commits it, holding the slot
     /// until the task expires, again and again.
     Squat,
-    /// An honest worker on a tolerant-class device: every step's update of the first
-    /// parameter tensor comes out `1e-5` (relative) off the CPU reference, as a GPU's
-    /// might, committed consistently, and the submission says `Tolerant`. Well within
-    /// the job's tolerance: its work must be accepted.
+    /// An honest worker on a tolerant-class device: every step's updated parameters
+    /// come out an ulp off the CPU reference, up or down by a pseudo-random draw per
+    /// element, as a GPU's reordered arithmetic might, committed consistently, and
+    /// the submission says `Tolerant`. Well within the job's tolerance and pointing
+    /// nowhere in particular: its work must be accepted.
     TolerantDevice,
     /// The patient Sybil worker (issue 13): trains honestly for its key's first
     /// `honest` tasks (to leave probation), then fakes every step. Run through
@@ -87,8 +88,8 @@ pub enum Behaviour {
     PatientFake { honest: u16 },
     /// Tolerant-class nudges (issue 13): claims the tolerant class and, at every step,
     /// moves every parameter tensor along the all-ones direction by 0.9 of the job's
-    /// tolerance (relative L2), committed consistently: each step passes the tolerant
-    /// check, and the pushes add up.
+    /// tolerance (relative L2), committed consistently: each step passes the per-step
+    /// bound, and the pushes add up; two opened steps' pushes share their direction.
     TolerantNudge,
 }
 
@@ -428,8 +429,29 @@ pub async fn train(
                 }
             }
             Behaviour::TolerantDevice => {
-                let off = map(&out.state.params[0], |x| x * (1.0 + 1e-5))?;
-                rewrite_param(&mut out, 0, off);
+                for i in 0..out.state.params.len() {
+                    let p = &out.state.params[i];
+                    let ulps: Vec<f32> = p
+                        .data()
+                        .iter()
+                        .map(|x| {
+                            let up = coin.below(std::num::NonZeroU64::MIN.saturating_add(1)) == 1;
+                            let bits = if up {
+                                x.to_bits().wrapping_add(1)
+                            } else {
+                                x.to_bits().wrapping_sub(1)
+                            };
+                            let y = f32::from_bits(bits);
+                            if x.is_finite() && *x != 0.0 && y.is_finite() {
+                                y
+                            } else {
+                                *x
+                            }
+                        })
+                        .collect();
+                    let off = Tensor::new(p.shape().to_vec(), ulps).map_err(local)?;
+                    rewrite_param(&mut out, i, off);
+                }
             }
             Behaviour::TolerantNudge => {
                 for i in 0..out.state.params.len() {
@@ -597,12 +619,13 @@ mod tests {
         }
     }
 
-    /// Issue 13's tolerant-class attack, as it stands: the honest tolerant device and
-    /// the nudging worker both pass the tolerant check at every step (the nudge is
-    /// 0.9 of the per-step bound), and both fail the exact one. What tells them apart
-    /// is not a per-step check: the bench measures the nudge's drift instead.
+    /// Issue 13's tolerant-class attack: the honest tolerant device (an ulp off,
+    /// pointing nowhere) passes the tolerant check and fails the exact one; the
+    /// nudging worker passes the per-step bound at every step, but two opened steps'
+    /// pushes share their direction, so the tolerant check rejects it too.
     #[test]
-    fn tolerant_nudges_pass_every_per_step_check_of_their_class() {
+    fn tolerant_nudges_are_rejected_and_honest_tolerant_devices_pass() {
+        use lupus_prover::verify::{RejectReason, Verdict};
         let job = JobSpec::parse(include_str!("../../../jobs/tiny-test.toml")).unwrap();
         let corpus = Corpus::generated(7, 20_000);
         let base = init_params(&job.model, [3; 32]).unwrap();
@@ -613,7 +636,9 @@ mod tests {
                 futures_lite_block_on(train(b, &job, &corpus, &base, seed, &task(seed), &mut Go))
                     .unwrap()
                     .unwrap();
-            for (class, accepted) in [(DeviceClass::Tolerant, true), (DeviceClass::Exact, false)] {
+            let honest = b == Behaviour::TolerantDevice;
+            for (class, accepted) in [(DeviceClass::Tolerant, honest), (DeviceClass::Exact, false)]
+            {
                 let tolerant = class == DeviceClass::Tolerant;
                 let opening = run.open(&job, &corpus, &all, tolerant).unwrap();
                 let v = verify_opening(
@@ -628,6 +653,18 @@ mod tests {
                 )
                 .unwrap();
                 assert_eq!(v.is_accept(), accepted, "{b:?} judged {class:?}: {v:?}");
+                if !honest && tolerant {
+                    assert!(
+                        matches!(
+                            v,
+                            Verdict::Reject {
+                                reason: RejectReason::SharedDirection { .. },
+                                ..
+                            }
+                        ),
+                        "the nudge is within the per-step bound: {v:?}"
+                    );
+                }
             }
         }
     }
