@@ -89,6 +89,17 @@ pub enum BodyError {
     /// The verdict names evidence but no fraud proof came.
     #[error("the verdict names evidence but no fraud proof was sent")]
     EvidenceWithoutProof,
+    /// The submission states another class than its committed known-answer report
+    /// decides.
+    #[error(
+        "the submission says {stated:?}, but the known-answer report its final leaf commits decides {decided:?}"
+    )]
+    ClassNotDecided {
+        /// What the submission says.
+        stated: lupus_prover::verify::DeviceClass,
+        /// What the committed report decides.
+        decided: lupus_prover::verify::DeviceClass,
+    },
 }
 
 impl BodyError {
@@ -111,6 +122,9 @@ pub struct CheckedSubmission {
     pub delta: QuantDelta,
     /// The commitment the entry records.
     pub commitment: Commitment,
+    /// The class its committed known-answer report decides
+    /// ([`lupus_prover::kat::decided_class`]): the rule its verifiers replay under.
+    pub class: lupus_prover::verify::DeviceClass,
 }
 
 /// Checks a submission for `task` by `worker`, against the job's parameter shapes
@@ -164,10 +178,18 @@ pub fn check_submission(
         &commitment.delta_hash,
     )
     .map_err(BodyError::FinalOpening)?;
+    let class = lupus_prover::kat::decided_class(&sub.final_opening.leaf.kat);
+    if class != sub.device_class {
+        return Err(BodyError::ClassNotDecided {
+            stated: sub.device_class,
+            decided: class,
+        });
+    }
     Ok(CheckedSubmission {
         entry,
         delta: q,
         commitment,
+        class,
     })
 }
 
@@ -295,6 +317,7 @@ mod tests {
                     steps: 8,
                     state: c.final_state_hash,
                     delta: c.delta_hash,
+                    kat: Digest(lupus_prover::kat::expected_digest()),
                 },
                 proof: MultiProof { hashes: vec![] },
             },
@@ -357,6 +380,57 @@ mod tests {
                 kind: EntryKind::ParticipantJoined
             })
         );
+    }
+
+    /// Issue 13, classes decided: the class is what the known-answer report in the
+    /// signed final leaf decides. A submission that states the tolerant class over an
+    /// exact report (or the reverse) is refused; with a tolerant report it is
+    /// tolerant, whatever else it says.
+    #[test]
+    fn the_class_is_the_one_the_committed_report_decides() {
+        use lupus_prover::merkle::MerkleTree;
+        use lupus_prover::trace::TraceLeaf;
+        let w = key(1);
+        let me = PublicKey::from(&w);
+        let shapes = vec![vec![2]];
+        let build = |kat: [u8; 32], stated: DeviceClass| {
+            let leaf = FinalLeaf {
+                steps: 8,
+                state: Digest([2; 32]),
+                delta: Digest(delta().hash()),
+                kat: Digest(kat),
+            };
+            let mut items: Vec<Digest> = (0..8u8).map(|i| Digest([i + 10; 32])).collect();
+            items.push(TraceLeaf::Final(leaf).item());
+            let tree = MerkleTree::new(&items).unwrap();
+            let c = Commitment {
+                trace_root: tree.root(),
+                final_state_hash: leaf.state,
+                delta_hash: leaf.delta,
+            };
+            let entry = Entry::signed(work_committed_body(TASK, me, &c), &w).unwrap();
+            Submission {
+                work_committed: B64(entry.encode()),
+                delta: B64(delta().to_bytes()),
+                final_opening: FinalOpening {
+                    leaf,
+                    proof: tree.prove(&[8]).unwrap(),
+                },
+                device_class: stated,
+            }
+        };
+        let exact = lupus_prover::kat::expected_digest();
+        let other = [7u8; 32];
+        let ok =
+            check_submission(&build(exact, DeviceClass::Exact), TASK, &me, &shapes, 8).unwrap();
+        assert_eq!(ok.class, DeviceClass::Exact);
+        let ok =
+            check_submission(&build(other, DeviceClass::Tolerant), TASK, &me, &shapes, 8).unwrap();
+        assert_eq!(ok.class, DeviceClass::Tolerant);
+        for (kat, stated) in [(exact, DeviceClass::Tolerant), (other, DeviceClass::Exact)] {
+            let err = check_submission(&build(kat, stated), TASK, &me, &shapes, 8).unwrap_err();
+            assert!(matches!(err, BodyError::ClassNotDecided { .. }), "{err}");
+        }
     }
 
     #[test]

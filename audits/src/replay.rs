@@ -34,7 +34,7 @@ use lupus_prover::fraud::{FraudContext, FraudProof, FraudVerdict};
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::Opening;
 use lupus_prover::trace::{Commitment, base_state_hash};
-use lupus_prover::verify::{DeviceClass, ReplayDigest, Verdict, verify_opening_digests};
+use lupus_prover::verify::{ReplayDigest, Verdict, opening_class, verify_opening_digests};
 
 use crate::source::{LogSource, SourceError};
 use crate::verify::AuditError;
@@ -442,11 +442,10 @@ fn replay_one(
             )));
         }
     };
-    let class = if status.tolerant || status.challenge.is_some_and(|ch| ch.tolerant) {
-        DeviceClass::Tolerant
-    } else {
-        DeviceClass::Exact
-    };
+    // The class is the one the worker's committed known-answer report decides (the
+    // final leaf, which every opening carries under the trace root), not what the
+    // coordinator says of the task.
+    let class = opening_class(&opening);
     let base = base_model(source, spec, models, c)?;
     let commitment = Commitment {
         trace_root: c.commitment.0,

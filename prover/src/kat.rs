@@ -475,6 +475,20 @@ pub fn expected_digest() -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// The class a task's known-answer report decides (its final leaf's `kat`): exact
+/// when the report is the pinned reference's [`expected_digest`], tolerant otherwise.
+/// A worker cannot prove what its device does; it signs what it reports, and a
+/// tolerant report buys only the tolerant bound (`verify.tolerance`, with its drift
+/// check), calibrated on honest devices' spread.
+pub fn decided_class(kat: &crate::merkle::Digest) -> crate::verify::DeviceClass {
+    static EXPECTED_DIGEST: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    if kat.0 == *EXPECTED_DIGEST.get_or_init(expected_digest) {
+        crate::verify::DeviceClass::Exact
+    } else {
+        crate::verify::DeviceClass::Tolerant
+    }
+}
+
 /// Lower-case hex of a hash.
 pub fn to_hex(h: &[u8; 32]) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()

@@ -299,7 +299,10 @@ impl StepLeaf {
     }
 }
 
-/// The final leaf: binds the final state and the delta.
+/// The final leaf: binds the final state, the delta, and the device's known-answer
+/// report, which decides the task's class ([`crate::kat::decided_class`]). It is in the
+/// trace root the worker signs, and every opening and submission opens it, so the
+/// class is the worker's signed report, not a claim the coordinator takes on trust.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FinalLeaf {
@@ -309,15 +312,19 @@ pub struct FinalLeaf {
     pub state: Digest,
     /// `H(delta)`.
     pub delta: Digest,
+    /// The [`crate::kat::combined_digest`] of the known-answer suite as the worker's
+    /// device ran it: [`crate::kat::expected_digest`] for an exact-class device.
+    pub kat: Digest,
 }
 
 impl FinalLeaf {
     /// The leaf item.
     pub fn item(&self) -> Digest {
-        let mut h = domain_hasher("lupus trace final v1");
+        let mut h = domain_hasher("lupus trace final v2");
         h.update(&u64::from(self.steps).to_le_bytes());
         h.update(&self.state.0);
         h.update(&self.delta.0);
+        h.update(&self.kat.0);
         h.finalize().into()
     }
 }
@@ -386,7 +393,9 @@ mod tests {
             steps: 4,
             state: d(1),
             delta: d(2),
+            kat: d(6),
         };
         assert_ne!(f.item(), FinalLeaf { delta: d(3), ..f }.item());
+        assert_ne!(f.item(), FinalLeaf { kat: d(7), ..f }.item());
     }
 }

@@ -205,6 +205,21 @@ fn state_from(tensors: &[Tensor], base: &[Tensor], step: u64) -> Option<TrainSta
     Some(s)
 }
 
+/// The class the opening's final leaf decides ([`crate::kat::decided_class`] of its
+/// committed known-answer report); exact for an opening without a final leaf, which
+/// [`verify_opening`] rejects anyway. A verifier judges by this, not by what the
+/// coordinator says of the task.
+pub fn opening_class(opening: &Opening) -> DeviceClass {
+    opening
+        .leaves
+        .iter()
+        .find_map(|(_, l)| match l {
+            TraceLeaf::Final(f) => Some(crate::kat::decided_class(&f.kat)),
+            TraceLeaf::Step(_) => None,
+        })
+        .unwrap_or(DeviceClass::Exact)
+}
+
 /// Proof of replay: a keyed digest of what replaying the challenged steps computes,
 /// which only a replay (or whoever ran the step) can give.
 ///

@@ -78,12 +78,6 @@ pub trait Conduct: fmt::Debug {
         train_honestly(ctx, backend, control).await
     }
 
-    /// The device class the submission reports, given the one the known-answer suite
-    /// gave this device.
-    fn device_class(&self, measured: DeviceClass) -> DeviceClass {
-        measured
-    }
-
     /// Whether to answer the challenge of a submitted task, which asks `steps`, with
     /// an opening.
     fn opens(&self, _task: &TaskDescription, _steps: &[u32]) -> bool {
@@ -113,7 +107,9 @@ pub async fn train_honestly(
     control: &mut dyn Control,
 ) -> Result<Option<TaskRun>, WorkerError> {
     let (job, task) = (ctx.job, ctx.task);
-    let mut b = TaskBuilder::new(job, ctx.corpus, ctx.base, task.seed.0).map_err(local)?;
+    let mut b = TaskBuilder::new(job, ctx.corpus, ctx.base, task.seed.0)
+        .map_err(local)?
+        .with_kat(backend.kat());
     let steps = job.inner.steps;
     for step in 0..steps {
         let loss = match backend {
@@ -142,9 +138,10 @@ pub async fn train_honestly(
     Ok(Some(b.finish().map_err(local)?))
 }
 
-/// Replays the challenged steps from the worker's opening and judges by what it finds.
+/// Replays the challenged steps from the worker's opening and judges by what it finds,
+/// under the class the opening's committed known-answer report decides.
 pub fn replay(ctx: &VerifyContext<'_>) -> Result<Judgement, WorkerError> {
-    replay_as(ctx, ctx.work.device_class)
+    replay_as(ctx, lupus_prover::verify::opening_class(ctx.opening))
 }
 
 /// [`replay`] under the rule of `class`, whatever class the task reported.

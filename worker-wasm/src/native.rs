@@ -241,11 +241,9 @@ async fn backend(gpu: bool) -> Backend {
     #[cfg(feature = "gpu")]
     if gpu && let Ok(device) = crate::gpu::GpuDevice::new().await {
         let results = crate::gpu::run_suite_gpu(&device).await;
-        let class = match lupus_prover::kat::check_device(&results) {
-            lupus_prover::kat::DeviceClass::Exact => lupus_prover::verify::DeviceClass::Exact,
-            _ => lupus_prover::verify::DeviceClass::Tolerant,
-        };
-        return Backend::Gpu { device, class };
+        let kat = lupus_prover::kat::combined_digest(&results);
+        let class = lupus_prover::kat::decided_class(&lupus_prover::merkle::Digest(kat));
+        return Backend::Gpu { device, class, kat };
     }
     let _ = gpu;
     Backend::Cpu

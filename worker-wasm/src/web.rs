@@ -311,7 +311,8 @@ async fn pick_backend(mode: &str) -> (Backend, String, String) {
                     ),
                 };
                 let name = format!("WebGPU: {}", device.description);
-                return (Backend::Gpu { device, class }, name, words);
+                let kat = lupus_prover::kat::combined_digest(&results);
+                return (Backend::Gpu { device, class, kat }, name, words);
             }
             Err(e) => {
                 web_sys::console::warn_1(&JsValue::from_str(&e.to_string()));

@@ -114,16 +114,29 @@ pub trait Control {
 pub enum Backend {
     /// The CPU reference (in wasm in the browser).
     Cpu,
-    /// The WGSL kernels, with the class the known-answer suite gave the device.
+    /// The WGSL kernels, with the class the known-answer suite gave the device and
+    /// the suite's [`lupus_prover::kat::combined_digest`] (its report, committed in
+    /// each task's final leaf).
     #[cfg(feature = "gpu")]
     Gpu {
         device: crate::gpu::GpuDevice,
         class: DeviceClass,
+        kat: [u8; 32],
     },
 }
 
 impl Backend {
-    /// The class reported with each submission.
+    /// The known-answer report committed with each task: the reference's for the CPU
+    /// (it is the reference), the suite's digest as the GPU ran it.
+    pub fn kat(&self) -> [u8; 32] {
+        match self {
+            Backend::Cpu => lupus_prover::kat::expected_digest(),
+            #[cfg(feature = "gpu")]
+            Backend::Gpu { kat, .. } => *kat,
+        }
+    }
+
+    /// The class the known-answer suite gave the device.
     pub fn class(&self) -> DeviceClass {
         match self {
             Backend::Cpu => DeviceClass::Exact,
@@ -392,11 +405,14 @@ impl<T: Transport> Participant<T> {
             &self.key,
         )
         .map_err(local)?;
+        let final_opening = run.final_opening().map_err(local)?;
+        // The class is the one the committed known-answer report decides.
+        let device_class = lupus_prover::kat::decided_class(&final_opening.leaf.kat);
         let submission = Submission {
             work_committed: B64(entry.encode()),
             delta: B64(run.delta.to_bytes()),
-            final_opening: run.final_opening().map_err(local)?,
-            device_class: self.conduct.device_class(backend.class()),
+            final_opening,
+            device_class,
         };
         let submitted: Result<SubmissionReceipt, _> = self
             .post_retrying(&paths::submit(task.task_id.0), &submission)

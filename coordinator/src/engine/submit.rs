@@ -71,6 +71,7 @@ impl Coordinator {
         let checked = check_submission(&sub, task, &worker, &shapes, self.job.inner.steps)?;
         check_delta_bound(&self.job, &base, &checked.delta)?;
         let trace_root = checked.commitment.trace_root;
+        let class = checked.class;
         let entry = checked.entry;
         let blob = self.put_blob(sub.delta.0.clone()).await?;
         let mut guard = self.lock_synced().await?;
@@ -78,7 +79,7 @@ impl Coordinator {
             worker,
             task,
             entry,
-            class: sub.device_class,
+            class,
             delta_blob: blob,
             trace_root,
         };
