@@ -225,3 +225,36 @@ async fn a_sybil_pair_and_a_self_accusation_farm_earn_nothing_from_their_cheats(
         assert!(row.honest_credit > 0, "{row:?}");
     }
 }
+
+/// Issue 13, the two strategies that paid more than honest work before proof of replay
+/// and the drift check: an always-accept verifier among honest workers, and a worker
+/// that reports a tolerant device and nudges every step toward one direction. With
+/// replay checks on, every acceptance the lazy verifier signed and every nudged task
+/// is caught, and neither keeps a share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lazy_verifier_and_tolerant_nudges_earn_nothing() {
+    use lupus_zoo::rational::{self, Strategy};
+    let job = TINY.replace(
+        "double_check_fraction = 0.05",
+        "double_check_fraction = 0.05\nreplay_checks = 0.05",
+    );
+    let cfg = ZooConfig {
+        honest_workers: 2,
+        honest_verifiers: 1,
+        ..config(&job, Vec::new(), Vec::new())
+    };
+    let r = rational::run(&cfg, &[Strategy::AlwaysAccept, Strategy::TolerantNudges])
+        .await
+        .unwrap();
+    eprintln!("{}", rational::table(&r));
+    for row in &r.rows {
+        assert!(
+            row.acts > 0,
+            "{}: no cheating act settled: {row:?}",
+            row.name
+        );
+        assert_eq!(row.caught, row.acts, "{}: a cheat paid: {row:?}", row.name);
+        assert_eq!(row.credit, 0, "{}: kept a share: {row:?}", row.name);
+        assert!(row.honest_credit > 0, "{row:?}");
+    }
+}
