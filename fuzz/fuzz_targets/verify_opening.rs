@@ -518,13 +518,15 @@ fn edit_leaf(f: &Fixture, u: &mut Unstructured, p: &mut u32, leaf: &mut TraceLea
         (5, TraceLeaf::Step(s)) => edit_digest(f, u, &mut s.next_state)?,
         (1, TraceLeaf::Final(l)) => edit_u32(u, &mut l.steps)?,
         (2 | 3, TraceLeaf::Final(l)) => edit_digest(f, u, &mut l.state)?,
-        (4 | 5, TraceLeaf::Final(l)) => edit_digest(f, u, &mut l.delta)?,
+        (4, TraceLeaf::Final(l)) => edit_digest(f, u, &mut l.delta)?,
+        (5, TraceLeaf::Final(l)) => edit_digest(f, u, &mut l.kat)?,
         // The other kind of leaf at the same position.
         (_, TraceLeaf::Step(s)) => {
             *leaf = TraceLeaf::Final(lupus_prover::trace::FinalLeaf {
                 steps: *p,
                 state: s.next_state,
                 delta: f.commitment.delta_hash,
+                kat: lupus_prover::merkle::Digest(lupus_prover::kat::expected_digest()),
             })
         }
         (_, TraceLeaf::Final(l)) => {
