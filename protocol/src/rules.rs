@@ -1101,10 +1101,11 @@ impl ProtocolState {
                     }
                 }
                 if credited && t.ruling.is_none() {
-                    let checked = t
-                        .accept_ordinals
-                        .iter()
-                        .find(|(v, n)| replay_checked(&beacon.0, *id, v, *n, job.replay_checks));
+                    // A slashed verifier's acceptance does not count, checked or not.
+                    let checked = t.accept_ordinals.iter().find(|(v, n)| {
+                        !self.fold.is_slashed(v)
+                            && replay_checked(&beacon.0, *id, v, *n, job.replay_checks)
+                    });
                     if let Some((verifier, ordinal)) = checked {
                         return Err(Violation::SkippedReplayCheck {
                             task: *id,

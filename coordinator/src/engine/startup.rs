@@ -212,8 +212,16 @@ impl Coordinator {
                     live.opening_blob = Some(Digest(m.as_slice().try_into().map_err(internal)?));
                 }
             }
-            live.outcome =
-                rules::ledger_outcome(&inner.state, &t, live.needed, &self.referee_key());
+            // A task whose acceptance the beacon marks for the referee's replay check
+            // is not settled until the referee has ruled (the resolve below).
+            let check_due = beacon.is_some_and(|b| {
+                rules::replay_check_due(&inner.state, &t, &b, &self.referee_key())
+            });
+            live.outcome = if check_due {
+                None
+            } else {
+                rules::ledger_outcome(&inner.state, &t, live.needed, &self.referee_key())
+            };
             inner.live.insert(t.id, live);
         }
         // Settle verdicts that arrived before the crash but were not resolved.
