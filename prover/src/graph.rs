@@ -404,6 +404,41 @@ pub fn eval_loss(spec: &ModelSpec, params: &[Tensor], batch: &Batch) -> Result<f
     loss_value(&plan, &src, &outs)
 }
 
+/// The logits the model gives each input position of `batch` (forward only): the
+/// input of the loss's softmax cross-entropy, `[b, vocab]` for the MLP and
+/// `[b * context, vocab]` for the GPT (row `i * context + j` is window `i`'s position
+/// `j`). The targets of `batch` are not read. For sampling text; the same kernels and
+/// bits as training.
+pub fn logits(spec: &ModelSpec, params: &[Tensor], batch: &Batch) -> Result<Tensor, ModelError> {
+    spec.check_params(params, "params")?;
+    let bsz = model::check_batch(spec, batch)?;
+    let plan = plan(spec, bsz, None)?;
+    let loss_op = match plan.loss {
+        ValueRef::Op { op, .. } => op as usize,
+        _ => {
+            return Err(ModelError::Graph {
+                detail: "the loss is not an operator's output".into(),
+            });
+        }
+    };
+    let logits_ref = plan
+        .nodes
+        .get(loss_op)
+        .filter(|n| n.kind == crate::ops::OpKind::SoftmaxCrossEntropy)
+        .and_then(|n| n.inputs.first().copied())
+        .ok_or_else(|| ModelError::Graph {
+            detail: "the loss is not a softmax cross-entropy of logits".into(),
+        })?;
+    let src = Sources {
+        params,
+        m: &[],
+        v: &[],
+        batch,
+    };
+    let outs = execute(&plan, &src, true, None)?;
+    resolve(&src, &outs, logits_ref).cloned()
+}
+
 /// Gradients of the mean loss with respect to every parameter (forward and backward
 /// only, no update): used by gradient checks and by tools that inspect a step.
 pub fn gradients(

@@ -353,6 +353,19 @@ mod tests {
         assert_ne!(k.hash(), j.hash());
     }
 
+    /// Every job file that ships parses and validates, its model among them.
+    #[test]
+    fn every_shipped_job_parses() {
+        for text in [
+            SHAKESPEARE,
+            include_str!("../../jobs/shakespeare-gpt.toml"),
+            include_str!("../../jobs/tiny-test.toml"),
+        ] {
+            let j = JobSpec::parse(text).unwrap();
+            j.model.validate().unwrap();
+        }
+    }
+
     fn with(from: &str, to: &str) -> Result<JobSpec, SpecError> {
         assert!(SHAKESPEARE.contains(from), "{from}");
         JobSpec::parse(&SHAKESPEARE.replacen(from, to, 1))

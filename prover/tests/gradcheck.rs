@@ -393,3 +393,43 @@ fn whole_gpt_gradients() {
     };
     check_model(&spec, &[vec![0, 1, 2, 3, 4], vec![5, 4, 3, 2, 1]], 1e-3);
 }
+
+/// The logits `graph::logits` returns are the ones the loss is computed from: their
+/// mean softmax cross-entropy against the targets is the forward loss, for both
+/// models (the GPT's rows are every window's every position).
+#[test]
+fn logits_give_the_forward_loss() {
+    use lupus_prover::graph::logits;
+    let gpt = ModelSpec::Gpt {
+        vocab: 11,
+        context: 5,
+        d_model: 8,
+        heads: 2,
+        layers: 2,
+        d_ff: 16,
+    };
+    let mlp = ModelSpec::Mlp {
+        vocab: 11,
+        context: 5,
+        embed: 4,
+        hidden: vec![8],
+    };
+    let windows = vec![vec![0, 1, 2, 3, 4, 5], vec![5, 4, 3, 2, 1, 10]];
+    for spec in [gpt, mlp] {
+        let params = init_params(&spec, [4; 32]).unwrap();
+        let batch = make_batch(&spec, &windows).unwrap();
+        let l = logits(&spec, &params, &batch).unwrap();
+        let v = spec.vocab();
+        let targets = batch.targets.data();
+        assert_eq!(l.data().len(), targets.len() * v, "{spec:?}");
+        let mut total = 0f64;
+        for (row, t) in l.data().chunks(v).zip(targets) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let z: f64 = row.iter().map(|x| f64::from(x - max).exp()).sum();
+            total += z.ln() - f64::from(row[*t as usize] - max);
+        }
+        let mean = total / targets.len() as f64;
+        let loss = f64::from(eval_loss(&spec, &params, &batch).unwrap());
+        assert!((mean - loss).abs() < 1e-4, "{spec:?}: {mean} vs {loss}");
+    }
+}

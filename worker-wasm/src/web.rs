@@ -347,11 +347,12 @@ pub fn cpu_known_answer_class() -> String {
     }
 }
 
-/// The benchmark's job: `"mlp"` is the Shakespeare MLP the demo trains, `"tiny"` the
-/// test job.
+/// The benchmark's job: `"mlp"` is the Shakespeare MLP the demo trains, `"gpt"` the
+/// Shakespeare GPT, `"tiny"` the test job.
 fn bench_job(which: &str) -> Result<lupus_prover::spec::JobSpec, JsValue> {
     let text = match which {
         "mlp" => include_str!("../../jobs/shakespeare-mlp.toml"),
+        "gpt" => include_str!("../../jobs/shakespeare-gpt.toml"),
         "tiny" => include_str!("../../jobs/tiny-test.toml"),
         other => return Err(JsValue::from_str(&format!("no benchmark job `{other}`"))),
     };
