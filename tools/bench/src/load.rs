@@ -6,7 +6,10 @@
 //! `/proc/<pid>/status` at every sample. The participants are the real worker and
 //! verifier loop (`lupus_worker::native`), many to a thread (`spawn_group`): the tiny
 //! job trains in milliseconds, so hundreds of them fit a few threads, taking turns
-//! at every request as volunteers' browsers would.
+//! at every request as volunteers' browsers would. Their threads run at nice +10
+//! (`--volunteer-nice`): on a machine that also runs the coordinator, the volunteers'
+//! training is CPU a real coordinator would not share, and without it the first
+//! seconds' thousand starting volunteers starve the coordinator (docs/BENCHMARKS.md).
 //!
 //! Every `--every` seconds a row: requests answered per second, client-side latency
 //! percentiles (each exchange made and timed on the bench's own runtime, so a
@@ -60,6 +63,13 @@ pub struct LoadArgs {
     /// Threads the simulated participants share (default: two per core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// How much lower than the bench's the scheduling priority (nice value) of the
+    /// simulated participants' threads is: on a machine that also runs the
+    /// coordinator under test, their training must not be what the coordinator's
+    /// latency measures. Their requests are still made and timed on the bench's own
+    /// runtime at its priority. 0 runs them at the bench's priority.
+    #[arg(long, default_value_t = 10)]
+    pub volunteer_nice: i32,
     /// The job the workers train (default: jobs/tiny-test.toml, embedded).
     #[arg(long)]
     pub job: Option<PathBuf>,
@@ -518,10 +528,19 @@ async fn measure(args: &LoadArgs, bin: &Path) -> Result<Report> {
         "coordinator idle: RSS {:.1} MiB, HWM {:.1} MiB",
         idle.0, idle.1
     );
-    let handles: Vec<_> = groups
-        .into_iter()
-        .map(|g| spawn_group(g, Arc::clone(&stop)))
-        .collect();
+    // The groups' threads are started from a thread of their own whose priority is
+    // lowered first: threads inherit it, the bench's runtime keeps its own.
+    let nice = args.volunteer_nice;
+    let stop_all = Arc::clone(&stop);
+    let handles: Vec<_> = std::thread::spawn(move || {
+        lower_priority(nice);
+        groups
+            .into_iter()
+            .map(|g| spawn_group(g, Arc::clone(&stop_all)))
+            .collect::<Vec<_>>()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("starting the participants' threads panicked"))?;
 
     let done = |worker: bool| -> u64 {
         stats
@@ -786,6 +805,19 @@ fn print_summary(r: &Report) {
         "| RSS slope, whole run / second half (MiB/min) | {:+.2} / {:+.2} |",
         m.slope_mib_per_min, m.slope_second_half_mib_per_min
     );
+}
+
+/// Raises the calling thread's nice value by `by` (best effort; Linux only, where a
+/// thread's priority is its own and what the threads it starts inherit).
+fn lower_priority(by: i32) {
+    #[cfg(target_os = "linux")]
+    if by > 0 {
+        let tid = rustix::thread::gettid();
+        let now = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
+        let _ = rustix::process::setpriority_process(Some(tid), now + by);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = by;
 }
 
 #[cfg(test)]

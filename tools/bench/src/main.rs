@@ -394,6 +394,7 @@ async fn all(args: &AllArgs) -> Result<()> {
         every: 5,
         tasks_per_round: None,
         threads: None,
+        volunteer_nice: 10,
         job: None,
         coordinator_bin: None,
         baseline_bin: None,
