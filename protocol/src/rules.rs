@@ -368,9 +368,13 @@ pub fn convicts(
 /// uniform draw from `PRF(beacon, trace_root)` below `fraction`. Nobody can know it
 /// before the close reveals the beacon, and everybody can check it after.
 pub fn double_checked(beacon: &[u8; 32], trace_root: &Digest, fraction: f64) -> bool {
-    let x = prf(beacon, "lupus double check v1", &trace_root.0);
+    unit(&prf(beacon, "lupus double check v1", &trace_root.0)) < fraction
+}
+
+/// A PRF output's first 8 bytes as a uniform draw in `[0, 1]`.
+fn unit(x: &[u8; 32]) -> f64 {
     let u = u64::from_le_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]);
-    (u as f64) / (u64::MAX as f64) < fraction
+    (u as f64) / (u64::MAX as f64)
 }
 
 /// Whether the referee must replay `verifier`'s acceptance of `task`, its
@@ -401,10 +405,8 @@ pub fn replay_checked(
     let mut input = [0u8; 40];
     input[..8].copy_from_slice(&task.0.to_be_bytes());
     input[8..].copy_from_slice(&verifier.0);
-    let x = prf(beacon, "lupus replay check v1", &input);
-    let u = u64::from_le_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]);
     let odds = (2.0 / (f64::from(ordinal) + 1.0)).max(floor);
-    (u as f64) / (u64::MAX as f64) < odds
+    unit(&prf(beacon, "lupus replay check v1", &input)) < odds
 }
 
 /// The protocol checker's state, with the shares fold. Serialisable so a run resumes.
@@ -518,13 +520,19 @@ impl ProtocolState {
         self.job.as_ref().map_or(0.0, |j| j.replay_checks)
     }
 
-    /// `(verifier, ordinal)` of each acceptance of `task` by a verifier other than the
-    /// referee, in log order; empty for a task no longer held.
-    pub fn accept_ordinals(&self, task: TaskId) -> Vec<(PublicKey, u32)> {
+    /// The first acceptance of `task` that `beacon` marks for the referee's replay
+    /// check ([`replay_checked`]), as `(verifier, ordinal)`, among those of verifiers
+    /// not slashed (a slashed verifier's acceptance counts for nothing, checked or
+    /// not). The one rule both the coordinator (before it settles a task) and the
+    /// close (with the beacon revealed) apply.
+    pub fn marked_acceptance(&self, task: TaskId, beacon: &[u8; 32]) -> Option<(PublicKey, u32)> {
+        let floor = self.replay_checks();
         self.tasks
-            .get(&task)
-            .map(|t| t.accept_ordinals.clone())
-            .unwrap_or_default()
+            .get(&task)?
+            .accept_ordinals
+            .iter()
+            .find(|(v, n)| !self.fold.is_slashed(v) && replay_checked(beacon, task, v, *n, floor))
+            .copied()
     }
 
     /// Whether a `Slashed` of `key` for `task` stands on a wrong replay digest: the
@@ -1100,19 +1108,15 @@ impl ProtocolState {
                         return Err(Violation::SkippedDoubleCheck { task: *id, accepts });
                     }
                 }
-                if credited && t.ruling.is_none() {
-                    // A slashed verifier's acceptance does not count, checked or not.
-                    let checked = t.accept_ordinals.iter().find(|(v, n)| {
-                        !self.fold.is_slashed(v)
-                            && replay_checked(&beacon.0, *id, v, *n, job.replay_checks)
+                if credited
+                    && t.ruling.is_none()
+                    && let Some((verifier, ordinal)) = self.marked_acceptance(*id, &beacon.0)
+                {
+                    return Err(Violation::SkippedReplayCheck {
+                        task: *id,
+                        verifier,
+                        ordinal,
                     });
-                    if let Some((verifier, ordinal)) = checked {
-                        return Err(Violation::SkippedReplayCheck {
-                            task: *id,
-                            verifier: *verifier,
-                            ordinal: *ordinal,
-                        });
-                    }
                 }
             }
             credited_work += usize::from(t.credited.iter().any(|(_, work)| *work));

@@ -404,6 +404,78 @@ pub fn eval_loss(spec: &ModelSpec, params: &[Tensor], batch: &Batch) -> Result<f
     loss_value(&plan, &src, &outs)
 }
 
+/// The value `r` names in a step from `state` on `batch`, where `ops` are the tape's
+/// records computed so far: for executors that run a [`plan`] node by node on their
+/// own kernels (the WGSL step, emulated devices) and must resolve references exactly
+/// as [`train_step`] does.
+pub fn step_value<'a>(
+    state: &'a TrainState,
+    batch: &'a Batch,
+    ops: &'a [OpRecord],
+    r: ValueRef,
+) -> Result<&'a Tensor, ModelError> {
+    let found = match r {
+        ValueRef::Param(i) => state.params.get(i as usize),
+        ValueRef::Moment1(i) => state.m.get(i as usize),
+        ValueRef::Moment2(i) => state.v.get(i as usize),
+        ValueRef::Input => Some(&batch.inputs),
+        ValueRef::Target => Some(&batch.targets),
+        ValueRef::Op { op, output } => ops
+            .get(op as usize)
+            .and_then(|o| o.outputs.get(output as usize)),
+    };
+    found.ok_or_else(|| ModelError::Graph {
+        detail: format!("{r:?} does not name an available value"),
+    })
+}
+
+/// The [`StepOutput`] of a step from `state` whose whole tape is `ops` (a training
+/// [`plan`]'s nodes run in order, `loss` its loss reference): the loss, and the next
+/// state from the AdamW update nodes, which come last, one per parameter.
+pub fn step_output(
+    state: &TrainState,
+    batch: &Batch,
+    ops: Vec<OpRecord>,
+    loss: ValueRef,
+) -> Result<StepOutput, ModelError> {
+    let graph_err = |detail: &str| ModelError::Graph {
+        detail: detail.into(),
+    };
+    let loss = step_value(state, batch, &ops, loss)?
+        .data()
+        .first()
+        .copied()
+        .ok_or_else(|| graph_err("the loss tensor is empty"))?;
+    let step = state
+        .step
+        .checked_add(1)
+        .ok_or_else(|| graph_err("the step counter overflowed"))?;
+    let n = state.params.len();
+    let first = ops
+        .len()
+        .checked_sub(n)
+        .ok_or_else(|| graph_err("the plan has fewer update nodes than parameters"))?;
+    let mut next = TrainState {
+        params: Vec::with_capacity(n),
+        m: Vec::with_capacity(n),
+        v: Vec::with_capacity(n),
+        step,
+    };
+    for rec in &ops[first..] {
+        let [p, m, v] = rec.outputs.as_slice() else {
+            return Err(graph_err("an update node did not give three outputs"));
+        };
+        next.params.push(p.clone());
+        next.m.push(m.clone());
+        next.v.push(v.clone());
+    }
+    Ok(StepOutput {
+        state: next,
+        loss,
+        ops,
+    })
+}
+
 /// The logits the model gives each input position of `batch` (forward only): the
 /// input of the loss's softmax cross-entropy, `[b, vocab]` for the MLP and
 /// `[b * context, vocab]` for the GPT (row `i * context + j` is window `i`'s position

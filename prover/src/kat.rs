@@ -463,6 +463,11 @@ pub fn combined_digest(results: &[KatResult]) -> [u8; 32] {
 /// The [`combined_digest`] of the pinned reference hashes: what an exact-class run
 /// digests to.
 pub fn expected_digest() -> [u8; 32] {
+    static DIGEST: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    *DIGEST.get_or_init(pinned_digest)
+}
+
+fn pinned_digest() -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key("lupus kat digest v1");
     for &(name, hex) in EXPECTED {
         h.update(&(name.len() as u32).to_le_bytes());
@@ -481,8 +486,7 @@ pub fn expected_digest() -> [u8; 32] {
 /// tolerant report buys only the tolerant bound (`verify.tolerance`, with its drift
 /// check), calibrated on honest devices' spread.
 pub fn decided_class(kat: &crate::merkle::Digest) -> crate::verify::DeviceClass {
-    static EXPECTED_DIGEST: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
-    if kat.0 == *EXPECTED_DIGEST.get_or_init(expected_digest) {
+    if kat.0 == expected_digest() {
         crate::verify::DeviceClass::Exact
     } else {
         crate::verify::DeviceClass::Tolerant

@@ -250,11 +250,14 @@ impl ReplayDigest {
     }
 
     fn tensor(&mut self, t: &Tensor) {
-        let mut buf = Vec::with_capacity(t.data().len() * 4);
-        for x in t.data() {
-            buf.extend_from_slice(&x.to_le_bytes());
+        // In chunks through a buffer on the stack: no copy of the tensor.
+        let mut buf = [0u8; 4096];
+        for chunk in t.data().chunks(buf.len() / 4) {
+            for (out, x) in buf.chunks_exact_mut(4).zip(chunk) {
+                out.copy_from_slice(&x.to_le_bytes());
+            }
+            self.hasher.update(&buf[..chunk.len() * 4]);
         }
-        self.hasher.update(&buf);
     }
 
     /// Adds step `t`'s replay.
@@ -462,18 +465,33 @@ pub fn verify_opening_digests(
     Ok(Verdict::Accept)
 }
 
+/// `a - b`, element by element over the tensors in order, concatenated: a step's
+/// parameter difference from the replay.
+pub fn param_difference(a: &[Tensor], b: &[Tensor]) -> Vec<f32> {
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| x.data().iter().zip(y.data()).map(|(p, q)| p - q))
+        .collect()
+}
+
+/// The cosine between two differences (0 when either is zero).
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let norm = |r: &[f32]| r.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let n = norm(a) * norm(b);
+    if n == 0.0 { 0.0 } else { dot / n }
+}
+
 /// The first pair of opened steps whose parameter differences from the replay share
 /// a direction beyond [`DRIFT_COSINE`], as a rejection of the later step.
 fn shared_direction(residuals: &[(u32, Vec<f32>)]) -> Option<Verdict> {
-    let norm = |r: &[f32]| r.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     for (i, (a, ra)) in residuals.iter().enumerate() {
         for (b, rb) in residuals.iter().skip(i + 1) {
-            let dot: f64 = ra
-                .iter()
-                .zip(rb)
-                .map(|(x, y)| f64::from(*x) * f64::from(*y))
-                .sum();
-            let cosine = dot / (norm(ra) * norm(rb)).max(1e-300);
+            let cosine = cosine(ra, rb);
             if cosine > DRIFT_COSINE {
                 return Some(reject(
                     Some(*b),
@@ -530,16 +548,16 @@ fn check_tolerant(
             RejectReason::ToleranceExceeded { distance: worst },
         ));
     }
-    let mut residual = Vec::new();
-    let (mut diff, mut size) = (0f64, 0f64);
-    for (a, b) in next.params.iter().zip(&replay.state.params) {
-        for (x, y) in a.data().iter().zip(b.data()) {
-            let d = x - y;
-            residual.push(d);
-            diff += f64::from(d).powi(2);
-            size += f64::from(*y).powi(2);
-        }
-    }
+    let residual = param_difference(&next.params, &replay.state.params);
+    let squares = |xs: &mut dyn Iterator<Item = f32>| xs.map(|x| f64::from(x).powi(2)).sum::<f64>();
+    let diff = squares(&mut residual.iter().copied());
+    let size = squares(
+        &mut replay
+            .state
+            .params
+            .iter()
+            .flat_map(|t| t.data().iter().copied()),
+    );
     let relative = diff.sqrt() / size.sqrt().max(1e-30);
     Ok((relative >= DRIFT_FLOOR * f64::from(tol)).then_some(residual))
 }

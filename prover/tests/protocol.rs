@@ -550,3 +550,64 @@ fn replay_digests_are_the_replays_and_keyed_by_verifier() {
     assert_ne!(a[0], ReplayDigest::new(&[1; 32], 5).finish());
     assert_ne!(a[0], ReplayDigest::new(&[1; 32], 6).finish());
 }
+
+/// The drift check's floor, tried as the cheapest way past it: a worker that reports
+/// a tolerant device and pushes every parameter along the all-ones direction at every
+/// step. Pushes of 0.9 of the tolerance share their direction and are rejected; pushes
+/// under the floor (an eighth of the tolerance, about one honest device's spread) are
+/// not checked for direction and pass. That is the bound the tolerant class keeps: at
+/// most the floor per step in a chosen direction.
+#[test]
+fn nudges_above_the_drift_floor_are_rejected_and_below_it_pass() {
+    use lupus_prover::verify::DRIFT_FLOOR;
+    let (job, corpus, base) = setup();
+    let all: Vec<u32> = (0..job.inner.steps).collect();
+    let tol = f64::from(job.verify.tolerance);
+    for (share, caught) in [(0.9, true), (DRIFT_FLOOR * 0.5, false)] {
+        let mut b = TaskBuilder::new(&job, &corpus, &base, SEED)
+            .unwrap()
+            .with_checkpoint_interval(1)
+            .with_kat([0xaa; 32]);
+        for _ in 0..job.inner.steps {
+            let batch = b.batch().unwrap();
+            let mut out = train_step(&job.model, &job.inner.adamw(), b.state(), &batch).unwrap();
+            for i in 0..out.state.params.len() {
+                let p = &out.state.params[i];
+                let norm = p
+                    .data()
+                    .iter()
+                    .map(|x| f64::from(*x).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                let push = (share * tol * norm / (p.len() as f64).sqrt()) as f32;
+                let nudged = Tensor::new(
+                    p.shape().to_vec(),
+                    p.data().iter().map(|x| x + push).collect(),
+                )
+                .unwrap();
+                let update = out.ops.iter_mut().find(|r| {
+                    matches!(r.kind, OpKind::AdamWUpdate { .. })
+                        && r.inputs.first() == Some(&ValueRef::Param(i as u32))
+                });
+                update.unwrap().outputs[0] = nudged.clone();
+                out.state.params[i] = nudged;
+            }
+            b.record(&batch, out).unwrap();
+        }
+        let run = b.finish().unwrap();
+        let v = verify(&job, &corpus, &base, &run, &all, DeviceClass::Tolerant);
+        let shared = matches!(
+            v,
+            Verdict::Reject {
+                reason: RejectReason::SharedDirection { .. },
+                ..
+            }
+        );
+        assert_eq!(shared, caught, "push of {share} of the tolerance: {v:?}");
+        assert_eq!(
+            v.is_accept(),
+            !caught,
+            "push of {share} of the tolerance: {v:?}"
+        );
+    }
+}

@@ -404,13 +404,9 @@ pub(super) fn replay_check_due(
     beacon: &[u8; 32],
     referee: &PublicKey,
 ) -> bool {
-    if t.worker_slashed || t.verdicts.iter().any(|v| v.verifier == *referee) {
-        return false;
-    }
-    let floor = state.protocol.replay_checks();
-    state.protocol.accept_ordinals(t.id).iter().any(|(v, n)| {
-        !state.slashed.contains(v) && lupus_protocol::replay_checked(beacon, t.id, v, *n, floor)
-    })
+    !t.worker_slashed
+        && !t.verdicts.iter().any(|v| v.verifier == *referee)
+        && state.protocol.marked_acceptance(t.id, beacon).is_some()
 }
 
 /// Whether `t`'s worker was on probation when it committed

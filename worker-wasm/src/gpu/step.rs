@@ -5,10 +5,9 @@
 //! commits them all), so on an exact-class device the [`StepOutput`] is identical and
 //! `TaskBuilder::record` commits it like a CPU step.
 
-use lupus_prover::graph::{OpRecord, StepOutput, ValueRef, plan};
+use lupus_prover::graph::{OpRecord, StepOutput, plan, step_output, step_value};
 use lupus_prover::model::{Batch, ModelError, ModelSpec};
 use lupus_prover::optim::{AdamW, TrainState};
-use lupus_prover::tensor::Tensor;
 
 use super::device::{GpuDevice, GpuError};
 use super::ops::eval_op_gpu;
@@ -17,25 +16,6 @@ fn graph_err(detail: impl Into<String>) -> GpuError {
     GpuError::Model(ModelError::Graph {
         detail: detail.into(),
     })
-}
-
-fn resolve<'a>(
-    state: &'a TrainState,
-    batch: &'a Batch,
-    ops: &'a [OpRecord],
-    r: ValueRef,
-) -> Result<&'a Tensor, GpuError> {
-    let found = match r {
-        ValueRef::Param(i) => state.params.get(i as usize),
-        ValueRef::Moment1(i) => state.m.get(i as usize),
-        ValueRef::Moment2(i) => state.v.get(i as usize),
-        ValueRef::Input => Some(&batch.inputs),
-        ValueRef::Target => Some(&batch.targets),
-        ValueRef::Op { op, output } => ops
-            .get(op as usize)
-            .and_then(|o| o.outputs.get(output as usize)),
-    };
-    found.ok_or_else(|| graph_err(format!("{r:?} does not name an available value")))
 }
 
 /// Forward, loss, backward and AdamW on the GPU, with the full tape.
@@ -59,7 +39,7 @@ pub async fn train_step_gpu(
         let inputs = node
             .inputs
             .iter()
-            .map(|r| resolve(state, batch, &ops, *r))
+            .map(|r| step_value(state, batch, &ops, *r))
             .collect::<Result<Vec<_>, _>>()?;
         let outputs = eval_op_gpu(dev, &node.kind, &inputs).await?;
         ops.push(OpRecord {
@@ -68,33 +48,5 @@ pub async fn train_step_gpu(
             outputs,
         });
     }
-    let loss = resolve(state, batch, &ops, plan.loss)?
-        .data()
-        .first()
-        .copied()
-        .ok_or_else(|| graph_err("the loss tensor is empty"))?;
-    let n = state.params.len();
-    let first = ops
-        .len()
-        .checked_sub(n)
-        .ok_or_else(|| graph_err("the plan has fewer update nodes than parameters"))?;
-    let mut next = TrainState {
-        params: Vec::with_capacity(n),
-        m: Vec::with_capacity(n),
-        v: Vec::with_capacity(n),
-        step,
-    };
-    for rec in &ops[first..] {
-        let [p, m, v] = rec.outputs.as_slice() else {
-            return Err(graph_err("an update node did not give three outputs"));
-        };
-        next.params.push(p.clone());
-        next.m.push(m.clone());
-        next.v.push(v.clone());
-    }
-    Ok(StepOutput {
-        state: next,
-        loss,
-        ops,
-    })
+    Ok(step_output(state, batch, ops, plan.loss)?)
 }
