@@ -27,7 +27,7 @@ pub struct DemoArgs {
     /// starts it afresh).
     #[arg(long, default_value = "lupus-data")]
     data_dir: PathBuf,
-    /// The job spec (TOML); default: the embedded jobs/shakespeare-mlp.toml.
+    /// The job spec (TOML); default: the embedded jobs/shakespeare-gpt.toml.
     #[arg(long)]
     job: Option<PathBuf>,
     /// `postgres://...` for the ledger (default: SQLite under --data-dir/demo).
@@ -36,9 +36,14 @@ pub struct DemoArgs {
     /// Native workers (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
-    /// Rounds to train (12 rounds of the default job take about two minutes on 2 cores).
+    /// Rounds to train (12 rounds of the default job take about two and a half minutes
+    /// on 2 cores).
     #[arg(long, default_value_t = 12)]
     rounds: u64,
+    /// Print a short sample of the model's text after every N closed rounds, so you see
+    /// it learn words (0: only the sample at the end).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    sample_every: u64,
     /// Address of the coordinator; open it in a browser to join as a volunteer.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -175,6 +180,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             .iter()
             .filter(|r| r.phase == RoundPhase::Closed)
             .collect();
+        let mut sample_due = false;
         for r in closed.iter().skip(reported) {
             let line = format!(
                 "round {} closed: {} tasks merged, validation loss {:.4}",
@@ -187,8 +193,29 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             } else {
                 mp.println(line)?;
             }
+            sample_due |= args.sample_every > 0
+                && r.round.0 % args.sample_every == 0
+                && r.round.0 < args.rounds;
         }
         reported = closed.len();
+        if sample_due {
+            // The newest merged model: a round may have closed since, which only makes
+            // the sample fresher.
+            let model = c.model().await?;
+            let spec = job.model.clone();
+            let text = tokio::task::spawn_blocking(move || {
+                sample::generate(&spec, &model, "ROMEO:\n", 160, 1)
+            })
+            .await?;
+            if let Some(text) = text {
+                let block = format!("  sample: {}", text.replace('\n', "\n          "));
+                if mp.is_hidden() {
+                    println!("{block}");
+                } else {
+                    mp.println(block)?;
+                }
+            }
+        }
         rounds_bar.set_position(closed.len() as u64);
         if let Some(open) = list.iter().find(|r| r.phase == RoundPhase::Open) {
             rounds_bar.set_message(format!("round {} open", open.round));
@@ -245,7 +272,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     );
     let model = c.model().await?;
     let text = sample::generate(&job.model, &model, "ROMEO:\n", 300, 1)
-        .unwrap_or_else(|| "(text sampling supports the MLP model only)".into());
+        .unwrap_or_else(|| "(the model's parameters do not fit its spec)".into());
     println!("\nsample from the trained model:\n{text}\n");
 
     // Round 0 is the initial model.

@@ -24,7 +24,7 @@ use lupus_worker::native::{NativeConfig, Stats, spawn_verifier, spawn_worker};
 use lupus_worker::worker::WorkerError;
 
 /// The job `lupus up` and `lupus demo` run when no `--job` is given.
-pub const DEFAULT_JOB: &str = include_str!("../../jobs/shakespeare-mlp.toml");
+pub const DEFAULT_JOB: &str = include_str!("../../jobs/shakespeare-gpt.toml");
 
 #[derive(Parser)]
 #[command(
@@ -45,7 +45,7 @@ pub struct CoordinatorArgs {
     /// `postgres://...` puts the ledger and state in PostgreSQL (default: SQLite in --data-dir).
     #[arg(long)]
     pub database: Option<String>,
-    /// The job spec (TOML); default: the embedded jobs/shakespeare-mlp.toml.
+    /// The job spec (TOML); default: the embedded jobs/shakespeare-gpt.toml.
     #[arg(long)]
     pub job: Option<PathBuf>,
     /// Accepted tasks per round.
@@ -196,7 +196,7 @@ enum DataCommand {
         #[arg(long, default_value = "lupus-data")]
         data_dir: PathBuf,
         /// The job spec whose `[dataset]` to fetch (default: the embedded
-        /// jobs/shakespeare-mlp.toml).
+        /// jobs/shakespeare-gpt.toml).
         #[arg(long)]
         job: Option<PathBuf>,
     },

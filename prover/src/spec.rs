@@ -359,6 +359,8 @@ mod tests {
         for text in [
             SHAKESPEARE,
             include_str!("../../jobs/shakespeare-gpt.toml"),
+            include_str!("../../jobs/shakespeare-gpt-medium.toml"),
+            include_str!("../../jobs/shakespeare-gpt-large.toml"),
             include_str!("../../jobs/tiny-test.toml"),
         ] {
             let j = JobSpec::parse(text).unwrap();

@@ -38,7 +38,7 @@ use crate::job_text;
 /// the job's corpus (fetched into --data-dir when missing).
 #[derive(clap::Args, Clone, Debug)]
 pub struct DilocoArgs {
-    /// The job spec (default: the embedded jobs/shakespeare-mlp.toml).
+    /// The job spec (default: the embedded jobs/shakespeare-gpt.toml).
     #[arg(long)]
     pub job: Option<PathBuf>,
     /// Where the corpus is (or is fetched to).

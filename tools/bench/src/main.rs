@@ -37,7 +37,7 @@ use clap::Parser;
 use report::Report;
 
 /// The job the benches run when no `--job` is given (as `lupus up` does).
-const DEFAULT_JOB: &str = include_str!("../../../jobs/shakespeare-mlp.toml");
+const DEFAULT_JOB: &str = include_str!("../../../jobs/shakespeare-gpt.toml");
 
 /// The job spec text of `--job`, or the embedded default.
 fn job_text(job: &Option<PathBuf>) -> Result<String> {

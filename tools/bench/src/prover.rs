@@ -49,7 +49,7 @@ pub struct ProverArgs {
     /// Milliseconds of CPU time each kernel or training step is timed for.
     #[arg(long, default_value_t = 600)]
     pub budget_ms: u64,
-    /// The job of the protocol part (default: the embedded jobs/shakespeare-mlp.toml;
+    /// The job of the protocol part (default: the embedded jobs/shakespeare-gpt.toml;
     /// a generated corpus stands in for its text: the cost does not depend on it).
     #[arg(long)]
     pub job: Option<PathBuf>,

@@ -31,7 +31,7 @@ use crate::job_text;
 /// gpu`; the default build leaves lupus-worker's gpu feature off.
 #[derive(clap::Args, Clone, Debug)]
 pub struct WorkerArgs {
-    /// The job (default: the embedded jobs/shakespeare-mlp.toml, the page's `mlp`).
+    /// The job (default: the embedded jobs/shakespeare-gpt.toml, the page's `gpt`).
     #[arg(long)]
     pub job: Option<PathBuf>,
     /// Steps measured, after one warm-up step (at most the job's H - 1).
