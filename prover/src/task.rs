@@ -311,6 +311,11 @@ impl<'a> TaskBuilder<'a> {
         self
     }
 
+    /// The job this task trains.
+    pub fn job(&self) -> &'a JobSpec {
+        self.job
+    }
+
     /// The next step to run.
     pub fn step(&self) -> u32 {
         self.leaves.len() as u32

@@ -1,9 +1,15 @@
-// End to end: a real coordinator (`lupus up` on the tiny job) and a native verifier; the
-// volunteer page in Debian's Chromium (playwright-core) starts by itself
-// (`/?autostart=1`; `gpu=1` trains on WebGPU even on SwiftShader), completes at least two tasks that pass their challenges, and its key
-// then shows a non-zero balance in /v1/stake/<key> whose statement verifies offline.
-// Then: pause stops work within one step, and a reload keeps the identity. Everything
-// again with WebGPU off (`/?gpu=0`): the CPU path in wasm does the same.
+// End to end: real coordinators (`lupus up`) and a native verifier; the volunteer page in
+// Debian's Chromium (playwright-core) starts by itself (`/?autostart=1`), completes at
+// least two tasks that pass their challenges, and its key then shows a non-zero balance
+// in /v1/stake/<key> whose statement verifies offline. Then: work only while visible,
+// pause stops work within one step, and a reload keeps the identity. Three volunteers:
+//
+// - on the default job (the Shakespeare GPT), a tab with WebGPU (SwiftShader here) that
+//   picks its device by timing the job on both paths and shows both figures;
+// - on the default job, a tab with WebGPU off (`/?gpu=0`): the CPU path in wasm;
+// - on the tiny test job, a tab forced onto WebGPU (`/?gpu=1`), so the WGSL kernels
+//   train real tasks end to end (a GPT task on SwiftShader's per-operator path would
+//   take many minutes).
 //
 //   node e2e.mjs            (LUPUS=<path to the lupus binary>, default target/debug/lupus)
 //
@@ -76,13 +82,13 @@ function check(cond, text) {
   console.log(`ok - ${text}`);
 }
 
-async function coordinator() {
+async function coordinator(job) {
   const dir = mkdtempSync(join(tmpdir(), 'lupus-e2e-'));
   dirs.push(dir);
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
   start([
-    'up', '--data-dir', join(dir, 'data'), '--job', join(root, 'jobs/tiny-test.toml'),
+    'up', '--data-dir', join(dir, 'data'), ...(job ? ['--job', join(root, job)] : []),
     // A closed tab leaves its task assigned: expire it in 30 s, not the default 300 s.
     '--tasks-per-round', '2', '--task-timeout', '30', '--listen', `127.0.0.1:${port}`, '--web', join(root, 'worker-wasm/www'),
   ], 'coordinator');
@@ -92,21 +98,30 @@ async function coordinator() {
   return { base, dir };
 }
 
-async function volunteer(browser, base, dir, gpu) {
-  const label = gpu ? 'WebGPU' : 'CPU (WebGPU off)';
+async function volunteer(browser, base, dir, mode) {
+  const label = { force: 'WebGPU (forced)', auto: 'device by measurement', off: 'CPU (WebGPU off)' }[mode];
   const context = await browser.newContext();
   const page = await context.newPage();
   page.on('console', (m) => m.type() === 'error' && console.log(`  [page] ${m.text()}`));
   const t0 = Date.now();
-  await page.goto(`${base}/?autostart=1&gpu=${gpu ? '1' : '0'}`);
+  const gpu = { force: '&gpu=1', auto: '', off: '&gpu=0' }[mode];
+  await page.goto(`${base}/?autostart=1${gpu}`);
   const key = await waitFor('the page identity', () => page.evaluate(() => document.body.dataset.key));
   const device = await waitFor('the device', () => page.evaluate(() => {
     const d = document.getElementById('device').textContent;
     return d && d !== 'not started' ? d : null;
   }));
   console.log(`# ${label}: key ${key}, device ${device}, class ${await page.textContent('#class')}`);
-  if (gpu) check(device.startsWith('WebGPU'), `${label}: the page trains on WebGPU`);
-  else check(device.startsWith('CPU'), `${label}: the page trains on the CPU path`);
+  if (mode === 'force') check(device.startsWith('WebGPU'), `${label}: the page trains on WebGPU`);
+  if (mode === 'off') check(device.startsWith('CPU'), `${label}: the page trains on the CPU path`);
+  if (mode === 'auto') {
+    // "<device>; measured on this job: <chosen> against <other> for <other device>",
+    // each figure "N ms/step" or "gave up after a N ms first step".
+    const m = device.match(/measured on this job: (\d+) ms\/step against (?:(\d+) ms\/step|gave up after a (\d+) ms first step)/);
+    check(m !== null, `${label}: the page timed the job on both paths (${device})`);
+    const [chosen, other, gaveUp] = [Number(m[1]), m[2] && Number(m[2]), m[3] && Number(m[3])];
+    check(gaveUp ? gaveUp > chosen : chosen <= other, `${label}: it trains on the faster (${chosen} ms/step against ${other || `a ${gaveUp} ms first step`})`);
+  }
 
   await waitFor('two accepted tasks', () => page.evaluate(() => Number(document.body.dataset.accepted || 0) >= 2));
   check(true, `${label}: the browser volunteer completed two tasks that passed their challenges (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
@@ -180,22 +195,24 @@ async function volunteer(browser, base, dir, gpu) {
 }
 
 async function main() {
-  const { base, dir } = await coordinator();
   const flags = ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
+  const main = await coordinator(null);
   const withGpu = await chromium.launch({ executablePath: chromiumPath, headless: true, args: [...flags, '--enable-unsafe-webgpu'] });
   try {
-    await volunteer(withGpu, base, dir, true);
+    await volunteer(withGpu, main.base, main.dir, 'auto');
+    const tiny = await coordinator('jobs/tiny-test.toml');
+    await volunteer(withGpu, tiny.base, tiny.dir, 'force');
   } finally {
     await withGpu.close();
   }
   const noGpu = await chromium.launch({ executablePath: chromiumPath, headless: true, args: flags });
   try {
-    await volunteer(noGpu, base, dir, false);
+    await volunteer(noGpu, main.base, main.dir, 'off');
   } finally {
     await noGpu.close();
   }
   if (participant) {
-    const out = execFileSync(participant, ['worker', base, join(dir, 'native-worker.key'), '--max', '2'], { encoding: 'utf8', timeout: timeoutMs });
+    const out = execFileSync(participant, ['worker', main.base, join(main.dir, 'native-worker.key'), '--max', '2'], { encoding: 'utf8', timeout: timeoutMs });
     check(/^worker: [2-9]\d* done/.test(out), `native runner (lupus_worker::native): ${out.trim()}`);
   }
 }

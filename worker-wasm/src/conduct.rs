@@ -112,25 +112,7 @@ pub async fn train_honestly(
         .with_kat(backend.kat());
     let steps = job.inner.steps;
     for step in 0..steps {
-        let loss = match backend {
-            Backend::Cpu => b.run_step().map_err(local)?,
-            #[cfg(feature = "gpu")]
-            Backend::Gpu { device, .. } => {
-                let batch = b.batch().map_err(local)?;
-                let out = crate::gpu::train_step_gpu(
-                    device,
-                    &job.model,
-                    &job.inner.adamw(),
-                    b.state(),
-                    &batch,
-                )
-                .await
-                .map_err(local)?;
-                let loss = out.loss;
-                b.record(&batch, out).map_err(local)?;
-                loss
-            }
-        };
+        let loss = backend.step(&mut b).await?;
         if !control.after_step(task, step + 1, steps, loss).await {
             return Ok(None);
         }

@@ -8,6 +8,7 @@
 //!   honest conduct lives here (the adversary zoo's cheats are `lupus-zoo`'s).
 //! - [`gpu`] (feature `gpu`): WGSL kernels through wgpu for every operator, the GPU
 //!   training step and the known-answer suite on the device.
+//! - [`pick`]: which device trains, measured on the job at start.
 //! - [`native`] (not wasm32): the same loops over HTTP with a key file, for
 //!   `lupus worker` and `lupus verify`.
 //! - `web` (wasm32 only): the wasm-bindgen exports the page's Web Worker drives.
@@ -22,6 +23,7 @@ pub mod conduct;
 pub mod gpu;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
+pub mod pick;
 #[cfg(target_arch = "wasm32")]
 mod web;
 pub mod worker;

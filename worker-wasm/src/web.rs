@@ -16,6 +16,8 @@ use lupus_ledger::entry::PublicKey;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
+#[cfg(feature = "gpu")]
+use crate::pick::Pick;
 use crate::worker::{Backend, Control, Participant, Request, Response, Transport, Turn};
 
 /// Parses a 64-hex-digit Ed25519 seed.
@@ -153,10 +155,10 @@ struct Inner {
 #[wasm_bindgen]
 impl BrowserWorker {
     /// Connects to the coordinator at `base` (empty for the page's own origin), joins
-    /// with the key `seed_hex`, and picks the device by `gpu`: `"auto"` uses WebGPU on a
-    /// hardware adapter and the CPU reference in wasm otherwise (a software adapter such
-    /// as SwiftShader is far slower than wasm); `"force"` uses any WebGPU adapter;
-    /// `"off"` never does. The GPU's class comes from the known-answer suite.
+    /// with the key `seed_hex`, and picks the device by `gpu`: `"auto"` uses whichever
+    /// device trains the job faster, timed at start on both ([`crate::pick`]; the
+    /// device line shows both figures); `"force"` uses any WebGPU adapter; `"off"`
+    /// never does. The GPU's class comes from the known-answer suite.
     /// `fetch(method, url, headers, body)` must resolve to `{status, body: Uint8Array}`.
     pub async fn connect(
         base: String,
@@ -174,7 +176,7 @@ impl BrowserWorker {
         let participant = Participant::connect(transport, key, &name)
             .await
             .map_err(|e| JsValue::from_str(&e.to_string()))?;
-        let (backend, device, class) = pick_backend(&gpu).await;
+        let (backend, device, class) = pick_backend(&gpu, &participant.job).await;
         let key = participant.public_key().to_string();
         let job_name = participant.job.job.name.clone();
         Ok(BrowserWorker {
@@ -278,19 +280,11 @@ async fn turn(
 }
 
 #[cfg(feature = "gpu")]
-async fn pick_backend(mode: &str) -> (Backend, String, String) {
+async fn pick_backend(mode: &str, job: &lupus_prover::spec::JobSpec) -> (Backend, String, String) {
     use lupus_prover::kat::{DeviceClass as KatClass, check_device};
     use lupus_prover::verify::DeviceClass;
     if mode == "auto" || mode == "force" {
         match crate::gpu::GpuDevice::new().await {
-            Ok(device) if device.is_cpu && mode == "auto" => {
-                let (backend, _, class) = cpu_backend();
-                let words = format!(
-                    "CPU (WebAssembly): the WebGPU adapter ({}) is a software renderer, slower than WebAssembly",
-                    device.description
-                );
-                return (backend, words, class);
-            }
             Ok(device) => {
                 let results = crate::gpu::run_suite_gpu(&device).await;
                 let (class, words) = match check_device(&results) {
@@ -310,9 +304,19 @@ async fn pick_backend(mode: &str) -> (Backend, String, String) {
                         ),
                     ),
                 };
-                let name = format!("WebGPU: {}", device.description);
+                let adapter = device.description.clone();
                 let kat = lupus_prover::kat::combined_digest(&results);
-                return (Backend::Gpu { device, class, kat }, name, words);
+                let gpu = Backend::Gpu { device, class, kat };
+                if mode == "force" {
+                    return (gpu, format!("WebGPU: {adapter}"), words);
+                }
+                match measure(job, &gpu).await {
+                    Ok((Pick::Gpu, line)) => return (gpu, line, words),
+                    Ok((Pick::Cpu, line)) => return (Backend::Cpu, line, "exact".to_owned()),
+                    Err(e) => web_sys::console::warn_1(&JsValue::from_str(&format!(
+                        "timing the devices failed ({e}); training on the CPU"
+                    ))),
+                }
             }
             Err(e) => {
                 web_sys::console::warn_1(&JsValue::from_str(&e.to_string()));
@@ -322,8 +326,30 @@ async fn pick_backend(mode: &str) -> (Backend, String, String) {
     cpu_backend()
 }
 
+/// Times the job on the CPU path and on `gpu` ([`crate::pick`]) and says which is
+/// faster, with both figures in words for the page.
+#[cfg(feature = "gpu")]
+async fn measure(
+    job: &lupus_prover::spec::JobSpec,
+    gpu: &Backend,
+) -> Result<(Pick, String), crate::worker::WorkerError> {
+    use crate::pick::{describe, faster, gpu_budget_ms, time_steps};
+    let now = || js_sys::Date::now();
+    let cpu = time_steps(job, &Backend::Cpu, 3, 10_000.0, &now).await?;
+    let on_gpu = time_steps(job, gpu, 3, gpu_budget_ms(&cpu), &now).await?;
+    let pick = faster(&cpu, &on_gpu);
+    let adapter = match gpu {
+        Backend::Gpu { device, .. } => device.description.clone(),
+        Backend::Cpu => String::new(),
+    };
+    Ok((pick, describe(pick, &cpu, &on_gpu, &adapter)))
+}
+
 #[cfg(not(feature = "gpu"))]
-async fn pick_backend(_mode: &str) -> (Backend, String, String) {
+async fn pick_backend(
+    _mode: &str,
+    _job: &lupus_prover::spec::JobSpec,
+) -> (Backend, String, String) {
     cpu_backend()
 }
 
@@ -372,7 +398,7 @@ pub async fn bench_step_ms(which: String, steps: u32, gpu: bool) -> Result<JsVal
     let corpus = Corpus::generated(1, 200_000);
     let base = init_params(&job.model, [1; 32]).map_err(|e| err(&e))?;
     let (backend, device, _) = if gpu {
-        pick_backend("force").await
+        pick_backend("force", &job).await
     } else {
         cpu_backend()
     };
@@ -380,25 +406,7 @@ pub async fn bench_step_ms(which: String, steps: u32, gpu: bool) -> Result<JsVal
     let mut times = Vec::new();
     for i in 0..=steps.min(job.inner.steps.saturating_sub(1)) {
         let t0 = js_sys::Date::now();
-        match &backend {
-            Backend::Cpu => {
-                b.run_step().map_err(|e| err(&e))?;
-            }
-            #[cfg(feature = "gpu")]
-            Backend::Gpu { device, .. } => {
-                let batch = b.batch().map_err(|e| err(&e))?;
-                let out = crate::gpu::train_step_gpu(
-                    device,
-                    &job.model,
-                    &job.inner.adamw(),
-                    b.state(),
-                    &batch,
-                )
-                .await
-                .map_err(|e| err(&e))?;
-                b.record(&batch, out).map_err(|e| err(&e))?;
-            }
-        }
+        backend.step(&mut b).await.map_err(|e| err(&e))?;
         if i > 0 {
             times.push(js_sys::Date::now() - t0);
         }

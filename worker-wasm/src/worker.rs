@@ -136,6 +136,35 @@ impl Backend {
         }
     }
 
+    /// One committed training step of `b` on this device: the CPU reference's
+    /// [`TaskBuilder::run_step`], or the WGSL step recorded into the builder. Returns the
+    /// step's loss.
+    pub async fn step(
+        &self,
+        b: &mut lupus_prover::task::TaskBuilder<'_>,
+    ) -> Result<f32, WorkerError> {
+        match self {
+            Backend::Cpu => b.run_step().map_err(local),
+            #[cfg(feature = "gpu")]
+            Backend::Gpu { device, .. } => {
+                let batch = b.batch().map_err(local)?;
+                let job = b.job();
+                let out = crate::gpu::train_step_gpu(
+                    device,
+                    &job.model,
+                    &job.inner.adamw(),
+                    b.state(),
+                    &batch,
+                )
+                .await
+                .map_err(local)?;
+                let loss = out.loss;
+                b.record(&batch, out).map_err(local)?;
+                Ok(loss)
+            }
+        }
+    }
+
     /// The class the known-answer suite gave the device.
     pub fn class(&self) -> DeviceClass {
         match self {

@@ -2,8 +2,10 @@
 // about the round, my tasks and my stake. Training runs in worker.js (a Web Worker).
 //
 // `/?autostart=1` starts working without a click (kiosks, embedding, tests);
-// `/?gpu=0` trains on the CPU path even where WebGPU exists; `/?gpu=1` uses WebGPU even
-// on a software adapter (SwiftShader), which by default is skipped as slower than wasm.
+// By default the worker times a few steps of the job on WebGPU and on the CPU path in
+// wasm and trains on the faster (the device line shows both figures); `/?gpu=0` trains
+// on the CPU path even where WebGPU exists; `/?gpu=1` uses WebGPU even where it is slower
+// (a software adapter such as SwiftShader: the tests use it to exercise the kernels).
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
