@@ -11,6 +11,8 @@
 //! same nodes through the same [`eval_op`] (so the bits are equal) but drops each output
 //! after its last use.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::model::{self, Batch, ModelError, ModelSpec};
@@ -178,7 +180,7 @@ struct Sources<'a> {
 /// Resolves a reference against the sources and the outputs computed so far.
 fn resolve<'a>(
     src: &Sources<'a>,
-    outs: &'a [Option<Vec<Tensor>>],
+    outs: &'a [Option<Outputs>],
     r: ValueRef,
 ) -> Result<&'a Tensor, ModelError> {
     let missing = || ModelError::Graph {
@@ -198,9 +200,19 @@ fn resolve<'a>(
     }
 }
 
+/// The outputs of one tape entry. Shared, so an observer may keep them past the node's
+/// last use (a second thread hashing them while the step goes on) without a copy.
+pub type Outputs = Arc<Vec<Tensor>>;
+
 /// A callback that sees each tape entry as it is computed: its index, its node and
 /// its outputs.
-pub type Observer<'a> = dyn FnMut(usize, &Node, &[Tensor]) + 'a;
+pub type Observer<'a> = dyn FnMut(usize, &Node, &Outputs) + 'a;
+
+/// The tensors of `o`: moved out when nothing else holds them, else copied (an
+/// observer still holds them).
+fn unshare(o: Outputs) -> Vec<Tensor> {
+    Arc::try_unwrap(o).unwrap_or_else(|shared| (*shared).clone())
+}
 
 /// Runs a plan. With `keep_all`, every output is kept; without it, an output is dropped
 /// after the last node that reads it (the loss and the update outputs are always kept).
@@ -209,7 +221,7 @@ fn execute(
     src: &Sources<'_>,
     keep_all: bool,
     mut observe: Option<&mut Observer<'_>>,
-) -> Result<Vec<Option<Vec<Tensor>>>, ModelError> {
+) -> Result<Vec<Option<Outputs>>, ModelError> {
     let n = plan.nodes.len();
     let mut last_use = vec![usize::MAX; n];
     if !keep_all {
@@ -228,14 +240,14 @@ fn execute(
             *slot = usize::MAX;
         }
     }
-    let mut outs: Vec<Option<Vec<Tensor>>> = Vec::with_capacity(n);
+    let mut outs: Vec<Option<Outputs>> = Vec::with_capacity(n);
     for (j, node) in plan.nodes.iter().enumerate() {
         let inputs = node
             .inputs
             .iter()
             .map(|r| resolve(src, &outs, *r))
             .collect::<Result<Vec<_>, _>>()?;
-        let o = eval_op(&node.kind, &inputs)?;
+        let o = Arc::new(eval_op(&node.kind, &inputs)?);
         if let Some(f) = observe.as_mut() {
             f(j, node, &o);
         }
@@ -254,11 +266,7 @@ fn execute(
     Ok(outs)
 }
 
-fn loss_value(
-    plan: &Plan,
-    src: &Sources<'_>,
-    outs: &[Option<Vec<Tensor>>],
-) -> Result<f32, ModelError> {
+fn loss_value(plan: &Plan, src: &Sources<'_>, outs: &[Option<Outputs>]) -> Result<f32, ModelError> {
     let t = resolve(src, outs, plan.loss)?;
     t.data().first().copied().ok_or_else(|| ModelError::Graph {
         detail: "the loss tensor is empty".into(),
@@ -274,7 +282,7 @@ fn check_state(spec: &ModelSpec, state: &TrainState) -> Result<(), ModelError> {
 
 /// Takes the next state out of the update nodes at the end of the tape.
 fn next_state(
-    outs: &mut [Option<Vec<Tensor>>],
+    outs: &mut [Option<Outputs>],
     n_params: usize,
     step: u64,
     clone: bool,
@@ -289,7 +297,11 @@ fn next_state(
     let mut m = Vec::with_capacity(n_params);
     let mut v = Vec::with_capacity(n_params);
     for slot in &mut outs[first..] {
-        let o = if clone { slot.clone() } else { slot.take() };
+        let o = if clone {
+            slot.as_ref().map(|o| (**o).clone())
+        } else {
+            slot.take().map(unshare)
+        };
         let [p1, m1, v1]: [Tensor; 3] =
             o.and_then(|o| o.try_into().ok())
                 .ok_or_else(|| ModelError::Graph {
@@ -303,7 +315,7 @@ fn next_state(
 }
 
 /// A plan and the outputs of its nodes (`None` where an output was dropped).
-type Tape = (Plan, Vec<Option<Vec<Tensor>>>);
+type Tape = (Plan, Vec<Option<Outputs>>);
 
 fn run_step(
     spec: &ModelSpec,
@@ -353,9 +365,9 @@ pub fn train_step(
             Ok(OpRecord {
                 kind: node.kind,
                 inputs: node.inputs,
-                outputs: o.ok_or_else(|| ModelError::Graph {
+                outputs: unshare(o.ok_or_else(|| ModelError::Graph {
                     detail: "a traced output was dropped".into(),
-                })?,
+                })?),
             })
         })
         .collect::<Result<Vec<_>, ModelError>>()?;

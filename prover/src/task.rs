@@ -11,13 +11,17 @@
 //! loop over it, and simulations of dishonest workers drive it with altered steps.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Corpus, DataError, Sampler};
-use crate::graph::{Node, StepOutput, train_step_observed, train_step_untraced};
+use crate::graph::{
+    Node, Observer, Outputs, StepOutput, ValueRef, train_step_observed, train_step_untraced,
+};
 use crate::merkle::{Digest, MerkleError, MerkleTree, MultiProof};
 use crate::model::{Batch, ModelError, make_batch};
+use crate::ops::OpKind;
 use crate::optim::TrainState;
 use crate::quant::{QuantDelta, quantise_delta};
 use crate::spec::{JobSpec, SpecError};
@@ -335,8 +339,10 @@ impl<'a> TaskBuilder<'a> {
     ///
     /// Op outputs are hashed as the step computes them ([`train_step_observed`]) and
     /// dropped as soon as nothing reads them, so committing costs the hashing and not
-    /// a copy of the whole tape. The commitment is the same as [`Self::record`] makes
-    /// from the full tape (a test checks it).
+    /// a copy of the whole tape. Natively the hashing runs on a second thread, one
+    /// operator behind the step ([`hash_alongside`]), so it adds CPU time but almost
+    /// no wall time. The commitment is the same as [`Self::record`] makes from the full
+    /// tape (a test checks it).
     pub fn run_step(&mut self) -> Result<f32, ProtocolError> {
         let step = self.step();
         let steps = self.job.inner.steps;
@@ -344,27 +350,10 @@ impl<'a> TaskBuilder<'a> {
             return Err(ProtocolError::AlreadyFinished { steps });
         }
         let batch = self.batch()?;
-        let mut commits = Vec::new();
-        let mut nodes = Vec::new();
-        let mut observe = |i: usize, node: &Node, outputs: &[Tensor]| {
-            let desc = op_desc(&node.kind, &node.inputs);
-            for (o, t) in outputs.iter().enumerate() {
-                commits.push(OpOutputCommit {
-                    op: i as u32,
-                    output: o as u32,
-                    desc,
-                    tensor: tensor_digest(t),
-                });
-            }
-            nodes.push((node.kind.clone(), node.inputs.clone(), outputs.len()));
-        };
-        let (state, loss) = train_step_observed(
-            &self.job.model,
-            &self.job.inner.adamw(),
-            &self.state,
-            &batch,
-            &mut observe,
-        )?;
+        let (model, opt, state) = (&self.job.model, self.job.inner.adamw(), &self.state);
+        let (trained, commits, nodes) =
+            hash_alongside(|observe| train_step_observed(model, &opt, state, &batch, observe));
+        let (state, loss) = trained?;
         let next_state = next_state_hash_from_nodes(
             nodes.iter().map(|(k, i, n)| (k, i.as_slice(), *n)),
             &commits,
@@ -457,6 +446,72 @@ impl<'a> TaskBuilder<'a> {
             checkpoints: self.checkpoints,
             tree,
         })
+    }
+}
+
+/// What [`hash_alongside`] gives back besides the run's result: the op-output commits
+/// in tape order and each node's kind, inputs and output count.
+type Hashed<R> = (R, Vec<OpOutputCommit>, Vec<(OpKind, Vec<ValueRef>, usize)>);
+
+/// The op-output commit of every output of one tape entry.
+fn entry_commits(
+    i: usize,
+    desc: Digest,
+    outputs: &[Tensor],
+) -> impl Iterator<Item = OpOutputCommit> {
+    outputs
+        .iter()
+        .enumerate()
+        .map(move |(o, t)| OpOutputCommit {
+            op: i as u32,
+            output: o as u32,
+            desc,
+            tensor: tensor_digest(t),
+        })
+}
+
+/// Runs `run` with an observer that commits every tape entry it sees.
+///
+/// Natively, the tensors are hashed on a second (scoped) thread: the observer sends
+/// each entry's shared outputs over a channel and the step goes on; an output whose
+/// last reader has run is freed once it is hashed. Entries arrive in tape order and
+/// one thread hashes them, so the commits come back in tape order. On wasm32 (no
+/// threads in a Web Worker without cross-origin isolation) the observer hashes inline.
+fn hash_alongside<R>(run: impl FnOnce(&mut Observer<'_>) -> R) -> Hashed<R> {
+    let mut nodes = Vec::new();
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Digest, Outputs)>();
+        std::thread::scope(|scope| {
+            let hasher = scope.spawn(move || {
+                rx.into_iter()
+                    .flat_map(|(i, desc, outputs)| {
+                        entry_commits(i, desc, &outputs).collect::<Vec<_>>()
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let r = run(&mut |i: usize, node: &Node, outputs: &Outputs| {
+                let desc = op_desc(&node.kind, &node.inputs);
+                nodes.push((node.kind.clone(), node.inputs.clone(), outputs.len()));
+                // The receiver lives until every sender is gone: this cannot fail.
+                let _ = tx.send((i, desc, Arc::clone(outputs)));
+            });
+            drop(tx);
+            let commits = hasher
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (r, commits, nodes)
+        })
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let mut commits = Vec::new();
+        let r = run(&mut |i: usize, node: &Node, outputs: &Outputs| {
+            let desc = op_desc(&node.kind, &node.inputs);
+            commits.extend(entry_commits(i, desc, outputs));
+            nodes.push((node.kind.clone(), node.inputs.clone(), outputs.len()));
+        });
+        (r, commits, nodes)
     }
 }
 
