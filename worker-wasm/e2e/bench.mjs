@@ -2,7 +2,7 @@
 // in the same headless Chromium; the wasm size gzipped; the tab's memory while training.
 // The native baseline is `cargo run --release -p lupus-bench --features gpu -- worker --steps 5`.
 //
-//   node bench.mjs [mlp|tiny] [STEPS]
+//   node bench.mjs [gpt|mlp|tiny] [STEPS]
 //
 // Serves worker-wasm/www and worker-wasm/pkg itself (no coordinator is needed) and opens
 // `/?bench=<job>&steps=<n>`, which runs `bench_step_ms` in the page's Web Worker.

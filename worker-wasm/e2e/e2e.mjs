@@ -89,8 +89,10 @@ async function coordinator(job) {
   const base = `http://127.0.0.1:${port}`;
   start([
     'up', '--data-dir', join(dir, 'data'), ...(job ? ['--job', join(root, job)] : []),
-    // A closed tab leaves its task assigned: expire it in 30 s, not the default 300 s.
-    '--tasks-per-round', '2', '--task-timeout', '30', '--listen', `127.0.0.1:${port}`, '--web', join(root, 'worker-wasm/www'),
+    // A closed tab leaves its task assigned: expire it soon, not after the default 300 s,
+    // but not before a slow tab finishes one (a GPT task is 128 steps of ~0.2-0.6 s in
+    // wasm on a busy 2-core machine).
+    '--tasks-per-round', '2', '--task-timeout', job ? '30' : '150', '--listen', `127.0.0.1:${port}`, '--web', join(root, 'worker-wasm/www'),
   ], 'coordinator');
   await waitFor('the coordinator', () => fetch(`${base}/v1/job`).then((r) => r.ok, () => false), 120_000);
   if (participant) start(['verifier', base, join(dir, 'verifier.key')], 'verifier', participant);

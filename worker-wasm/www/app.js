@@ -244,6 +244,8 @@ async function refresh() {
   }
   saveTasks();
   renderTasks();
+  // A key has no stake statement (404) until a task of it is accepted: do not ask.
+  if (!state.statement && ![...state.tasks.values()].some((t) => t.state === 'accepted')) return;
   try {
     const st = await getJson(`/v1/stake/${state.key}`);
     state.statement = st;
