@@ -481,25 +481,36 @@ fn hash_alongside<R>(run: impl FnOnce(&mut Observer<'_>) -> R) -> Hashed<R> {
     let mut nodes = Vec::new();
     #[cfg(not(target_arch = "wasm32"))]
     {
-        let (tx, rx) = std::sync::mpsc::channel::<(usize, Digest, Outputs)>();
+        type Entry = (usize, OpKind, Vec<ValueRef>, Outputs);
+        let (tx, rx) = std::sync::mpsc::channel::<Entry>();
+        // Hashed outputs come back to be dropped here: freed on the thread that
+        // allocated them, the allocator reuses their memory for the next operators
+        // (freed on the hasher, glibc trimmed and re-faulted it, and the step itself
+        // ran a quarter slower).
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<Outputs>();
         std::thread::scope(|scope| {
             let hasher = scope.spawn(move || {
-                rx.into_iter()
-                    .flat_map(|(i, desc, outputs)| {
-                        entry_commits(i, desc, &outputs).collect::<Vec<_>>()
-                    })
-                    .collect::<Vec<_>>()
+                let mut commits = Vec::new();
+                for (i, kind, inputs, outputs) in rx {
+                    let desc = op_desc(&kind, &inputs);
+                    commits.extend(entry_commits(i, desc, &outputs));
+                    // The step may be over and the receiver gone: then drop it here.
+                    let _ = back_tx.send(outputs);
+                }
+                commits
             });
             let r = run(&mut |i: usize, node: &Node, outputs: &Outputs| {
-                let desc = op_desc(&node.kind, &node.inputs);
+                back_rx.try_iter().for_each(drop);
                 nodes.push((node.kind.clone(), node.inputs.clone(), outputs.len()));
                 // The receiver lives until every sender is gone: this cannot fail.
-                let _ = tx.send((i, desc, Arc::clone(outputs)));
+                let entry = (i, node.kind.clone(), node.inputs.clone(), Arc::clone(outputs));
+                let _ = tx.send(entry);
             });
             drop(tx);
             let commits = hasher
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            back_rx.try_iter().for_each(drop);
             (r, commits, nodes)
         })
     }
