@@ -17,10 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Corpus, DataError, Sampler};
 use crate::graph::{
-    Node, Observer, Outputs, StepOutput, ValueRef, train_step_observed, train_step_untraced,
+    Node, Observer, Outputs, StepOutput, ValueRef, plan, train_step_observed, train_step_untraced,
 };
 use crate::merkle::{Digest, MerkleError, MerkleTree, MultiProof};
-use crate::model::{Batch, ModelError, make_batch};
+use crate::model::{Batch, ModelError, check_batch, make_batch};
 use crate::ops::OpKind;
 use crate::optim::TrainState;
 use crate::quant::{QuantDelta, quantise_delta};
@@ -325,7 +325,8 @@ impl<'a> TaskBuilder<'a> {
         self.leaves.len() as u32
     }
 
-    /// The state that enters the next step.
+    /// The state that enters the next step. After [`Self::record_digests`] without a
+    /// state, the last state given (its `step` says which).
     pub fn state(&self) -> &TrainState {
         &self.state
     }
@@ -382,6 +383,105 @@ impl<'a> TaskBuilder<'a> {
         }
         let (leaf, commits) = commit_step(step, batch, &out)?;
         self.push_step(leaf, commits, out.loss, out.state);
+        Ok(())
+    }
+
+    /// Whether [`Self::record_digests`] must be given the state after the next step:
+    /// the builder keeps it as a checkpoint (every `k` steps) or as the final state.
+    /// A device that keeps the state resident reads it back only then.
+    pub fn needs_state(&self) -> bool {
+        let done = self.step() + 1;
+        done == self.job.inner.steps || done.is_multiple_of(self.interval)
+    }
+
+    /// Commits the next step from what a device that keeps every tensor resident sends
+    /// back: `outputs[i][o]` = `T(output o of op i)` in tape order, and the loss.
+    ///
+    /// The plan is rebuilt here, so the op descriptions are the builder's, not the
+    /// device's, and `H(S_{t+1})` comes from the AdamW outputs' digests as in
+    /// [`Self::run_step`]: the leaf and the op commits are those of the CPU reference
+    /// whenever the digests are. `state` (the state after the step) is required exactly
+    /// when [`Self::needs_state`] says so, and is then checked against the committed
+    /// `H(S_{t+1})`, so a checkpoint can never disagree with the trace. Between
+    /// checkpoints [`Self::state`] stays the last state given (its `step` says which);
+    /// openings rebuild the states in between from the checkpoints on the CPU.
+    pub fn record_digests(
+        &mut self,
+        batch: &Batch,
+        outputs: &[Vec<Digest>],
+        loss: f32,
+        state: Option<TrainState>,
+    ) -> Result<(), ProtocolError> {
+        let steps = self.job.inner.steps;
+        let step = self.step();
+        if step >= steps {
+            return Err(ProtocolError::AlreadyFinished { steps });
+        }
+        let graph = |detail: String| ProtocolError::Model(ModelError::Graph { detail });
+        let next_step = u64::from(step) + 1;
+        let bsz = check_batch(&self.job.model, batch)?;
+        let plan = plan(
+            &self.job.model,
+            bsz,
+            Some((&self.job.inner.adamw(), next_step)),
+        )?;
+        if outputs.len() != plan.nodes.len() {
+            return Err(graph(format!(
+                "{} ops' digests for a tape of {} ops",
+                outputs.len(),
+                plan.nodes.len()
+            )));
+        }
+        let mut commits = Vec::with_capacity(outputs.iter().map(Vec::len).sum());
+        for (i, (node, outs)) in plan.nodes.iter().zip(outputs).enumerate() {
+            let desc = op_desc(&node.kind, &node.inputs);
+            commits.extend(outs.iter().enumerate().map(|(o, d)| OpOutputCommit {
+                op: i as u32,
+                output: o as u32,
+                desc,
+                tensor: *d,
+            }));
+        }
+        let next_state = next_state_hash_from_nodes(
+            plan.nodes
+                .iter()
+                .zip(outputs)
+                .map(|(n, o)| (&n.kind, n.inputs.as_slice(), o.len())),
+            &commits,
+            self.base.len(),
+            next_step,
+        )
+        .ok_or_else(|| graph("the tape does not update every parameter once".into()))?;
+        match state {
+            Some(s) => {
+                if s.step != next_step || state_hash(&s) != next_state {
+                    return Err(ProtocolError::CheckpointDiverged { step: step + 1 });
+                }
+                self.state = s;
+            }
+            None if self.needs_state() => {
+                return Err(ProtocolError::Model(ModelError::State {
+                    detail: format!(
+                        "the state after step {step} is a checkpoint or the final state: give it"
+                    ),
+                }));
+            }
+            None => {}
+        }
+        let leaf = StepLeaf {
+            step,
+            batch: batch_hash(batch),
+            op_root: op_root(&commits)?,
+            loss_bits: loss.to_bits(),
+            next_state,
+        };
+        self.leaves.push(TraceLeaf::Step(leaf));
+        self.ops.push(commits);
+        self.losses.push(loss);
+        let done = self.step();
+        if done.is_multiple_of(self.interval) && done < steps {
+            self.checkpoints.insert(done, self.state.clone());
+        }
         Ok(())
     }
 
@@ -503,7 +603,12 @@ fn hash_alongside<R>(run: impl FnOnce(&mut Observer<'_>) -> R) -> Hashed<R> {
                 back_rx.try_iter().for_each(drop);
                 nodes.push((node.kind.clone(), node.inputs.clone(), outputs.len()));
                 // The receiver lives until every sender is gone: this cannot fail.
-                let entry = (i, node.kind.clone(), node.inputs.clone(), Arc::clone(outputs));
+                let entry = (
+                    i,
+                    node.kind.clone(),
+                    node.inputs.clone(),
+                    Arc::clone(outputs),
+                );
                 let _ = tx.send(entry);
             });
             drop(tx);
@@ -704,6 +809,7 @@ mod tests {
     use super::*;
     use crate::graph::train_step;
     use crate::model::init_params;
+    use crate::trace::tensor_digest;
 
     /// Committing while the step runs (`run_step`, hashing observed outputs) must give
     /// exactly the commitment made from the full tape (`record`), or a verifier that
@@ -725,6 +831,55 @@ mod tests {
         assert_eq!(observed.ops, taped.ops);
         let (a, b) = (observed.finish().unwrap(), taped.finish().unwrap());
         assert_eq!(a.commitment, b.commitment);
+    }
+
+    /// A step committed from its op-output digests (what a device that keeps the
+    /// tensors sends back) is the step `run_step` commits; the state is demanded at
+    /// checkpoints and at the end, and a state that is not the committed one is refused.
+    #[test]
+    fn digest_commitment_equals_run_step() {
+        let job = JobSpec::parse(include_str!("../../jobs/tiny-test.toml")).unwrap();
+        let corpus = Corpus::generated(7, 20_000);
+        let base = init_params(&job.model, [3; 32]).unwrap();
+        let reference = run_task(&job, &corpus, &base, [9; 32], &mut |_, _| {}).unwrap();
+        let mut b = TaskBuilder::new(&job, &corpus, &base, [9; 32]).unwrap();
+        let mut state = b.state().clone();
+        for _ in 0..job.inner.steps {
+            let batch = b.batch().unwrap();
+            let out = train_step(&job.model, &job.inner.adamw(), &state, &batch).unwrap();
+            let digests: Vec<Vec<Digest>> = out
+                .ops
+                .iter()
+                .map(|r| r.outputs.iter().map(tensor_digest).collect())
+                .collect();
+            state = out.state;
+            if b.needs_state() {
+                assert!(
+                    b.record_digests(&batch, &digests, out.loss, None).is_err(),
+                    "a checkpoint or final state must be given"
+                );
+                let mut wrong = state.clone();
+                wrong.m[0] = wrong.params[0].clone();
+                assert_eq!(
+                    b.record_digests(&batch, &digests, out.loss, Some(wrong)),
+                    Err(ProtocolError::CheckpointDiverged { step: b.step() + 1 })
+                );
+                b.record_digests(&batch, &digests, out.loss, Some(state.clone()))
+                    .unwrap();
+            } else {
+                b.record_digests(&batch, &digests, out.loss, None).unwrap();
+            }
+        }
+        let run = b.finish().unwrap();
+        assert_eq!(run.commitment, reference.commitment);
+        assert_eq!(run.leaves, reference.leaves);
+        assert_eq!(run.ops, reference.ops);
+        assert_eq!(run.checkpoints, reference.checkpoints);
+        // Openings rebuild the states between checkpoints on the CPU.
+        assert_eq!(
+            run.open(&job, &corpus, &[1, 4], false).unwrap(),
+            reference.open(&job, &corpus, &[1, 4], false).unwrap()
+        );
     }
 
     /// The binary encoding round-trips a real opening (tolerant, so with next states),

@@ -20,7 +20,7 @@ use lupus_prover::task::{Opening, TaskBuilder, TaskRun};
 use lupus_prover::tensor::Tensor;
 use lupus_prover::verify::{DeviceClass, ReplayDigest, Verdict, verify_opening_digests};
 
-use crate::worker::{Backend, Control, Transport, WorkerError};
+use crate::worker::{Backend, Control, Trainer, Transport, WorkerError};
 
 /// What a conduct sees of a task it is to train.
 pub struct TaskContext<'a> {
@@ -111,8 +111,9 @@ pub async fn train_honestly(
         .map_err(local)?
         .with_kat(backend.kat());
     let steps = job.inner.steps;
+    let mut trainer = Trainer::new(backend, &b).await?;
     for step in 0..steps {
-        let loss = backend.step(&mut b).await?;
+        let loss = trainer.step(&mut b).await?;
         if !control.after_step(task, step + 1, steps, loss).await {
             return Ok(None);
         }

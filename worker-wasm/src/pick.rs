@@ -15,7 +15,7 @@ use lupus_prover::model::init_params;
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::TaskBuilder;
 
-use crate::worker::{Backend, WorkerError};
+use crate::worker::{Backend, Trainer, WorkerError};
 
 /// What timing one device on the job gave.
 #[derive(Clone, Debug, PartialEq)]
@@ -54,12 +54,14 @@ pub async fn time_steps(
     // A task has H steps; never ask the builder for more.
     let steps = steps.min(job.inner.steps.saturating_sub(1));
     let start = now();
-    backend.step(&mut b).await?;
+    // The path a task would train on (on a GPU the whole step where it compiles).
+    let mut trainer = Trainer::new(backend, &b).await?;
+    trainer.step(&mut b).await?;
     let warmup_ms = now() - start;
     let mut times = Vec::with_capacity(steps as usize);
     while (times.len() as u32) < steps && now() - start <= give_up_ms {
         let t0 = now();
-        backend.step(&mut b).await?;
+        trainer.step(&mut b).await?;
         times.push(now() - t0);
     }
     times.sort_by(f64::total_cmp);

@@ -403,10 +403,14 @@ pub async fn bench_step_ms(which: String, steps: u32, gpu: bool) -> Result<JsVal
         cpu_backend()
     };
     let mut b = TaskBuilder::new(&job, &corpus, &base, [2; 32]).map_err(|e| err(&e))?;
+    // The whole step where it compiles, as `conduct::train_honestly` runs it.
+    let mut trainer = crate::worker::Trainer::new(&backend, &b)
+        .await
+        .map_err(|e| err(&e))?;
     let mut times = Vec::new();
     for i in 0..=steps.min(job.inner.steps.saturating_sub(1)) {
         let t0 = js_sys::Date::now();
-        backend.step(&mut b).await.map_err(|e| err(&e))?;
+        trainer.step(&mut b).await.map_err(|e| err(&e))?;
         if i > 0 {
             times.push(js_sys::Date::now() - t0);
         }

@@ -137,8 +137,9 @@ impl Backend {
     }
 
     /// One committed training step of `b` on this device: the CPU reference's
-    /// [`TaskBuilder::run_step`], or the WGSL step recorded into the builder. Returns the
-    /// step's loss.
+    /// [`TaskBuilder::run_step`], or the per-operator WGSL step recorded into the
+    /// builder. Returns the step's loss. A task trains through a [`Trainer`], which
+    /// uses the whole step on a GPU where it compiles.
     pub async fn step(
         &self,
         b: &mut lupus_prover::task::TaskBuilder<'_>,
@@ -172,6 +173,64 @@ impl Backend {
             #[cfg(feature = "gpu")]
             Backend::Gpu { class, .. } => *class,
         }
+    }
+}
+
+/// A task's training on one device: the CPU reference's committed step; on a GPU the
+/// whole step (the state resident, the trace hashed on the device, one read-back a
+/// step: [`crate::gpu::WholeStep`]) where it compiles for the task, else the
+/// per-operator path (a step whose tensors exceed the device's binding limit).
+pub struct Trainer<'d> {
+    backend: &'d Backend,
+    #[cfg(feature = "gpu")]
+    whole: Option<crate::gpu::WholeStep>,
+}
+
+impl<'d> Trainer<'d> {
+    /// Prepares training of `b`'s task from its current state on `backend`.
+    pub async fn new(
+        backend: &'d Backend,
+        b: &lupus_prover::task::TaskBuilder<'_>,
+    ) -> Result<Trainer<'d>, WorkerError> {
+        #[cfg(feature = "gpu")]
+        let whole = match backend {
+            Backend::Gpu { device, .. } => {
+                let batch = b.batch().map_err(local)?;
+                let job = b.job();
+                crate::gpu::WholeStep::new(
+                    device,
+                    &job.model,
+                    &job.inner.adamw(),
+                    b.state(),
+                    &batch,
+                )
+                .await
+                .ok()
+            }
+            Backend::Cpu => None,
+        };
+        #[cfg(not(feature = "gpu"))]
+        let _ = b;
+        Ok(Trainer {
+            backend,
+            #[cfg(feature = "gpu")]
+            whole,
+        })
+    }
+
+    /// Trains and commits the next step of `b` (the builder [`Self::new`] was given);
+    /// returns its loss.
+    pub async fn step(
+        &mut self,
+        b: &mut lupus_prover::task::TaskBuilder<'_>,
+    ) -> Result<f32, WorkerError> {
+        #[cfg(feature = "gpu")]
+        if let (Backend::Gpu { device, .. }, Some(whole)) = (self.backend, self.whole.as_mut()) {
+            return crate::gpu::record_whole_step(device, whole, b)
+                .await
+                .map_err(local);
+        }
+        self.backend.step(b).await
     }
 }
 

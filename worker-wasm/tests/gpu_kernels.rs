@@ -119,3 +119,223 @@ fn a_task_on_the_device_commits_the_reference_trace() {
     assert_eq!(gpu.commitment, cpu.commitment);
     assert_eq!(gpu.losses, cpu.losses);
 }
+
+/// Deterministic test bytes.
+fn bytes(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| {
+            (i as u32)
+                .wrapping_mul(2_654_435_761)
+                .rotate_left(seed as u32) as u8
+                ^ seed
+        })
+        .collect()
+}
+
+/// The WGSL BLAKE3 gives the `blake3` crate's digests in every mode, at every length
+/// that moves a boundary (blocks, chunks, tree levels, a partial last word), for
+/// messages that start with header words, all hashed in one go.
+#[test]
+fn device_blake3_matches_the_blake3_crate() {
+    use lupus_worker::gpu::{Blake3Mode, blake3_on_device};
+    let dev = device();
+    let lengths = [
+        0usize,
+        1,
+        3,
+        4,
+        63,
+        64,
+        65,
+        127,
+        1023,
+        1024,
+        1025,
+        2048,
+        2049,
+        3073,
+        4096,
+        5 * 1024 + 7,
+        (1 << 20) + 5,
+    ];
+    let mut messages: Vec<(Vec<u32>, Vec<u8>)> = Vec::new();
+    for (i, &n) in lengths.iter().enumerate() {
+        messages.push((Vec::new(), bytes(n, i as u8)));
+        // A header of 1, 3 or 9 words before the data (a tensor's rank and dims).
+        let header: Vec<u32> = (0..[1, 3, 9][i % 3]).map(|k| 0x0101_0101 * k + 7).collect();
+        messages.push((header, bytes(n, 100 + i as u8)));
+    }
+    let expect = |header: &[u32], data: &[u8], h: &mut blake3::Hasher| {
+        for w in header {
+            h.update(&w.to_le_bytes());
+        }
+        h.update(data);
+        *h.finalize().as_bytes()
+    };
+    let key = [7u8; 32];
+    let modes: [(Blake3Mode<'_>, Box<dyn Fn() -> blake3::Hasher>); 3] = [
+        (Blake3Mode::Hash, Box::new(blake3::Hasher::new)),
+        (
+            Blake3Mode::Keyed(&key),
+            Box::new(move || blake3::Hasher::new_keyed(&key)),
+        ),
+        (
+            Blake3Mode::DeriveKey("lupus tensor v1"),
+            Box::new(|| blake3::Hasher::new_derive_key("lupus tensor v1")),
+        ),
+    ];
+    for (mode, hasher) in modes {
+        let got = pollster::block_on(blake3_on_device(&dev, &messages, mode)).unwrap();
+        assert_eq!(got.len(), messages.len());
+        for ((header, data), g) in messages.iter().zip(&got) {
+            assert_eq!(
+                *g,
+                expect(header, data, &mut hasher()),
+                "{mode:?}, {} header words, {} bytes",
+                header.len(),
+                data.len()
+            );
+        }
+    }
+}
+
+/// `Tensor::hash` on the device, canonicalisation included: a subnormal hashes as the
+/// zero of its sign, -0 stays distinct from +0, and a NaN is an error, not a digest.
+#[test]
+fn device_tensor_hash_is_tensor_hash() {
+    use lupus_prover::tensor::Tensor;
+    use lupus_worker::gpu::{GpuError, tensor_hashes_on_device};
+    let dev = device();
+    let big: Vec<f32> = (0..70_000).map(|i| (i as f32 * 0.37).sin()).collect();
+    let cases: Vec<(Vec<usize>, Vec<f32>)> = vec![
+        (vec![1], vec![0.0]),
+        (vec![1], vec![-0.0]),
+        (vec![3], vec![1e-40, -1e-40, 2.0]),
+        (
+            vec![2, 3, 4, 5],
+            (0..120).map(|i| i as f32 - 60.5).collect(),
+        ),
+        (vec![70_000], big.clone()),
+        (vec![350, 200], big[..70_000].to_vec()),
+    ];
+    let data: Vec<&[f32]> = cases.iter().map(|(_, d)| d.as_slice()).collect();
+    let shapes: Vec<&[usize]> = cases.iter().map(|(s, _)| s.as_slice()).collect();
+    let got = pollster::block_on(tensor_hashes_on_device(&dev, &data, &shapes)).unwrap();
+    for ((shape, d), g) in cases.iter().zip(&got) {
+        let t = Tensor::new(shape.clone(), d.clone()).unwrap();
+        assert_eq!(*g, t.hash(), "shape {shape:?}");
+    }
+    assert_ne!(got[0], got[1]);
+    let nan = pollster::block_on(tensor_hashes_on_device(&dev, &[&[1.0, f32::NAN]], &[&[2]]));
+    assert_eq!(nan, Err(GpuError::NonFinite));
+}
+
+/// `steps` whole steps on the device commit what the CPU reference's `run_step`
+/// commits: every leaf and op commit (so the trace root), the checkpoints (read back
+/// only when due), the final state and the delta; an opening of a step between
+/// checkpoints (replayed on the CPU) is the reference's.
+fn whole_steps_commit_the_reference(job_toml: &str, batch: u32, steps: u32, interval: u32) {
+    use lupus_prover::data::Corpus;
+    use lupus_prover::model::init_params;
+    use lupus_prover::spec::JobSpec;
+    use lupus_prover::task::TaskBuilder;
+    use lupus_worker::gpu::{WholeStep, record_whole_step};
+    let dev = device();
+    let mut job = JobSpec::parse(job_toml).unwrap();
+    job.inner.batch_size = batch;
+    job.inner.steps = steps;
+    job.inner.checkpoint_interval = interval;
+    let corpus = Corpus::generated(3, 50_000);
+    let base = init_params(&job.model, [2; 32]).unwrap();
+    let seed = [4; 32];
+    let mut cpu = TaskBuilder::new(&job, &corpus, &base, seed).unwrap();
+    let mut gpu = TaskBuilder::new(&job, &corpus, &base, seed).unwrap();
+    let mut whole = pollster::block_on(WholeStep::new(
+        &dev,
+        &job.model,
+        &job.inner.adamw(),
+        gpu.state(),
+        &gpu.batch().unwrap(),
+    ))
+    .unwrap();
+    for _ in 0..steps {
+        let before = dev.transfers();
+        let needs_state = gpu.needs_state();
+        let loss = pollster::block_on(record_whole_step(&dev, &mut whole, &mut gpu)).unwrap();
+        let t = dev.transfers().since(&before);
+        // One read-back a step, two when the state is due.
+        assert_eq!(t.reads, 1 + u64::from(needs_state));
+        assert_eq!(loss.to_bits(), cpu.run_step().unwrap().to_bits());
+    }
+    let (cpu, gpu) = (cpu.finish().unwrap(), gpu.finish().unwrap());
+    assert_eq!(gpu.leaves(), cpu.leaves());
+    for t in 0..steps {
+        assert_eq!(gpu.op_commits(t), cpu.op_commits(t), "step {t}");
+    }
+    assert_eq!(gpu.commitment, cpu.commitment);
+    assert_eq!(gpu.final_state, cpu.final_state);
+    assert_eq!(gpu.delta, cpu.delta);
+    let challenged = [1, steps - 1];
+    assert_eq!(
+        gpu.open(&job, &corpus, &challenged, false).unwrap(),
+        cpu.open(&job, &corpus, &challenged, false).unwrap()
+    );
+}
+
+#[test]
+fn whole_steps_of_the_tiny_job_commit_the_reference() {
+    whole_steps_commit_the_reference(include_str!("../../jobs/tiny-test.toml"), 8, 8, 3);
+}
+
+#[test]
+fn whole_steps_of_the_mlp_job_commit_the_reference() {
+    whole_steps_commit_the_reference(include_str!("../../jobs/shakespeare-mlp.toml"), 32, 5, 2);
+}
+
+#[test]
+fn whole_steps_of_the_gpt_job_commit_the_reference() {
+    whole_steps_commit_the_reference(include_str!("../../jobs/shakespeare-gpt.toml"), 4, 4, 3);
+}
+
+/// The blocked matmuls at shapes that are not multiples of their 8 x 8 block, in every
+/// transposition, give the reference's bits (the edge blocks read clamped indices and
+/// must store nothing past the edge).
+#[test]
+fn matmul_edges_match_the_reference() {
+    use lupus_prover::ops::{OpKind, eval_op};
+    use lupus_prover::tensor::Tensor;
+    use lupus_worker::gpu::eval_op_gpu;
+    let dev = device();
+    let t = |r: usize, c: usize, seed: f32| {
+        let data = (0..r * c)
+            .map(|i| ((i as f32 + seed) * 0.731).sin())
+            .collect();
+        Tensor::new(vec![r, c], data).unwrap()
+    };
+    // Odd shapes take the scalar kernel, multiples of 4 the vector one (with half
+    // blocks at the edge when not multiples of 8).
+    let shapes = [
+        (1, 1, 1),
+        (13, 7, 11),
+        (9, 17, 8),
+        (8, 3, 23),
+        (70, 5, 3),
+        (4, 4, 4),
+        (12, 8, 20),
+        (36, 12, 44),
+        (16, 64, 8),
+    ];
+    for (m, k, n) in shapes {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let a = if ta { t(k, m, 1.0) } else { t(m, k, 1.0) };
+            let b = if tb { t(n, k, 2.0) } else { t(k, n, 2.0) };
+            let kind = OpKind::MatMul {
+                transpose_a: ta,
+                transpose_b: tb,
+            };
+            let cpu = eval_op(&kind, &[&a, &b]).unwrap();
+            let gpu = pollster::block_on(eval_op_gpu(&dev, &kind, &[&a, &b])).unwrap();
+            assert_eq!(gpu, cpu, "{m}x{k}x{n} ta {ta} tb {tb}");
+        }
+    }
+}

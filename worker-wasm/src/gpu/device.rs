@@ -3,11 +3,17 @@
 //! One [`Job`] is one operator: a shader module (the `det` prelude, the common parameter
 //! block and the kernel), its input arrays, the sizes of its output arrays and one or
 //! more passes (an entry point, 16 parameter words and a thread count). Every pass of a
-//! job binds the same buffers, so a pass can read what an earlier one wrote. The outputs
-//! are copied to mappable buffers and read back: the trace commits every operator's
-//! outputs, so they come back to the host anyway.
+//! job binds the same buffers, so a pass can read what an earlier one wrote. [`GpuDevice::run`]
+//! uploads a job's inputs and reads every output back (the per-operator path);
+//! `super::whole` records many jobs over device-resident buffers into one submission
+//! with the same compiled kernels, layouts and workgroup arithmetic.
+//!
+//! The device counts its transfers ([`Transfers`]): every read-back and upload goes
+//! through [`GpuDevice::read_bytes`] and [`GpuDevice::upload`], so the benchmark can
+//! print what crosses the bus per step.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
@@ -31,6 +37,10 @@ pub enum GpuError {
     Model(#[from] lupus_prover::model::ModelError),
     #[error("operator `{op}` got inputs the GPU path cannot run: {detail}")]
     Shape { op: &'static str, detail: String },
+    #[error("the step produced a NaN or an infinity on the device; training diverged")]
+    NonFinite,
+    #[error("{0}")]
+    Protocol(#[from] lupus_prover::task::ProtocolError),
 }
 
 /// A kernel's shader: its file and how many input and output arrays it binds.
@@ -61,6 +71,11 @@ impl Pass {
         }
         Pass { entry, params }
     }
+
+    /// The parameter block as the uniform buffer holds it.
+    pub(crate) fn bytes(&self) -> Vec<u8> {
+        self.params.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
 }
 
 const DET: &str = include_str!("wgsl/det.wgsl");
@@ -68,9 +83,53 @@ const COMMON: &str = include_str!("wgsl/common.wgsl");
 const WORKGROUP: u32 = 64;
 const MAX_GROUPS_X: u32 = 65_535;
 
-struct Compiled {
-    layout: wgpu::BindGroupLayout,
-    pipelines: HashMap<&'static str, wgpu::ComputePipeline>,
+/// The workgroup grid of a pass of `threads` threads (`common.wgsl`'s `thread_index`).
+pub(crate) fn workgroups(threads: u32) -> (u32, u32) {
+    let groups = threads.div_ceil(WORKGROUP).max(1);
+    if groups > MAX_GROUPS_X {
+        (MAX_GROUPS_X, groups.div_ceil(MAX_GROUPS_X))
+    } else {
+        (groups, 1)
+    }
+}
+
+/// A kernel's bind group layout and one pipeline per entry point.
+pub(crate) struct Compiled {
+    pub(crate) layout: wgpu::BindGroupLayout,
+    pub(crate) pipelines: HashMap<&'static str, wgpu::ComputePipeline>,
+}
+
+/// What crossed between host and device since the device was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transfers {
+    /// Buffers mapped and read back (GPU to CPU).
+    pub reads: u64,
+    /// Bytes read back.
+    pub read_bytes: u64,
+    /// Uploads (CPU to GPU): buffers created with contents and queue writes.
+    pub writes: u64,
+    /// Bytes uploaded.
+    pub write_bytes: u64,
+}
+
+impl Transfers {
+    /// The transfers between `earlier` and `self`.
+    pub fn since(&self, earlier: &Transfers) -> Transfers {
+        Transfers {
+            reads: self.reads - earlier.reads,
+            read_bytes: self.read_bytes - earlier.read_bytes,
+            writes: self.writes - earlier.writes,
+            write_bytes: self.write_bytes - earlier.write_bytes,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    reads: AtomicU64,
+    read_bytes: AtomicU64,
+    writes: AtomicU64,
+    write_bytes: AtomicU64,
 }
 
 /// A wgpu device with its compiled kernels.
@@ -82,6 +141,13 @@ pub struct GpuDevice {
     /// Whether the adapter is a CPU implementation (lavapipe, SwiftShader).
     pub is_cpu: bool,
     kernels: Mutex<HashMap<&'static str, Arc<Compiled>>>,
+    counters: Counters,
+    /// `min_storage_buffer_offset_alignment` (bytes): where a bound region may start.
+    pub(crate) storage_align: u64,
+    /// `max_storage_buffer_binding_size` (bytes) of the device.
+    pub(crate) max_binding: u64,
+    /// `min_uniform_buffer_offset_alignment` (bytes): where a parameter block may start.
+    pub(crate) uniform_align: u64,
 }
 
 impl GpuDevice {
@@ -100,15 +166,19 @@ impl GpuDevice {
             .map_err(|e| GpuError::NoAdapter(e.to_string()))?;
         let info = adapter.get_info();
         let limits = adapter.limits();
+        let required_limits = wgpu::Limits {
+            max_storage_buffers_per_shader_stage: 8,
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+            max_buffer_size: limits.max_buffer_size,
+            ..wgpu::Limits::downlevel_defaults()
+        };
+        let storage_align = u64::from(required_limits.min_storage_buffer_offset_alignment);
+        let uniform_align = u64::from(required_limits.min_uniform_buffer_offset_alignment);
+        let max_binding = required_limits.max_storage_buffer_binding_size;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("lupus"),
-                required_limits: wgpu::Limits {
-                    max_storage_buffers_per_shader_stage: 8,
-                    max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
-                    max_buffer_size: limits.max_buffer_size,
-                    ..wgpu::Limits::downlevel_defaults()
-                },
+                required_limits,
                 ..Default::default()
             })
             .await
@@ -134,10 +204,109 @@ impl GpuDevice {
             description,
             is_cpu: info.device_type == wgpu::DeviceType::Cpu,
             kernels: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            storage_align,
+            max_binding,
+            uniform_align,
         })
     }
 
-    fn compiled(&self, k: &Kernel, entries: &[&'static str]) -> Arc<Compiled> {
+    pub(crate) fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    pub(crate) fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// The transfers so far.
+    pub fn transfers(&self) -> Transfers {
+        let c = &self.counters;
+        Transfers {
+            reads: c.reads.load(Ordering::Relaxed),
+            read_bytes: c.read_bytes.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+            write_bytes: c.write_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count_write(&self, bytes: usize) {
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .write_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// A buffer holding `contents` (counted as an upload).
+    pub(crate) fn upload(
+        &self,
+        label: &str,
+        contents: &[u8],
+        usage: wgpu::BufferUsages,
+    ) -> wgpu::Buffer {
+        self.count_write(contents.len());
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage,
+            })
+    }
+
+    /// Writes `bytes` into `buffer` at `offset` before the next submission (an upload).
+    pub(crate) fn write(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        self.count_write(bytes.len());
+        self.queue.write_buffer(buffer, offset, bytes);
+    }
+
+    /// A bind group of `k`'s layout: the parameter block at binding 0, then `storage`
+    /// (the kernel's inputs, then its outputs).
+    pub(crate) fn bind_group(
+        &self,
+        k: &Kernel,
+        compiled: &Compiled,
+        params: wgpu::BufferBinding<'_>,
+        storage: &[wgpu::BufferBinding<'_>],
+    ) -> wgpu::BindGroup {
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(params),
+        }];
+        for (i, b) in storage.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: 1 + i as u32,
+                resource: wgpu::BindingResource::Buffer(b.clone()),
+            });
+        }
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(k.name),
+            layout: &compiled.layout,
+            entries: &entries,
+        })
+    }
+
+    /// Starts catching validation errors (shader compilation included); pair with
+    /// [`GpuDevice::check`].
+    pub(crate) fn scope(&self) -> wgpu::ErrorScopeGuard {
+        self.device.push_error_scope(wgpu::ErrorFilter::Validation)
+    }
+
+    /// The first validation error since `scope` began, as the error of `kernel`.
+    pub(crate) async fn check(
+        &self,
+        scope: wgpu::ErrorScopeGuard,
+        kernel: &'static str,
+    ) -> Result<(), GpuError> {
+        match scope.pop().await {
+            Some(e) => Err(GpuError::Kernel {
+                kernel,
+                detail: e.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn compiled(&self, k: &Kernel, entries: &[&'static str]) -> Arc<Compiled> {
         let mut cache = match self.kernels.lock() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
@@ -154,11 +323,12 @@ impl GpuDevice {
                 label: Some(k.name),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
             });
-        let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+        // Every storage binding is writable (`common.wgsl` says why).
+        let storage = |binding: u32| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only },
+                ty: wgpu::BufferBindingType::Storage { read_only: false },
                 has_dynamic_offset: false,
                 min_binding_size: None,
             },
@@ -174,11 +344,8 @@ impl GpuDevice {
             },
             count: None,
         }];
-        for i in 0..k.inputs {
-            entries_l.push(storage(1 + i, true));
-        }
-        for o in 0..k.outputs {
-            entries_l.push(storage(1 + k.inputs + o, false));
+        for i in 0..k.inputs + k.outputs {
+            entries_l.push(storage(1 + i));
         }
         let layout = self
             .device
@@ -235,7 +402,7 @@ impl GpuDevice {
         }
         let entries: Vec<&'static str> = passes.iter().map(|p| p.entry).collect();
         // The scope also catches shader compilation errors (the first error is reported).
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let scope = self.scope();
         let compiled = self.compiled(k, &entries);
         let in_bufs: Vec<wgpu::Buffer> = inputs
             .iter()
@@ -248,12 +415,7 @@ impl GpuDevice {
                         .flat_map(|x| x.to_bits().to_le_bytes())
                         .collect()
                 };
-                self.device
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("input"),
-                        contents: &bytes,
-                        usage: wgpu::BufferUsages::STORAGE,
-                    })
+                self.upload("input", &bytes, wgpu::BufferUsages::STORAGE)
             })
             .collect();
         let out_bytes: Vec<u64> = out_sizes.iter().map(|&n| (n.max(1) * 4) as u64).collect();
@@ -268,62 +430,30 @@ impl GpuDevice {
                 })
             })
             .collect();
-        let staging: Vec<wgpu::Buffer> = out_bytes
-            .iter()
-            .map(|&size| {
-                self.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("staging"),
-                    size,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                })
-            })
-            .collect();
+        let staging: Vec<wgpu::Buffer> = out_bytes.iter().map(|&size| self.staging(size)).collect();
         let mut encoder = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some(k.name),
             });
-        let mut uniforms = Vec::with_capacity(passes.len());
-        for pass in passes {
-            let bytes: Vec<u8> = pass.params.iter().flat_map(|w| w.to_le_bytes()).collect();
-            uniforms.push(
-                self.device
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("params"),
-                        contents: &bytes,
-                        usage: wgpu::BufferUsages::UNIFORM,
-                    }),
-            );
-        }
+        let uniforms: Vec<wgpu::Buffer> = passes
+            .iter()
+            .map(|pass| self.upload("params", &pass.bytes(), wgpu::BufferUsages::UNIFORM))
+            .collect();
+        let storage: Vec<wgpu::BufferBinding<'_>> = in_bufs
+            .iter()
+            .chain(&out_bufs)
+            .map(|b| b.as_entire_buffer_binding())
+            .collect();
         for (pass, uniform) in passes.iter().zip(&uniforms) {
-            let mut entries = vec![wgpu::BindGroupEntry {
-                binding: 0,
-                resource: uniform.as_entire_binding(),
-            }];
-            for (i, b) in in_bufs.iter().chain(&out_bufs).enumerate() {
-                entries.push(wgpu::BindGroupEntry {
-                    binding: 1 + i as u32,
-                    resource: b.as_entire_binding(),
-                });
-            }
-            let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(k.name),
-                layout: &compiled.layout,
-                entries: &entries,
-            });
+            let group = self.bind_group(k, &compiled, uniform.as_entire_buffer_binding(), &storage);
             let Some(pipeline) = compiled.pipelines.get(pass.entry) else {
                 return Err(GpuError::Kernel {
                     kernel: k.name,
                     detail: format!("no entry point `{}`", pass.entry),
                 });
             };
-            let groups = pass.params[0].div_ceil(WORKGROUP).max(1);
-            let (gx, gy) = if groups > MAX_GROUPS_X {
-                (MAX_GROUPS_X, groups.div_ceil(MAX_GROUPS_X))
-            } else {
-                (groups, 1)
-            };
+            let (gx, gy) = workgroups(pass.params[0]);
             let mut cp = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(k.name),
                 timestamp_writes: None,
@@ -336,20 +466,35 @@ impl GpuDevice {
             encoder.copy_buffer_to_buffer(src, 0, dst, 0, size);
         }
         self.queue.submit([encoder.finish()]);
-        if let Some(e) = scope.pop().await {
-            return Err(GpuError::Kernel {
-                kernel: k.name,
-                detail: e.to_string(),
-            });
-        }
+        self.check(scope, k.name).await?;
         let mut outs = Vec::with_capacity(staging.len());
         for (buf, &n) in staging.iter().zip(out_sizes) {
-            outs.push(self.read(buf, n).await?);
+            let bytes = self.read_bytes(buf).await?;
+            outs.push(
+                bytes
+                    .chunks_exact(4)
+                    .take(n)
+                    .map(|b| f32::from_bits(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                    .collect(),
+            );
         }
         Ok(outs)
     }
 
-    async fn read(&self, buf: &wgpu::Buffer, n: usize) -> Result<Vec<f32>, GpuError> {
+    /// A buffer of `size` bytes that a copy can fill and the host can map.
+    pub(crate) fn staging(&self, size: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("staging"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Maps a staging buffer once its copies are done and returns its bytes (one
+    /// GPU-to-CPU transfer). Natively this polls the device until the work is done; in
+    /// the browser the map callback resolves the future, so nothing blocks.
+    pub(crate) async fn read_bytes(&self, buf: &wgpu::Buffer) -> Result<Vec<u8>, GpuError> {
         let (tx, rx) = futures_channel::oneshot::channel();
         buf.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
@@ -364,16 +509,15 @@ impl GpuDevice {
         rx.await
             .map_err(|_| GpuError::Readback("the map callback was dropped".into()))?
             .map_err(|e| GpuError::Readback(e.to_string()))?;
-        let out = {
-            let view = buf
-                .get_mapped_range(..)
-                .map_err(|e| GpuError::Readback(e.to_string()))?;
-            view.chunks_exact(4)
-                .take(n)
-                .map(|b| f32::from_bits(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-                .collect()
-        };
+        let out = buf
+            .get_mapped_range(..)
+            .map_err(|e| GpuError::Readback(e.to_string()))?
+            .to_vec();
         buf.unmap();
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .read_bytes
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(out)
     }
 }

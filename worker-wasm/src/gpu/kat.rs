@@ -18,7 +18,7 @@ use lupus_prover::optim::{AdamW, TrainState};
 use lupus_prover::tensor::Tensor;
 
 use super::device::{GpuDevice, GpuError, Pass};
-use super::ops::{MATMUL, SCALAR, eval_op_gpu};
+use super::ops::{SCALAR, eval_op_gpu, matmul_job};
 use super::step::train_step_gpu;
 
 /// A case that failed on the device: an answer that is never the reference one.
@@ -106,9 +106,9 @@ async fn matmul(
 ) -> Result<Vec<f32>, GpuError> {
     let [m, k, n, ta, tb] = dims;
     let w = [m as u32, k as u32, n as u32, ta as u32, tb as u32];
-    let mut outs = dev
-        .run(&MATMUL, &[Pass::new("main", m * n, &w)], &[a, b], &[m * n])
-        .await?;
+    // The kernel a step would use for these dimensions.
+    let (kernel, pass) = matmul_job(m, k, n, &w);
+    let mut outs = dev.run(kernel, &[pass], &[a, b], &[m * n]).await?;
     outs.pop()
         .ok_or_else(|| GpuError::Readback("no output".into()))
 }

@@ -6,9 +6,16 @@
 //! reference's; the known-answer suite ([`super::kat`]) checks that at start. Shapes are
 //! checked here before anything is dispatched; `Reshape` moves no data and runs on the
 //! host.
+//!
+//! An operator is first *lowered* ([`lower`]): from its input shapes alone to its output
+//! shapes and the kernel jobs that compute it (which inputs each job binds, which
+//! outputs or scratch arrays it writes, its passes). [`eval_op_gpu`] runs a lowering
+//! job by job with uploads and read-backs (the per-operator path); `super::whole`
+//! records the same lowerings over device-resident buffers. One lowering, two
+//! executors, so the two paths cannot drift apart.
 
 use lupus_prover::ops::{OpKind, eval_op};
-use lupus_prover::tensor::Tensor;
+use lupus_prover::tensor::{Tensor, checked_numel};
 
 use super::device::{GpuDevice, GpuError, Kernel, Pass};
 
@@ -22,7 +29,8 @@ const fn kernel(name: &'static str, source: &'static str, inputs: u32, outputs: 
 }
 
 pub(crate) const SCALAR: Kernel = kernel("scalar", include_str!("wgsl/scalar.wgsl"), 1, 1);
-pub(crate) const MATMUL: Kernel = kernel("matmul", include_str!("wgsl/matmul.wgsl"), 2, 1);
+const MATMUL: Kernel = kernel("matmul", include_str!("wgsl/matmul.wgsl"), 2, 1);
+const MATMUL_VEC4: Kernel = kernel("matmul_vec4", include_str!("wgsl/matmul_vec4.wgsl"), 2, 1);
 const ELEMENTWISE: Kernel = kernel("elementwise", include_str!("wgsl/elementwise.wgsl"), 2, 1);
 const REDUCE: Kernel = kernel("reduce", include_str!("wgsl/reduce.wgsl"), 2, 1);
 const LAYER_NORM: Kernel = kernel("layer_norm", include_str!("wgsl/layer_norm.wgsl"), 3, 3);
@@ -43,27 +51,31 @@ fn shape_err(op: &'static str, detail: impl Into<String>) -> GpuError {
     }
 }
 
-fn matrix(op: &'static str, t: &Tensor) -> Result<(usize, usize), GpuError> {
-    match t.shape() {
+fn matrix(op: &'static str, s: &[usize]) -> Result<(usize, usize), GpuError> {
+    match s {
         [r, c] => Ok((*r, *c)),
         s => Err(shape_err(op, format!("expected a matrix, got shape {s:?}"))),
     }
 }
 
-fn expect_len(op: &'static str, t: &Tensor, n: usize) -> Result<(), GpuError> {
-    if t.len() == n {
+fn numel(op: &'static str, s: &[usize]) -> Result<usize, GpuError> {
+    checked_numel(s).map_err(|e| shape_err(op, e.to_string()))
+}
+
+fn expect_len(op: &'static str, s: &[usize], n: usize) -> Result<(), GpuError> {
+    if numel(op, s)? == n {
         Ok(())
     } else {
         Err(shape_err(
             op,
-            format!("expected {n} elements, got shape {:?}", t.shape()),
+            format!("expected {n} elements, got shape {s:?}"),
         ))
     }
 }
 
 /// Checks that every element of `ids` is an integer id below `vocab`.
-fn check_ids(op: &'static str, ids: &Tensor, vocab: usize) -> Result<(), GpuError> {
-    for &x in ids.data() {
+pub(crate) fn check_ids(op: &'static str, ids: &[f32], vocab: usize) -> Result<(), GpuError> {
+    for &x in ids {
         if !(x >= 0.0 && x < vocab as f32 && x == (x as u32) as f32) {
             return Err(shape_err(op, format!("token id {x} is not below {vocab}")));
         }
@@ -75,62 +87,153 @@ fn words(xs: &[usize]) -> Vec<u32> {
     xs.iter().map(|&x| x as u32).collect()
 }
 
-fn tensor(op: &'static str, shape: Vec<usize>, data: Vec<f32>) -> Result<Tensor, GpuError> {
-    Tensor::new(shape, data).map_err(|e| shape_err(op, e.to_string()))
+/// Where a job writes one of its output arrays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Out {
+    /// The operator's output `i`.
+    Op(usize),
+    /// A scratch array of this many elements that no one reads after the job.
+    Scratch(usize),
 }
 
-/// One-output jobs of a single pass.
-async fn single(
-    dev: &GpuDevice,
-    k: &Kernel,
-    pass: Pass,
-    inputs: &[&[f32]],
-    out_len: usize,
-) -> Result<Vec<f32>, GpuError> {
-    let mut outs = dev.run(k, &[pass], inputs, &[out_len]).await?;
-    outs.pop()
-        .ok_or_else(|| GpuError::Readback("no output".into()))
+/// What a job binds as one of its kernel's inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum In {
+    /// The operator's input `i`.
+    Op(usize),
+    /// Nothing the job's mode reads (a one-word placeholder, so that no region is bound
+    /// twice in a dispatch).
+    Unused,
+    /// [`id_index`] of the token ids that are the operator's input `ids`, built on the
+    /// host, where the ids are (they are the batch's).
+    IdIndex { ids: usize, vocab: usize },
+}
+
+/// One kernel job of a lowered operator.
+#[derive(Clone, Debug)]
+pub(crate) struct Job {
+    pub kernel: &'static Kernel,
+    pub passes: Vec<Pass>,
+    pub inputs: Vec<In>,
+    pub outputs: Vec<Out>,
+}
+
+/// The rows of each token id, for `embedding_backward`: `[offset of id 0, .., offset of
+/// id vocab]` then every row index `n` grouped by `ids[n]` and increasing within a group,
+/// as f32 values (exact: at most 2^24 rows). A thread of the kernel then reads only its
+/// id's rows, in the reference's order, where it used to scan every row.
+pub(crate) fn id_index(ids: &[f32], vocab: usize) -> Result<Vec<f32>, GpuError> {
+    if ids.len() > 1 << 24 {
+        return Err(shape_err("embedding_backward", "more than 2^24 token ids"));
+    }
+    let mut index = vec![0f32; vocab + 1 + ids.len()];
+    let mut counts = vec![0usize; vocab + 1];
+    for &x in ids {
+        counts[x as usize + 1] += 1;
+    }
+    for v in 0..vocab {
+        counts[v + 1] += counts[v];
+    }
+    for (o, &c) in index.iter_mut().zip(&counts) {
+        *o = c as f32;
+    }
+    let (_, rows) = index.split_at_mut(vocab + 1);
+    for (n, &x) in ids.iter().enumerate() {
+        let at = &mut counts[x as usize];
+        rows[*at] = n as f32;
+        *at += 1;
+    }
+    Ok(index)
+}
+
+/// An operator lowered to kernel jobs.
+#[derive(Clone, Debug)]
+pub(crate) struct Lowered {
+    /// The shape of each output.
+    pub shapes: Vec<Vec<usize>>,
+    /// The jobs, in order. Empty for `Reshape`, whose output is its input's data.
+    pub jobs: Vec<Job>,
+    /// `(input, vocab)`: an input whose elements must be token ids below `vocab`. The
+    /// kernels index with them, so they are checked on the host before a dispatch.
+    pub ids: Option<(usize, usize)>,
+}
+
+fn job(kernel: &'static Kernel, passes: Vec<Pass>, inputs: &[In], outputs: &[Out]) -> Job {
+    Job {
+        kernel,
+        passes,
+        inputs: inputs.to_vec(),
+        outputs: outputs.to_vec(),
+    }
+}
+
+/// One pass of one kernel writing the operator's single output of `shape`.
+fn single(kernel: &'static Kernel, pass: Pass, inputs: &[In], shape: Vec<usize>) -> Lowered {
+    Lowered {
+        shapes: vec![shape],
+        jobs: vec![job(kernel, vec![pass], inputs, &[Out::Op(0)])],
+        ids: None,
+    }
+}
+
+/// The kernel and pass of an `op(A) [m, k] x op(B) [k, n]` matmul, `w` its parameter
+/// words: one thread per 8 x 8 block of the output, reading four floats at a time
+/// (`matmul_vec4.wgsl`) when m, k and n are multiples of 4 and one at a time
+/// (`matmul.wgsl`) otherwise. Both give the reference's bits.
+pub(crate) fn matmul_job(m: usize, k: usize, n: usize, w: &[u32]) -> (&'static Kernel, Pass) {
+    let kernel = if [m, k, n].iter().all(|d| d % 4 == 0 && *d > 0) {
+        &MATMUL_VEC4
+    } else {
+        &MATMUL
+    };
+    (kernel, Pass::new("main", m.div_ceil(8) * n.div_ceil(8), w))
 }
 
 /// Attention dimensions of a `[batch*seq, width]` input.
 fn attn(
     op: &'static str,
-    t: &Tensor,
+    s: &[usize],
     heads: usize,
     seq: usize,
 ) -> Result<(usize, usize), GpuError> {
-    let (rows, width) = matrix(op, t)?;
+    let (rows, width) = matrix(op, s)?;
     if heads == 0 || seq == 0 || rows % seq != 0 || width % heads != 0 || width == 0 {
         return Err(shape_err(
             op,
-            format!("{:?} does not fit {heads} heads of seq {seq}", t.shape()),
+            format!("{s:?} does not fit {heads} heads of seq {seq}"),
         ));
     }
     Ok((rows / seq, width / heads))
 }
 
-/// Applies one operator on the GPU. The same inputs give the reference's bits on a
-/// device of the exact class.
-pub async fn eval_op_gpu(
-    dev: &GpuDevice,
-    kind: &OpKind,
-    inputs: &[&Tensor],
-) -> Result<Vec<Tensor>, GpuError> {
+/// Lowers one operator, from its input shapes, to kernel jobs: the reference's shape
+/// rules, checked before anything is dispatched. `None` for operators that have no
+/// kernel yet (added to the prover later).
+pub(crate) fn lower(kind: &OpKind, x: &[&[usize]]) -> Result<Option<Lowered>, GpuError> {
     let op = kind.name();
-    if inputs.len() != kind.arity() {
+    if x.len() != kind.arity() {
         return Err(shape_err(
             op,
-            format!(
-                "{} inputs for an operator of {}",
-                inputs.len(),
-                kind.arity()
-            ),
+            format!("{} inputs for an operator of {}", x.len(), kind.arity()),
         ));
     }
-    let x = inputs;
-    let d = |i: usize| x[i].data();
-    match kind {
-        OpKind::Reshape { .. } => Ok(eval_op(kind, inputs)?),
+    const A: In = In::Op(0);
+    const B: In = In::Op(1);
+    const C: In = In::Op(2);
+    Ok(Some(match kind {
+        OpKind::Reshape { shape } => {
+            if numel(op, shape)? != numel(op, x[0])? {
+                return Err(shape_err(
+                    op,
+                    format!("cannot reshape {:?} to {shape:?}", x[0]),
+                ));
+            }
+            Lowered {
+                shapes: vec![shape.clone()],
+                jobs: Vec::new(),
+                ids: None,
+            }
+        }
         OpKind::MatMul {
             transpose_a,
             transpose_b,
@@ -143,15 +246,8 @@ pub async fn eval_op_gpu(
                 return Err(shape_err(op, "inner dimensions differ"));
             }
             let w = words(&[m, k, n, *transpose_a as usize, *transpose_b as usize]);
-            let out = single(
-                dev,
-                &MATMUL,
-                Pass::new("main", m * n, &w),
-                &[d(0), d(1)],
-                m * n,
-            )
-            .await?;
-            Ok(vec![tensor(op, vec![m, n], out)?])
+            let (kernel, pass) = matmul_job(m, k, n, &w);
+            single(kernel, pass, &[A, B], vec![m, n])
         }
         OpKind::Add | OpKind::Relu | OpKind::ReluBackward => {
             let code = match kind {
@@ -159,36 +255,30 @@ pub async fn eval_op_gpu(
                 OpKind::Relu => 1,
                 _ => 2,
             };
-            let n = x[0].len();
+            let n = numel(op, x[0])?;
             let y = if matches!(kind, OpKind::Relu) {
-                d(0)
+                In::Unused
             } else {
                 expect_len(op, x[1], n)?;
-                d(1)
+                B
             };
-            let out = single(
-                dev,
+            single(
                 &ELEMENTWISE,
                 Pass::new("main", n, &[code]),
-                &[d(0), y],
-                n,
+                &[A, y],
+                x[0].to_vec(),
             )
-            .await?;
-            Ok(vec![tensor(op, x[0].shape().to_vec(), out)?])
         }
         OpKind::AddBias => {
             let (r, c) = matrix(op, x[0])?;
             expect_len(op, x[1], c)?;
             let w = words(&[3, c]);
-            let out = single(
-                dev,
+            single(
                 &ELEMENTWISE,
                 Pass::new("main", r * c, &w),
-                &[d(0), d(1)],
-                r * c,
+                &[A, B],
+                vec![r, c],
             )
-            .await?;
-            Ok(vec![tensor(op, vec![r, c], out)?])
         }
         OpKind::AddPosition { seq } => {
             let (r, c) = matrix(op, x[0])?;
@@ -197,36 +287,30 @@ pub async fn eval_op_gpu(
                 return Err(shape_err(op, "x and table do not fit seq"));
             }
             let w = words(&[4, c, *seq]);
-            let out = single(
-                dev,
+            single(
                 &ELEMENTWISE,
                 Pass::new("main", r * c, &w),
-                &[d(0), d(1)],
-                r * c,
+                &[A, B],
+                vec![r, c],
             )
-            .await?;
-            Ok(vec![tensor(op, vec![r, c], out)?])
         }
         OpKind::SoftmaxCrossEntropyBackward => {
             let (r, v) = matrix(op, x[0])?;
             expect_len(op, x[1], r)?;
-            check_ids(op, x[1], v)?;
             let w = words(&[5, v, 0, r]);
-            let out = single(
-                dev,
+            let mut l = single(
                 &ELEMENTWISE,
                 Pass::new("main", r * v, &w),
-                &[d(0), d(1)],
-                r * v,
-            )
-            .await?;
-            Ok(vec![tensor(op, vec![r, v], out)?])
+                &[A, B],
+                vec![r, v],
+            );
+            l.ids = Some((1, v));
+            l
         }
         OpKind::BiasBackward => {
             let (r, c) = matrix(op, x[0])?;
             let w = words(&[0, r, c]);
-            let out = single(dev, &REDUCE, Pass::new("main", c, &w), &[d(0), d(0)], c).await?;
-            Ok(vec![tensor(op, vec![c], out)?])
+            single(&REDUCE, Pass::new("main", c, &w), &[A, In::Unused], vec![c])
         }
         OpKind::AddPositionBackward { seq, context } => {
             let (r, c) = matrix(op, x[0])?;
@@ -235,26 +319,39 @@ pub async fn eval_op_gpu(
             }
             let w = words(&[1, r, c, *seq]);
             let n = context * c;
-            let out = single(dev, &REDUCE, Pass::new("main", n, &w), &[d(0), d(0)], n).await?;
-            Ok(vec![tensor(op, vec![*context, c], out)?])
+            single(
+                &REDUCE,
+                Pass::new("main", n, &w),
+                &[A, In::Unused],
+                vec![*context, c],
+            )
         }
         OpKind::EmbeddingBackward { vocab, dim } => {
-            let ids = x[0];
-            check_ids(op, ids, *vocab)?;
-            expect_len(op, x[1], ids.len() * dim)?;
-            let w = words(&[2, ids.len(), *dim]);
+            let n_ids = numel(op, x[0])?;
+            expect_len(op, x[1], n_ids * dim)?;
+            let w = words(&[2, n_ids, *dim, *vocab]);
             let n = vocab * dim;
-            let out = single(dev, &REDUCE, Pass::new("main", n, &w), &[d(1), d(0)], n).await?;
-            Ok(vec![tensor(op, vec![*vocab, *dim], out)?])
+            let index = In::IdIndex {
+                ids: 0,
+                vocab: *vocab,
+            };
+            let mut l = single(
+                &REDUCE,
+                Pass::new("main", n, &w),
+                &[B, index],
+                vec![*vocab, *dim],
+            );
+            l.ids = Some((0, *vocab));
+            l
         }
         OpKind::Embedding { vocab, dim } => {
             expect_len(op, x[0], vocab * dim)?;
-            check_ids(op, x[1], *vocab)?;
-            let rows = x[1].len();
+            let rows = numel(op, x[1])?;
             let w = words(&[3, rows, *dim]);
             let n = rows * dim;
-            let out = single(dev, &REDUCE, Pass::new("main", n, &w), &[d(0), d(1)], n).await?;
-            Ok(vec![tensor(op, vec![rows, *dim], out)?])
+            let mut l = single(&REDUCE, Pass::new("main", n, &w), &[A, B], vec![rows, *dim]);
+            l.ids = Some((1, *vocab));
+            l
         }
         OpKind::LayerNorm { eps } => {
             let (r, c) = matrix(op, x[0])?;
@@ -264,22 +361,16 @@ pub async fn eval_op_gpu(
                 return Err(shape_err(op, "eps must be > 0 and rows non-empty"));
             }
             let w = [c as u32, eps.to_bits()];
-            let outs = dev
-                .run(
+            Lowered {
+                shapes: vec![vec![r, c], vec![r], vec![r]],
+                jobs: vec![job(
                     &LAYER_NORM,
-                    &[Pass::new("main", r, &w)],
-                    &[d(0), d(1), d(2)],
-                    &[r * c, r, r],
-                )
-                .await?;
-            let [y, mean, rstd]: [Vec<f32>; 3] = outs
-                .try_into()
-                .map_err(|_| GpuError::Readback("layer_norm outputs".into()))?;
-            Ok(vec![
-                tensor(op, vec![r, c], y)?,
-                tensor(op, vec![r], mean)?,
-                tensor(op, vec![r], rstd)?,
-            ])
+                    vec![Pass::new("main", r, &w)],
+                    &[A, B, C],
+                    &[Out::Op(0), Out::Op(1), Out::Op(2)],
+                )],
+                ids: None,
+            }
         }
         OpKind::LayerNormBackward => {
             let (r, c) = matrix(op, x[0])?;
@@ -288,22 +379,16 @@ pub async fn eval_op_gpu(
             expect_len(op, x[3], r)?;
             expect_len(op, x[4], r * c)?;
             let w = words(&[r, c]);
-            let outs = dev
-                .run(
+            Lowered {
+                shapes: vec![vec![r, c], vec![c], vec![c]],
+                jobs: vec![job(
                     &LAYER_NORM_BACKWARD,
-                    &[Pass::new("rows_main", r, &w), Pass::new("cols_main", c, &w)],
-                    &[d(0), d(1), d(2), d(3), d(4)],
-                    &[r * c, c, c],
-                )
-                .await?;
-            let [dx, dg, db]: [Vec<f32>; 3] = outs
-                .try_into()
-                .map_err(|_| GpuError::Readback("layer_norm_backward outputs".into()))?;
-            Ok(vec![
-                tensor(op, vec![r, c], dx)?,
-                tensor(op, vec![c], dg)?,
-                tensor(op, vec![c], db)?,
-            ])
+                    vec![Pass::new("rows_main", r, &w), Pass::new("cols_main", c, &w)],
+                    &[A, B, C, In::Op(3), In::Op(4)],
+                    &[Out::Op(0), Out::Op(1), Out::Op(2)],
+                )],
+                ids: None,
+            }
         }
         OpKind::CausalSoftmax { seq } | OpKind::CausalSoftmaxBackward { seq } => {
             let (r, c) = matrix(op, x[0])?;
@@ -313,22 +398,21 @@ pub async fn eval_op_gpu(
             let backward = matches!(kind, OpKind::CausalSoftmaxBackward { .. });
             let y = if backward {
                 expect_len(op, x[1], r * c)?;
-                d(1)
+                B
             } else {
-                d(0)
+                In::Unused
             };
             let w = words(&[backward as usize, c, *seq]);
-            let mut outs = dev
-                .run(
+            Lowered {
+                shapes: vec![vec![r, c]],
+                jobs: vec![job(
                     &SOFTMAX,
-                    &[Pass::new("main", r, &w)],
-                    &[d(0), y],
-                    &[r * c, 0, 0],
-                )
-                .await?;
-            outs.truncate(1);
-            let out = outs.pop().unwrap_or_default();
-            Ok(vec![tensor(op, vec![r, c], out)?])
+                    vec![Pass::new("main", r, &w)],
+                    &[A, y],
+                    &[Out::Op(0), Out::Scratch(0), Out::Scratch(0)],
+                )],
+                ids: None,
+            }
         }
         OpKind::SoftmaxCrossEntropy => {
             let (r, v) = matrix(op, x[0])?;
@@ -336,97 +420,90 @@ pub async fn eval_op_gpu(
                 return Err(shape_err(op, "empty logits"));
             }
             expect_len(op, x[1], r)?;
-            check_ids(op, x[1], v)?;
-            let outs = dev
-                .run(
+            Lowered {
+                shapes: vec![vec![1], vec![r, v]],
+                jobs: vec![job(
                     &SOFTMAX,
-                    &[
+                    vec![
                         Pass::new("main", r, &words(&[2, v])),
                         Pass::new("main", 1, &words(&[3, v, 0, r])),
                     ],
-                    &[d(0), d(1)],
-                    &[r * v, r, 1],
-                )
-                .await?;
-            let [probs, _rows, loss]: [Vec<f32>; 3] = outs
-                .try_into()
-                .map_err(|_| GpuError::Readback("cross-entropy outputs".into()))?;
-            Ok(vec![
-                tensor(op, vec![1], loss)?,
-                tensor(op, vec![r, v], probs)?,
-            ])
+                    &[A, B],
+                    &[Out::Op(1), Out::Scratch(r), Out::Op(0)],
+                )],
+                ids: Some((1, v)),
+            }
         }
         OpKind::AttentionScores { heads, seq } => {
             let (b, hd) = attn(op, x[0], *heads, *seq)?;
-            expect_len(op, x[1], x[0].len())?;
+            expect_len(op, x[1], numel(op, x[0])?)?;
             let rows = b * heads * seq;
             let w = words(&[0, b, *seq, *heads, hd]);
             let n = rows * seq;
-            let out = single(dev, &ATTENTION, Pass::new("main", n, &w), &[d(0), d(1)], n).await?;
-            Ok(vec![tensor(op, vec![rows, *seq], out)?])
+            single(
+                &ATTENTION,
+                Pass::new("main", n, &w),
+                &[A, B],
+                vec![rows, *seq],
+            )
         }
         OpKind::AttentionValues { heads, seq } => {
             let (b, hd) = attn(op, x[1], *heads, *seq)?;
             expect_len(op, x[0], b * heads * seq * seq)?;
             let w = words(&[1, b, *seq, *heads, hd]);
-            let n = x[1].len();
-            let out = single(dev, &ATTENTION, Pass::new("main", n, &w), &[d(0), d(1)], n).await?;
-            Ok(vec![tensor(op, x[1].shape().to_vec(), out)?])
+            let n = numel(op, x[1])?;
+            single(&ATTENTION, Pass::new("main", n, &w), &[A, B], x[1].to_vec())
         }
         OpKind::AttentionValuesBackward { heads, seq } => {
             // (p, v, do) -> (dp, dv)
             let (b, hd) = attn(op, x[1], *heads, *seq)?;
             expect_len(op, x[0], b * heads * seq * seq)?;
-            expect_len(op, x[2], x[1].len())?;
-            let np = x[0].len();
-            let nv = x[1].len();
-            let dp = single(
-                dev,
-                &ATTENTION,
-                Pass::new("main", np, &words(&[2, b, *seq, *heads, hd])),
-                &[d(2), d(1)],
-                np,
-            )
-            .await?;
-            let dv = single(
-                dev,
-                &ATTENTION,
-                Pass::new("main", nv, &words(&[3, b, *seq, *heads, hd])),
-                &[d(0), d(2)],
-                nv,
-            )
-            .await?;
-            Ok(vec![
-                tensor(op, x[0].shape().to_vec(), dp)?,
-                tensor(op, x[1].shape().to_vec(), dv)?,
-            ])
+            let nv = numel(op, x[1])?;
+            expect_len(op, x[2], nv)?;
+            let np = numel(op, x[0])?;
+            Lowered {
+                shapes: vec![x[0].to_vec(), x[1].to_vec()],
+                jobs: vec![
+                    job(
+                        &ATTENTION,
+                        vec![Pass::new("main", np, &words(&[2, b, *seq, *heads, hd]))],
+                        &[C, B],
+                        &[Out::Op(0)],
+                    ),
+                    job(
+                        &ATTENTION,
+                        vec![Pass::new("main", nv, &words(&[3, b, *seq, *heads, hd]))],
+                        &[A, C],
+                        &[Out::Op(1)],
+                    ),
+                ],
+                ids: None,
+            }
         }
         OpKind::AttentionScoresBackward { heads, seq } => {
             // (q, k, ds) -> (dq, dk)
             let (b, hd) = attn(op, x[0], *heads, *seq)?;
-            expect_len(op, x[1], x[0].len())?;
+            let n = numel(op, x[0])?;
+            expect_len(op, x[1], n)?;
             expect_len(op, x[2], b * heads * seq * seq)?;
-            let n = x[0].len();
-            let dq = single(
-                dev,
-                &ATTENTION,
-                Pass::new("main", n, &words(&[4, b, *seq, *heads, hd])),
-                &[d(2), d(1)],
-                n,
-            )
-            .await?;
-            let dk = single(
-                dev,
-                &ATTENTION,
-                Pass::new("main", n, &words(&[5, b, *seq, *heads, hd])),
-                &[d(2), d(0)],
-                n,
-            )
-            .await?;
-            Ok(vec![
-                tensor(op, x[0].shape().to_vec(), dq)?,
-                tensor(op, x[1].shape().to_vec(), dk)?,
-            ])
+            Lowered {
+                shapes: vec![x[0].to_vec(), x[1].to_vec()],
+                jobs: vec![
+                    job(
+                        &ATTENTION,
+                        vec![Pass::new("main", n, &words(&[4, b, *seq, *heads, hd]))],
+                        &[C, B],
+                        &[Out::Op(0)],
+                    ),
+                    job(
+                        &ATTENTION,
+                        vec![Pass::new("main", n, &words(&[5, b, *seq, *heads, hd]))],
+                        &[C, A],
+                        &[Out::Op(1)],
+                    ),
+                ],
+                ids: None,
+            }
         }
         OpKind::AdamWUpdate {
             lr,
@@ -436,9 +513,9 @@ pub async fn eval_op_gpu(
             weight_decay,
             step,
         } => {
-            let n = x[0].len();
-            for t in &x[1..] {
-                if t.shape() != x[0].shape() {
+            let n = numel(op, x[0])?;
+            for s in &x[1..] {
+                if *s != x[0] {
                     return Err(shape_err(op, "param, grad and moments differ in shape"));
                 }
             }
@@ -452,18 +529,99 @@ pub async fn eval_op_gpu(
                 weight_decay.to_bits(),
                 step,
             ];
-            let outs = dev
-                .run(
+            Lowered {
+                shapes: vec![x[0].to_vec(); 3],
+                jobs: vec![job(
                     &ADAMW,
-                    &[Pass::new("main", n, &w)],
-                    &[d(0), d(1), d(2), d(3)],
-                    &[n, n, n],
-                )
-                .await?;
-            let s = x[0].shape().to_vec();
-            outs.into_iter().map(|o| tensor(op, s.clone(), o)).collect()
+                    vec![Pass::new("main", n, &w)],
+                    &[A, B, C, In::Op(3)],
+                    &[Out::Op(0), Out::Op(1), Out::Op(2)],
+                )],
+                ids: None,
+            }
         }
-        // Operators added to the prover later run on the reference until a kernel exists.
-        _ => Ok(eval_op(kind, inputs)?),
+        // Operators added to the prover later have no kernel until one is written.
+        _ => return Ok(None),
+    }))
+}
+
+/// Applies one operator on the GPU, one job at a time: inputs uploaded, every output
+/// read back. The same inputs give the reference's bits on a device of the exact class.
+pub async fn eval_op_gpu(
+    dev: &GpuDevice,
+    kind: &OpKind,
+    inputs: &[&Tensor],
+) -> Result<Vec<Tensor>, GpuError> {
+    let op = kind.name();
+    let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
+    let lowered = match lower(kind, &shapes)? {
+        Some(l) if !l.jobs.is_empty() => l,
+        // `Reshape` moves no data; operators without a kernel run on the reference.
+        _ => return Ok(eval_op(kind, inputs)?),
+    };
+    if let Some((i, vocab)) = lowered.ids {
+        check_ids(op, inputs[i].data(), vocab)?;
+    }
+    let mut outs: Vec<Option<Vec<f32>>> = vec![None; lowered.shapes.len()];
+    for j in &lowered.jobs {
+        let indices = j
+            .inputs
+            .iter()
+            .map(|i| match i {
+                In::IdIndex { ids, vocab } => id_index(inputs[*ids].data(), *vocab).map(Some),
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let data: Vec<&[f32]> = j
+            .inputs
+            .iter()
+            .zip(&indices)
+            .map(|(i, index)| match (i, index) {
+                (In::Op(i), _) => inputs[*i].data(),
+                (_, Some(index)) => index.as_slice(),
+                _ => &[][..],
+            })
+            .collect();
+        let sizes = j
+            .outputs
+            .iter()
+            .map(|o| match o {
+                Out::Op(i) => numel(op, &lowered.shapes[*i]),
+                Out::Scratch(n) => Ok(*n),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let got = dev.run(j.kernel, &j.passes, &data, &sizes).await?;
+        for (o, d) in j.outputs.iter().zip(got) {
+            if let Out::Op(i) = o {
+                outs[*i] = Some(d);
+            }
+        }
+    }
+    lowered
+        .shapes
+        .into_iter()
+        .zip(outs)
+        .map(|(shape, d)| {
+            let d =
+                d.ok_or_else(|| GpuError::Readback(format!("{op}: an output was not written")))?;
+            Tensor::new(shape, d).map_err(|e| shape_err(op, e.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::id_index;
+
+    /// The index lists each id's rows in increasing order after the offsets, so the
+    /// kernel adds them in the reference's order; unused ids get empty ranges.
+    #[test]
+    fn id_index_groups_rows_by_id_in_order() {
+        let ids = [2.0, 0.0, 2.0, 3.0, 0.0, 2.0];
+        let index = id_index(&ids, 5).unwrap();
+        let (offsets, rows) = index.split_at(6);
+        assert_eq!(offsets, [0.0, 2.0, 2.0, 5.0, 6.0, 6.0]);
+        assert_eq!(rows, [1.0, 4.0, 0.0, 2.0, 5.0, 3.0]);
+        assert_eq!(id_index(&[], 3).unwrap(), [0.0; 4]);
     }
 }

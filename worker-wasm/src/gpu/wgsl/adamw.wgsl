@@ -1,9 +1,9 @@
 // One AdamW update per element (kernels::adamw), in the reference's exact order.
 // P: 0 count, 1 lr, 2 beta1, 3 beta2, 4 eps, 5 weight_decay (bits), 6 step.
-@group(0) @binding(1) var<storage, read> PARAM: array<f32>;
-@group(0) @binding(2) var<storage, read> GRAD: array<f32>;
-@group(0) @binding(3) var<storage, read> M: array<f32>;
-@group(0) @binding(4) var<storage, read> V: array<f32>;
+@group(0) @binding(1) var<storage, read_write> PARAM: array<f32>;
+@group(0) @binding(2) var<storage, read_write> GRAD: array<f32>;
+@group(0) @binding(3) var<storage, read_write> M: array<f32>;
+@group(0) @binding(4) var<storage, read_write> V: array<f32>;
 @group(0) @binding(5) var<storage, read_write> PO: array<f32>;
 @group(0) @binding(6) var<storage, read_write> MO: array<f32>;
 @group(0) @binding(7) var<storage, read_write> VO: array<f32>;

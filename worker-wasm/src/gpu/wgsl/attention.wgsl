@@ -8,8 +8,8 @@
 // op 3 values dv:       X p, Y do           -> O dv
 // op 4 scores dq:       X ds, Y k           -> O dq
 // op 5 scores dk:       X ds, Y q           -> O dk
-@group(0) @binding(1) var<storage, read> X: array<f32>;
-@group(0) @binding(2) var<storage, read> Y: array<f32>;
+@group(0) @binding(1) var<storage, read_write> X: array<f32>;
+@group(0) @binding(2) var<storage, read_write> Y: array<f32>;
 @group(0) @binding(3) var<storage, read_write> O: array<f32>;
 
 @compute @workgroup_size(64)

@@ -5,6 +5,11 @@
 // Word 15 is always zero: `det_exp` builds from it a 1.0 the compiler cannot fold.
 // A dispatch larger than 65535 workgroups spreads over y, so the index is
 // `x + y * (workgroups along x) * 64`.
+//
+// Every storage binding, inputs included, is `read_write`: the whole step
+// (`gpu::whole`) binds regions of one arena buffer as a kernel's inputs and outputs, and
+// WebGPU refuses a buffer bound both read-only and writable in one dispatch. Kernels
+// never write their inputs.
 
 @group(0) @binding(0) var<uniform> P: array<vec4<u32>, 4>;
 

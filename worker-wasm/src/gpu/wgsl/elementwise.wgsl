@@ -3,8 +3,8 @@
 // 5 softmax_cross_entropy_backward), 2 columns (add_bias, add_position: dim;
 // softmax_cross_entropy_backward: vocab), 3 seq (add_position), 4 rows
 // (softmax_cross_entropy_backward).
-@group(0) @binding(1) var<storage, read> X: array<f32>;
-@group(0) @binding(2) var<storage, read> Y: array<f32>;
+@group(0) @binding(1) var<storage, read_write> X: array<f32>;
+@group(0) @binding(2) var<storage, read_write> Y: array<f32>;
 @group(0) @binding(3) var<storage, read_write> O: array<f32>;
 
 @compute @workgroup_size(64)

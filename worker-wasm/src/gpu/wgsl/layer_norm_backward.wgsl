@@ -2,11 +2,11 @@
 // dx, one thread per row; `cols_main` gives dgamma and dbeta, one thread per column,
 // rows in increasing order. xhat is recomputed the same way in both.
 // P: 0 count (rows for rows_main, cols for cols_main), 1 rows, 2 cols.
-@group(0) @binding(1) var<storage, read> X: array<f32>;
-@group(0) @binding(2) var<storage, read> G: array<f32>;
-@group(0) @binding(3) var<storage, read> MEAN: array<f32>;
-@group(0) @binding(4) var<storage, read> RSTD: array<f32>;
-@group(0) @binding(5) var<storage, read> DY: array<f32>;
+@group(0) @binding(1) var<storage, read_write> X: array<f32>;
+@group(0) @binding(2) var<storage, read_write> G: array<f32>;
+@group(0) @binding(3) var<storage, read_write> MEAN: array<f32>;
+@group(0) @binding(4) var<storage, read_write> RSTD: array<f32>;
+@group(0) @binding(5) var<storage, read_write> DY: array<f32>;
 @group(0) @binding(6) var<storage, read_write> DX: array<f32>;
 @group(0) @binding(7) var<storage, read_write> DG: array<f32>;
 @group(0) @binding(8) var<storage, read_write> DB: array<f32>;

@@ -1,6 +1,6 @@
 // The known-answer suite's scalar sweeps: one `det` function over an array of inputs.
 // P: 0 count, 1 function (0 exp, 1 ln, 2 reciprocal, 3 rsqrt, 4 sqrt, 5 round_ne, 6 ftz).
-@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(1) var<storage, read_write> X: array<f32>;
 @group(0) @binding(2) var<storage, read_write> Y: array<f32>;
 
 @compute @workgroup_size(64)

@@ -5,8 +5,8 @@
 // causal_softmax: X scores -> O probs. causal_softmax_backward: X p, Y dp -> O ds.
 // cross-entropy rows: X logits, Y targets -> O probs, L[r] = lse - x[t].
 // cross-entropy total (one thread): L -> LOSS[0] = (sum_r L[r]) * (1/rows).
-@group(0) @binding(1) var<storage, read> X: array<f32>;
-@group(0) @binding(2) var<storage, read> Y: array<f32>;
+@group(0) @binding(1) var<storage, read_write> X: array<f32>;
+@group(0) @binding(2) var<storage, read_write> Y: array<f32>;
 @group(0) @binding(3) var<storage, read_write> O: array<f32>;
 @group(0) @binding(4) var<storage, read_write> L: array<f32>;
 @group(0) @binding(5) var<storage, read_write> LOSS: array<f32>;
