@@ -540,6 +540,12 @@ fn protocol(args: &ProverArgs, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
+/// CPU time of this process so far, every thread included.
+fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,10 +572,4 @@ mod tests {
             assert!((x - y).abs() < 1e-5, "{x} vs {y}");
         }
     }
-}
-
-/// CPU time of this process so far, every thread included.
-fn process_cpu() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
