@@ -11,7 +11,6 @@
 //! loop over it, and simulations of dishonest workers drive it with altered steps.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -607,7 +606,7 @@ fn hash_alongside<R>(run: impl FnOnce(&mut Observer<'_>) -> R) -> Hashed<R> {
                     i,
                     node.kind.clone(),
                     node.inputs.clone(),
-                    Arc::clone(outputs),
+                    std::sync::Arc::clone(outputs),
                 );
                 let _ = tx.send(entry);
             });
