@@ -21,11 +21,26 @@ use lupus_zoo::Behaviour;
 const TINY: &str = include_str!("../../jobs/tiny-test.toml");
 
 fn config(dir: &std::path::Path, rounds: u64, tasks: u32, keep: Option<u64>) -> Config {
+    // With a retention, no task is double-checked: a double check waits for a second
+    // verifier this run does not have, so the referee rules on it and its opening is
+    // evidence, kept. Without double checks the tasks that fill each round are
+    // accepted by the one verifier alone, so every pruned round has unruled tasks.
+    let job_spec = match keep {
+        Some(_) => TINY.replace(
+            "double_check_fraction = 0.05",
+            "double_check_fraction = 0.0",
+        ),
+        None => TINY.to_owned(),
+    };
+    assert!(
+        keep.is_none() || job_spec != TINY,
+        "the tiny job's double checks moved"
+    );
     Config {
         data_dir: dir.to_owned(),
         database_url: None,
         postgres_schema: None,
-        job_spec: TINY.to_owned(),
+        job_spec,
         tasks_per_round: tasks,
         max_rounds: Some(rounds),
         round_timeout: Duration::from_secs(120),
@@ -71,8 +86,20 @@ struct Audits {
     during: Outcome,
     after: Outcome,
     whole: Outcome,
-    /// What `/v1/blobs/<the opening of task 1>` answered after the run.
-    first_opening: (u16, String),
+    /// What `/v1/blobs/<opening>` answered after the run, for every opened task.
+    openings: Vec<OpeningServed>,
+}
+
+/// One opened task's opening, as the coordinator served it after the run.
+#[derive(Debug)]
+struct OpeningServed {
+    task: u64,
+    round: u64,
+    /// Whether the referee gave a verdict on it; `None` once the round is retired
+    /// (its status no longer lists verdicts).
+    ruled: Option<bool>,
+    status: u16,
+    body: String,
 }
 
 async fn run(workers: &[(u8, Behaviour)], rounds: u64, keep: Option<u64>) -> Audits {
@@ -125,19 +152,7 @@ async fn run(workers: &[(u8, Behaviour)], rounds: u64, keep: Option<u64>) -> Aud
     // openings from its store after the live table has forgotten them.
     let fresh = tempfile::tempdir().unwrap();
     let whole = audit(&url, &log_key, fresh.path(), usize::MAX).await;
-    let status: lupus_api::types::TaskStatus =
-        serde_json::from_str(&fetch(&url, "v1/tasks/1").await).unwrap();
-    let opening = status.opening_blob.expect("task 1 was opened");
-    let first_opening = {
-        let http = lupus_api::http::Http::new();
-        let none: &[(&str, &str)] = &[];
-        let url = format!("{url}/v1/blobs/{opening}");
-        let r = http
-            .send("GET", &url, none, Vec::new(), None)
-            .await
-            .unwrap();
-        (r.status, String::from_utf8_lossy(&r.body).into_owned())
-    };
+    let openings = survey_openings(&url, &server.coordinator.referee_key()).await;
     witness_the_run(&url, &log_key, &first).await;
     // The participants' threads see the flag within a step and end.
     stop.store(true, Ordering::Relaxed);
@@ -146,8 +161,65 @@ async fn run(workers: &[(u8, Behaviour)], rounds: u64, keep: Option<u64>) -> Aud
         during,
         after,
         whole,
-        first_opening,
+        openings,
     }
+}
+
+/// Every task's opening as `/v1/blobs/` serves it, walking `/v1/tasks/<id>` from 1
+/// until the coordinator knows no more tasks.
+async fn survey_openings(
+    url: &str,
+    referee: &lupus_ledger::entry::PublicKey,
+) -> Vec<OpeningServed> {
+    let http = lupus_api::http::Http::new();
+    let none: &[(&str, &str)] = &[];
+    let mut out = Vec::new();
+    for id in 1u64.. {
+        let r = http
+            .send(
+                "GET",
+                &format!("{url}/v1/tasks/{id}"),
+                none,
+                Vec::new(),
+                None,
+            )
+            .await
+            .unwrap();
+        if r.status == 404 {
+            break;
+        }
+        assert_eq!(
+            r.status,
+            200,
+            "task {id}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let status: lupus_api::types::TaskStatus = serde_json::from_slice(&r.body).unwrap();
+        let Some(opening) = status.opening_blob else {
+            continue;
+        };
+        let ruled =
+            (!status.retired).then(|| status.verdicts.iter().any(|v| v.verifier == *referee));
+        let r = http
+            .send(
+                "GET",
+                &format!("{url}/v1/blobs/{opening}"),
+                none,
+                Vec::new(),
+                None,
+            )
+            .await
+            .unwrap();
+        out.push(OpeningServed {
+            task: id,
+            round: status.round.0,
+            ruled,
+            status: r.status,
+            body: String::from_utf8_lossy(&r.body).into_owned(),
+        });
+    }
+    assert!(!out.is_empty(), "no task was opened");
+    out
 }
 
 async fn fetch(url: &str, path: &str) -> String {
@@ -210,9 +282,12 @@ async fn a_real_honest_run_verifies_while_it_grows_and_after() {
         during,
         after,
         whole,
-        first_opening,
+        openings,
     } = run(&[(1, Behaviour::Honest), (2, Behaviour::Honest)], 3, None).await;
-    assert_eq!(first_opening.0, 200, "every opening is kept by default");
+    assert!(
+        openings.iter().all(|o| o.status == 200),
+        "every opening is kept by default: {openings:?}"
+    );
     assert_eq!(after.from_size, during.size);
     assert!(after.size > during.size);
     // Two workers and the verifier earned.
@@ -255,20 +330,36 @@ async fn a_real_run_with_a_slashed_cheater_verifies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn openings_past_the_retention_are_deleted_and_the_audit_replays_what_is_kept() {
     let Audits {
-        whole,
-        first_opening,
-        ..
+        whole, openings, ..
     } = run(
         &[(1, Behaviour::Honest), (2, Behaviour::Honest)],
         3,
         Some(1),
     )
     .await;
-    assert_eq!(first_opening.0, 404, "{first_opening:?}");
-    assert!(
-        first_opening.1.contains("--keep-openings"),
-        "{first_opening:?}"
-    );
+    // Round 3 closed last: its openings are within the retention.
+    let (past, kept): (Vec<_>, Vec<_>) = openings.iter().partition(|o| o.round < 3);
+    assert!(kept.iter().all(|o| o.status == 200), "{kept:?}");
+    // Rounds 1 and 2: the referee's rulings are evidence and stay; the rest go, and
+    // say why. Round 1 is retired by now, so whether it was ruled is not listed.
+    for o in &past {
+        match o.ruled {
+            Some(true) => assert_eq!(o.status, 200, "task {}: ruled, deleted: {o:?}", o.task),
+            Some(false) => assert_eq!(o.status, 404, "task {}: unruled, kept: {o:?}", o.task),
+            None => assert!(o.status == 200 || o.status == 404, "{o:?}"),
+        }
+        if o.status == 404 {
+            assert!(o.body.contains("--keep-openings"), "{o:?}");
+        }
+    }
+    // Each pruned round filled with tasks the one verifier alone accepted (no double
+    // checks in this job), so each lost at least one opening.
+    for round in [1, 2] {
+        assert!(
+            past.iter().any(|o| o.round == round && o.status == 404),
+            "nothing of round {round} was pruned: {past:?}"
+        );
+    }
     // Round 3's tasks are kept (at least one per worker); rounds 1 and 2 are not
     // sampled unless a ruling judged them.
     assert!(whole.replayed >= 2, "{whole:?}");
