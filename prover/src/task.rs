@@ -351,8 +351,9 @@ impl<'a> TaskBuilder<'a> {
         }
         let batch = self.batch()?;
         let (model, opt, state) = (&self.job.model, self.job.inner.adamw(), &self.state);
-        let (trained, commits, nodes) =
-            hash_alongside(|observe| train_step_observed(model, &opt, state, &batch, observe));
+        let (trained, commits, nodes) = hash_alongside(&mut |_| {}, |observe| {
+            train_step_observed(model, &opt, state, &batch, observe)
+        });
         let (state, loss) = trained?;
         let next_state = next_state_hash_from_nodes(
             nodes.iter().map(|(k, i, n)| (k, i.as_slice(), *n)),
@@ -550,7 +551,7 @@ impl<'a> TaskBuilder<'a> {
 
 /// What [`hash_alongside`] gives back besides the run's result: the op-output commits
 /// in tape order and each node's kind, inputs and output count.
-type Hashed<R> = (R, Vec<OpOutputCommit>, Vec<(OpKind, Vec<ValueRef>, usize)>);
+pub(crate) type Hashed<R> = (R, Vec<OpOutputCommit>, Vec<(OpKind, Vec<ValueRef>, usize)>);
 
 /// The op-output commit of every output of one tape entry.
 fn entry_commits(
@@ -569,18 +570,28 @@ fn entry_commits(
         })
 }
 
-/// Runs `run` with an observer that commits every tape entry it sees.
+/// Runs `run` with an observer that commits every tape entry it sees, and gives
+/// every entry's outputs, in tape order, to `tap` (the verifier's replay digests;
+/// `|_| {}` for none).
 ///
 /// Natively, the tensors are hashed on a second (scoped) thread: the observer sends
 /// each entry's shared outputs over a channel and the step goes on; an output whose
 /// last reader has run is freed once it is hashed. Entries arrive in tape order and
 /// one thread hashes them, so the commits come back in tape order. On wasm32 (no
 /// threads in a Web Worker without cross-origin isolation) the observer hashes inline.
-fn hash_alongside<R>(run: impl FnOnce(&mut Observer<'_>) -> R) -> Hashed<R> {
+///
+/// The hasher is a thread per step, not a persistent one: spawning it costs tens of
+/// microseconds against a step of milliseconds, and a scoped thread can borrow `tap`.
+pub(crate) fn hash_alongside<R>(
+    tap: &mut (dyn FnMut(&[Tensor]) + Send),
+    run: impl FnOnce(&mut Observer<'_>) -> R,
+) -> Hashed<R> {
     let mut nodes = Vec::new();
     #[cfg(not(target_arch = "wasm32"))]
     {
-        type Entry = (usize, OpKind, Vec<ValueRef>, Outputs);
+        // The description is a hash of a few bytes: made here, it saves sending the
+        // node's kind and inputs across.
+        type Entry = (usize, Digest, Outputs);
         let (tx, rx) = std::sync::mpsc::channel::<Entry>();
         // Hashed outputs come back to be dropped here: freed on the thread that
         // allocated them, the allocator reuses their memory for the next operators
@@ -590,9 +601,9 @@ fn hash_alongside<R>(run: impl FnOnce(&mut Observer<'_>) -> R) -> Hashed<R> {
         std::thread::scope(|scope| {
             let hasher = scope.spawn(move || {
                 let mut commits = Vec::new();
-                for (i, kind, inputs, outputs) in rx {
-                    let desc = op_desc(&kind, &inputs);
+                for (i, desc, outputs) in rx {
                     commits.extend(entry_commits(i, desc, &outputs));
+                    tap(&outputs);
                     // The step may be over and the receiver gone: then drop it here.
                     let _ = back_tx.send(outputs);
                 }
@@ -600,15 +611,10 @@ fn hash_alongside<R>(run: impl FnOnce(&mut Observer<'_>) -> R) -> Hashed<R> {
             });
             let r = run(&mut |i: usize, node: &Node, outputs: &Outputs| {
                 back_rx.try_iter().for_each(drop);
+                let desc = op_desc(&node.kind, &node.inputs);
                 nodes.push((node.kind.clone(), node.inputs.clone(), outputs.len()));
                 // The receiver lives until every sender is gone: this cannot fail.
-                let entry = (
-                    i,
-                    node.kind.clone(),
-                    node.inputs.clone(),
-                    std::sync::Arc::clone(outputs),
-                );
-                let _ = tx.send(entry);
+                let _ = tx.send((i, desc, std::sync::Arc::clone(outputs)));
             });
             drop(tx);
             let commits = hasher
@@ -624,6 +630,7 @@ fn hash_alongside<R>(run: impl FnOnce(&mut Observer<'_>) -> R) -> Hashed<R> {
         let r = run(&mut |i: usize, node: &Node, outputs: &Outputs| {
             let desc = op_desc(&node.kind, &node.inputs);
             commits.extend(entry_commits(i, desc, outputs));
+            tap(outputs);
             nodes.push((node.kind.clone(), node.inputs.clone(), outputs.len()));
         });
         (r, commits, nodes)

@@ -29,21 +29,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Corpus;
 use crate::fraud::{FraudProof, LossFraud, OpFraud, OpLeaves, TraceLeaves};
-use crate::graph::{StepOutput, ValueRef, train_step};
+use crate::graph::{StepOutput, ValueRef, train_step, train_step_observed};
 use crate::merkle::{Digest, MerkleError, MerkleTree};
-use crate::model::Batch;
+use crate::model::{Batch, ModelError};
 use crate::ops::OpKind;
 use crate::optim::TrainState;
 use crate::quant::quantise_delta;
 use crate::spec::JobSpec;
 use crate::task::{
-    FinalOpening, Opening, ProtocolError, StepOpening, check_base, job_sampler, opened_positions,
-    task_batch,
+    FinalOpening, Opening, ProtocolError, StepOpening, check_base, hash_alongside, job_sampler,
+    opened_positions, task_batch,
 };
 use crate::tensor::Tensor;
 use crate::trace::{
     Commitment, OpOutputCommit, StateRole, StepLeaf, TraceLeaf, base_state_hash, batch_hash,
-    op_commits, op_root, state_hash, state_items, state_position, state_tensor_item, tensor_digest,
+    next_state_hash_from_nodes, op_commits, op_root, state_hash, state_items, state_position,
+    state_tensor_item, tensor_digest,
 };
 
 /// Which replay rule applies to a worker's device (from its known-answer suite).
@@ -262,14 +263,27 @@ impl ReplayDigest {
 
     /// Adds step `t`'s replay.
     pub fn step(&mut self, t: u32, replay: &StepOutput) {
-        self.hasher.update(&t.to_be_bytes());
+        self.begin_step(t);
         for op in &replay.ops {
-            for out in &op.outputs {
-                self.tensor(out);
-            }
+            self.outputs(&op.outputs);
         }
-        let s = &replay.state;
-        for x in s.params.iter().chain(&s.m).chain(&s.v) {
+        self.end_step(&replay.state);
+    }
+
+    /// Step `t`'s replay in parts, as a replay that does not keep its tape sees it:
+    /// the step number, then every entry's outputs in tape order, then `S_{t+1}`.
+    fn begin_step(&mut self, t: u32) {
+        self.hasher.update(&t.to_be_bytes());
+    }
+
+    fn outputs(&mut self, outputs: &[Tensor]) {
+        for out in outputs {
+            self.tensor(out);
+        }
+    }
+
+    fn end_step(&mut self, next: &TrainState) {
+        for x in next.params.iter().chain(&next.m).chain(&next.v) {
             self.tensor(x);
         }
     }
@@ -412,7 +426,6 @@ pub fn verify_opening_digests(
     // 3-6. Each challenged step.
     let sampler = job_sampler(job, corpus)?;
     let mut residuals: Vec<(u32, Vec<f32>)> = Vec::new();
-    let base_hash = base_state_hash(base_params);
     for so in &opening.steps {
         let t = so.step;
         let Some(leaf) = step_leaf(t) else {
@@ -422,7 +435,8 @@ pub fn verify_opening_digests(
             return Ok(reject(Some(t), RejectReason::ShapeMismatch));
         };
         let expected_state = match t.checked_sub(1) {
-            None => Some(base_hash),
+            // Only step 0 starts from the base: its hash is made when step 0 is opened.
+            None => Some(base_state_hash(base_params)),
             Some(prev) => step_leaf(prev).map(|l| l.next_state),
         };
         let s_hash = state_hash(&state);
@@ -436,24 +450,28 @@ pub fn verify_opening_digests(
         if so.ops.is_empty() || op_root(&so.ops).ok() != Some(leaf.op_root) {
             return Ok(reject(Some(t), RejectReason::OpRootMismatch));
         }
-        // The opened state is the worker's: if no honest step can start from it, the
-        // worker is at fault, not the verifier.
-        let replay = match train_step(&job.model, &job.inner.adamw(), &state, &batch) {
-            Ok(r) => r,
-            Err(e) => return Ok(reject(Some(t), RejectReason::ReplayFailed(e.to_string()))),
-        };
-        for d in digests.iter_mut() {
-            d.step(t, &replay);
-        }
         let verdict = match class {
-            DeviceClass::Exact => check_exact(so, &leaf, &state, &batch, &replay, opening),
-            DeviceClass::Tolerant => match check_tolerant(job, so, &leaf, base_params, &replay) {
-                Ok(r) => {
-                    residuals.extend(r.map(|r| (t, r)));
-                    None
+            DeviceClass::Exact => replay_exact(job, so, &leaf, &state, &batch, opening, digests)?,
+            DeviceClass::Tolerant => {
+                // The opened state is the worker's: if no honest step can start from
+                // it, the worker is at fault, not the verifier.
+                let replay = match train_step(&job.model, &job.inner.adamw(), &state, &batch) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return Ok(reject(Some(t), RejectReason::ReplayFailed(e.to_string())));
+                    }
+                };
+                for d in digests.iter_mut() {
+                    d.step(t, &replay);
                 }
-                Err(v) => Some(v),
-            },
+                match check_tolerant(job, so, &leaf, base_params, &replay) {
+                    Ok(r) => {
+                        residuals.extend(r.map(|r| (t, r)));
+                        None
+                    }
+                    Err(v) => Some(v),
+                }
+            }
         };
         if let Some(v) = verdict {
             return Ok(v);
@@ -563,6 +581,78 @@ fn check_tolerant(
 }
 
 #[allow(clippy::too_many_arguments)]
+/// Replays one opened step for the exact class, hashing its op outputs on a second
+/// thread while it computes ([`hash_alongside`]), and feeding them to `digests` there
+/// too: the verifier pays about the step, not the step plus its hashing. `H(S_{t+1})`
+/// comes from the AdamW outputs' digests, as the worker's does. Where anything
+/// disagrees with the leaf, the step is replayed again with its tape kept
+/// ([`train_step`], the same bits) and [`check_exact`] finds the first disagreement
+/// and builds its fraud proof; an honest opening never takes that path.
+fn replay_exact(
+    job: &JobSpec,
+    so: &StepOpening,
+    leaf: &StepLeaf,
+    state: &TrainState,
+    batch: &Batch,
+    opening: &Opening,
+    digests: &mut [ReplayDigest],
+) -> Result<Option<Verdict>, ProtocolError> {
+    let t = so.step;
+    let opt = job.inner.adamw();
+    for d in digests.iter_mut() {
+        d.begin_step(t);
+    }
+    let (trained, commits, nodes) = {
+        let mut tap = |outputs: &[Tensor]| {
+            for d in digests.iter_mut() {
+                d.outputs(outputs);
+            }
+        };
+        hash_alongside(&mut tap, |observe| {
+            train_step_observed(&job.model, &opt, state, batch, observe)
+        })
+    };
+    let (next, loss) = match trained {
+        Ok(r) => r,
+        Err(e) => {
+            return Ok(Some(reject(
+                Some(t),
+                RejectReason::ReplayFailed(e.to_string()),
+            )));
+        }
+    };
+    let next_hash = next_state_hash_from_nodes(
+        nodes.iter().map(|(k, i, n)| (k, i.as_slice(), *n)),
+        &commits,
+        next.params.len(),
+        next.step,
+    )
+    .unwrap_or_else(|| state_hash(&next));
+    if commits == so.ops && loss.to_bits() == leaf.loss_bits && next_hash == leaf.next_state {
+        for d in digests.iter_mut() {
+            d.end_step(&next);
+        }
+        return Ok(None);
+    }
+    let replay = match train_step(&job.model, &opt, state, batch) {
+        Ok(r) => r,
+        Err(e) => {
+            return Ok(Some(reject(
+                Some(t),
+                RejectReason::ReplayFailed(e.to_string()),
+            )));
+        }
+    };
+    match check_exact(so, leaf, state, batch, &replay, opening) {
+        Some(v) => Ok(Some(v)),
+        // The observed and the taped step are the same bits (a test checks it): should
+        // they ever differ, this verifier cannot judge, and says so rather than guess.
+        None => Err(ProtocolError::Model(ModelError::Graph {
+            detail: format!("the observed and the taped replay of step {t} differ"),
+        })),
+    }
+}
+
 fn check_exact(
     so: &StepOpening,
     leaf: &StepLeaf,

@@ -549,6 +549,28 @@ fn replay_digests_are_the_replays_and_keyed_by_verifier() {
     assert_ne!(a[0], a[1], "keyed by the verifier");
     assert_ne!(a[0], ReplayDigest::new(&[1; 32], 5).finish());
     assert_ne!(a[0], ReplayDigest::new(&[1; 32], 6).finish());
+    // The verifier's exact replay hashes on a second thread and keeps no tape; its
+    // digest is the one the definition gives from the taped replay of each step.
+    let mut by_definition = ReplayDigest::new(&[1; 32], 5);
+    for so in &opening.steps {
+        let mut state = lupus_prover::optim::TrainState::fresh(base.clone());
+        let n = state.params.len();
+        state.params = so.state[..n].to_vec();
+        state.m = so.state[n..2 * n].to_vec();
+        state.v = so.state[2 * n..].to_vec();
+        state.step = u64::from(so.step);
+        let sampler = lupus_prover::task::job_sampler(&job, &corpus).unwrap();
+        let batch = lupus_prover::task::task_batch(&job, &sampler, &SEED, so.step).unwrap();
+        let replay =
+            lupus_prover::graph::train_step(&job.model, &job.inner.adamw(), &state, &batch)
+                .unwrap();
+        by_definition.step(so.step, &replay);
+    }
+    assert_eq!(
+        a[0],
+        by_definition.finish(),
+        "the overlapped replay's digest"
+    );
 }
 
 /// The drift check's floor, tried as the cheapest way past it: a worker that reports

@@ -27,7 +27,7 @@ use lupus_prover::optim::{AdamW, TrainState};
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::{TaskBuilder, job_sampler, run_task, task_batch};
 use lupus_prover::trace::state_hash;
-use lupus_prover::verify::{DeviceClass, verify_opening};
+use lupus_prover::verify::{DeviceClass, ReplayDigest, verify_opening, verify_opening_digests};
 
 use super::report::{Report, bar, median, spinner, time_per_call};
 use crate::job_text;
@@ -389,9 +389,9 @@ fn protocol(args: &ProverArgs, report: &mut Report) -> Result<()> {
 
     // 2. Worker and verifier per task.
     let s = spinner("one task: train, commit, open, verify");
-    let t0 = Instant::now();
+    let (t0, c0) = (Instant::now(), process_cpu());
     let run = run_task(&job, &corpus, &base, seed, &mut |_, _| {})?;
-    let worker = t0.elapsed();
+    let (worker, worker_cpu) = (t0.elapsed(), process_cpu() - c0);
     let steps = challenge_steps(
         &[3; 32],
         &run.commitment.trace_root,
@@ -401,8 +401,14 @@ fn protocol(args: &ProverArgs, report: &mut Report) -> Result<()> {
     let t1 = Instant::now();
     let opening = run.open(&job, &corpus, &steps, false)?;
     let open = t1.elapsed();
-    let t2 = Instant::now();
-    let verdict = verify_opening(
+    // As a verifier does: with the job's proof of replay on, it also digests its
+    // replay for its verdict (`ReplayDigest`).
+    let mut digests: Vec<ReplayDigest> = (job.verify.replay_checks > 0.0)
+        .then(|| ReplayDigest::new(&[7; 32], 1))
+        .into_iter()
+        .collect();
+    let (t2, c2) = (Instant::now(), process_cpu());
+    let verdict = verify_opening_digests(
         &job,
         &corpus,
         &base,
@@ -411,8 +417,9 @@ fn protocol(args: &ProverArgs, report: &mut Report) -> Result<()> {
         &steps,
         &opening,
         DeviceClass::Exact,
+        &mut digests,
     )?;
-    let verifier = t2.elapsed();
+    let (verifier, verifier_cpu) = (t2.elapsed(), process_cpu() - c2);
     s.finish_and_clear();
     ensure!(
         verdict.is_accept(),
@@ -489,6 +496,11 @@ fn protocol(args: &ProverArgs, report: &mut Report) -> Result<()> {
         pct(verifier)
     );
     println!(
+        "| verifier / worker in CPU time, all threads  | {:>7.0} ms | {:>7.2}% |",
+        ms(verifier_cpu),
+        verifier_cpu.as_secs_f64() / worker_cpu.as_secs_f64() * 100.0
+    );
+    println!(
         "| opening size, binary (was JSON)             | {:>7.1} MB | {:>5.1} MB |",
         binary.len() as f64 / 1e6,
         json.len() as f64 / 1e6
@@ -516,6 +528,13 @@ fn protocol(args: &ProverArgs, report: &mut Report) -> Result<()> {
         "ms",
         "worker: train and commit",
         ms(worker),
+    );
+    report.against(
+        "verifier per task, CPU time of all threads",
+        ms(verifier_cpu),
+        "ms",
+        "worker: train and commit, CPU time",
+        ms(worker_cpu),
     );
     report.against(
         "bytes per opening (binary encoding)",
