@@ -66,7 +66,7 @@ try {
   const mib = (b) => (b / 2 ** 20).toFixed(1);
   console.log(`job ${job}, median of ${steps} steps after one warm-up, headless Chromium`);
   console.log(`  wasm CPU path : ${r.cpu.ms.toFixed(2)} ms/step`);
-  if (r.gpu) console.log(`  WebGPU        : ${r.gpu.ms.toFixed(2)} ms/step on ${r.gpu.device} (${(r.gpu.ms / r.cpu.ms).toFixed(2)}x the wasm CPU path)`);
+  if (r.gpu) console.log(`  WebGPU        : ${r.gpu.ms.toFixed(2)} ms/step on ${r.gpu.device}, ${r.gpu.path} (${(r.gpu.ms / r.cpu.ms).toFixed(2)}x the wasm CPU path)`);
   else console.log(`  WebGPU        : unavailable (${r.gpuError || 'no navigator.gpu'})`);
   console.log(`  wasm size     : ${wasm.length} bytes, ${gz} bytes gzipped with its JS glue (target < 1 MB)`);
   console.log(`  tab memory    : wasm linear memory ${mib(r.wasmBytes)} MiB after the CPU run, ${mib(r.wasmBytesAfter)} MiB after both; page JS heap peak ${mib(peakHeap)} MiB`);

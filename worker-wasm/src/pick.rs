@@ -25,6 +25,8 @@ pub struct Timing {
     /// Median of the timed steps after the warm-up; `None` when the device gave up
     /// (its warm-up alone exceeded the budget) before timing any.
     pub median_ms: Option<f64>,
+    /// The path that was timed ([`Trainer::path`]).
+    pub path: String,
 }
 
 /// The device [`faster`] chose.
@@ -68,6 +70,7 @@ pub async fn time_steps(
     Ok(Timing {
         warmup_ms,
         median_ms: times.get(times.len() / 2).copied(),
+        path: trainer.path(),
     })
 }
 
@@ -97,14 +100,16 @@ pub fn describe(pick: Pick, cpu: &Timing, gpu: &Timing, adapter: &str) -> String
     };
     match pick {
         Pick::Gpu => format!(
-            "WebGPU: {adapter}; measured on this job: {} against {} for WebAssembly",
+            "WebGPU: {adapter}, {}; measured on this job: {} against {} for WebAssembly",
+            gpu.path,
             ms(gpu),
             ms(cpu)
         ),
         Pick::Cpu => format!(
-            "CPU (WebAssembly); measured on this job: {} against {} for WebGPU ({adapter})",
+            "CPU (WebAssembly); measured on this job: {} against {} for WebGPU ({adapter}, {})",
             ms(cpu),
-            ms(gpu)
+            ms(gpu),
+            gpu.path
         ),
     }
 }
@@ -119,6 +124,7 @@ mod tests {
         Timing {
             warmup_ms,
             median_ms,
+            path: "the whole GPU step".into(),
         }
     }
 
@@ -173,6 +179,7 @@ mod tests {
         let timed = timed.unwrap();
         assert_eq!(timed.warmup_ms, 10.0);
         assert_eq!(timed.median_ms, Some(10.0));
+        assert_eq!(timed.path, "the CPU reference");
         // A budget the warm-up alone exceeds: no step is timed.
         let gave_up = pollster_block(time_steps(&job, &Backend::Cpu, 3, 5.0, &clock(10.0)));
         assert_eq!(gave_up.unwrap().median_ms, None);

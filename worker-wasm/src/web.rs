@@ -420,5 +420,6 @@ pub async fn bench_step_ms(which: String, steps: u32, gpu: bool) -> Result<JsVal
     let o = js_sys::Object::new();
     let _ = Reflect::set(&o, &"ms".into(), &JsValue::from_f64(ms));
     let _ = Reflect::set(&o, &"device".into(), &JsValue::from_str(&device));
+    let _ = Reflect::set(&o, &"path".into(), &JsValue::from_str(&trainer.path()));
     Ok(o.into())
 }

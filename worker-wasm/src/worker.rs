@@ -136,36 +136,6 @@ impl Backend {
         }
     }
 
-    /// One committed training step of `b` on this device: the CPU reference's
-    /// [`TaskBuilder::run_step`], or the per-operator WGSL step recorded into the
-    /// builder. Returns the step's loss. A task trains through a [`Trainer`], which
-    /// uses the whole step on a GPU where it compiles.
-    pub async fn step(
-        &self,
-        b: &mut lupus_prover::task::TaskBuilder<'_>,
-    ) -> Result<f32, WorkerError> {
-        match self {
-            Backend::Cpu => b.run_step().map_err(local),
-            #[cfg(feature = "gpu")]
-            Backend::Gpu { device, .. } => {
-                let batch = b.batch().map_err(local)?;
-                let job = b.job();
-                let out = crate::gpu::train_step_gpu(
-                    device,
-                    &job.model,
-                    &job.inner.adamw(),
-                    b.state(),
-                    &batch,
-                )
-                .await
-                .map_err(local)?;
-                let loss = out.loss;
-                b.record(&batch, out).map_err(local)?;
-                Ok(loss)
-            }
-        }
-    }
-
     /// The class the known-answer suite gave the device.
     pub fn class(&self) -> DeviceClass {
         match self {
@@ -179,11 +149,12 @@ impl Backend {
 /// A task's training on one device: the CPU reference's committed step; on a GPU the
 /// whole step (the state resident, the trace hashed on the device, one read-back a
 /// step: [`crate::gpu::WholeStep`]) where it compiles for the task, else the
-/// per-operator path (a step whose tensors exceed the device's binding limit).
+/// per-operator path (for example a step whose tensors exceed the device's binding
+/// limit), and [`Self::path`] says which and why.
 pub struct Trainer<'d> {
     backend: &'d Backend,
     #[cfg(feature = "gpu")]
-    whole: Option<crate::gpu::WholeStep>,
+    whole: Result<crate::gpu::WholeStep, String>,
 }
 
 impl<'d> Trainer<'d> {
@@ -205,9 +176,9 @@ impl<'d> Trainer<'d> {
                     &batch,
                 )
                 .await
-                .ok()
+                .map_err(|e| e.to_string())
             }
-            Backend::Cpu => None,
+            Backend::Cpu => Err("the CPU trains".into()),
         };
         #[cfg(not(feature = "gpu"))]
         let _ = b;
@@ -218,19 +189,54 @@ impl<'d> Trainer<'d> {
         })
     }
 
-    /// Trains and commits the next step of `b` (the builder [`Self::new`] was given);
-    /// returns its loss.
+    /// Which path trains, in words for the page or the log: on a GPU where the whole
+    /// step did not compile, why.
+    pub fn path(&self) -> String {
+        match self.backend {
+            Backend::Cpu => "the CPU reference".into(),
+            #[cfg(feature = "gpu")]
+            Backend::Gpu { .. } => match &self.whole {
+                Ok(_) => "the whole GPU step".into(),
+                Err(why) => {
+                    format!("the per-operator GPU step (the whole step did not compile: {why})")
+                }
+            },
+        }
+    }
+
+    /// Trains and commits the next step of `b` (the builder [`Self::new`] was given):
+    /// the CPU reference's [`TaskBuilder::run_step`](lupus_prover::task::TaskBuilder::run_step),
+    /// the whole GPU step, or the per-operator GPU step recorded into the builder.
+    /// Returns the step's loss.
     pub async fn step(
         &mut self,
         b: &mut lupus_prover::task::TaskBuilder<'_>,
     ) -> Result<f32, WorkerError> {
-        #[cfg(feature = "gpu")]
-        if let (Backend::Gpu { device, .. }, Some(whole)) = (self.backend, self.whole.as_mut()) {
-            return crate::gpu::record_whole_step(device, whole, b)
+        match self.backend {
+            Backend::Cpu => b.run_step().map_err(local),
+            #[cfg(feature = "gpu")]
+            Backend::Gpu { device, .. } => {
+                if let Ok(whole) = self.whole.as_mut() {
+                    return crate::gpu::record_whole_step(device, whole, b)
+                        .await
+                        .map_err(local);
+                }
+                let batch = b.batch().map_err(local)?;
+                let job = b.job();
+                let out = crate::gpu::train_step_gpu(
+                    device,
+                    &job.model,
+                    &job.inner.adamw(),
+                    b.state(),
+                    &batch,
+                )
                 .await
-                .map_err(local);
+                .map_err(local)?;
+                let loss = out.loss;
+                b.record(&batch, out).map_err(local)?;
+                Ok(loss)
+            }
         }
-        self.backend.step(b).await
     }
 }
 
