@@ -65,8 +65,9 @@ pub fn matmul_naive(a: &[f32], b: &[f32], d: MatMulDims) -> Vec<f32> {
     c
 }
 
-/// The fast product: packs `B` into NR-column panels and `A` into MR-row panels (zero
-/// padded), then runs the register-tile kernel over the full depth `k` for each tile.
+/// The fast product: packs `B` into NR-column panels (zero padded), then runs the
+/// register-tile kernel over the full depth `k` for each tile of MR rows of `A`, read
+/// in place.
 /// Same bits as [`matmul_naive`]. The caller guarantees `a.len() == m*k` and
 /// `b.len() == k*n`.
 ///
@@ -117,30 +118,44 @@ fn matmul_body<const NR: usize, const HN: usize>(a: &[f32], b: &[f32], d: MatMul
         let j0 = q * NR;
         let w = NR.min(n - j0);
         for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
-            for (jj, slot) in row.iter_mut().take(w).enumerate() {
-                *slot = d.b_at(b, p, j0 + jj);
+            if d.transpose_b {
+                for (jj, slot) in row.iter_mut().take(w).enumerate() {
+                    *slot = b[(j0 + jj) * k + p];
+                }
+            } else {
+                row[..w].copy_from_slice(&b[p * n + j0..p * n + j0 + w]);
             }
         }
     }
-    // Pack A: panel r holds columns p = 0..k of rows r*MR .. r*MR+MR.
-    let m_panels = m.div_ceil(MR);
-    let mut ap = vec![0.0f32; m_panels * k * MR];
-    for (r, panel) in ap.chunks_exact_mut(k * MR).enumerate() {
-        let i0 = r * MR;
-        let h = MR.min(m - i0);
-        for (p, col) in panel.chunks_exact_mut(MR).enumerate() {
-            for (ii, slot) in col.iter_mut().take(h).enumerate() {
-                *slot = d.a_at(a, i0 + ii, p);
-            }
-        }
-    }
-    // Each B panel stays in cache while every A panel passes over it.
+    // A is read in place, MR rows at a time: the kernel broadcasts one element of each
+    // row per step of the depth, a scalar load whether A is packed or not, and packing
+    // it (a strided gather when A is not transposed) cost as much as a quarter of the
+    // product at n = 256. The rows past m of the last tile read row m - 1 instead, and
+    // their results are not stored.
+    let m_tiles = m.div_ceil(MR);
+    let rows_of = |r: usize| -> [usize; MR] { std::array::from_fn(|ii| (r * MR + ii).min(m - 1)) };
+    // Each B panel stays in cache while every row tile of A passes over it.
     let mut tile = [[0.0f32; NR]; MR];
     for (q, bpanel) in bp.chunks_exact(k * NR).enumerate() {
         let j0 = q * NR;
         let w = NR.min(n - j0);
-        for (r, apanel) in ap.chunks_exact(k * MR).enumerate() {
-            micro_kernel::<NR, HN>(apanel, bpanel, &mut tile);
+        for r in 0..m_tiles {
+            let rows = rows_of(r);
+            if d.transpose_a {
+                // A is [k, m]: step p of the depth reads row p at the tile's columns.
+                let a_steps = a.chunks_exact(m).map(|at_p| rows.map(|i| at_p[i]));
+                micro_kernel::<NR, HN>(a_steps, bpanel, &mut tile);
+            } else {
+                // A is [m, k]: the tile's rows, read side by side.
+                let [r0, r1, r2, r3] = rows.map(|i| &a[i * k..(i + 1) * k]);
+                let a_steps = r0
+                    .iter()
+                    .zip(r1)
+                    .zip(r2)
+                    .zip(r3)
+                    .map(|(((&x0, &x1), &x2), &x3)| [x0, x1, x2, x3]);
+                micro_kernel::<NR, HN>(a_steps, bpanel, &mut tile);
+            }
             let i0 = r * MR;
             let h = MR.min(m - i0);
             for (ii, row) in tile.iter().take(h).enumerate() {
@@ -155,7 +170,8 @@ fn matmul_body<const NR: usize, const HN: usize>(a: &[f32], b: &[f32], d: MatMul
 }
 
 /// One MR x NR tile over the whole depth: `acc[i][j] = acc[i][j] + a[p][i] * b[p][j]`
-/// for p in increasing order, each accumulator starting at +0.
+/// for p in increasing order, each accumulator starting at +0. `a` yields the tile's
+/// MR elements of A for p = 0, 1, ...; `bp` is the packed B panel.
 ///
 /// The tile is held as four MR x NR/4 quarters, each updated by a loop over its 4 rows
 /// of whole-row `axpy`s. This shape is what the compiler turns into one vector
@@ -166,7 +182,7 @@ fn matmul_body<const NR: usize, const HN: usize>(a: &[f32], b: &[f32], d: MatMul
 /// slower.
 #[inline(always)]
 fn micro_kernel<const NR: usize, const HN: usize>(
-    ap: &[f32],
+    a: impl Iterator<Item = [f32; MR]>,
     bp: &[f32],
     tile: &mut [[f32; NR]; MR],
 ) {
@@ -174,20 +190,20 @@ fn micro_kernel<const NR: usize, const HN: usize>(
     let mut q1 = [[0.0f32; HN]; MR];
     let mut q2 = [[0.0f32; HN]; MR];
     let mut q3 = [[0.0f32; HN]; MR];
-    for (a, b) in ap.chunks_exact(MR).zip(bp.chunks_exact(NR)) {
+    for (a, b) in a.zip(bp.chunks_exact(NR)) {
         let quarter =
             |i: usize| -> &[f32; HN] { b[i * HN..(i + 1) * HN].try_into().unwrap_or(&[0.0; HN]) };
         let (b0, b1, b2, b3) = (quarter(0), quarter(1), quarter(2), quarter(3));
-        for (row, &ai) in q0.iter_mut().zip(a) {
+        for (row, &ai) in q0.iter_mut().zip(&a) {
             axpy(row, ai, b0);
         }
-        for (row, &ai) in q1.iter_mut().zip(a) {
+        for (row, &ai) in q1.iter_mut().zip(&a) {
             axpy(row, ai, b1);
         }
-        for (row, &ai) in q2.iter_mut().zip(a) {
+        for (row, &ai) in q2.iter_mut().zip(&a) {
             axpy(row, ai, b2);
         }
-        for (row, &ai) in q3.iter_mut().zip(a) {
+        for (row, &ai) in q3.iter_mut().zip(&a) {
             axpy(row, ai, b3);
         }
     }
