@@ -339,3 +339,59 @@ fn matmul_edges_match_the_reference() {
         }
     }
 }
+
+/// The attention products at head widths that are and are not multiples of 4 (the
+/// vector kernels and the scalar one) and at several sequence lengths give the
+/// reference's bits, forward and backward.
+#[test]
+fn attention_at_every_head_width_matches_the_reference() {
+    use lupus_prover::ops::{OpKind, eval_op};
+    use lupus_prover::tensor::Tensor;
+    use lupus_worker::gpu::eval_op_gpu;
+    let dev = device();
+    let t = |r: usize, c: usize, seed: f32| {
+        let data = (0..r * c)
+            .map(|i| ((i as f32 + seed) * 0.731).sin())
+            .collect();
+        Tensor::new(vec![r, c], data).unwrap()
+    };
+    // (batch, seq, heads, head width)
+    for (b, seq, heads, hd) in [
+        (2, 5, 3, 4),
+        (1, 7, 2, 3),
+        (3, 4, 4, 8),
+        (2, 9, 1, 16),
+        (1, 3, 5, 1),
+    ] {
+        let width = heads * hd;
+        let (q, k, v) = (
+            t(b * seq, width, 1.0),
+            t(b * seq, width, 2.0),
+            t(b * seq, width, 3.0),
+        );
+        let same = |kind: &OpKind, inputs: &[&Tensor]| {
+            let cpu = eval_op(kind, inputs).unwrap();
+            let gpu = pollster::block_on(eval_op_gpu(&dev, kind, inputs)).unwrap();
+            assert_eq!(
+                gpu,
+                cpu,
+                "{} at b {b} seq {seq} heads {heads} hd {hd}",
+                kind.name()
+            );
+            cpu
+        };
+        let s = same(&OpKind::AttentionScores { heads, seq }, &[&q, &k]);
+        let p = eval_op(&OpKind::CausalSoftmax { seq }, &[&s[0]]).unwrap();
+        same(&OpKind::AttentionValues { heads, seq }, &[&p[0], &v]);
+        let dout = t(b * seq, width, 4.0);
+        same(
+            &OpKind::AttentionValuesBackward { heads, seq },
+            &[&p[0], &v, &dout],
+        );
+        let ds = t(b * heads * seq, seq, 5.0);
+        same(
+            &OpKind::AttentionScoresBackward { heads, seq },
+            &[&q, &k, &ds],
+        );
+    }
+}

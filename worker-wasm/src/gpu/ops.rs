@@ -42,6 +42,18 @@ const LAYER_NORM_BACKWARD: Kernel = kernel(
 );
 const SOFTMAX: Kernel = kernel("softmax", include_str!("wgsl/softmax.wgsl"), 2, 3);
 const ATTENTION: Kernel = kernel("attention", include_str!("wgsl/attention.wgsl"), 2, 1);
+const ATTENTION_SCORES_VEC4: Kernel = kernel(
+    "attention_scores_vec4",
+    include_str!("wgsl/attention_scores_vec4.wgsl"),
+    2,
+    1,
+);
+const ATTENTION_VALUES_VEC4: Kernel = kernel(
+    "attention_values_vec4",
+    include_str!("wgsl/attention_values_vec4.wgsl"),
+    2,
+    1,
+);
 const ADAMW: Kernel = kernel("adamw", include_str!("wgsl/adamw.wgsl"), 4, 3);
 
 fn shape_err(op: &'static str, detail: impl Into<String>) -> GpuError {
@@ -187,6 +199,30 @@ pub(crate) fn matmul_job(m: usize, k: usize, n: usize, w: &[u32]) -> (&'static K
         &MATMUL
     };
     (kernel, Pass::new("main", m.div_ceil(8) * n.div_ceil(8), w))
+}
+
+/// The kernel and pass of a score-shaped attention product (`n` scores, `w` its
+/// parameter words): rows read four floats at a time (`attention_scores_vec4.wgsl`)
+/// when the head width `hd` is a multiple of 4, one at a time (`attention.wgsl`)
+/// otherwise. Both give the reference's bits.
+fn attention_scores_job(n: usize, hd: usize, w: &[u32]) -> (&'static Kernel, Pass) {
+    if hd.is_multiple_of(4) {
+        (&ATTENTION_SCORES_VEC4, Pass::new("main", n, w))
+    } else {
+        (&ATTENTION, Pass::new("main", n, w))
+    }
+}
+
+/// The kernel and pass of a value-shaped attention product (`n` outputs): four
+/// adjacent columns a thread (`attention_values_vec4.wgsl`) when the head width is a
+/// multiple of 4, so that each score read serves four outputs; one column a thread
+/// otherwise. Word 0 (the thread count) is set here.
+fn attention_values_job(n: usize, hd: usize, w: &[u32]) -> (&'static Kernel, Pass) {
+    if hd.is_multiple_of(4) {
+        (&ATTENTION_VALUES_VEC4, Pass::new("main", n / 4, w))
+    } else {
+        (&ATTENTION, Pass::new("main", n, w))
+    }
 }
 
 /// Attention dimensions of a `[batch*seq, width]` input.
@@ -439,20 +475,16 @@ pub(crate) fn lower(kind: &OpKind, x: &[&[usize]]) -> Result<Option<Lowered>, Gp
             expect_len(op, x[1], numel(op, x[0])?)?;
             let rows = b * heads * seq;
             let w = words(&[0, b, *seq, *heads, hd]);
-            let n = rows * seq;
-            single(
-                &ATTENTION,
-                Pass::new("main", n, &w),
-                &[A, B],
-                vec![rows, *seq],
-            )
+            let (kernel, pass) = attention_scores_job(rows * seq, hd, &w);
+            single(kernel, pass, &[A, B], vec![rows, *seq])
         }
         OpKind::AttentionValues { heads, seq } => {
             let (b, hd) = attn(op, x[1], *heads, *seq)?;
             expect_len(op, x[0], b * heads * seq * seq)?;
             let w = words(&[1, b, *seq, *heads, hd]);
             let n = numel(op, x[1])?;
-            single(&ATTENTION, Pass::new("main", n, &w), &[A, B], x[1].to_vec())
+            let (kernel, pass) = attention_values_job(n, hd, &w);
+            single(kernel, pass, &[A, B], x[1].to_vec())
         }
         OpKind::AttentionValuesBackward { heads, seq } => {
             // (p, v, do) -> (dp, dv)
@@ -461,21 +493,13 @@ pub(crate) fn lower(kind: &OpKind, x: &[&[usize]]) -> Result<Option<Lowered>, Gp
             let nv = numel(op, x[1])?;
             expect_len(op, x[2], nv)?;
             let np = numel(op, x[0])?;
+            let (dp, dp_pass) = attention_scores_job(np, hd, &words(&[2, b, *seq, *heads, hd]));
+            let (dv, dv_pass) = attention_values_job(nv, hd, &words(&[3, b, *seq, *heads, hd]));
             Lowered {
                 shapes: vec![x[0].to_vec(), x[1].to_vec()],
                 jobs: vec![
-                    job(
-                        &ATTENTION,
-                        vec![Pass::new("main", np, &words(&[2, b, *seq, *heads, hd]))],
-                        &[C, B],
-                        &[Out::Op(0)],
-                    ),
-                    job(
-                        &ATTENTION,
-                        vec![Pass::new("main", nv, &words(&[3, b, *seq, *heads, hd]))],
-                        &[A, C],
-                        &[Out::Op(1)],
-                    ),
+                    job(dp, vec![dp_pass], &[C, B], &[Out::Op(0)]),
+                    job(dv, vec![dv_pass], &[A, C], &[Out::Op(1)]),
                 ],
                 ids: None,
             }
@@ -486,21 +510,13 @@ pub(crate) fn lower(kind: &OpKind, x: &[&[usize]]) -> Result<Option<Lowered>, Gp
             let n = numel(op, x[0])?;
             expect_len(op, x[1], n)?;
             expect_len(op, x[2], b * heads * seq * seq)?;
+            let (dq, dq_pass) = attention_values_job(n, hd, &words(&[4, b, *seq, *heads, hd]));
+            let (dk, dk_pass) = attention_values_job(n, hd, &words(&[5, b, *seq, *heads, hd]));
             Lowered {
                 shapes: vec![x[0].to_vec(), x[1].to_vec()],
                 jobs: vec![
-                    job(
-                        &ATTENTION,
-                        vec![Pass::new("main", n, &words(&[4, b, *seq, *heads, hd]))],
-                        &[C, B],
-                        &[Out::Op(0)],
-                    ),
-                    job(
-                        &ATTENTION,
-                        vec![Pass::new("main", n, &words(&[5, b, *seq, *heads, hd]))],
-                        &[C, A],
-                        &[Out::Op(1)],
-                    ),
+                    job(dq, vec![dq_pass], &[C, B], &[Out::Op(0)]),
+                    job(dk, vec![dk_pass], &[C, A], &[Out::Op(1)]),
                 ],
                 ids: None,
             }
