@@ -395,3 +395,39 @@ fn attention_at_every_head_width_matches_the_reference() {
         );
     }
 }
+
+/// The elementwise operators at shapes whose element and column counts are and are
+/// not multiples of 4 (the vector kernel and the scalar one) give the reference's bits.
+#[test]
+fn elementwise_at_every_width_matches_the_reference() {
+    use lupus_prover::ops::{OpKind, eval_op};
+    use lupus_prover::tensor::Tensor;
+    use lupus_worker::gpu::eval_op_gpu;
+    let dev = device();
+    let t = |r: usize, c: usize, seed: f32| {
+        let data = (0..r * c)
+            .map(|i| ((i as f32 + seed) * 0.731).sin())
+            .collect();
+        Tensor::new(vec![r, c], data).unwrap()
+    };
+    for (r, c) in [(3, 4), (5, 7), (2, 6), (8, 16), (1, 1), (6, 2)] {
+        let (x, y) = (t(r, c, 1.0), t(r, c, 2.0));
+        let same = |kind: &OpKind, inputs: &[&Tensor]| {
+            let cpu = eval_op(kind, inputs).unwrap();
+            let gpu = pollster::block_on(eval_op_gpu(&dev, kind, inputs)).unwrap();
+            assert_eq!(gpu, cpu, "{} at {r} x {c}", kind.name());
+        };
+        same(&OpKind::Add, &[&x, &y]);
+        same(&OpKind::Relu, &[&x]);
+        same(&OpKind::ReluBackward, &[&x, &y]);
+        same(
+            &OpKind::AddBias,
+            &[&x, &t(1, c, 3.0).reshape(vec![c]).unwrap()],
+        );
+        for seq in [1, r] {
+            if r % seq == 0 {
+                same(&OpKind::AddPosition { seq }, &[&x, &t(r + 1, c, 4.0)]);
+            }
+        }
+    }
+}

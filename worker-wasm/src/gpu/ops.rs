@@ -32,6 +32,24 @@ pub(crate) const SCALAR: Kernel = kernel("scalar", include_str!("wgsl/scalar.wgs
 const MATMUL: Kernel = kernel("matmul", include_str!("wgsl/matmul.wgsl"), 2, 1);
 const MATMUL_VEC4: Kernel = kernel("matmul_vec4", include_str!("wgsl/matmul_vec4.wgsl"), 2, 1);
 const ELEMENTWISE: Kernel = kernel("elementwise", include_str!("wgsl/elementwise.wgsl"), 2, 1);
+const ELEMENTWISE_VEC4: Kernel = kernel(
+    "elementwise_vec4",
+    include_str!("wgsl/elementwise_vec4.wgsl"),
+    2,
+    1,
+);
+
+/// An elementwise pass over `n` elements (`w` its words, the op code first): four
+/// elements a thread (`elementwise_vec4.wgsl`) when `n` and `cols` (the columns a
+/// broadcast repeats over; `n` itself where nothing is broadcast) are multiples of 4,
+/// one a thread otherwise. Both give the reference's bits.
+fn elementwise_job(n: usize, cols: usize, w: &[u32]) -> (&'static Kernel, Pass) {
+    if n.is_multiple_of(4) && cols.is_multiple_of(4) {
+        (&ELEMENTWISE_VEC4, Pass::new("main", n / 4, w))
+    } else {
+        (&ELEMENTWISE, Pass::new("main", n, w))
+    }
+}
 const REDUCE: Kernel = kernel("reduce", include_str!("wgsl/reduce.wgsl"), 2, 1);
 const LAYER_NORM: Kernel = kernel("layer_norm", include_str!("wgsl/layer_norm.wgsl"), 3, 3);
 const LAYER_NORM_BACKWARD: Kernel = kernel(
@@ -292,29 +310,26 @@ pub(crate) fn lower(kind: &OpKind, x: &[&[usize]]) -> Result<Option<Lowered>, Gp
                 _ => 2,
             };
             let n = numel(op, x[0])?;
-            let y = if matches!(kind, OpKind::Relu) {
-                In::Unused
+            if matches!(kind, OpKind::Relu) {
+                // One input: the vector kernel would need a 16-byte placeholder.
+                single(
+                    &ELEMENTWISE,
+                    Pass::new("main", n, &[code]),
+                    &[A, In::Unused],
+                    x[0].to_vec(),
+                )
             } else {
                 expect_len(op, x[1], n)?;
-                B
-            };
-            single(
-                &ELEMENTWISE,
-                Pass::new("main", n, &[code]),
-                &[A, y],
-                x[0].to_vec(),
-            )
+                let (kernel, pass) = elementwise_job(n, n, &[code]);
+                single(kernel, pass, &[A, B], x[0].to_vec())
+            }
         }
         OpKind::AddBias => {
             let (r, c) = matrix(op, x[0])?;
             expect_len(op, x[1], c)?;
             let w = words(&[3, c]);
-            single(
-                &ELEMENTWISE,
-                Pass::new("main", r * c, &w),
-                &[A, B],
-                vec![r, c],
-            )
+            let (kernel, pass) = elementwise_job(r * c, c, &w);
+            single(kernel, pass, &[A, B], vec![r, c])
         }
         OpKind::AddPosition { seq } => {
             let (r, c) = matrix(op, x[0])?;
@@ -323,12 +338,8 @@ pub(crate) fn lower(kind: &OpKind, x: &[&[usize]]) -> Result<Option<Lowered>, Gp
                 return Err(shape_err(op, "x and table do not fit seq"));
             }
             let w = words(&[4, c, *seq]);
-            single(
-                &ELEMENTWISE,
-                Pass::new("main", r * c, &w),
-                &[A, B],
-                vec![r, c],
-            )
+            let (kernel, pass) = elementwise_job(r * c, c, &w);
+            single(kernel, pass, &[A, B], vec![r, c])
         }
         OpKind::SoftmaxCrossEntropyBackward => {
             let (r, v) = matrix(op, x[0])?;
