@@ -303,15 +303,8 @@ fn whole_steps_of_the_gpt_job_commit_the_reference() {
 #[test]
 fn matmul_edges_match_the_reference() {
     use lupus_prover::ops::{OpKind, eval_op};
-    use lupus_prover::tensor::Tensor;
     use lupus_worker::gpu::eval_op_gpu;
     let dev = device();
-    let t = |r: usize, c: usize, seed: f32| {
-        let data = (0..r * c)
-            .map(|i| ((i as f32 + seed) * 0.731).sin())
-            .collect();
-        Tensor::new(vec![r, c], data).unwrap()
-    };
     // Odd shapes take the scalar kernel, multiples of 4 the vector one (with half
     // blocks at the edge when not multiples of 8).
     let shapes = [
@@ -327,8 +320,8 @@ fn matmul_edges_match_the_reference() {
     ];
     for (m, k, n) in shapes {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-            let a = if ta { t(k, m, 1.0) } else { t(m, k, 1.0) };
-            let b = if tb { t(n, k, 2.0) } else { t(k, n, 2.0) };
+            let a = if ta { wave(k, m, 1.0) } else { wave(m, k, 1.0) };
+            let b = if tb { wave(n, k, 2.0) } else { wave(k, n, 2.0) };
             let kind = OpKind::MatMul {
                 transpose_a: ta,
                 transpose_b: tb,
@@ -349,12 +342,6 @@ fn attention_at_every_head_width_matches_the_reference() {
     use lupus_prover::tensor::Tensor;
     use lupus_worker::gpu::eval_op_gpu;
     let dev = device();
-    let t = |r: usize, c: usize, seed: f32| {
-        let data = (0..r * c)
-            .map(|i| ((i as f32 + seed) * 0.731).sin())
-            .collect();
-        Tensor::new(vec![r, c], data).unwrap()
-    };
     // (batch, seq, heads, head width)
     for (b, seq, heads, hd) in [
         (2, 5, 3, 4),
@@ -365,9 +352,9 @@ fn attention_at_every_head_width_matches_the_reference() {
     ] {
         let width = heads * hd;
         let (q, k, v) = (
-            t(b * seq, width, 1.0),
-            t(b * seq, width, 2.0),
-            t(b * seq, width, 3.0),
+            wave(b * seq, width, 1.0),
+            wave(b * seq, width, 2.0),
+            wave(b * seq, width, 3.0),
         );
         let same = |kind: &OpKind, inputs: &[&Tensor]| {
             let cpu = eval_op(kind, inputs).unwrap();
@@ -383,12 +370,12 @@ fn attention_at_every_head_width_matches_the_reference() {
         let s = same(&OpKind::AttentionScores { heads, seq }, &[&q, &k]);
         let p = eval_op(&OpKind::CausalSoftmax { seq }, &[&s[0]]).unwrap();
         same(&OpKind::AttentionValues { heads, seq }, &[&p[0], &v]);
-        let dout = t(b * seq, width, 4.0);
+        let dout = wave(b * seq, width, 4.0);
         same(
             &OpKind::AttentionValuesBackward { heads, seq },
             &[&p[0], &v, &dout],
         );
-        let ds = t(b * heads * seq, seq, 5.0);
+        let ds = wave(b * heads * seq, seq, 5.0);
         same(
             &OpKind::AttentionScoresBackward { heads, seq },
             &[&q, &k, &ds],
@@ -404,14 +391,8 @@ fn elementwise_at_every_width_matches_the_reference() {
     use lupus_prover::tensor::Tensor;
     use lupus_worker::gpu::eval_op_gpu;
     let dev = device();
-    let t = |r: usize, c: usize, seed: f32| {
-        let data = (0..r * c)
-            .map(|i| ((i as f32 + seed) * 0.731).sin())
-            .collect();
-        Tensor::new(vec![r, c], data).unwrap()
-    };
     for (r, c) in [(3, 4), (5, 7), (2, 6), (8, 16), (1, 1), (6, 2)] {
-        let (x, y) = (t(r, c, 1.0), t(r, c, 2.0));
+        let (x, y) = (wave(r, c, 1.0), wave(r, c, 2.0));
         let same = |kind: &OpKind, inputs: &[&Tensor]| {
             let cpu = eval_op(kind, inputs).unwrap();
             let gpu = pollster::block_on(eval_op_gpu(&dev, kind, inputs)).unwrap();
@@ -422,12 +403,20 @@ fn elementwise_at_every_width_matches_the_reference() {
         same(&OpKind::ReluBackward, &[&x, &y]);
         same(
             &OpKind::AddBias,
-            &[&x, &t(1, c, 3.0).reshape(vec![c]).unwrap()],
+            &[&x, &wave(1, c, 3.0).reshape(vec![c]).unwrap()],
         );
         for seq in [1, r] {
             if r % seq == 0 {
-                same(&OpKind::AddPosition { seq }, &[&x, &t(r + 1, c, 4.0)]);
+                same(&OpKind::AddPosition { seq }, &[&x, &wave(r + 1, c, 4.0)]);
             }
         }
     }
+}
+
+/// An `r x c` test tensor: a sine wave over the elements, shifted by `seed`.
+fn wave(r: usize, c: usize, seed: f32) -> lupus_prover::tensor::Tensor {
+    let data = (0..r * c)
+        .map(|i| ((i as f32 + seed) * 0.731).sin())
+        .collect();
+    lupus_prover::tensor::Tensor::new(vec![r, c], data).unwrap()
 }

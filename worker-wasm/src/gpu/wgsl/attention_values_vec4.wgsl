@@ -12,10 +12,6 @@
 @group(0) @binding(2) var<storage, read_write> Y4: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> O4: array<vec4<f32>>;
 
-fn ftz4(v: vec4<f32>) -> vec4<f32> {
-    return vec4<f32>(ftz(v.x), ftz(v.y), ftz(v.z), ftz(v.w));
-}
-
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = thread_index(gid, nwg);

@@ -67,6 +67,11 @@ fn ftz(x: f32) -> f32 {
     return x;
 }
 
+// `ftz` lane by lane, for the kernels that store four floats at a time.
+fn ftz4(v: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(ftz(v.x), ftz(v.y), ftz(v.z), ftz(v.w));
+}
+
 // Rounds to the nearest integer, ties to even, for |x| < 2^22; larger magnitudes (and
 // NaN, infinities) are returned unchanged. The reference adds and subtracts 1.5 * 2^23;
 // shader compilers may fold `(x + c) - c` to `x` (Mesa does), so this computes the same
