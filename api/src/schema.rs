@@ -5,7 +5,6 @@
 //! so the coordinator's document (`GET /openapi.json`) cannot drift from what serde
 //! writes; the coordinator's `tests/http.rs` checks real bodies against it.
 
-use lupus_types::openapi::string;
 /// The patterns every string schema of the document uses.
 pub use lupus_types::openapi::{DECIMAL, HEX32, HEX64};
 use utoipa::PartialSchema;
@@ -25,14 +24,6 @@ impl PartialSchema for crate::types::B64 {
 }
 
 impl ToSchema for crate::types::B64 {}
-
-impl PartialSchema for crate::types::Sig {
-    fn schema() -> RefOr<Schema> {
-        string("A 64-byte Ed25519 signature as 128 hex digits.", HEX64)
-    }
-}
-
-impl ToSchema for crate::types::Sig {}
 
 #[cfg(test)]
 mod tests {

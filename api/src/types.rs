@@ -35,26 +35,9 @@ impl<'de> Deserialize<'de> for B64 {
     }
 }
 
-/// A 64-byte Ed25519 signature as 128 hex digits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Sig(pub [u8; 64]);
-
-impl Serialize for Sig {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(self.0))
-    }
-}
-
-impl<'de> Deserialize<'de> for Sig {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        let mut out = [0u8; 64];
-        hex::decode_to_slice(&text, &mut out).map_err(|e| {
-            serde::de::Error::custom(format!("signature: expected 128 hex digits: {e}"))
-        })?;
-        Ok(Sig(out))
-    }
-}
+/// A 64-byte Ed25519 signature (128 hex digits in JSON); it lives in `lupus-types`
+/// because openings and fraud proofs carry one too.
+pub use lupus_types::Sig;
 
 /// `GET /v1/job`: everything a participant needs before its first task.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -97,6 +97,48 @@ impl<'de> Deserialize<'de> for Digest {
     }
 }
 
+/// A 64-byte Ed25519 signature: a participant's word on a log entry, a request, or
+/// the op outputs it recomputed for an opening. 128 hex digits in human-readable
+/// formats such as JSON; its 64 bytes in binary formats (the openings' encoding).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sig(pub [u8; 64]);
+
+impl fmt::Debug for Sig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sig({})", hex::encode(self.0))
+    }
+}
+
+impl Serialize for Sig {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&hex::encode(self.0))
+        } else {
+            // serde has no impls for arrays longer than 32: two halves, no length.
+            let (a, b) = self.0.split_at(32);
+            let half = |h: &[u8]| <[u8; 32]>::try_from(h).expect("64 = 32 + 32");
+            (half(a), half(b)).serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Sig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut out = [0u8; 64];
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            hex::decode_to_slice(&text, &mut out).map_err(|e| {
+                serde::de::Error::custom(format!("signature: expected 128 hex digits: {e}"))
+            })?;
+        } else {
+            let (a, b) = <([u8; 32], [u8; 32])>::deserialize(d)?;
+            out[..32].copy_from_slice(&a);
+            out[32..].copy_from_slice(&b);
+        }
+        Ok(Sig(out))
+    }
+}
+
 /// OpenAPI schemas of the shared types, and the helpers the crates above use for their
 /// own string-shaped types (feature `openapi`): each type describes its own JSON shape,
 /// so the coordinator's document cannot drift from what serde writes.
@@ -111,6 +153,14 @@ pub mod openapi {
     pub const HEX64: &str = "^[0-9a-fA-F]{128}$";
     /// A canonical decimal `u64`: digits only, no leading zero.
     pub const DECIMAL: &str = "^(0|[1-9][0-9]*)$";
+
+    impl utoipa::PartialSchema for crate::Sig {
+        fn schema() -> RefOr<Schema> {
+            string("A 64-byte Ed25519 signature as 128 hex digits.", HEX64)
+        }
+    }
+
+    impl utoipa::ToSchema for crate::Sig {}
 
     /// A string schema with a description and a pattern.
     pub fn string(description: &str, pattern: &str) -> RefOr<Schema> {
@@ -137,6 +187,21 @@ pub mod openapi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signatures_are_hex_in_text_and_64_bytes_in_binary() {
+        let mut bytes = [0u8; 64];
+        bytes.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+        let s = Sig(bytes);
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(json, format!("\"{}\"", hex::encode(bytes)));
+        assert_eq!(serde_json::from_str::<Sig>(&json).unwrap(), s);
+        assert!(serde_json::from_str::<Sig>("\"00\"").is_err());
+        let bin = postcard::to_allocvec(&s).unwrap();
+        assert_eq!(bin, bytes.to_vec(), "no length prefix, no framing");
+        assert_eq!(postcard::from_bytes::<Sig>(&bin).unwrap(), s);
+        assert!(postcard::from_bytes::<Sig>(&bin[..63]).is_err());
+    }
 
     #[test]
     fn hex_in_text_bytes_in_binary() {
