@@ -440,6 +440,7 @@ mod tests {
             state: vec![],
             ops: vec![],
             next_state: None,
+            signature: lupus_types::Sig([0; 64]),
         };
         let opening = Opening {
             leaves: vec![],

@@ -47,6 +47,8 @@ const MAX_BLOB: u64 = 512 << 20;
 #[derive(Clone, Debug)]
 pub struct Candidate {
     pub task: TaskId,
+    /// The task's worker: its key signs the recomputed part of the opening.
+    pub worker: PublicKey,
     pub base_model: Digest,
     pub seed: Digest,
     pub commitment: (Digest, Digest, Digest),
@@ -71,6 +73,7 @@ pub struct Candidate {
 #[derive(Clone, Debug)]
 struct Pending {
     round: Round,
+    worker: PublicKey,
     seed: Digest,
     commitment: Option<(Digest, Digest, Digest)>,
     steps: Option<Vec<u32>>,
@@ -130,6 +133,7 @@ impl Sampler {
             *h.finalize().as_bytes(),
             Candidate {
                 task,
+                worker: p.worker,
                 base_model,
                 seed: p.seed,
                 commitment,
@@ -166,12 +170,17 @@ impl Sampler {
                 self.rounds.insert(*round, *base_model);
             }
             EntryBody::TaskAssigned {
-                task, round, seed, ..
+                task,
+                round,
+                worker,
+                seed,
+                ..
             } => {
                 self.tasks.insert(
                     *task,
                     Pending {
                         round: *round,
+                        worker: *worker,
                         seed: *seed,
                         commitment: None,
                         steps: None,
@@ -422,6 +431,7 @@ fn replay_one(
             trace_root: c.commitment.0,
             steps: spec.inner.steps,
             base_state_hash: base_state_hash(base),
+            worker: c.worker.0,
         };
         if let Some(Ok(FraudVerdict::Guilty { step, reason, .. })) = proof.map(|p| p.check(&ctx)) {
             return Ok(Replayed::Reject(format!(
@@ -463,6 +473,7 @@ fn replay_one(
         base.as_slice(),
         &c.seed.0,
         &commitment,
+        &c.worker.0,
         &c.steps,
         &opening,
         class,

@@ -19,6 +19,15 @@ use lupus_prover::model::init_params;
 use lupus_prover::spec::JobSpec;
 use lupus_prover::task::run_task;
 
+/// The honest task's worker: it signs the backward pass its openings recompute.
+fn worker_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[9; 32])
+}
+
+fn worker_pub() -> PublicKey {
+    PublicKey(worker_key().verifying_key().to_bytes())
+}
+
 struct World {
     source: MemSource,
     facts: JobFacts,
@@ -34,7 +43,9 @@ fn world() -> World {
     let seed = [5u8; 32];
     let run = run_task(&spec, &corpus, &base, seed, &mut |_, _| {}).unwrap();
     let steps = vec![1, 3, 5, 7];
-    let opening = run.open(&spec, &corpus, &steps, false).unwrap();
+    let opening = run
+        .open(&spec, &corpus, &steps, false, &worker_key())
+        .unwrap();
     let opening_bytes = opening.to_bytes();
     let model = lupus_api::model::encode_model(&base);
     let other_model = lupus_api::model::encode_model(&init_params(&spec.model, [2; 32]).unwrap());
@@ -47,6 +58,7 @@ fn world() -> World {
         trace_root: run.commitment.trace_root,
         steps: spec.inner.steps,
         base_state_hash: lupus_prover::trace::base_state_hash(&base),
+        worker: worker_pub().0,
     };
     assert_eq!(
         proof.check(&ctx).unwrap(),
@@ -78,7 +90,7 @@ fn world() -> World {
         tolerant: false,
         task_id: task,
         round: Round(1),
-        worker: PublicKey([9; 32]),
+        worker: worker_pub(),
         state: TaskState::Accepted,
         challenge: Some(Challenge {
             task_id: task,
@@ -106,6 +118,7 @@ fn world() -> World {
         },
         honest: Candidate {
             task,
+            worker: worker_pub(),
             base_model: Digest::of(&model),
             seed: Digest(seed),
             commitment: (
@@ -138,7 +151,9 @@ fn a_wrong_digest_slash_of_a_verifier_that_replayed_is_named() {
     let corpus = Corpus::generated(7, 24_000);
     let base = init_params(&spec.model, [1; 32]).unwrap();
     let run = run_task(&spec, &corpus, &base, [5u8; 32], &mut |_, _| {}).unwrap();
-    let opening = run.open(&spec, &corpus, &w.honest.steps, false).unwrap();
+    let opening = run
+        .open(&spec, &corpus, &w.honest.steps, false, &worker_key())
+        .unwrap();
     let (honest, lazy) = (PublicKey([0x11; 32]), PublicKey([0x22; 32]));
     let mut ds = [ReplayDigest::new(&honest.0, w.honest.task.0)];
     verify_opening_digests(
@@ -147,6 +162,7 @@ fn a_wrong_digest_slash_of_a_verifier_that_replayed_is_named() {
         &base,
         &[5u8; 32],
         &run.commitment,
+        &worker_pub().0,
         &w.honest.steps,
         &opening,
         DeviceClass::Exact,

@@ -361,7 +361,7 @@ async fn submit(
     request_body(
         content = Vec<u8>,
         content_type = "application/octet-stream",
-        description = "The opening in its canonical binary encoding (`lupus_prover::task::Opening::to_bytes`): the magic `lupusop1`, then the opening in postcard"
+        description = "The opening in its canonical binary encoding (`lupus_prover::task::Opening::to_bytes`): the magic `lupusop2`, then the opening in postcard"
     ),
     responses(
         (status = 200, description = "The opening is stored; its blob hash", body = api::OpeningReceipt),

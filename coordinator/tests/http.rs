@@ -384,7 +384,7 @@ async fn bad_requests_are_problems_and_write_nothing() {
     )
     .await;
     let early = run
-        .open(&job, &corpus(), &[0, 1], false)
+        .open(&job, &corpus(), &[0, 1], false, &w)
         .unwrap()
         .to_bytes();
     h.refused(
@@ -911,7 +911,7 @@ async fn a_round_s_real_bodies_match_the_document() {
         receipt.entry_index
     );
     let c = receipt.challenge;
-    let opening = run.open(&job, &corpus(), &c.steps, c.tolerant).unwrap();
+    let opening = run.open(&job, &corpus(), &c.steps, c.tolerant, &w).unwrap();
     let (s, opened) = h
         .exchange(
             &doc,

@@ -337,7 +337,7 @@ fn main() -> Res<()> {
     write("api_submission", "real", &serde_json::to_vec(&sub)?)?;
     write("model_blob", "base", &encode_model(&base))?;
     write("model_blob", "delta", &run.delta.to_bytes())?;
-    let opening = run.open(&job, &corpus, &STEPS, false)?;
+    let opening = run.open(&job, &corpus, &STEPS, false, &worker)?;
     // The real opening is ~90 KB of state tensors; the seed keeps its structure, its
     // steps, leaves and proofs, with one small tensor per state and a few op commits.
     let small = || Tensor::new(vec![2], vec![0.5, -1.0]);

@@ -37,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
             trace_root: Digest([5; 32]),
             steps: 8,
             base_state_hash: Digest([6; 32]),
+            worker: [7; 32],
         };
         let _ = p.check(&ctx);
     }

@@ -4,14 +4,16 @@
 //! of width 2) and opens the challenged steps [`STEPS`] twice, without `S_{t+1}` (exact
 //! class) and with it (tolerant class). Each input is a small mutation program over one
 //! of the two openings: pick a part (the opened leaves and their positions, a trace or
-//! final-params multiproof hash, a challenged step's number, `S_t`, op-output commits or
-//! `S_{t+1}`, the final parameters) and change it: a tensor element set to other bits
+//! final-params multiproof hash, a challenged step's number, `S_t`, op-output commits,
+//! the signature over the recomputed ones, or `S_{t+1}`, the final parameters) and
+//! change it: a tensor element set to other bits
 //! (NaN, infinities, subnormals, signed zeros, huge values, one ulp away, any bits), a
 //! tensor reshaped or resized, a digest byte flipped or swapped for another honest
 //! digest, a number changed, a list truncated, an entry duplicated, swapped, removed,
 //! or parts moved between steps. A mutation can also *reseal* the opening: recompute
-//! the leaves, proofs and commitment so that they agree with the opened values, as a
-//! worker that commits to a wrong trace would; only then do hostile values reach the
+//! the leaves, proofs and commitment so that they agree with the opened values, and
+//! sign the recomputed op outputs with the worker's key, as a worker that commits to
+//! a wrong trace would; only then do hostile values reach the
 //! replay, the tape comparison and the fraud-proof builders. Then the opening is
 //! verified in the chosen class against the commitment in force.
 //!
@@ -28,7 +30,10 @@
 //!   `next_state` (`S_{t+1}`) of a step in the **exact** class, where the replay itself
 //!   yields `S_{t+1}` and only its hash is compared with the leaf (the set-up checks
 //!   this case explicitly). So for the exact class the accepted opening is compared
-//!   with every `next_state` cleared; the tolerant class reads every field;
+//!   with every `next_state` cleared; the tolerant class compares states, not op
+//!   outputs, and reads of the recomputed op outputs only the worker's signature
+//!   over its root, so there it is compared without the recomputed commits and their
+//!   signatures;
 //! - against a resealed commitment, acceptance is allowed (a worker may commit to
 //!   anything at steps nobody challenges), but what the challenges cover must be true,
 //!   checked without the verifier's code: `S_0` is the fresh base state, the final
@@ -49,12 +54,13 @@
 
 use std::sync::OnceLock;
 
+use ed25519_dalek::Signer;
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use lupus_fuzz::{STEPS, job};
+use lupus_fuzz::{STEPS, job, worker_key};
 use lupus_prover::data::Corpus;
 use lupus_prover::fraud::{FraudContext, FraudVerdict};
-use lupus_prover::graph::train_step;
+use lupus_prover::graph::{Recompute, plan, train_step};
 use lupus_prover::merkle::{Digest, MerkleTree};
 use lupus_prover::model::init_params;
 use lupus_prover::optim::TrainState;
@@ -63,10 +69,11 @@ use lupus_prover::spec::JobSpec;
 use lupus_prover::task::{Opening, StepOpening, job_sampler, run_task, state_tensors, task_batch};
 use lupus_prover::tensor::Tensor;
 use lupus_prover::trace::{
-    Commitment, OpOutputCommit, StepLeaf, TraceLeaf, base_state_hash, commit_step, op_root,
-    state_hash, state_items,
+    Commitment, OpOutputCommit, StepLeaf, TraceLeaf, base_state_hash, commit_step, committed,
+    op_root, recomputed, recomputed_message, state_hash, state_items,
 };
 use lupus_prover::verify::{DeviceClass, RejectReason, Verdict, relative_distance, verify_opening};
+use lupus_types::Sig;
 
 /// The task's seed.
 const SEED: [u8; 32] = [3; 32];
@@ -105,8 +112,6 @@ struct Fixture {
     honest: [Opening; 2],
     /// `honest[0]` as JSON: what an accepted exact-class opening must equal.
     exact_json: Vec<u8>,
-    /// `honest[1]` as JSON.
-    tolerant_json: Vec<u8>,
     /// Every digest of the honest openings, to swap in for another.
     digests: Vec<Digest>,
     /// The honest trace's leaf items (all `H + 1`), for resealing.
@@ -125,8 +130,9 @@ fn verify_with(
     opening: &Opening,
     class: DeviceClass,
 ) -> Verdict {
+    let worker = worker_key().verifying_key().to_bytes();
     verify_opening(
-        &f.job, &f.corpus, &f.base, &SEED, commitment, &STEPS, opening, class,
+        &f.job, &f.corpus, &f.base, &SEED, commitment, &worker, &STEPS, opening, class,
     )
     .expect("the verifier's own inputs are valid, so only a verdict may come back")
 }
@@ -138,8 +144,9 @@ fn fixture() -> &'static Fixture {
         let corpus = Corpus::generated(11, 4_000);
         let base = init_params(&job.model, [2; 32]).expect("the fuzz job's model builds");
         let run = run_task(&job, &corpus, &base, SEED, &mut |_, _| {}).expect("honest task");
-        let exact = run.open(&job, &corpus, &STEPS, false).expect("opens");
-        let tolerant = run.open(&job, &corpus, &STEPS, true).expect("opens");
+        let key = worker_key();
+        let exact = run.open(&job, &corpus, &STEPS, false, &key).expect("opens");
+        let tolerant = run.open(&job, &corpus, &STEPS, true, &key).expect("opens");
         let mut digests = vec![
             run.commitment.trace_root,
             run.commitment.final_state_hash,
@@ -161,7 +168,6 @@ fn fixture() -> &'static Fixture {
         digests.dedup();
         let f = Fixture {
             exact_json: serde_json::to_vec(&exact).expect("serialises"),
-            tolerant_json: serde_json::to_vec(&tolerant).expect("serialises"),
             honest: [exact, tolerant],
             job,
             corpus,
@@ -205,6 +211,7 @@ fuzz_target!(|data: &[u8]| {
             trace_root: commitment.trace_root,
             steps: f.job.inner.steps,
             base_state_hash: base_state_hash(&f.base),
+            worker: worker_key().verifying_key().to_bytes(),
         };
         match proof.check(&ctx) {
             Ok(FraudVerdict::Guilty { step: s, .. }) => assert_eq!(Some(s), *step),
@@ -220,13 +227,22 @@ fuzz_target!(|data: &[u8]| {
                 for s in &mut seen.steps {
                     s.next_state = None;
                 }
-                (seen, &f.exact_json)
+                (seen, f.exact_json.clone())
             }
-            DeviceClass::Tolerant => (opening.clone(), &f.tolerant_json),
+            // The tolerant class compares states, not op outputs: of the recomputed
+            // op outputs it reads only the worker's signature over their root, so a
+            // worker may sign anything there (no fraud proof is built in this class).
+            DeviceClass::Tolerant => {
+                let honest = without_recomputed(f, &f.honest[1]);
+                (
+                    without_recomputed(f, &opening),
+                    serde_json::to_vec(&honest).expect("serialises"),
+                )
+            }
         };
         let seen = serde_json::to_vec(&seen).expect("serialises");
         assert!(
-            &seen == honest,
+            seen == honest,
             "a mutated opening was accepted in the {class:?} class"
         );
     }
@@ -271,7 +287,10 @@ fn mutate(f: &Fixture, u: &mut Unstructured) -> Result<(DeviceClass, Opening, Co
                     let to = &mut o.steps[i];
                     match u.int_in_range(0..=3u8)? {
                         0 => to.state = from.state,
-                        1 => to.ops = from.ops,
+                        1 => {
+                            to.ops = from.ops;
+                            to.signature = from.signature;
+                        }
                         2 => to.next_state = from.next_state,
                         _ => to.step = from.step,
                     }
@@ -309,7 +328,8 @@ fn mutate(f: &Fixture, u: &mut Unstructured) -> Result<(DeviceClass, Opening, Co
 
 /// Makes the opening consistent with a commitment of its own, as a worker that commits
 /// to a wrong trace would: each opened `S_t` becomes leaf `t-1`'s `H(S_t)`, each step's
-/// op commits its leaf's op root, an opened `S_{t+1}` leaf `t`'s `H(S_{t+1})`, the final
+/// op commits not recomputed its leaf's op root (and the worker signs the
+/// root of the rest under the new trace root), an opened `S_{t+1}` leaf `t`'s `H(S_{t+1})`, the final
 /// parameters (with the honest moments) `H(S_H)` with their delta and proof, and the
 /// trace root is recomputed with the unopened leaves honest. Whatever cannot be sealed
 /// (a state of the wrong length, unsorted positions) stays as it is.
@@ -337,7 +357,7 @@ fn reseal(f: &Fixture, o: &mut Opening) -> Commitment {
             let hash = state_hash(&state);
             seal_leaf(prev, &mut |l| l.next_state = hash);
         }
-        if let Ok(root) = op_root(&so.ops) {
+        if let Ok(root) = op_root(&committed(&so.ops, &recompute(f, t))) {
             seal_leaf(t, &mut |l| l.op_root = root);
         }
         let next = so.next_state.as_deref();
@@ -378,6 +398,13 @@ fn reseal(f: &Fixture, o: &mut Opening) -> Commitment {
     if let Ok(proof) = tree.prove(&positions) {
         o.proof = proof;
     }
+    let key = worker_key();
+    for so in &mut o.steps {
+        if let Ok(root) = op_root(&recomputed(&so.ops, &recompute(f, so.step))) {
+            let message = recomputed_message(&tree.root(), so.step, &root);
+            so.signature = Sig(key.sign(&message.0).to_bytes());
+        }
+    }
     let (final_state_hash, delta_hash) = o
         .leaves
         .iter()
@@ -391,6 +418,29 @@ fn reseal(f: &Fixture, o: &mut Opening) -> Commitment {
         final_state_hash,
         delta_hash,
     }
+}
+
+/// `o` without each step's recomputed commits and their signature.
+fn without_recomputed(f: &Fixture, o: &Opening) -> Opening {
+    let mut o = o.clone();
+    for s in &mut o.steps {
+        let r = recompute(f, s.step);
+        s.ops.retain(|c| !r.contains(c.op, c.output));
+        s.signature = Sig([0; 64]);
+    }
+    o
+}
+
+/// What an opening of step `t` recomputes.
+fn recompute(f: &Fixture, t: u32) -> Recompute {
+    let opt = f.job.inner.adamw();
+    plan(
+        &f.job.model,
+        f.job.inner.batch_size as usize,
+        Some((&opt, u64::from(t) + 1)),
+    )
+    .expect("the fuzz job's plan builds")
+    .recomputed()
 }
 
 /// Tensors as shapes and bit patterns (`-0.0` and `0.0` differ, as in their hashes).
@@ -543,8 +593,9 @@ fn edit_leaf(f: &Fixture, u: &mut Unstructured, p: &mut u32, leaf: &mut TraceLea
 }
 
 fn edit_step(f: &Fixture, u: &mut Unstructured, s: &mut StepOpening) -> Result<()> {
-    match u.int_in_range(0..=4u8)? {
+    match u.int_in_range(0..=5u8)? {
         0 => edit_u32(u, &mut s.step)?,
+        5 => s.signature.0[u.choose_index(64)?] ^= u.int_in_range(1..=255u8)?,
         1 | 2 => edit_tensors(u, &mut s.state)?,
         3 => edit_vec(u, &mut s.ops, |u, c| edit_commit(f, u, c))?,
         _ => match (u.int_in_range(0..=2u8)?, &mut s.next_state) {

@@ -7,7 +7,8 @@
 //! tensors ARE the committed inputs of that op. The proof carries those inputs with their
 //! Merkle proofs and the committed output's preimage; [`FraudProof::check`] verifies the
 //! proofs and runs ONE `eval_op`. It needs no model state and no dataset: only the trace
-//! root, `H`, and `H(S_0)` of the round's base model (for a dispute at step 0).
+//! root, `H`, `H(S_0)` of the round's base model (for a dispute at step 0) and the
+//! worker's public key (for a dispute that cites the recomputed backward pass).
 //!
 //! Which mismatches get a proof here and which are rejected at the opening stage
 //! ([`crate::verify::RejectReason`], re-checkable by anyone from the public opening, the
@@ -21,10 +22,13 @@
 //!   `S_H`, and every tolerant-class failure (tolerant outputs are not bit-comparable).
 //!
 //! Input provenance in an op proof: `Op { op, output }` inputs by their op-output commits
-//! (proven against the leaf's op root, and the producing op must come earlier); state
+//! (proven against the leaf's op root, or, for the backward pass, which the worker
+//! recomputes when it opens a step, against the root of the recomputed commits that the
+//! worker signed for the opening; the producing op must come earlier); state
 //! inputs by state items proven against `H(S_t)` (committed by leaf `t-1`, or `H(S_0)`);
 //! `Input`/`Target` by the two tensor hashes whose batch hash the leaf commits.
 
+use lupus_types::Sig;
 use serde::{Deserialize, Serialize};
 
 use crate::graph::ValueRef;
@@ -32,8 +36,8 @@ use crate::merkle::{Digest, MerkleError, MultiProof};
 use crate::ops::{OpKind, eval_op};
 use crate::tensor::Tensor;
 use crate::trace::{
-    OpOutputCommit, StateRole, StepLeaf, TraceLeaf, batch_hash_parts, op_desc, state_position,
-    state_tensor_item, tensor_digest,
+    OpOutputCommit, StateRole, StepLeaf, TraceLeaf, batch_hash_parts, op_desc,
+    recomputed_signature_holds, state_position, state_tensor_item, tensor_digest,
 };
 
 /// Why a fraud proof is malformed or does not verify (the accused is then not guilty).
@@ -44,6 +48,8 @@ pub enum FraudError {
     TraceProof(MerkleError),
     #[error("the op-output proof does not verify against the leaf's op root: {0}")]
     OpProof(MerkleError),
+    #[error("the recomputed op outputs' root is not signed by the task's worker")]
+    RecomputedSignature,
     #[error("the state proof does not verify against H(S_t): {0}")]
     StateProof(MerkleError),
     #[error("leaf {0} is not among the proven trace leaves")]
@@ -73,6 +79,8 @@ pub struct FraudContext {
     pub steps: u32,
     /// `H(S_0)` of the round's base model with a fresh optimizer state.
     pub base_state_hash: Digest,
+    /// The task's worker's Ed25519 public key, which signs the recomputed commits.
+    pub worker: [u8; 32],
 }
 
 /// The outcome of checking a well-formed proof.
@@ -131,7 +139,20 @@ pub struct OpLeaves {
 }
 
 impl OpLeaves {
+    /// No leaves with an empty proof claim nothing: a dispute whose commits all lie in
+    /// the other root.
+    pub fn none(total: u32) -> OpLeaves {
+        OpLeaves {
+            leaves: Vec::new(),
+            total,
+            proof: MultiProof { hashes: Vec::new() },
+        }
+    }
+
     fn verify(&self, op_root: &Digest) -> Result<(), FraudError> {
+        if self.leaves.is_empty() && self.proof.hashes.is_empty() {
+            return Ok(());
+        }
         let items: Vec<(usize, Digest)> = self
             .leaves
             .iter()
@@ -150,6 +171,33 @@ impl OpLeaves {
     }
 }
 
+/// Commits of the backward pass, which the worker recomputed when it opened the step,
+/// proven against the root it signed for that opening.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RecomputedLeaves {
+    /// The root of the step's recomputed commits.
+    pub root: Digest,
+    /// The worker's signature over `recomputed_message(trace_root, step, root)`.
+    pub signature: Sig,
+    pub leaves: OpLeaves,
+}
+
+impl RecomputedLeaves {
+    fn verify(&self, ctx: &FraudContext, step: u32) -> Result<(), FraudError> {
+        if !recomputed_signature_holds(
+            &ctx.worker,
+            &ctx.trace_root,
+            step,
+            &self.root,
+            &self.signature,
+        ) {
+            return Err(FraudError::RecomputedSignature);
+        }
+        self.leaves.verify(&self.root)
+    }
+}
+
 /// A disputed operator.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -163,8 +211,12 @@ pub struct OpFraud {
     pub inputs: Vec<ValueRef>,
     /// The input tensors, one per reference.
     pub input_tensors: Vec<Tensor>,
-    /// The producers of `Op` inputs and the disputed op's committed outputs.
+    /// The producers of `Op` inputs and the disputed op's outputs that the leaf's op
+    /// root commits.
     pub op_leaves: OpLeaves,
+    /// Those of the backward pass, recomputed for the opening.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub recomputed: Option<Box<RecomputedLeaves>>,
     /// Number of parameter tensors `P` (the state tree has `3P + 1` items).
     pub param_count: u32,
     /// Proof of the state inputs against `H(S_t)`, when there are any.
@@ -239,6 +291,17 @@ impl OpFraud {
         self.trace.verify(ctx)?;
         let leaf = self.trace.step_leaf(self.step)?;
         self.op_leaves.verify(&leaf.op_root)?;
+        if let Some(r) = &self.recomputed {
+            r.verify(ctx, self.step)?;
+        }
+        // Every commit the proof cites, from either root: each is the worker's word.
+        let cited: Vec<&OpOutputCommit> = self
+            .op_leaves
+            .leaves
+            .iter()
+            .chain(self.recomputed.iter().flat_map(|r| &r.leaves.leaves))
+            .map(|(_, c)| c)
+            .collect();
         if self.input_tensors.len() != self.inputs.len() {
             return Err(FraudError::InputCount(
                 self.input_tensors.len(),
@@ -246,11 +309,9 @@ impl OpFraud {
             ));
         }
         let desc = op_desc(&self.kind, &self.inputs);
-        let disputed: Vec<&OpOutputCommit> = self
-            .op_leaves
-            .leaves
+        let disputed: Vec<&OpOutputCommit> = cited
             .iter()
-            .map(|(_, c)| c)
+            .copied()
             .filter(|c| c.op == self.op && c.desc == desc)
             .collect();
         if disputed.is_empty() {
@@ -268,10 +329,13 @@ impl OpFraud {
             match r {
                 ValueRef::Op { op, output } => {
                     let ok = *op < self.op
-                        && self
-                            .op_leaves
-                            .find(*op, u32::from(*output))
-                            .is_some_and(|c| c.tensor == th);
+                        && cited
+                            .iter()
+                            .any(|c| c.op == *op && c.output == u32::from(*output))
+                        && cited
+                            .iter()
+                            .filter(|c| c.op == *op && c.output == u32::from(*output))
+                            .all(|c| c.tensor == th);
                     if !ok {
                         return Err(FraudError::InputNotProven {
                             index,

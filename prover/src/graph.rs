@@ -62,15 +62,82 @@ pub struct Plan {
     pub loss: ValueRef,
     /// Gradient of each parameter (empty for a forward-only plan).
     pub grads: Vec<ValueRef>,
+    /// The ops whose outputs the model marks for commitment while training: what
+    /// activation checkpointing keeps, each block's (layer's) input and output. Any
+    /// other activation is recomputed from them and the state when a step is opened.
+    pub boundaries: Vec<u32>,
+}
+
+impl Plan {
+    /// The op outputs a worker does not commit while it trains, and recomputes when a
+    /// step is opened (DESIGN.md, "Trace and commitment"): all but the outputs of the
+    /// model's block boundaries ([`Plan::boundaries`]), the loss itself (not the loss op's
+    /// other outputs) and the AdamW updates (whose outputs are the next state).
+    pub fn recomputed(&self) -> Recompute {
+        let loss = match self.loss {
+            ValueRef::Op { op, output } => Some((op, output)),
+            _ => None,
+        };
+        Recompute(
+            self.nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let i = i as u32;
+                    if matches!(n.kind, OpKind::AdamWUpdate { .. }) || self.boundaries.contains(&i)
+                    {
+                        0
+                    } else if let Some((op, output)) = loss.filter(|(op, _)| *op == i) {
+                        debug_assert_eq!(op, i);
+                        !(1u8 << output.min(7))
+                    } else {
+                        u8::MAX
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Which op outputs of a step's tape are recomputed on opening rather than committed
+/// while training ([`Plan::recomputed`]): per op, a bit per output (an op has at most
+/// three), all set when the whole op is recomputed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recompute(Vec<u8>);
+
+impl Recompute {
+    /// Nothing recomputed: every output committed.
+    pub fn none() -> Recompute {
+        Recompute(Vec::new())
+    }
+
+    /// Whether output `output` of op `op` is recomputed (an op past the tape is not).
+    pub fn contains(&self, op: u32, output: u32) -> bool {
+        let bits = self.0.get(op as usize).copied().unwrap_or(0);
+        output < 8 && bits & (1 << output) != 0
+    }
+
+    /// Whether every output of op `op` is recomputed.
+    pub fn whole(&self, op: u32) -> bool {
+        self.0.get(op as usize) == Some(&u8::MAX)
+    }
 }
 
 /// Appends nodes and hands out references to their outputs.
 #[derive(Default)]
 pub(crate) struct Builder {
     nodes: Vec<Node>,
+    boundaries: Vec<u32>,
 }
 
 impl Builder {
+    /// Marks the op giving `v` as a block boundary ([`Plan::boundaries`]).
+    pub(crate) fn boundary(&mut self, v: ValueRef) {
+        if let ValueRef::Op { op, .. } = v {
+            self.boundaries.push(op);
+        }
+    }
+
     /// Adds a node and returns a reference to its first output.
     pub(crate) fn op(&mut self, kind: OpKind, inputs: &[ValueRef]) -> ValueRef {
         self.op_out(kind, inputs, 0)
@@ -155,6 +222,7 @@ fn plan_with(
         nodes: b.nodes,
         loss,
         grads,
+        boundaries: b.boundaries,
     })
 }
 
@@ -167,6 +235,8 @@ pub struct StepOutput {
     pub loss: f32,
     /// The full tape, in execution order.
     pub ops: Vec<OpRecord>,
+    /// The ops recomputed on opening ([`Plan::recomputed`]).
+    pub recompute: Recompute,
 }
 
 /// The values a plan reads: the state entering the step and the batch.
@@ -357,6 +427,7 @@ pub fn train_step(
     let (plan, outs) = tape.ok_or_else(|| ModelError::Graph {
         detail: "traced run kept no tape".into(),
     })?;
+    let recompute = plan.recomputed();
     let ops = plan
         .nodes
         .into_iter()
@@ -371,7 +442,12 @@ pub fn train_step(
             })
         })
         .collect::<Result<Vec<_>, ModelError>>()?;
-    Ok(StepOutput { state, loss, ops })
+    Ok(StepOutput {
+        state,
+        loss,
+        ops,
+        recompute,
+    })
 }
 
 /// The same step as [`train_step`] (the same bits), keeping no tape: each intermediate
@@ -441,19 +517,20 @@ pub fn step_value<'a>(
     })
 }
 
-/// The [`StepOutput`] of a step from `state` whose whole tape is `ops` (a training
-/// [`plan`]'s nodes run in order, `loss` its loss reference): the loss, and the next
-/// state from the AdamW update nodes, which come last, one per parameter.
+/// The [`StepOutput`] of a step from `state` whose whole tape is `ops` (the training
+/// `plan`'s nodes run in order): the loss, and the next state from the AdamW update
+/// nodes, which come last, one per parameter.
 pub fn step_output(
     state: &TrainState,
     batch: &Batch,
     ops: Vec<OpRecord>,
-    loss: ValueRef,
+    plan: &Plan,
 ) -> Result<StepOutput, ModelError> {
     let graph_err = |detail: &str| ModelError::Graph {
         detail: detail.into(),
     };
-    let loss = step_value(state, batch, &ops, loss)?
+    let recompute = plan.recomputed();
+    let loss = step_value(state, batch, &ops, plan.loss)?
         .data()
         .first()
         .copied()
@@ -485,6 +562,7 @@ pub fn step_output(
         state: next,
         loss,
         ops,
+        recompute,
     })
 }
 

@@ -3,20 +3,25 @@
 //! DESIGN.md ("The loop" 2-4, "Trace and commitment"). [`run_task`] trains from the base
 //! model with a fresh AdamW state on the batches of [`Sampler::batch`], commits every step
 //! as [`crate::trace`] says, keeps the full state every `k` steps plus every step's leaf and
-//! op-output commits (not the tensors), and returns a [`TaskRun`]. [`TaskRun::open`]
-//! rebuilds any challenged step's state from the nearest checkpoint and returns an
-//! [`Opening`] for [`crate::verify::verify_opening`].
+//! committed op-output commits (not the tensors), and returns a [`TaskRun`].
+//! [`TaskRun::open`] rebuilds any challenged step's state from the nearest checkpoint,
+//! recomputes the step's backward pass (whose outputs are not committed while training),
+//! signs the recomputed outputs' root with the worker's key, and returns an [`Opening`]
+//! for [`crate::verify::verify_opening`].
 //!
 //! [`TaskBuilder`] is the same machinery one step at a time; `run_task` is the honest
 //! loop over it, and simulations of dishonest workers drive it with altered steps.
 
 use std::collections::BTreeMap;
 
+use ed25519_dalek::{Signer, SigningKey};
+use lupus_types::Sig;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Corpus, DataError, Sampler};
 use crate::graph::{
-    Node, Observer, Outputs, StepOutput, ValueRef, plan, train_step_observed, train_step_untraced,
+    Node, Observer, Outputs, Recompute, StepOutput, ValueRef, plan, train_step_observed,
+    train_step_untraced,
 };
 use crate::merkle::{Digest, MerkleError, MerkleTree, MultiProof};
 use crate::model::{Batch, ModelError, check_batch, make_batch};
@@ -27,8 +32,8 @@ use crate::spec::{JobSpec, SpecError};
 use crate::tensor::Tensor;
 use crate::trace::{
     Commitment, FinalLeaf, OpOutputCommit, StateRole, StepLeaf, TraceLeaf, batch_hash, commit_step,
-    next_state_hash_from_nodes, op_desc, op_root, state_hash, state_items, state_position,
-    tensor_digest,
+    committed, next_state_hash_from_nodes, op_desc, op_root, recomputed, recomputed_message,
+    state_hash, state_items, state_position, tensor_digest,
 };
 
 /// Errors of running, opening and verifying tasks (the caller's inputs, not a worker's
@@ -100,6 +105,8 @@ pub struct TaskRun {
     seed: [u8; 32],
     steps: u32,
     leaves: Vec<TraceLeaf>,
+    /// Each step's committed op-output commits (the backward pass's are recomputed
+    /// when a step is opened).
     ops: Vec<Vec<OpOutputCommit>>,
     checkpoints: BTreeMap<u32, TrainState>,
     tree: MerkleTree,
@@ -111,10 +118,15 @@ pub struct StepOpening {
     pub step: u32,
     /// `S_t`: params, then first moments, then second moments (`TrainState::tensors`).
     pub state: Vec<Tensor>,
-    /// The step's op-output commits, in tape order (their root is the leaf's op root).
+    /// Every op-output commit of the step, in tape order. The root of those outside the
+    /// backward pass ([`crate::graph::Plan::backward`]) is the leaf's op root; those of
+    /// the backward pass were recomputed for this opening.
     pub ops: Vec<OpOutputCommit>,
     /// `S_{t+1}` in the same layout, for the tolerant class only.
     pub next_state: Option<Vec<Tensor>>,
+    /// The worker's Ed25519 signature over [`recomputed_message`] of the trace root,
+    /// this step, and the root of the backward pass's commits in `ops`.
+    pub signature: Sig,
 }
 
 /// The answer to a challenge.
@@ -134,13 +146,13 @@ pub struct Opening {
 }
 
 /// The first bytes of an encoded [`Opening`]: the format and its version.
-pub const OPENING_MAGIC: &[u8; 8] = b"lupusop1";
+pub const OPENING_MAGIC: &[u8; 8] = b"lupusop2";
 
 /// Why bytes are not an encoded [`Opening`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpeningDecodeError {
-    #[error("not an encoded opening (its first bytes are not \"lupusop1\")")]
+    #[error("not an encoded opening (its first bytes are not \"lupusop2\")")]
     Magic,
     #[error("malformed opening: {0}")]
     Malformed(String),
@@ -337,12 +349,12 @@ impl<'a> TaskBuilder<'a> {
 
     /// Runs the next step honestly; returns its loss (already recorded).
     ///
-    /// Op outputs are hashed as the step computes them ([`train_step_observed`]) and
-    /// dropped as soon as nothing reads them, so committing costs the hashing and not
-    /// a copy of the whole tape. Natively the hashing runs on a second thread, one
-    /// operator behind the step ([`hash_alongside`]), so it adds CPU time but almost
-    /// no wall time. The commitment is the same as [`Self::record`] makes from the full
-    /// tape (a test checks it).
+    /// The committed op outputs (the model's block boundaries, the loss and the AdamW
+    /// updates: [`crate::graph::Plan::recomputed`] says which are not) are hashed as
+    /// the step computes them ([`train_step_observed`], [`hash_inline`]) and every
+    /// output is dropped as soon as nothing reads it, so committing costs the hashing
+    /// of 3.0 MB a step on the GPT job and not a copy of the tape. The commitment is
+    /// the same as [`Self::record`] makes from the full tape (a test checks it).
     pub fn run_step(&mut self) -> Result<f32, ProtocolError> {
         let step = self.step();
         let steps = self.job.inner.steps;
@@ -351,7 +363,8 @@ impl<'a> TaskBuilder<'a> {
         }
         let batch = self.batch()?;
         let (model, opt, state) = (&self.job.model, self.job.inner.adamw(), &self.state);
-        let (trained, commits, nodes) = hash_alongside(&mut |_| {}, |observe| {
+        let recompute = step_recompute(self.job, &batch, u64::from(step) + 1)?;
+        let (trained, commits, nodes) = hash_inline(None, &recompute, |observe| {
             train_step_observed(model, &opt, state, &batch, observe)
         });
         let (state, loss) = trained?;
@@ -382,6 +395,7 @@ impl<'a> TaskBuilder<'a> {
             return Err(ProtocolError::AlreadyFinished { steps });
         }
         let (leaf, commits) = commit_step(step, batch, &out)?;
+        let commits = committed(&commits, &out.recompute);
         self.push_step(leaf, commits, out.loss, out.state);
         Ok(())
     }
@@ -395,7 +409,9 @@ impl<'a> TaskBuilder<'a> {
     }
 
     /// Commits the next step from what a device that keeps every tensor resident sends
-    /// back: `outputs[i][o]` = `T(output o of op i)` in tape order, and the loss.
+    /// back: `outputs[i][o]` = `T(output o of op i)` in tape order, and the loss. The
+    /// entries of the ops recomputed on opening ([`crate::graph::Plan::recomputed`])
+    /// are not read (a device need not hash those outputs: give empty lists).
     ///
     /// The plan is rebuilt here, so the op descriptions are the builder's, not the
     /// device's, and `H(S_{t+1})` comes from the AdamW outputs' digests as in
@@ -432,15 +448,24 @@ impl<'a> TaskBuilder<'a> {
                 plan.nodes.len()
             )));
         }
+        let recompute = plan.recomputed();
         let mut commits = Vec::with_capacity(outputs.iter().map(Vec::len).sum());
         for (i, (node, outs)) in plan.nodes.iter().zip(outputs).enumerate() {
+            if recompute.whole(i as u32) {
+                continue;
+            }
             let desc = op_desc(&node.kind, &node.inputs);
-            commits.extend(outs.iter().enumerate().map(|(o, d)| OpOutputCommit {
-                op: i as u32,
-                output: o as u32,
-                desc,
-                tensor: *d,
-            }));
+            commits.extend(
+                outs.iter()
+                    .enumerate()
+                    .filter(|(o, _)| !recompute.contains(i as u32, *o as u32))
+                    .map(|(o, d)| OpOutputCommit {
+                        op: i as u32,
+                        output: o as u32,
+                        desc,
+                        tensor: *d,
+                    }),
+            );
         }
         let next_state = next_state_hash_from_nodes(
             plan.nodes
@@ -549,19 +574,24 @@ impl<'a> TaskBuilder<'a> {
     }
 }
 
+/// What a replay feeds every entry's outputs to, in tape order (its replay digests).
+pub(crate) type Tap<'a> = &'a mut (dyn FnMut(&[Tensor]) + Send);
+
 /// What [`hash_alongside`] gives back besides the run's result: the op-output commits
 /// in tape order and each node's kind, inputs and output count.
 pub(crate) type Hashed<R> = (R, Vec<OpOutputCommit>, Vec<(OpKind, Vec<ValueRef>, usize)>);
 
-/// The op-output commit of every output of one tape entry.
-fn entry_commits(
+/// The op-output commit of every output of one tape entry but those in `skip`.
+fn entry_commits<'a>(
     i: usize,
     desc: Digest,
-    outputs: &[Tensor],
-) -> impl Iterator<Item = OpOutputCommit> {
+    outputs: &'a [Tensor],
+    skip: &'a Recompute,
+) -> impl Iterator<Item = OpOutputCommit> + 'a {
     outputs
         .iter()
         .enumerate()
+        .filter(move |(o, _)| !skip.contains(i as u32, *o as u32))
         .map(move |(o, t)| OpOutputCommit {
             op: i as u32,
             output: o as u32,
@@ -570,9 +600,11 @@ fn entry_commits(
         })
 }
 
-/// Runs `run` with an observer that commits every tape entry it sees, and gives
-/// every entry's outputs, in tape order, to `tap` (the verifier's replay digests;
-/// `|_| {}` for none).
+/// Runs `run` with an observer that commits every tape entry it sees outside `skip`
+/// (the ops recomputed on opening while training; none for an opening or a replay),
+/// and gives every entry's outputs, in tape order, to `tap` (the verifier's replay
+/// digests; `None` for none, and then an entry in `skip` is not even sent to the
+/// hasher).
 ///
 /// Natively, the tensors are hashed on a second (scoped) thread: the observer sends
 /// each entry's shared outputs over a channel and the step goes on; an output whose
@@ -583,12 +615,14 @@ fn entry_commits(
 /// The hasher is a thread per step, not a persistent one: spawning it costs tens of
 /// microseconds against a step of milliseconds, and a scoped thread can borrow `tap`.
 pub(crate) fn hash_alongside<R>(
-    tap: &mut (dyn FnMut(&[Tensor]) + Send),
+    mut tap: Option<Tap<'_>>,
+    skip: &Recompute,
     run: impl FnOnce(&mut Observer<'_>) -> R,
 ) -> Hashed<R> {
     let mut nodes = Vec::new();
     #[cfg(not(target_arch = "wasm32"))]
     {
+        let tapping = tap.is_some();
         // The description is a hash of a few bytes: made here, it saves sending the
         // node's kind and inputs across.
         type Entry = (usize, Digest, Outputs);
@@ -602,8 +636,10 @@ pub(crate) fn hash_alongside<R>(
             let hasher = scope.spawn(move || {
                 let mut commits = Vec::new();
                 for (i, desc, outputs) in rx {
-                    commits.extend(entry_commits(i, desc, &outputs));
-                    tap(&outputs);
+                    commits.extend(entry_commits(i, desc, &outputs, skip));
+                    if let Some(tap) = tap.as_mut() {
+                        tap(&outputs);
+                    }
                     // The step may be over and the receiver gone: then drop it here.
                     let _ = back_tx.send(outputs);
                 }
@@ -611,8 +647,11 @@ pub(crate) fn hash_alongside<R>(
             });
             let r = run(&mut |i: usize, node: &Node, outputs: &Outputs| {
                 back_rx.try_iter().for_each(drop);
-                let desc = op_desc(&node.kind, &node.inputs);
                 nodes.push((node.kind.clone(), node.inputs.clone(), outputs.len()));
+                if !tapping && skip.whole(i as u32) {
+                    return;
+                }
+                let desc = op_desc(&node.kind, &node.inputs);
                 // The receiver lives until every sender is gone: this cannot fail.
                 let _ = tx.send((i, desc, std::sync::Arc::clone(outputs)));
             });
@@ -626,15 +665,45 @@ pub(crate) fn hash_alongside<R>(
     }
     #[cfg(target_arch = "wasm32")]
     {
-        let mut commits = Vec::new();
-        let r = run(&mut |i: usize, node: &Node, outputs: &Outputs| {
-            let desc = op_desc(&node.kind, &node.inputs);
-            commits.extend(entry_commits(i, desc, outputs));
-            tap(outputs);
-            nodes.push((node.kind.clone(), node.inputs.clone(), outputs.len()));
-        });
-        (r, commits, nodes)
+        drop(nodes);
+        hash_inline(tap, skip, run)
     }
+}
+
+/// [`hash_alongside`] on the step's own thread: each entry is hashed right after it is
+/// computed, while its outputs are still in cache. The worker trains this way: it
+/// commits only the block boundaries, the loss and the next state (3.0 MB a step on the GPT
+/// job, of 65.6 MB of op outputs), and for that little a second thread's hand-offs
+/// and cache misses cost more CPU time than they save wall time.
+pub(crate) fn hash_inline<R>(
+    mut tap: Option<Tap<'_>>,
+    skip: &Recompute,
+    run: impl FnOnce(&mut Observer<'_>) -> R,
+) -> Hashed<R> {
+    let mut nodes = Vec::new();
+    let mut commits = Vec::new();
+    let r = run(&mut |i: usize, node: &Node, outputs: &Outputs| {
+        nodes.push((node.kind.clone(), node.inputs.clone(), outputs.len()));
+        if !skip.whole(i as u32) {
+            let desc = op_desc(&node.kind, &node.inputs);
+            commits.extend(entry_commits(i, desc, outputs, skip));
+        }
+        if let Some(tap) = tap.as_mut() {
+            tap(outputs);
+        }
+    });
+    (r, commits, nodes)
+}
+
+/// The ops recomputed on opening, of the plan of a step on `batch` that ends at step
+/// `next_step`.
+pub(crate) fn step_recompute(
+    job: &JobSpec,
+    batch: &Batch,
+    next_step: u64,
+) -> Result<Recompute, ProtocolError> {
+    let bsz = check_batch(&job.model, batch)?;
+    Ok(plan(&job.model, bsz, Some((&job.inner.adamw(), next_step)))?.recomputed())
 }
 
 /// Trains a task honestly: `H` steps from `TrainState::fresh(base)` on the task's batches.
@@ -736,12 +805,17 @@ impl TaskRun {
     }
 
     /// Opens the challenged `steps` (strictly increasing). `tolerant` adds `S_{t+1}`.
+    ///
+    /// Each step is run again on the CPU from its rebuilt state to recompute the
+    /// backward pass's commits, and `key` (the worker's, whose trace this is) signs their
+    /// root. The committed commits are the trace's own, not the recomputation's.
     pub fn open(
         &self,
         job: &JobSpec,
         corpus: &Corpus,
         steps: &[u32],
         tolerant: bool,
+        key: &SigningKey,
     ) -> Result<Opening, ProtocolError> {
         if steps.is_empty() || steps.windows(2).any(|w| w[0] >= w[1]) {
             return Err(ProtocolError::BadStepList);
@@ -768,6 +842,8 @@ impl TaskRun {
         let idx: Vec<usize> = positions.iter().map(|&p| p as usize).collect();
         let proof = self.tree.prove(&idx)?;
         let mut opened = Vec::with_capacity(steps.len());
+        let sampler = job_sampler(job, corpus)?;
+        let opt = job.inner.adamw();
         for &t in steps {
             let state = self.state_at(job, corpus, t)?;
             let next_state = if tolerant {
@@ -775,11 +851,31 @@ impl TaskRun {
             } else {
                 None
             };
+            let batch = task_batch(job, &sampler, &self.seed, t)?;
+            let recompute = step_recompute(job, &batch, u64::from(t) + 1)?;
+            let (trained, all, _) = hash_alongside(None, &Recompute::none(), |observe| {
+                train_step_observed(&job.model, &opt, &state, &batch, observe)
+            });
+            trained?;
+            let again = recomputed(&all, &recompute);
+            let root = op_root(&again)?;
+            let signature = Sig(key
+                .sign(&recomputed_message(&self.commitment.trace_root, t, &root).0)
+                .to_bytes());
+            let kept = self
+                .ops
+                .get(t as usize)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            // The trace's commits and the recomputed ones, merged in tape order.
+            let mut ops: Vec<OpOutputCommit> = kept.iter().copied().chain(again).collect();
+            ops.sort_by_key(|c| (c.op, c.output));
             opened.push(StepOpening {
                 step: t,
                 state: state_tensors(&state),
-                ops: self.ops.get(t as usize).cloned().unwrap_or_default(),
+                ops,
                 next_state,
+                signature,
             });
         }
         let p = self.final_state.params.len();
@@ -883,8 +979,23 @@ mod tests {
         assert_eq!(run.checkpoints, reference.checkpoints);
         // Openings rebuild the states between checkpoints on the CPU.
         assert_eq!(
-            run.open(&job, &corpus, &[1, 4], false).unwrap(),
-            reference.open(&job, &corpus, &[1, 4], false).unwrap()
+            run.open(
+                &job,
+                &corpus,
+                &[1, 4],
+                false,
+                &SigningKey::from_bytes(&[7; 32])
+            )
+            .unwrap(),
+            reference
+                .open(
+                    &job,
+                    &corpus,
+                    &[1, 4],
+                    false,
+                    &SigningKey::from_bytes(&[7; 32])
+                )
+                .unwrap()
         );
     }
 
@@ -898,7 +1009,15 @@ mod tests {
         let corpus = Corpus::generated(7, 20_000);
         let base = init_params(&job.model, [3; 32]).unwrap();
         let run = run_task(&job, &corpus, &base, [9; 32], &mut |_, _| {}).unwrap();
-        let opening = run.open(&job, &corpus, &[1, 3], true).unwrap();
+        let opening = run
+            .open(
+                &job,
+                &corpus,
+                &[1, 3],
+                true,
+                &SigningKey::from_bytes(&[7; 32]),
+            )
+            .unwrap();
         let bytes = opening.to_bytes();
         assert_eq!(Opening::from_bytes(&bytes).unwrap(), opening);
         let json = serde_json::to_vec(&opening).unwrap();
@@ -909,8 +1028,9 @@ mod tests {
             json.len()
         );
 
+        // Another version's magic (the first format had no signed recomputation).
         let mut other = bytes.clone();
-        other[7] = b'2';
+        other[7] = b'1';
         assert_eq!(Opening::from_bytes(&other), Err(OpeningDecodeError::Magic));
         let mut longer = bytes.clone();
         longer.push(0);

@@ -30,7 +30,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::graph::{OpRecord, StepOutput, ValueRef};
+use crate::graph::{OpRecord, Recompute, StepOutput, ValueRef};
 use crate::merkle::{Digest, MerkleError, root_of};
 use crate::model::Batch;
 use crate::ops::OpKind;
@@ -219,22 +219,31 @@ pub fn next_state_hash_from_nodes<'a>(
     next_step: u64,
 ) -> Option<Digest> {
     let mut slots: Vec<Option<[Digest; 3]>> = vec![None; p];
-    let mut at = 0usize;
+    // Commits are in tape order but need not cover every op (the backward pass is not
+    // committed while training): each update's three are found by their op index.
+    let mut rest = commits;
     for (i, (kind, inputs, n)) in nodes.enumerate() {
         if matches!(kind, OpKind::AdamWUpdate { .. }) {
             let ValueRef::Param(k) = inputs.first()? else {
                 return None;
             };
-            let [p, m, v] = commits.get(at..at + n)? else {
+            let skip = rest.iter().take_while(|c| c.op < i as u32).count();
+            rest = &rest[skip..];
+            let [p, m, v] = rest.get(..n)? else {
                 return None;
             };
+            rest = &rest[n..];
             let slot = slots.get_mut(*k as usize)?;
-            if slot.is_some() || [p, m, v].iter().any(|c| c.op != i as u32) {
+            if slot.is_some()
+                || [p, m, v]
+                    .iter()
+                    .zip(0u32..)
+                    .any(|(c, o)| c.op != i as u32 || c.output != o)
+            {
                 return None;
             }
             *slot = Some([p.tensor, m.tensor, v.tensor]);
         }
-        at += n;
     }
     let mut params = Vec::with_capacity(p);
     let mut m = Vec::with_capacity(p);
@@ -248,7 +257,59 @@ pub fn next_state_hash_from_nodes<'a>(
     root_of(&state_items_from_hashes(&params, &m, &v, next_step)).ok()
 }
 
-/// Commits step `step` that ran on `batch` and gave `out`: its leaf and op-output commits.
+/// The commits a worker makes while it trains: those of the ops not in `recompute`
+/// ([`crate::graph::Plan::recomputed`]), in tape order.
+pub fn committed(commits: &[OpOutputCommit], recompute: &Recompute) -> Vec<OpOutputCommit> {
+    commits
+        .iter()
+        .filter(|c| !recompute.contains(c.op, c.output))
+        .copied()
+        .collect()
+}
+
+/// The commits an opening recomputes, in tape order.
+pub fn recomputed(commits: &[OpOutputCommit], recompute: &Recompute) -> Vec<OpOutputCommit> {
+    commits
+        .iter()
+        .filter(|c| recompute.contains(c.op, c.output))
+        .copied()
+        .collect()
+}
+
+/// What a worker signs for opened step `step` of the trace `trace_root`: the root of
+/// the op outputs it recomputed for the opening,
+/// `H_"lupus recomputed ops v1"(trace_root || u32 step || root)`. The signature binds
+/// the recomputed outputs to the worker as the trace root binds the committed ones, so
+/// a fraud proof may cite either and no one else (the operator who stores the
+/// opening included) can put words in the worker's mouth.
+pub fn recomputed_message(trace_root: &Digest, step: u32, root: &Digest) -> Digest {
+    let mut h = domain_hasher("lupus recomputed ops v1");
+    h.update(&trace_root.0);
+    h.update(&step.to_le_bytes());
+    h.update(&root.0);
+    h.finalize().into()
+}
+
+/// Whether `signature` is `worker`'s over [`recomputed_message`] of the trace, the
+/// step and the recomputed commits' root (`verify_strict`: no small-order keys, no
+/// malleable signatures).
+pub fn recomputed_signature_holds(
+    worker: &[u8; 32],
+    trace_root: &Digest,
+    step: u32,
+    root: &Digest,
+    signature: &lupus_types::Sig,
+) -> bool {
+    let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(worker) else {
+        return false;
+    };
+    let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
+    key.verify_strict(&recomputed_message(trace_root, step, root).0, &sig)
+        .is_ok()
+}
+
+/// Commits step `step` that ran on `batch` and gave `out`: its leaf, whose op root is
+/// over the commits of the ops not recomputed, and every op-output commit of the tape.
 pub fn commit_step(
     step: u32,
     batch: &Batch,
@@ -261,7 +322,7 @@ pub fn commit_step(
     let leaf = StepLeaf {
         step,
         batch: batch_hash(batch),
-        op_root: op_root(&commits)?,
+        op_root: op_root(&committed(&commits, &out.recompute))?,
         loss_bits: out.loss.to_bits(),
         next_state,
     };

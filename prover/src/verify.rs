@@ -28,8 +28,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::data::Corpus;
-use crate::fraud::{FraudProof, LossFraud, OpFraud, OpLeaves, TraceLeaves};
-use crate::graph::{StepOutput, ValueRef, train_step, train_step_observed};
+use crate::fraud::{FraudProof, LossFraud, OpFraud, OpLeaves, RecomputedLeaves, TraceLeaves};
+use crate::graph::{Recompute, StepOutput, ValueRef, train_step, train_step_observed};
 use crate::merkle::{Digest, MerkleError, MerkleTree};
 use crate::model::{Batch, ModelError};
 use crate::ops::OpKind;
@@ -38,13 +38,14 @@ use crate::quant::quantise_delta;
 use crate::spec::JobSpec;
 use crate::task::{
     FinalOpening, Opening, ProtocolError, StepOpening, check_base, hash_alongside, job_sampler,
-    opened_positions, task_batch,
+    opened_positions, step_recompute, task_batch,
 };
 use crate::tensor::Tensor;
 use crate::trace::{
     Commitment, OpOutputCommit, StateRole, StepLeaf, TraceLeaf, base_state_hash, batch_hash,
-    next_state_hash_from_nodes, op_commits, op_root, state_hash, state_items, state_position,
-    state_tensor_item, tensor_digest,
+    committed, next_state_hash_from_nodes, op_commits, op_root, recomputed,
+    recomputed_signature_holds, state_hash, state_items, state_position, state_tensor_item,
+    tensor_digest,
 };
 
 /// Which replay rule applies to a worker's device (from its known-answer suite).
@@ -79,6 +80,8 @@ pub enum RejectReason {
     WrongBatch,
     #[error("the opened op outputs do not have the leaf's op root")]
     OpRootMismatch,
+    #[error("the recomputed op outputs (the backward pass) are not signed by the task's worker")]
+    BadRecomputedSignature,
     #[error("the committed tape's structure differs from the model's at output {position}")]
     TapeMismatch { position: usize },
     #[error("output {output} of op {op} ({kind}) differs from the replay")]
@@ -251,7 +254,13 @@ impl ReplayDigest {
     }
 
     fn tensor(&mut self, t: &Tensor) {
-        // In chunks through a buffer on the stack: no copy of the tensor.
+        // The little-endian bytes are the in-memory bytes on a little-endian target:
+        // one `update` over the whole slice, where blake3's SIMD works across chunks.
+        if cfg!(target_endian = "little") {
+            self.hasher.update(bytemuck::cast_slice(t.data()));
+            return;
+        }
+        // Elsewhere in chunks through a buffer on the stack: no copy of the tensor.
         let mut buf = [0u8; 4096];
         for chunk in t.data().chunks(buf.len() / 4) {
             for (out, x) in buf.chunks_exact_mut(4).zip(chunk) {
@@ -294,7 +303,8 @@ impl ReplayDigest {
     }
 }
 
-/// Verifies an opening of `steps` (the challenged steps, strictly increasing).
+/// Verifies an opening of `steps` (the challenged steps, strictly increasing) by the
+/// task's worker, whose Ed25519 public key is `worker` (it signs the recomputed part).
 #[allow(clippy::too_many_arguments)]
 pub fn verify_opening(
     job: &JobSpec,
@@ -302,6 +312,7 @@ pub fn verify_opening(
     base_params: &[Tensor],
     seed: &[u8; 32],
     commitment: &Commitment,
+    worker: &[u8; 32],
     steps: &[u32],
     opening: &Opening,
     class: DeviceClass,
@@ -312,6 +323,7 @@ pub fn verify_opening(
         base_params,
         seed,
         commitment,
+        worker,
         steps,
         opening,
         class,
@@ -329,6 +341,7 @@ pub fn verify_opening_digests(
     base_params: &[Tensor],
     seed: &[u8; 32],
     commitment: &Commitment,
+    worker: &[u8; 32],
     steps: &[u32],
     opening: &Opening,
     class: DeviceClass,
@@ -447,8 +460,20 @@ pub fn verify_opening_digests(
         if batch_hash(&batch) != leaf.batch {
             return Ok(reject(Some(t), RejectReason::WrongBatch));
         }
-        if so.ops.is_empty() || op_root(&so.ops).ok() != Some(leaf.op_root) {
+        // The commits outside the backward pass are the trace's; those of the backward
+        // pass were recomputed for the opening, under the worker's signature.
+        let recompute = step_recompute(job, &batch, u64::from(t) + 1)?;
+        if so.ops.is_empty() || op_root(&committed(&so.ops, &recompute)).ok() != Some(leaf.op_root)
+        {
             return Ok(reject(Some(t), RejectReason::OpRootMismatch));
+        }
+        let signed = op_root(&recomputed(&so.ops, &recompute))
+            .ok()
+            .is_some_and(|root| {
+                recomputed_signature_holds(worker, &commitment.trace_root, t, &root, &so.signature)
+            });
+        if !signed {
+            return Ok(reject(Some(t), RejectReason::BadRecomputedSignature));
         }
         let verdict = match class {
             DeviceClass::Exact => replay_exact(job, so, &leaf, &state, &batch, opening, digests)?,
@@ -608,7 +633,10 @@ fn replay_exact(
                 d.outputs(outputs);
             }
         };
-        hash_alongside(&mut tap, |observe| {
+        // Every output is hashed, the recomputed backward pass's too: the verifier
+        // accepts an opening only if everything in it is what an honest worker sends,
+        // so that a signed wrong recomputation is rejected with its fraud proof.
+        hash_alongside(Some(&mut tap), &Recompute::none(), |observe| {
             train_step_observed(&job.model, &opt, state, batch, observe)
         })
     };
@@ -788,6 +816,9 @@ fn op_leaves(
     commits: &[OpOutputCommit],
     mut positions: Vec<usize>,
 ) -> Result<OpLeaves, MerkleError> {
+    if positions.is_empty() {
+        return Ok(OpLeaves::none(commits.len() as u32));
+    }
     positions.sort_unstable();
     positions.dedup();
     let items: Vec<Digest> = commits.iter().map(OpOutputCommit::item).collect();
@@ -816,13 +847,13 @@ fn build_op_fraud(
     batch: &Batch,
     replay: &StepOutput,
 ) -> Result<OpFraud, MerkleError> {
-    let pos_of = |o: u32, out: u32| so.ops.iter().position(|c| c.op == o && c.output == out);
-    let mut positions: Vec<usize> = so
+    // Each commit is proven against the root that holds it: the leaf's (committed while
+    // training) or the signed root of the backward pass (recomputed for the opening).
+    let mut needed: Vec<(u32, u32)> = so
         .ops
         .iter()
-        .enumerate()
-        .filter(|(_, c)| c.op == op)
-        .map(|(i, _)| i)
+        .filter(|c| c.op == op)
+        .map(|c| (c.op, c.output))
         .collect();
     let p = state.params.len();
     let mut input_tensors = Vec::with_capacity(inputs.len());
@@ -831,7 +862,7 @@ fn build_op_fraud(
     for r in &inputs {
         let tensor = match r {
             ValueRef::Op { op: o, output } => {
-                positions.extend(pos_of(*o, u32::from(*output)));
+                needed.push((*o, u32::from(*output)));
                 replay
                     .ops
                     .get(*o as usize)
@@ -867,6 +898,26 @@ fn build_op_fraud(
         state_positions.dedup();
         Some(MerkleTree::new(&state_items(state))?.prove(&state_positions)?)
     };
+    let (kept, again) = (
+        committed(&so.ops, &replay.recompute),
+        recomputed(&so.ops, &replay.recompute),
+    );
+    let positions = |list: &[OpOutputCommit]| -> Vec<usize> {
+        needed
+            .iter()
+            .filter_map(|&(o, out)| list.iter().position(|c| c.op == o && c.output == out))
+            .collect()
+    };
+    let (in_kept, in_again) = (positions(&kept), positions(&again));
+    let recomputed = if in_again.is_empty() {
+        None
+    } else {
+        Some(Box::new(RecomputedLeaves {
+            root: op_root(&again)?,
+            signature: so.signature,
+            leaves: op_leaves(&again, in_again)?,
+        }))
+    };
     Ok(OpFraud {
         step: t,
         trace,
@@ -874,7 +925,8 @@ fn build_op_fraud(
         kind,
         inputs,
         input_tensors,
-        op_leaves: op_leaves(&so.ops, positions)?,
+        op_leaves: op_leaves(&kept, in_kept)?,
+        recomputed,
         param_count: p as u32,
         state_proof,
         batch_parts,
@@ -893,8 +945,9 @@ fn build_loss_fraud(
         .enumerate()
         .find(|(_, r)| matches!(r.kind, OpKind::SoftmaxCrossEntropy))
         .ok_or(MerkleError::NoLeaves)?;
-    let position = so
-        .ops
+    // The loss op ends the forward pass: its commit is in the leaf's op root.
+    let kept = committed(&so.ops, &replay.recompute);
+    let position = kept
         .iter()
         .position(|c| c.op == op as u32 && c.output == 0)
         .ok_or(MerkleError::NoLeaves)?;
@@ -904,6 +957,6 @@ fn build_loss_fraud(
         op: op as u32,
         inputs: rec.inputs.clone(),
         loss: rec.outputs.first().cloned().ok_or(MerkleError::NoLeaves)?,
-        op_leaves: op_leaves(&so.ops, vec![position])?,
+        op_leaves: op_leaves(&kept, vec![position])?,
     })
 }

@@ -2,12 +2,13 @@
 //! each kind of cheating is caught whenever its step is challenged, fraud proofs verify
 //! and point at the right operator, forged ones fail, and bad input gives typed errors.
 
+use ed25519_dalek::{Signer, SigningKey};
 use lupus_prover::challenge::challenge_steps;
 use lupus_prover::data::Corpus;
-use lupus_prover::fraud::{FraudContext, FraudProof, FraudVerdict};
-use lupus_prover::graph::{StepOutput, ValueRef, eval_loss, train_step};
+use lupus_prover::fraud::{FraudContext, FraudError, FraudProof, FraudVerdict};
+use lupus_prover::graph::{StepOutput, ValueRef, eval_loss, step_value, train_step};
 use lupus_prover::model::{init_params, make_batch};
-use lupus_prover::ops::OpKind;
+use lupus_prover::ops::{OpKind, eval_op};
 use lupus_prover::quant::quantise_delta;
 use lupus_prover::spec::{JobSpec, SpecError};
 use lupus_prover::task::{ProtocolError, TaskBuilder, TaskRun, job_sampler, run_task};
@@ -19,6 +20,15 @@ use lupus_prover::verify::{
 
 const TINY: &str = include_str!("../../jobs/tiny-test.toml");
 const SEED: [u8; 32] = [42; 32];
+
+/// The worker's key: it signs the recomputed part of its openings.
+fn worker() -> SigningKey {
+    SigningKey::from_bytes(&[7; 32])
+}
+
+fn worker_key() -> [u8; 32] {
+    worker().verifying_key().to_bytes()
+}
 
 fn setup() -> (JobSpec, Corpus, Vec<Tensor>) {
     let job = JobSpec::parse(TINY).unwrap();
@@ -36,7 +46,13 @@ fn verify(
     class: DeviceClass,
 ) -> Verdict {
     let opening = run
-        .open(job, corpus, steps, class == DeviceClass::Tolerant)
+        .open(
+            job,
+            corpus,
+            steps,
+            class == DeviceClass::Tolerant,
+            &worker(),
+        )
         .unwrap();
     verify_opening(
         job,
@@ -44,6 +60,7 @@ fn verify(
         base,
         &SEED,
         &run.commitment,
+        &worker_key(),
         steps,
         &opening,
         class,
@@ -56,6 +73,7 @@ fn ctx(job: &JobSpec, base: &[Tensor], run: &TaskRun) -> FraudContext {
         trace_root: run.commitment.trace_root,
         steps: job.inner.steps,
         base_state_hash: base_state_hash(base),
+        worker: worker_key(),
     }
 }
 
@@ -151,7 +169,12 @@ enum Cheat {
     State,
     Batch,
     Activation,
+    /// A wrong gradient, carried into the parameter update (what a cheater gains from).
     Gradient,
+    /// A wrong pre-activation and a wrong backward-pass output that nothing committed
+    /// depends on: the worker recomputes those when it opens a step, so this changes
+    /// nothing.
+    Uncommitted,
     Loss,
     LossOutput,
     Delta,
@@ -213,9 +236,28 @@ fn cheat(
                 expected = Some(i);
             }
             Cheat::Gradient => {
-                let i = find_op(&out, |k, _| matches!(k, OpKind::ReluBackward));
-                out.ops[i].outputs[0] = bump(&out.ops[i].outputs[0]);
+                // Parameter 0's update from a bumped gradient: its outputs are the next
+                // state, committed; the gradient is recomputed when the step is opened.
+                let i = find_op(&out, |k, inp| {
+                    matches!(k, OpKind::AdamWUpdate { .. }) && inp[0] == ValueRef::Param(0)
+                });
+                let rec = &out.ops[i];
+                let grad = step_value(b.state(), &batch, &out.ops, rec.inputs[1]).unwrap();
+                let (param, m, v) = (&b.state().params[0], &b.state().m[0], &b.state().v[0]);
+                let updated = eval_op(&rec.kind, &[param, &bump(grad), m, v]).unwrap();
+                out.state.params[0] = updated[0].clone();
+                out.state.m[0] = updated[1].clone();
+                out.state.v[0] = updated[2].clone();
+                out.ops[i].outputs = updated;
                 expected = Some(i);
+            }
+            Cheat::Uncommitted => {
+                for i in [
+                    find_op(&out, |k, _| matches!(k, OpKind::AddBias)),
+                    find_op(&out, |k, _| matches!(k, OpKind::ReluBackward)),
+                ] {
+                    out.ops[i].outputs[0] = bump(&out.ops[i].outputs[0]);
+                }
             }
             Cheat::Loss => {
                 out.loss *= 0.5;
@@ -253,6 +295,7 @@ fn every_kind_of_cheat_is_caught_when_its_step_is_challenged() {
         Cheat::Batch,
         Cheat::Activation,
         Cheat::Gradient,
+        Cheat::Uncommitted,
         Cheat::Loss,
         Cheat::LossOutput,
         Cheat::Delta,
@@ -262,6 +305,10 @@ fn every_kind_of_cheat_is_caught_when_its_step_is_challenged() {
             for t in 0..h {
                 let verdict = verify(&job, &corpus, &base, &run, &[t], DeviceClass::Exact);
                 let caught = !verdict.is_accept();
+                if kind == Cheat::Uncommitted {
+                    assert!(!caught, "{kind:?} at {bad}, challenged {t}: {verdict:?}");
+                    continue;
+                }
                 if kind == Cheat::Delta {
                     assert!(
                         matches!(
@@ -322,6 +369,17 @@ fn every_kind_of_cheat_is_caught_when_its_step_is_challenged() {
                     matches!(v, FraudVerdict::Guilty { step, op, .. } if step == bad && Some(op as usize) == expected_op),
                     "{v:?}"
                 );
+                // The wrong gradient's proof cites the recomputed backward pass, which
+                // only the worker's key vouches for: under another key it proves nothing.
+                if kind == Cheat::Gradient {
+                    let FraudProof::Op(p) = &back else {
+                        panic!("{back:?}")
+                    };
+                    assert!(p.recomputed.is_some(), "the gradient is a recomputed input");
+                    let mut other = ctx(&job, &base, &run);
+                    other.worker = SigningKey::from_bytes(&[8; 32]).verifying_key().to_bytes();
+                    assert_eq!(back.check(&other), Err(FraudError::RecomputedSignature));
+                }
                 // Against another trace root it proves nothing.
                 let mut wrong = ctx(&job, &base, &run);
                 wrong.trace_root.0[0] ^= 1;
@@ -337,7 +395,7 @@ fn forged_fraud_proofs_against_an_honest_step_fail() {
     let run = run_task(&job, &corpus, &base, SEED, &mut |_, _| {}).unwrap();
     let c = ctx(&job, &base, &run);
     for t in [0, 4] {
-        let opening = run.open(&job, &corpus, &[t], false).unwrap();
+        let opening = run.open(&job, &corpus, &[t], false, &worker()).unwrap();
         let ops = run.op_commits(t).unwrap();
         let op_count = ops.iter().map(|c| c.op).max().unwrap() + 1;
         for op in 0..op_count {
@@ -352,8 +410,22 @@ fn forged_fraud_proofs_against_an_honest_step_fail() {
             };
             // Claiming another committed output, or other inputs, does not verify.
             let mut forged = p.clone();
-            forged.op_leaves.leaves.last_mut().unwrap().1.tensor.0[0] ^= 1;
+            match forged.recomputed.as_mut() {
+                Some(r) => r.leaves.leaves.last_mut().unwrap().1.tensor.0[0] ^= 1,
+                None => forged.op_leaves.leaves.last_mut().unwrap().1.tensor.0[0] ^= 1,
+            }
             assert!(FraudProof::Op(forged).check(&c).is_err());
+            // Nor does a recomputed root the worker did not sign.
+            if let Some(r) = &p.recomputed {
+                let mut forged = p.clone();
+                let r2 = forged.recomputed.as_mut().unwrap();
+                r2.root.0[0] ^= 1;
+                assert_eq!(
+                    FraudProof::Op(forged).check(&c),
+                    Err(FraudError::RecomputedSignature)
+                );
+                assert!(!r.leaves.leaves.is_empty());
+            }
             let mut forged = p.clone();
             forged.input_tensors[0] = bump(&forged.input_tensors[0]);
             assert!(!matches!(
@@ -373,7 +445,7 @@ fn bad_openings_are_typed_rejections() {
     let (job, corpus, base) = setup();
     let run = run_task(&job, &corpus, &base, SEED, &mut |_, _| {}).unwrap();
     let steps = [2u32, 5];
-    let good = run.open(&job, &corpus, &steps, false).unwrap();
+    let good = run.open(&job, &corpus, &steps, false, &worker()).unwrap();
     let check = |o: &lupus_prover::task::Opening| {
         verify_opening(
             &job,
@@ -381,6 +453,7 @@ fn bad_openings_are_typed_rejections() {
             &base,
             &SEED,
             &run.commitment,
+            &worker_key(),
             &steps,
             o,
             DeviceClass::Exact,
@@ -440,12 +513,80 @@ fn bad_openings_are_typed_rejections() {
         }
     ));
 
+    // The commits the trace holds for step 2 (the block boundaries, the loss, the update).
+    let kept: Vec<(u32, u32)> = run
+        .op_commits(2)
+        .unwrap()
+        .iter()
+        .map(|c| (c.op, c.output))
+        .collect();
     let mut o = good.clone();
-    o.steps[0].ops[3].tensor.0[0] ^= 1;
+    let at = o.steps[0]
+        .ops
+        .iter()
+        .position(|c| kept.contains(&(c.op, c.output)))
+        .unwrap();
+    o.steps[0].ops[at].tensor.0[0] ^= 1;
     assert!(matches!(
         check(&o),
         Verdict::Reject {
             reason: RejectReason::OpRootMismatch,
+            ..
+        }
+    ));
+
+    // The rest is recomputed for the opening and signed by the worker. A commit of it
+    // changed by anyone else (the operator who stores the opening) breaks
+    // the signature; changed and re-signed by the worker, it is the worker's own lie, and
+    // the fraud proof names it.
+    let at = good.steps[0]
+        .ops
+        .iter()
+        .position(|c| !kept.contains(&(c.op, c.output)))
+        .expect("most op outputs are not committed while training");
+    let mut o = good.clone();
+    o.steps[0].ops[at].tensor.0[0] ^= 1;
+    assert!(matches!(
+        check(&o),
+        Verdict::Reject {
+            reason: RejectReason::BadRecomputedSignature,
+            ..
+        }
+    ));
+    let mut resigned = o.clone();
+    let backward: Vec<_> = resigned.steps[0]
+        .ops
+        .iter()
+        .filter(|c| !kept.contains(&(c.op, c.output)))
+        .copied()
+        .collect();
+    let root = lupus_prover::trace::op_root(&backward).unwrap();
+    let msg = lupus_prover::trace::recomputed_message(&run.commitment.trace_root, 2, &root);
+    resigned.steps[0].signature = lupus_types::Sig(worker().sign(&msg.0).to_bytes());
+    // The verifier checks the recomputed part as it checks the committed one: the
+    // first op output that differs from its replay is the lie, and the fraud proof
+    // convicts the worker on its own signature.
+    let Verdict::Reject {
+        reason: RejectReason::OpMismatch { op, .. },
+        fraud_proof: Some(proof),
+        ..
+    } = check(&resigned)
+    else {
+        panic!("a re-signed lie must be an op mismatch with a proof")
+    };
+    assert_eq!(op, o.steps[0].ops[at].op);
+    let c = ctx(&job, &base, &run);
+    assert!(matches!(proof.check(&c), Ok(FraudVerdict::Guilty { op: g, .. }) if g == op));
+    let honest = dispute_op(&job, &corpus, &base, &SEED, &good, 2, op).unwrap();
+    assert_eq!(honest.check(&c), Ok(FraudVerdict::NotGuilty));
+    // Signed by another key, the same lie frames no one.
+    let mut framed = o.clone();
+    framed.steps[0].signature =
+        lupus_types::Sig(SigningKey::from_bytes(&[8; 32]).sign(&msg.0).to_bytes());
+    assert!(matches!(
+        check(&framed),
+        Verdict::Reject {
+            reason: RejectReason::BadRecomputedSignature,
             ..
         }
     ));
@@ -468,6 +609,7 @@ fn bad_openings_are_typed_rejections() {
             &wrong_base,
             &SEED,
             &run.commitment,
+            &worker_key(),
             &steps,
             &good,
             DeviceClass::Exact
@@ -481,6 +623,7 @@ fn bad_openings_are_typed_rejections() {
             &base,
             &SEED,
             &run.commitment,
+            &worker_key(),
             &[5, 2],
             &good,
             DeviceClass::Exact
@@ -488,7 +631,7 @@ fn bad_openings_are_typed_rejections() {
         Err(ProtocolError::BadStepList)
     );
     assert!(matches!(
-        run.open(&job, &corpus, &[job.inner.steps], false),
+        run.open(&job, &corpus, &[job.inner.steps], false, &worker()),
         Err(ProtocolError::StepOutOfRange { .. })
     ));
 }
@@ -525,7 +668,7 @@ fn replay_digests_are_the_replays_and_keyed_by_verifier() {
     let (job, corpus, base) = setup();
     let run = run_task(&job, &corpus, &base, SEED, &mut |_, _| {}).unwrap();
     let steps = challenge_steps(&[9; 32], &run.commitment.trace_root, job.inner.steps, 2).unwrap();
-    let opening = run.open(&job, &corpus, &steps, false).unwrap();
+    let opening = run.open(&job, &corpus, &steps, false, &worker()).unwrap();
     let digests = |keys: &[[u8; 32]]| {
         let mut ds: Vec<ReplayDigest> = keys.iter().map(|k| ReplayDigest::new(k, 5)).collect();
         let v = verify_opening_digests(
@@ -534,6 +677,7 @@ fn replay_digests_are_the_replays_and_keyed_by_verifier() {
             &base,
             &SEED,
             &run.commitment,
+            &worker_key(),
             &steps,
             &opening,
             DeviceClass::Exact,

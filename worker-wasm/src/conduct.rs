@@ -137,6 +137,7 @@ pub fn replay_as(ctx: &VerifyContext<'_>, class: DeviceClass) -> Result<Judgemen
         ctx.base,
         &w.task.seed.0,
         &w.commitment,
+        &w.task.worker.0,
         &w.steps,
         ctx.opening,
         class,

@@ -540,7 +540,7 @@ impl<T: Transport> Participant<T> {
             });
         }
         let opening = run
-            .open(&self.job, &self.corpus, &ch.steps, ch.tolerant)
+            .open(&self.job, &self.corpus, &ch.steps, ch.tolerant, &self.key)
             .map_err(local)?
             .to_bytes();
         let _: OpeningReceipt = self

@@ -3,6 +3,7 @@
 //! real task's steps must give the reference's trace.
 #![cfg(feature = "gpu")]
 
+use ed25519_dalek::SigningKey;
 use lupus_prover::kat::{DeviceClass, EXPECTED, check_device, run_suite, to_hex};
 use lupus_worker::gpu::{GpuDevice, run_suite_gpu};
 
@@ -277,8 +278,22 @@ fn whole_steps_commit_the_reference(job_toml: &str, batch: u32, steps: u32, inte
     assert_eq!(gpu.delta, cpu.delta);
     let challenged = [1, steps - 1];
     assert_eq!(
-        gpu.open(&job, &corpus, &challenged, false).unwrap(),
-        cpu.open(&job, &corpus, &challenged, false).unwrap()
+        gpu.open(
+            &job,
+            &corpus,
+            &challenged,
+            false,
+            &SigningKey::from_bytes(&[7; 32])
+        )
+        .unwrap(),
+        cpu.open(
+            &job,
+            &corpus,
+            &challenged,
+            false,
+            &SigningKey::from_bytes(&[7; 32])
+        )
+        .unwrap()
     );
 }
 

@@ -194,6 +194,7 @@ impl Fake {
                     &params,
                     &task.seed.0,
                     &c,
+                    &task.worker.0,
                     &steps,
                     &opening,
                     DeviceClass::Exact,

@@ -236,6 +236,8 @@ enum Settle {
 /// What the referee needs to judge a task, taken under the lock; judged without it.
 struct Case {
     task: TaskId,
+    /// The task's worker: its key signs the recomputed part of the opening.
+    worker: PublicKey,
     steps: Vec<u32>,
     opening_blob: Digest,
     commitment: Commitment,

@@ -277,6 +277,7 @@ impl Coordinator {
     fn case(&self, inner: &Inner, t: &TaskRecord, live: &Live) -> Result<Case, Error> {
         Ok(Case {
             task: t.id,
+            worker: t.worker,
             steps: live.steps.clone().unwrap_or_default(),
             opening_blob: live.opening_blob.unwrap_or_default(),
             commitment: Self::commitment_of(t)
@@ -314,6 +315,7 @@ impl Coordinator {
         let corpus = Arc::clone(&self.corpus);
         let Case {
             task,
+            worker,
             steps,
             commitment,
             base,
@@ -334,6 +336,7 @@ impl Coordinator {
                         trace_root: commitment.trace_root,
                         steps: job.inner.steps,
                         base_state_hash: base_state_hash(&base),
+                        worker: worker.0,
                     };
                     if let Ok(FraudVerdict::Guilty { step, reason, .. }) = p.check(&ctx) {
                         return Ok((
@@ -363,6 +366,7 @@ impl Coordinator {
                     &base,
                     &seed,
                     &commitment,
+                    &worker.0,
                     &replay_steps,
                     &opening,
                     class,

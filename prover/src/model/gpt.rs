@@ -133,6 +133,9 @@ pub(crate) fn build(
         &[p(0), ValueRef::Input],
     );
     let mut x = b.op(OpKind::AddPosition { seq }, &[tok, p(1)]);
+    // The residual stream between blocks is what the worker commits of the forward
+    // pass (each block's input; the last block's output feeds the final norm).
+    b.boundary(x);
     let mut saved = Vec::with_capacity(s.layers);
     for l in 0..s.layers {
         let i = base(l);
@@ -150,6 +153,7 @@ pub(crate) fn build(
         let r = b.op(OpKind::Relu, &[f]);
         let m = b.op(mm(false, false), &[r, p(i + 9)]);
         let x2 = b.op(OpKind::Add, &[x1, m]);
+        b.boundary(x2);
         saved.push(BlockSaved {
             x,
             ln1,

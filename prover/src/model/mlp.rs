@@ -70,6 +70,8 @@ pub(crate) fn build(
         },
         &[emb],
     );
+    // Each layer's input is what the worker commits of the forward pass.
+    b.boundary(x);
     // (layer input, pre-activation) of each hidden layer, for the backward pass.
     let mut saved = Vec::with_capacity(hidden.len());
     for l in 0..hidden.len() {
@@ -78,6 +80,7 @@ pub(crate) fn build(
         let z = b.op(OpKind::AddBias, &[z, bias]);
         saved.push((x, z));
         x = b.op(OpKind::Relu, &[z]);
+        b.boundary(x);
     }
     let (wo, bo) = (p(1 + 2 * hidden.len()), p(2 + 2 * hidden.len()));
     let logits = b.op(matmul(false, false), &[x, wo]);

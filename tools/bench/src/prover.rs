@@ -7,9 +7,10 @@
 //! - Training throughput of an MLP and a GPT with `train_step_untraced` (the baseline),
 //!   and what keeping the tape costs: `train_step` (whole tape kept) and
 //!   `train_step_observed` (each op output visited as it appears, then dropped).
-//! - The worker's committed step (`TaskBuilder::run_step`: every op output hashed, the
-//!   op root, `H(S_{t+1})`, the leaf) against the same step untraced, interleaved; the
-//!   raw blake3 floor over all op outputs for scale.
+//! - The worker's committed step (`TaskBuilder::run_step`: every op output outside the
+//!   backward pass hashed, the op root, `H(S_{t+1})`, the leaf) against the same step
+//!   untraced, interleaved; the raw blake3 floor over all op outputs and over the
+//!   committed ones, for scale.
 //! - Verifier cost against worker cost for one task at the job's `H` and `m`, and lazy
 //!   workers (who fake every step) caught by every one of their challenges.
 
@@ -38,8 +39,8 @@ use crate::job_text;
 /// order, FMA), one core. Training: chars/s of an MLP and a GPT untraced (baseline),
 /// and the cost of keeping the tape (train_step, train_step_observed). Protocol, at
 /// the job's sizes: the worker's committed step against the same step untraced
-/// (interleaved), the raw blake3 floor over all op outputs, verifier against worker
-/// time per task, and lazy workers caught. Times are CPU time of the measuring thread
+/// (interleaved), the raw blake3 floor over all and over the committed op outputs,
+/// verifier against worker time per task, and lazy workers caught. Times are CPU time of the measuring thread
 /// where Linux reports it.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ProverArgs {
@@ -292,6 +293,8 @@ fn protocol(args: &ProverArgs, report: &mut Report) -> Result<()> {
     ensure!(measured > 0, "the job has too few inner steps to measure");
     let progress = bar(u64::from(warmup + measured), "committed steps");
     let mut floats = 0usize;
+    // Of which the worker commits while training (the block boundaries, the loss, the state).
+    let mut committed_floats = 0usize;
     for step in 0..warmup + measured {
         let batch = task_batch(&job, &sampler, &seed, step)?;
         let (t0, c0) = (Instant::now(), process_cpu());
@@ -320,6 +323,19 @@ fn protocol(args: &ProverArgs, report: &mut Report) -> Result<()> {
                 .flat_map(|r| r.outputs.iter())
                 .map(|t| t.len())
                 .sum();
+            committed_floats = out
+                .ops
+                .iter()
+                .enumerate()
+                .flat_map(|(i, r)| {
+                    let recompute = &out.recompute;
+                    r.outputs
+                        .iter()
+                        .enumerate()
+                        .filter(move |(o, _)| !recompute.contains(i as u32, *o as u32))
+                })
+                .map(|(_, t)| t.len())
+                .sum();
         }
         state = next;
         progress.inc(1);
@@ -331,6 +347,9 @@ fn protocol(args: &ProverArgs, report: &mut Report) -> Result<()> {
     let t = Instant::now();
     black_box(blake3::hash(&bytes));
     let raw = t.elapsed();
+    let t = Instant::now();
+    black_box(blake3::hash(&bytes[..committed_floats * 4]));
+    let raw_committed = t.elapsed();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let over = |x: Duration| (x.as_secs_f64() / p.as_secs_f64() - 1.0) * 100.0;
     let share = |x: Duration| x.as_secs_f64() / p.as_secs_f64() * 100.0;
@@ -365,6 +384,12 @@ fn protocol(args: &ProverArgs, report: &mut Report) -> Result<()> {
         ms(raw),
         share(raw)
     );
+    println!(
+        "| (raw blake3 over the committed, {:>4.1} MB)    | {:>7.2} ms | {:>10.2}% |",
+        committed_floats as f64 * 4.0 / 1e6,
+        ms(raw_committed),
+        share(raw_committed)
+    );
     report.against(
         format!("{} committed step", job.job.name),
         ms(c),
@@ -398,8 +423,10 @@ fn protocol(args: &ProverArgs, report: &mut Report) -> Result<()> {
         job.inner.steps,
         job.verify.challenges,
     )?;
+    // The worker's key: it signs the backward pass it recomputes for the opening.
+    let worker_key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
     let t1 = Instant::now();
-    let opening = run.open(&job, &corpus, &steps, false)?;
+    let opening = run.open(&job, &corpus, &steps, false, &worker_key)?;
     let open = t1.elapsed();
     // As a verifier does: with the job's proof of replay on, it also digests its
     // replay for its verdict (`ReplayDigest`).
@@ -414,6 +441,7 @@ fn protocol(args: &ProverArgs, report: &mut Report) -> Result<()> {
         &base,
         &seed,
         &run.commitment,
+        &worker_key.verifying_key().to_bytes(),
         &steps,
         &opening,
         DeviceClass::Exact,
@@ -458,7 +486,7 @@ fn protocol(args: &ProverArgs, report: &mut Report) -> Result<()> {
             job.inner.steps,
             job.verify.challenges,
         )?;
-        let opening = lazy.open(&job, &corpus, &steps, false)?;
+        let opening = lazy.open(&job, &corpus, &steps, false, &worker_key)?;
         let t = Instant::now();
         let v = verify_opening(
             &job,
@@ -466,6 +494,7 @@ fn protocol(args: &ProverArgs, report: &mut Report) -> Result<()> {
             &base,
             &seed,
             &lazy.commitment,
+            &worker_key.verifying_key().to_bytes(),
             &steps,
             &opening,
             DeviceClass::Exact,

@@ -96,7 +96,7 @@ fn emulated_step(
     let step = state.step + 1;
     let plan = plan(&job.model, batch.size(), Some((opt, step)))?;
     let mut ops: Vec<OpRecord> = Vec::with_capacity(plan.nodes.len());
-    for node in plan.nodes {
+    for node in plan.nodes.iter().cloned() {
         let inputs = node
             .inputs
             .iter()
@@ -112,7 +112,7 @@ fn emulated_step(
             outputs,
         });
     }
-    Ok(step_output(state, batch, ops, plan.loss)?)
+    Ok(step_output(state, batch, ops, &plan)?)
 }
 
 /// Steps whose parameter differences are kept for the cosines.

@@ -609,13 +609,16 @@ mod tests {
             ))
             .unwrap()
             .unwrap();
-            let opening = run.open(&job, &corpus, &all, false).unwrap();
+            let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+
+            let opening = run.open(&job, &corpus, &all, false, &key).unwrap();
             let v = verify_opening(
                 &job,
                 &corpus,
                 &base,
                 &seed,
                 &run.commitment,
+                &key.verifying_key().to_bytes(),
                 &all,
                 &opening,
                 DeviceClass::Exact,
@@ -646,13 +649,16 @@ mod tests {
             for (class, accepted) in [(DeviceClass::Tolerant, honest), (DeviceClass::Exact, false)]
             {
                 let tolerant = class == DeviceClass::Tolerant;
-                let opening = run.open(&job, &corpus, &all, tolerant).unwrap();
+                let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+
+                let opening = run.open(&job, &corpus, &all, tolerant, &key).unwrap();
                 let v = verify_opening(
                     &job,
                     &corpus,
                     &base,
                     &seed,
                     &run.commitment,
+                    &key.verifying_key().to_bytes(),
                     &all,
                     &opening,
                     class,

@@ -35,7 +35,7 @@ pub async fn train_step_gpu(
         .ok_or_else(|| graph_err("the step counter overflowed"))?;
     let plan = plan(spec, batch.size(), Some((opt, step)))?;
     let mut ops: Vec<OpRecord> = Vec::with_capacity(plan.nodes.len());
-    for node in plan.nodes {
+    for node in plan.nodes.iter().cloned() {
         let inputs = node
             .inputs
             .iter()
@@ -48,5 +48,5 @@ pub async fn train_step_gpu(
             outputs,
         });
     }
-    Ok(step_output(state, batch, ops, plan.loss)?)
+    Ok(step_output(state, batch, ops, &plan)?)
 }
