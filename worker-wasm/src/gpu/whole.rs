@@ -14,8 +14,9 @@
 //! [`WholeStep::step`] then writes the batch, its ids' index (for the embedding gradient)
 //! and the parameter blocks (the only uploads),
 //! records every dispatch into one compute pass, copies the AdamW outputs over the state,
-//! and reads back one small buffer: `T(x)` of every op output (32 bytes each), a status
-//! word and the loss. The host commits the step from those digests
+//! and reads back one small buffer: `T(x)` of every op output committed while training
+//! (32 bytes each: the block boundaries, the loss and the next state; the rest is recomputed
+//! on the CPU when a step is opened), a status word and the loss. The host commits the step from those digests
 //! (`TaskBuilder::record_digests`), and reads the state back only when the protocol needs
 //! it ([`WholeStep::read_state`]: checkpoints every `k` steps and the final state, see
 //! [`record_whole_step`]). Openings replay a challenged step on the CPU reference from a
@@ -118,7 +119,8 @@ struct Dispatch {
 pub struct StepDigests {
     /// The mean loss of the batch.
     pub loss: f32,
-    /// `T(output o of op i)` at `[i][o]`, in tape order.
+    /// `T(output o of op i)` at `[i][o]`, in tape order; zeros for the outputs not
+    /// committed while training ([`lupus_prover::graph::Plan::recomputed`]).
     pub outputs: Vec<Vec<Digest>>,
 }
 
@@ -131,8 +133,9 @@ pub struct WholeStep {
     target_shape: Vec<usize>,
     /// The input shapes of every node, to re-lower the plan of each step.
     node_shapes: Vec<Vec<Vec<usize>>>,
-    /// Outputs of each op, in tape order.
-    outputs: Vec<usize>,
+    /// Which outputs of each op are hashed, in tape order (those committed while
+    /// training).
+    outputs: Vec<Vec<bool>>,
     /// The state tensors' shapes and regions: params, first moments, second moments.
     state_layout: Vec<(Vec<usize>, Region)>,
     /// Which batch tensor (`true`: targets) must hold ids below a vocabulary, for `op`.
@@ -338,9 +341,22 @@ impl WholeStep {
         if updated.iter().any(|u| !u) {
             return Err(graph_err("the tape does not update every parameter once"));
         }
+        // Only the outputs committed while training are hashed: the rest are recomputed
+        // on the CPU when a step is opened ([`lupus_prover::graph::Plan::recomputed`]).
+        let recompute = plan.recomputed();
+        let hashed: Vec<Vec<bool>> = op_outs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                (0..o.len())
+                    .map(|k| !recompute.contains(i as u32, k as u32))
+                    .collect()
+            })
+            .collect();
         let messages = op_outs
             .iter()
-            .flatten()
+            .zip(&hashed)
+            .flat_map(|(o, h)| o.iter().zip(h).filter(|(_, h)| **h).map(|(r, _)| r))
             .map(|(r, s)| Message::tensor(s, r.word))
             .collect::<Result<Vec<_>, _>>()?;
 
@@ -458,7 +474,7 @@ impl WholeStep {
             input_shape: batch.inputs.shape().to_vec(),
             target_shape: batch.targets.shape().to_vec(),
             node_shapes,
-            outputs: op_outs.iter().map(Vec::len).collect(),
+            outputs: hashed,
             state_layout,
             ids,
             indices,
@@ -665,10 +681,21 @@ impl WholeStep {
         }
         let loss = f32::from_bits(word(32 * n + 4)?);
         let mut digests = digests_of(bytes, n).into_iter().map(Digest);
+        // An output not hashed gets a placeholder: `record_digests` does not read it.
         let outputs = self
             .outputs
             .iter()
-            .map(|&k| digests.by_ref().take(k).collect())
+            .map(|h| {
+                h.iter()
+                    .map(|&hashed| {
+                        if hashed {
+                            digests.next().unwrap_or_default()
+                        } else {
+                            Digest::default()
+                        }
+                    })
+                    .collect()
+            })
             .collect();
         Ok(StepDigests { loss, outputs })
     }
