@@ -615,13 +615,14 @@ fn entry_commits<'a>(
 /// The hasher is a thread per step, not a persistent one: spawning it costs tens of
 /// microseconds against a step of milliseconds, and a scoped thread can borrow `tap`.
 pub(crate) fn hash_alongside<R>(
-    mut tap: Option<Tap<'_>>,
+    tap: Option<Tap<'_>>,
     skip: &Recompute,
     run: impl FnOnce(&mut Observer<'_>) -> R,
 ) -> Hashed<R> {
-    let mut nodes = Vec::new();
     #[cfg(not(target_arch = "wasm32"))]
     {
+        let mut tap = tap;
+        let mut nodes = Vec::new();
         let tapping = tap.is_some();
         // The description is a hash of a few bytes: made here, it saves sending the
         // node's kind and inputs across.
@@ -665,7 +666,6 @@ pub(crate) fn hash_alongside<R>(
     }
     #[cfg(target_arch = "wasm32")]
     {
-        drop(nodes);
         hash_inline(tap, skip, run)
     }
 }
