@@ -579,6 +579,17 @@ fn bad_openings_are_typed_rejections() {
     assert!(matches!(proof.check(&c), Ok(FraudVerdict::Guilty { op: g, .. }) if g == op));
     let honest = dispute_op(&job, &corpus, &base, &SEED, &good, 2, op).unwrap();
     assert_eq!(honest.check(&c), Ok(FraudVerdict::NotGuilty));
+    // A signature is for one step of one trace: step 2's does not vouch for step 5.
+    let mut moved = good.clone();
+    moved.steps[1].signature = moved.steps[0].signature;
+    assert!(matches!(
+        check(&moved),
+        Verdict::Reject {
+            reason: RejectReason::BadRecomputedSignature,
+            step: Some(5),
+            ..
+        }
+    ));
     // Signed by another key, the same lie frames no one.
     let mut framed = o.clone();
     framed.steps[0].signature =
