@@ -23,9 +23,10 @@
 use lupus_ledger::entry::{Digest, Entry, EntryBody, EntryError, EntryKind, PublicKey, TaskId};
 use lupus_prover::model::ModelError;
 use lupus_prover::quant::QuantDelta;
+use lupus_prover::spec::JobSpec;
 use lupus_prover::task::{Opening, OpeningDecodeError};
 use lupus_prover::trace::Commitment;
-use lupus_prover::verify::{RejectReason, verify_submission};
+use lupus_prover::verify::{RejectReason, recomputed_signed, verify_submission};
 
 use crate::types::{Submission, VerdictSubmission, evidence_digest};
 
@@ -79,6 +80,14 @@ pub enum BodyError {
         opened: Vec<u32>,
         /// The steps challenged.
         challenged: Vec<u32>,
+    },
+    /// An opened step's recomputed op outputs are not signed by the task's worker.
+    #[error(
+        "the recomputed op outputs of step {step} are not signed by the task's worker under its trace root"
+    )]
+    RecomputedSignature {
+        /// The step.
+        step: u32,
     },
     /// An accepting verdict came with a fraud proof.
     #[error("an accepting verdict carries no fraud proof")]
@@ -213,6 +222,27 @@ pub fn check_opening(opening: &Opening, challenged: &[u32]) -> Result<(), BodyEr
         opened: opening.steps.iter().map(|s| s.step).collect(),
         challenged: challenged.to_vec(),
     })
+}
+
+/// Checks each opened step's signature over its recomputed op outputs: `worker`'s,
+/// under the task's `trace_root` ([`lupus_prover::verify::recomputed_signed`]). A
+/// verifier would reject the opening for it; refused at upload, the worker hears why
+/// at once.
+pub fn check_recomputed(
+    job: &JobSpec,
+    opening: &Opening,
+    worker: &PublicKey,
+    trace_root: &Digest,
+) -> Result<(), BodyError> {
+    for so in &opening.steps {
+        // The job is the coordinator's own: a plan it cannot build is not the body's
+        // fault, but no signature can be checked against it either.
+        let signed = recomputed_signed(job, so, &worker.0, trace_root).unwrap_or(false);
+        if !signed {
+            return Err(BodyError::RecomputedSignature { step: so.step });
+        }
+    }
+    Ok(())
 }
 
 /// A verdict that passed [`check_verdict`].

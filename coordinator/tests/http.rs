@@ -912,6 +912,16 @@ async fn a_round_s_real_bodies_match_the_document() {
     );
     let c = receipt.challenge;
     let opening = run.open(&job, &corpus(), &c.steps, c.tolerant, &w).unwrap();
+    // The recomputed op outputs must carry the worker's signature: refused at upload,
+    // where a verifier would reject the task for it.
+    let mut unsigned = opening.clone();
+    unsigned.steps[0].signature.0[0] ^= 1;
+    h.refused(
+        req(&w, &format!("/v1/tasks/{id}/opening"), &unsigned.to_bytes()),
+        422,
+        "an opening whose recomputed op outputs the worker did not sign",
+    )
+    .await;
     let (s, opened) = h
         .exchange(
             &doc,

@@ -508,6 +508,29 @@ pub fn verify_opening_digests(
     Ok(Verdict::Accept)
 }
 
+/// Whether opened step `so` carries `worker`'s signature over its recomputed commits
+/// (those [`crate::graph::Plan::recomputed`] names for its step) under `trace_root`: the
+/// check [`verify_opening`] makes, for a coordinator to refuse a bad opening at upload.
+pub fn recomputed_signed(
+    job: &JobSpec,
+    so: &StepOpening,
+    worker: &[u8; 32],
+    trace_root: &Digest,
+) -> Result<bool, ProtocolError> {
+    let opt = job.inner.adamw();
+    let recompute = crate::graph::plan(
+        &job.model,
+        job.inner.batch_size as usize,
+        Some((&opt, u64::from(so.step) + 1)),
+    )?
+    .recomputed();
+    Ok(op_root(&recomputed(&so.ops, &recompute))
+        .ok()
+        .is_some_and(|root| {
+            recomputed_signature_holds(worker, trace_root, so.step, &root, &so.signature)
+        }))
+}
+
 /// `a - b`, element by element over the tensors in order, concatenated: a step's
 /// parameter difference from the replay.
 pub fn param_difference(a: &[Tensor], b: &[Tensor]) -> Vec<f32> {

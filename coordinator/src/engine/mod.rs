@@ -57,7 +57,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use lupus_api::check::{check_opening, check_submission, check_verdict, decode_opening};
+use lupus_api::check::{
+    check_opening, check_recomputed, check_submission, check_verdict, decode_opening,
+};
 use lupus_api::model::{decode_model, encode_model};
 use lupus_api::types::{
     self as api, Challenge, JobInfo, RoundPhase, RoundStatus, StakeRow, StakeTable,

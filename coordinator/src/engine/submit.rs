@@ -156,16 +156,16 @@ impl Coordinator {
         // the file renamed into the store without the lock. The bytes stored are the
         // bytes posted: decoding accepts the canonical encoding only, so they name one
         // opening.
-        let steps = {
+        let (steps, trace_root) = {
             let guard = self.lock_synced().await?;
             let inner = &*guard;
             rules::require_role(&inner.state, &worker, Role::Worker)?;
             let (t, live) = rules::worker_task(&inner.state, &inner.live, &worker, task)?;
-            if t.committed.is_none() {
+            let Some(committed) = t.committed else {
                 return Err(Error::Conflict(format!(
                     "task {task} has no committed work yet: submit first"
                 )));
-            }
+            };
             if let Some(b) = live.opening_blob {
                 return Ok(api::OpeningReceipt {
                     task_id: task,
@@ -174,15 +174,17 @@ impl Coordinator {
                     receipt: String::new(),
                 });
             }
-            live.steps.clone().unwrap_or_default()
+            (live.steps.clone().unwrap_or_default(), committed.trace_root)
         };
         let blobs = self.blobs.clone();
+        let job = Arc::clone(&self.job);
         let blob = tokio::task::spawn_blocking(move || {
             let bytes = body
                 .read()
                 .map_err(|e| internal(format!("reading an upload back: {e}")))?;
             let opening = decode_opening(&bytes)?;
             check_opening(&opening, &steps)?;
+            check_recomputed(&job, &opening, &worker, &trace_root)?;
             drop((opening, bytes));
             blobs.adopt(body).map_err(blob_error)
         })
