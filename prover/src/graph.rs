@@ -87,8 +87,7 @@ impl Plan {
                     if matches!(n.kind, OpKind::AdamWUpdate { .. }) || self.boundaries.contains(&i)
                     {
                         0
-                    } else if let Some((op, output)) = loss.filter(|(op, _)| *op == i) {
-                        debug_assert_eq!(op, i);
+                    } else if let Some((_, output)) = loss.filter(|(op, _)| *op == i) {
                         !(1u8 << output.min(7))
                     } else {
                         u8::MAX

@@ -363,7 +363,7 @@ impl<'a> TaskBuilder<'a> {
         }
         let batch = self.batch()?;
         let (model, opt, state) = (&self.job.model, self.job.inner.adamw(), &self.state);
-        let recompute = step_recompute(self.job, &batch, u64::from(step) + 1)?;
+        let recompute = step_recompute(self.job, u64::from(step) + 1)?;
         let (trained, commits, nodes) = hash_inline(None, &recompute, |observe| {
             train_step_observed(model, &opt, state, &batch, observe)
         });
@@ -600,11 +600,10 @@ fn entry_commits<'a>(
         })
 }
 
-/// Runs `run` with an observer that commits every tape entry it sees outside `skip`
-/// (the ops recomputed on opening while training; none for an opening or a replay),
-/// and gives every entry's outputs, in tape order, to `tap` (the verifier's replay
-/// digests; `None` for none, and then an entry in `skip` is not even sent to the
-/// hasher).
+/// Runs `run` with an observer that commits every tape entry it sees (a replay, or an
+/// opening's rerun: the worker's own training hashes inline, [`hash_inline`]), and
+/// gives every entry's outputs, in tape order, to `tap` (the verifier's replay
+/// digests; `None` for none).
 ///
 /// Natively, the tensors are hashed on a second (scoped) thread: the observer sends
 /// each entry's shared outputs over a channel and the step goes on; an output whose
@@ -616,14 +615,13 @@ fn entry_commits<'a>(
 /// microseconds against a step of milliseconds, and a scoped thread can borrow `tap`.
 pub(crate) fn hash_alongside<R>(
     tap: Option<Tap<'_>>,
-    skip: &Recompute,
     run: impl FnOnce(&mut Observer<'_>) -> R,
 ) -> Hashed<R> {
     #[cfg(not(target_arch = "wasm32"))]
     {
         let mut tap = tap;
         let mut nodes = Vec::new();
-        let tapping = tap.is_some();
+        let all = Recompute::none();
         // The description is a hash of a few bytes: made here, it saves sending the
         // node's kind and inputs across.
         type Entry = (usize, Digest, Outputs);
@@ -637,7 +635,7 @@ pub(crate) fn hash_alongside<R>(
             let hasher = scope.spawn(move || {
                 let mut commits = Vec::new();
                 for (i, desc, outputs) in rx {
-                    commits.extend(entry_commits(i, desc, &outputs, skip));
+                    commits.extend(entry_commits(i, desc, &outputs, &all));
                     if let Some(tap) = tap.as_mut() {
                         tap(&outputs);
                     }
@@ -649,9 +647,6 @@ pub(crate) fn hash_alongside<R>(
             let r = run(&mut |i: usize, node: &Node, outputs: &Outputs| {
                 back_rx.try_iter().for_each(drop);
                 nodes.push((node.kind.clone(), node.inputs.clone(), outputs.len()));
-                if !tapping && skip.whole(i as u32) {
-                    return;
-                }
                 let desc = op_desc(&node.kind, &node.inputs);
                 // The receiver lives until every sender is gone: this cannot fail.
                 let _ = tx.send((i, desc, std::sync::Arc::clone(outputs)));
@@ -666,7 +661,7 @@ pub(crate) fn hash_alongside<R>(
     }
     #[cfg(target_arch = "wasm32")]
     {
-        hash_inline(tap, skip, run)
+        hash_inline(tap, &Recompute::none(), run)
     }
 }
 
@@ -695,15 +690,15 @@ pub(crate) fn hash_inline<R>(
     (r, commits, nodes)
 }
 
-/// The ops recomputed on opening, of the plan of a step on `batch` that ends at step
-/// `next_step`.
-pub(crate) fn step_recompute(
-    job: &JobSpec,
-    batch: &Batch,
-    next_step: u64,
-) -> Result<Recompute, ProtocolError> {
-    let bsz = check_batch(&job.model, batch)?;
-    Ok(plan(&job.model, bsz, Some((&job.inner.adamw(), next_step)))?.recomputed())
+/// The op outputs recomputed on opening, of the plan of the job's step that ends at
+/// step `next_step` (every batch of a task has the job's batch size).
+pub(crate) fn step_recompute(job: &JobSpec, next_step: u64) -> Result<Recompute, ProtocolError> {
+    let plan = plan(
+        &job.model,
+        job.inner.batch_size as usize,
+        Some((&job.inner.adamw(), next_step)),
+    )?;
+    Ok(plan.recomputed())
 }
 
 /// Trains a task honestly: `H` steps from `TrainState::fresh(base)` on the task's batches.
@@ -852,8 +847,8 @@ impl TaskRun {
                 None
             };
             let batch = task_batch(job, &sampler, &self.seed, t)?;
-            let recompute = step_recompute(job, &batch, u64::from(t) + 1)?;
-            let (trained, all, _) = hash_alongside(None, &Recompute::none(), |observe| {
+            let recompute = step_recompute(job, u64::from(t) + 1)?;
+            let (trained, all, _) = hash_alongside(None, |observe| {
                 train_step_observed(&job.model, &opt, &state, &batch, observe)
             });
             trained?;

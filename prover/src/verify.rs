@@ -460,19 +460,14 @@ pub fn verify_opening_digests(
         if batch_hash(&batch) != leaf.batch {
             return Ok(reject(Some(t), RejectReason::WrongBatch));
         }
-        // The commits outside the backward pass are the trace's; those of the backward
-        // pass were recomputed for the opening, under the worker's signature.
-        let recompute = step_recompute(job, &batch, u64::from(t) + 1)?;
+        // The committed commits are the trace's; the others were recomputed for the
+        // opening, under the worker's signature.
+        let recompute = step_recompute(job, u64::from(t) + 1)?;
         if so.ops.is_empty() || op_root(&committed(&so.ops, &recompute)).ok() != Some(leaf.op_root)
         {
             return Ok(reject(Some(t), RejectReason::OpRootMismatch));
         }
-        let signed = op_root(&recomputed(&so.ops, &recompute))
-            .ok()
-            .is_some_and(|root| {
-                recomputed_signature_holds(worker, &commitment.trace_root, t, &root, &so.signature)
-            });
-        if !signed {
+        if !signed_under(so, &recompute, worker, &commitment.trace_root) {
             return Ok(reject(Some(t), RejectReason::BadRecomputedSignature));
         }
         let verdict = match class {
@@ -517,18 +512,22 @@ pub fn recomputed_signed(
     worker: &[u8; 32],
     trace_root: &Digest,
 ) -> Result<bool, ProtocolError> {
-    let opt = job.inner.adamw();
-    let recompute = crate::graph::plan(
-        &job.model,
-        job.inner.batch_size as usize,
-        Some((&opt, u64::from(so.step) + 1)),
-    )?
-    .recomputed();
-    Ok(op_root(&recomputed(&so.ops, &recompute))
+    let recompute = step_recompute(job, u64::from(so.step) + 1)?;
+    Ok(signed_under(so, &recompute, worker, trace_root))
+}
+
+/// [`recomputed_signed`] with the step's recomputed outputs already known.
+fn signed_under(
+    so: &StepOpening,
+    recompute: &Recompute,
+    worker: &[u8; 32],
+    trace_root: &Digest,
+) -> bool {
+    op_root(&recomputed(&so.ops, recompute))
         .ok()
         .is_some_and(|root| {
             recomputed_signature_holds(worker, trace_root, so.step, &root, &so.signature)
-        }))
+        })
 }
 
 /// `a - b`, element by element over the tensors in order, concatenated: a step's
@@ -659,7 +658,7 @@ fn replay_exact(
         // Every output is hashed, the recomputed backward pass's too: the verifier
         // accepts an opening only if everything in it is what an honest worker sends,
         // so that a signed wrong recomputation is rejected with its fraud proof.
-        hash_alongside(Some(&mut tap), &Recompute::none(), |observe| {
+        hash_alongside(Some(&mut tap), |observe| {
             train_step_observed(&job.model, &opt, state, batch, observe)
         })
     };
