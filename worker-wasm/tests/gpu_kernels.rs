@@ -5,7 +5,7 @@
 
 use ed25519_dalek::SigningKey;
 use lupus_prover::kat::{DeviceClass, EXPECTED, check_device, run_suite, to_hex};
-use lupus_worker::gpu::{GpuDevice, run_suite_gpu};
+use lupus_worker::gpu::{GpuDevice, Layout, run_suite_gpu};
 
 /// A reference `det` function.
 type ScalarFn = fn(f32) -> f32;
@@ -19,29 +19,33 @@ fn device() -> GpuDevice {
 
 #[test]
 fn known_answer_suite_is_exact_on_the_device() {
-    let dev = device();
+    let mut dev = device();
     println!("device: {}", dev.description);
-    let gpu = pollster::block_on(run_suite_gpu(&dev));
     let cpu = run_suite();
-    let mut differ = Vec::new();
-    for (name, _) in EXPECTED {
-        let g = gpu
-            .iter()
-            .find(|r| r.name == *name)
-            .map(|r| to_hex(&r.hash));
-        let c = cpu
-            .iter()
-            .find(|r| r.name == *name)
-            .map(|r| to_hex(&r.hash));
-        if g != c {
-            differ.push(*name);
+    // Both kernel layouts, whichever this adapter would pick.
+    for layout in [Layout::Cpu, Layout::Gpu] {
+        dev.layout = layout;
+        let gpu = pollster::block_on(run_suite_gpu(&dev));
+        let mut differ = Vec::new();
+        for (name, _) in EXPECTED {
+            let g = gpu
+                .iter()
+                .find(|r| r.name == *name)
+                .map(|r| to_hex(&r.hash));
+            let c = cpu
+                .iter()
+                .find(|r| r.name == *name)
+                .map(|r| to_hex(&r.hash));
+            if g != c {
+                differ.push(*name);
+            }
         }
+        assert!(
+            differ.is_empty(),
+            "{layout:?} layout: cases that differ from the CPU reference: {differ:?}"
+        );
+        assert_eq!(check_device(&gpu), DeviceClass::Exact);
     }
-    assert!(
-        differ.is_empty(),
-        "cases that differ from the CPU reference: {differ:?}"
-    );
-    assert_eq!(check_device(&gpu), DeviceClass::Exact);
     let subnormals = pollster::block_on(lupus_worker::gpu::keeps_subnormals(&dev)).unwrap();
     assert!(subnormals, "an exact device keeps subnormal intermediates");
 }
@@ -312,16 +316,17 @@ fn whole_steps_of_the_gpt_job_commit_the_reference() {
     whole_steps_commit_the_reference(include_str!("../../jobs/shakespeare-gpt.toml"), 4, 4, 3);
 }
 
-/// The blocked matmuls at shapes that are not multiples of their 8 x 8 block, in every
-/// transposition, give the reference's bits (the edge blocks read clamped indices and
-/// must store nothing past the edge).
+/// The blocked matmuls at shapes that are not multiples of their blocks, in every
+/// transposition and in both layouts, give the reference's bits (the edge blocks read
+/// clamped indices and must store nothing past the edge).
 #[test]
 fn matmul_edges_match_the_reference() {
     use lupus_prover::ops::{OpKind, eval_op};
     use lupus_worker::gpu::eval_op_gpu;
-    let dev = device();
-    // Odd shapes take the scalar kernel, multiples of 4 the vector one (with half
-    // blocks at the edge when not multiples of 8).
+    let mut dev = device();
+    // Odd shapes take the scalar kernel, multiples of 4 a vector one: in the GPU
+    // layout with half 8 x 8 blocks at the edge when not multiples of 8, in the CPU
+    // layout with 8-row x 64-column workgroups cut at m and n.
     let shapes = [
         (1, 1, 1),
         (13, 7, 11),
@@ -332,18 +337,24 @@ fn matmul_edges_match_the_reference() {
         (12, 8, 20),
         (36, 12, 44),
         (16, 64, 8),
+        (20, 8, 100),
+        (4, 16, 132),
+        (44, 4, 64),
     ];
-    for (m, k, n) in shapes {
-        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-            let a = if ta { wave(k, m, 1.0) } else { wave(m, k, 1.0) };
-            let b = if tb { wave(n, k, 2.0) } else { wave(k, n, 2.0) };
-            let kind = OpKind::MatMul {
-                transpose_a: ta,
-                transpose_b: tb,
-            };
-            let cpu = eval_op(&kind, &[&a, &b]).unwrap();
-            let gpu = pollster::block_on(eval_op_gpu(&dev, &kind, &[&a, &b])).unwrap();
-            assert_eq!(gpu, cpu, "{m}x{k}x{n} ta {ta} tb {tb}");
+    for layout in [Layout::Cpu, Layout::Gpu] {
+        dev.layout = layout;
+        for (m, k, n) in shapes {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let a = if ta { wave(k, m, 1.0) } else { wave(m, k, 1.0) };
+                let b = if tb { wave(n, k, 2.0) } else { wave(k, n, 2.0) };
+                let kind = OpKind::MatMul {
+                    transpose_a: ta,
+                    transpose_b: tb,
+                };
+                let cpu = eval_op(&kind, &[&a, &b]).unwrap();
+                let gpu = pollster::block_on(eval_op_gpu(&dev, &kind, &[&a, &b])).unwrap();
+                assert_eq!(gpu, cpu, "{layout:?} {m}x{k}x{n} ta {ta} tb {tb}");
+            }
         }
     }
 }

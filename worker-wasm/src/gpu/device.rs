@@ -61,6 +61,13 @@ pub struct Pass {
 }
 
 impl Pass {
+    /// A pass of `groups` workgroups, for a kernel whose workgroups are not of 64
+    /// threads (`matmul_rows.wgsl`): word 0 is `groups * 64`, so that the grid is
+    /// [`workgroups`]'s for that many threads, and the kernel indexes by workgroup.
+    pub fn groups(entry: &'static str, groups: usize, words: &[u32]) -> Pass {
+        Pass::new(entry, groups * WORKGROUP as usize, words)
+    }
+
     /// A pass of `threads` threads with parameters `words` after the thread count (at
     /// most 14: word 15 stays zero, the `det` functions' opaque one).
     pub fn new(entry: &'static str, threads: usize, words: &[u32]) -> Pass {
@@ -132,6 +139,18 @@ struct Counters {
     write_bytes: AtomicU64,
 }
 
+/// How the kernels that have two layouts lay out their work. Both give the reference's
+/// bits; they differ only in speed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Workgroups of 64 threads, each thread its own block of the output: for a GPU.
+    Gpu,
+    /// For a CPU adapter (lavapipe, SwiftShader), which runs a workgroup's threads as
+    /// SIMD lanes: small workgroups whose lanes share the rows they read, so that those
+    /// loads are one address for every lane (`matmul_rows.wgsl`).
+    Cpu,
+}
+
 /// A wgpu device with its compiled kernels.
 pub struct GpuDevice {
     device: wgpu::Device,
@@ -140,6 +159,9 @@ pub struct GpuDevice {
     pub description: String,
     /// Whether the adapter is a CPU implementation (lavapipe, SwiftShader).
     pub is_cpu: bool,
+    /// The kernels' layout: [`Layout::Cpu`] on a CPU adapter, else [`Layout::Gpu`]. Tests
+    /// set it to run the other layout on the same device.
+    pub layout: Layout,
     kernels: Mutex<HashMap<&'static str, Arc<Compiled>>>,
     counters: Counters,
     /// `min_storage_buffer_offset_alignment` (bytes): where a bound region may start.
@@ -203,6 +225,11 @@ impl GpuDevice {
             queue,
             description,
             is_cpu: info.device_type == wgpu::DeviceType::Cpu,
+            layout: if info.device_type == wgpu::DeviceType::Cpu {
+                Layout::Cpu
+            } else {
+                Layout::Gpu
+            },
             kernels: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             storage_align,

@@ -107,7 +107,7 @@ async fn matmul(
     let [m, k, n, ta, tb] = dims;
     let w = [m as u32, k as u32, n as u32, ta as u32, tb as u32];
     // The kernel a step would use for these dimensions.
-    let (kernel, pass) = matmul_job(m, k, n, &w);
+    let (kernel, pass) = matmul_job(m, k, n, &w, dev.layout);
     let mut outs = dev.run(kernel, &[pass], &[a, b], &[m * n]).await?;
     outs.pop()
         .ok_or_else(|| GpuError::Readback("no output".into()))

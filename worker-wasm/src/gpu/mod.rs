@@ -15,7 +15,7 @@ mod ops;
 mod step;
 mod whole;
 
-pub use device::{GpuDevice, GpuError, Transfers};
+pub use device::{GpuDevice, GpuError, Layout, Transfers};
 pub use hash::{Blake3Mode, blake3_on_device, tensor_hash_on_device, tensor_hashes_on_device};
 pub use kat::{DetFn, det_on_device, keeps_subnormals, run_suite_gpu};
 pub use ops::eval_op_gpu;

@@ -17,7 +17,7 @@
 use lupus_prover::ops::{OpKind, eval_op};
 use lupus_prover::tensor::{Tensor, checked_numel};
 
-use super::device::{GpuDevice, GpuError, Kernel, Pass};
+use super::device::{GpuDevice, GpuError, Kernel, Layout, Pass};
 
 const fn kernel(name: &'static str, source: &'static str, inputs: u32, outputs: u32) -> Kernel {
     Kernel {
@@ -31,6 +31,11 @@ const fn kernel(name: &'static str, source: &'static str, inputs: u32, outputs: 
 pub(crate) const SCALAR: Kernel = kernel("scalar", include_str!("wgsl/scalar.wgsl"), 1, 1);
 const MATMUL: Kernel = kernel("matmul", include_str!("wgsl/matmul.wgsl"), 2, 1);
 const MATMUL_VEC4: Kernel = kernel("matmul_vec4", include_str!("wgsl/matmul_vec4.wgsl"), 2, 1);
+const MATMUL_ROWS: Kernel = kernel("matmul_rows", include_str!("wgsl/matmul_rows.wgsl"), 2, 1);
+/// Rows and columns of the output a `matmul_rows.wgsl` workgroup computes (the
+/// constants of `scripts/gen_matmul_rows.py`).
+const MATMUL_ROWS_M: usize = 8;
+const MATMUL_ROWS_N: usize = 64;
 const ELEMENTWISE: Kernel = kernel("elementwise", include_str!("wgsl/elementwise.wgsl"), 2, 1);
 const ELEMENTWISE_VEC4: Kernel = kernel(
     "elementwise_vec4",
@@ -207,16 +212,36 @@ fn single(kernel: &'static Kernel, pass: Pass, inputs: &[In], shape: Vec<usize>)
 }
 
 /// The kernel and pass of an `op(A) [m, k] x op(B) [k, n]` matmul, `w` its parameter
-/// words: one thread per 8 x 8 block of the output, reading four floats at a time
-/// (`matmul_vec4.wgsl`) when m, k and n are multiples of 4 and one at a time
-/// (`matmul.wgsl`) otherwise. Both give the reference's bits.
-pub(crate) fn matmul_job(m: usize, k: usize, n: usize, w: &[u32]) -> (&'static Kernel, Pass) {
-    let kernel = if [m, k, n].iter().all(|d| d % 4 == 0 && *d > 0) {
-        &MATMUL_VEC4
-    } else {
-        &MATMUL
-    };
-    (kernel, Pass::new("main", m.div_ceil(8) * n.div_ceil(8), w))
+/// words. When m, k and n are multiples of 4: on a CPU adapter, a workgroup of 8 lanes
+/// per 8 rows x 64 columns, the rows shared by the lanes (`matmul_rows.wgsl`); on a GPU,
+/// one thread per 8 x 8 block reading four floats at a time (`matmul_vec4.wgsl`).
+/// Otherwise one thread per 8 x 8 block reading one float at a time (`matmul.wgsl`).
+/// All give the reference's bits.
+pub(crate) fn matmul_job(
+    m: usize,
+    k: usize,
+    n: usize,
+    w: &[u32],
+    layout: Layout,
+) -> (&'static Kernel, Pass) {
+    let vec4 = [m, k, n].iter().all(|d| d % 4 == 0 && *d > 0);
+    match (vec4, layout) {
+        (true, Layout::Cpu) => {
+            let entry = match (w.get(3) != Some(&0), w.get(4) != Some(&0)) {
+                (false, false) => "main_nn",
+                (false, true) => "main_nt",
+                (true, false) => "main_tn",
+                (true, true) => "main_tt",
+            };
+            let groups = m.div_ceil(MATMUL_ROWS_M) * n.div_ceil(MATMUL_ROWS_N);
+            (&MATMUL_ROWS, Pass::groups(entry, groups, w))
+        }
+        (true, Layout::Gpu) => (
+            &MATMUL_VEC4,
+            Pass::new("main", m.div_ceil(8) * n.div_ceil(8), w),
+        ),
+        (false, _) => (&MATMUL, Pass::new("main", m.div_ceil(8) * n.div_ceil(8), w)),
+    }
 }
 
 /// The kernel and pass of a score-shaped attention product (`n` scores, `w` its
@@ -263,7 +288,11 @@ fn attn(
 /// Lowers one operator, from its input shapes, to kernel jobs: the reference's shape
 /// rules, checked before anything is dispatched. `None` for operators that have no
 /// kernel yet (added to the prover later).
-pub(crate) fn lower(kind: &OpKind, x: &[&[usize]]) -> Result<Option<Lowered>, GpuError> {
+pub(crate) fn lower(
+    kind: &OpKind,
+    x: &[&[usize]],
+    layout: Layout,
+) -> Result<Option<Lowered>, GpuError> {
     let op = kind.name();
     if x.len() != kind.arity() {
         return Err(shape_err(
@@ -300,7 +329,7 @@ pub(crate) fn lower(kind: &OpKind, x: &[&[usize]]) -> Result<Option<Lowered>, Gp
                 return Err(shape_err(op, "inner dimensions differ"));
             }
             let w = words(&[m, k, n, *transpose_a as usize, *transpose_b as usize]);
-            let (kernel, pass) = matmul_job(m, k, n, &w);
+            let (kernel, pass) = matmul_job(m, k, n, &w, layout);
             single(kernel, pass, &[A, B], vec![m, n])
         }
         OpKind::Add | OpKind::Relu | OpKind::ReluBackward => {
@@ -581,7 +610,7 @@ pub async fn eval_op_gpu(
 ) -> Result<Vec<Tensor>, GpuError> {
     let op = kind.name();
     let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
-    let lowered = match lower(kind, &shapes)? {
+    let lowered = match lower(kind, &shapes, dev.layout)? {
         Some(l) if !l.jobs.is_empty() => l,
         // `Reshape` moves no data; operators without a kernel run on the reference.
         _ => return Ok(eval_op(kind, inputs)?),

@@ -33,7 +33,7 @@ use lupus_prover::optim::{AdamW, TrainState};
 use lupus_prover::task::TaskBuilder;
 use lupus_prover::tensor::{Tensor, checked_numel};
 
-use super::device::{GpuDevice, GpuError, Kernel, Pass, workgroups};
+use super::device::{GpuDevice, GpuError, Kernel, Layout, Pass, workgroups};
 use super::hash::{Blake3Mode, HashProgram, Message, TENSOR_CONTEXT, digests_of};
 use super::ops::{In, Out, check_ids, id_index, lower};
 
@@ -157,6 +157,8 @@ pub struct WholeStep {
     params: wgpu::Buffer,
     staging: wgpu::Buffer,
     uniform_align: u64,
+    /// The device's kernel layout when the step was compiled.
+    layout: Layout,
     step: u64,
     /// Set when a submitted step failed: the state buffer may be half updated.
     broken: bool,
@@ -228,10 +230,11 @@ impl WholeStep {
                 .map(|r| resolve(&op_outs, *r))
                 .collect::<Result<Vec<_>, _>>()?;
             let shapes: Vec<&[usize]> = ins.iter().map(|(_, s)| s.as_slice()).collect();
-            let lowered = lower(&node.kind, &shapes)?.ok_or_else(|| GpuError::Shape {
-                op,
-                detail: "no WGSL kernel for this operator in the whole-step path".into(),
-            })?;
+            let lowered =
+                lower(&node.kind, &shapes, dev.layout)?.ok_or_else(|| GpuError::Shape {
+                    op,
+                    detail: "no WGSL kernel for this operator in the whole-step path".into(),
+                })?;
             node_shapes.push(ins.iter().map(|(_, s)| s.clone()).collect());
             if let Some((i, vocab)) = lowered.ids {
                 match node.inputs.get(i) {
@@ -490,6 +493,7 @@ impl WholeStep {
             params,
             staging,
             uniform_align,
+            layout: dev.layout,
             step: state.step,
             broken: false,
         })
@@ -584,7 +588,7 @@ impl WholeStep {
         let mut passes = self.dispatches.iter();
         for (node, shapes) in plan.nodes.iter().zip(&self.node_shapes) {
             let shapes: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
-            let lowered = lower(&node.kind, &shapes)?
+            let lowered = lower(&node.kind, &shapes, self.layout)?
                 .ok_or_else(|| graph_err("the plan changed between steps"))?;
             for pass in lowered.jobs.iter().flat_map(|j| &j.passes) {
                 match passes.next() {
