@@ -367,45 +367,55 @@ fn attention_at_every_head_width_matches_the_reference() {
     use lupus_prover::ops::{OpKind, eval_op};
     use lupus_prover::tensor::Tensor;
     use lupus_worker::gpu::eval_op_gpu;
-    let dev = device();
-    // (batch, seq, heads, head width)
-    for (b, seq, heads, hd) in [
+    let mut dev = device();
+    // (batch, seq, heads, head width); the CPU layout's kernel takes a sequence length
+    // that is a multiple of 4 with a head width that is a multiple of 16, with blocks
+    // of 4 x 64 scores and 32 x 16 values cut at the sequence's end.
+    let shapes = [
         (2, 5, 3, 4),
         (1, 7, 2, 3),
         (3, 4, 4, 8),
         (2, 9, 1, 16),
         (1, 3, 5, 1),
-    ] {
-        let width = heads * hd;
-        let (q, k, v) = (
-            wave(b * seq, width, 1.0),
-            wave(b * seq, width, 2.0),
-            wave(b * seq, width, 3.0),
-        );
-        let same = |kind: &OpKind, inputs: &[&Tensor]| {
-            let cpu = eval_op(kind, inputs).unwrap();
-            let gpu = pollster::block_on(eval_op_gpu(&dev, kind, inputs)).unwrap();
-            assert_eq!(
-                gpu,
-                cpu,
-                "{} at b {b} seq {seq} heads {heads} hd {hd}",
-                kind.name()
+        (2, 8, 2, 16),
+        (1, 12, 3, 32),
+        (2, 36, 2, 16),
+        (1, 68, 1, 16),
+    ];
+    for layout in [Layout::Cpu, Layout::Gpu] {
+        dev.layout = layout;
+        for (b, seq, heads, hd) in shapes {
+            let width = heads * hd;
+            let (q, k, v) = (
+                wave(b * seq, width, 1.0),
+                wave(b * seq, width, 2.0),
+                wave(b * seq, width, 3.0),
             );
-            cpu
-        };
-        let s = same(&OpKind::AttentionScores { heads, seq }, &[&q, &k]);
-        let p = eval_op(&OpKind::CausalSoftmax { seq }, &[&s[0]]).unwrap();
-        same(&OpKind::AttentionValues { heads, seq }, &[&p[0], &v]);
-        let dout = wave(b * seq, width, 4.0);
-        same(
-            &OpKind::AttentionValuesBackward { heads, seq },
-            &[&p[0], &v, &dout],
-        );
-        let ds = wave(b * heads * seq, seq, 5.0);
-        same(
-            &OpKind::AttentionScoresBackward { heads, seq },
-            &[&q, &k, &ds],
-        );
+            let same = |kind: &OpKind, inputs: &[&Tensor]| {
+                let cpu = eval_op(kind, inputs).unwrap();
+                let gpu = pollster::block_on(eval_op_gpu(&dev, kind, inputs)).unwrap();
+                assert_eq!(
+                    gpu,
+                    cpu,
+                    "{layout:?} {} at b {b} seq {seq} heads {heads} hd {hd}",
+                    kind.name()
+                );
+                cpu
+            };
+            let s = same(&OpKind::AttentionScores { heads, seq }, &[&q, &k]);
+            let p = eval_op(&OpKind::CausalSoftmax { seq }, &[&s[0]]).unwrap();
+            same(&OpKind::AttentionValues { heads, seq }, &[&p[0], &v]);
+            let dout = wave(b * seq, width, 4.0);
+            same(
+                &OpKind::AttentionValuesBackward { heads, seq },
+                &[&p[0], &v, &dout],
+            );
+            let ds = wave(b * heads * seq, seq, 5.0);
+            same(
+                &OpKind::AttentionScoresBackward { heads, seq },
+                &[&q, &k, &ds],
+            );
+        }
     }
 }
 

@@ -77,6 +77,17 @@ const ATTENTION_VALUES_VEC4: Kernel = kernel(
     2,
     1,
 );
+const ATTENTION_ROWS: Kernel = kernel(
+    "attention_rows",
+    include_str!("wgsl/attention_rows.wgsl"),
+    2,
+    1,
+);
+/// The blocks of `attention_rows.wgsl` (the constants of
+/// `scripts/gen_attention_rows.py`): scores, rows x columns a workgroup; values, rows
+/// x head columns a workgroup.
+const ATTENTION_ROWS_SCORES: (usize, usize) = (4, 64);
+const ATTENTION_ROWS_VALUES: (usize, usize) = (32, 16);
 const ADAMW: Kernel = kernel("adamw", include_str!("wgsl/adamw.wgsl"), 4, 3);
 
 fn shape_err(op: &'static str, detail: impl Into<String>) -> GpuError {
@@ -244,24 +255,62 @@ pub(crate) fn matmul_job(
     }
 }
 
+/// The `attention_rows.wgsl` pass of the attention product `w` describes (words `[op,
+/// batch, seq, heads, head width]`), where that kernel applies: on a CPU adapter, for a
+/// sequence length that is a multiple of 4 and a head width that is a multiple of 16.
+fn attention_rows_job(w: &[u32], layout: Layout) -> Option<(&'static Kernel, Pass)> {
+    let &[op, b, seq, heads, hd] = w else {
+        return None;
+    };
+    let [b, seq, heads, hd] = [b, seq, heads, hd].map(|x| x as usize);
+    if layout != Layout::Cpu || !seq.is_multiple_of(4) || !hd.is_multiple_of(16) || seq == 0 {
+        return None;
+    }
+    let (entry, groups) = match op {
+        0 | 2 => {
+            let (rows, cols) = ATTENTION_ROWS_SCORES;
+            let entry = if op == 0 { "scores_0" } else { "scores_2" };
+            (entry, seq.div_ceil(rows) * seq.div_ceil(cols))
+        }
+        1 | 3 | 4 | 5 => {
+            let (rows, cols) = ATTENTION_ROWS_VALUES;
+            let entry = ["values_1", "values_3", "values_4", "values_5"][match op {
+                1 => 0,
+                3 => 1,
+                4 => 2,
+                _ => 3,
+            }];
+            (entry, seq.div_ceil(rows) * (hd / cols))
+        }
+        _ => return None,
+    };
+    Some((&ATTENTION_ROWS, Pass::groups(entry, b * heads * groups, w)))
+}
+
 /// The kernel and pass of a score-shaped attention product (`n` scores, `w` its
-/// parameter words): rows read four floats at a time (`attention_scores_vec4.wgsl`)
-/// when the head width `hd` is a multiple of 4, one at a time (`attention.wgsl`)
-/// otherwise. Both give the reference's bits.
-fn attention_scores_job(n: usize, hd: usize, w: &[u32]) -> (&'static Kernel, Pass) {
-    if hd.is_multiple_of(4) {
+/// parameter words): `attention_rows.wgsl` where it applies ([`attention_rows_job`]),
+/// else rows read four floats at a time (`attention_scores_vec4.wgsl`) when the head
+/// width `hd` is a multiple of 4, one at a time (`attention.wgsl`) otherwise. All give
+/// the reference's bits.
+fn attention_scores_job(n: usize, hd: usize, w: &[u32], layout: Layout) -> (&'static Kernel, Pass) {
+    if let Some(job) = attention_rows_job(w, layout) {
+        job
+    } else if hd.is_multiple_of(4) {
         (&ATTENTION_SCORES_VEC4, Pass::new("main", n, w))
     } else {
         (&ATTENTION, Pass::new("main", n, w))
     }
 }
 
-/// The kernel and pass of a value-shaped attention product (`n` outputs): four
-/// adjacent columns a thread (`attention_values_vec4.wgsl`) when the head width is a
-/// multiple of 4, so that each score read serves four outputs; one column a thread
-/// otherwise. Word 0 (the thread count) is set here.
-fn attention_values_job(n: usize, hd: usize, w: &[u32]) -> (&'static Kernel, Pass) {
-    if hd.is_multiple_of(4) {
+/// The kernel and pass of a value-shaped attention product (`n` outputs):
+/// `attention_rows.wgsl` where it applies ([`attention_rows_job`]), else four adjacent
+/// columns a thread (`attention_values_vec4.wgsl`) when the head width is a multiple of
+/// 4, so that each score read serves four outputs; one column a thread otherwise. Word 0
+/// (the thread count) is set here.
+fn attention_values_job(n: usize, hd: usize, w: &[u32], layout: Layout) -> (&'static Kernel, Pass) {
+    if let Some(job) = attention_rows_job(w, layout) {
+        job
+    } else if hd.is_multiple_of(4) {
         (&ATTENTION_VALUES_VEC4, Pass::new("main", n / 4, w))
     } else {
         (&ATTENTION, Pass::new("main", n, w))
@@ -515,7 +564,7 @@ pub(crate) fn lower(
             expect_len(op, x[1], numel(op, x[0])?)?;
             let rows = b * heads * seq;
             let w = words(&[0, b, *seq, *heads, hd]);
-            let (kernel, pass) = attention_scores_job(rows * seq, hd, &w);
+            let (kernel, pass) = attention_scores_job(rows * seq, hd, &w, layout);
             single(kernel, pass, &[A, B], vec![rows, *seq])
         }
         OpKind::AttentionValues { heads, seq } => {
@@ -523,7 +572,7 @@ pub(crate) fn lower(
             expect_len(op, x[0], b * heads * seq * seq)?;
             let w = words(&[1, b, *seq, *heads, hd]);
             let n = numel(op, x[1])?;
-            let (kernel, pass) = attention_values_job(n, hd, &w);
+            let (kernel, pass) = attention_values_job(n, hd, &w, layout);
             single(kernel, pass, &[A, B], x[1].to_vec())
         }
         OpKind::AttentionValuesBackward { heads, seq } => {
@@ -533,8 +582,10 @@ pub(crate) fn lower(
             let nv = numel(op, x[1])?;
             expect_len(op, x[2], nv)?;
             let np = numel(op, x[0])?;
-            let (dp, dp_pass) = attention_scores_job(np, hd, &words(&[2, b, *seq, *heads, hd]));
-            let (dv, dv_pass) = attention_values_job(nv, hd, &words(&[3, b, *seq, *heads, hd]));
+            let (dp, dp_pass) =
+                attention_scores_job(np, hd, &words(&[2, b, *seq, *heads, hd]), layout);
+            let (dv, dv_pass) =
+                attention_values_job(nv, hd, &words(&[3, b, *seq, *heads, hd]), layout);
             Lowered {
                 shapes: vec![x[0].to_vec(), x[1].to_vec()],
                 jobs: vec![
@@ -550,8 +601,10 @@ pub(crate) fn lower(
             let n = numel(op, x[0])?;
             expect_len(op, x[1], n)?;
             expect_len(op, x[2], b * heads * seq * seq)?;
-            let (dq, dq_pass) = attention_values_job(n, hd, &words(&[4, b, *seq, *heads, hd]));
-            let (dk, dk_pass) = attention_values_job(n, hd, &words(&[5, b, *seq, *heads, hd]));
+            let (dq, dq_pass) =
+                attention_values_job(n, hd, &words(&[4, b, *seq, *heads, hd]), layout);
+            let (dk, dk_pass) =
+                attention_values_job(n, hd, &words(&[5, b, *seq, *heads, hd]), layout);
             Lowered {
                 shapes: vec![x[0].to_vec(), x[1].to_vec()],
                 jobs: vec![
