@@ -359,9 +359,9 @@ fn matmul_edges_match_the_reference() {
     }
 }
 
-/// The attention products at head widths that are and are not multiples of 4 (the
-/// vector kernels and the scalar one) and at several sequence lengths give the
-/// reference's bits, forward and backward.
+/// The attention products and the causal softmax at head widths and sequence lengths
+/// that are and are not multiples of 4 (the vector kernels and the scalar ones) give
+/// the reference's bits, forward and backward.
 #[test]
 fn attention_at_every_head_width_matches_the_reference() {
     use lupus_prover::ops::{OpKind, eval_op};
@@ -403,7 +403,13 @@ fn attention_at_every_head_width_matches_the_reference() {
                 cpu
             };
             let s = same(&OpKind::AttentionScores { heads, seq }, &[&q, &k]);
-            let p = eval_op(&OpKind::CausalSoftmax { seq }, &[&s[0]]).unwrap();
+            // The causal softmax, forward and backward, between them (rows four
+            // floats at a time where seq is a multiple of 4).
+            let p = same(&OpKind::CausalSoftmax { seq }, &[&s[0]]);
+            same(
+                &OpKind::CausalSoftmaxBackward { seq },
+                &[&p[0], &wave(b * heads * seq, seq, 6.0)],
+            );
             same(&OpKind::AttentionValues { heads, seq }, &[&p[0], &v]);
             let dout = wave(b * seq, width, 4.0);
             same(

@@ -434,9 +434,10 @@ impl GpuDevice {
         let in_bufs: Vec<wgpu::Buffer> = inputs
             .iter()
             .map(|data| {
-                // A binding cannot be empty: a zero-length array gets one unused word.
+                // A binding cannot be empty: a zero-length array gets four unused words
+                // (one `vec4`, which a vector kernel's binding must hold).
                 let bytes: Vec<u8> = if data.is_empty() {
-                    vec![0u8; 4]
+                    vec![0u8; 16]
                 } else {
                     data.iter()
                         .flat_map(|x| x.to_bits().to_le_bytes())

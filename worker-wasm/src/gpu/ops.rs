@@ -64,6 +64,7 @@ const LAYER_NORM_BACKWARD: Kernel = kernel(
     3,
 );
 const SOFTMAX: Kernel = kernel("softmax", include_str!("wgsl/softmax.wgsl"), 2, 3);
+const SOFTMAX_VEC4: Kernel = kernel("softmax_vec4", include_str!("wgsl/softmax_vec4.wgsl"), 2, 1);
 const ATTENTION: Kernel = kernel("attention", include_str!("wgsl/attention.wgsl"), 2, 1);
 const ATTENTION_SCORES_VEC4: Kernel = kernel(
     "attention_scores_vec4",
@@ -147,8 +148,8 @@ pub(crate) enum Out {
 pub(crate) enum In {
     /// The operator's input `i`.
     Op(usize),
-    /// Nothing the job's mode reads (a one-word placeholder, so that no region is bound
-    /// twice in a dispatch).
+    /// Nothing the job's mode reads (a placeholder of four words, one `vec4`, so that no
+    /// region is bound twice in a dispatch).
     Unused,
     /// [`id_index`] of the token ids that are the operator's input `ids`, built on the
     /// host, where the ids are (they are the batch's).
@@ -389,13 +390,9 @@ pub(crate) fn lower(
             };
             let n = numel(op, x[0])?;
             if matches!(kind, OpKind::Relu) {
-                // One input: the vector kernel would need a 16-byte placeholder.
-                single(
-                    &ELEMENTWISE,
-                    Pass::new("main", n, &[code]),
-                    &[A, In::Unused],
-                    x[0].to_vec(),
-                )
+                // One input: the second slot is a placeholder of one `vec4`.
+                let (kernel, pass) = elementwise_job(n, n, &[code]);
+                single(kernel, pass, &[A, In::Unused], x[0].to_vec())
             } else {
                 expect_len(op, x[1], n)?;
                 let (kernel, pass) = elementwise_job(n, n, &[code]);
@@ -528,14 +525,25 @@ pub(crate) fn lower(
                 In::Unused
             };
             let w = words(&[backward as usize, c, *seq]);
-            Lowered {
-                shapes: vec![vec![r, c]],
-                jobs: vec![job(
+            // Rows four floats at a time where the width allows (`softmax_vec4.wgsl`).
+            let softmax = if c.is_multiple_of(4) {
+                job(
+                    &SOFTMAX_VEC4,
+                    vec![Pass::new("main", r, &w)],
+                    &[A, y],
+                    &[Out::Op(0)],
+                )
+            } else {
+                job(
                     &SOFTMAX,
                     vec![Pass::new("main", r, &w)],
                     &[A, y],
                     &[Out::Op(0), Out::Scratch(0), Out::Scratch(0)],
-                )],
+                )
+            };
+            Lowered {
+                shapes: vec![vec![r, c]],
+                jobs: vec![softmax],
                 ids: None,
             }
         }

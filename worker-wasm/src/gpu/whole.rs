@@ -272,10 +272,11 @@ impl WholeStep {
                 for i in &job.inputs {
                     bindings.push(match *i {
                         In::Op(i) => ins[i].0,
-                        // A slot the mode never reads gets its own word: no region is
-                        // bound twice in a dispatch (WebGPU refuses aliased writable
+                        // A slot the mode never reads gets its own four words (a
+                        // vector kernel's binding holds at least one `vec4`): no region
+                        // is bound twice in a dispatch (WebGPU refuses aliased writable
                         // bindings).
-                        In::Unused => arena.alloc(1),
+                        In::Unused => arena.alloc(4),
                         // Built on the host from the batch's ids and written each step.
                         In::IdIndex { ids, vocab } => {
                             let targets = match node.inputs.get(ids) {

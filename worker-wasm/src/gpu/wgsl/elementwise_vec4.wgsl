@@ -1,4 +1,5 @@
-// `elementwise.wgsl`'s ops 0 (add), 2 (relu_backward), 3 (add_bias) and 4
+// `elementwise.wgsl`'s ops 0 (add), 1 (relu; the second binding a placeholder of one
+// vec4), 2 (relu_backward), 3 (add_bias) and 4
 // (add_position), four adjacent elements a thread, for tensors whose element count
 // (and, for add_bias and add_position, whose column count) is a multiple of 4. Lane by
 // lane every output is the scalar kernel's. On lavapipe a vector load costs about what
@@ -18,6 +19,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     switch pu(1u) {
         case 0u: {
             O4[i] = ftz4(X4[i] + Y4[i]);
+        }
+        case 1u: {
+            let a = X4[i];
+            O4[i] = select(vec4<f32>(0.0), a, a > vec4<f32>(0.0));
         }
         case 2u: {
             O4[i] = select(vec4<f32>(0.0), Y4[i], X4[i] > vec4<f32>(0.0));
