@@ -462,3 +462,33 @@ fn wave(r: usize, c: usize, seed: f32) -> lupus_prover::tensor::Tensor {
         .collect();
     lupus_prover::tensor::Tensor::new(vec![r, c], data).unwrap()
 }
+
+/// Layer normalisation and its gradients at column counts that are and are not
+/// multiples of 4, below and above one CPU-layout workgroup's 32 columns, in both
+/// layouts, give the reference's bits.
+#[test]
+fn layer_norm_at_every_width_matches_the_reference() {
+    use lupus_prover::ops::{OpKind, eval_op};
+    use lupus_prover::tensor::Tensor;
+    use lupus_worker::gpu::eval_op_gpu;
+    let mut dev = device();
+    for layout in [Layout::Cpu, Layout::Gpu] {
+        dev.layout = layout;
+        for (r, c) in [(5, 24), (3, 6), (7, 68), (9, 128), (2, 4)] {
+            let same = |kind: &OpKind, inputs: &[&Tensor]| {
+                let cpu = eval_op(kind, inputs).unwrap();
+                let gpu = pollster::block_on(eval_op_gpu(&dev, kind, inputs)).unwrap();
+                assert_eq!(gpu, cpu, "{layout:?} {} at {r} x {c}", kind.name());
+                cpu
+            };
+            let x = wave(r, c, 1.0);
+            let gamma = wave(1, c, 2.0).reshape(vec![c]).unwrap();
+            let beta = wave(1, c, 3.0).reshape(vec![c]).unwrap();
+            let stats = same(&OpKind::LayerNorm { eps: 1e-5 }, &[&x, &gamma, &beta]);
+            same(
+                &OpKind::LayerNormBackward,
+                &[&x, &gamma, &stats[1], &stats[2], &wave(r, c, 4.0)],
+            );
+        }
+    }
+}

@@ -63,6 +63,14 @@ const LAYER_NORM_BACKWARD: Kernel = kernel(
     5,
     3,
 );
+const LAYER_NORM_BACKWARD_COLS: Kernel = kernel(
+    "layer_norm_backward_cols",
+    include_str!("wgsl/layer_norm_backward_cols.wgsl"),
+    4,
+    2,
+);
+/// Columns a `layer_norm_backward_cols.wgsl` workgroup computes.
+const LAYER_NORM_BACKWARD_COLS_N: usize = 32;
 const SOFTMAX: Kernel = kernel("softmax", include_str!("wgsl/softmax.wgsl"), 2, 3);
 const SOFTMAX_VEC4: Kernel = kernel("softmax_vec4", include_str!("wgsl/softmax_vec4.wgsl"), 2, 1);
 const ATTENTION: Kernel = kernel("attention", include_str!("wgsl/attention.wgsl"), 2, 1);
@@ -501,14 +509,34 @@ pub(crate) fn lower(
             expect_len(op, x[3], r)?;
             expect_len(op, x[4], r * c)?;
             let w = words(&[r, c]);
-            Lowered {
-                shapes: vec![vec![r, c], vec![c], vec![c]],
-                jobs: vec![job(
+            let jobs = if layout == Layout::Cpu && c.is_multiple_of(4) {
+                // dgamma and dbeta spread over workgroups of four columns a lane.
+                let groups = c.div_ceil(LAYER_NORM_BACKWARD_COLS_N);
+                vec![
+                    job(
+                        &LAYER_NORM_BACKWARD,
+                        vec![Pass::new("rows_main", r, &w)],
+                        &[A, B, C, In::Op(3), In::Op(4)],
+                        &[Out::Op(0), Out::Scratch(0), Out::Scratch(0)],
+                    ),
+                    job(
+                        &LAYER_NORM_BACKWARD_COLS,
+                        vec![Pass::groups("main", groups, &w)],
+                        &[A, C, In::Op(3), In::Op(4)],
+                        &[Out::Op(1), Out::Op(2)],
+                    ),
+                ]
+            } else {
+                vec![job(
                     &LAYER_NORM_BACKWARD,
                     vec![Pass::new("rows_main", r, &w), Pass::new("cols_main", c, &w)],
                     &[A, B, C, In::Op(3), In::Op(4)],
                     &[Out::Op(0), Out::Op(1), Out::Op(2)],
-                )],
+                )]
+            };
+            Lowered {
+                shapes: vec![vec![r, c], vec![c], vec![c]],
+                jobs,
                 ids: None,
             }
         }
