@@ -275,22 +275,17 @@ fn attention_rows_job(w: &[u32], layout: Layout) -> Option<(&'static Kernel, Pas
     if layout != Layout::Cpu || !seq.is_multiple_of(4) || !hd.is_multiple_of(16) || seq == 0 {
         return None;
     }
+    let (scores_rows, scores_cols) = ATTENTION_ROWS_SCORES;
+    let (values_rows, values_cols) = ATTENTION_ROWS_VALUES;
+    let scores = seq.div_ceil(scores_rows) * seq.div_ceil(scores_cols);
+    let values = seq.div_ceil(values_rows) * (hd / values_cols);
     let (entry, groups) = match op {
-        0 | 2 => {
-            let (rows, cols) = ATTENTION_ROWS_SCORES;
-            let entry = if op == 0 { "scores_0" } else { "scores_2" };
-            (entry, seq.div_ceil(rows) * seq.div_ceil(cols))
-        }
-        1 | 3 | 4 | 5 => {
-            let (rows, cols) = ATTENTION_ROWS_VALUES;
-            let entry = ["values_1", "values_3", "values_4", "values_5"][match op {
-                1 => 0,
-                3 => 1,
-                4 => 2,
-                _ => 3,
-            }];
-            (entry, seq.div_ceil(rows) * (hd / cols))
-        }
+        0 => ("scores_0", scores),
+        2 => ("scores_2", scores),
+        1 => ("values_1", values),
+        3 => ("values_3", values),
+        4 => ("values_4", values),
+        5 => ("values_5", values),
         _ => return None,
     };
     Some((&ATTENTION_ROWS, Pass::groups(entry, b * heads * groups, w)))
