@@ -134,37 +134,36 @@ def values(op):
     for r in range(V_ROWS):
         for c in range(vecs):
             w(f"    var acc{r}_{c} = vec4<f32>(0.0);")
+    # The walk: variable v steps over j (causal) or i from t0; x{k} are the scores it
+    # loads (a row t's for the causal ops, a row i's four t for the others).
     if causal:
+        v = "j0"
         w(f"    let end = min(seq, t0 + {rows}u);")
         w("    for (var j0 = 0u; j0 < end; j0 = j0 + 4u) {")
         for r in range(V_ROWS):
             w(f"        let x{r} = X4[((srow + tc + {r}u) * seq + j0) / 4u];")
-        for s in range(4):
-            for c in range(vecs):
-                w(f"        let y{s}_{c} = Y4[ybase + (j0 + {s}u) * w4 + {c}u];")
-        for s in range(4):
-            for r in range(V_ROWS):
-                w(f"        let in{s}_{r} = j0 + {s}u <= tl + {r}u;")
-                for c in range(vecs):
-                    w(
-                        f"        acc{r}_{c} = select(acc{r}_{c}, "
-                        f"acc{r}_{c} + vec4<f32>(x{r}.{XYZW[s]}) * y{s}_{c}, in{s}_{r});"
-                    )
     else:
+        v = "i0"
         w("    for (var i0 = t0; i0 < seq; i0 = i0 + 4u) {")
         for s in range(4):
             w(f"        let x{s} = X4[((srow + i0 + {s}u) * seq + tc) / 4u];")
-        for s in range(4):
-            for c in range(vecs):
-                w(f"        let y{s}_{c} = Y4[ybase + (i0 + {s}u) * w4 + {c}u];")
-        for s in range(4):
-            for r in range(V_ROWS):
+    for s in range(4):
+        for c in range(vecs):
+            w(f"        let y{s}_{c} = Y4[ybase + ({v} + {s}u) * w4 + {c}u];")
+    for s in range(4):
+        for r in range(V_ROWS):
+            # The term of step s for row r: in the reference's sum, and its score.
+            if causal:
+                w(f"        let in{s}_{r} = j0 + {s}u <= tl + {r}u;")
+                x = f"x{r}.{XYZW[s]}"
+            else:
                 w(f"        let in{s}_{r} = i0 + {s}u >= tl + {r}u;")
-                for c in range(vecs):
-                    w(
-                        f"        acc{r}_{c} = select(acc{r}_{c}, "
-                        f"acc{r}_{c} + vec4<f32>(x{s}.{XYZW[r]}) * y{s}_{c}, in{s}_{r});"
-                    )
+                x = f"x{s}.{XYZW[r]}"
+            for c in range(vecs):
+                w(
+                    f"        acc{r}_{c} = select(acc{r}_{c}, "
+                    f"acc{r}_{c} + vec4<f32>({x}) * y{s}_{c}, in{s}_{r});"
+                )
     w("    }")
     w("    if tl < seq {")
     for r in range(V_ROWS):
