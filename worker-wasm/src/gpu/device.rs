@@ -157,9 +157,8 @@ pub struct GpuDevice {
     queue: wgpu::Queue,
     /// The adapter's name, driver and backend, as the page shows them.
     pub description: String,
-    /// Whether the adapter is a CPU implementation (lavapipe, SwiftShader).
-    pub is_cpu: bool,
-    /// The kernels' layout: [`Layout::Cpu`] on a CPU adapter, else [`Layout::Gpu`]. Tests
+    /// The kernels' layout: [`Layout::Cpu`] on a CPU adapter (lavapipe, SwiftShader),
+    /// else [`Layout::Gpu`]. Tests
     /// set it to run the other layout on the same device.
     pub layout: Layout,
     kernels: Mutex<HashMap<&'static str, Arc<Compiled>>>,
@@ -224,7 +223,6 @@ impl GpuDevice {
             device,
             queue,
             description,
-            is_cpu: info.device_type == wgpu::DeviceType::Cpu,
             layout: if info.device_type == wgpu::DeviceType::Cpu {
                 Layout::Cpu
             } else {
