@@ -574,8 +574,10 @@ impl<'a> TaskBuilder<'a> {
     }
 }
 
-/// What a replay feeds every entry's outputs to, in tape order (its replay digests).
-pub(crate) type Tap<'a> = &'a mut (dyn FnMut(&[Tensor]) + Send);
+/// What a replay feeds every op output to, in tape order, with the chaining values of
+/// its hash's pieces ([`Tensor::hash_pieces`]; none for a tensor of one piece): its
+/// replay digests.
+pub(crate) type Tap<'a> = &'a mut (dyn FnMut(&Tensor, &[[u8; 32]]) + Send);
 
 /// What [`hash_alongside`] gives back besides the run's result: the op-output commits
 /// in tape order and each node's kind, inputs and output count.
@@ -598,6 +600,33 @@ fn entry_commits<'a>(
             desc,
             tensor: tensor_digest(t),
         })
+}
+
+/// [`entry_commits`] for a replay with a [`Tap`]: each output is hashed once, piece by
+/// piece, and the tap gets the pieces' chaining values with the tensor, so its digest
+/// costs 32 bytes a piece rather than a second pass over the bytes.
+fn tapped_commits(
+    i: usize,
+    desc: Digest,
+    outputs: &[Tensor],
+    skip: &Recompute,
+    tap: &mut (dyn FnMut(&Tensor, &[[u8; 32]]) + Send),
+    commits: &mut Vec<OpOutputCommit>,
+) {
+    let mut cvs = Vec::new();
+    for (o, t) in outputs.iter().enumerate() {
+        cvs.clear();
+        let tensor = Digest(t.hash_pieces(&mut cvs));
+        if !skip.contains(i as u32, o as u32) {
+            commits.push(OpOutputCommit {
+                op: i as u32,
+                output: o as u32,
+                desc,
+                tensor,
+            });
+        }
+        tap(t, &cvs);
+    }
 }
 
 /// Runs `run` with an observer that commits every tape entry it sees (a replay, or an
@@ -635,9 +664,9 @@ pub(crate) fn hash_alongside<R>(
             let hasher = scope.spawn(move || {
                 let mut commits = Vec::new();
                 for (i, desc, outputs) in rx {
-                    commits.extend(entry_commits(i, desc, &outputs, &all));
-                    if let Some(tap) = tap.as_mut() {
-                        tap(&outputs);
+                    match tap.as_mut() {
+                        Some(tap) => tapped_commits(i, desc, &outputs, &all, *tap, &mut commits),
+                        None => commits.extend(entry_commits(i, desc, &outputs, &all)),
                     }
                     // The step may be over and the receiver gone: then drop it here.
                     let _ = back_tx.send(outputs);
@@ -679,12 +708,16 @@ pub(crate) fn hash_inline<R>(
     let mut commits = Vec::new();
     let r = run(&mut |i: usize, node: &Node, outputs: &Outputs| {
         nodes.push((node.kind.clone(), node.inputs.clone(), outputs.len()));
-        if !skip.whole(i as u32) {
-            let desc = op_desc(&node.kind, &node.inputs);
-            commits.extend(entry_commits(i, desc, outputs, skip));
-        }
-        if let Some(tap) = tap.as_mut() {
-            tap(outputs);
+        match tap.as_mut() {
+            Some(tap) => {
+                let desc = op_desc(&node.kind, &node.inputs);
+                tapped_commits(i, desc, outputs, skip, *tap, &mut commits);
+            }
+            None if !skip.whole(i as u32) => {
+                let desc = op_desc(&node.kind, &node.inputs);
+                commits.extend(entry_commits(i, desc, outputs, skip));
+            }
+            None => {}
         }
     });
     (r, commits, nodes)

@@ -49,6 +49,13 @@ pub enum TensorError {
 /// canonicalised before hashing (64 KiB).
 const HASH_BLOCK_ELEMS: usize = 16 * 1024;
 
+/// The derived-key context of [`Tensor::hash`].
+const TENSOR_HASH_CONTEXT: &str = "lupus tensor v1";
+
+/// Bytes of one piece of [`Tensor::hash_pieces`]: 64 blake3 chunks, a power of two, so
+/// that every piece is a subtree of blake3's tree.
+pub const HASH_PIECE_LEN: usize = 64 * 1024;
+
 /// A dense row-major tensor of finite, non-subnormal `f32` values.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -278,34 +285,17 @@ impl Tensor {
 
     /// blake3 with the derived key `"lupus tensor v1"` over [`Tensor::canonical_bytes`].
     pub fn hash(&self) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_derive_key("lupus tensor v1");
-        let mut buf = Vec::with_capacity(4 + 8 * self.shape.len());
-        buf.extend_from_slice(&(self.shape.len() as u32).to_le_bytes());
-        for &d in &self.shape {
-            buf.extend_from_slice(&(d as u64).to_le_bytes());
-        }
-        h.update(&buf);
+        let mut h = blake3::Hasher::new_derive_key(TENSOR_HASH_CONTEXT);
+        h.update(&self.hash_header());
         // Hashing is on the commitment's hot path (every op output of every step), so it
         // must run near blake3's speed: give it the whole slice in one `update` (its SIMD
         // works across the 1 KiB chunks of one call) and avoid converting element by
-        // element. Tensors built
-        // by this crate are already canonical (finite, subnormals flushed), and then the
-        // canonical little-endian bytes are the in-memory bytes on a little-endian
-        // target; anything else takes the converting path, with the same digest.
-        // Branch-free integer test (it vectorises; `canonical_bits` per element does
-        // not): a value is non-canonical iff its exponent is all zeros (subnormal) or all
-        // ones (NaN) with a non-zero mantissa. Infinities never get into a tensor.
-        let odd = self
-            .data
-            .iter()
-            .map(|x| {
-                let (exp, man) = (x.to_bits() & 0x7f80_0000, x.to_bits() & 0x007f_ffff);
-                u32::from(((exp == 0) | (exp == 0x7f80_0000)) & (man != 0))
-            })
-            .fold(0u32, |a, b| a | b);
-        let canonical = odd == 0;
-        if cfg!(target_endian = "little") && canonical {
-            h.update(bytemuck::cast_slice(&self.data));
+        // element. Tensors built by this crate are already canonical (finite,
+        // subnormals flushed), and then the canonical little-endian bytes are the
+        // in-memory bytes on a little-endian target; anything else takes the converting
+        // path, with the same digest.
+        if let Some(bytes) = self.bytes_if_canonical() {
+            h.update(bytes);
         } else {
             let mut chunk = vec![0u8; 4 * HASH_BLOCK_ELEMS.min(self.data.len())];
             for block in self.data.chunks(HASH_BLOCK_ELEMS) {
@@ -317,6 +307,101 @@ impl Tensor {
             }
         }
         *h.finalize().as_bytes()
+    }
+
+    /// [`Tensor::hash`], the same bits, computed piece by piece: when the hashed input
+    /// (the shape header, then the canonical bytes) is longer than [`HASH_PIECE_LEN`],
+    /// it is cut into pieces of that length (the last may be shorter), the blake3
+    /// chaining value of each piece is pushed to `cvs` in order, and the hash is the
+    /// blake3 tree merged from them. A shorter input pushes nothing.
+    ///
+    /// A piece's chaining value is an interior node of the hash's tree: from the hash
+    /// alone nobody can compute it, from the bytes anyone can. Proof of replay digests
+    /// them instead of the bytes (`verify::ReplayDigest`), at 32 bytes a piece.
+    pub fn hash_pieces(&self, cvs: &mut Vec<[u8; 32]>) -> [u8; 32] {
+        use blake3::hazmat::{
+            HasherExt, Mode, hash_derive_key_context, left_subtree_len, merge_subtrees_non_root,
+            merge_subtrees_root,
+        };
+        let header = self.hash_header();
+        let total = header.len() + 4 * self.data.len();
+        if total <= HASH_PIECE_LEN {
+            return self.hash();
+        }
+        let converted;
+        let data: &[u8] = match self.bytes_if_canonical() {
+            Some(bytes) => bytes,
+            None => {
+                converted = self
+                    .data
+                    .iter()
+                    .flat_map(|&x| det::canonical_bits(x).to_le_bytes())
+                    .collect::<Vec<u8>>();
+                &converted
+            }
+        };
+        let context = hash_derive_key_context(TENSOR_HASH_CONTEXT);
+        let first = cvs.len();
+        for start in (0..total).step_by(HASH_PIECE_LEN) {
+            let end = (start + HASH_PIECE_LEN).min(total);
+            let mut h = blake3::Hasher::new_from_context_key(&context);
+            h.set_input_offset(start as u64);
+            if start < header.len() {
+                h.update(&header[start..]);
+            }
+            h.update(&data[start.max(header.len()) - header.len()..end - header.len()]);
+            cvs.push(h.finalize_non_root());
+        }
+        let pieces = &cvs[first..];
+        let mode = Mode::DeriveKeyMaterial(&context);
+        // The blake3 tree over the pieces: a subtree of more than one piece splits
+        // where blake3 splits it (`left_subtree_len`, a power of two chunks and so a
+        // whole number of pieces), down to single pieces.
+        fn merged(pieces: &[[u8; 32]], start: usize, len: usize, mode: Mode<'_>) -> [u8; 32] {
+            if len <= HASH_PIECE_LEN {
+                return pieces[start / HASH_PIECE_LEN];
+            }
+            let left = left_subtree_len(len as u64) as usize;
+            merge_subtrees_non_root(
+                &merged(pieces, start, left, mode),
+                &merged(pieces, start + left, len - left, mode),
+                mode,
+            )
+        }
+        let left = left_subtree_len(total as u64) as usize;
+        *merge_subtrees_root(
+            &merged(pieces, 0, left, mode),
+            &merged(pieces, left, total - left, mode),
+            mode,
+        )
+        .as_bytes()
+    }
+
+    /// The start of the hashed input: the rank (`u32`), then each dimension (`u64`).
+    fn hash_header(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(4 + 8 * self.shape.len());
+        buf.extend_from_slice(&(self.shape.len() as u32).to_le_bytes());
+        for &d in &self.shape {
+            buf.extend_from_slice(&(d as u64).to_le_bytes());
+        }
+        buf
+    }
+
+    /// The canonical bytes without a copy, where they are the in-memory bytes: a
+    /// little-endian target and no value to canonicalise. Branch-free integer test (it
+    /// vectorises; `canonical_bits` per element does not): a value is non-canonical iff
+    /// its exponent is all zeros (subnormal) or all ones (NaN) with a non-zero mantissa.
+    /// Infinities never get into a tensor.
+    fn bytes_if_canonical(&self) -> Option<&[u8]> {
+        let odd = self
+            .data
+            .iter()
+            .map(|x| {
+                let (exp, man) = (x.to_bits() & 0x7f80_0000, x.to_bits() & 0x007f_ffff);
+                u32::from(((exp == 0) | (exp == 0x7f80_0000)) & (man != 0))
+            })
+            .fold(0u32, |a, b| a | b);
+        (cfg!(target_endian = "little") && odd == 0).then(|| bytemuck::cast_slice(&self.data))
     }
 }
 
@@ -410,6 +495,55 @@ mod tests {
         let mut h = blake3::Hasher::new_derive_key("lupus tensor v1");
         h.update(&a.canonical_bytes());
         assert_eq!(a.hash(), *h.finalize().as_bytes());
+    }
+
+    /// The piecewise hash is blake3's own, at every length around the piece
+    /// boundaries and the tree's power-of-two splits, and each piece's chaining value
+    /// depends on that piece's bytes only.
+    #[test]
+    fn hash_pieces_is_the_hash_and_its_pieces_are_local() {
+        let per_piece = HASH_PIECE_LEN / 4;
+        // A rank-1 header is 12 bytes: 16,381 elements fill one piece exactly.
+        for n in [
+            1,
+            per_piece - 3,
+            per_piece - 2,
+            2 * per_piece - 3,
+            2 * per_piece - 2,
+            3 * per_piece,
+            4 * per_piece - 3,
+            4 * per_piece + 5,
+            100_003,
+            9 * per_piece + 1,
+        ] {
+            let data: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let t = Tensor::new(vec![n], data).unwrap();
+            let mut cvs = vec![[7u8; 32]];
+            assert_eq!(t.hash_pieces(&mut cvs), t.hash(), "n = {n}");
+            let total = 12 + 4 * n;
+            let pieces = if total <= HASH_PIECE_LEN {
+                0
+            } else {
+                total.div_ceil(HASH_PIECE_LEN)
+            };
+            assert_eq!(cvs.len(), 1 + pieces, "n = {n}: the CVs are appended");
+            assert_eq!(cvs[0], [7u8; 32]);
+            if pieces > 1 {
+                let mut changed = t.data().to_vec();
+                *changed.last_mut().unwrap() += 1.0;
+                let u = Tensor::new(vec![n], changed).unwrap();
+                let mut other = Vec::new();
+                assert_eq!(u.hash_pieces(&mut other), u.hash());
+                assert_eq!(other[..pieces - 1], cvs[1..pieces], "n = {n}");
+                assert_ne!(other[pieces - 1], cvs[pieces], "n = {n}");
+            }
+        }
+        // A rank-3 header (28 bytes) and a 2-D one.
+        for shape in [vec![3, 129, 257], vec![257, 300]] {
+            let n: usize = shape.iter().product();
+            let t = Tensor::new(shape, (0..n).map(|i| i as f32).collect()).unwrap();
+            assert_eq!(t.hash_pieces(&mut Vec::new()), t.hash());
+        }
     }
 
     #[test]

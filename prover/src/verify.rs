@@ -227,15 +227,22 @@ pub fn opening_class(opening: &Opening) -> DeviceClass {
 /// Proof of replay: a keyed digest of what replaying the challenged steps computes,
 /// which only a replay (or whoever ran the step) can give.
 ///
-/// The key is `derive_key("lupus replay digest v1", verifier || task)`, so one
+/// The key is `derive_key("lupus replay digest v2", verifier || task)`, so one
 /// verifier's digest, once logged, says nothing of another's. The digest covers,
-/// for each replayed step in order, the step number (`u32` big-endian), the bits of
-/// every op output of the replay in tape order and of the replayed `S_{t+1}`
-/// (each `f32` little-endian). An opening reveals op outputs only as hashes and,
-/// for the exact class, `S_{t+1}` only as a hash, so a verifier that accepts without
-/// replaying cannot compute it; the referee, replaying the same opening on the same
-/// CPU rules, computes the same bits. It is defined for an opening every step of
-/// which replays ([`Verdict::Accept`]).
+/// for each replayed step in order, the step number (`u32` big-endian), then every op
+/// output of the replay in tape order and every tensor of the replayed `S_{t+1}`,
+/// each as what [`Tensor::hash_pieces`] makes of it: the chaining values of its
+/// hash's pieces, 32 bytes per 64 KiB, or, for a tensor whose hashed input is one
+/// piece, its bits (each `f32` little-endian). An opening reveals op outputs only as
+/// hashes and, for the exact class, `S_{t+1}` only as a hash; a chaining value is an
+/// interior node of that hash's tree, which nobody can compute from the hash. So a
+/// verifier that accepts without replaying cannot compute the digest; the referee,
+/// replaying the same opening on the same CPU rules, computes the same bits. It is
+/// defined for an opening every step of which replays ([`Verdict::Accept`]).
+///
+/// Version 1 hashed every output's bytes a second time, keyed: as much hashing again
+/// as the commitments (65.6 MB a step on the GPT job). The chaining values come out
+/// of hashing the commitments, so the digest now costs next to nothing.
 #[derive(Clone)]
 pub struct ReplayDigest {
     hasher: blake3::Hasher,
@@ -247,15 +254,22 @@ impl ReplayDigest {
         let mut key_material = [0u8; 40];
         key_material[..32].copy_from_slice(verifier);
         key_material[32..].copy_from_slice(&task.to_be_bytes());
-        let key = blake3::derive_key("lupus replay digest v1", &key_material);
+        let key = blake3::derive_key("lupus replay digest v2", &key_material);
         ReplayDigest {
             hasher: blake3::Hasher::new_keyed(&key),
         }
     }
 
-    fn tensor(&mut self, t: &Tensor) {
+    /// Adds tensor `t`, whose pieces' chaining values are `cvs` (none: one piece).
+    fn tensor(&mut self, t: &Tensor, cvs: &[[u8; 32]]) {
+        if !cvs.is_empty() {
+            for cv in cvs {
+                self.hasher.update(cv);
+            }
+            return;
+        }
         // The little-endian bytes are the in-memory bytes on a little-endian target:
-        // one `update` over the whole slice, where blake3's SIMD works across chunks.
+        // one `update` over the whole slice.
         if cfg!(target_endian = "little") {
             self.hasher.update(bytemuck::cast_slice(t.data()));
             return;
@@ -270,30 +284,34 @@ impl ReplayDigest {
         }
     }
 
+    /// Adds tensor `t`, hashing it into pieces here.
+    fn tensor_hashed(&mut self, t: &Tensor) {
+        let mut cvs = Vec::new();
+        t.hash_pieces(&mut cvs);
+        self.tensor(t, &cvs);
+    }
+
     /// Adds step `t`'s replay.
     pub fn step(&mut self, t: u32, replay: &StepOutput) {
         self.begin_step(t);
         for op in &replay.ops {
-            self.outputs(&op.outputs);
+            for out in op.outputs.iter() {
+                self.tensor_hashed(out);
+            }
         }
         self.end_step(&replay.state);
     }
 
     /// Step `t`'s replay in parts, as a replay that does not keep its tape sees it:
-    /// the step number, then every entry's outputs in tape order, then `S_{t+1}`.
+    /// the step number, then every op output in tape order with its pieces (from the
+    /// hashing of the commitments), then `S_{t+1}`.
     fn begin_step(&mut self, t: u32) {
         self.hasher.update(&t.to_be_bytes());
     }
 
-    fn outputs(&mut self, outputs: &[Tensor]) {
-        for out in outputs {
-            self.tensor(out);
-        }
-    }
-
     fn end_step(&mut self, next: &TrainState) {
         for x in next.params.iter().chain(&next.m).chain(&next.v) {
-            self.tensor(x);
+            self.tensor_hashed(x);
         }
     }
 
@@ -650,15 +668,17 @@ fn replay_exact(
         d.begin_step(t);
     }
     let (trained, commits, nodes) = {
-        let mut tap = |outputs: &[Tensor]| {
+        let tapped = !digests.is_empty();
+        let mut tap = |t: &Tensor, cvs: &[[u8; 32]]| {
             for d in digests.iter_mut() {
-                d.outputs(outputs);
+                d.tensor(t, cvs);
             }
         };
         // Every output is hashed, the recomputed backward pass's too: the verifier
         // accepts an opening only if everything in it is what an honest worker sends,
         // so that a signed wrong recomputation is rejected with its fraud proof.
-        hash_alongside(Some(&mut tap), |observe| {
+        let tap: Option<crate::task::Tap<'_>> = tapped.then_some(&mut tap);
+        hash_alongside(tap, |observe| {
             train_step_observed(&job.model, &opt, state, batch, observe)
         })
     };

@@ -676,7 +676,15 @@ fn hostile_bytes_are_typed_errors() {
 #[test]
 fn replay_digests_are_the_replays_and_keyed_by_verifier() {
     use lupus_prover::verify::{ReplayDigest, verify_opening_digests};
-    let (job, corpus, base) = setup();
+    // Wide enough that the largest op outputs and parameters span several 64 KiB
+    // pieces, which the digest takes as chaining values.
+    let spec = TINY
+        .replace("hidden = [16]", "hidden = [512]")
+        .replace("batch_size = 8", "batch_size = 64");
+    assert_ne!(spec, TINY);
+    let job = JobSpec::parse(&spec).unwrap();
+    let (_, corpus, _) = setup();
+    let base = init_params(&job.model, [1; 32]).unwrap();
     let run = run_task(&job, &corpus, &base, SEED, &mut |_, _| {}).unwrap();
     let steps = challenge_steps(&[9; 32], &run.commitment.trace_root, job.inner.steps, 2).unwrap();
     let opening = run.open(&job, &corpus, &steps, false, &worker()).unwrap();
@@ -707,6 +715,7 @@ fn replay_digests_are_the_replays_and_keyed_by_verifier() {
     // The verifier's exact replay hashes on a second thread and keeps no tape; its
     // digest is the one the definition gives from the taped replay of each step.
     let mut by_definition = ReplayDigest::new(&[1; 32], 5);
+    let mut tampered = ReplayDigest::new(&[1; 32], 5);
     for so in &opening.steps {
         let mut state = lupus_prover::optim::TrainState::fresh(base.clone());
         let n = state.params.len();
@@ -720,12 +729,32 @@ fn replay_digests_are_the_replays_and_keyed_by_verifier() {
             lupus_prover::graph::train_step(&job.model, &job.inner.adamw(), &state, &batch)
                 .unwrap();
         by_definition.step(so.step, &replay);
+        // The digest takes a large tensor as its pieces' chaining values: one bit
+        // flipped in the last element of the largest op output changes it.
+        let mut wrong = replay;
+        let big = wrong
+            .ops
+            .iter_mut()
+            .flat_map(|op| op.outputs.iter_mut())
+            .max_by_key(|t| t.len())
+            .unwrap();
+        assert!(
+            4 * big.len() > lupus_prover::tensor::HASH_PIECE_LEN,
+            "{}",
+            big.len()
+        );
+        let mut data = big.data().to_vec();
+        let last = data.last_mut().unwrap();
+        *last = f32::from_bits(last.to_bits() ^ 1);
+        *big = lupus_prover::tensor::Tensor::new(big.shape().to_vec(), data).unwrap();
+        tampered.step(so.step, &wrong);
     }
     assert_eq!(
         a[0],
         by_definition.finish(),
         "the overlapped replay's digest"
     );
+    assert_ne!(a[0], tampered.finish(), "one bit of one op output");
 }
 
 /// The drift check's floor, tried as the cheapest way past it: a worker that reports
