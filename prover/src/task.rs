@@ -629,10 +629,9 @@ fn tapped_commits(
     }
 }
 
-/// Runs `run` with an observer that commits every tape entry it sees (a replay, or an
-/// opening's rerun: the worker's own training hashes inline, [`hash_inline`]), and
-/// gives every entry's outputs, in tape order, to `tap` (the verifier's replay
-/// digests; `None` for none).
+/// Runs `run` with an observer that commits every tape entry it sees: the worker's
+/// rerun of a challenged step when it opens it, whose every output is hashed (its
+/// training and the verifier's replay hash inline, [`hash_inline`]).
 ///
 /// Natively, the tensors are hashed on a second (scoped) thread: the observer sends
 /// each entry's shared outputs over a channel and the step goes on; an output whose
@@ -641,14 +640,10 @@ fn tapped_commits(
 /// threads in a Web Worker without cross-origin isolation) the observer hashes inline.
 ///
 /// The hasher is a thread per step, not a persistent one: spawning it costs tens of
-/// microseconds against a step of milliseconds, and a scoped thread can borrow `tap`.
-pub(crate) fn hash_alongside<R>(
-    tap: Option<Tap<'_>>,
-    run: impl FnOnce(&mut Observer<'_>) -> R,
-) -> Hashed<R> {
+/// microseconds against a step of milliseconds.
+pub(crate) fn hash_alongside<R>(run: impl FnOnce(&mut Observer<'_>) -> R) -> Hashed<R> {
     #[cfg(not(target_arch = "wasm32"))]
     {
-        let mut tap = tap;
         let mut nodes = Vec::new();
         let all = Recompute::none();
         // The description is a hash of a few bytes: made here, it saves sending the
@@ -664,10 +659,7 @@ pub(crate) fn hash_alongside<R>(
             let hasher = scope.spawn(move || {
                 let mut commits = Vec::new();
                 for (i, desc, outputs) in rx {
-                    match tap.as_mut() {
-                        Some(tap) => tapped_commits(i, desc, &outputs, &all, *tap, &mut commits),
-                        None => commits.extend(entry_commits(i, desc, &outputs, &all)),
-                    }
+                    commits.extend(entry_commits(i, desc, &outputs, &all));
                     // The step may be over and the receiver gone: then drop it here.
                     let _ = back_tx.send(outputs);
                 }
@@ -690,7 +682,7 @@ pub(crate) fn hash_alongside<R>(
     }
     #[cfg(target_arch = "wasm32")]
     {
-        hash_inline(tap, &Recompute::none(), run)
+        hash_inline(None, &Recompute::none(), run)
     }
 }
 
@@ -881,7 +873,7 @@ impl TaskRun {
             };
             let batch = task_batch(job, &sampler, &self.seed, t)?;
             let recompute = step_recompute(job, u64::from(t) + 1)?;
-            let (trained, all, _) = hash_alongside(None, |observe| {
+            let (trained, all, _) = hash_alongside(|observe| {
                 train_step_observed(&job.model, &opt, &state, &batch, observe)
             });
             trained?;

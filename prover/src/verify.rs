@@ -37,7 +37,7 @@ use crate::optim::TrainState;
 use crate::quant::quantise_delta;
 use crate::spec::JobSpec;
 use crate::task::{
-    FinalOpening, Opening, ProtocolError, StepOpening, check_base, hash_alongside, job_sampler,
+    FinalOpening, Opening, ProtocolError, StepOpening, check_base, hash_inline, job_sampler,
     opened_positions, step_recompute, task_batch,
 };
 use crate::tensor::Tensor;
@@ -646,9 +646,11 @@ fn check_tolerant(
 }
 
 #[allow(clippy::too_many_arguments)]
-/// Replays one opened step for the exact class, hashing its op outputs on a second
-/// thread while it computes ([`hash_alongside`]), and feeding them to `digests` there
-/// too: the verifier pays about the step, not the step plus its hashing. `H(S_{t+1})`
+/// Replays one opened step for the exact class, hashing each op output right after it
+/// is computed ([`hash_inline`]), in pieces whose chaining values also feed
+/// `digests`. Hashing on a second thread saved about 30 ms of wall time a task and
+/// cost about 50 ms more CPU time (hand-offs, tensors read from another core's
+/// cache); a volunteer pays the CPU time, so it is inline. `H(S_{t+1})`
 /// comes from the AdamW outputs' digests, as the worker's does. Where anything
 /// disagrees with the leaf, the step is replayed again with its tape kept
 /// ([`train_step`], the same bits) and [`check_exact`] finds the first disagreement
@@ -678,7 +680,7 @@ fn replay_exact(
         // accepts an opening only if everything in it is what an honest worker sends,
         // so that a signed wrong recomputation is rejected with its fraud proof.
         let tap: Option<crate::task::Tap<'_>> = tapped.then_some(&mut tap);
-        hash_alongside(tap, |observe| {
+        hash_inline(tap, &Recompute::none(), |observe| {
             train_step_observed(&job.model, &opt, state, batch, observe)
         })
     };

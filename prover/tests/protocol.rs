@@ -712,7 +712,7 @@ fn replay_digests_are_the_replays_and_keyed_by_verifier() {
     assert_ne!(a[0], a[1], "keyed by the verifier");
     assert_ne!(a[0], ReplayDigest::new(&[1; 32], 5).finish());
     assert_ne!(a[0], ReplayDigest::new(&[1; 32], 6).finish());
-    // The verifier's exact replay hashes on a second thread and keeps no tape; its
+    // The verifier's exact replay hashes as it goes and keeps no tape; its
     // digest is the one the definition gives from the taped replay of each step.
     let mut by_definition = ReplayDigest::new(&[1; 32], 5);
     let mut tampered = ReplayDigest::new(&[1; 32], 5);
