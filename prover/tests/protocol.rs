@@ -712,6 +712,26 @@ fn replay_digests_are_the_replays_and_keyed_by_verifier() {
     assert_ne!(a[0], a[1], "keyed by the verifier");
     assert_ne!(a[0], ReplayDigest::new(&[1; 32], 5).finish());
     assert_ne!(a[0], ReplayDigest::new(&[1; 32], 6).finish());
+    // The cheapest forgery a verifier that did not replay can make: the digest's
+    // layout, with the hash of each op output (signed in the opening) where a chaining
+    // value or the bytes belong. Those hashes are the roots of the trees whose interior
+    // nodes the digest takes, so it cannot stand in for them.
+    let mut key_material = [0u8; 40];
+    key_material[..32].copy_from_slice(&[1; 32]);
+    key_material[32..].copy_from_slice(&5u64.to_be_bytes());
+    let mut forged =
+        blake3::Hasher::new_keyed(&blake3::derive_key("lupus replay digest v2", &key_material));
+    for so in &opening.steps {
+        forged.update(&so.step.to_be_bytes());
+        for c in &so.ops {
+            forged.update(&c.tensor.0);
+        }
+    }
+    assert_ne!(
+        a[0].0,
+        *forged.finalize().as_bytes(),
+        "forged from the opening"
+    );
     // The verifier's exact replay hashes as it goes and keeps no tape; its
     // digest is the one the definition gives from the taped replay of each step.
     let mut by_definition = ReplayDigest::new(&[1; 32], 5);
