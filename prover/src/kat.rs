@@ -493,6 +493,41 @@ pub fn decided_class(kat: &crate::merkle::Digest) -> crate::verify::DeviceClass 
     }
 }
 
+/// The known answer of the piecewise tensor hash that proof of replay digests
+/// ([`Tensor::hash_pieces`]): a tensor of 7 pieces, values exact in `f32`, its root and
+/// the blake3 hash of its pieces' chaining values, written in from the native build.
+/// Checked natively (a unit test) and in the browser (`worker-wasm/tests/browser.rs`):
+/// a browser verifier's replay digest must be the native referee's bits. `Err` names
+/// what differs.
+pub fn hash_pieces_known_answer() -> Result<(), String> {
+    const ROOT: &str = "2e8a2e648cd5f6f2a1ee0df4afa60312dc1192abcb87e5125078c483adf12f47";
+    const PIECES: &str = "ce1a11c6258508b4b14e30b3b6e029627e0fe3d147f3a02405b1d02fafd12bf1";
+    let n = 100_003usize;
+    let data = (0..n)
+        .map(|i| ((i * 7919) % 65_536) as f32 / 256.0)
+        .collect();
+    let t = Tensor::new(vec![n], data).map_err(|e| e.to_string())?;
+    let mut cvs = Vec::new();
+    let root = t.hash_pieces(&mut cvs);
+    let mut all = blake3::Hasher::new();
+    for cv in &cvs {
+        all.update(cv);
+    }
+    let got = (
+        cvs.len(),
+        to_hex(&root),
+        all.finalize().to_hex().to_string(),
+    );
+    let want = (7, ROOT.to_owned(), PIECES.to_owned());
+    if root != t.hash() || got != want {
+        return Err(format!(
+            "piecewise hash: got {got:?}, want {want:?} (whole-input hash {})",
+            to_hex(&t.hash())
+        ));
+    }
+    Ok(())
+}
+
 /// Lower-case hex of a hash.
 pub fn to_hex(h: &[u8; 32]) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
