@@ -23,10 +23,18 @@ pub struct AdamW {
     pub beta2: f32,
     pub eps: f32,
     pub weight_decay: f32,
+    /// The learning rate rises linearly over a task's first `warmup_steps` updates
+    /// ([`AdamW::lr_at`]); 0 for none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub warmup_steps: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Default for AdamW {
-    /// lr 1e-3, betas (0.9, 0.95), eps 1e-8, no weight decay.
+    /// lr 1e-3, betas (0.9, 0.95), eps 1e-8, no weight decay, no warm-up.
     fn default() -> Self {
         AdamW {
             lr: 1e-3,
@@ -34,35 +42,52 @@ impl Default for AdamW {
             beta2: 0.95,
             eps: 1e-8,
             weight_decay: 0.0,
+            warmup_steps: 0,
         }
     }
 }
 
 impl AdamW {
+    /// The learning rate of update number `step` (1 for the first update from a fresh
+    /// state, so a task's first step): `lr * step / warmup_steps` while `step` is below
+    /// `warmup_steps`, then `lr`. Every task starts from zero moments, and Adam's first
+    /// updates from zero moments move every parameter by about `lr` whatever its
+    /// gradient's noise; the warm-up damps them (docs/DESIGN.md, Model and data).
+    /// Two correctly rounded f32 operations on exact integers: the same bits on every
+    /// device.
+    pub fn lr_at(&self, step: u64) -> f32 {
+        if step >= u64::from(self.warmup_steps) {
+            self.lr
+        } else {
+            self.lr * step as f32 / self.warmup_steps as f32
+        }
+    }
+
     /// How far `steps` AdamW steps from a fresh state can move one parameter whose
     /// starting value has magnitude at most `start`: `(1 - decay^steps) * start +
-    /// lr * sum_t u_t`, where `u_t` bounds `|m_hat_t| / sqrt(v_hat_t)` whatever the
+    /// sum_t lr_t * u_t`, where `u_t` bounds `|m_hat_t| / sqrt(v_hat_t)` whatever the
     /// gradients are. By Cauchy-Schwarz over `m_t = (1-b1) sum_i b1^(t-i) g_i` and
     /// `v_t = (1-b2) sum_i b2^(t-i) g_i^2`,
     /// `u_t = (1-b1) / sqrt(1-b2) * sqrt(S_t * (1-b2^t)) / (1-b1^t)` with
     /// `S_t = sum_{k<t} (b1^2/b2)^k` (so `u_1 = 1`: Adam's first step is at most `lr`).
-    /// `eps` only shrinks the step. A delta larger than this is no honest run's: the
+    /// `eps` only shrinks the step. `lr_t` is [`AdamW::lr_at`]; the decay uses the full
+    /// `lr`, which only loosens the bound during a warm-up. A delta larger than this is no honest run's: the
     /// coordinator refuses it before it is committed (the zoo's huge-norm delta).
     pub fn max_displacement(&self, steps: u32, start: f32) -> f64 {
         let (b1, b2) = (f64::from(self.beta1), f64::from(self.beta2));
         let r = b1 * b1 / b2;
         let (mut s, mut rk, mut b1t, mut b2t, mut sum) = (0.0f64, 1.0f64, 1.0f64, 1.0f64, 0.0);
-        for _ in 0..steps {
+        for t in 1..=u64::from(steps) {
             s += rk;
             rk *= r;
             b1t *= b1;
             b2t *= b2;
             let u = (1.0 - b1) / (1.0 - b2).sqrt() * (s * (1.0 - b2t)).sqrt() / (1.0 - b1t);
-            sum += u;
+            sum += f64::from(self.lr_at(t)) * u;
         }
         let decay = 1.0 - f64::from(self.lr) * f64::from(self.weight_decay);
         let shrink = 1.0 - decay.abs().powi(steps.min(i32::MAX as u32) as i32);
-        shrink.abs() * f64::from(start) + f64::from(self.lr) * sum
+        shrink.abs() * f64::from(start) + sum
     }
 
     /// The update operator for step number `step` (1 for the first update), after
@@ -71,7 +96,7 @@ impl AdamW {
         ops::check_adamw(
             "adamw_update",
             &AdamWParams {
-                lr: self.lr,
+                lr: self.lr_at(step),
                 beta1: self.beta1,
                 beta2: self.beta2,
                 eps: self.eps,
@@ -80,7 +105,7 @@ impl AdamW {
             },
         )?;
         Ok(OpKind::AdamWUpdate {
-            lr: self.lr,
+            lr: self.lr_at(step),
             beta1: self.beta1,
             beta2: self.beta2,
             eps: self.eps,
@@ -273,19 +298,58 @@ pub fn merge_deltas(
 mod tests {
     use super::*;
 
+    /// The warm-up: `lr / warmup_steps` at the first update, the full `lr` from update
+    /// `warmup_steps` on, and the full `lr` throughout without one.
+    #[test]
+    fn the_warm_up_ramps_the_learning_rate_linearly() {
+        let opt = AdamW {
+            lr: 0.004,
+            warmup_steps: 16,
+            ..AdamW::default()
+        };
+        assert_eq!(opt.lr_at(1), 0.004 / 16.0);
+        assert_eq!(opt.lr_at(8), 0.002);
+        assert_eq!(opt.lr_at(16), 0.004);
+        assert_eq!(opt.lr_at(1000), 0.004);
+        let rates: Vec<f32> = (1..=16).map(|t| opt.lr_at(t)).collect();
+        assert!(rates.windows(2).all(|w| w[0] < w[1]), "{rates:?}");
+        let flat = AdamW {
+            warmup_steps: 0,
+            ..opt
+        };
+        assert!((1..=20).all(|t| flat.lr_at(t) == 0.004));
+        // The update operator carries the step's rate, so every device and every
+        // replay runs the same one.
+        let OpKind::AdamWUpdate { lr, .. } = opt.update_kind(4).unwrap() else {
+            panic!("not an AdamW update");
+        };
+        assert_eq!(lr, 0.001);
+        // A warm-up tightens the bound on an honest delta.
+        assert!(opt.max_displacement(128, 1.0) < flat.max_displacement(128, 1.0));
+    }
+
     /// No run of AdamW moves a parameter further than `max_displacement` says, with
-    /// gradients of any size and sign (the worst case is a constant sign).
+    /// gradients of any size and sign (the worst case is a constant sign), with and
+    /// without a warm-up.
     #[test]
     fn max_displacement_bounds_every_run() {
+        for warmup_steps in [0, 1, 7] {
+            max_displacement_bounds_every_run_with(warmup_steps);
+        }
+    }
+
+    fn max_displacement_bounds_every_run_with(warmup_steps: u32) {
         let opt = AdamW {
             lr: 0.01,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.1,
+            warmup_steps,
         };
         let first = AdamW {
             weight_decay: 0.0,
+            warmup_steps: 0,
             ..opt
         }
         .max_displacement(1, 0.0);
@@ -308,7 +372,7 @@ mod tests {
                     }
                 };
                 let h = AdamWParams {
-                    lr: opt.lr,
+                    lr: opt.lr_at(u64::from(t)),
                     beta1: opt.beta1,
                     beta2: opt.beta2,
                     eps: opt.eps,
@@ -329,7 +393,7 @@ mod tests {
             let moved = f64::from((state.params[0].data()[0] - 1.0).abs());
             assert!(
                 moved <= bound,
-                "pattern {pattern}: moved {moved} > bound {bound}"
+                "warm-up {warmup_steps}, pattern {pattern}: moved {moved} > bound {bound}"
             );
         }
     }

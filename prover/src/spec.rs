@@ -95,6 +95,11 @@ pub struct InnerSection {
     pub batch_size: u32,
     /// `k`: the worker keeps the full state every `k` steps.
     pub checkpoint_interval: u32,
+    /// The learning rate rises linearly over each task's first `warmup_steps` steps
+    /// ([`AdamW::lr_at`]); at most `steps`. 0 (the default) for none, left out of the
+    /// canonical TOML so a spec without it keeps its hash.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub warmup_steps: u32,
 }
 
 impl InnerSection {
@@ -106,6 +111,7 @@ impl InnerSection {
             beta2: self.beta2,
             eps: self.eps,
             weight_decay: self.weight_decay,
+            warmup_steps: self.warmup_steps,
         }
     }
 }
@@ -278,6 +284,15 @@ impl JobSpec {
                 "(k) must be at least 1",
             ));
         }
+        if i.warmup_steps > i.steps {
+            return Err(invalid(
+                "inner.warmup_steps",
+                format!(
+                    "must be at most inner.steps ({}), got {}",
+                    i.steps, i.warmup_steps
+                ),
+            ));
+        }
         let o = &self.outer;
         finite_positive("outer.lr", o.lr)?;
         if !(o.momentum.is_finite() && (0.0..1.0).contains(&o.momentum)) {
@@ -401,6 +416,21 @@ mod tests {
             "dataset.val_fraction"
         );
         assert_eq!(field_of(with("beta2 = 0.99", "beta2 = 1.0")), "inner.beta2");
+        assert_eq!(
+            field_of(with("steps = 128", "steps = 128\nwarmup_steps = 129")),
+            "inner.warmup_steps"
+        );
+    }
+
+    /// A warm-up is part of the job: it reaches the optimizer and the hash, and a spec
+    /// without one hashes as it did before the field existed.
+    #[test]
+    fn the_warm_up_is_in_the_optimizer_and_the_hash() {
+        let j = with("steps = 128", "steps = 128\nwarmup_steps = 0").unwrap();
+        assert_eq!(j.hash(), JobSpec::parse(SHAKESPEARE).unwrap().hash());
+        let w = with("steps = 128", "steps = 128\nwarmup_steps = 16").unwrap();
+        assert_eq!(w.inner.adamw().warmup_steps, 16);
+        assert_ne!(w.hash(), j.hash());
     }
 
     #[test]

@@ -837,3 +837,81 @@ fn nudges_above_the_drift_floor_are_rejected_and_below_it_pass() {
         );
     }
 }
+
+/// The cheapest way around a warm-up: train at the full learning rate from the first
+/// step (a delta that moved further, for the same credit). Each warm-up step a
+/// verifier challenges exposes it: as a wrong AdamW output with a fraud proof anyone
+/// can check when the worker committed the job's own program, as a different program
+/// (a tape mismatch) when it committed its own. Steps past the warm-up run the same
+/// operator either way and pass.
+#[test]
+fn a_worker_that_skips_the_warm_up_is_caught_on_every_warm_up_step() {
+    let (_, corpus, base) = setup();
+    let warm =
+        JobSpec::parse(&TINY.replacen("steps = 8", "steps = 8\nwarmup_steps = 4", 1)).unwrap();
+    let mut flat = warm.clone();
+    flat.inner.warmup_steps = 0;
+    let h = warm.inner.steps;
+    for own_program in [false, true] {
+        let mut b = TaskBuilder::new(&warm, &corpus, &base, SEED)
+            .unwrap()
+            .with_checkpoint_interval(1);
+        let mut adamw_op = None;
+        for _ in 0..h {
+            let batch = b.batch().unwrap();
+            let honest = train_step(&warm.model, &warm.inner.adamw(), b.state(), &batch).unwrap();
+            let full = train_step(&flat.model, &flat.inner.adamw(), b.state(), &batch).unwrap();
+            let out = if own_program {
+                full
+            } else {
+                // The job's program, committed with the full rate's outputs.
+                let mut out = honest;
+                for (i, rec) in out.ops.iter_mut().enumerate() {
+                    if matches!(rec.kind, OpKind::AdamWUpdate { .. }) {
+                        rec.outputs.clone_from(&full.ops[i].outputs);
+                        adamw_op.get_or_insert(i);
+                    }
+                }
+                out.state = full.state;
+                out
+            };
+            b.record(&batch, out).unwrap();
+        }
+        let run = b.finish().unwrap();
+        for t in 0..h {
+            let verdict = verify(&warm, &corpus, &base, &run, &[t], DeviceClass::Exact);
+            // Update t + 1 runs at lr * (t + 1) / 4: below the full rate for t < 3.
+            if t >= 3 {
+                assert!(verdict.is_accept(), "step {t}: {verdict:?}");
+                continue;
+            }
+            let Verdict::Reject {
+                step,
+                reason,
+                fraud_proof,
+            } = verdict
+            else {
+                panic!("own program {own_program}, step {t} accepted");
+            };
+            assert_eq!(step, Some(t));
+            if own_program {
+                assert!(
+                    matches!(reason, RejectReason::TapeMismatch { .. }),
+                    "{reason:?}"
+                );
+                continue;
+            }
+            assert!(
+                matches!(&reason, RejectReason::OpMismatch { kind, .. } if kind == "adamw_update"),
+                "{reason:?}"
+            );
+            let proof = fraud_proof.expect("a wrong AdamW output comes with a fraud proof");
+            assert_eq!(Some(proof.op() as usize), adamw_op);
+            let v = proof.check(&ctx(&warm, &base, &run)).unwrap();
+            assert!(
+                matches!(v, FraudVerdict::Guilty { step, .. } if step == t),
+                "{v:?}"
+            );
+        }
+    }
+}

@@ -65,6 +65,10 @@ pub struct DilocoArgs {
     /// Inner steps H per task (default: the job's `[inner] steps`).
     #[arg(long)]
     pub inner_steps: Option<u32>,
+    /// Steps over which each task's learning rate rises linearly, of every run
+    /// (default: the job's `[inner] warmup_steps`; 0 for none).
+    #[arg(long)]
+    pub warmup_steps: Option<u32>,
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
@@ -80,6 +84,9 @@ pub async fn run(args: &DilocoArgs) -> Result<Report> {
     job.outer.clip_norm = args.clip_norm.unwrap_or(job.outer.clip_norm);
     job.inner.steps = args.inner_steps.unwrap_or(job.inner.steps);
     job.inner.lr = args.inner_lr.unwrap_or(job.inner.lr);
+    job.inner.warmup_steps = args.warmup_steps.unwrap_or(job.inner.warmup_steps);
+    job.validate()
+        .context("the overrides make the job invalid")?;
     let (workers, rounds) = (args.workers, args.rounds);
     let report =
         tokio::task::spawn_blocking(move || diloco(&job, &corpus, init_seed, workers, rounds))
@@ -205,10 +212,11 @@ fn diloco(
     let params_count: usize = p0.iter().map(Tensor::len).sum();
     println!(
         "DiLoCo parity: job {}, {workers} workers x {rounds} rounds x H={h} steps x batch {}, \
-         inner lr {}; outer lr {}, momentum {}, clip norm {}",
+         inner lr {} (warm-up {} steps a task); outer lr {}, momentum {}, clip norm {}",
         job.job.name,
         job.inner.batch_size,
         job.inner.lr,
+        job.inner.warmup_steps,
         job.outer.lr,
         job.outer.momentum,
         job.outer.clip_norm

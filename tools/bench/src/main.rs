@@ -381,6 +381,7 @@ async fn all(args: &AllArgs) -> Result<()> {
             clip_norm: None,
             inner_steps: None,
             inner_lr: None,
+            warmup_steps: None,
             json: None,
         })
         .await?,
