@@ -25,12 +25,8 @@ pub struct AdamW {
     pub weight_decay: f32,
     /// The learning rate rises linearly over a task's first `warmup_steps` updates
     /// ([`AdamW::lr_at`]); 0 for none.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::spec::is_zero")]
     pub warmup_steps: u32,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }
 
 impl Default for AdamW {

@@ -164,7 +164,7 @@ pub struct VerifySection {
     pub replay_checks: f64,
 }
 
-fn is_zero(n: &u32) -> bool {
+pub(crate) fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 

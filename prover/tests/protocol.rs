@@ -894,6 +894,10 @@ fn a_worker_that_skips_the_warm_up_is_caught_on_every_warm_up_step() {
                 panic!("own program {own_program}, step {t} accepted");
             };
             assert_eq!(step, Some(t));
+            // Claiming the tolerant class does not hide it: the full rate's state is
+            // far outside the tolerance.
+            let tolerant = verify(&warm, &corpus, &base, &run, &[t], DeviceClass::Tolerant);
+            assert!(!tolerant.is_accept(), "tolerant, step {t}: {tolerant:?}");
             if own_program {
                 assert!(
                     matches!(reason, RejectReason::TapeMismatch { .. }),
