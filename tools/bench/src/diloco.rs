@@ -65,6 +65,10 @@ pub struct DilocoArgs {
     /// Inner steps H per task (default: the job's `[inner] steps`).
     #[arg(long)]
     pub inner_steps: Option<u32>,
+    /// Windows per inner step, of every run (default: the job's `[inner] batch_size`).
+    /// With --inner-steps, compares task shapes at the same samples a task.
+    #[arg(long)]
+    pub batch_size: Option<u32>,
     /// Steps over which each task's learning rate rises linearly, of every run
     /// (default: the job's `[inner] warmup_steps`; 0 for none).
     #[arg(long)]
@@ -85,6 +89,7 @@ pub async fn run(args: &DilocoArgs) -> Result<Report> {
     job.inner.steps = args.inner_steps.unwrap_or(job.inner.steps);
     job.inner.lr = args.inner_lr.unwrap_or(job.inner.lr);
     job.inner.warmup_steps = args.warmup_steps.unwrap_or(job.inner.warmup_steps);
+    job.inner.batch_size = args.batch_size.unwrap_or(job.inner.batch_size);
     job.validate()
         .context("the overrides make the job invalid")?;
     let (workers, rounds) = (args.workers, args.rounds);

@@ -382,6 +382,7 @@ async fn all(args: &AllArgs) -> Result<()> {
             inner_steps: None,
             inner_lr: None,
             warmup_steps: None,
+            batch_size: None,
             json: None,
         })
         .await?,
