@@ -7,6 +7,12 @@ As `gen_matmul_rows.py`: every accumulator is a named variable, so the unrolled 
 written by this script. The block sizes must match `ATTENTION_ROWS_*` in `gpu/ops.rs`.
 """
 
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from wgsl_gen import emit, signature as entry_signature  # noqa: E402
+
 LANES = 8
 S_ROWS = 4  # scores: rows i a workgroup computes (the same in every lane)
 S_COLS = 8  # scores: columns j a lane computes
@@ -48,12 +54,7 @@ def prologue(w):
 
 
 def signature(w, name):
-    w(f"@compute @workgroup_size({LANES})")
-    w(f"fn {name}(")
-    w("    @builtin(workgroup_id) wid: vec3<u32>,")
-    w("    @builtin(num_workgroups) nwg: vec3<u32>,")
-    w("    @builtin(local_invocation_index) lane: u32,")
-    w(") {")
+    entry_signature(w, name, LANES)
 
 
 def scores(op):
@@ -178,12 +179,7 @@ def values(op):
 
 
 def main():
-    lines = [HEADER.rstrip("\n")]
-    for op in (0, 2):
-        lines.extend(scores(op))
-    for op in (1, 3, 4, 5):
-        lines.extend(values(op))
-    print("\n".join(lines))
+    emit(HEADER, [scores(op) for op in (0, 2)] + [values(op) for op in (1, 3, 4, 5)])
 
 
 if __name__ == "__main__":

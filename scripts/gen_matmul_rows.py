@@ -8,6 +8,12 @@ array indexed in a loop may be left in memory), so its fully unrolled body is wr
 by this script. ROWS, COLS and LANES must match `MATMUL_ROWS_*` in `gpu/ops.rs`.
 """
 
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from wgsl_gen import emit, signature  # noqa: E402
+
 ROWS = 8  # output rows a workgroup computes (the same rows in every lane)
 COLS = 8  # output columns a lane computes (a multiple of 4)
 LANES = 8  # invocations a workgroup: one SIMD register of 8 floats on lavapipe
@@ -48,12 +54,7 @@ def entry(ta, tb):
     name = "main_" + ("t" if ta else "n") + ("t" if tb else "n")
     w("")
     w(f"// C = {'A^T' if ta else 'A'} {'B^T' if tb else 'B'}")
-    w(f"@compute @workgroup_size({LANES})")
-    w(f"fn {name}(")
-    w("    @builtin(workgroup_id) wid: vec3<u32>,")
-    w("    @builtin(num_workgroups) nwg: vec3<u32>,")
-    w("    @builtin(local_invocation_index) lane: u32,")
-    w(") {")
+    signature(w, name, LANES)
     w("    let m = pu(1u);")
     w("    let k = pu(2u);")
     w("    let n = pu(3u);")
@@ -119,11 +120,7 @@ def entry(ta, tb):
 
 
 def main():
-    lines = [HEADER.rstrip("\n")]
-    for ta in (False, True):
-        for tb in (False, True):
-            lines.extend(entry(ta, tb))
-    print("\n".join(lines))
+    emit(HEADER, [entry(ta, tb) for ta in (False, True) for tb in (False, True)])
 
 
 if __name__ == "__main__":
