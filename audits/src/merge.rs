@@ -25,8 +25,7 @@ use std::collections::BTreeMap;
 use lupus_api::model::{decode_model, encode_model};
 use lupus_ledger::entry::{CreditKind, Digest, Entry, EntryBody, Round, TaskId};
 use lupus_prover::data::Corpus;
-use lupus_prover::graph::eval_loss;
-use lupus_prover::model::make_batch;
+use lupus_prover::graph::validation_loss;
 use lupus_prover::optim::{merge_deltas, outer_step};
 use lupus_prover::quant::QuantDelta;
 use lupus_prover::spec::JobSpec;
@@ -248,8 +247,8 @@ fn recompute(
     }
     let sampler = job_sampler(spec, corpus).map_err(|e| fail(r, e.to_string()))?;
     let windows = sampler.validation((r.val_windows as usize).max(1));
-    let batch = make_batch(&spec.model, &windows).map_err(|e| fail(r, e.to_string()))?;
-    let loss = eval_loss(&spec.model, &new_params, &batch).map_err(|e| fail(r, e.to_string()))?;
+    let loss =
+        validation_loss(&spec.model, &new_params, &windows).map_err(|e| fail(r, e.to_string()))?;
     if loss.to_bits() != r.val_loss_bits {
         return Err(fail(
             r,

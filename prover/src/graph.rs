@@ -491,6 +491,59 @@ pub fn eval_loss(spec: &ModelSpec, params: &[Tensor], batch: &Batch) -> Result<f
     loss_value(&plan, &src, &outs)
 }
 
+/// Elements the widest activation of one evaluation pass may hold: 64 MiB of f32.
+pub const EVAL_PASS_ELEMENTS: usize = 1 << 24;
+
+/// Windows one evaluation pass takes at most: the coordinator validates each round on
+/// 512 windows, so on the default job that is one pass, as it always was.
+pub const EVAL_PASS_MAX_WINDOWS: usize = 512;
+
+/// Windows per evaluation pass for `spec`: as many as keep its widest activation
+/// within [`EVAL_PASS_ELEMENTS`], between 1 and [`EVAL_PASS_MAX_WINDOWS`].
+pub fn eval_pass_windows(spec: &ModelSpec) -> usize {
+    (EVAL_PASS_ELEMENTS / spec.widest_activation_per_window().max(1))
+        .clamp(1, EVAL_PASS_MAX_WINDOWS)
+}
+
+/// The mean loss of `params` over `windows` (validation), in passes of
+/// [`eval_pass_windows`] windows so that its memory is bounded whatever the count:
+/// one [`eval_loss`] over all the windows would hold every activation of all of them
+/// at once, and refuses a tensor over the element limit (16,384 windows of a model with
+/// `d_ff` 384 did).
+///
+/// Defined bit for bit, since an auditor recomputes the coordinator's figure: when the
+/// windows fit in one pass, [`eval_loss`] of them; otherwise the f64 sum over
+/// consecutive passes of each pass's f32 mean times its number of windows, divided by
+/// the number of windows and rounded to f32. Every window holds the same number of
+/// predictions, so that is the mean over all of them.
+pub fn validation_loss(
+    spec: &ModelSpec,
+    params: &[Tensor],
+    windows: &[Vec<u32>],
+) -> Result<f32, ModelError> {
+    validation_loss_in_passes(spec, params, windows, eval_pass_windows(spec))
+}
+
+/// [`validation_loss`] with passes of `pass` windows (tests use small ones).
+#[doc(hidden)]
+pub fn validation_loss_in_passes(
+    spec: &ModelSpec,
+    params: &[Tensor],
+    windows: &[Vec<u32>],
+    pass: usize,
+) -> Result<f32, ModelError> {
+    let pass = pass.max(1);
+    if windows.len() <= pass {
+        return eval_loss(spec, params, &model::make_batch(spec, windows)?);
+    }
+    let mut sum = 0f64;
+    for chunk in windows.chunks(pass) {
+        let loss = eval_loss(spec, params, &model::make_batch(spec, chunk)?)?;
+        sum += f64::from(loss) * chunk.len() as f64;
+    }
+    Ok((sum / windows.len() as f64) as f32)
+}
+
 /// The value `r` names in a step from `state` on `batch`, where `ops` are the tape's
 /// records computed so far: for executors that run a [`plan`] node by node on their
 /// own kernels (the WGSL step, emulated devices) and must resolve references exactly

@@ -6,8 +6,11 @@ use ed25519_dalek::{Signer, SigningKey};
 use lupus_prover::challenge::challenge_steps;
 use lupus_prover::data::Corpus;
 use lupus_prover::fraud::{FraudContext, FraudError, FraudProof, FraudVerdict};
-use lupus_prover::graph::{StepOutput, ValueRef, eval_loss, step_value, train_step};
-use lupus_prover::model::{init_params, make_batch};
+use lupus_prover::graph::{
+    EVAL_PASS_ELEMENTS, StepOutput, ValueRef, eval_loss, eval_pass_windows, step_value, train_step,
+    validation_loss, validation_loss_in_passes,
+};
+use lupus_prover::model::{ModelSpec, init_params, make_batch};
 use lupus_prover::ops::{OpKind, eval_op};
 use lupus_prover::quant::quantise_delta;
 use lupus_prover::spec::{JobSpec, SpecError};
@@ -90,6 +93,66 @@ fn training_lowers_validation_loss() {
     let before = eval_loss(&job.model, &base, &val).unwrap();
     let after = eval_loss(&job.model, &run.final_state.params, &val).unwrap();
     assert!(after < before - 0.5, "validation loss {before} -> {after}");
+}
+
+#[test]
+fn validation_in_passes_is_the_mean_over_all_windows() {
+    let (job, corpus, base) = setup();
+    let windows = job_sampler(&job, &corpus).unwrap().validation(64);
+    let whole = eval_loss(
+        &job.model,
+        &base,
+        &make_batch(&job.model, &windows).unwrap(),
+    )
+    .unwrap();
+    // Windows that fit in one pass: exactly the one-pass figure, bit for bit (what
+    // every coordinator logged before passes existed).
+    assert!(eval_pass_windows(&job.model) >= 64);
+    assert_eq!(
+        validation_loss(&job.model, &base, &windows)
+            .unwrap()
+            .to_bits(),
+        whole.to_bits()
+    );
+    // In passes of 7 (the last one short): the same mean, to rounding.
+    let passes = validation_loss_in_passes(&job.model, &base, &windows, 7).unwrap();
+    assert!(
+        ((passes - whole) / whole).abs() < 1e-5,
+        "{passes} in passes against {whole} in one"
+    );
+    // The passes are weighted by their windows: a wrong weighting of the short last
+    // pass (1 window of 64) would be off by more than rounding.
+    let unweighted: f32 = windows
+        .chunks(7)
+        .map(|c| eval_loss(&job.model, &base, &make_batch(&job.model, c).unwrap()).unwrap())
+        .sum::<f32>()
+        / windows.chunks(7).len() as f32;
+    assert_ne!(passes.to_bits(), unweighted.to_bits());
+}
+
+#[test]
+fn validation_memory_is_bounded_whatever_the_window_count() {
+    // Wide attention (16 heads x 256 positions of scores a position): one pass over
+    // 257 windows would hold more than the element limit in one tensor.
+    let spec = ModelSpec::Gpt {
+        vocab: 8,
+        context: 256,
+        d_model: 16,
+        heads: 16,
+        layers: 1,
+        d_ff: 16,
+    };
+    let pass = eval_pass_windows(&spec);
+    assert!(pass * spec.widest_activation_per_window() <= EVAL_PASS_ELEMENTS);
+    let params = init_params(&spec, [3; 32]).unwrap();
+    let windows: Vec<Vec<u32>> = (0..257u32)
+        .map(|w| (0..257u32).map(|i| (w * 7 + i * 3) % 8).collect())
+        .collect();
+    let one = eval_loss(&spec, &params, &make_batch(&spec, &windows).unwrap());
+    assert!(one.is_err(), "one pass over 257 windows: {one:?}");
+    let loss = validation_loss(&spec, &params, &windows).unwrap();
+    // An untrained model predicts about uniformly over 8 symbols.
+    assert!((loss - 8f32.ln()).abs() < 0.5, "loss {loss}");
 }
 
 #[test]

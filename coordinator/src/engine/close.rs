@@ -198,8 +198,7 @@ impl Coordinator {
     ) -> Result<f32, String> {
         let sampler = job_sampler(job, corpus).map_err(|e| e.to_string())?;
         let windows = sampler.validation(n.max(1));
-        let batch = make_batch(&job.model, &windows).map_err(|e| e.to_string())?;
-        eval_loss(&job.model, params, &batch).map_err(|e| e.to_string())
+        validation_loss(&job.model, params, &windows).map_err(|e| e.to_string())
     }
 
     /// Starts a close when one is due: fixes what it merges and credits, and marks the

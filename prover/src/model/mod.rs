@@ -202,6 +202,40 @@ impl ModelSpec {
         }
     }
 
+    /// The most elements any forward operator's output holds per window, to size
+    /// evaluation passes ([`crate::graph::validation_loss`]): the MLP's widest layer
+    /// (the concatenated embeddings, a hidden layer or the logits); the GPT's widest
+    /// per-position activation (`d_model`, `d_ff` or the logits) or its attention scores
+    /// (`heads x context` a position), times the context. Saturates.
+    pub fn widest_activation_per_window(&self) -> usize {
+        match self {
+            ModelSpec::Mlp {
+                vocab,
+                context,
+                embed,
+                hidden,
+            } => hidden
+                .iter()
+                .copied()
+                .chain([context.saturating_mul(*embed), *vocab])
+                .max()
+                .unwrap_or(1),
+            ModelSpec::Gpt {
+                vocab,
+                context,
+                d_model,
+                heads,
+                d_ff,
+                ..
+            } => context.saturating_mul(
+                (*d_model)
+                    .max(*d_ff)
+                    .max(*vocab)
+                    .max(heads.saturating_mul(*context)),
+            ),
+        }
+    }
+
     /// The vocabulary size.
     pub fn vocab(&self) -> usize {
         match self {
