@@ -73,6 +73,11 @@ pub struct DilocoArgs {
     /// (default: the job's `[inner] warmup_steps`; 0 for none).
     #[arg(long)]
     pub warmup_steps: Option<u32>,
+    /// Run only the federated and centralised runs (the target's pair), not the
+    /// data-parallel and kept-moments comparisons: about half the time, for parity
+    /// experiments on long runs or larger models.
+    #[arg(long)]
+    pub quick: bool,
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
@@ -92,10 +97,11 @@ pub async fn run(args: &DilocoArgs) -> Result<Report> {
     job.inner.batch_size = args.batch_size.unwrap_or(job.inner.batch_size);
     job.validate()
         .context("the overrides make the job invalid")?;
-    let (workers, rounds) = (args.workers, args.rounds);
-    let report =
-        tokio::task::spawn_blocking(move || diloco(&job, &corpus, init_seed, workers, rounds))
-            .await??;
+    let (workers, rounds, quick) = (args.workers, args.rounds, args.quick);
+    let report = tokio::task::spawn_blocking(move || {
+        diloco(&job, &corpus, init_seed, workers, rounds, quick)
+    })
+    .await??;
     report.write_json(args.json.as_deref())?;
     Ok(report)
 }
@@ -206,6 +212,7 @@ fn diloco(
     init_seed: [u8; 32],
     workers: usize,
     rounds: u64,
+    quick: bool,
 ) -> Result<Report> {
     ensure!(
         workers > 0 && rounds > 0,
@@ -291,10 +298,17 @@ fn diloco(
     let fed_time = t.elapsed();
 
     let sampler = job_sampler(job, corpus)?;
-    let t = Instant::now();
-    let kept = kept_moments(job, &sampler, &p0, workers, rounds)?;
-    let kept = val(job, corpus, &kept, FINAL_VALIDATION_WINDOWS)?;
-    let kept_time = t.elapsed();
+    // (validation loss, wall time) of the kept-moments run, unless --quick.
+    let kept = if quick {
+        None
+    } else {
+        let t = Instant::now();
+        let kept = kept_moments(job, &sampler, &p0, workers, rounds)?;
+        Some((
+            val(job, corpus, &kept, FINAL_VALIDATION_WINDOWS)?,
+            t.elapsed(),
+        ))
+    };
 
     let t = Instant::now();
     let mut state = TrainState::fresh(p0.clone());
@@ -313,29 +327,32 @@ fn diloco(
     // Synchronous data-parallel training on the same machines: every step, the
     // workers' gradients over the windows the federated run's tasks drew at that step
     // are averaged (one AdamW step on their union), so R x H steps of batch W x B.
-    let t = Instant::now();
-    let mut state = TrainState::fresh(p0.clone());
-    let progress = bar(rounds * u64::from(h), "data-parallel AdamW (baseline)");
-    for r in 0..rounds {
-        let seeds = round_seeds(r, workers);
-        for step in 0..h {
-            progress.inc(1);
-            let windows: Vec<Vec<u32>> = seeds
-                .iter()
-                .flat_map(|seed| sampler.batch(seed, step, job.inner.batch_size as usize))
-                .collect();
-            let batch = make_batch(&job.model, &windows)?;
-            state = train_step_untraced(&job.model, &job.inner.adamw(), &state, &batch)?.0;
+    let parallel = if quick {
+        None
+    } else {
+        let t = Instant::now();
+        let mut state = TrainState::fresh(p0.clone());
+        let progress = bar(rounds * u64::from(h), "data-parallel AdamW (baseline)");
+        for r in 0..rounds {
+            let seeds = round_seeds(r, workers);
+            for step in 0..h {
+                progress.inc(1);
+                let windows: Vec<Vec<u32>> = seeds
+                    .iter()
+                    .flat_map(|seed| sampler.batch(seed, step, job.inner.batch_size as usize))
+                    .collect();
+                let batch = make_batch(&job.model, &windows)?;
+                state = train_step_untraced(&job.model, &job.inner.adamw(), &state, &batch)?.0;
+            }
         }
-    }
-    progress.finish_and_clear();
-    let parallel = val(job, corpus, &state.params, FINAL_VALIDATION_WINDOWS)?;
-    let parallel_time = t.elapsed();
+        progress.finish_and_clear();
+        let parallel = val(job, corpus, &state.params, FINAL_VALIDATION_WINDOWS)?;
+        Some((parallel, t.elapsed()))
+    };
 
     let fp32_per_round = 4 * params_count * h as usize;
     let ratio = fp32_per_round as f64 / delta_bytes.max(1) as f64;
     let gap = (federated - central) / central * 100.0;
-    let parallel_gap = (federated - parallel) / parallel * 100.0;
     println!();
     println!("validation loss over {FINAL_VALIDATION_WINDOWS} held-out windows:");
     println!("| run | samples | validation loss | wall time |");
@@ -347,27 +364,38 @@ fn diloco(
         job.inner.batch_size,
         central_time.as_secs_f64()
     );
-    println!(
-        "| data-parallel AdamW, {workers} machines, batch {} x {} steps (baseline) | {samples} | {parallel:.4} | {:.1} s |",
-        job.inner.batch_size as usize * workers,
-        rounds * u64::from(h),
-        parallel_time.as_secs_f64()
-    );
+    if let Some((parallel, time)) = parallel {
+        println!(
+            "| data-parallel AdamW, {workers} machines, batch {} x {} steps (baseline) | {samples} | {parallel:.4} | {:.1} s |",
+            job.inner.batch_size as usize * workers,
+            rounds * u64::from(h),
+            time.as_secs_f64()
+        );
+    }
     println!(
         "| federated DiLoCo, {workers} workers x {rounds} rounds x H={h} | {samples} | {federated:.4} | {:.1} s |",
         fed_time.as_secs_f64()
     );
-    println!(
-        "| the same, each worker keeping its AdamW moments between rounds (not Lupus: volunteers keep no state) | {samples} | {kept:.4} | {:.1} s |",
-        kept_time.as_secs_f64()
-    );
+    if let Some((kept, time)) = kept {
+        println!(
+            "| the same, each worker keeping its AdamW moments between rounds (not Lupus: volunteers keep no state) | {samples} | {kept:.4} | {:.1} s |",
+            time.as_secs_f64()
+        );
+    }
     println!();
     println!("federated loss is {gap:+.2}% against centralised on one machine (target: within 2%)");
-    println!("federated loss is {parallel_gap:+.2}% against data-parallel on {workers} machines");
-    println!(
-        "with moments kept between rounds, federated loss would be {:+.2}% against centralised",
-        (kept - central) / central * 100.0
-    );
+    if let Some((parallel, _)) = parallel {
+        println!(
+            "federated loss is {:+.2}% against data-parallel on {workers} machines",
+            (federated - parallel) / parallel * 100.0
+        );
+    }
+    if let Some((kept, _)) = kept {
+        println!(
+            "with moments kept between rounds, federated loss would be {:+.2}% against centralised",
+            (kept - central) / central * 100.0
+        );
+    }
     println!(
         "bytes sent per worker per round: {delta_bytes} (int8 delta) vs {fp32_per_round} (fp32 gradient x {h} steps): {ratio:.0}x less (target: >= 100x)"
     );
@@ -379,20 +407,24 @@ fn diloco(
         "centralised AdamW",
         f64::from(central),
     );
-    report.against(
-        format!("validation loss, federated, {workers} workers x {rounds} rounds"),
-        f64::from(federated),
-        "nats",
-        format!("data-parallel AdamW on {workers} machines"),
-        f64::from(parallel),
-    );
-    report.against(
-        format!("validation loss, federated with AdamW moments kept between rounds, {workers} workers x {rounds} rounds"),
-        f64::from(kept),
-        "nats",
-        "centralised AdamW",
-        f64::from(central),
-    );
+    if let Some((parallel, _)) = parallel {
+        report.against(
+            format!("validation loss, federated, {workers} workers x {rounds} rounds"),
+            f64::from(federated),
+            "nats",
+            format!("data-parallel AdamW on {workers} machines"),
+            f64::from(parallel),
+        );
+    }
+    if let Some((kept, _)) = kept {
+        report.against(
+            format!("validation loss, federated with AdamW moments kept between rounds, {workers} workers x {rounds} rounds"),
+            f64::from(kept),
+            "nats",
+            "centralised AdamW",
+            f64::from(central),
+        );
+    }
     report.against(
         "bytes per worker per round (int8 delta)",
         delta_bytes as f64,

@@ -383,6 +383,7 @@ async fn all(args: &AllArgs) -> Result<()> {
             inner_lr: None,
             warmup_steps: None,
             batch_size: None,
+            quick: false,
             json: None,
         })
         .await?,
