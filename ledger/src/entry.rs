@@ -46,7 +46,7 @@
 //! | `WorkCommitted`* | 5 | `task: u64`, `worker: PublicKey`, `trace_root: Digest`, `final_state: Digest`, `delta: Digest` |
 //! | `ChallengeIssued` | 6 | `task: u64`, `verifier: PublicKey`, `steps: Vec<u32>` |
 //! | `Verdict`* | 7 | `task: u64`, `verifier: PublicKey`, `accepted: bool`, `steps: Vec<u32>`, `reason: String` (≤ [`MAX_REASON`]), `evidence: Option<Digest>` |
-//! | `RoundClosed` | 8 | `round: u64`, `beacon: Digest`, `new_model: Digest`, `val_loss_bits: u32`, `accepted_tasks: u32`, `val_windows: u32`, `momentum: Option<Digest>`, `merged: Vec<Digest>` (≤ [`MAX_MERGED`]) |
+//! | `RoundClosed` | 8 | `round: u64`, `beacon: Digest`, `new_model: Digest`, `val_loss_bits: u32`, `accepted_tasks: u32`, `val_windows: u32` (≤ [`MAX_VAL_WINDOWS`]), `momentum: Option<Digest>`, `merged: Vec<Digest>` (≤ [`MAX_MERGED`]) |
 //! | `Credit` | 9 | `round: u64`, `key: PublicKey`, `amount: u64`, `task: u64`, `kind: CreditKind` |
 //! | `Slashed` | 10 | `key: PublicKey`, `task: u64`, `reason: String` (≤ [`MAX_REASON`]), `evidence: Option<Digest>` |
 //! | `SharesEpoch` | 11 | `epoch: u64`, `round: u64`, `root: Digest`, `total: u64`, `accounts: u64` |
@@ -109,6 +109,10 @@ pub const MAX_REASON: usize = 1024;
 pub const MAX_STEPS: usize = 4096;
 /// Most merged deltas one `RoundClosed` names (so it fits an entry: 32 bytes each).
 pub const MAX_MERGED: usize = 1024;
+/// Most validation windows one `RoundClosed` names. An auditor recomputes the loss on
+/// that many, so a count without a bound would let an operator log a close no one can
+/// afford to check (128x the coordinator's 512).
+pub const MAX_VAL_WINDOWS: usize = 65_536;
 
 /// Domain separator prepended to the body before a participant signs it.
 const SIGNING_CONTEXT: &[u8] = b"lupus entry v1\n";
@@ -836,7 +840,14 @@ impl EntryBody {
                 check_len("reason", reason.len(), MAX_REASON)
             }
             EntryBody::Slashed { reason, .. } => check_len("reason", reason.len(), MAX_REASON),
-            EntryBody::RoundClosed { merged, .. } => check_len("merged", merged.len(), MAX_MERGED),
+            EntryBody::RoundClosed {
+                merged,
+                val_windows,
+                ..
+            } => {
+                check_len("val_windows", *val_windows as usize, MAX_VAL_WINDOWS)?;
+                check_len("merged", merged.len(), MAX_MERGED)
+            }
             _ => Ok(()),
         }
     }
@@ -1128,7 +1139,7 @@ impl Entry {
                 new_model: Digest(r.array("new_model")?),
                 val_loss_bits: r.u32("val_loss_bits")?,
                 accepted_tasks: r.u32("accepted_tasks")?,
-                val_windows: r.u32("val_windows")?,
+                val_windows: r.len("val_windows", MAX_VAL_WINDOWS)? as u32,
                 momentum: r.opt_digest("momentum")?,
                 merged: {
                     let count = r.len("merged", MAX_MERGED)?;
@@ -1697,6 +1708,41 @@ mod tests {
             Entry::decode(&v),
             Err(EntryError::TooLong {
                 field: "reason",
+                ..
+            })
+        ));
+        // A close naming more validation windows than an auditor is bound to replay,
+        // refused to encode and, patched into the bytes, to decode.
+        let close = |val_windows: u32| EntryBody::RoundClosed {
+            round: Round(1),
+            beacon: Digest([1; 32]),
+            new_model: Digest([2; 32]),
+            val_loss_bits: 0,
+            accepted_tasks: 0,
+            val_windows,
+            momentum: None,
+            merged: Vec::new(),
+        };
+        let over = MAX_VAL_WINDOWS as u32 + 1;
+        assert_eq!(
+            Entry::unsigned(close(over)),
+            Err(EntryError::TooLong {
+                field: "val_windows",
+                len: MAX_VAL_WINDOWS + 1,
+                max: MAX_VAL_WINDOWS
+            })
+        );
+        let mut v = Entry::unsigned(close(MAX_VAL_WINDOWS as u32))
+            .unwrap()
+            .encode();
+        assert!(Entry::decode(&v).is_ok());
+        // version, kind, round, beacon, new_model, val_loss_bits, accepted_tasks
+        let at = 2 + 8 + 32 + 32 + 4 + 4;
+        v[at..at + 4].copy_from_slice(&over.to_be_bytes());
+        assert!(matches!(
+            Entry::decode(&v),
+            Err(EntryError::TooLong {
+                field: "val_windows",
                 ..
             })
         ));
