@@ -1938,7 +1938,7 @@ mod tests {
                 (any::<u64>(), arb_digest(), arb_digest(), any::<u32>()),
                 (
                     any::<u32>(),
-                    any::<u32>(),
+                    0..=MAX_VAL_WINDOWS as u32,
                     proptest::option::of(arb_digest()),
                     proptest::collection::vec(arb_digest(), 0..4)
                 )
