@@ -98,3 +98,23 @@ async fn a_close_group_that_fails_to_commit_changes_nothing_and_is_retried() {
 async fn a_close_group_that_landed_despite_an_error_is_not_written_twice() {
     run_with(Fault::AfterCommit).await;
 }
+
+/// A coordinator configured to validate on more windows than a `RoundClosed` may name
+/// would merge every round and then fail to log its close. It is refused at start,
+/// before anything is written to its data directory; the largest count still starts.
+#[tokio::test]
+async fn a_validation_count_no_close_may_name_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut cfg = config(&data, 1, 1);
+    cfg.val_windows = lupus_ledger::entry::MAX_VAL_WINDOWS + 1;
+    let err = Coordinator::open(cfg.clone(), corpus())
+        .await
+        .err()
+        .expect("a start with too many validation windows");
+    assert!(err.to_string().contains("val_windows"), "{err}");
+    assert!(!data.exists(), "nothing is written before the refusal");
+
+    cfg.val_windows = lupus_ledger::entry::MAX_VAL_WINDOWS;
+    assert!(Coordinator::open(cfg, corpus()).await.is_ok());
+}

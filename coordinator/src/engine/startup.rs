@@ -3,10 +3,25 @@
 
 use super::*;
 
+/// What a configuration must satisfy, checked before anything is written: a close on
+/// more validation windows than a `RoundClosed` may name would merge, then fail to log,
+/// every round.
+fn check_config(config: &Config) -> Result<(), StartError> {
+    let max = lupus_ledger::entry::MAX_VAL_WINDOWS;
+    if config.val_windows > max {
+        return Err(StartError::Other(format!(
+            "val_windows is {}, more than the {max} validation windows a round close may name",
+            config.val_windows
+        )));
+    }
+    Ok(())
+}
+
 impl Coordinator {
     /// Opens (or creates) the coordinator's ledger and blobs in `config.data_dir`,
     /// replays the ledger and resumes the round it was in.
     pub async fn open(config: Config, corpus: Corpus) -> Result<Arc<Coordinator>, StartError> {
+        check_config(&config)?;
         std::fs::create_dir_all(&config.data_dir).map_err(start_err)?;
         let url = config.database_url.clone().unwrap_or_else(|| {
             format!(
@@ -34,6 +49,7 @@ impl Coordinator {
         corpus: Corpus,
         store: Arc<dyn LogStore>,
     ) -> Result<Arc<Coordinator>, StartError> {
+        check_config(&config)?;
         let job = JobSpec::parse(&config.job_spec).map_err(|e| StartError::Spec(e.to_string()))?;
         std::fs::create_dir_all(&config.data_dir).map_err(start_err)?;
         let blobs = BlobStore::open(config.data_dir.join("blobs")).map_err(start_err)?;
