@@ -374,6 +374,7 @@ mod tests {
         for text in [
             SHAKESPEARE,
             include_str!("../../jobs/shakespeare-gpt.toml"),
+            include_str!("../../jobs/shakespeare-gpt-long.toml"),
             include_str!("../../jobs/shakespeare-gpt-medium.toml"),
             include_str!("../../jobs/shakespeare-gpt-large.toml"),
             include_str!("../../jobs/tiny-test.toml"),
@@ -381,6 +382,21 @@ mod tests {
             let j = JobSpec::parse(text).unwrap();
             j.model.validate().unwrap();
         }
+    }
+
+    /// The long-task job is the default job with `H = 1024` and its own name, nothing
+    /// else: its DiLoCo figures (docs/BENCHMARKS.md) say what longer tasks alone do.
+    #[test]
+    fn the_long_job_is_the_default_with_longer_tasks() {
+        let default = JobSpec::parse(include_str!("../../jobs/shakespeare-gpt.toml")).unwrap();
+        let long = JobSpec::parse(include_str!("../../jobs/shakespeare-gpt-long.toml")).unwrap();
+        assert_eq!((default.inner.steps, long.inner.steps), (128, 1024));
+        assert_ne!(long.job.name, default.job.name);
+        let mut back = long.clone();
+        back.inner.steps = default.inner.steps;
+        back.job.name = default.job.name.clone();
+        assert_eq!(back, default);
+        assert_eq!(back.hash(), default.hash());
     }
 
     fn with(from: &str, to: &str) -> Result<JobSpec, SpecError> {
